@@ -1,0 +1,1 @@
+//! berth-registry: Consul-compatible registry: KV, sessions, catalog, health, agent, ACL and web UI.

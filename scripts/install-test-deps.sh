@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh machine of this project's kind (Debian, Rust by
+# rustup, Docker running): Debian packages, Python packages, Rust components.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+  busybox-static file git curl ca-certificates procps iproute2 \
+  >/dev/null
+
+python3 -m pip install --quiet --disable-pip-version-check 'pytest>=8,<9' 'py-consul==1.8.0'
+
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The README's test command: every check and every test, in the order a failure is cheapest.
+# Needs what scripts/install-test-deps.sh installs (CI runs that first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+out=${BERTH_TEST_OUTPUT:-$PWD/test-output}
+mkdir -p "$out"
+export BERTH_TEST_OUTPUT=$out
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "base image for container tests"
+scripts/base-image.sh
+
+step "build binaries"
+cargo build --workspace --locked --bins
+
+step "cargo tests (unit, router, in-process servers, real Docker, compatibility clients)"
+cargo nextest run --workspace --locked --no-fail-fast --profile ci
+
+step "python compatibility tests (py-consul against the real server)"
+python3 -m pytest -q registry/tests/py

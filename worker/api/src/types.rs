@@ -1,0 +1,227 @@
+//! Wire types of the worker API (`/v1/stacks/...`), serialised as JSON by both sides.
+//!
+//! Routes (all but `/healthz` need `Authorization: Bearer <cluster token>`):
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `POST /v1/stacks/{id}/build` | [`BuildRequest`] | [`StackStatus`] once the build ended |
+//! | `POST /v1/stacks/{id}/start` | [`StartRequest`] | [`StackStatus`] once every service is ready |
+//! | `POST /v1/stacks/{id}/stop` | none | [`StackStatus`] |
+//! | `DELETE /v1/stacks/{id}?keep_volumes=true` | none | [`DeleteResponse`] |
+//! | `GET /v1/stacks/{id}` | none | [`StackStatus`] (404 if the worker holds no such stack) |
+//! | `GET /v1/stacks` | none | `Vec<StackStatus>` |
+//! | `GET /v1/stacks/{id}/logs?follow=true` | none | `text/plain` stream of build and start output |
+//! | `GET /healthz` | none | [`WorkerHealth`] |
+//!
+//! Errors answer [`ErrorBody`] with these statuses: 400 bad input, 401 unknown token, 404 unknown
+//! stack, 409 an operation that the stack's state does not allow, 422 rejected by policy or a bad
+//! compose file ([`ErrorDetail`]s name service, field and reason), 500 build or start failure
+//! (the message carries the failing step and the last log lines), 504 readiness timed out.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Secret, ValidName};
+
+/// Where the worker fetches the instance's code from, and with what credentials.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSource {
+    /// Clone URL, e.g. `http://master:8080/git/alice/shop-1.git`.
+    pub url: String,
+    /// HTTP basic-auth user name for the code store (the token goes in `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRequest {
+    pub user: ValidName,
+    pub project: ValidName,
+    /// Full 40-hex commit id to build.
+    pub commit: String,
+    pub repo: RepoSource,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// The commit the master believes is built; the worker answers 409 if it holds another.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Readiness timeout in seconds (worker default when absent).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackState {
+    /// Known to the worker but nothing built yet (e.g. a build is running).
+    Building,
+    Built,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+/// One published port of one service, as the outside world reaches it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub service: String,
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The worker's advertised address.
+    pub host: String,
+    pub host_port: u16,
+}
+
+impl Endpoint {
+    /// `host:port`, ready to paste into a URL.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.host_port)
+        } else {
+            format!("{}:{}", self.host, self.host_port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub container: Option<String>,
+    /// Docker's container state (`running`, `exited`, ...), `missing` if there is none.
+    pub state: String,
+    /// Docker's health status when the service has a healthcheck.
+    #[serde(default)]
+    pub health: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StackStatus {
+    pub id: ValidName,
+    pub state: StackState,
+    /// The commit whose images are built, if any.
+    pub commit: Option<String>,
+    /// Docker Compose project name of the stack.
+    pub project_name: String,
+    #[serde(default)]
+    pub services: Vec<ServiceStatus>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Last failure, when `state` is `failed`.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteResponse {
+    pub id: ValidName,
+    /// False when the worker held nothing for this id (delete is idempotent).
+    pub existed: bool,
+    pub removed_containers: u32,
+    pub removed_images: u32,
+    pub removed_volumes: u32,
+    pub removed_networks: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerHealth {
+    pub status: String,
+    pub node: String,
+    pub version: String,
+    pub instances: u32,
+    pub capacity: u32,
+}
+
+/// `{"error": {"code": "...", "message": "...", "details": [...]}}`, the one error shape of both
+/// the master and the worker API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorDetail>,
+}
+
+/// One reason a compose file was rejected.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    pub service: Option<String>,
+    pub field: String,
+    pub reason: String,
+}
+
+/// Worker service name in the registry catalog and the meta keys it publishes.
+pub const WORKER_SERVICE: &str = "berth-worker";
+pub const META_VERSION: &str = "version";
+pub const META_INSTANCES: &str = "instances";
+pub const META_CAPACITY: &str = "capacity";
+
+/// KV key the seed system used for an instance's worker address; kept for existing tooling.
+pub fn seed_ip_key(id: &ValidName) -> String {
+    format!("instance/{id}/ip")
+}
+
+/// KV key of the master's instance record.
+pub fn instance_record_key(id: &ValidName) -> String {
+    format!("berth/instances/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_request_roundtrip_keeps_password_out_of_debug() {
+        let req = BuildRequest {
+            user: ValidName::parse("user", "alice").unwrap(),
+            project: ValidName::parse("project", "shop").unwrap(),
+            commit: "a".repeat(40),
+            repo: RepoSource {
+                url: "http://m/git/alice/shop-1.git".into(),
+                username: Some("berth".into()),
+                password: Some(Secret::new("tok")),
+            },
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(serde_json::from_str::<BuildRequest>(&json).unwrap(), req);
+        assert!(!format!("{req:?}").contains("tok"));
+    }
+
+    #[test]
+    fn endpoint_address() {
+        let mut e = Endpoint {
+            service: "web".into(),
+            container_port: 80,
+            protocol: "tcp".into(),
+            host: "10.0.0.5".into(),
+            host_port: 32768,
+        };
+        assert_eq!(e.address(), "10.0.0.5:32768");
+        e.host = "fd00::1".into();
+        assert_eq!(e.address(), "[fd00::1]:32768");
+    }
+
+    #[test]
+    fn unknown_fields_rejected() {
+        let err = serde_json::from_str::<StartRequest>(r#"{"bogus":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+    }
+}

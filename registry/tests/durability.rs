@@ -248,3 +248,37 @@ async fn acknowledged_writes_survive_sigkill_across_restarts() {
         server.log()
     );
 }
+
+#[tokio::test]
+async fn sessions_and_locks_survive_sigkill() {
+    let mut server = Server::start().await;
+    let api = Api::new(server.url());
+    let session = api
+        .create_session(json!({"Name": "survivor", "TTL": "60s", "LockDelay": "0s"}))
+        .await;
+    assert!(api.acquire("restart/lock", &session, b"held").await);
+    let (before, _) = api.get("restart/lock").await;
+    let before = before.expect("lock key");
+
+    server.kill().await;
+    server.restart().await;
+    let api = Api::new(server.url());
+
+    let info = api.session_info(&session).await;
+    assert_eq!(info.len(), 1, "session lost across restart");
+    assert_eq!(info[0]["Name"], "survivor");
+    assert_eq!(info[0]["TTL"], "60s");
+    let (after, _) = api.get("restart/lock").await;
+    assert_eq!(
+        after.as_ref(),
+        Some(&before),
+        "lock entry changed across restart"
+    );
+
+    // The restored session still works: it renews, holds, and releases.
+    assert_eq!(api.renew_session(&session).await, 200);
+    let other = api.create_session(json!({"LockDelay": "0s"})).await;
+    assert!(!api.acquire("restart/lock", &other, b"x").await);
+    assert!(api.release("restart/lock", &session).await);
+    assert!(api.acquire("restart/lock", &other, b"x").await);
+}

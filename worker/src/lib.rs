@@ -1,1 +1,4 @@
-//! berth-worker: The berth worker: builds and runs compose stacks through the Docker Engine API.
+//! berth-worker: clones, builds and runs compose stacks natively through the Docker Engine API,
+//! registers their containers for discovery and cleans up completely.
+
+pub mod compose;

@@ -2,3 +2,4 @@
 //! registers their containers for discovery and cleans up completely.
 
 pub mod compose;
+pub mod policy;

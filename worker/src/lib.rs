@@ -2,5 +2,6 @@
 //! registers their containers for discovery and cleans up completely.
 
 pub mod compose;
+pub mod context;
 pub mod policy;
 pub mod source;

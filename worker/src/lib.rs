@@ -3,5 +3,6 @@
 
 pub mod compose;
 pub mod context;
+pub mod logbuf;
 pub mod policy;
 pub mod source;

@@ -3,6 +3,9 @@
 
 pub mod compose;
 pub mod context;
+pub mod docker;
 pub mod logbuf;
 pub mod policy;
+pub mod registry;
 pub mod source;
+pub mod stacks;

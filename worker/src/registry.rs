@@ -215,3 +215,19 @@ fn percent_encode(s: &str) -> String {
         })
         .collect()
 }
+
+impl Agent {
+    /// Sets a TTL check's status (`passing`, `warning`, `critical`).
+    pub async fn update_check(&self, check_id: &str, status: &str) -> Result<(), RegistryError> {
+        let body = serde_json::json!({ "Status": status })
+            .to_string()
+            .into_bytes();
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/v1/agent/check/update/{}", percent_encode(check_id)),
+            Some(body),
+        )
+        .await
+        .map(drop)
+    }
+}

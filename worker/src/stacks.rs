@@ -380,7 +380,8 @@ impl Stacks {
                 .as_ref()
                 .and_then(|h| h.status)
                 .map(|s| s.to_string())
-                .filter(|s| s != "none" && !s.is_empty());
+                .filter(|s| s != "none" && !s.is_empty())
+                .or_else(|| health_from_status(c.status.as_deref().unwrap_or_default()));
             if state == "running" {
                 for p in c.ports.clone().unwrap_or_default() {
                     if let Some(public) = p.public_port {
@@ -925,10 +926,18 @@ impl Stacks {
                     .or_else(|_| format!("[{ip}]:{port}").parse())
                     .map_err(|_| failed("readiness", format!("bad host ip {ip:?}")))?;
                 loop {
-                    if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    // Docker's userland proxy accepts on the host port before the app listens, so
+                    // the container's own address must accept too.
+                    let inner = self.running_ip(project, &s.name).await?;
+                    let inner_ok = match inner {
+                        Some(ip) => tokio::net::TcpStream::connect((ip, p.container_port))
+                            .await
+                            .is_ok(),
+                        None => true,
+                    };
+                    if inner_ok && tokio::net::TcpStream::connect(addr).await.is_ok() {
                         break;
                     }
-                    self.ensure_alive(project, &s.name, log).await?;
                     if Instant::now() > deadline {
                         return Err(self
                             .timeout_error(
@@ -1178,19 +1187,23 @@ impl Stacks {
         }
     }
 
-    async fn ensure_alive(
+    /// The container's address on its first network, failing if it no longer runs.
+    async fn running_ip(
         &self,
         project: &Project,
         service: &str,
-        _log: &LogBuf,
-    ) -> Result<(), StackError> {
+    ) -> Result<Option<std::net::IpAddr>, StackError> {
         let name = plan::container_name(&project.name, service);
         let c = self.docker.inspect_container(&name, None).await?;
-        if c.state.and_then(|s| s.running) == Some(true) {
-            Ok(())
-        } else {
-            Err(self.failure(project, service, "stopped running").await)
+        if c.state.and_then(|s| s.running) != Some(true) {
+            return Err(self.failure(project, service, "stopped running").await);
         }
+        Ok(c.network_settings
+            .and_then(|n| n.networks)
+            .and_then(|nets| {
+                nets.values()
+                    .find_map(|e| e.ip_address.as_deref().and_then(|ip| ip.parse().ok()))
+            }))
     }
 
     async fn last_lines(&self, project: &Project, service: &str) -> String {
@@ -1453,6 +1466,19 @@ fn endpoint(s: &Service, container: &str, aliases: &[String]) -> EndpointSetting
     EndpointSettings {
         aliases: Some(all),
         ..Default::default()
+    }
+}
+
+/// Older engines (API < 1.52) report health only inside the status text: `Up 3s (healthy)`.
+fn health_from_status(status: &str) -> Option<String> {
+    if status.contains("(healthy)") {
+        Some("healthy".into())
+    } else if status.contains("(unhealthy)") {
+        Some("unhealthy".into())
+    } else if status.contains("(health: starting)") {
+        Some("starting".into())
+    } else {
+        None
     }
 }
 

@@ -48,7 +48,9 @@ async fn docker_router_auth_and_input_errors() {
     let build_body = format!(
         r#"{{"user":"u","project":"p","commit":"{commit}","repo":{{"url":"file:///nonexistent"}}}}"#
     );
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    // (method, path, authorization, body, status, text in the answer)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "GET",
             "/healthz",

@@ -177,10 +177,15 @@ pub async fn run(
     });
     let node = config.node();
     let docker = docker::connect().await?;
-    let agent = config
-        .registry
-        .as_ref()
-        .map(|url| Agent::new(url.clone(), config.registry_token.clone()));
+    let agent = match &config.registry {
+        Some(url) => Some(Agent::new(url, config.registry_token.clone()).map_err(|e| {
+            ConfigError::Invalid {
+                field: "registry",
+                reason: e.to_string(),
+            }
+        })?),
+        None => None,
+    };
     let settings = Settings {
         data_dir: config.data_dir.clone(),
         node: node.clone(),

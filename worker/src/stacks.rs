@@ -773,6 +773,27 @@ impl Stacks {
                 log.line(&format!("created volume {name}"));
             }
         }
+        // Orphans: containers of services no longer in the file.
+        for c in self.containers_of(id).await? {
+            let service = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(plan::LABEL_SERVICE))
+                .cloned();
+            if service.is_none_or(|s| project.service(&s).is_none())
+                && let Some(cid) = c.id
+            {
+                log.line(&format!("removing orphan container {cid}"));
+                idempotent(
+                    self.docker
+                        .remove_container(
+                            &cid,
+                            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                        )
+                        .await,
+                )?;
+            }
+        }
         // Host ports first, so every container knows every public address before it starts.
         let existing: HashMap<String, ContainerInspectResponse> = {
             let mut m = HashMap::new();

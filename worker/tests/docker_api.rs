@@ -389,3 +389,76 @@ async fn docker_thirty_five_stacks_leave_no_network() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_concurrent_calls_are_serialised_and_orphans_removed() {
+    let w = worker("concurrent", |_| {}).await;
+    let two =
+        format!("{TINY}  extra:\n    image: berth-base:latest\n    command: [sleep, \"3600\"]\n");
+    let (repo, commit) = git_repo(&[("compose.yaml", &two)]);
+    let sid = id(&format!("cc-{}", w.node));
+    let req = build_request(repo.path(), &commit);
+    let (a, b) = tokio::join!(w.client.build(&sid, &req), w.client.build(&sid, &req));
+    assert_eq!(a.unwrap().state, StackState::Built);
+    assert_eq!(b.unwrap().state, StackState::Built);
+    let start = StartRequest::default();
+    let (a, b) = tokio::join!(w.client.start(&sid, &start), w.client.start(&sid, &start));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.endpoints, b.endpoints);
+    assert_eq!(
+        w.cleanup.leftovers().0.len(),
+        2,
+        "one container per service"
+    );
+
+    // A new commit without `extra`: its container is an orphan and goes on start.
+    let (repo2, commit2) = git_repo(&[("compose.yaml", TINY)]);
+    w.client
+        .build(&sid, &build_request(repo2.path(), &commit2))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(st.services.len(), 1, "{st:?}");
+    assert_eq!(st.commit.as_deref(), Some(commit2.as_str()));
+    assert_eq!(w.cleanup.leftovers().0.len(), 1);
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_build_timeout_fails_the_stack() {
+    let w = worker("timeout", |c| {
+        c.build_timeout = std::time::Duration::from_secs(2)
+    })
+    .await;
+    let (repo, commit) = git_repo(&[
+        ("compose.yaml", "services:\n  slow:\n    build: .\n"),
+        (
+            "Dockerfile",
+            "FROM berth-base:latest\nARG WAIT=30\nRUN sleep $WAIT\n",
+        ),
+    ]);
+    let sid = id(&format!("to-{}", w.node));
+    let (status, body) = api_error(
+        w.client
+            .build(&sid, &build_request(repo.path(), &commit))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 504, "{body:?}");
+    assert!(
+        body.error.message.contains("timed out"),
+        "{}",
+        body.error.message
+    );
+    assert_eq!(
+        w.client.status(&sid).await.unwrap().unwrap().state,
+        StackState::Failed
+    );
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}

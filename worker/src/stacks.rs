@@ -572,7 +572,7 @@ impl Stacks {
             .await
             .map_err(|e| failed("build context", e.to_string()))?
             .map_err(|e| failed("build context", e.to_string()))?;
-            let labels = plan::image_labels(&project.name, &s.name, &owner, &req.commit);
+            let labels = plan::image_labels(&owner);
             let args: HashMap<String, String> = build.args.clone().into_iter().collect();
             let mut opts = BuildImageOptionsBuilder::default()
                 .dockerfile(&build.dockerfile)

@@ -22,8 +22,9 @@ use bollard::models::{
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
     ListImagesOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptions,
+    RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -549,6 +550,7 @@ impl Stacks {
             &self.docker,
             self.settings.build_timeout + Duration::from_secs(30),
         );
+        let mut built_tags = Vec::new();
         for s in &project.services {
             let Some(build) = &s.build else {
                 let image = s.image.clone().unwrap_or_default();
@@ -633,6 +635,8 @@ impl Stacks {
                 ));
             }
             let latest = plan::image_name(&project.name, &s.name);
+            built_tags.push(tag.clone());
+            built_tags.push(format!("{latest}:latest"));
             self.docker
                 .tag_image(
                     &tag,
@@ -645,7 +649,39 @@ impl Stacks {
                 )
                 .await?;
         }
+        self.remove_stale_images(id, &built_tags).await;
         Ok(())
+    }
+
+    /// Removes this instance's images of earlier commits. Images still used by a container stay
+    /// (Docker refuses) and go with the stack's delete, which finds them by label.
+    async fn remove_stale_images(&self, id: &ValidName, keep: &[String]) {
+        let filters = label_filter(&[
+            (plan::LABEL_BERTH_INSTANCE, id.as_str()),
+            (plan::LABEL_BERTH_NODE, &self.settings.node),
+        ]);
+        let Ok(images) = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        else {
+            return;
+        };
+        for image in images {
+            if image.repo_tags.iter().any(|t| keep.contains(t)) {
+                continue;
+            }
+            for tag in image.repo_tags.iter().filter(|t| !t.ends_with(":<none>")) {
+                let _ = self
+                    .docker
+                    .remove_image(tag, None::<RemoveImageOptions>, None)
+                    .await;
+            }
+        }
     }
 
     // ---- start -----------------------------------------------------------------------------

@@ -446,6 +446,7 @@ impl Stacks {
 
     // ---- build -----------------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn build(
         &self,
         id: &ValidName,
@@ -686,6 +687,7 @@ impl Stacks {
 
     // ---- start -----------------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn start(
         &self,
         id: &ValidName,
@@ -1329,6 +1331,7 @@ impl Stacks {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn stop(&self, id: &ValidName) -> Result<StackStatus, StackError> {
         let lock = self.lock(id);
         let _guard = lock.lock().await;
@@ -1356,6 +1359,7 @@ impl Stacks {
 
     // ---- delete ----------------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn delete(
         &self,
         id: &ValidName,

@@ -1,1 +1,3 @@
 //! berth-registry: Consul-compatible registry: KV, sessions, catalog, health, agent, ACL and web UI.
+
+pub mod acl;

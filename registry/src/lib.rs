@@ -1,3 +1,4 @@
 //! berth-registry: Consul-compatible registry: KV, sessions, catalog, health, agent, ACL and web UI.
 
 pub mod acl;
+pub mod checks;

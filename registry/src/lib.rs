@@ -5,9 +5,11 @@
 //! are the domain halves of ACL enforcement and the agent's check runner.
 
 pub mod acl;
+pub mod agent;
 mod api;
 pub mod checks;
 pub mod client;
 pub mod dto;
+mod members;
 pub mod server;
 mod store;

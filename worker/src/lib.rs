@@ -39,6 +39,11 @@ pub struct Config {
     /// Consul-compatible agent to register with; `None` disables registration.
     pub registry: Option<String>,
     pub registry_token: Option<Secret>,
+    /// Registry server to join with an in-process agent; the worker then registers with that
+    /// agent (served on `agent_listen`) instead of `registry`.
+    pub join: Option<String>,
+    /// Address of the in-process agent's HTTP API (with `join`).
+    pub agent_listen: String,
     pub cluster_token: Secret,
     pub capacity: u32,
     /// Per-container memory limit (`2g`, `512m`).
@@ -74,6 +79,8 @@ impl Default for Config {
             node_name: None,
             registry: Some("http://127.0.0.1:8500".to_owned()),
             registry_token: None,
+            join: None,
+            agent_listen: "127.0.0.1:8500".to_owned(),
             cluster_token: Secret::default(),
             capacity: 20,
             memory: "2g".to_owned(),
@@ -159,6 +166,8 @@ pub enum RunError {
     Adopt(#[from] stacks::StackError),
     #[error("serving: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("registry agent: {0}")]
+    Agent(#[from] berth_registry::agent::AgentRunError),
 }
 
 /// How long running operations may continue after a shutdown signal.
@@ -181,7 +190,37 @@ pub async fn run(
     });
     let node = config.node();
     let docker = docker::connect().await?;
-    let agent = match &config.registry {
+    let mut tasks = Vec::new();
+    // `--join`: run the registry agent in-process and register with it.
+    let registry_url = match &config.join {
+        Some(server) => {
+            let agent_listener = tokio::net::TcpListener::bind(&config.agent_listen).await?;
+            let url = format!("http://{}", agent_listener.local_addr()?);
+            let mut agent_config = berth_registry::agent::AgentConfig::new(server, &node);
+            agent_config.retry_join = true;
+            agent_config.advertise = advertise.parse().ok();
+            agent_config.token = config
+                .registry_token
+                .as_ref()
+                .map(|t| t.expose().to_owned());
+            let stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) =
+                    berth_registry::agent::run_agent(agent_config, agent_listener, stop).await
+                {
+                    tracing::error!(cause = %e, "registry agent stopped");
+                }
+            }));
+            tracing::info!(
+                server,
+                agent = url,
+                "joined the registry with an in-process agent"
+            );
+            Some(url)
+        }
+        None => config.registry.clone(),
+    };
+    let agent = match &registry_url {
         Some(url) => Some(Agent::new(url, config.registry_token.clone()).map_err(|e| {
             ConfigError::Invalid {
                 field: "registry",
@@ -202,7 +241,6 @@ pub async fn run(
     let stacks = Arc::new(Stacks::new(docker.clone(), settings, agent.clone()));
     let adopted = stacks.adopt().await?;
     tracing::info!(node, %local, advertise, adopted, "worker starting");
-    let mut tasks = Vec::new();
     if let Some(agent) = agent {
         let check_host = if local.ip().is_unspecified() {
             "127.0.0.1".to_owned()

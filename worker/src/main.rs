@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use berth_worker::Config;
 use berth_worker_api::Secret;
 use clap::Parser;
@@ -38,9 +38,12 @@ struct Cli {
     registry_token: Option<String>,
     #[arg(long, env = "BERTH_WORKER_REGISTRY_TOKEN_FILE")]
     registry_token_file: Option<PathBuf>,
-    /// Run the registry agent in-process, joined to this server.
-    #[arg(long, env = "BERTH_WORKER_JOIN")]
+    /// Run the registry agent in-process, joined to this registry server (`host:port`).
+    #[arg(long, env = "BERTH_WORKER_JOIN", conflicts_with = "registry")]
     join: Option<String>,
+    /// Where the in-process agent serves the registry API [default: 127.0.0.1:8500].
+    #[arg(long, env = "BERTH_WORKER_AGENT_LISTEN")]
+    agent_listen: Option<String>,
     #[arg(long, env = "BERTH_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
     #[arg(long, env = "BERTH_CLUSTER_TOKEN_FILE")]
@@ -93,11 +96,6 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
         }
         None => Config::default(),
     };
-    if cli.join.is_some() {
-        bail!(
-            "--join needs the in-process registry agent, which this build does not have yet: run a local agent and use --registry"
-        );
-    }
     macro_rules! set {
         ($($field:ident),*) => { $(if let Some(v) = cli.$field { c.$field = v; })* };
     }
@@ -112,6 +110,12 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
         start_timeout,
         allowed_caps
     );
+    if cli.join.is_some() {
+        c.join = cli.join;
+    }
+    if let Some(a) = cli.agent_listen {
+        c.agent_listen = a;
+    }
     if cli.advertise.is_some() {
         c.advertise = cli.advertise;
     }

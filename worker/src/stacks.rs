@@ -713,6 +713,11 @@ impl Stacks {
                 "stack {id} holds commit {commit}, not {want}: build it first"
             )));
         }
+        if source::checked_out(&self.src_dir(id)).as_deref() != Some(commit.as_str()) {
+            return Err(StackError::Conflict(format!(
+                "the checkout of stack {id} is not at its built commit {commit} (a later build failed): build again"
+            )));
+        }
         let _active = self.begin(id, "start");
         let log = self.log(id);
         let project = self.load_project(id)?;

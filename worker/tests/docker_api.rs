@@ -520,3 +520,49 @@ async fn docker_rebuild_with_new_commit_drops_old_images() {
     assert!(tags().is_empty());
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_failed_rebuild_blocks_start_until_built_again() {
+    let w = worker("rebuild", |_| {}).await;
+    let sid = id(&format!("rb-{}", w.node));
+    let (good, good_commit) = git_repo(&[("compose.yaml", TINY)]);
+    let (bad, bad_commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  app:\n    image: berth-base:latest\n    privileged: true\n",
+    )]);
+    w.client
+        .build(&sid, &build_request(good.path(), &good_commit))
+        .await
+        .unwrap();
+    let (status, _) = api_error(
+        w.client
+            .build(&sid, &build_request(bad.path(), &bad_commit))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 422);
+    let (status, body) = api_error(
+        w.client
+            .start(&sid, &StartRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409, "{body:?}");
+    assert!(
+        body.error.message.contains("build again"),
+        "{}",
+        body.error.message
+    );
+    w.client
+        .build(&sid, &build_request(good.path(), &good_commit))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(st.state, StackState::Running);
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}

@@ -729,7 +729,7 @@ impl Stacks {
             .map(Duration::from_secs)
             .unwrap_or(self.settings.start_timeout);
         let mut created = Vec::new();
-        let result = self
+        let mut result = self
             .start_inner(
                 id,
                 &project,
@@ -740,6 +740,25 @@ impl Stacks {
                 &mut created,
             )
             .await;
+        if result.as_ref().is_err_and(port_taken) {
+            // Someone bound a host port between choosing and publishing it: drop what this call
+            // made, choose every port afresh (all containers see all addresses) and try once more.
+            log.line("a chosen host port was taken meanwhile; choosing new ports");
+            self.stop_all(&project, id).await;
+            self.remove_created(&mut created).await;
+            record.ports.clear();
+            result = self
+                .start_inner(
+                    id,
+                    &project,
+                    &commit,
+                    &mut record,
+                    timeout,
+                    &log,
+                    &mut created,
+                )
+                .await;
+        }
         match result {
             Ok(()) => {
                 record.state = StackState::Running;
@@ -752,26 +771,30 @@ impl Stacks {
                 log.line(&format!("start failed: {e}"));
                 // Leave nothing half-started: stop the stack, remove what this call created.
                 self.stop_all(&project, id).await;
-                for name in created {
-                    let _ = self
-                        .docker
-                        .remove_container(
-                            &name,
-                            Some(
-                                RemoveContainerOptionsBuilder::default()
-                                    .force(true)
-                                    .v(true)
-                                    .build(),
-                            ),
-                        )
-                        .await;
-                }
+                self.remove_created(&mut created).await;
                 record.state = StackState::Failed;
                 record.error = Some(e.to_string());
                 self.write_record(&record)?;
                 self.changed.notify_one();
                 Err(e)
             }
+        }
+    }
+
+    async fn remove_created(&self, created: &mut Vec<String>) {
+        for name in created.drain(..) {
+            let _ = self
+                .docker
+                .remove_container(
+                    &name,
+                    Some(
+                        RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .v(true)
+                            .build(),
+                    ),
+                )
+                .await;
         }
     }
 
@@ -849,6 +872,8 @@ impl Stacks {
             m
         };
         let mut ports = BTreeMap::new();
+        // Chosen ports stay bound until all are chosen, so no two services get the same one.
+        let mut holds = Vec::new();
         for s in &project.services {
             for p in &s.ports {
                 let key = port_key(&s.name, p.container_port, &p.protocol);
@@ -857,11 +882,18 @@ impl Stacks {
                     .is_some_and(|c| c.state.as_ref().and_then(|st| st.running) == Some(true));
                 let port = match record.ports.get(&key) {
                     Some(&port) if held || port_free(port, &p.protocol) => port,
-                    _ => allocate_port(&p.protocol).map_err(io("allocating a host port"))?,
+                    _ => {
+                        let hold =
+                            allocate_port(&p.protocol).map_err(io("allocating a host port"))?;
+                        let port = hold.port();
+                        holds.push(hold);
+                        port
+                    }
                 };
                 ports.insert(key, port);
             }
         }
+        drop(holds);
         record.ports = ports.clone();
         self.write_record(record)?;
         let mut public_env = Vec::new();
@@ -1535,6 +1567,12 @@ fn endpoint(s: &Service, container: &str, aliases: &[String]) -> EndpointSetting
     }
 }
 
+/// Whether a start failed because a host port it chose was bound by someone else meanwhile.
+fn port_taken(err: &StackError) -> bool {
+    let text = err.to_string();
+    text.contains("port is already allocated") || text.contains("address already in use")
+}
+
 /// Older engines (API < 1.52) report health only inside the status text: `Up 3s (healthy)`.
 fn health_from_status(status: &str) -> Option<String> {
     if status.contains("(healthy)") {
@@ -1568,10 +1606,25 @@ fn port_free(port: u16, proto: &str) -> bool {
     }
 }
 
-/// Lets the kernel pick a free port, then releases it for Docker to bind.
-fn allocate_port(proto: &str) -> std::io::Result<u16> {
+/// A host port the kernel picked, bound until dropped (then Docker binds it).
+enum PortHold {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl PortHold {
+    fn port(&self) -> u16 {
+        let addr = match self {
+            Self::Tcp(l) => l.local_addr(),
+            Self::Udp(u) => u.local_addr(),
+        };
+        addr.map_or(0, |a| a.port())
+    }
+}
+
+fn allocate_port(proto: &str) -> std::io::Result<PortHold> {
     match proto {
-        "udp" => Ok(UdpSocket::bind(("0.0.0.0", 0))?.local_addr()?.port()),
-        _ => Ok(TcpListener::bind(("0.0.0.0", 0))?.local_addr()?.port()),
+        "udp" => Ok(PortHold::Udp(UdpSocket::bind(("0.0.0.0", 0))?)),
+        _ => Ok(PortHold::Tcp(TcpListener::bind(("0.0.0.0", 0))?)),
     }
 }

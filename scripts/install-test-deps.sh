@@ -13,3 +13,6 @@ python3 -m pip install --quiet --disable-pip-version-check 'pytest>=8,<9' 'py-co
 
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# worker: `docker-compose -p <project> ps` must list stacks the worker created (compatibility test)
+apt-get install -y -qq --no-install-recommends docker-compose >/dev/null

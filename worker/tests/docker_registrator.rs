@@ -1,0 +1,255 @@
+//! The registrator against a real in-process berth registry: registrations appear with their
+//! health, go on `kill -9` of a container and on stop, and a worker killed with `kill -9` leaves
+//! no stale or duplicate registration once it is back.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use berth_registry::client::Client;
+use berth_registry::server;
+use berth_worker_api::{Secret, StartRequest, WorkerClient};
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(data: &std::path::Path, node: &str, port: u16, registry: &str) -> Proc {
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_berth-worker"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--node-name",
+                node,
+                "--registry",
+                registry,
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .env("BERTH_CLUSTER_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Polls `probe` until it returns `Some`, for at most a minute (a hang guard, not a bound the
+/// test depends on).
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    for _ in 0..600 {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// This node's container registrations: id -> (service name, port).
+async fn own(kv: &Client, node: &str) -> Vec<(String, String, u16)> {
+    let mut v: Vec<(String, String, u16)> = kv
+        .agent_services()
+        .await
+        .unwrap()
+        .into_values()
+        .filter(|s| s.id.starts_with(&format!("{node}:")))
+        .map(|s| (s.id, s.service, s.port))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn status_of(kv: &Client, name: &str) -> Vec<String> {
+    kv.health_service(name, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|e| {
+            e.checks
+                .into_iter()
+                .filter(|c| !c.service_id.is_empty())
+                .map(|c| c.status)
+        })
+        .collect()
+}
+
+const STACK: &str = "services:
+  app:
+    image: berth-base:latest
+    command: [httpd, -f, -p, \"8080\", -h, /]
+    ports: [\"8080\"]
+    environment:
+      SERVICE_TAGS: t1,t2
+      SERVICE_REGION: eu
+  hc:
+    image: berth-base:latest
+    command: [sh, -c, \"mkdir -p /w && echo ok > /w/index.html && exec httpd -f -p 8081 -h /w\"]
+    ports: [\"8081\"]
+    environment:
+      SERVICE_NAME: checked
+    healthcheck:
+      test: wget -q -O- http://127.0.0.1:8081/
+      interval: 1s
+      retries: 30
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_registrations_follow_containers_and_survive_worker_kill_9() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = format!("http://{}", listener.local_addr().unwrap());
+    let stop_registry = CancellationToken::new();
+    let server_task = tokio::spawn(server::run(
+        server::Config::dev("reg-test"),
+        listener,
+        stop_registry.clone(),
+    ));
+    let kv = Client::new(&registry, None).unwrap();
+
+    let node = format!("t{}-reg", std::process::id());
+    let _cleanup = Cleanup { node: node.clone() };
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = WorkerClient::new(format!("http://127.0.0.1:{port}"), Secret::new(TOKEN));
+    let mut worker = spawn_worker(data.path(), &node, port, &registry);
+    eventually("the worker", || async { client.health().await.ok() }).await;
+
+    // Self-registration with its meta and a passing HTTP check on /healthz.
+    let me = eventually("self-registration", || async {
+        kv.agent_services()
+            .await
+            .ok()?
+            .remove(&format!("berth-worker:{node}"))
+    })
+    .await;
+    assert_eq!(me.service, "berth-worker");
+    assert_eq!(me.meta["capacity"], "20");
+    eventually("worker check passing", || async {
+        (status_of(&kv, "berth-worker").await == ["passing"]).then_some(())
+    })
+    .await;
+
+    let (repo, commit) = git_repo(&[("compose.yaml", STACK)]);
+    let sid = id(&format!("reg-{node}"));
+    client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let st = client.start(&sid, &StartRequest::default()).await.unwrap();
+    let project = st.project_name.clone();
+    let hc_health = st
+        .services
+        .iter()
+        .find(|s| s.name == "hc")
+        .and_then(|s| s.health.clone());
+    assert_eq!(hc_health.as_deref(), Some("healthy"), "{st:?}");
+    let app_id = format!("{node}:{project}-app-1:8080");
+    let hc_id = format!("{node}:{project}-hc-1:8081");
+    let regs = eventually("two registrations", || async {
+        let r = own(&kv, &node).await;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    let app_port = st
+        .endpoints
+        .iter()
+        .find(|e| e.service == "app")
+        .unwrap()
+        .host_port;
+    let hc_port = st
+        .endpoints
+        .iter()
+        .find(|e| e.service == "hc")
+        .unwrap()
+        .host_port;
+    assert_eq!(
+        regs,
+        [
+            (app_id.clone(), format!("app.{sid}"), app_port),
+            (hc_id.clone(), "checked".to_owned(), hc_port),
+        ]
+    );
+    let app = kv.agent_services().await.unwrap().remove(&app_id).unwrap();
+    assert_eq!(app.tags, ["t1", "t2"]);
+    assert_eq!(app.meta["region"], "eu");
+    assert_eq!(app.meta["berth_instance"], sid.as_str());
+    // TCP check of the plain service, Docker's healthcheck relayed for the other.
+    eventually("app passing", || async {
+        (status_of(&kv, &format!("app.{sid}")).await == ["passing"]).then_some(())
+    })
+    .await;
+    eventually("hc passing", || async {
+        (status_of(&kv, "checked").await == ["passing"]).then_some(())
+    })
+    .await;
+
+    // kill -9 of a container: its registration goes, the other stays.
+    let killed = Command::new("docker")
+        .args(["kill", "-s", "KILL", &format!("{project}-app-1")])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    eventually("app deregistered", || async {
+        let r = own(&kv, &node).await;
+        (r.len() == 1 && r[0].0 == hc_id).then_some(())
+    })
+    .await;
+
+    // Start brings it back; kill -9 of the worker, then a container dies while it is down.
+    client.start(&sid, &StartRequest::default()).await.unwrap();
+    eventually("app back", || async {
+        (own(&kv, &node).await.len() == 2).then_some(())
+    })
+    .await;
+    worker.0.kill().unwrap();
+    worker.0.wait().unwrap();
+    Command::new("docker")
+        .args(["kill", "-s", "KILL", &format!("{project}-hc-1")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        own(&kv, &node).await.len(),
+        2,
+        "nobody cleaned up while the worker was dead"
+    );
+    let _worker = spawn_worker(data.path(), &node, port, &registry);
+    eventually("stale registration removed after restart", || async {
+        let r = own(&kv, &node).await;
+        (r.len() == 1 && r[0].0 == app_id).then_some(())
+    })
+    .await;
+    let services = kv.agent_services().await.unwrap();
+    assert_eq!(
+        services
+            .keys()
+            .filter(|k| k.starts_with(&format!("berth-worker:{node}")))
+            .count(),
+        1
+    );
+
+    // Stop deregisters everything of the stack.
+    client.stop(&sid).await.unwrap();
+    eventually("all deregistered on stop", || async {
+        own(&kv, &node).await.is_empty().then_some(())
+    })
+    .await;
+    client.delete(&sid, false).await.unwrap();
+    stop_registry.cancel();
+    let _ = server_task.await;
+}

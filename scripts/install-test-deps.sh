@@ -13,3 +13,8 @@ python3 -m pip install --quiet --disable-pip-version-check 'pytest>=8,<9' 'py-co
 
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# Web UI browser tests (registry/tests/py/test_ui_browser.py): headless Chromium, its WebDriver,
+# and Selenium (4.51: 4.52 needs a certifi newer than the package index here serves).
+apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
+python3 -m pip install --quiet --disable-pip-version-check 'selenium==4.51.0'

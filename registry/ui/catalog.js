@@ -115,13 +115,13 @@ export async function renderServices(view) {
   });
   replace(
     body,
+    h('p', { class: 'muted' }, 'Instances per service, each counted by its worst check.'),
     h(
       'div',
       { class: 'table-wrap' },
       h(
         'table',
         { class: 'stack', id: 'services' },
-        h('caption', { class: 'muted' }, 'Instances per service by their worst check.'),
         h(
           'thead',
           {},

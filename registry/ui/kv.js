@@ -29,20 +29,17 @@ function lastName(path) {
   return trimmed.slice(trimmed.lastIndexOf('/') + 1);
 }
 
+/** Links to the folders above `path` (none at the root: the heading says where you are). */
 function breadcrumbs(path) {
-  const items = [];
-  const segments = path.split('/');
+  if (path === '') return null;
+  const items = [h('li', {}, h('a', { href: '#/kv/' }, 'Key/Value'))];
+  const parent = parentOf(path);
   let acc = '';
-  // Every segment but the last is a folder; the last is the current key or folder (or empty).
-  for (let i = 0; i < segments.length - 1; i++) {
-    acc += `${segments[i]}/`;
-    items.push(h('li', {}, h('a', { href: kvHref(acc) }, `${segments[i]}/`)));
+  for (const segment of parent.split('/').slice(0, -1)) {
+    acc += `${segment}/`;
+    items.push(h('li', {}, h('a', { href: kvHref(acc) }, `${segment}/`)));
   }
-  return h(
-    'nav',
-    { 'aria-label': 'Breadcrumb', class: 'breadcrumbs' },
-    h('ol', {}, h('li', {}, h('a', { href: '#/kv/' }, 'Key/Value')), items),
-  );
+  return h('nav', { 'aria-label': 'Breadcrumb', class: 'breadcrumbs' }, h('ol', {}, items));
 }
 
 async function renderFolder(view, prefix) {
@@ -100,7 +97,12 @@ async function renderFolder(view, prefix) {
       el: h(
         'li',
         { class: folder ? 'folder' : 'key' },
-        h('a', { href: kvHref(key) }, h('span', { class: 'kind', 'aria-hidden': 'true' }, folder ? '▸' : '•'), name),
+        h(
+          'a',
+          { href: kvHref(key) },
+          h('span', { class: 'kind', 'aria-hidden': 'true' }, folder ? '▸' : '•'),
+          h('span', { class: 'name' }, name),
+        ),
       ),
     };
   });
@@ -213,12 +215,15 @@ function prettyJSON(text) {
   }
 }
 
+/** `offset  hex bytes  |printable|`, 16 bytes a line, at most 4 KiB. */
 function hexDump(bytes) {
   const lines = [];
   const max = Math.min(bytes.length, 4096);
   for (let off = 0; off < max; off += 16) {
-    const row = Array.from(bytes.slice(off, Math.min(off + 16, max)), (b) => b.toString(16).padStart(2, '0'));
-    lines.push(`${off.toString(16).padStart(6, '0')}  ${row.join(' ')}`);
+    const row = Array.from(bytes.slice(off, Math.min(off + 16, max)));
+    const hex = row.map((b) => b.toString(16).padStart(2, '0')).join(' ');
+    const ascii = row.map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
+    lines.push(`${off.toString(16).padStart(6, '0')}  ${hex.padEnd(47)}  |${ascii}|`);
   }
   if (bytes.length > max) lines.push(`… ${bytes.length - max} more bytes`);
   return lines.join('\n');
@@ -274,7 +279,7 @@ async function renderKey(view, key) {
       parts.push(h('p', { class: 'muted', id: 'kv-value-empty' }, '(empty value)'));
     } else {
       const pretty = prettyJSON(text);
-      if (pretty !== null) parts.push(h('p', { class: 'note' }, 'JSON, formatted for reading.'));
+      if (pretty !== null) parts.push(h('p', { class: 'muted' }, 'JSON, formatted for reading.'));
       parts.push(h('pre', { class: 'value', id: 'kv-value' }, pretty ?? text));
     }
     const buttons = [];
@@ -296,7 +301,7 @@ async function renderKey(view, key) {
       'form',
       { id: 'kv-edit-form' },
       h('h2', { id: 'value-h' }, 'Edit value'),
-      h('label', { for: 'kv-edit-value' }, `Value (flags ${entry.FlagsText} are kept)`),
+      h('label', { for: 'kv-edit-value' }, `Value (flags: ${entry.FlagsText}, kept on save)`),
       area,
       actionErrors.el,
       h(

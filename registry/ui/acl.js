@@ -71,12 +71,20 @@ export async function renderACL(view, onTokenChange) {
   );
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    apply(input.value.trim());
+    errors.clear();
+    const token = input.value.trim();
+    // HTTP headers carry visible ASCII only; anything else cannot be a token.
+    if (!/^[\x21-\x7e]*$/.test(token)) {
+      errors.show('A token is made of visible ASCII characters (no spaces); check what was pasted.');
+      input.focus();
+      return;
+    }
+    apply(token);
   });
 
   const showStatus = async () => {
     replace(status, h('h2', {}, 'What the registry says'), h('p', { class: 'muted' }, 'Checking…'));
-    const [st, writable] = await Promise.all([tokenStatus(), api.canWriteKV('')]);
+    const [st, writable] = await Promise.all([tokenStatus(), api.canWriteKV(api.folderProbeKey(''))]);
     const parts = [h('h2', {}, 'What the registry says')];
     if (st.kind === 'disabled') {
       parts.push(h('p', { id: 'acl-state' }, 'ACLs are disabled on this registry: no token is needed and every page is editable.'));

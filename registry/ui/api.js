@@ -95,20 +95,21 @@ export async function kvDelete(key, { recurse = false } = {}) {
 
 const writeCache = new Map();
 
+/** The key whose write permission stands for a folder's (KV rules are prefix rules). */
+export const folderProbeKey = (prefix) => `${prefix}.berth-ui-write-probe`;
+
 /**
- * Whether the current token may write keys under `prefix`. Probe: a PUT with a check-and-set
- * index no entry can have (u64::MAX) never writes anything; the registry checks the ACL first,
- * so a token without write access gets 403 and any other token gets `false`. Any other failure
- * (network, 5xx) counts as writable so the controls stay and the action itself reports the error.
+ * Whether the current token may write `key`. Probe: a PUT with a check-and-set index no entry
+ * can have (u64::MAX) never writes anything; the registry checks the ACL first, so a token
+ * without write access gets 403 and any other token gets `false`. Any other failure (network,
+ * 5xx) counts as writable so the controls stay and the action itself reports the error.
  */
-export async function canWriteKV(prefix) {
-  const cacheKey = `${getToken()}\n${prefix}`;
+export async function canWriteKV(key) {
+  const cacheKey = `${getToken()}\n${key}`;
   if (writeCache.has(cacheKey)) return writeCache.get(cacheKey);
   let writable = true;
   try {
-    await request('PUT', `${kvUrl(prefix + '.berth-ui-write-probe')}?cas=18446744073709551615`, {
-      body: '',
-    });
+    await request('PUT', `${kvUrl(key)}?cas=18446744073709551615`, { body: '' });
   } catch (err) {
     if (err instanceof ApiError && err.denied) writable = false;
   }

@@ -66,5 +66,10 @@ function route() {
 }
 
 window.addEventListener('hashchange', route);
+// A link to the page already shown reloads its data instead of doing nothing.
+document.addEventListener('click', (event) => {
+  const link = event.target.closest?.('a[href^="#/"]');
+  if (link && link.getAttribute('href') === location.hash && !event.defaultPrevented) route();
+});
 updateTokenIndicator();
 route();

@@ -59,7 +59,7 @@ async function renderFolder(view, prefix) {
     errors.show(err);
     return;
   }
-  const writable = await api.canWriteKV(prefix);
+  const writable = await api.canWriteKV(api.folderProbeKey(prefix));
 
   const filter = h('input', {
     type: 'search',
@@ -240,7 +240,7 @@ async function renderKey(view, key) {
   let writable;
   try {
     entry = await api.kvGet(key);
-    writable = await api.canWriteKV(parentOf(key));
+    writable = await api.canWriteKV(key);
   } catch (err) {
     replace(body);
     errors.show(err);

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -81,7 +80,7 @@ class Api:
 
 
 class Registry:
-    def __init__(self, name, extra_args=()):
+    def __init__(self, name, extra_args=(), token=""):
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         OUT.mkdir(parents=True, exist_ok=True)
@@ -93,7 +92,7 @@ class Registry:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        self.api = Api(self.base)
+        self.api = Api(self.base, token)
         for _ in range(300):
             assert self.proc.poll() is None, f"registry exited, see {self.log.name}"
             try:
@@ -446,7 +445,8 @@ def acl_registry(registry):
     present, why = acl_endpoints_present(registry.api)
     if not present:
         pytest.skip(f"the registry has no ACL endpoints ({why}); the read-only token test needs them")
-    reg = Registry("acl", ["--acl-enabled", "--acl-default-policy", "deny", "--acl-initial-management-token", MANAGEMENT])
+    # ACLs are on (default deny) when a master token is given.
+    reg = Registry("acl", ["--acl-master-token", MANAGEMENT], token=MANAGEMENT)
     yield reg
     reg.stop()
 
@@ -488,7 +488,7 @@ def test_read_only_token_sees_no_edit_controls(browser, acl_registry):
     page.go("#/acl")
     page.type("#acl-token", nobody)
     page.click("#acl-save")
-    page.wait_text("#acl-status", "ui test no policy")
+    page.wait_text("#acl-kv-write", "read only")
     page.go("#/kv/apps/")
     page.wait_text("main .error", "Permission denied")
     page.shot("kv-permission-denied")

@@ -45,7 +45,7 @@ const CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; 
 
 /// Routes of the UI: `/` and `/ui` redirect to `/ui/`, `/ui/` is the app, `/ui/<file>` its files.
 /// Generic over the router state so it merges into any router.
-pub fn routes<S>() -> Router<S>
+pub(crate) fn routes<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {

@@ -1,7 +1,7 @@
 // catalog.js: the Services and Nodes pages, read from the catalog and health endpoints.
 
 import { getJSON } from './api.js';
-import { h, replace, errorSlot, defList, statusBadge, worstStatus } from './dom.js';
+import { h, replace, errorSlot, describeError, defList, statusBadge, worstStatus } from './dom.js';
 
 const STATUSES = ['passing', 'warning', 'critical'];
 const serviceHref = (name) => `#/services/${encodeURIComponent(name)}`;
@@ -175,15 +175,19 @@ export async function renderService(view, name) {
 
 export async function renderNodes(view) {
   const { body, errors } = skeleton(view, 'Nodes', null);
-  let nodes;
-  let checks;
-  try {
-    [nodes, checks] = await Promise.all([getJSON('/v1/catalog/nodes'), getJSON('/v1/health/state/any')]);
-  } catch (err) {
+  let checks = null;
+  const [nodesResult, checksResult] = await Promise.allSettled([
+    getJSON('/v1/catalog/nodes'),
+    getJSON('/v1/health/state/any'),
+  ]);
+  if (nodesResult.status === 'rejected') {
     replace(body);
-    errors.show(err);
+    errors.show(nodesResult.reason);
     return;
   }
+  const nodes = nodesResult.value;
+  if (checksResult.status === 'fulfilled') checks = checksResult.value;
+  else errors.show(`Node health is unknown: ${describeError(checksResult.reason)}`);
   if (!nodes || nodes.length === 0) {
     replace(body, h('p', { class: 'empty' }, 'No nodes registered yet. Nodes appear when an agent joins or PUT /v1/catalog/register adds one.'));
     return;
@@ -196,16 +200,17 @@ export async function renderNodes(view) {
   const rows = nodes.map((n) => {
     const statuses = byNode.get(n.Node) ?? [];
     const c = counts(statuses);
+    const status = checks === null ? 'unknown' : worstStatus(statuses);
     return h(
       'tr',
       { 'data-node': n.Node },
       h('td', { 'data-label': 'Node' }, h('a', { href: nodeHref(n.Node) }, n.Node)),
       h('td', { 'data-label': 'Address' }, n.Address),
-      h('td', { 'data-label': 'Status' }, statusBadge(worstStatus(statuses))),
+      h('td', { 'data-label': 'Status' }, statusBadge(status)),
       h(
         'td',
         { 'data-label': 'Checks' },
-        statuses.length === 0 ? h('span', { class: 'muted' }, 'none') : STATUSES.filter((s) => c[s]).map((s) => `${c[s]} ${s}`).join(', '),
+        statuses.length === 0 ? h('span', { class: 'muted' }, checks === null ? 'unknown' : 'none') : STATUSES.filter((s) => c[s]).map((s) => `${c[s]} ${s}`).join(', '),
       ),
     );
   });

@@ -327,8 +327,9 @@ def test_locked_key_shows_its_session_and_can_be_invalidated(page, registry):
     page.open("#/kv/locks/leader")
     lock = page.find("#kv-lock")
     page.wait_text("#kv-lock", "deploy-lock")
-    for text in ("60s", "release", session):
+    for text in ("release", session, "serfHealth"):
         assert text in lock.text, f"{text!r} missing from the lock panel: {lock.text}"
+    assert "60s" in lock.text or "1m0s" in lock.text, f"TTL missing from the lock panel: {lock.text}"
     page.shot("kv-key-locked")
 
     page.click("#kv-invalidate")

@@ -145,25 +145,17 @@ pub async fn run(
     } else {
         local.ip()
     };
-    let leader_addr = SocketAddr::new(advertise, local.port()).to_string();
-    let data_dir = if config.dev {
-        None
-    } else {
-        config.data_dir.clone()
-    };
     let writer_stop = CancellationToken::new();
-    let (store, writer) = Store::open(data_dir, writer_stop.clone())?;
-    let node_id = register_self(&store, &config, &advertise.to_string(), local.port()).await?;
-    let state = Arc::new(AppState {
-        store,
-        node_name: config.node_name.clone(),
-        node_id,
-        datacenter: config.datacenter.clone(),
-        leader_addr,
-        shutdown: shutdown.clone(),
-    });
+    let (app, writer) = build(
+        &config,
+        advertise,
+        local.port(),
+        shutdown.clone(),
+        writer_stop.clone(),
+    )
+    .await?;
     tracing::info!(addr = %local, node = %config.node_name, dev = config.dev, "registry listening");
-    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
@@ -172,6 +164,33 @@ pub async fn run(
     served?;
     tracing::info!("registry stopped");
     Ok(())
+}
+
+/// Opens the store, registers this server in its catalog and builds the router. The writer
+/// stops when `writer_stop` is cancelled; blocked queries end when `shutdown` is.
+pub(crate) async fn build(
+    config: &Config,
+    advertise: IpAddr,
+    port: u16,
+    shutdown: CancellationToken,
+    writer_stop: CancellationToken,
+) -> Result<(axum::Router, tokio::task::JoinHandle<()>), Error> {
+    let data_dir = if config.dev {
+        None
+    } else {
+        config.data_dir.clone()
+    };
+    let (store, writer) = Store::open(data_dir, writer_stop)?;
+    let node_id = register_self(&store, config, &advertise.to_string(), port).await?;
+    let state = Arc::new(AppState {
+        store,
+        node_name: config.node_name.clone(),
+        node_id,
+        datacenter: config.datacenter.clone(),
+        leader_addr: SocketAddr::new(advertise, port).to_string(),
+        shutdown,
+    });
+    Ok((api::router(state), writer))
 }
 
 /// Puts this server's node in the catalog with a passing `serfHealth` check and the `consul`

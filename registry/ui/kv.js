@@ -273,7 +273,7 @@ async function renderKey(view, key) {
           { class: 'note', id: 'kv-binary-note' },
           `This value is not valid UTF-8 text (${bytes.length} bytes); it is shown as hexadecimal and cannot be edited here.`,
         ),
-        h('pre', { class: 'value' }, hexDump(bytes)),
+        h('pre', { class: 'value hex' }, hexDump(bytes)),
       );
     } else if (text === '') {
       parts.push(h('p', { class: 'muted', id: 'kv-value-empty' }, '(empty value)'));

@@ -158,7 +158,10 @@ class Page:
         self.settle()
 
     def go(self, fragment):
-        """Follows an in-app link by hash, as a click on it would."""
+        """Follows an in-app link by hash, as a click on it would (same hash: loads afresh)."""
+        if self.d.execute_script("return location.hash") == fragment:
+            self.open(fragment)
+            return
         self.d.execute_script("location.hash = arguments[0]", fragment)
         self.settle()
 
@@ -223,12 +226,15 @@ class Page:
 
 
 @pytest.fixture
-def page(browser, registry):
+def page(request, browser, registry):
     p = Page(browser, registry.base)
     p.open("#/acl")
     browser.execute_script("sessionStorage.clear()")
     p.js_errors()  # drain
+    failed_before = request.session.testsfailed
     yield p
+    if request.session.testsfailed > failed_before:
+        p.shot(f"FAILED-{request.node.name}")
     errors = p.js_errors()
     assert errors == [], f"JavaScript errors in the console: {errors}"
 
@@ -290,12 +296,28 @@ def test_kv_create_edit_delete_through_the_ui(page, registry):
     assert base64.b64decode(entry["Value"]) == b"plain text, edited"
     assert entry["Flags"] == 42
 
+    # A change made elsewhere while the editor is open is reported, not overwritten.
+    page.click("#kv-edit")
+    page.type("#kv-edit-value", "stale edit")
+    api.ok("PUT", "/v1/kv/apps/config?flags=42", b"changed elsewhere")
+    page.click("#kv-save")
+    page.wait_text("#kv-edit-form .error", "changed since this page loaded")
+    page.shot("kv-key-edit-conflict")
+    assert base64.b64decode(api.kv("apps/config")["Value"]) == b"changed elsewhere"
+
     # A value that is not UTF-8 is shown as bytes with a note, and cannot be edited.
     api.ok("PUT", "/v1/kv/apps/blob", b"\xff\xfe\x00binary")
     page.go("#/kv/apps/blob")
     assert "not valid UTF-8" in page.find("#kv-binary-note").text
     assert page.absent("#kv-edit")
     page.shot("kv-key-binary")
+    page.narrow("kv-key-binary")
+
+    # Delete one key, after the confirmation.
+    page.click("#kv-delete")
+    page.confirm()
+    page.wait_hash("#/kv/apps/")
+    assert api.kv("apps/blob") is None
 
     # Filter within the folder.
     api.ok("PUT", "/v1/kv/apps/web/replicas", b"3")
@@ -410,6 +432,14 @@ def test_services_and_nodes_show_failing_checks(page, registry):
 
     for node in ("web-node-1", "web-node-2"):
         api.ok("PUT", "/v1/catalog/deregister", {"Node": node})
+
+
+def test_acl_page_without_acls(page):
+    page.open("#/acl")
+    state = page.find("#acl-state").text
+    assert "ACLs are disabled" in state or "no ACL endpoints" in state, state
+    assert "edit controls are shown" in page.find("#acl-kv-write").text
+    page.shot("acl-disabled")
 
 
 def test_keyboard_reaches_the_actions(page):

@@ -524,6 +524,24 @@ def test_read_only_token_sees_no_edit_controls(browser, acl_registry):
     page.wait_text("main .error", "Permission denied")
     page.shot("kv-permission-denied")
 
+    # A token that may write keys but not sessions sees the invalidate button; pressing it shows
+    # "Permission denied" next to the button and the lock stays.
+    admin.ok("PUT", "/v1/acl/policy", {"Name": "kv-writer", "Rules": 'key_prefix "" { policy = "write" }\nnode_prefix "" { policy = "read" }\nsession_prefix "" { policy = "read" }'})
+    writer = admin.ok("PUT", "/v1/acl/token", {"Description": "ui test kv writer", "Policies": [{"Name": "kv-writer"}]})["SecretID"]
+    session = admin.ok("PUT", "/v1/session/create", {"Name": "held-by-admin"})["ID"]
+    assert admin.ok("PUT", f"/v1/kv/locks/leader?acquire={session}", b"x") is True
+    page.go("#/acl")
+    page.type("#acl-token", writer)
+    page.click("#acl-save")
+    page.wait_text("#acl-kv-write", "may write")
+    page.go("#/kv/locks/leader")
+    page.wait_text("#kv-lock", "held-by-admin")
+    page.click("#kv-invalidate")
+    page.confirm()
+    page.wait_text("#kv-lock .error", "Permission denied")
+    page.shot("kv-invalidate-denied")
+    assert admin.kv("locks/leader")["Session"] == session
+
     # The management token gets the controls back.
     page.go("#/acl")
     page.type("#acl-token", MANAGEMENT)

@@ -842,3 +842,113 @@ async fn check_going_critical_ends_dependent_sessions() {
     )
     .await;
 }
+
+/// A small deterministic generator for the robustness test (xorshift64*).
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let len = (self.next() % (max as u64 + 1)) as usize;
+        (0..len).map(|_| (self.next() & 0xff) as u8).collect()
+    }
+}
+
+#[tokio::test]
+async fn random_requests_never_crash_or_corrupt() {
+    let h = Harness::new().await;
+    h.check("PUT", "/v1/kv/keep/me", "precious", 200, "true")
+        .await;
+    let mut noise = Noise(0x5eed_1234_abcd_0001);
+    let paths = [
+        "/v1/kv/",
+        "/v1/kv/x",
+        "/v1/kv/a/b",
+        "/v1/txn",
+        "/v1/session/create",
+        "/v1/session/renew/x",
+        "/v1/session/destroy/x",
+        "/v1/session/info/x",
+        "/v1/session/list",
+        "/v1/catalog/register",
+        "/v1/catalog/deregister",
+        "/v1/catalog/service/web",
+        "/v1/health/service/web",
+        "/v1/agent/self",
+    ];
+    let queries = [
+        "",
+        "?recurse",
+        "?keys&separator=/",
+        "?raw",
+        "?cas=abc",
+        "?cas=0",
+        "?flags=-1",
+        "?acquire=",
+        "?release=zz",
+        "?index=1&wait=1ms",
+        "?index=99999999999999999999",
+        "?wait=1.5.5s",
+        "?index=1&wait=1ns",
+        "?passing=maybe",
+        "?tag=%ff",
+        "?%zz=%",
+        "?&&=&",
+    ];
+    let json_bodies = [
+        r#"{"Name":"x","TTL":"11s"}"#,
+        r#"{"ttl":5}"#,
+        r#"[{"KV":{"Verb":"set","Key":"k"}}]"#,
+        r#"[{"KV":{"Verb":"lock","Key":"k","Session":""}}]"#,
+        r#"{"Node":"n","Address":"a","Check":{"CheckID":"c","Status":"odd"}}"#,
+        r#"{"Node":"","Address":""}"#,
+        r#"[{"KV":null}]"#,
+        "[]",
+        "{}",
+        "null",
+        "\"str\"",
+        "1e999",
+        r#"{"LockDelay":-1}"#,
+        r#"{"LockDelay":1e30}"#,
+        r#"{"Behavior":7}"#,
+        r#"{"NODE":"n","ADDRESS":"a"}"#,
+    ];
+    for _ in 0..600 {
+        let method = noise.pick(&["GET", "PUT", "DELETE", "POST", "PATCH"]);
+        let uri = format!("{}{}", noise.pick(&paths), noise.pick(&queries));
+        let body = match noise.next() % 3 {
+            0 => noise.pick(&json_bodies).as_bytes().to_vec(),
+            1 => noise.bytes(64),
+            _ => {
+                let mut b = noise.pick(&json_bodies).as_bytes().to_vec();
+                let cut = (noise.next() as usize) % (b.len() + 1);
+                b.truncate(cut);
+                b
+            }
+        };
+        let answer = h.call(method, &uri, body).await;
+        let status = answer.status.as_u16();
+        assert!(
+            matches!(status, 200 | 400 | 404 | 405 | 409 | 413 | 500),
+            "{method} {uri}: {status} {}",
+            answer.body
+        );
+        if status == 500 {
+            assert_ne!(answer.body, "internal store error", "{method} {uri}");
+        }
+    }
+    h.check("GET", "/v1/kv/keep/me?raw", "", 200, "precious")
+        .await;
+    h.check("PUT", "/v1/kv/after", "ok", 200, "true").await;
+    h.check("GET", "/v1/kv/after?raw", "", 200, "ok").await;
+}

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -318,6 +319,18 @@ def test_kv_create_edit_delete_through_the_ui(page, registry):
     page.confirm()
     page.wait_hash("#/kv/apps/")
     assert api.kv("apps/blob") is None
+
+    # Keys with characters that mean something in URLs are listed, opened and shown intact.
+    odd = "naïve key #1?x=%41&y"
+    api.ok("PUT", "/v1/kv/apps/" + urllib.parse.quote(odd, safe=""), "ünïcödé ✓".encode())
+    page.go("#/kv/apps/")
+    page.d.find_element(By.XPATH, f'//ul[@id="kv-list"]//span[@class="name"][text()="{odd}"]').click()
+    page.wait_text("#kv-value", "ünïcödé ✓")
+    assert page.find("#kv-key").text == f"apps/{odd}"
+    page.click("#kv-delete")
+    page.confirm()
+    page.wait_hash("#/kv/apps/")
+    assert api.kv("apps/" + urllib.parse.quote(odd, safe="")) is None
 
     # Filter within the folder.
     api.ok("PUT", "/v1/kv/apps/web/replicas", b"3")

@@ -42,7 +42,15 @@ export function kvUrl(key) {
  * Sends one request and returns the body text; `null` for a 404 when `allow404` is set.
  * Throws ApiError for any other non-2xx answer or a network failure.
  */
-export async function request(method, path, { body, allow404 = false } = {}) {
+export async function request(method, path, opts = {}) {
+  return (await exchange(method, path, opts)).text;
+}
+
+/**
+ * Like `request`, plus whether the registry dropped entries the token may not read
+ * (`X-Consul-Results-Filtered-By-ACLs: true`, which Consul sends instead of a 403 on lists).
+ */
+async function exchange(method, path, { body, allow404 = false } = {}) {
   const headers = {};
   const token = getToken();
   if (token) headers['X-Consul-Token'] = token;
@@ -53,9 +61,10 @@ export async function request(method, path, { body, allow404 = false } = {}) {
     throw new ApiError(0, err.message);
   }
   const text = await res.text();
-  if (res.status === 404 && allow404) return null;
+  const filtered = res.headers.get('X-Consul-Results-Filtered-By-ACLs') === 'true';
+  if (res.status === 404 && allow404) return { text: null, filtered };
   if (!res.ok) throw new ApiError(res.status, text.trim());
-  return text;
+  return { text, filtered };
 }
 
 export async function getJSON(path, opts) {
@@ -73,10 +82,19 @@ export async function kvGet(key) {
   return entry;
 }
 
-/** GET /v1/kv/<prefix>?keys&separator=/ : the direct children of a folder ([] when none). */
+/** A GET of a list: `{ list, filtered }`, `filtered` when ACLs hid some entries. */
+export async function getList(path, opts) {
+  const { text, filtered } = await exchange('GET', path, opts);
+  return { list: text === null ? null : JSON.parse(text), filtered };
+}
+
+/**
+ * GET /v1/kv/<prefix>?keys&separator=/ : the direct children of a folder ([] when none), and
+ * whether ACLs hid some.
+ */
 export async function kvList(prefix) {
-  const list = await getJSON(`${kvUrl(prefix)}?keys&separator=/`, { allow404: true });
-  return (list ?? []).filter((k) => k !== prefix);
+  const { list, filtered } = await getList(`${kvUrl(prefix)}?keys&separator=/`, { allow404: true });
+  return { keys: (list ?? []).filter((k) => k !== prefix), filtered };
 }
 
 /** PUT a value; resolves to the registry's true/false answer. */

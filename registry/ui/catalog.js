@@ -1,6 +1,6 @@
 // catalog.js: the Services and Nodes pages, read from the catalog and health endpoints.
 
-import { getJSON } from './api.js';
+import { getJSON, getList } from './api.js';
 import { h, replace, errorSlot, describeError, defList, statusBadge, worstStatus } from './dom.js';
 
 const STATUSES = ['passing', 'warning', 'critical'];
@@ -69,6 +69,15 @@ function checksTable(checks, { showService = false } = {}) {
   );
 }
 
+/** ACLs hid entries of a list: an error when nothing is left, else a note above the list. */
+function hiddenNote(errors, nothingLeft, what) {
+  if (nothingLeft) {
+    errors.show(`Permission denied: your token may not read any ${what} (set another one on the ACL page).`);
+  } else {
+    errors.el.after(h('p', { class: 'note' }, `Some ${what} are hidden: your token may not read them.`));
+  }
+}
+
 function counts(statuses) {
   const c = { passing: 0, warning: 0, critical: 0 };
   for (const s of statuses) c[s in c ? s : 'critical']++;
@@ -79,8 +88,10 @@ export async function renderServices(view) {
   const { body, errors } = skeleton(view, 'Services', null);
   let names;
   let health;
+  let filtered;
   try {
-    const services = await getJSON('/v1/catalog/services');
+    const { list: services, filtered: hidden } = await getList('/v1/catalog/services');
+    filtered = hidden;
     names = Object.keys(services ?? {}).sort();
     // One health request per service gives instance-level status (worst check of each instance).
     health = await Promise.all(names.map((n) => getJSON(`/v1/health/service/${encodeURIComponent(n)}`)));
@@ -89,7 +100,9 @@ export async function renderServices(view) {
     errors.show(err);
     return;
   }
+  if (filtered) hiddenNote(errors, names.length === 0, 'services');
   if (names.length === 0) {
+    if (filtered) return replace(body);
     replace(
       body,
       h(
@@ -177,7 +190,7 @@ export async function renderNodes(view) {
   const { body, errors } = skeleton(view, 'Nodes', null);
   let checks = null;
   const [nodesResult, checksResult] = await Promise.allSettled([
-    getJSON('/v1/catalog/nodes'),
+    getList('/v1/catalog/nodes'),
     getJSON('/v1/health/state/any'),
   ]);
   if (nodesResult.status === 'rejected') {
@@ -185,10 +198,12 @@ export async function renderNodes(view) {
     errors.show(nodesResult.reason);
     return;
   }
-  const nodes = nodesResult.value;
+  const { list: nodes, filtered } = nodesResult.value;
   if (checksResult.status === 'fulfilled') checks = checksResult.value;
   else errors.show(`Node health is unknown: ${describeError(checksResult.reason)}`);
+  if (filtered) hiddenNote(errors, !nodes || nodes.length === 0, 'nodes');
   if (!nodes || nodes.length === 0) {
+    if (filtered) return replace(body);
     replace(body, h('p', { class: 'empty' }, 'No nodes registered yet. Nodes appear when an agent joins or PUT /v1/catalog/register adds one.'));
     return;
   }

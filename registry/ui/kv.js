@@ -52,8 +52,9 @@ async function renderFolder(view, prefix) {
   replace(view.el, breadcrumbs(prefix), view.heading(title), toolbar, formArea, errors.el, listing);
 
   let keys;
+  let filtered;
   try {
-    keys = await api.kvList(prefix);
+    ({ keys, filtered } = await api.kvList(prefix));
   } catch (err) {
     replace(listing);
     errors.show(err);
@@ -119,7 +120,14 @@ async function renderFolder(view, prefix) {
     noMatch.hidden = shown > 0 || rows.length === 0;
   });
 
-  if (rows.length === 0) {
+  if (filtered && rows.length === 0) {
+    errors.show('Permission denied: your token may not read the keys in this folder (set another one on the ACL page).');
+  } else if (filtered) {
+    listing.before(h('p', { class: 'note', id: 'kv-filtered' }, 'Some keys in this folder are hidden: your token may not read them.'));
+  }
+  if (filtered && rows.length === 0) {
+    replace(listing);
+  } else if (rows.length === 0) {
     const hint = writable
       ? 'No keys yet — create one with ‘New key’ or group keys with ‘New folder’.'
       : 'No keys here yet. Your token can only read, so ask an operator to add keys.';

@@ -84,6 +84,9 @@ async function renderFolder(view, prefix) {
       );
     }
   }
+  if (!writable) {
+    actions.push(h('p', { class: 'muted read-only', id: 'kv-read-only' }, 'Read only: your token may not change keys here.'));
+  }
   replace(
     toolbar,
     h('label', { for: 'kv-filter', class: 'filter' }, h('span', {}, 'Filter keys in this folder'), filter),
@@ -127,6 +130,7 @@ async function renderFolder(view, prefix) {
   }
   if (filtered && rows.length === 0) {
     replace(listing);
+    replace(toolbar);
   } else if (rows.length === 0) {
     const hint = writable
       ? 'No keys yet — create one with ‘New key’ or group keys with ‘New folder’.'
@@ -296,6 +300,8 @@ async function renderKey(view, key) {
     }
     if (writable) {
       buttons.push(h('button', { type: 'button', id: 'kv-delete', class: 'danger', onclick: deleteKey }, 'Delete key'));
+    } else {
+      buttons.push(h('p', { class: 'muted read-only', id: 'kv-read-only' }, 'Read only: your token may not change this key.'));
     }
     parts.push(h('div', { class: 'actions' }, buttons), actionErrors.el);
     replace(valueArea, parts);

@@ -436,12 +436,14 @@ def test_services_and_nodes_show_failing_checks(page, registry):
     node_row = page.find('#nodes tr[data-node="web-node-1"]')
     assert "critical" in node_row.text and "127.0.0.21" in node_row.text, node_row.text
     page.shot("nodes")
+    page.narrow("nodes")
 
     node_row.find_element(By.LINK_TEXT, "web-node-1").click()
     page.wait_hash("#/nodes/web-node-1")
     assert "connection refused" in page.find("main").text
     page.find('#node-services a[href="#/services/web"]')
     page.shot("node-web-node-1")
+    page.narrow("node-web-node-1")
 
     for node in ("web-node-1", "web-node-2"):
         api.ok("PUT", "/v1/catalog/deregister", {"Node": node})
@@ -514,6 +516,7 @@ def test_read_only_token_sees_no_edit_controls(browser, acl_registry):
     assert "read only" in page.find("#acl-kv-write").text
     assert page.find("#token-indicator").text == "Token set"
     page.shot("acl-read-only")
+    page.narrow("acl-read-only")
 
     page.go("#/kv/")
     page.find("#kv-list")
@@ -521,7 +524,9 @@ def test_read_only_token_sees_no_edit_controls(browser, acl_registry):
     page.find("#kv-list")
     for control in ("#kv-new-key", "#kv-new-folder", "#kv-delete-folder"):
         assert page.absent(control), f"{control} shown to a read-only token"
+    assert "Read only" in page.find("#kv-read-only").text
     page.shot("kv-folder-read-only")
+    page.narrow("kv-folder-read-only")
     page.go("#/kv/apps/config")
     page.find("#kv-value")
     for control in ("#kv-edit", "#kv-delete"):

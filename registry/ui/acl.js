@@ -106,6 +106,10 @@ export async function renderACL(view, onTokenChange) {
         ]),
       );
     }
+    if (st.kind === 'disabled' || st.kind === 'absent') {
+      replace(status, parts);
+      return;
+    }
     parts.push(
       h(
         'p',

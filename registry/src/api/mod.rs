@@ -277,3 +277,6 @@ pub(crate) fn path_tail(uri: &Uri, prefix: &str) -> Result<String, ApiError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod discovery_tests;

@@ -81,15 +81,18 @@ class Api:
 
 
 class Registry:
-    def __init__(self, name, extra_args=(), token=""):
+    """A `berth-registry server --dev` (or, with `mode="agent"`, an agent) on a free port."""
+
+    def __init__(self, name, extra_args=(), token="", mode="server"):
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         OUT.mkdir(parents=True, exist_ok=True)
         binary = registry_bin()
         assert binary.is_file(), f"{binary} missing: build it with `cargo build -p berth-registry`"
         self.log = open(OUT / f"registry-{name}.log", "wb")
+        args = ["--dev"] if mode == "server" else []
         self.proc = subprocess.Popen(
-            [str(binary), "server", "--dev", "--http-addr", f"127.0.0.1:{port}", *extra_args],
+            [str(binary), mode, *args, "--http-addr", f"127.0.0.1:{port}", *extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -103,7 +106,7 @@ class Registry:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"registry did not elect itself leader, see {self.log.name}")
+        raise AssertionError(f"registry did not answer with a leader, see {self.log.name}")
 
     def stop(self):
         self.proc.terminate()
@@ -447,6 +450,21 @@ def test_services_and_nodes_show_failing_checks(page, registry):
 
     for node in ("web-node-1", "web-node-2"):
         api.ok("PUT", "/v1/catalog/deregister", {"Node": node})
+
+
+def test_ui_served_by_an_agent(browser, registry):
+    agent = Registry("agent", ["--join", registry.base, "--node-name", "ui-agent-host"], mode="agent")
+    try:
+        registry.api.ok("PUT", "/v1/kv/from-server", b"seen through the agent")
+        page = Page(browser, agent.base)
+        page.open("#/kv/from-server")
+        page.wait_text("#kv-value", "seen through the agent")
+        page.go("#/nodes")
+        WebDriverWait(browser, WAIT).until(lambda d: not page.absent('#nodes tr[data-node="ui-agent-host"]'))
+        page.shot("agent-nodes")
+    finally:
+        agent.stop()
+        registry.api.ok("DELETE", "/v1/kv/from-server")
 
 
 def test_acl_page_without_acls(page):

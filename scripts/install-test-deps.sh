@@ -16,3 +16,8 @@ command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 # worker: `docker-compose -p <project> ps` must list stacks the worker created (compatibility test)
 apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+
+# Web UI browser tests (registry/tests/py/test_ui_browser.py): headless Chromium, its WebDriver,
+# and Selenium (4.51: 4.52 needs a certifi newer than the package index here serves).
+apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
+python3 -m pip install --quiet --disable-pip-version-check 'selenium==4.51.0'

@@ -13,3 +13,4 @@ pub mod dto;
 mod members;
 pub mod server;
 mod store;
+mod ui;

@@ -212,6 +212,8 @@ fn router(shared: Arc<AgentShared>) -> Router {
         .fallback(forward)
         .with_state(shared)
         .merge(agent_local::routes(api))
+        // The web UI is served by the agent itself; its API calls go through `forward`.
+        .merge(crate::ui::routes())
 }
 
 fn member(s: &AgentShared) -> AgentMember {

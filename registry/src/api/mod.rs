@@ -94,6 +94,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             state.acl.clone(),
             acl::layer,
         ))
+        // The web UI: `/`, `/ui` and `/ui/*` (static files embedded in the binary). Added after
+        // the ACL layer: the files are public, the API calls they make carry the token.
+        .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::disable())
 }
 

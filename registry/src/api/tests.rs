@@ -673,6 +673,11 @@ async fn txn_rules() {
             r#"Failed to parse body: json: unknown field "Extra""#,
         ),
         (r#"{"#, 400, "*"),
+        (
+            r#"[{"KV":{"Verb":"set","Key":"a/../b"}}]"#,
+            400,
+            r#"Invalid key name "a/../b""#,
+        ),
     ];
     for (body, status, expected) in table {
         h.check("PUT", "/v1/txn", body, *status, expected).await;

@@ -31,6 +31,8 @@ pub(crate) struct NewSession {
     pub(crate) lock_delay: Duration,
     pub(crate) behavior: Behavior,
     pub(crate) ttl: Option<Duration>,
+    /// The TTL as sent, echoed back in answers.
+    pub(crate) ttl_text: String,
 }
 
 /// One KV operation of a transaction, verb as sent.
@@ -342,6 +344,7 @@ impl<'a> Tx<'a> {
             lock_delay: new.lock_delay,
             behavior: new.behavior,
             ttl: new.ttl,
+            ttl_text: new.ttl_text,
             create_index: self.index,
             modify_index: self.index,
         };

@@ -51,6 +51,9 @@ pub(crate) struct Session {
     pub(crate) lock_delay: Duration,
     pub(crate) behavior: Behavior,
     pub(crate) ttl: Option<Duration>,
+    /// The TTL as the client wrote it (Consul answers with that text).
+    #[serde(default)]
+    pub(crate) ttl_text: String,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }

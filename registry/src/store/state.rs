@@ -183,6 +183,10 @@ pub(crate) struct TableIndexes {
     pub(crate) nodes: u64,
     pub(crate) services: u64,
     pub(crate) checks: u64,
+    /// The newest deletion index among tombstones already reaped: prefix indexes never drop
+    /// below it, so reaping cannot make a listing's index go backwards.
+    #[serde(default)]
+    pub(crate) kv_reaped: u64,
 }
 
 impl TableIndexes {
@@ -311,7 +315,7 @@ impl State {
             .map(|(_, at)| *at)
             .max();
         match entries.max(tombs) {
-            Some(index) => index,
+            Some(index) => index.max(self.tables.kv_reaped),
             None => self.tables.kv,
         }
     }

@@ -269,6 +269,16 @@ impl Target {
     }
 }
 
+/// `template` with its first bytes replaced by the operation number, so every PUT changes its
+/// key (berth, like Consul, skips the commit of a write identical to the stored entry).
+fn unique_value(template: &[u8], i: usize) -> Vec<u8> {
+    let mut value = template.to_vec();
+    let stamp = format!("{i:020}");
+    let n = stamp.len().min(value.len());
+    value[..n].copy_from_slice(&stamp.as_bytes()[stamp.len() - n..]);
+    value
+}
+
 fn key_for(i: usize, keys: usize) -> String {
     format!("bench/k{:05}", i % keys)
 }
@@ -313,7 +323,7 @@ async fn load(
                 let key = key_for(i, keys);
                 let t = Instant::now();
                 let done = match op {
-                    Op::Put => target.put(&http, &key, &value).await,
+                    Op::Put => target.put(&http, &key, &unique_value(&value, i)).await,
                     Op::Get => target.get(&http, &key).await,
                 };
                 match done {

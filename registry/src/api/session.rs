@@ -197,3 +197,11 @@ pub(crate) async fn node(
 pub(crate) async fn list(State(app): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
     sessions(&app, &uri, |_| true).await
 }
+
+pub(crate) async fn missing_id() -> ApiError {
+    ApiError::BadRequest("Missing session".to_owned())
+}
+
+pub(crate) async fn missing_node() -> ApiError {
+    ApiError::BadRequest("Missing node name".to_owned())
+}

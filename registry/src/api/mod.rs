@@ -233,3 +233,6 @@ pub(crate) fn path_tail(uri: &Uri, prefix: &str) -> Result<String, ApiError> {
         .map(|s| s.into_owned())
         .map_err(|_| ApiError::BadRequest("Invalid key name: not valid UTF-8".to_owned()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! The master's configuration: one serde struct with defaults, read from a TOML file, overridden
+//! The master's configuration: one serde struct with defaults, read from a JSON file (the same
+//! keys in snake_case, like the registry's), overridden
 //! by flags and environment (in `main`), then checked by [`Config::validate`].
 
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ pub enum ConfigError {
     Parse {
         path: PathBuf,
         #[source]
-        source: toml::de::Error,
+        source: serde_json::Error,
     },
     #[error("{0}")]
     Invalid(String),
@@ -104,13 +105,13 @@ fn scheme_ok(url: &str, schemes: &[&str]) -> bool {
 }
 
 impl Config {
-    /// Reads a TOML file; missing keys take their defaults.
+    /// Reads a JSON file; missing keys take their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })
@@ -256,12 +257,12 @@ mod tests {
     }
 
     #[test]
-    fn toml_file_with_defaults() {
+    fn json_file_with_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.toml");
+        let path = dir.path().join("m.json");
         std::fs::write(
             &path,
-            "listen = \"0.0.0.0:9000\"\nplacement = \"round-robin\"\ncluster_token = \"x\"\n[limits]\nmax_files = 5\n",
+            r#"{"listen": "0.0.0.0:9000", "placement": "round-robin", "cluster_token": "x", "limits": {"max_files": 5}}"#,
         )
         .unwrap();
         let c = Config::from_file(&path).unwrap();
@@ -269,7 +270,7 @@ mod tests {
         assert_eq!(c.placement, Strategy::RoundRobin);
         assert_eq!(c.limits.max_files, 5);
         assert_eq!(c.limits.max_ratio, Limits::default().max_ratio);
-        std::fs::write(&path, "bogus = 1\n").unwrap();
+        std::fs::write(&path, r#"{"bogus": 1}"#).unwrap();
         assert!(Config::from_file(&path).is_err());
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "berth-master", version)]
 struct Cli {
-    /// TOML configuration file; flags and environment override it.
+    /// JSON configuration file (keys as in `Config`, snake_case); flags and environment override it.
     #[arg(long, env = "BERTH_MASTER_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080].

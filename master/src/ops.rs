@@ -294,6 +294,7 @@ impl Master {
     // ---- upload ----
 
     /// Validates and commits an upload, then (with `build`) starts a build of a new commit.
+    #[tracing::instrument(skip_all, fields(%id))]
     pub async fn upload(
         self: &Arc<Self>,
         id: ValidName,
@@ -406,6 +407,7 @@ impl Master {
 
     /// Builds `commit` (default: the latest upload) on the instance's worker, or a newly chosen
     /// one. Returns at once in `building`, or the final record when `wait` is given.
+    #[tracing::instrument(skip_all, fields(%id))]
     pub async fn build(
         self: &Arc<Self>,
         id: ValidName,
@@ -622,6 +624,7 @@ impl Master {
 
     /// Starts the stack and answers once it runs, with its endpoints. A worker that is gone or
     /// critical is replaced: the instance is rebuilt from the code store on a healthy one.
+    #[tracing::instrument(skip_all, fields(%id))]
     pub async fn start(self: &Arc<Self>, id: ValidName) -> Result<InstanceRecord, OpError> {
         let started = Instant::now();
         let lock = self.lock(&id).await?;
@@ -700,6 +703,7 @@ impl Master {
 
     // ---- stop ----
 
+    #[tracing::instrument(skip_all, fields(%id))]
     pub async fn stop(self: &Arc<Self>, id: ValidName) -> Result<InstanceRecord, OpError> {
         let started = Instant::now();
         let lock = self.lock(&id).await?;
@@ -758,6 +762,7 @@ impl Master {
 
     /// Removes the stack from its worker, the KV records and (unless `keep_code`) the repository.
     /// An unknown id answers `NotFound`.
+    #[tracing::instrument(skip_all, fields(%id))]
     pub async fn delete(
         self: &Arc<Self>,
         id: ValidName,

@@ -77,6 +77,7 @@ impl Store {
         &self.client
     }
 
+    #[tracing::instrument(skip_all, fields(%id), err)]
     pub async fn get(&self, id: &ValidName) -> Result<Option<InstanceRecord>, StoreError> {
         let key = instance_record_key(id);
         match self.client.kv_get(&key).await? {
@@ -87,6 +88,7 @@ impl Store {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(id = %record.id, state = %record.state), err)]
     pub async fn put(&self, record: &InstanceRecord) -> Result<(), StoreError> {
         let id =
             ValidName::parse("id", &record.id).map_err(|e| StoreError::Refused(e.to_string()))?;
@@ -136,6 +138,7 @@ impl Store {
     }
 
     /// Every `berth-worker` service, healthy or not, with `placed` counted from the records.
+    #[tracing::instrument(skip_all, err)]
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
         let entries = self.client.health_service(WORKER_SERVICE, false).await?;
         let mut workers: Vec<WorkerInfo> = entries
@@ -189,6 +192,7 @@ impl Store {
     }
 
     /// Takes the instance lock, waiting up to the configured time; `None` if it stayed busy.
+    #[tracing::instrument(skip_all, fields(%id), err)]
     pub async fn lock(&self, id: &ValidName) -> Result<Option<InstanceLock>, StoreError> {
         let key = format!("{LOCK_PREFIX}{id}");
         let session = self

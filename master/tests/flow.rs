@@ -448,6 +448,32 @@ async fn interrupted_operation_is_recorded_and_retryable() {
         (200, Some("built")),
         "{built}"
     );
+
+    // An instance never placed, left in `starting`: the stop records the interruption.
+    let (_, rec) = m.upload("crash2", "alice", "&build=false", app("v1")).await;
+    let mut stuck = rec.clone();
+    stuck["state"] = "starting".into();
+    let id = ValidName::parse("id", "crash2").unwrap();
+    reg.client
+        .kv_put(
+            &instance_record_key(&id),
+            serde_json::to_vec(&stuck).unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, stopped) = m.call(Method::POST, "/v1/instances/crash2/stop").await;
+    assert_eq!(
+        (status, stopped["state"].as_str()),
+        (200, Some("stopped")),
+        "{stopped}"
+    );
+    assert_eq!(stopped["error"]["step"], "start");
+    assert!(
+        stopped["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted")
+    );
     m.stop().await;
 }
 

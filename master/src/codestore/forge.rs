@@ -47,6 +47,7 @@ impl Forge {
 
     /// Pushes the repository's `main` to the forge (forced: the code store is the source of
     /// truth). Blocking.
+    #[tracing::instrument(skip_all, fields(%user, %id), err)]
     pub fn push(
         &self,
         repo_path: &Path,

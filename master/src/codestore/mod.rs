@@ -131,6 +131,7 @@ impl CodeStore {
 
     /// Like [`CodeStore::commit`], but when `allow_change` is false only an upload equal to the
     /// head is accepted (answering the head); a different one writes no commit and answers `None`.
+    #[tracing::instrument(skip_all, fields(%user, %id), err)]
     pub fn commit_checked(
         &self,
         user: &ValidName,

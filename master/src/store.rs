@@ -211,7 +211,8 @@ impl Store {
             acquire: Some(session.clone()),
             ..PutOptions::default()
         };
-        let mut pause = Duration::from_millis(50);
+        // Wait on the lock key with blocking queries (woken by its release), not by polling.
+        let mut index = 0;
         loop {
             let acquired = match self.client.kv_put_with(&key, value.clone(), &opts).await {
                 Ok(acquired) => acquired,
@@ -228,14 +229,26 @@ impl Store {
                     self.lock.ttl,
                 )));
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 let _ = self.client.session_destroy(&session).await;
                 return Ok(None);
             }
-            // Renew our own waiting session so a long wait does not outlive it.
+            let wait = (deadline - now).min(self.lock.ttl / 3);
+            let (holder, next) = match self.client.kv_get_blocking(&key, index, wait).await {
+                Ok(answer) => answer,
+                Err(err) => {
+                    let _ = self.client.session_destroy(&session).await;
+                    return Err(err.into());
+                }
+            };
+            if holder.is_none_or(|p| p.session.is_none()) || next == index {
+                // Free but refused (lock delay), or the wait ran out: pause briefly.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            index = next;
+            // Keep our waiting session alive through a long wait.
             let _ = self.client.session_renew(&session).await;
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
 }

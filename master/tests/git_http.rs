@@ -286,3 +286,79 @@ async fn auth_and_read_only() {
     assert_eq!(push.status().as_u16(), 403);
     server.shutdown.cancel();
 }
+
+/// Fetches like the worker does: libgit2, anonymous remote, credentials on the 401.
+fn libgit2_fetch(repo: &git2::Repository, url: &str, password: &str) -> Result<(), git2::Error> {
+    let mut callbacks = git2::RemoteCallbacks::new();
+    let mut attempts = 0;
+    callbacks.credentials(move |_url, _user, _allowed| {
+        attempts += 1;
+        if attempts > 1 {
+            return Err(git2::Error::from_str("authentication failed"));
+        }
+        git2::Cred::userpass_plaintext("berth", password)
+    });
+    let mut opts = git2::FetchOptions::new();
+    opts.remote_callbacks(callbacks);
+    let mut remote = repo.remote_anonymous(url)?;
+    remote.fetch(
+        &["+refs/heads/*:refs/remotes/origin/*"],
+        Some(&mut opts),
+        None,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libgit2_clients_fetch_like_the_worker() {
+    let server = serve().await;
+    let (user, id) = (name("carol"), name("svc"));
+    let mut tree = UploadTree::default();
+    file(&mut tree, "compose.yaml", b"services: {}\n", false);
+    file(&mut tree, "app/main.sh", b"#!/bin/sh\n", true);
+    let c1 = server
+        .store
+        .commit(&user, &id, &tree, "one")
+        .unwrap()
+        .commit;
+    let url = format!("{}/git/carol/svc.git", server.base);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let url2 = url.clone();
+    let c1_check = c1.clone();
+    tokio::task::spawn_blocking(move || {
+        let repo = git2::Repository::init(&path).unwrap();
+        let err = libgit2_fetch(&repo, &url2, "wrong").unwrap_err();
+        assert!(err.message().contains("authentication"), "{err}");
+        libgit2_fetch(&repo, &url2, TOKEN).unwrap();
+        let commit = repo
+            .find_commit(git2::Oid::from_str(&c1_check).unwrap())
+            .unwrap();
+        assert!(
+            commit
+                .tree()
+                .unwrap()
+                .get_path(Path::new("app/main.sh"))
+                .is_ok()
+        );
+    })
+    .await
+    .unwrap();
+    file(&mut tree, "compose.yaml", b"services:\n  a: {}\n", false);
+    let c2 = server
+        .store
+        .commit(&user, &id, &tree, "two")
+        .unwrap()
+        .commit;
+    let path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let repo = git2::Repository::open(&path).unwrap();
+        libgit2_fetch(&repo, &url, TOKEN).unwrap();
+        let head = repo.find_reference("refs/remotes/origin/main").unwrap();
+        assert_eq!(head.target().unwrap().to_string(), c2);
+        let commit = repo.find_commit(head.target().unwrap()).unwrap();
+        assert_eq!(commit.parent_id(0).unwrap().to_string(), c1);
+    })
+    .await
+    .unwrap();
+    server.shutdown.cancel();
+}

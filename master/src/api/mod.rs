@@ -182,7 +182,15 @@ impl IntoResponse for ApiError {
 impl From<OpError> for ApiError {
     fn from(err: OpError) -> Self {
         match err {
-            OpError::Invalid { message, .. } => ApiError::bad_request(message),
+            OpError::Invalid { field, message } => ApiError::BadRequest {
+                code: "bad_request",
+                details: vec![ErrorDetail {
+                    service: None,
+                    field: field.to_owned(),
+                    reason: message.clone(),
+                }],
+                message,
+            },
             OpError::Upload(UploadError::TooLarge { .. }) => ApiError::TooLarge(err.to_string()),
             OpError::Upload(UploadError::Hostile { ref entry, reason }) => ApiError::BadRequest {
                 code: "invalid_upload",

@@ -351,6 +351,133 @@ fn build_pack(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codestore::CodeStore;
+    use crate::upload::{TreeEntry, UploadTree};
+    use berth_worker_api::ValidName;
+
+    /// A repository with two commits; answers (repo dir guard, first, second).
+    fn two_commits() -> (tempfile::TempDir, Repository, Oid, Oid) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path());
+        let (u, i) = (
+            ValidName::parse("u", "u").unwrap(),
+            ValidName::parse("i", "i").unwrap(),
+        );
+        let mut tree = UploadTree::default();
+        let put = |tree: &mut UploadTree, data: &[u8]| {
+            tree.entries.insert(
+                "compose.yaml".into(),
+                TreeEntry::File {
+                    data: data.to_vec(),
+                    executable: false,
+                },
+            );
+        };
+        put(&mut tree, b"one");
+        let c1 = store.commit(&u, &i, &tree, "1").unwrap().commit;
+        put(&mut tree, b"two");
+        let c2 = store.commit(&u, &i, &tree, "2").unwrap().commit;
+        let repo = store.open(&u, &i).unwrap();
+        (
+            dir,
+            repo,
+            Oid::from_str(&c1).unwrap(),
+            Oid::from_str(&c2).unwrap(),
+        )
+    }
+
+    fn request(lines: &[String], done: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut in_haves = false;
+        for line in lines {
+            if line.starts_with("have ") && !in_haves {
+                flush(&mut out);
+                in_haves = true;
+            }
+            pkt(&mut out, format!("{line}\n").as_bytes());
+        }
+        if !in_haves {
+            flush(&mut out);
+        }
+        if done {
+            pkt(&mut out, b"done\n");
+        } else {
+            flush(&mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn negotiation_table() {
+        let (_dir, repo, c1, c2) = two_commits();
+        let detailed = format!("want {c2} multi_ack_detailed side-band-64k ofs-delta");
+        let nodone = format!("want {c2} multi_ack_detailed no-done side-band-64k");
+        let plain = format!("want {c2}");
+        let unknown = "0123456789012345678901234567890123456789";
+        // (request lines, done, expected response prefix lines, objects in the pack)
+        type Case = (Vec<String>, bool, Vec<String>, Option<usize>);
+        let cases: Vec<Case> = vec![
+            // Clone: no haves, done.
+            (vec![detailed.clone()], true, vec!["NAK".into()], Some(6)),
+            // A round ending in a flush answers ACKs and NAK, no pack.
+            (
+                vec![
+                    detailed.clone(),
+                    format!("have {unknown}"),
+                    format!("have {c1}"),
+                ],
+                false,
+                vec![format!("ACK {c1} common"), "NAK".into()],
+                None,
+            ),
+            // Incremental: only the new commit, its tree and blob.
+            (
+                vec![detailed.clone(), format!("have {c1}")],
+                true,
+                vec![format!("ACK {c1} common"), format!("ACK {c1}")],
+                Some(3),
+            ),
+            // no-done: ready, then the pack without waiting for done.
+            (
+                vec![nodone, format!("have {c1}")],
+                false,
+                vec![
+                    format!("ACK {c1} common"),
+                    format!("ACK {c1} ready"),
+                    "NAK".into(),
+                    format!("ACK {c1}"),
+                ],
+                Some(3),
+            ),
+            // No multi_ack: first common ACKed once; pack without band.
+            (
+                vec![plain, format!("have {c1}")],
+                true,
+                vec![format!("ACK {c1}")],
+                Some(3),
+            ),
+        ];
+        for (lines, done, expect, objects) in cases {
+            let (out, stats) = upload_pack(&repo, &request(&lines, done)).unwrap();
+            let mut r = Reader { buf: &out };
+            for want in &expect {
+                match r.next().unwrap() {
+                    Some(Line::Data(d)) => {
+                        assert_eq!(String::from_utf8_lossy(d), *want, "{lines:?}")
+                    }
+                    other => panic!("{lines:?}: {other:?}"),
+                }
+            }
+            assert_eq!(stats.objects, objects, "{lines:?}");
+            if objects.is_some() {
+                assert!(stats.pack_bytes > 0);
+            }
+        }
+        let (out, _) = upload_pack(&repo, &request(&[format!("want {unknown}")], true)).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("ERR upload-pack: not our ref"));
+        assert!(upload_pack(&repo, b"0009bogus\n0000").is_err());
+        assert_eq!(upload_pack(&repo, b"0000").unwrap().0, b"");
+    }
 
     #[test]
     fn pkt_lines_roundtrip() {

@@ -37,6 +37,7 @@ curl -fsS -X PUT -H 'Authorization: Bearer bench-api' --data-binary @"$work/uplo
 t1=$(date +%s.%N)
 git clone -q "http://berth:bench-git@127.0.0.1:$master_port/git/bench/bench.git" "$work/clone"
 t2=$(date +%s.%N)
+diff -r --exclude=.git "$work/src" "$work/clone" >/dev/null && echo "clone matches the upload"
 touch "$work/src/app/blob-1.bin"; echo change >>"$work/src/compose.yaml"
 tar -C "$work/src" -czf "$work/upload2.tar.gz" .
 curl -fsS -X PUT -H 'Authorization: Bearer bench-api' --data-binary @"$work/upload2.tar.gz" \
@@ -44,7 +45,6 @@ curl -fsS -X PUT -H 'Authorization: Bearer bench-api' --data-binary @"$work/uplo
 t3=$(date +%s.%N)
 git -C "$work/clone" fetch -q origin
 t4=$(date +%s.%N)
-diff -r --exclude=.git "$work/src" "$work/clone" >/dev/null && echo "clone matches the upload (before the change)" || true
 echo "commit: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["commit"])' "$work/record.json")"
 awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v e="$t4" 'BEGIN {
   printf "upload to commit: %.3f s\ngit clone:        %.3f s\nsecond upload:    %.3f s\nincremental fetch: %.3f s\n", b-a, c-b, d-c, e-d }'

@@ -30,6 +30,9 @@ pub(crate) async fn apply(
             ops.len()
         )));
     }
+    for op in &ops {
+        kv::validate_key(&op.kv.key)?;
+    }
     let ops: Vec<TxnOp> = ops
         .into_iter()
         .map(|op| TxnOp {

@@ -342,6 +342,8 @@ fn build_pack(
         walk.hide(*have)?;
     }
     let mut pb = repo.packbuilder()?;
+    // 0: one delta-search thread per CPU (libgit2 is built with threads).
+    pb.set_threads(0);
     pb.insert_walk(&mut walk)?;
     let mut buf = git2::Buf::new();
     pb.write_buf(&mut buf)?;

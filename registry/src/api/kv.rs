@@ -18,7 +18,7 @@ use crate::store::state::{KvEntry, Topic};
 const PREFIX: &str = "/v1/kv/";
 
 /// Consul's key rules: no path traversal and no surrounding spaces; any other unicode is fine.
-fn validate_key(key: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_key(key: &str) -> Result<(), ApiError> {
     let traversal =
         key == ".." || key.starts_with("../") || key.contains("/../") || key.ends_with("/..");
     if traversal || key.trim() != key || key.contains('\0') {

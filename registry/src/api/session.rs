@@ -29,7 +29,11 @@ pub(crate) fn to_dto(s: &Session) -> SessionEntry {
         node: s.node.clone(),
         lock_delay: u64::try_from(s.lock_delay.as_nanos()).unwrap_or(u64::MAX),
         behavior: s.behavior.as_str().to_owned(),
-        ttl: s.ttl.map(dto::go_duration).unwrap_or_default(),
+        ttl: match s.ttl {
+            Some(_) if !s.ttl_text.is_empty() => s.ttl_text.clone(),
+            Some(ttl) => dto::go_duration(ttl),
+            None => String::new(),
+        },
         node_checks: s.node_checks.clone(),
         service_checks: s
             .service_checks
@@ -83,7 +87,8 @@ pub(crate) fn new_session(
         "delete" => Behavior::Delete,
         other => return Err(rejected(format!("Invalid Behavior setting '{other}'"))),
     };
-    let ttl = match request.ttl.as_deref().unwrap_or("") {
+    let ttl_text = request.ttl.clone().unwrap_or_default();
+    let ttl = match ttl_text.as_str() {
         "" => None,
         text => {
             let ttl = dto::parse_go_duration(text)
@@ -118,6 +123,11 @@ pub(crate) fn new_session(
             .collect(),
         lock_delay: lock_delay(request.lock_delay.as_ref())?,
         behavior,
+        ttl_text: if ttl.is_some() {
+            ttl_text
+        } else {
+            String::new()
+        },
         ttl,
     })
 }

@@ -480,6 +480,12 @@ async fn session_create_rules() {
         r#"[{"ID":"{s}","Name":"web-lock","Node":"node1","LockDelay":3000000000,"Behavior":"release","TTL":"15s","NodeChecks":["serfHealth"],"ServiceChecks":[],"CreateIndex":2,"ModifyIndex":2}]"#,
     )
     .await;
+    // the TTL comes back as the client wrote it
+    h.session("sixty", r#"{"TTL":"60s"}"#).await;
+    let info = h
+        .check("GET", "/v1/session/info/{sixty}", "", 200, "*")
+        .await;
+    assert!(info.body.contains(r#""TTL":"60s""#), "{}", info.body);
     h.session("ns", r#"{"LockDelay":2000000000,"NodeChecks":[]}"#)
         .await;
     let info = h.check("GET", "/v1/session/info/{ns}", "", 200, "*").await;
@@ -566,14 +572,14 @@ async fn session_create_rules() {
     }
     let list: Vec<serde_json::Value> =
         serde_json::from_str(&h.check("GET", "/v1/session/list", "", 200, "*").await.body).unwrap();
-    assert_eq!(list.len(), 4);
+    assert_eq!(list.len(), 5, "{list:#?}");
     let node: Vec<serde_json::Value> = serde_json::from_str(
         &h.check("GET", "/v1/session/node/node1", "", 200, "*")
             .await
             .body,
     )
     .unwrap();
-    assert_eq!(node.len(), 4);
+    assert_eq!(node.len(), 5);
     let renewed = h.check("PUT", "/v1/session/renew/{s}", "", 200, "*").await;
     assert!(renewed.body.starts_with(r#"[{"ID":""#), "{}", renewed.body);
 }
@@ -667,6 +673,11 @@ async fn txn_rules() {
             r#"Failed to parse body: json: unknown field "Extra""#,
         ),
         (r#"{"#, 400, "*"),
+        (
+            r#"[{"KV":{"Verb":"set","Key":"a/../b"}}]"#,
+            400,
+            r#"Invalid key name "a/../b""#,
+        ),
     ];
     for (body, status, expected) in table {
         h.check("PUT", "/v1/txn", body, *status, expected).await;

@@ -34,6 +34,7 @@ pub(crate) async fn apply(
         )));
     }
     for op in &ops {
+        kv::validate_key(&op.kv.key)?;
         let allowed = match op.kv.verb.as_str() {
             "get" | "get-or-empty" | "check-index" | "check-session" | "check-not-exists" => {
                 authz.allows(Resource::Key, &op.kv.key, Need::Read)

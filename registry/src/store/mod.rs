@@ -31,6 +31,8 @@ use self::state::{Session, State, Topic};
 
 /// Most commands handled in one commit group.
 const MAX_BATCH: usize = 512;
+/// Tombstones kept before the oldest half is reaped (Consul reaps them on a timer instead).
+const TOMBSTONE_LIMIT: usize = 100_000;
 
 /// Store failures. `Rejected` carries Consul's own text for a refused command.
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +319,11 @@ impl Writer {
             let result = tx.execute(request.command);
             changes.extend(tx.finish(result.is_ok()));
             replies.push((request.reply, result));
+        }
+        if self.working.tombstones.len() > TOMBSTONE_LIMIT {
+            let mut tx = ops::Tx::new(&mut self.working, &mut self.timers, now);
+            tx.reap_tombstones(TOMBSTONE_LIMIT / 2);
+            changes.extend(tx.finish(true));
         }
         if changes.is_empty() {
             reply_all(replies);

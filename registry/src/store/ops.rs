@@ -31,6 +31,8 @@ pub(crate) struct NewSession {
     pub(crate) lock_delay: Duration,
     pub(crate) behavior: Behavior,
     pub(crate) ttl: Option<Duration>,
+    /// The TTL as sent, echoed back in answers.
+    pub(crate) ttl_text: String,
 }
 
 /// One KV operation of a transaction, verb as sent.
@@ -306,6 +308,27 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Drops the oldest tombstones so that `keep` remain, and raises the reaped floor.
+    pub(crate) fn reap_tombstones(&mut self, keep: usize) {
+        let excess = self.state.tombstones.len().saturating_sub(keep);
+        if excess == 0 {
+            return;
+        }
+        let mut by_age: Vec<(u64, String)> = self
+            .state
+            .tombstones
+            .iter()
+            .map(|(k, at)| (*at, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let mut floor = self.state.tables.kv_reaped;
+        for (at, key) in by_age.into_iter().take(excess) {
+            floor = floor.max(at);
+            self.put(Change::Tombstone(key, None));
+        }
+        self.state.tables.kv_reaped = floor;
+    }
+
     // ---- sessions ----
 
     fn session_create(&mut self, new: NewSession) -> Result<Session, StoreError> {
@@ -342,6 +365,7 @@ impl<'a> Tx<'a> {
             lock_delay: new.lock_delay,
             behavior: new.behavior,
             ttl: new.ttl,
+            ttl_text: new.ttl_text,
             create_index: self.index,
             modify_index: self.index,
         };
@@ -666,5 +690,86 @@ impl<'a> Tx<'a> {
             self.put(Change::Check(key, None));
             self.end_sessions_for_check(node, check_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: &mut State, timers: &mut Timers, f: impl FnOnce(&mut Tx<'_>)) {
+        let mut tx = Tx::new(state, timers, Instant::now());
+        f(&mut tx);
+        tx.finish(true);
+    }
+
+    #[tokio::test]
+    async fn reaping_tombstones_never_moves_a_prefix_index_backwards() {
+        let mut state = State::default();
+        let mut timers = Timers::default();
+        for i in 0..6 {
+            let key = format!("p/{i}");
+            run(&mut state, &mut timers, |tx| {
+                tx.kv_set(key, Bytes::new(), 0, SetMode::Plain).unwrap();
+            });
+        }
+        for i in 1..6 {
+            run(&mut state, &mut timers, |tx| {
+                tx.kv_delete(&format!("p/{i}"), None);
+            });
+        }
+        let before = state.kv_prefix_index("p/");
+        assert_eq!(state.tombstones.len(), 5);
+        run(&mut state, &mut timers, |tx| tx.reap_tombstones(2));
+        assert_eq!(state.tombstones.len(), 2);
+        assert!(state.kv_prefix_index("p/") >= before);
+        run(&mut state, &mut timers, |tx| tx.reap_tombstones(0));
+        assert!(state.tombstones.is_empty());
+        assert!(state.kv_prefix_index("p/") >= before);
+        assert_eq!(state.kv.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn failed_txn_leaves_no_trace() {
+        let mut state = State::default();
+        let mut timers = Timers::default();
+        run(&mut state, &mut timers, |tx| {
+            tx.kv_set("a".into(), Bytes::from_static(b"1"), 0, SetMode::Plain)
+                .unwrap();
+        });
+        let snapshot = (
+            state.index,
+            state.tables,
+            state.kv.clone(),
+            state.tombstones.clone(),
+        );
+        let op = |verb: &str, key: &str| TxnOp {
+            verb: verb.into(),
+            key: key.into(),
+            value: Bytes::from_static(b"x"),
+            flags: 0,
+            index: 0,
+            session: String::new(),
+        };
+        let mut outcome = None;
+        run(&mut state, &mut timers, |tx| {
+            outcome = Some(tx.txn(vec![
+                op("delete", "a"),
+                op("set", "b"),
+                op("get", "missing"),
+            ]));
+        });
+        assert!(
+            matches!(outcome, Some(TxnOutcome::RolledBack(ref e)) if e.len() == 1 && e[0].0 == 2)
+        );
+        assert_eq!(
+            (
+                state.index,
+                state.tables,
+                state.kv.clone(),
+                state.tombstones.clone()
+            ),
+            snapshot
+        );
     }
 }

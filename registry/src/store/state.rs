@@ -51,6 +51,9 @@ pub(crate) struct Session {
     pub(crate) lock_delay: Duration,
     pub(crate) behavior: Behavior,
     pub(crate) ttl: Option<Duration>,
+    /// The TTL as the client wrote it (Consul answers with that text).
+    #[serde(default)]
+    pub(crate) ttl_text: String,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }
@@ -180,6 +183,10 @@ pub(crate) struct TableIndexes {
     pub(crate) nodes: u64,
     pub(crate) services: u64,
     pub(crate) checks: u64,
+    /// The newest deletion index among tombstones already reaped: prefix indexes never drop
+    /// below it, so reaping cannot make a listing's index go backwards.
+    #[serde(default)]
+    pub(crate) kv_reaped: u64,
 }
 
 impl TableIndexes {
@@ -308,7 +315,7 @@ impl State {
             .map(|(_, at)| *at)
             .max();
         match entries.max(tombs) {
-            Some(index) => index,
+            Some(index) => index.max(self.tables.kv_reaped),
             None => self.tables.kv,
         }
     }

@@ -397,7 +397,8 @@ fn canonical_keys(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             let entries = std::mem::take(map);
-            for (key, mut inner) in entries {
+            // A null counts as absent, as in Consul's decoder.
+            for (key, mut inner) in entries.into_iter().filter(|(_, v)| !v.is_null()) {
                 let folded: String = key.chars().filter(|c| *c != '_').collect();
                 let name = ACL_FIELDS
                     .iter()

@@ -198,7 +198,9 @@ pub async fn run_agent(
     ));
     let reaper = tokio::spawn(sync::run_reaper(local.clone(), tasks.clone()));
     let beats = tokio::spawn(heartbeat_loop(shared.clone(), tasks.clone()));
-    let app = router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = router(shared.clone()).layer(
+        tower_http::trace::TraceLayer::new_for_http().make_span_with(crate::api::acl::request_span),
+    );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;

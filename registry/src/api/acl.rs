@@ -89,6 +89,11 @@ pub(crate) fn presented_token(parts: &Parts) -> Option<String> {
         .find(|t| !t.is_empty())
 }
 
+/// Request span without the query string, which may carry `?token=`: tokens never reach logs.
+pub(crate) fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+}
+
 /// Sets `X-Consul-Results-Filtered-By-ACLs: true` when something was dropped.
 pub(crate) fn filtered(mut response: Response, dropped: bool) -> Response {
     if dropped {

@@ -62,4 +62,5 @@ wait_for etcd "http://127.0.0.1:$etcd_port/v3/kv/range" -X POST -d '{"key":"AA==
 echo "berth-registry: $("$target/berth-registry" --version)"
 echo "etcd: $(etcd --version | head -1)"
 echo "machine: $(nproc) cores, $(uname -r), data on $(df -T "$work" | awk 'NR==2 {print $2}')"
+echo "load average before the run: $(cut -d" " -f1-3 /proc/loadavg)"
 "$target/berth-registry-bench" --berth "http://127.0.0.1:$berth_port" --etcd "http://127.0.0.1:$etcd_port" "$@"

@@ -129,7 +129,8 @@ async fn rs_consul_kv_roundtrip_flags_and_cas() {
 
 #[tokio::test]
 async fn rs_consul_reads_are_prefix_reads() {
-    let server = Server::start().await;
+    // In-memory (`--dev`) server: same API without a data dir.
+    let server = Server::start_dev().await;
     let c = consul(server.url());
     for (k, v) in [("rs/p/a", "1"), ("rs/p/ab", "2"), ("rs/p/b/c", "3")] {
         assert!(put(&c, k, v).await.0);

@@ -254,7 +254,7 @@ async fn sessions_and_locks_survive_sigkill() {
     let mut server = Server::start().await;
     let api = Api::new(server.url());
     let session = api
-        .create_session(json!({"Name": "survivor", "TTL": "30s", "LockDelay": "0s"}))
+        .create_session(json!({"Name": "survivor", "TTL": "60s", "LockDelay": "0s"}))
         .await;
     assert!(api.acquire("restart/lock", &session, b"held").await);
     let (before, _) = api.get("restart/lock").await;
@@ -267,7 +267,7 @@ async fn sessions_and_locks_survive_sigkill() {
     let info = api.session_info(&session).await;
     assert_eq!(info.len(), 1, "session lost across restart");
     assert_eq!(info[0]["Name"], "survivor");
-    assert_eq!(info[0]["TTL"], "30s");
+    assert_eq!(info[0]["TTL"], "60s", "TTL echoed as sent");
     let (after, _) = api.get("restart/lock").await;
     assert_eq!(
         after.as_ref(),

@@ -44,9 +44,13 @@ pub(crate) async fn block<T>(
     opts: QueryOptions,
     query: impl Fn(&State) -> (T, u64),
 ) -> (T, u64) {
+    if opts.index == 0 {
+        return app.store.read(&query);
+    }
+    // Subscribe before reading, so a commit between the read and the wait is not missed.
     let mut changes = app.store.subscribe(topic);
     let (mut result, mut index) = app.store.read(&query);
-    if opts.index == 0 || index > opts.index {
+    if index > opts.index {
         return (result, index);
     }
     let deadline = tokio::time::Instant::now() + opts.wait + jitter(opts.wait);

@@ -21,6 +21,7 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use bytes::Bytes;
+use futures::StreamExt as _;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,8 @@ use crate::store::{Store, StoreError};
 pub(crate) const MAX_VALUE_SIZE: usize = 512 * 1024;
 /// Largest JSON body of other requests.
 const MAX_JSON_BODY: usize = 1024 * 1024;
+/// How much of a too-large body is read and dropped before the 413 is sent.
+const MAX_DRAIN: usize = 1024 * 1024;
 
 /// What every handler shares.
 pub(crate) struct AppState {
@@ -66,6 +69,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/session/info/{id}", get(session::info))
         .route("/v1/session/node/{node}", get(session::node))
         .route("/v1/session/list", get(session::list))
+        .route("/v1/session/destroy/", put(session::missing_id))
+        .route("/v1/session/renew/", put(session::missing_id))
+        .route("/v1/session/info/", get(session::missing_id))
+        .route("/v1/session/node/", get(session::missing_node))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
         .route("/v1/agent/self", get(agent::self_info))
@@ -241,12 +248,27 @@ pub(crate) async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if let Some(n) = declared.filter(|n| *n > limit) {
-        return Err(too_large(n));
+    let mut chunks = body.into_data_stream();
+    let mut read = Vec::new();
+    let mut total = 0usize;
+    // Past the limit the rest is read and dropped (up to MAX_DRAIN) before answering, so a
+    // client still sending its body reads the 413 instead of a connection reset, as with Go's
+    // net/http.
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| too_large(limit + 1))?;
+        total = total.saturating_add(chunk.len());
+        if total > limit.saturating_add(MAX_DRAIN) {
+            break;
+        }
+        if total <= limit && declared.is_none_or(|n| n <= limit) {
+            read.extend_from_slice(&chunk);
+        }
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large(limit + 1))
+    match declared {
+        Some(n) if n > limit => Err(too_large(n)),
+        _ if total > limit => Err(too_large(limit + 1)),
+        _ => Ok(Bytes::from(read)),
+    }
 }
 
 /// Reads and decodes a JSON request body the way Consul does (see [`crate::dto::decode_request`]).

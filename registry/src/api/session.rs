@@ -222,3 +222,11 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     sessions(&app, &authz, &uri, |_| true).await
 }
+
+pub(crate) async fn missing_id() -> ApiError {
+    ApiError::BadRequest("Missing session".to_owned())
+}
+
+pub(crate) async fn missing_node() -> ApiError {
+    ApiError::BadRequest("Missing node name".to_owned())
+}

@@ -566,6 +566,10 @@ async fn session_create_rules() {
             "Session id 'unknown' not found",
         ),
         ("PUT", "/v1/session/destroy/unknown", "", 200, "true"),
+        ("PUT", "/v1/session/destroy/", "", 400, "Missing session"),
+        ("PUT", "/v1/session/renew/", "", 400, "Missing session"),
+        ("GET", "/v1/session/info/", "", 400, "Missing session"),
+        ("GET", "/v1/session/node/", "", 400, "Missing node name"),
     ];
     for (method, uri, body, status, expected) in table {
         h.check(method, uri, body, *status, expected).await;

@@ -23,7 +23,7 @@ struct Args {
     /// Base URL of etcd's client port (its HTTP/JSON gateway), e.g. http://127.0.0.1:12379.
     #[arg(long)]
     etcd: Option<String>,
-    /// Concurrency levels to measure.
+    /// Concurrency levels to measure (0 skips the PUT/GET phases).
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     clients: Vec<usize>,
     /// Operations per phase with one client.
@@ -170,7 +170,8 @@ impl Target {
     }
 
     /// One wake-up sample: a watcher waits on `key`; the time from just before the PUT is sent
-    /// to the watcher's return.
+    /// to the watcher's return, and from the PUT's acknowledgement to the watcher's return (zero
+    /// when the watcher returned first).
     async fn wakeup(
         &self,
         watch_http: &reqwest::Client,
@@ -178,7 +179,7 @@ impl Target {
         key: &str,
         index: &mut u64,
         n: usize,
-    ) -> anyhow::Result<Duration> {
+    ) -> anyhow::Result<(Duration, Duration)> {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let watcher = {
             let target = self.clone();
@@ -193,9 +194,13 @@ impl Target {
         let start = Instant::now();
         self.put(put_http, key, format!("wake-{n}").as_bytes())
             .await?;
+        let acked = Instant::now();
         let (returned_at, next_index) = watcher.await??;
         *index = next_index;
-        Ok(returned_at.saturating_duration_since(start))
+        Ok((
+            returned_at.saturating_duration_since(start),
+            returned_at.saturating_duration_since(acked),
+        ))
     }
 
     async fn watch_once(
@@ -269,6 +274,16 @@ impl Target {
     }
 }
 
+/// `template` with its first bytes replaced by the operation number, so every PUT changes its
+/// key (berth, like Consul, skips the commit of a write identical to the stored entry).
+fn unique_value(template: &[u8], i: usize) -> Vec<u8> {
+    let mut value = template.to_vec();
+    let stamp = format!("{i:020}");
+    let n = stamp.len().min(value.len());
+    value[..n].copy_from_slice(&stamp.as_bytes()[stamp.len() - n..]);
+    value
+}
+
 fn key_for(i: usize, keys: usize) -> String {
     format!("bench/k{:05}", i % keys)
 }
@@ -313,7 +328,7 @@ async fn load(
                 let key = key_for(i, keys);
                 let t = Instant::now();
                 let done = match op {
-                    Op::Put => target.put(&http, &key, &value).await,
+                    Op::Put => target.put(&http, &key, &unique_value(&value, i)).await,
                     Op::Get => target.get(&http, &key).await,
                 };
                 match done {
@@ -341,7 +356,7 @@ async fn load(
     Ok(Stats::from_samples(all, errors, start.elapsed()))
 }
 
-async fn wakeups(target: &Target, n: usize) -> anyhow::Result<Stats> {
+async fn wakeups(target: &Target, n: usize) -> anyhow::Result<(Stats, Stats)> {
     let watch_http = client()?;
     let put_http = client()?;
     let key = "bench/wake";
@@ -361,15 +376,20 @@ async fn wakeups(target: &Target, n: usize) -> anyhow::Result<Stats> {
         System::Etcd => 0,
     };
     let start = Instant::now();
-    let mut samples = Vec::with_capacity(n);
+    let mut from_put = Vec::with_capacity(n);
+    let mut from_ack = Vec::with_capacity(n);
     for i in 0..n {
-        samples.push(
-            target
-                .wakeup(&watch_http, &put_http, key, &mut index, i)
-                .await?,
-        );
+        let (put, ack) = target
+            .wakeup(&watch_http, &put_http, key, &mut index, i)
+            .await?;
+        from_put.push(put);
+        from_ack.push(ack);
     }
-    Ok(Stats::from_samples(samples, 0, start.elapsed()))
+    let elapsed = start.elapsed();
+    Ok((
+        Stats::from_samples(from_put, 0, elapsed),
+        Stats::from_samples(from_ack, 0, elapsed),
+    ))
 }
 
 #[derive(Debug, Default)]
@@ -424,7 +444,7 @@ async fn main() -> anyhow::Result<()> {
     let max = Duration::from_secs(args.max_phase_secs);
 
     let mut report = Report::default();
-    for &clients in &args.clients {
+    for &clients in args.clients.iter().filter(|&&c| c > 0) {
         let total = if clients <= 1 {
             args.ops_single
         } else {
@@ -451,14 +471,19 @@ async fn main() -> anyhow::Result<()> {
             report.rows.push((label, cells));
         }
     }
-    let mut cells = Vec::new();
+    let (mut from_put, mut from_ack) = (Vec::new(), Vec::new());
     for target in &targets {
         eprintln!("{}: {} wake-ups", target.system.name(), args.wakeups);
-        cells.push(Some(wakeups(target, args.wakeups).await?));
+        let (put, ack) = wakeups(target, args.wakeups).await?;
+        from_put.push(Some(put));
+        from_ack.push(Some(ack));
     }
     report
         .rows
-        .push(("wake-up (PUT -> watcher returns)".into(), cells));
+        .push(("wake-up (PUT sent -> watcher returns)".into(), from_put));
+    report
+        .rows
+        .push(("wake-up (PUT acked -> watcher returns)".into(), from_ack));
 
     println!();
     let mut header = String::from("| workload |");

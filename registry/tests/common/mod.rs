@@ -109,6 +109,19 @@ impl Server {
     }
 
     async fn spawn(&mut self) {
+        // The port was free when picked; another process may take it before the child binds,
+        // so a bind failure is retried on a fresh port.
+        for attempt in 1..=3 {
+            let log = self.spawn_once();
+            match self.wait_ready(&log).await {
+                Ok(()) => return,
+                Err(early) if attempt < 3 && early.contains("in use") => continue,
+                Err(early) => panic!("{early}"),
+            }
+        }
+    }
+
+    fn spawn_once(&mut self) -> PathBuf {
         self.port = free_port();
         self.starts += 1;
         let log = self.dir.path().join(format!("server-{}.log", self.starts));
@@ -128,28 +141,39 @@ impl Server {
                 cmd.arg("--dev");
             }
         }
+        for var in [
+            "BERTH_REGISTRY_CONFIG",
+            "BERTH_REGISTRY_DATA_DIR",
+            "BERTH_REGISTRY_DEV",
+            "BERTH_REGISTRY_DATACENTER",
+            "BERTH_REGISTRY_ACL_MASTER_TOKEN",
+            "BERTH_REGISTRY_ACL_MASTER_TOKEN_FILE",
+        ] {
+            cmd.env_remove(var);
+        }
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)
             .kill_on_drop(true);
-        let child = cmd.spawn().expect("spawn berth-registry");
-        self.child = Some(child);
-        self.wait_ready(&log).await;
+        self.child = Some(cmd.spawn().expect("spawn berth-registry"));
+        log
     }
 
     /// Polls `/v1/status/leader` until it answers 200 with a non-empty leader, as real clients do.
-    async fn wait_ready(&mut self, log: &Path) {
+    /// Err (with the log) when the child exits first.
+    async fn wait_ready(&mut self, log: &Path) -> Result<(), String> {
         let url = format!("{}/v1/status/leader", self.url());
         let deadline = tokio::time::Instant::now() + READY_GUARD;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "berth-registry exited early with {status}; log:\n{}",
                     read_log(log)
-                );
+                ));
             }
             if let Ok(resp) = self.http.get(&url).send().await
                 && resp.status().is_success()
@@ -157,7 +181,7 @@ impl Server {
                 && body.trim() != "\"\""
                 && !body.trim().is_empty()
             {
-                return;
+                return Ok(());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -63,6 +63,7 @@ class Registry:
                 "--node-name",
                 NODE,
             ],
+            env={k: v for k, v in os.environ.items() if not k.startswith("BERTH_REGISTRY_")},
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,

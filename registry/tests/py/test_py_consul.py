@@ -330,3 +330,23 @@ def test_value_size_limit(c, prefix):
         c.kv.put(f"{prefix}/over", b"x" * (limit + 1))
     assert "413" in str(err.value)
     assert c.kv.get(f"{prefix}/over")[1] is None
+
+
+def test_kv_blocking_recurse_wakes_on_delete(c, prefix):
+    for k in ("a", "b"):
+        c.kv.put(f"{prefix}/{k}", k)
+    index, items = c.kv.get(f"{prefix}/", recurse=True)
+    assert len(items) == 2
+    threading.Timer(0.3, lambda: c.kv.delete(f"{prefix}/a")).start()
+    new_index, items = c.kv.get(f"{prefix}/", recurse=True, index=index, wait="20s")
+    # The delete leaves a tombstone, so the prefix index moves forward.
+    assert int(new_index) > int(index)
+    assert [i["Key"] for i in items] == [f"{prefix}/b"]
+
+
+def test_kv_consistency_modes_are_accepted(c, prefix):
+    c.kv.put(f"{prefix}/k", "v")
+    for mode in ("consistent", "stale"):
+        index, item = c.kv.get(f"{prefix}/k", consistency=mode)
+        assert item["Value"] == b"v"
+        assert int(index) == item["ModifyIndex"]

@@ -59,6 +59,9 @@ struct AgentArgs {
     /// Period of the full anti-entropy sync (it also runs after every change).
     #[arg(long, env = "BERTH_AGENT_SYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     sync_interval: std::time::Duration,
+    /// Directory keeping registered services and checks across restarts.
+    #[arg(long, env = "BERTH_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Period of heartbeats to the server.
     #[arg(long, env = "BERTH_AGENT_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat_interval: std::time::Duration,
@@ -75,6 +78,7 @@ impl AgentArgs {
         config.enable_script_checks = self.enable_script_checks;
         config.sync_interval = self.sync_interval;
         config.heartbeat_interval = self.heartbeat_interval;
+        config.data_dir = self.data_dir;
         config.token = match (self.token, self.token_file) {
             (Some(t), _) => Some(t),
             (None, Some(path)) => Some(

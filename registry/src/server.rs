@@ -172,7 +172,9 @@ pub async fn run(
     )
     .await?;
     tracing::info!(addr = %local, node = %config.node_name, dev = config.dev, "registry listening");
-    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = app.layer(
+        tower_http::trace::TraceLayer::new_for_http().make_span_with(crate::api::acl::request_span),
+    );
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(cause = %err, "cannot set TCP_NODELAY");

@@ -2,6 +2,7 @@
 //! host, their check runners, and what anti-entropy pushes into the catalog.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -64,12 +65,21 @@ pub(crate) struct LocalState {
     pub(crate) checks: BTreeMap<String, LocalCheck>,
 }
 
+/// Registrations as received, persisted so a restarted agent serves them again.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    services: BTreeMap<String, AgentServiceRegistration>,
+    checks: BTreeMap<String, AgentCheckRegistration>,
+}
+
 /// Services and checks of this agent; cheap to share.
 pub struct LocalAgent {
     node: String,
     state: Mutex<LocalState>,
     runner: CheckRunner,
     version: watch::Sender<u64>,
+    saved: Mutex<Saved>,
+    file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for LocalAgent {
@@ -96,13 +106,26 @@ impl LocalAgent {
     /// A new agent for `node`; check tasks stop when `shutdown` is cancelled. Results are
     /// applied by a task spawned here.
     pub fn new(node: &str, enable_script_checks: bool, shutdown: CancellationToken) -> Arc<Self> {
+        Self::with_file(node, enable_script_checks, shutdown, None)
+    }
+
+    /// Like [`LocalAgent::new`], keeping registrations in `file` and restoring them from it.
+    pub fn with_file(
+        node: &str,
+        enable_script_checks: bool,
+        shutdown: CancellationToken,
+        file: Option<PathBuf>,
+    ) -> Arc<Self> {
         let (runner, mut results) = CheckRunner::new(enable_script_checks, shutdown);
         let agent = Arc::new(Self {
             node: node.to_owned(),
             state: Mutex::default(),
             runner,
             version: watch::Sender::new(0),
+            saved: Mutex::default(),
+            file,
         });
+        agent.restore();
         let weak = Arc::downgrade(&agent);
         tokio::spawn(async move {
             while let Some(result) = results.recv().await {
@@ -113,6 +136,42 @@ impl LocalAgent {
             }
         });
         agent
+    }
+
+    fn restore(&self) {
+        let Some(file) = &self.file else { return };
+        let saved: Saved = match std::fs::read(file) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(cause = %e, file = %file.display(), "unreadable agent state; starting empty");
+                    return;
+                }
+            },
+            Err(_) => return,
+        };
+        for (id, reg) in saved.services {
+            if let Err(e) = self.register_service(reg, false) {
+                tracing::warn!(service = %id, cause = %e, "could not restore service");
+            }
+        }
+        for (id, def) in saved.checks {
+            if let Err(e) = self.register_check(def) {
+                tracing::warn!(check = %id, cause = %e, "could not restore check");
+            }
+        }
+    }
+
+    fn save(&self, change: impl FnOnce(&mut Saved)) {
+        let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut saved);
+        let Some(file) = &self.file else { return };
+        let written = serde_json::to_vec(&*saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| write_atomic(file, &bytes));
+        if let Err(e) = written {
+            tracing::error!(cause = %e, file = %file.display(), "persisting agent state failed");
+        }
     }
 
     /// This agent's node name.
@@ -154,6 +213,7 @@ impl LocalAgent {
         if reg.name.is_empty() {
             return Err(AgentError::Invalid("Missing service name".into()));
         }
+        let original = reg.clone();
         let id = reg
             .id
             .clone()
@@ -218,11 +278,14 @@ impl LocalAgent {
                 c.check.service_tags.clone_from(&service.tags);
             }
         }
-        state.services.insert(id, service);
+        state.services.insert(id.clone(), service);
         for c in built {
             self.install_check(&mut state, c)?;
         }
         drop(state);
+        self.save(|s| {
+            s.services.insert(id, original);
+        });
         self.bump();
         Ok(())
     }
@@ -239,13 +302,18 @@ impl LocalAgent {
             })?),
             None => None,
         };
+        let original = def.clone();
         let c = self.build_check(def, &name, &name, service.as_ref())?;
         if let Some(kind) = &c.kind {
             self.runner.validate(kind)?;
         }
+        let id = c.check.id.clone();
         let mut state = self.lock();
         self.install_check(&mut state, c)?;
         drop(state);
+        self.save(|s| {
+            s.checks.insert(id, original);
+        });
         self.bump();
         Ok(())
     }
@@ -404,11 +472,17 @@ impl LocalAgent {
             .filter(|c| c.check.service_id == id)
             .map(|c| c.check.id.clone())
             .collect();
-        for cid in checks {
-            state.checks.remove(&cid);
-            self.runner.stop(&cid);
+        for cid in &checks {
+            state.checks.remove(cid);
+            self.runner.stop(cid);
         }
         drop(state);
+        self.save(|s| {
+            s.services.remove(id);
+            for cid in &checks {
+                s.checks.remove(cid);
+            }
+        });
         self.bump();
         Ok(())
     }
@@ -421,6 +495,9 @@ impl LocalAgent {
         }
         self.runner.stop(id);
         drop(state);
+        self.save(|s| {
+            s.checks.remove(id);
+        });
         self.bump();
         Ok(())
     }
@@ -570,6 +647,15 @@ pub(crate) fn worst(a: CheckStatus, b: CheckStatus) -> CheckStatus {
         CheckStatus::Maintenance => 3,
     };
     if rank(b) > rank(a) { b } else { a }
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn health_status(h: Health) -> CheckStatus {

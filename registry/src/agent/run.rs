@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub sync_interval: Duration,
     /// Period of heartbeats to the server.
     pub heartbeat_interval: Duration,
+    /// Where registered services and checks are kept across restarts (`None`: memory only).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl AgentConfig {
@@ -55,6 +57,7 @@ impl AgentConfig {
             enable_script_checks: false,
             sync_interval: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
+            data_dir: None,
         }
     }
 
@@ -146,10 +149,17 @@ pub async fn run_agent(
     };
     tracing::info!(server = %server, node = %config.node_name, "joined");
     let tasks = CancellationToken::new();
-    let local = LocalAgent::new(
+    if let Some(dir) = &config.data_dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let local = LocalAgent::with_file(
         &config.node_name,
         config.enable_script_checks,
         tasks.clone(),
+        config
+            .data_dir
+            .as_ref()
+            .map(|d| d.join("agent-services.json")),
     );
     let shared = Arc::new(AgentShared {
         proxy: Proxy {
@@ -188,7 +198,9 @@ pub async fn run_agent(
     ));
     let reaper = tokio::spawn(sync::run_reaper(local.clone(), tasks.clone()));
     let beats = tokio::spawn(heartbeat_loop(shared.clone(), tasks.clone()));
-    let app = router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = router(shared.clone()).layer(
+        tower_http::trace::TraceLayer::new_for_http().make_span_with(crate::api::acl::request_span),
+    );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
@@ -209,6 +221,7 @@ fn router(shared: Arc<AgentShared>) -> Router {
         .route("/v1/agent/self", get(agent_self))
         .route("/v1/agent/join/{addr}", put(join))
         .route("/v1/agent/leave", put(leave_handler))
+        .route("/v1/session/create", put(session_create))
         .fallback(forward)
         .with_state(shared)
         .merge(agent_local::routes(api))
@@ -337,6 +350,40 @@ async fn leave(s: &AgentShared) {
         Ok(()) => tracing::info!("left the cluster"),
         Err(e) => tracing::warn!(cause = %e, "graceful leave failed"),
     }
+}
+
+/// Sessions created through an agent default to the agent's node, as in Consul.
+async fn session_create(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
+        return crate::api::plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large".into(),
+        );
+    };
+    let mut value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        serde_json::json!({})
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            // Let the server word the decode error.
+            Err(_) => {
+                return forward(State(s), Request::from_parts(parts, Body::from(bytes))).await;
+            }
+        }
+    };
+    if let Some(obj) = value.as_object_mut() {
+        let has_node = obj.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("node") && v.as_str().is_some_and(|n| !n.is_empty())
+        });
+        if !has_node {
+            obj.retain(|k, _| !k.eq_ignore_ascii_case("node"));
+            obj.insert("Node".into(), s.config.node_name.clone().into());
+        }
+    }
+    let body = serde_json::to_vec(&value).unwrap_or_default();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    forward(State(s), Request::from_parts(parts, Body::from(body))).await
 }
 
 const HOP_BY_HOP: &[&str] = &[

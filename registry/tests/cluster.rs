@@ -1,0 +1,338 @@
+//! Several `berth-registry agent` processes joined to one `berth-registry server` process, each
+//! agent on its own loopback address: services registered through agents reach the server's
+//! catalog; a killed agent's node fails, its services leave `?passing` and its locks are
+//! released; the restarted agent brings everything back without duplicates.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth-registry");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth-registry"),
+    )
+}
+
+struct Http {
+    client: reqwest::Client,
+}
+
+impl Http {
+    async fn call(&self, method: &str, url: &str, body: Option<Value>) -> (u16, Value, u64) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), url)
+            .timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let status = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value, index)
+    }
+
+    async fn ready(&self, base: &str) {
+        for _ in 0..200 {
+            if let Ok(r) = self
+                .client
+                .get(format!("{base}/v1/agent/self"))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{base} never came up");
+    }
+
+    /// Blocking queries on `url` until `done` holds (the server wakes us on every change).
+    async fn until(&self, url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut index = 0;
+        for _ in 0..60 {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let (status, value, new_index) = self
+                .call("GET", &format!("{url}{sep}index={index}&wait=2s"), None)
+                .await;
+            assert_eq!(status, 200, "{url}: {value}");
+            if done(&value) {
+                return value;
+            }
+            index = new_index;
+        }
+        panic!("timed out waiting for {what} at {url}");
+    }
+}
+
+fn count(v: &Value) -> usize {
+    v.as_array().map_or(0, Vec::len)
+}
+
+fn start_agent(n: u8, port: u16, server: &str, dir: &std::path::Path) -> Proc {
+    let ip = format!("127.0.0.{}", n + 1);
+    spawn(&[
+        "agent",
+        "--join",
+        server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        &format!("host{n}"),
+        "--data-dir",
+        dir.join(format!("host{n}")).to_str().unwrap(),
+        "--heartbeat-interval",
+        "200ms",
+        "--sync-interval",
+        "2s",
+    ])
+}
+
+#[tokio::test]
+async fn agents_join_fail_and_return() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sport = free_port("127.0.0.1");
+    let server = format!("http://127.0.0.1:{sport}");
+    let _srv = spawn(&[
+        "server",
+        "--dev",
+        "--http-addr",
+        &format!("127.0.0.1:{sport}"),
+        "--node-name",
+        "srv",
+        "--failure-timeout",
+        "2s",
+    ]);
+    http.ready(&server).await;
+    let app_port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app_port.local_addr().unwrap().to_string();
+    let mut agents = Vec::new();
+    let mut urls = Vec::new();
+    for n in 1..=3u8 {
+        let ip = format!("127.0.0.{}", n + 1);
+        let port = free_port(&ip);
+        agents.push(Some(start_agent(n, port, &server, dir.path())));
+        urls.push((format!("http://{ip}:{port}"), port));
+    }
+    for (n, (url, _)) in urls.iter().enumerate() {
+        http.ready(url).await;
+        let reg = json!({
+            "Name": "api", "ID": format!("api-{}", n + 1), "Port": 9000 + n,
+            "Tags": ["v1"],
+            "Checks": [
+                {"TCP": app_addr, "Interval": "1s"},
+                {"TTL": "1h", "Status": "passing"}
+            ]
+        });
+        let (status, body, _) = http
+            .call(
+                "PUT",
+                &format!("{url}/v1/agent/service/register"),
+                Some(reg),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let entries = http
+        .until(
+            &format!("{server}/v1/health/service/api?passing"),
+            "3 passing",
+            |v| count(v) == 3,
+        )
+        .await;
+    for e in entries.as_array().unwrap() {
+        let ids: Vec<&str> = e["Checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["CheckID"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 3, "serfHealth + two service checks: {ids:?}");
+    }
+    // Every other request is forwarded: the same catalog answers through any agent.
+    let (_, via_agent, _) = http
+        .call(
+            "GET",
+            &format!("{}/v1/catalog/service/api", urls[0].0),
+            None,
+        )
+        .await;
+    assert_eq!(count(&via_agent), 3);
+    // host2 takes a lock through its own agent; the session is on host2 by default.
+    let a2 = &urls[1].0;
+    let (_, created, _) = http
+        .call(
+            "PUT",
+            &format!("{a2}/v1/session/create"),
+            Some(json!({"Name": "h2"})),
+        )
+        .await;
+    let session = created["ID"].as_str().unwrap().to_owned();
+    let (_, info, _) = http
+        .call("GET", &format!("{server}/v1/session/info/{session}"), None)
+        .await;
+    assert_eq!(info[0]["Node"], "host2");
+    let (_, took, _) = http
+        .call(
+            "PUT",
+            &format!("{a2}/v1/kv/locks/leader?acquire={session}"),
+            Some(json!("h2")),
+        )
+        .await;
+    assert_eq!(took, json!(true));
+
+    // Kill host2 without a goodbye.
+    agents[1] = None;
+    http.until(
+        &format!("{server}/v1/health/node/host2"),
+        "serfHealth critical",
+        |v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "critical")
+        },
+    )
+    .await;
+    let passing = http
+        .until(
+            &format!("{server}/v1/health/service/api?passing"),
+            "2 passing",
+            |v| count(v) == 2,
+        )
+        .await;
+    assert!(
+        passing
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["Node"]["Node"] != "host2")
+    );
+    let (_, members, _) = http
+        .call("GET", &format!("{server}/v1/agent/members"), None)
+        .await;
+    let host2 = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Name"] == "host2")
+        .unwrap();
+    assert_eq!(host2["Status"], 4, "failed");
+    let (_, info, _) = http
+        .call("GET", &format!("{server}/v1/session/info/{session}"), None)
+        .await;
+    assert_eq!(info, json!([]), "the session ended with its node");
+    let (_, lock, _) = http
+        .call("GET", &format!("{server}/v1/kv/locks/leader"), None)
+        .await;
+    assert!(lock[0].get("Session").is_none(), "lock released: {lock}");
+
+    // Restart host2 on the same address and data dir: everything returns, once.
+    agents[1] = Some(start_agent(2, urls[1].1, &server, dir.path()));
+    http.until(
+        &format!("{server}/v1/health/service/api?passing"),
+        "3 passing again",
+        |v| count(v) == 3,
+    )
+    .await;
+    let (_, services, _) = http
+        .call("GET", &format!("{server}/v1/catalog/service/api"), None)
+        .await;
+    let mut ids: Vec<&str> = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ServiceID"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["api-1", "api-2", "api-3"]);
+    let (_, nodes, _) = http
+        .call("GET", &format!("{server}/v1/catalog/nodes"), None)
+        .await;
+    assert_eq!(
+        count(&nodes),
+        4,
+        "server and three hosts, no duplicates: {nodes}"
+    );
+    let (_, members, _) = http
+        .call("GET", &format!("{server}/v1/agent/members"), None)
+        .await;
+    assert!(
+        members.as_array().unwrap().iter().all(|m| m["Status"] == 1),
+        "{members}"
+    );
+
+    // Drift repair: a service removed behind the agent's back comes back.
+    let (_, _, _) = http
+        .call(
+            "PUT",
+            &format!("{server}/v1/catalog/deregister"),
+            Some(json!({"Node": "host3", "ServiceID": "api-3"})),
+        )
+        .await;
+    http.until(
+        &format!("{server}/v1/catalog/service/api"),
+        "api-3 restored",
+        |v| count(v) == 3,
+    )
+    .await;
+
+    // A graceful leave removes the node and shows `left`.
+    let (status, _, _) = http
+        .call("PUT", &format!("{}/v1/agent/leave", urls[2].0), None)
+        .await;
+    assert_eq!(status, 200);
+    http.until(
+        &format!("{server}/v1/catalog/service/api"),
+        "host3 gone",
+        |v| count(v) == 2,
+    )
+    .await;
+    let (_, members, _) = http
+        .call("GET", &format!("{server}/v1/agent/members"), None)
+        .await;
+    let host3 = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Name"] == "host3")
+        .unwrap();
+    assert_eq!(host3["Status"], 3, "left");
+    drop(app_port);
+}

@@ -1,0 +1,226 @@
+"""Compatibility: py-consul against berth's discovery API.
+
+A server and an agent joined to it run as child processes of the real binary (the agent on its
+own loopback address); py-consul drives agent, catalog, health and session calls through both,
+and ACL calls against a server started with a master token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import consul
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+GUARD_S = 60
+
+
+def _binary() -> Path:
+    explicit = os.environ.get("BERTH_REGISTRY_BIN")
+    if explicit:
+        return Path(explicit)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    path = target / "debug" / "berth-registry"
+    if not path.exists():
+        subprocess.run(["cargo", "build", "-p", "berth-registry", "--bin", "berth-registry"], cwd=ROOT, check=True)
+    return path
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A berth-registry child process answering on ip:port."""
+
+    def __init__(self, args: list[str], ip: str, port: int) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix="berth-disc-")
+        self.ip, self.port = ip, port
+        self.log_path = Path(self.dir.name) / "log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([str(_binary()), *args], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + GUARD_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited {self.proc.returncode}: {self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"http://{ip}:{port}/v1/agent/self", timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return  # answering (403 with ACLs on)
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"not ready: {self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        self.dir.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    sport = _free_port("127.0.0.1")
+    server = Proc(["server", "--dev", "--http-addr", f"127.0.0.1:{sport}", "--node-name", "py-server"], "127.0.0.1", sport)
+    aport = _free_port("127.0.0.5")
+    agent = Proc(
+        ["agent", "--join", f"127.0.0.1:{sport}", "--http-addr", f"127.0.0.5:{aport}", "--node-name", "py-agent",
+         "--sync-interval", "2s", "--heartbeat-interval", "200ms"],
+        "127.0.0.5",
+        aport,
+    )
+    yield server, agent
+    agent.stop()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def acl_server():
+    port = _free_port("127.0.0.1")
+    server = Proc(
+        ["server", "--dev", "--http-addr", f"127.0.0.1:{port}", "--node-name", "py-acl", "--acl-master-token", "root"],
+        "127.0.0.1",
+        port,
+    )
+    yield server
+    server.stop()
+
+
+def wait_for(fn, what: str):
+    """Polls with py-consul's own blocking queries (index/wait) until fn returns a truthy value."""
+    index = None
+    for _ in range(30):
+        index, value = fn(index)
+        if value:
+            return value
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("via", ["server", "agent"])
+def test_agent_services_checks_catalog_and_health(cluster, via):
+    server, agent = cluster
+    target = server if via == "server" else agent
+    node = "py-server" if via == "server" else "py-agent"
+    c = consul.Consul(host=target.ip, port=target.port)
+    s = consul.Consul(host=server.ip, port=server.port)
+    name = f"svc-{via}"
+    c.agent.service.register(name, service_id=f"{name}-1", port=8080, tags=["blue"], check=consul.Check.ttl("30s"))
+    assert f"{name}-1" in c.agent.services()
+    check_id = f"service:{name}-1"
+    assert c.agent.checks()[check_id]["Status"] == "critical"
+    c.agent.check.ttl_pass(check_id, "all good")
+    assert c.agent.checks()[check_id]["Output"] == "all good"
+
+    def passing(index):
+        idx, nodes = s.health.service(name, passing=True, index=index, wait="2s")
+        return idx, nodes
+
+    nodes = wait_for(passing, f"{name} passing on the server")
+    assert [n["Node"]["Node"] for n in nodes] == [node]
+    assert {ch["CheckID"] for ch in nodes[0]["Checks"]} == {"serfHealth", check_id}
+    _, entries = c.catalog.service(name, tag="blue")
+    assert entries[0]["ServicePort"] == 8080 and entries[0]["Node"] == node
+    _, services = c.catalog.services()
+    assert services[name] == ["blue"]
+    _, checks = c.health.node(node)
+    assert any(ch["CheckID"] == "serfHealth" and ch["Status"] == "passing" for ch in checks)
+    _, critical = c.health.state("critical")
+    assert all(ch["CheckID"] != check_id for ch in critical)
+
+    c.agent.check.ttl_fail(check_id, "broken")
+
+    def not_passing(index):
+        idx, nodes = s.health.service(name, passing=True, index=index, wait="2s")
+        return idx, nodes == []
+
+    wait_for(not_passing, f"{name} failing on the server")
+    c.agent.service.deregister(f"{name}-1")
+    assert f"{name}-1" not in c.agent.services()
+
+    def gone(index):
+        idx, entries = s.catalog.service(name, index=index, wait="2s")
+        return idx, entries == []
+
+    wait_for(gone, f"{name} removed from the catalog")
+
+
+def test_members_self_and_sessions_through_the_agent(cluster):
+    server, agent = cluster
+    c = consul.Consul(host=agent.ip, port=agent.port)
+    me = c.agent.self()
+    assert me["Config"]["NodeName"] == "py-agent" and me["Config"]["Server"] is False
+    names = {m["Name"]: m["Status"] for m in consul.Consul(host=server.ip, port=server.port).agent.members()}
+    assert names == {"py-server": 1, "py-agent": 1}
+    sid = c.session.create(name="py-lock", ttl=30)
+    assert c.session.info(sid)[1]["Node"] == "py-agent"
+    assert c.kv.put("py/lock", "me", acquire=sid) is True
+    _, entry = c.kv.get("py/lock")
+    assert entry["Session"] == sid
+    _, mine = c.session.node("py-agent")
+    assert [x["ID"] for x in mine] == [sid]
+    c.session.destroy(sid)
+    _, entry = c.kv.get("py/lock")
+    assert "Session" not in entry
+
+
+def test_acl_tokens_policies_and_enforcement(acl_server):
+    root = consul.Consul(host=acl_server.ip, port=acl_server.port, token="root")
+    anon = consul.Consul(host=acl_server.ip, port=acl_server.port)
+    for key in ["app/a", "app/b", "other/c"]:
+        assert root.kv.put(key, "v") is True
+    ro_policy = root.acl.policy.create("py-ro", rules={"key_prefix": {"": {"policy": "read"}}})
+    app_policy = root.acl.policy.create("py-app", rules={"key_prefix": {"app/": {"policy": "write"}}})
+    assert {p["Name"] for p in root.acl.policy.list()} >= {"py-ro", "py-app", "global-management"}
+    ro = root.acl.token.create(description="read only", policies_id=[ro_policy["ID"]])
+    app = root.acl.token.create(policies_name=["py-app"])
+    assert root.acl.token.read(ro["AccessorID"])["Description"] == "read only"
+    ro_c = consul.Consul(host=acl_server.ip, port=acl_server.port, token=ro["SecretID"])
+    app_c = consul.Consul(host=acl_server.ip, port=acl_server.port, token=app["SecretID"])
+    assert ro_c.acl.token.read_self()["AccessorID"] == ro["AccessorID"]
+
+    # A read-only token reads but cannot write.
+    assert ro_c.kv.get("other/c")[1]["Value"] == b"v"
+    with pytest.raises(consul.ACLPermissionDenied, match="Permission denied"):
+        ro_c.kv.put("other/c", "x")
+    # A key_prefix "app/" token sees only app/ in a recursive list; the header says so.
+    _, entries = app_c.kv.get("", recurse=True)
+    assert [e["Key"] for e in entries] == ["app/a", "app/b"]
+    req = urllib.request.Request(
+        f"http://{acl_server.ip}:{acl_server.port}/v1/kv/?recurse", headers={"X-Consul-Token": app["SecretID"]}
+    )
+    with urllib.request.urlopen(req) as resp:
+        assert resp.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+        assert [e["Key"] for e in json.load(resp)] == ["app/a", "app/b"]
+    assert app_c.kv.put("app/new", "x") is True
+    with pytest.raises(consul.ACLPermissionDenied):
+        app_c.kv.put("other/new", "x")
+    # Unknown token: ACL not found; anonymous: permission denied.
+    bogus = consul.Consul(host=acl_server.ip, port=acl_server.port, token="not-a-token")
+    with pytest.raises(consul.ACLPermissionDenied, match="ACL not found"):
+        bogus.kv.get("app/a")
+    with pytest.raises(consul.ACLPermissionDenied, match="Permission denied"):
+        anon.kv.get("app/a")
+    # Policy update and token delete take effect at once.
+    root.acl.policy.update(app_policy["ID"], "py-app", rules={"key_prefix": {"app/": {"policy": "read"}}})
+    with pytest.raises(consul.ACLPermissionDenied):
+        app_c.kv.put("app/new", "y")
+    assert root.acl.token.delete(app["AccessorID"]) is True
+    with pytest.raises(consul.ACLPermissionDenied, match="ACL not found"):
+        app_c.kv.get("app/a")
+    # Service and catalog calls are enforced too.
+    with pytest.raises(consul.ACLPermissionDenied):
+        ro_c.agent.service.register("nope")
+    root.agent.service.register("acl-web")
+    assert "acl-web" in root.agent.services()
+    assert "acl-web" not in ro_c.agent.services()

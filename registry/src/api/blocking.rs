@@ -1,0 +1,123 @@
+//! Blocking queries: `index` / `wait` parsing, waiting for a change without polling, and the
+//! `X-Consul-*` headers every blocking-capable GET carries.
+
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+
+use super::{ApiError, AppState, Params};
+use crate::store::state::{State, Topic};
+
+/// Default wait of a blocking query (Consul: 5 minutes).
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Longest wait of a blocking query (Consul: 10 minutes).
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// `index` and `wait` of a request; `index == 0` means "answer at once".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueryOptions {
+    pub(crate) index: u64,
+    pub(crate) wait: Duration,
+}
+
+impl QueryOptions {
+    pub(crate) fn parse(params: &Params) -> Result<Self, ApiError> {
+        let wait = match params.get("wait") {
+            None => DEFAULT_WAIT,
+            Some(text) => crate::dto::parse_go_duration(text)
+                .ok_or_else(|| ApiError::BadRequest("Invalid wait time".to_owned()))?
+                .min(MAX_WAIT),
+        };
+        let index = params.u64("index", "Invalid index")?.unwrap_or(0);
+        let wait = if wait.is_zero() { DEFAULT_WAIT } else { wait };
+        Ok(Self { index, wait })
+    }
+}
+
+/// Evaluates `query` against the committed state; while its index is not past `opts.index`,
+/// waits for the next commit on `topic` (or the deadline, or shutdown) and evaluates again.
+pub(crate) async fn block<T>(
+    app: &AppState,
+    topic: Topic,
+    opts: QueryOptions,
+    query: impl Fn(&State) -> (T, u64),
+) -> (T, u64) {
+    let mut changes = app.store.subscribe(topic);
+    let (mut result, mut index) = app.store.read(&query);
+    if opts.index == 0 || index > opts.index {
+        return (result, index);
+    }
+    let deadline = tokio::time::Instant::now() + opts.wait + jitter(opts.wait);
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep_until(deadline) => break,
+            () = app.shutdown.cancelled() => break,
+        }
+        (result, index) = app.store.read(&query);
+        if index > opts.index {
+            break;
+        }
+    }
+    (result, index)
+}
+
+/// Up to wait/16 of random extra time, so many watchers don't return together.
+fn jitter(wait: Duration) -> Duration {
+    let max = (wait / 16).as_nanos() as u64;
+    if max == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(RandomState::new().hash_one(std::time::SystemTime::now()) % max)
+}
+
+/// Sets `X-Consul-Index` (never 0), `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+pub(crate) fn with_meta(mut response: Response, index: u64) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("x-consul-index"),
+        HeaderValue::from(index.max(1)),
+    );
+    headers.insert(
+        HeaderName::from_static("x-consul-knownleader"),
+        HeaderValue::from_static("true"),
+    );
+    headers.insert(
+        HeaderName::from_static("x-consul-lastcontact"),
+        HeaderValue::from_static("0"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_index_and_wait() {
+        let parse =
+            |q: &str| QueryOptions::parse(&Params::parse(&format!("/x?{q}").parse().unwrap()));
+        assert_eq!(
+            parse("index=5&wait=10s").unwrap(),
+            QueryOptions {
+                index: 5,
+                wait: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(
+            parse("").unwrap(),
+            QueryOptions {
+                index: 0,
+                wait: DEFAULT_WAIT
+            }
+        );
+        assert_eq!(parse("wait=1h").unwrap().wait, MAX_WAIT);
+        assert!(
+            matches!(parse("wait=10"), Err(ApiError::BadRequest(t)) if t == "Invalid wait time")
+        );
+        assert!(matches!(parse("index=x"), Err(ApiError::BadRequest(t)) if t == "Invalid index"));
+        assert!(matches!(parse("index=-1"), Err(ApiError::BadRequest(t)) if t == "Invalid index"));
+    }
+}

@@ -1,0 +1,241 @@
+//! `/v1/catalog/*`: register, deregister and the basic listings (the rest is issue 3).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+
+use super::blocking::{QueryOptions, block, with_meta};
+use super::{ApiError, AppState, Params, json, read_json};
+use crate::dto::{
+    self, CatalogDeregistration, CatalogNode, CatalogRegistration, CatalogService, Weights,
+};
+use crate::store::Registration;
+use crate::store::state::{Check, CheckStatus, Node, Service, Topic};
+
+fn bad(text: &str) -> ApiError {
+    ApiError::BadRequest(text.to_owned())
+}
+
+fn registration(app: &AppState, body: CatalogRegistration) -> Result<Registration, ApiError> {
+    if body.node.is_empty() {
+        return Err(bad("Must provide node"));
+    }
+    if body.address.is_empty() && !body.skip_node_update {
+        return Err(bad("Must provide address"));
+    }
+    let node = Node {
+        name: body.node.clone(),
+        id: body.id,
+        address: body.address,
+        datacenter: if body.datacenter.is_empty() {
+            app.datacenter.clone()
+        } else {
+            body.datacenter
+        },
+        tagged_addresses: body.tagged_addresses,
+        meta: body.node_meta,
+        create_index: 0,
+        modify_index: 0,
+    };
+    let service = match body.service {
+        None => None,
+        Some(s) => {
+            if s.service.is_empty() {
+                return Err(bad("Must provide service name"));
+            }
+            let weights = s.weights.unwrap_or_default();
+            Some(Service {
+                node: body.node.clone(),
+                id: if s.id.is_empty() {
+                    s.service.clone()
+                } else {
+                    s.id
+                },
+                name: s.service,
+                tags: s.tags,
+                address: s.address,
+                port: s.port,
+                meta: s.meta,
+                tagged_addresses: s
+                    .tagged_addresses
+                    .into_iter()
+                    .map(|(k, v)| (k, (v.address, v.port)))
+                    .collect(),
+                kind: s.kind,
+                enable_tag_override: s.enable_tag_override,
+                weights: (weights.passing, weights.warning),
+                create_index: 0,
+                modify_index: 0,
+            })
+        }
+    };
+    let mut checks = Vec::new();
+    for c in body.check.into_iter().chain(body.checks) {
+        if c.check_id.is_empty() {
+            return Err(bad("Must provide check ID"));
+        }
+        let status = match c.status.as_str() {
+            "" => CheckStatus::Critical,
+            text => CheckStatus::parse(text).ok_or_else(|| bad("Invalid check status"))?,
+        };
+        checks.push(Check {
+            node: body.node.clone(),
+            name: if c.name.is_empty() {
+                c.check_id.clone()
+            } else {
+                c.name
+            },
+            id: c.check_id,
+            status,
+            notes: c.notes,
+            output: c.output,
+            service_id: c.service_id,
+            definition: c
+                .definition
+                .unwrap_or(serde_json::Value::Object(Default::default())),
+            ..Check::default()
+        });
+    }
+    Ok(Registration {
+        node,
+        service,
+        checks,
+        skip_node_update: body.skip_node_update,
+    })
+}
+
+pub(crate) async fn register(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: CatalogRegistration = read_json(&headers, body)
+        .await?
+        .ok_or_else(|| bad("Must provide node"))?;
+    let registration = registration(&app, body)?;
+    app.store.catalog_register(registration).await?;
+    Ok(json(&true))
+}
+
+pub(crate) async fn deregister(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body: CatalogDeregistration = read_json(&headers, body)
+        .await?
+        .ok_or_else(|| bad("Must provide node"))?;
+    if body.node.is_empty() {
+        return Err(bad("Must provide node"));
+    }
+    app.store
+        .catalog_deregister(body.node, body.service_id, body.check_id)
+        .await?;
+    Ok(json(&true))
+}
+
+pub(crate) fn node_dto(n: &Node) -> CatalogNode {
+    CatalogNode {
+        id: n.id.clone(),
+        node: n.name.clone(),
+        address: n.address.clone(),
+        datacenter: n.datacenter.clone(),
+        tagged_addresses: n.tagged_addresses.clone(),
+        meta: n.meta.clone(),
+        create_index: n.create_index,
+        modify_index: n.modify_index,
+    }
+}
+
+pub(crate) async fn nodes(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let opts = QueryOptions::parse(&Params::parse(&uri))?;
+    let (list, index) = block(&app, Topic::Catalog, opts, |state| {
+        (
+            state.nodes.values().map(node_dto).collect::<Vec<_>>(),
+            state.tables.nodes,
+        )
+    })
+    .await;
+    Ok(with_meta(json(&list), index))
+}
+
+pub(crate) async fn services(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let opts = QueryOptions::parse(&Params::parse(&uri))?;
+    let (map, index) = block(&app, Topic::Catalog, opts, |state| {
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for service in state.services.values() {
+            map.entry(service.name.clone())
+                .or_default()
+                .extend(service.tags.iter().cloned());
+        }
+        (map, state.tables.services)
+    })
+    .await;
+    Ok(with_meta(json(&map), index))
+}
+
+pub(crate) async fn service(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(&uri);
+    let opts = QueryOptions::parse(&params)?;
+    let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
+    let (list, index) = block(&app, Topic::Catalog, opts, |state| {
+        let list: Vec<CatalogService> = state
+            .services
+            .values()
+            .filter(|s| s.name == name && tags.iter().all(|t| s.tags.contains(t)))
+            .filter_map(|s| state.nodes.get(&s.node).map(|n| (n, s)))
+            .map(|(n, s)| CatalogService {
+                id: n.id.clone(),
+                node: n.name.clone(),
+                address: n.address.clone(),
+                datacenter: n.datacenter.clone(),
+                tagged_addresses: n.tagged_addresses.clone(),
+                node_meta: n.meta.clone(),
+                service_id: s.id.clone(),
+                service_name: s.name.clone(),
+                service_tags: s.tags.clone(),
+                service_address: s.address.clone(),
+                service_tagged_addresses: s
+                    .tagged_addresses
+                    .iter()
+                    .map(|(k, (a, p))| {
+                        (
+                            k.clone(),
+                            dto::ServiceAddress {
+                                address: a.clone(),
+                                port: *p,
+                            },
+                        )
+                    })
+                    .collect(),
+                service_meta: s.meta.clone(),
+                service_port: s.port,
+                service_kind: s.kind.clone(),
+                service_enable_tag_override: s.enable_tag_override,
+                service_weights: Weights {
+                    passing: s.weights.0,
+                    warning: s.weights.1,
+                },
+                create_index: s.create_index,
+                modify_index: s.modify_index,
+            })
+            .collect();
+        (list, state.tables.catalog())
+    })
+    .await;
+    Ok(with_meta(json(&list), index))
+}

@@ -1,0 +1,208 @@
+//! `/v1/kv/<key>`: get (single, raw, recurse, keys), put (flags, cas, acquire, release), delete.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::blocking::{QueryOptions, block, with_meta};
+use super::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
+use crate::dto;
+use crate::store::SetMode;
+use crate::store::state::{KvEntry, Topic};
+
+const PREFIX: &str = "/v1/kv/";
+
+/// Consul's key rules: no path traversal and no surrounding spaces; any other unicode is fine.
+fn validate_key(key: &str) -> Result<(), ApiError> {
+    let traversal =
+        key == ".." || key.starts_with("../") || key.contains("/../") || key.ends_with("/..");
+    if traversal || key.trim() != key || key.contains('\0') {
+        return Err(ApiError::BadRequest(format!("Invalid key name {key:?}")));
+    }
+    Ok(())
+}
+
+fn key_of(uri: &Uri) -> Result<String, ApiError> {
+    let key = path_tail(uri, PREFIX)?;
+    validate_key(&key)?;
+    Ok(key)
+}
+
+pub(crate) fn to_dto(entry: &KvEntry) -> dto::KvEntry {
+    dto::KvEntry {
+        lock_index: entry.lock_index,
+        key: entry.key.clone(),
+        flags: entry.flags,
+        value: Some(entry.value.to_vec()),
+        create_index: entry.create_index,
+        modify_index: entry.modify_index,
+        session: entry.session.clone(),
+    }
+}
+
+enum Found {
+    One(Option<KvEntry>),
+    Many(Vec<KvEntry>),
+    Keys(Vec<String>),
+}
+
+pub(crate) async fn get(State(app): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    let params = Params::parse(&uri);
+    let opts = QueryOptions::parse(&params)?;
+    let keys = params.has("keys");
+    let recurse = params.has("recurse");
+    if key.is_empty() && !keys && !recurse {
+        return Err(ApiError::BadRequest("Missing key name".to_owned()));
+    }
+    let separator = params
+        .get("separator")
+        .or_else(|| params.get("seperator"))
+        .unwrap_or("")
+        .to_owned();
+    let (found, index) = block(&app, Topic::Kv, opts, |state| {
+        if keys {
+            let mut names: Vec<String> = state
+                .kv_prefix(&key)
+                .map(|e| cut_at_separator(&e.key, key.len(), &separator))
+                .collect();
+            names.dedup();
+            (Found::Keys(names), state.kv_prefix_index(&key))
+        } else if recurse {
+            (
+                Found::Many(state.kv_prefix(&key).cloned().collect()),
+                state.kv_prefix_index(&key),
+            )
+        } else {
+            (
+                Found::One(state.kv.get(&key).cloned()),
+                state.kv_key_index(&key),
+            )
+        }
+    })
+    .await;
+    let not_found = || with_meta(StatusCode::NOT_FOUND.into_response(), index);
+    let response = match found {
+        Found::Keys(names) if names.is_empty() && !key.is_empty() => not_found(),
+        Found::Keys(names) => json(&names),
+        Found::Many(entries) if entries.is_empty() => not_found(),
+        Found::Many(entries) => json(&entries.iter().map(to_dto).collect::<Vec<_>>()),
+        Found::One(None) => not_found(),
+        Found::One(Some(entry)) if params.has("raw") => raw(entry),
+        Found::One(Some(entry)) => json(&[to_dto(&entry)]),
+    };
+    Ok(with_meta(response, index))
+}
+
+/// Cuts `key` just after the first `separator` following the prefix (of length `from`).
+fn cut_at_separator(key: &str, from: usize, separator: &str) -> String {
+    if separator.is_empty() {
+        return key.to_owned();
+    }
+    match key.get(from..).and_then(|rest| rest.find(separator)) {
+        Some(pos) => key[..from + pos + separator.len()].to_owned(),
+        None => key.to_owned(),
+    }
+}
+
+fn raw(entry: KvEntry) -> Response {
+    let mut response = Response::new(Body::from(entry.value));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+    response
+}
+
+pub(crate) async fn put(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("Missing key name".to_owned()));
+    }
+    let params = Params::parse(&uri);
+    let flags = params.u64("flags", "Invalid flags")?.unwrap_or(0);
+    let chosen = ["cas", "acquire", "release"]
+        .iter()
+        .filter(|f| params.has(f))
+        .count();
+    if chosen > 1 {
+        return Err(ApiError::BadRequest("Conflicting flags".to_owned()));
+    }
+    let mode = if let Some(cas) = params.u64("cas", "Invalid cas index")? {
+        SetMode::Cas(cas)
+    } else if let Some(session) = params.get("acquire") {
+        SetMode::Acquire(session.to_owned())
+    } else if let Some(session) = params.get("release") {
+        SetMode::Release(session.to_owned())
+    } else {
+        SetMode::Plain
+    };
+    let value = read_body(&headers, body, MAX_VALUE_SIZE).await?;
+    let done = app.store.kv_set(key, value, flags, mode).await?;
+    Ok(json(&done))
+}
+
+pub(crate) async fn delete(
+    State(app): State<Arc<AppState>>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let key = key_of(&uri)?;
+    let params = Params::parse(&uri);
+    let cas = params.u64("cas", "Invalid cas index")?;
+    if params.has("recurse") {
+        if cas.is_some() {
+            return Err(ApiError::BadRequest("Conflicting flags".to_owned()));
+        }
+        app.store.kv_delete_tree(key).await?;
+        return Ok(json(&true));
+    }
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("Missing key name".to_owned()));
+    }
+    Ok(json(&app.store.kv_delete(key, cas).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separator_cuts_after_prefix() {
+        assert_eq!(cut_at_separator("a/b/c", 0, "/"), "a/");
+        assert_eq!(cut_at_separator("a/b/c", 2, "/"), "a/b/");
+        assert_eq!(cut_at_separator("a/b", 2, "/"), "a/b");
+        assert_eq!(cut_at_separator("a/b", 0, ""), "a/b");
+        assert_eq!(cut_at_separator("a--b--c", 0, "--"), "a--");
+    }
+
+    #[test]
+    fn key_rules() {
+        for ok in [
+            "a",
+            "a/b/",
+            "日本/キー",
+            "a..b",
+            "a/.b",
+            "with space inside",
+        ] {
+            assert!(validate_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["../a", "a/../b", "a/..", "..", " a", "a ", "\ta"] {
+            assert!(validate_key(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! HTTP layer: Consul's `/v1` routes in one table, request parsing helpers and the one error type.
+
+mod agent;
+mod blocking;
+mod catalog;
+mod health;
+mod kv;
+mod session;
+mod status;
+mod txn;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use bytes::Bytes;
+use percent_encoding::percent_decode_str;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoreError};
+
+/// Largest KV value and txn body, as Consul (512 KiB).
+pub(crate) const MAX_VALUE_SIZE: usize = 512 * 1024;
+/// Largest JSON body of other requests.
+const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) store: Store,
+    pub(crate) node_name: String,
+    pub(crate) node_id: String,
+    pub(crate) datacenter: String,
+    /// `ip:port` of the HTTP listener, reported as the leader.
+    pub(crate) leader_addr: String,
+    /// Cancelled at shutdown: blocked queries answer at once.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Every route of the registry API.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/kv", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/txn", put(txn::apply))
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/list", get(session::list))
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
+        .route("/v1/agent/self", get(agent::self_info))
+        .route("/v1/agent/members", get(agent::members))
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/health/service/{name}", get(health::service))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Every error an endpoint answers with: plain text and Consul's status codes.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, text) = match self {
+            Self::BadRequest(text) => (StatusCode::BAD_REQUEST, text),
+            Self::NotFound(text) => (StatusCode::NOT_FOUND, text),
+            Self::TooLarge(text) => (StatusCode::PAYLOAD_TOO_LARGE, text),
+            Self::Store(StoreError::Rejected(text)) => (StatusCode::INTERNAL_SERVER_ERROR, text),
+            Self::Store(StoreError::Closed) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry is shutting down".to_owned(),
+            ),
+            Self::Store(err) => {
+                tracing::error!(cause = %err, "registry store failure");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal store error".to_owned(),
+                )
+            }
+        };
+        plain(status, text)
+    }
+}
+
+/// A plain-text response.
+pub(crate) fn plain(status: StatusCode, text: String) -> Response {
+    let mut response = (status, text).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A JSON response with Consul's content type.
+pub(crate) fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut response = Response::new(Body::from(body));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(err) => ApiError::Store(StoreError::Corrupt(err.to_string())).into_response(),
+    }
+}
+
+/// Query parameters, decoded; flags count by presence.
+#[derive(Debug, Default)]
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub(crate) fn parse(uri: &Uri) -> Self {
+        let Some(query) = uri.query() else {
+            return Self::default();
+        };
+        let decode = |s: &str| {
+            percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        Self(
+            query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, v)) => (decode(k), decode(v)),
+                    None => (decode(pair), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A `u64` parameter; `Err(message)` when present but unparsable.
+    pub(crate) fn u64(&self, name: &str, message: &str) -> Result<Option<u64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::BadRequest(message.to_owned())),
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes; larger ones get Consul's 413 text.
+pub(crate) async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = |n: usize| {
+        ApiError::TooLarge(format!(
+            "Request body({n} bytes) too large, max size: {limit} bytes"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        return Err(too_large(n));
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit + 1))
+}
+
+/// Reads and decodes a JSON request body the way Consul does (see [`crate::dto::decode_request`]).
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<Option<T>, ApiError> {
+    let bytes = read_body(headers, body, MAX_JSON_BODY).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    crate::dto::decode_request(&bytes)
+        .map(Some)
+        .map_err(ApiError::BadRequest)
+}
+
+/// The percent-decoded path after `prefix` (e.g. the KV key after `/v1/kv/`).
+pub(crate) fn path_tail(uri: &Uri, prefix: &str) -> Result<String, ApiError> {
+    let raw = uri.path().strip_prefix(prefix).unwrap_or("");
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::BadRequest("Invalid key name: not valid UTF-8".to_owned()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! `/v1/session/*`: create, destroy, renew, info, node, list.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+
+use super::blocking::{QueryOptions, block, with_meta};
+use super::{ApiError, AppState, Params, json, read_json};
+use crate::dto::{self, IdResponse, ServiceCheckRef, SessionCreateRequest, SessionEntry};
+use crate::store::NewSession;
+use crate::store::StoreError;
+use crate::store::state::{Behavior, Session, Topic};
+
+const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
+const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+const MIN_TTL: Duration = Duration::from_secs(10);
+const MAX_TTL: Duration = Duration::from_secs(86_400);
+
+pub(crate) fn to_dto(s: &Session) -> SessionEntry {
+    SessionEntry {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        node: s.node.clone(),
+        lock_delay: u64::try_from(s.lock_delay.as_nanos()).unwrap_or(u64::MAX),
+        behavior: s.behavior.as_str().to_owned(),
+        ttl: s.ttl.map(dto::go_duration).unwrap_or_default(),
+        node_checks: s.node_checks.clone(),
+        service_checks: s
+            .service_checks
+            .iter()
+            .map(|id| ServiceCheckRef {
+                id: id.clone(),
+                namespace: None,
+            })
+            .collect(),
+        create_index: s.create_index,
+        modify_index: s.modify_index,
+    }
+}
+
+/// A 500 with Consul's text for a session the request describes badly.
+fn rejected(text: String) -> ApiError {
+    ApiError::Store(StoreError::Rejected(text))
+}
+
+/// `LockDelay` as Consul reads it: a duration string, or a number (< 1000: seconds, else ns).
+fn lock_delay(value: Option<&serde_json::Value>) -> Result<Duration, ApiError> {
+    let delay = match value {
+        None | Some(serde_json::Value::Null) => DEFAULT_LOCK_DELAY,
+        Some(serde_json::Value::String(text)) => dto::parse_go_duration(text).ok_or_else(|| {
+            ApiError::BadRequest(format!("Request decode failed: invalid LockDelay {text:?}"))
+        })?,
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(n) if n < 1000 => Duration::from_secs(n),
+            Some(n) => Duration::from_nanos(n),
+            None => {
+                return Err(ApiError::BadRequest(
+                    "Request decode failed: invalid LockDelay".to_owned(),
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "Request decode failed: invalid LockDelay".to_owned(),
+            ));
+        }
+    };
+    Ok(delay.min(MAX_LOCK_DELAY))
+}
+
+pub(crate) fn new_session(
+    app: &AppState,
+    request: SessionCreateRequest,
+) -> Result<NewSession, ApiError> {
+    let behavior = match request.behavior.as_deref().unwrap_or("") {
+        "" | "release" => Behavior::Release,
+        "delete" => Behavior::Delete,
+        other => return Err(rejected(format!("Invalid Behavior setting '{other}'"))),
+    };
+    let ttl = match request.ttl.as_deref().unwrap_or("") {
+        "" => None,
+        text => {
+            let ttl = dto::parse_go_duration(text)
+                .ok_or_else(|| rejected(format!("Session TTL '{text}' invalid")))?;
+            if !ttl.is_zero() && !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+                return Err(rejected(format!(
+                    "Invalid Session TTL '{}', must be between [{}={}]",
+                    ttl.as_nanos(),
+                    dto::go_duration(MIN_TTL),
+                    dto::go_duration(MAX_TTL)
+                )));
+            }
+            Some(ttl).filter(|t| !t.is_zero())
+        }
+    };
+    let node_checks = match (request.node_checks, request.checks) {
+        (Some(checks), _) | (None, Some(checks)) => checks,
+        (None, None) => vec!["serfHealth".to_owned()],
+    };
+    Ok(NewSession {
+        name: request.name.unwrap_or_default(),
+        node: request
+            .node
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| app.node_name.clone()),
+        node_checks,
+        service_checks: request
+            .service_checks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect(),
+        lock_delay: lock_delay(request.lock_delay.as_ref())?,
+        behavior,
+        ttl,
+    })
+}
+
+pub(crate) async fn create(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: SessionCreateRequest = read_json(&headers, body).await?.unwrap_or_default();
+    let new = new_session(&app, request)?;
+    let session = app.store.session_create(new).await?;
+    Ok(json(&IdResponse { id: session.id }))
+}
+
+pub(crate) async fn destroy(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    app.store.session_destroy(id).await?;
+    Ok(json(&true))
+}
+
+pub(crate) async fn renew(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match app.store.session_renew(id.clone()).await? {
+        Some(session) => Ok(json(&[to_dto(&session)])),
+        None => Err(ApiError::NotFound(format!("Session id '{id}' not found"))),
+    }
+}
+
+async fn sessions(
+    app: &AppState,
+    uri: &Uri,
+    select: impl Fn(&Session) -> bool,
+) -> Result<Response, ApiError> {
+    let opts = QueryOptions::parse(&Params::parse(uri))?;
+    let (list, index) = block(app, Topic::Sessions, opts, |state| {
+        let list: Vec<SessionEntry> = state
+            .sessions
+            .values()
+            .filter(|s| select(s))
+            .map(to_dto)
+            .collect();
+        (list, state.tables.sessions)
+    })
+    .await;
+    Ok(with_meta(json(&list), index))
+}
+
+pub(crate) async fn info(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    sessions(&app, &uri, |s| s.id == id).await
+}
+
+pub(crate) async fn node(
+    State(app): State<Arc<AppState>>,
+    Path(node): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    sessions(&app, &uri, |s| s.node == node).await
+}
+
+pub(crate) async fn list(State(app): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
+    sessions(&app, &uri, |_| true).await
+}

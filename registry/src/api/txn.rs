@@ -1,0 +1,70 @@
+//! `PUT /v1/txn`: KV operations applied all or nothing.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use super::{ApiError, AppState, MAX_VALUE_SIZE, json, kv, read_body};
+use crate::dto::{self, TxnErrorEntry, TxnResponse, TxnResultEntry};
+use crate::store::{TxnOp, TxnOutcome};
+
+/// Most operations in one transaction, as Consul.
+const MAX_OPS: usize = 128;
+
+pub(crate) async fn apply(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&headers, body, MAX_VALUE_SIZE).await?;
+    let ops: Vec<dto::TxnOp> = dto::decode_request(&body).map_err(|text| {
+        ApiError::BadRequest(text.replacen("Request decode failed", "Failed to parse body", 1))
+    })?;
+    if ops.len() > MAX_OPS {
+        return Err(ApiError::TooLarge(format!(
+            "Transaction contains too many operations ({} > {MAX_OPS})",
+            ops.len()
+        )));
+    }
+    let ops: Vec<TxnOp> = ops
+        .into_iter()
+        .map(|op| TxnOp {
+            verb: op.kv.verb,
+            key: op.kv.key,
+            value: Bytes::from(op.kv.value.unwrap_or_default()),
+            flags: op.kv.flags.unwrap_or(0),
+            index: op.kv.index.unwrap_or(0),
+            session: op.kv.session.unwrap_or_default(),
+        })
+        .collect();
+    let answer = match app.store.txn(ops).await? {
+        TxnOutcome::Applied(entries) => json(&TxnResponse {
+            results: Some(
+                entries
+                    .iter()
+                    .map(|e| TxnResultEntry { kv: kv::to_dto(e) })
+                    .collect(),
+            ),
+            errors: None,
+        }),
+        TxnOutcome::RolledBack(errors) => {
+            let body = TxnResponse {
+                results: None,
+                errors: Some(
+                    errors
+                        .into_iter()
+                        .map(|(op_index, what)| TxnErrorEntry { op_index, what })
+                        .collect(),
+                ),
+            };
+            let mut response = json(&body);
+            *response.status_mut() = StatusCode::CONFLICT;
+            response.into_response()
+        }
+    };
+    Ok(answer)
+}

@@ -1,0 +1,241 @@
+//! The registry server: configuration and `run`, which serves the API until shutdown.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::store::state::{Check, CheckStatus, Node, Service};
+use crate::store::{Registration, Store, StoreError};
+
+/// The ACL master token (reserved for ACL support); never printed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AclToken(String);
+
+impl AclToken {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The token itself, for the few places that compare or send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AclToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AclToken(<redacted>)")
+    }
+}
+
+/// Server configuration: file, then environment, then flags (see `main.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP API listens (default `127.0.0.1:8500`).
+    pub http_addr: SocketAddr,
+    /// Directory of the durable store; required unless `dev`.
+    pub data_dir: Option<PathBuf>,
+    /// This server's node name in the catalog.
+    pub node_name: String,
+    pub datacenter: String,
+    /// Keep everything in memory (for tests and trials).
+    pub dev: bool,
+    pub acl_master_token: Option<AclToken>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 8500)),
+            data_dir: None,
+            node_name: default_node_name(),
+            datacenter: "dc1".to_owned(),
+            dev: false,
+            acl_master_token: None,
+        }
+    }
+}
+
+/// The host name, or `berth` when it cannot be read.
+pub fn default_node_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth".to_owned())
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("data_dir is required unless dev mode is on")]
+    MissingDataDir,
+    #[error("invalid node name {0:?}: use letters, digits, '-', '_' and '.' (1 to 128)")]
+    InvalidNodeName(String),
+    #[error("invalid datacenter {0:?}: use lowercase letters, digits, '-' and '_'")]
+    InvalidDatacenter(String),
+}
+
+impl Config {
+    /// An in-memory server for tests and trials.
+    pub fn dev(node_name: &str) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            dev: true,
+            http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ..Self::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.dev && self.data_dir.is_none() {
+            return Err(ConfigError::MissingDataDir);
+        }
+        let name_ok = !self.node_name.is_empty()
+            && self.node_name.len() <= 128
+            && self
+                .node_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(ConfigError::InvalidNodeName(self.node_name.clone()));
+        }
+        let dc_ok = !self.datacenter.is_empty()
+            && self
+                .datacenter
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+        if !dc_ok {
+            return Err(ConfigError::InvalidDatacenter(self.datacenter.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the registry API on `listener` until `shutdown` is cancelled, then drains requests,
+/// stops the writer and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let local = listener.local_addr()?;
+    let advertise = if local.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        local.ip()
+    };
+    let writer_stop = CancellationToken::new();
+    let (app, writer) = build(
+        &config,
+        advertise,
+        local.port(),
+        shutdown.clone(),
+        writer_stop.clone(),
+    )
+    .await?;
+    tracing::info!(addr = %local, node = %config.node_name, dev = config.dev, "registry listening");
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    writer_stop.cancel();
+    let _ = writer.await;
+    served?;
+    tracing::info!("registry stopped");
+    Ok(())
+}
+
+/// Opens the store, registers this server in its catalog and builds the router. The writer
+/// stops when `writer_stop` is cancelled; blocked queries end when `shutdown` is.
+pub(crate) async fn build(
+    config: &Config,
+    advertise: IpAddr,
+    port: u16,
+    shutdown: CancellationToken,
+    writer_stop: CancellationToken,
+) -> Result<(axum::Router, tokio::task::JoinHandle<()>), Error> {
+    let data_dir = if config.dev {
+        None
+    } else {
+        config.data_dir.clone()
+    };
+    let (store, writer) = Store::open(data_dir, writer_stop)?;
+    let node_id = register_self(&store, config, &advertise.to_string(), port).await?;
+    let state = Arc::new(AppState {
+        store,
+        node_name: config.node_name.clone(),
+        node_id,
+        datacenter: config.datacenter.clone(),
+        leader_addr: SocketAddr::new(advertise, port).to_string(),
+        shutdown,
+    });
+    Ok((api::router(state), writer))
+}
+
+/// Puts this server's node in the catalog with a passing `serfHealth` check and the `consul`
+/// service, so default sessions work. Keeps the node id across restarts.
+async fn register_self(
+    store: &Store,
+    config: &Config,
+    address: &str,
+    port: u16,
+) -> Result<String, StoreError> {
+    let existing_id = store.read(|s| s.nodes.get(&config.node_name).map(|n| n.id.clone()));
+    let node_id = existing_id
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let registration = Registration {
+        node: Node {
+            name: config.node_name.clone(),
+            id: node_id.clone(),
+            address: address.to_owned(),
+            datacenter: config.datacenter.clone(),
+            tagged_addresses: [
+                ("lan".to_owned(), address.to_owned()),
+                ("wan".to_owned(), address.to_owned()),
+            ]
+            .into(),
+            meta: [("consul-network-segment".to_owned(), String::new())].into(),
+            ..Node::default()
+        },
+        service: Some(Service {
+            id: "consul".to_owned(),
+            name: "consul".to_owned(),
+            port,
+            weights: (1, 1),
+            ..Service::default()
+        }),
+        checks: vec![Check {
+            id: "serfHealth".to_owned(),
+            name: "Serf Health Status".to_owned(),
+            status: CheckStatus::Passing,
+            output: "Agent alive and reachable".to_owned(),
+            definition: serde_json::json!({}),
+            ..Check::default()
+        }],
+        skip_node_update: false,
+    };
+    store.catalog_register(registration).await?;
+    Ok(node_id)
+}

@@ -1,0 +1,670 @@
+//! What each write command does to the state: Consul's KV, session, txn and catalog rules.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::state::{
+    Behavior, Change, Check, CheckStatus, KvEntry, Node, Service, Session, State, TableIndexes,
+};
+use super::{Command, Outcome, StoreError};
+
+/// How a KV PUT treats the existing entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SetMode {
+    Plain,
+    /// Only if the ModifyIndex equals this (0: only if absent).
+    Cas(u64),
+    Acquire(String),
+    Release(String),
+}
+
+/// A session to create; the api layer has applied Consul's defaults and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewSession {
+    pub(crate) name: String,
+    pub(crate) node: String,
+    pub(crate) node_checks: Vec<String>,
+    pub(crate) service_checks: Vec<String>,
+    pub(crate) lock_delay: Duration,
+    pub(crate) behavior: Behavior,
+    pub(crate) ttl: Option<Duration>,
+}
+
+/// One KV operation of a transaction, verb as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TxnOp {
+    pub(crate) verb: String,
+    pub(crate) key: String,
+    pub(crate) value: Bytes,
+    pub(crate) flags: u64,
+    pub(crate) index: u64,
+    pub(crate) session: String,
+}
+
+/// A transaction either applied (with its results) or rolled back (with each failed op).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TxnOutcome {
+    Applied(Vec<KvEntry>),
+    RolledBack(Vec<(usize, String)>),
+}
+
+/// A catalog registration: a node, optionally one service, and checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Registration {
+    pub(crate) node: Node,
+    pub(crate) service: Option<Service>,
+    pub(crate) checks: Vec<Check>,
+    pub(crate) skip_node_update: bool,
+}
+
+/// In-memory clocks owned by the writer: session TTL deadlines and per-key lock-delays.
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    deadlines: BTreeSet<(Instant, String)>,
+    by_id: HashMap<String, Instant>,
+    lock_delays: HashMap<String, Instant>,
+}
+
+impl Timers {
+    pub(crate) fn set_deadline(&mut self, id: &str, at: Instant) {
+        self.clear_deadline(id);
+        self.deadlines.insert((at, id.to_owned()));
+        self.by_id.insert(id.to_owned(), at);
+    }
+
+    fn clear_deadline(&mut self, id: &str) {
+        if let Some(at) = self.by_id.remove(id) {
+            self.deadlines.remove(&(at, id.to_owned()));
+        }
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns the sessions whose deadline has passed.
+    pub(crate) fn due_sessions(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.deadlines.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, id)) = self.deadlines.pop_first() {
+                self.by_id.remove(&id);
+                due.push(id);
+            }
+        }
+        due
+    }
+
+    fn lock_delayed(&mut self, key: &str, now: Instant) -> bool {
+        match self.lock_delays.get(key) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                self.lock_delays.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn set_lock_delay(&mut self, key: &str, until: Instant, now: Instant) {
+        if self.lock_delays.len() > 10_000 {
+            self.lock_delays.retain(|_, at| *at > now);
+        }
+        self.lock_delays.insert(key.to_owned(), until);
+    }
+}
+
+/// One command's changes against the writer's working state, undone unless kept.
+pub(crate) struct Tx<'a> {
+    state: &'a mut State,
+    timers: &'a mut Timers,
+    now: Instant,
+    index: u64,
+    changes: Vec<Change>,
+    undo: Vec<Change>,
+    saved_tables: TableIndexes,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(state: &'a mut State, timers: &'a mut Timers, now: Instant) -> Self {
+        let index = state.index + 1;
+        let saved_tables = state.tables;
+        Self {
+            state,
+            timers,
+            now,
+            index,
+            changes: Vec::new(),
+            undo: Vec::new(),
+            saved_tables,
+        }
+    }
+
+    /// Ends the command: keeps its changes (and takes its index) or undoes them.
+    pub(crate) fn finish(mut self, keep: bool) -> Vec<Change> {
+        if !keep {
+            self.rollback();
+        }
+        if !self.changes.is_empty() {
+            self.state.index = self.index;
+        }
+        self.changes
+    }
+
+    fn rollback(&mut self) {
+        for change in self.undo.drain(..).rev() {
+            self.state.apply(change, self.index);
+        }
+        self.changes.clear();
+        self.state.tables = self.saved_tables;
+    }
+
+    fn put(&mut self, change: Change) {
+        let old = self.state.apply(change.clone(), self.index);
+        self.undo.push(old);
+        self.changes.push(change);
+    }
+
+    pub(crate) fn execute(&mut self, command: Command) -> Result<Outcome, StoreError> {
+        match command {
+            Command::KvSet {
+                key,
+                value,
+                flags,
+                mode,
+            } => self.kv_set(key, value, flags, mode).map(Outcome::Bool),
+            Command::KvDelete { key, cas } => Ok(Outcome::Bool(self.kv_delete(&key, cas))),
+            Command::KvDeleteTree { prefix } => {
+                self.kv_delete_tree(&prefix);
+                Ok(Outcome::Done)
+            }
+            Command::SessionCreate(new) => {
+                self.session_create(new).map(|s| Outcome::Session(Some(s)))
+            }
+            Command::SessionDestroy(id) => {
+                self.session_end(&id);
+                Ok(Outcome::Done)
+            }
+            Command::SessionRenew(id) => Ok(Outcome::Session(self.session_renew(&id))),
+            Command::Txn(ops) => Ok(Outcome::Txn(self.txn(ops))),
+            Command::CatalogRegister(registration) => {
+                self.catalog_register(*registration).map(|()| Outcome::Done)
+            }
+            Command::CatalogDeregister {
+                node,
+                service_id,
+                check_id,
+            } => {
+                self.catalog_deregister(&node, service_id.as_deref(), check_id.as_deref());
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    // ---- KV ----
+
+    fn kv_set(
+        &mut self,
+        key: String,
+        value: Bytes,
+        flags: u64,
+        mode: SetMode,
+    ) -> Result<bool, StoreError> {
+        let existing = self.state.kv.get(&key);
+        let (session, lock_index) = match &mode {
+            SetMode::Plain => (
+                existing.and_then(|e| e.session.clone()),
+                existing.map_or(0, |e| e.lock_index),
+            ),
+            SetMode::Cas(expected) => {
+                let current = existing.map_or(0, |e| e.modify_index);
+                if current != *expected {
+                    return Ok(false);
+                }
+                (
+                    existing.and_then(|e| e.session.clone()),
+                    existing.map_or(0, |e| e.lock_index),
+                )
+            }
+            SetMode::Acquire(session) => {
+                if session.is_empty() {
+                    return Err(StoreError::Rejected("missing session".to_owned()));
+                }
+                if !self.state.sessions.contains_key(session) {
+                    return Err(StoreError::Rejected(format!("invalid session {session:?}")));
+                }
+                let lock_index = existing.map_or(0, |e| e.lock_index);
+                match existing.and_then(|e| e.session.as_ref()) {
+                    Some(holder) if holder == session => (Some(session.clone()), lock_index),
+                    Some(_) => return Ok(false),
+                    None => {
+                        if self.timers.lock_delayed(&key, self.now) {
+                            return Ok(false);
+                        }
+                        (Some(session.clone()), lock_index + 1)
+                    }
+                }
+            }
+            SetMode::Release(session) => match existing {
+                Some(e) if e.session.as_ref() == Some(session) => (None, e.lock_index),
+                _ => return Ok(false),
+            },
+        };
+        let entry = KvEntry {
+            create_index: existing.map_or(self.index, |e| e.create_index),
+            modify_index: self.index,
+            key: key.clone(),
+            value,
+            flags,
+            lock_index,
+            session,
+        };
+        if existing.is_some_and(|old| {
+            old.value == entry.value
+                && old.flags == entry.flags
+                && old.session == entry.session
+                && old.lock_index == entry.lock_index
+        }) {
+            return Ok(true);
+        }
+        if self.state.tombstones.contains_key(&key) {
+            self.put(Change::Tombstone(key.clone(), None));
+        }
+        self.put(Change::Kv(key, Some(entry)));
+        Ok(true)
+    }
+
+    fn kv_delete(&mut self, key: &str, cas: Option<u64>) -> bool {
+        let Some(existing) = self.state.kv.get(key) else {
+            return true;
+        };
+        if cas.is_some_and(|expected| expected != existing.modify_index) {
+            return false;
+        }
+        self.delete_entry(key);
+        true
+    }
+
+    fn delete_entry(&mut self, key: &str) {
+        self.put(Change::Kv(key.to_owned(), None));
+        self.put(Change::Tombstone(key.to_owned(), Some(self.index)));
+    }
+
+    fn kv_delete_tree(&mut self, prefix: &str) {
+        let keys: Vec<String> = self
+            .state
+            .kv_prefix(prefix)
+            .map(|e| e.key.clone())
+            .collect();
+        for key in keys {
+            self.delete_entry(&key);
+        }
+    }
+
+    // ---- sessions ----
+
+    fn session_create(&mut self, new: NewSession) -> Result<Session, StoreError> {
+        if !self.state.nodes.contains_key(&new.node) {
+            return Err(StoreError::Rejected("Missing node registration".to_owned()));
+        }
+        for check_id in new.node_checks.iter().chain(&new.service_checks) {
+            match self.state.checks.get(&(new.node.clone(), check_id.clone())) {
+                None => {
+                    return Err(StoreError::Rejected(format!(
+                        "Missing check '{check_id}' registration"
+                    )));
+                }
+                Some(check) if check.status == CheckStatus::Critical => {
+                    return Err(StoreError::Rejected(format!(
+                        "Check '{check_id}' is in critical state"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let id = loop {
+            let id = uuid::Uuid::new_v4().to_string();
+            if !self.state.sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        let session = Session {
+            id: id.clone(),
+            name: new.name,
+            node: new.node,
+            node_checks: new.node_checks,
+            service_checks: new.service_checks,
+            lock_delay: new.lock_delay,
+            behavior: new.behavior,
+            ttl: new.ttl,
+            create_index: self.index,
+            modify_index: self.index,
+        };
+        self.put(Change::Session(id.clone(), Some(session.clone())));
+        if let Some(ttl) = session.ttl {
+            self.timers.set_deadline(&id, self.now + ttl * 2);
+        }
+        Ok(session)
+    }
+
+    fn session_renew(&mut self, id: &str) -> Option<Session> {
+        let session = self.state.sessions.get(id)?.clone();
+        if let Some(ttl) = session.ttl {
+            self.timers.set_deadline(id, self.now + ttl * 2);
+        }
+        Some(session)
+    }
+
+    /// A TTL ran out: the session ends as if destroyed.
+    pub(crate) fn session_expire(&mut self, id: &str) {
+        tracing::debug!(session = id, "session ttl expired");
+        self.session_end(id);
+    }
+
+    /// Ends a session: its locks are released or deleted per Behavior, each with a lock-delay.
+    fn session_end(&mut self, id: &str) {
+        let Some(session) = self.state.sessions.get(id).cloned() else {
+            return;
+        };
+        let keys: Vec<String> = self
+            .state
+            .locks
+            .get(id)
+            .map(|k| k.iter().cloned().collect())
+            .unwrap_or_default();
+        for key in keys {
+            let Some(entry) = self.state.kv.get(&key).cloned() else {
+                continue;
+            };
+            match session.behavior {
+                Behavior::Release => {
+                    let released = KvEntry {
+                        session: None,
+                        modify_index: self.index,
+                        ..entry
+                    };
+                    self.put(Change::Kv(key.clone(), Some(released)));
+                }
+                Behavior::Delete => self.delete_entry(&key),
+            }
+            if !session.lock_delay.is_zero() {
+                self.timers
+                    .set_lock_delay(&key, self.now + session.lock_delay, self.now);
+            }
+        }
+        self.put(Change::Session(id.to_owned(), None));
+        self.timers.clear_deadline(id);
+    }
+
+    /// Ends every session that depends on `check_id` of `node`.
+    fn end_sessions_for_check(&mut self, node: &str, check_id: &str) {
+        let ids: Vec<String> = self
+            .state
+            .sessions
+            .values()
+            .filter(|s| {
+                s.node == node
+                    && (s.node_checks.iter().any(|c| c == check_id)
+                        || s.service_checks.iter().any(|c| c == check_id))
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        for id in ids {
+            self.session_end(&id);
+        }
+    }
+
+    // ---- transactions ----
+
+    fn txn(&mut self, ops: Vec<TxnOp>) -> TxnOutcome {
+        let mut results = Vec::new();
+        let mut errors = Vec::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            match self.txn_op(op) {
+                Ok(entries) => results.extend(entries),
+                Err(what) => errors.push((i, what)),
+            }
+        }
+        if errors.is_empty() {
+            TxnOutcome::Applied(results)
+        } else {
+            self.rollback();
+            TxnOutcome::RolledBack(errors)
+        }
+    }
+
+    fn txn_op(&mut self, op: TxnOp) -> Result<Vec<KvEntry>, String> {
+        let key = op.key;
+        let missing = |key: &str| format!("key {key:?} doesn't exist");
+        match op.verb.as_str() {
+            "set" => {
+                self.kv_set(key.clone(), op.value, op.flags, SetMode::Plain)
+                    .map_err(|e| e.to_string())?;
+                Ok(self.stripped(&key))
+            }
+            "cas" => match self.kv_set(key.clone(), op.value, op.flags, SetMode::Cas(op.index)) {
+                Ok(true) => Ok(self.stripped(&key)),
+                Ok(false) => Err(format!("failed to set key {key:?}, index is stale")),
+                Err(err) => Err(err.to_string()),
+            },
+            "lock" => match self.kv_set(
+                key.clone(),
+                op.value,
+                op.flags,
+                SetMode::Acquire(op.session),
+            ) {
+                Ok(true) => Ok(self.stripped(&key)),
+                Ok(false) => Err(format!("failed to lock key {key:?}, lock is already held")),
+                Err(err) => Err(err.to_string()),
+            },
+            "unlock" => match self.kv_set(
+                key.clone(),
+                op.value,
+                op.flags,
+                SetMode::Release(op.session),
+            ) {
+                Ok(true) => Ok(self.stripped(&key)),
+                Ok(false) => Err(format!(
+                    "failed to unlock key {key:?}, lock isn't held, or is held by another session"
+                )),
+                Err(err) => Err(err.to_string()),
+            },
+            "get" => self
+                .state
+                .kv
+                .get(&key)
+                .map(|e| vec![e.clone()])
+                .ok_or_else(|| missing(&key)),
+            "get-or-empty" => Ok(vec![self.state.kv.get(&key).cloned().unwrap_or_else(
+                || KvEntry {
+                    key,
+                    value: Bytes::new(),
+                    flags: 0,
+                    create_index: 0,
+                    modify_index: 0,
+                    lock_index: 0,
+                    session: None,
+                },
+            )]),
+            "get-tree" => Ok(self.state.kv_prefix(&key).cloned().collect()),
+            "check-index" => match self.state.kv.get(&key) {
+                None => Err(missing(&key)),
+                Some(e) if e.modify_index != op.index => Err(format!(
+                    "failed index check for key {key:?}, current modify index {} != {}",
+                    e.modify_index, op.index
+                )),
+                Some(_) => Ok(self.stripped(&key)),
+            },
+            "check-session" => match self.state.kv.get(&key) {
+                None => Err(missing(&key)),
+                Some(e) if e.session.as_deref().unwrap_or("") != op.session => Err(format!(
+                    "failed session check for key {key:?}, current session {:?} != {:?}",
+                    e.session.as_deref().unwrap_or(""),
+                    op.session
+                )),
+                Some(_) => Ok(self.stripped(&key)),
+            },
+            "check-not-exists" => match self.state.kv.get(&key) {
+                Some(_) => Err(format!("key {key:?} exists")),
+                None => Ok(Vec::new()),
+            },
+            "delete" => {
+                self.kv_delete(&key, None);
+                Ok(Vec::new())
+            }
+            "delete-tree" => {
+                self.kv_delete_tree(&key);
+                Ok(Vec::new())
+            }
+            "delete-cas" => {
+                if self.kv_delete(&key, Some(op.index)) {
+                    Ok(Vec::new())
+                } else {
+                    Err(format!("failed to delete key {key:?}, index is stale"))
+                }
+            }
+            other => Err(format!("unknown KV verb {other:?}")),
+        }
+    }
+
+    /// The entry now stored at `key`, without its value (what Consul returns for writes).
+    fn stripped(&self, key: &str) -> Vec<KvEntry> {
+        self.state
+            .kv
+            .get(key)
+            .map(|e| KvEntry {
+                value: Bytes::new(),
+                ..e.clone()
+            })
+            .into_iter()
+            .collect()
+    }
+
+    // ---- catalog ----
+
+    fn catalog_register(&mut self, registration: Registration) -> Result<(), StoreError> {
+        let Registration {
+            node,
+            service,
+            checks,
+            skip_node_update,
+        } = registration;
+        let name = node.name.clone();
+        let existing = self.state.nodes.get(&name).cloned();
+        if !(skip_node_update && existing.is_some()) {
+            let mut node = node;
+            node.create_index = existing.as_ref().map_or(self.index, |n| n.create_index);
+            node.modify_index = existing.as_ref().map_or(self.index, |n| n.modify_index);
+            if existing.as_ref() != Some(&node) {
+                node.modify_index = self.index;
+                self.put(Change::Node(name.clone(), Some(node)));
+            }
+        }
+        if let Some(mut service) = service {
+            service.node = name.clone();
+            let key = (name.clone(), service.id.clone());
+            let existing = self.state.services.get(&key);
+            service.create_index = existing.map_or(self.index, |s| s.create_index);
+            service.modify_index = existing.map_or(self.index, |s| s.modify_index);
+            if existing != Some(&service) {
+                service.modify_index = self.index;
+                self.put(Change::Service(key, Some(service)));
+            }
+        }
+        for mut check in checks {
+            check.node = name.clone();
+            if !check.service_id.is_empty() {
+                let Some(service) = self
+                    .state
+                    .services
+                    .get(&(name.clone(), check.service_id.clone()))
+                else {
+                    return Err(StoreError::Rejected(format!(
+                        "Unknown service ID '{}' for check ID '{}'",
+                        check.service_id, check.id
+                    )));
+                };
+                check.service_name = service.name.clone();
+                check.service_tags = service.tags.clone();
+            }
+            let key = (name.clone(), check.id.clone());
+            let existing = self.state.checks.get(&key);
+            check.create_index = existing.map_or(self.index, |c| c.create_index);
+            check.modify_index = existing.map_or(self.index, |c| c.modify_index);
+            if existing != Some(&check) {
+                check.modify_index = self.index;
+                let critical = check.status == CheckStatus::Critical;
+                self.put(Change::Check(key, Some(check.clone())));
+                if critical {
+                    self.end_sessions_for_check(&name, &check.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn catalog_deregister(&mut self, node: &str, service_id: Option<&str>, check_id: Option<&str>) {
+        if let Some(check_id) = check_id {
+            self.remove_check(node, check_id);
+            return;
+        }
+        if let Some(service_id) = service_id {
+            self.remove_service(node, service_id);
+            return;
+        }
+        let services: Vec<String> = self
+            .state
+            .node_services(node)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in services {
+            self.remove_service(node, &id);
+        }
+        let checks: Vec<String> = self.state.node_checks(node).map(|c| c.id.clone()).collect();
+        for id in checks {
+            self.remove_check(node, &id);
+        }
+        let sessions: Vec<String> = self
+            .state
+            .sessions
+            .values()
+            .filter(|s| s.node == node)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in sessions {
+            self.session_end(&id);
+        }
+        if self.state.nodes.contains_key(node) {
+            self.put(Change::Node(node.to_owned(), None));
+        }
+    }
+
+    fn remove_service(&mut self, node: &str, service_id: &str) {
+        let checks: Vec<String> = self
+            .state
+            .node_checks(node)
+            .filter(|c| c.service_id == service_id)
+            .map(|c| c.id.clone())
+            .collect();
+        for id in checks {
+            self.remove_check(node, &id);
+        }
+        let key = (node.to_owned(), service_id.to_owned());
+        if self.state.services.contains_key(&key) {
+            self.put(Change::Service(key, None));
+        }
+    }
+
+    fn remove_check(&mut self, node: &str, check_id: &str) {
+        let key = (node.to_owned(), check_id.to_owned());
+        if self.state.checks.contains_key(&key) {
+            self.put(Change::Check(key, None));
+            self.end_sessions_for_check(node, check_id);
+        }
+    }
+}

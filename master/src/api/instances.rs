@@ -1,0 +1,261 @@
+//! `/v1/instances`: upload, build, start, stop, delete, read and log-stream handlers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, OptionalJson, Query, parse_wait, valid};
+use crate::ops::{DeleteOutcome, Master};
+use crate::record::{InstanceRecord, State as InstanceState};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// Owner of the instance (name rule applies).
+    pub user: Option<String>,
+    /// Project the instance belongs to (name rule applies).
+    pub project: Option<String>,
+    /// Start a build of a new commit (default true).
+    pub build: Option<bool>,
+    /// Wait this long for the build to end (e.g. `30s`); 504 past it.
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Wait this long for the final record (e.g. `30s`); 504 past it.
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildBody {
+    /// Full commit id to build; default the latest upload.
+    pub commit: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    pub user: Option<String>,
+    /// One of the instance states.
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Keep the instance's git repository (default false).
+    pub keep_code: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Keep the stream open for new output until the current operation ends.
+    pub follow: Option<bool>,
+}
+
+fn required<'a>(field: &'static str, value: &'a Option<String>) -> Result<&'a str, ApiError> {
+    value
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request(format!("missing query parameter {field}")))
+}
+
+/// Upload the instance's code (tar.gz) and, unless `build=false`, build it.
+#[utoipa::path(put, path = "/v1/instances/{id}/code", tag = "instances",
+    params(("id" = String, Path, description = "instance id"), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/gzip", description = "tar.gz with a compose file at its root"),
+    responses(
+        (status = 200, description = "the instance record", body = InstanceRecord),
+        (status = 400, description = "bad input or hostile archive (names the field or entry)"),
+        (status = 401, description = "no or unknown token"),
+        (status = 409, description = "the state does not allow an upload, or the instance is busy"),
+        (status = 413, description = "an upload cap was exceeded (named)"),
+        (status = 503, description = "no healthy worker for the build"),
+        (status = 504, description = "`wait` passed before the build ended"),
+    ),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> Result<Json<InstanceRecord>, ApiError> {
+    let id = valid("id", &id)?;
+    let user = valid("user", required("user", &q.user)?)?;
+    let project = valid("project", required("project", &q.project)?)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    let cap = master.settings.limits.max_compressed_bytes;
+    let bytes = Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::TooLarge(format!("upload exceeds the compressed size cap of {cap}"))
+            } else {
+                ApiError::bad_request(format!("cannot read the upload: {e}"))
+            }
+        })?
+        .to_bytes();
+    let record = master
+        .upload(id, user, project, bytes, q.build.unwrap_or(true), wait)
+        .await?;
+    Ok(Json(record))
+}
+
+/// Build the latest commit (or `{"commit": ...}`) on a worker chosen for the instance.
+#[utoipa::path(post, path = "/v1/instances/{id}/build", tag = "instances",
+    params(("id" = String, Path, description = "instance id"), WaitQuery),
+    request_body(content = Option<BuildBody>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "build started; the record is in `building`", body = InstanceRecord),
+        (status = 200, description = "final record (with `wait`), or already built", body = InstanceRecord),
+        (status = 400, description = "bad input"), (status = 401, description = "no or unknown token"),
+        (status = 404, description = "unknown instance"), (status = 409, description = "state does not allow a build"),
+        (status = 422, description = "rejected by the worker's policy (with details)"),
+        (status = 503, description = "no healthy worker"), (status = 504, description = "`wait` passed"),
+    ),
+    security(("bearer" = [])))]
+pub async fn build(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+    OptionalJson(body): OptionalJson<BuildBody>,
+) -> Result<Response, ApiError> {
+    let id = valid("id", &id)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    let record = master.build(id, body.and_then(|b| b.commit), wait).await?;
+    let status = if record.state == InstanceState::Building {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(record)).into_response())
+}
+
+/// Start the stack; answers once it runs, with its endpoints.
+#[utoipa::path(post, path = "/v1/instances/{id}/start", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses(
+        (status = 200, description = "running, with endpoints", body = InstanceRecord),
+        (status = 401, description = "no or unknown token"), (status = 404, description = "unknown instance"),
+        (status = 409, description = "state does not allow a start"),
+        (status = 422, description = "rejected by the worker's policy"),
+        (status = 502, description = "the worker failed"), (status = 503, description = "no healthy worker"),
+        (status = 504, description = "readiness timed out"),
+    ),
+    security(("bearer" = [])))]
+pub async fn start(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceRecord>, ApiError> {
+    let id = valid("id", &id)?;
+    Ok(Json(master.start(id).await?))
+}
+
+/// Stop the stack.
+#[utoipa::path(post, path = "/v1/instances/{id}/stop", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses(
+        (status = 200, description = "stopped", body = InstanceRecord),
+        (status = 401, description = "no or unknown token"), (status = 404, description = "unknown instance"),
+        (status = 409, description = "state does not allow a stop"), (status = 502, description = "the worker failed"),
+    ),
+    security(("bearer" = [])))]
+pub async fn stop(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceRecord>, ApiError> {
+    let id = valid("id", &id)?;
+    Ok(Json(master.stop(id).await?))
+}
+
+/// Remove the stack, images, checkout and KV records on the worker and, unless kept, the repo.
+#[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "instance id"), DeleteQuery),
+    responses(
+        (status = 200, description = "deleted", body = DeleteOutcome),
+        (status = 401, description = "no or unknown token"),
+        (status = 404, description = "unknown or already deleted instance"),
+        (status = 409, description = "busy"), (status = 502, description = "the worker failed"),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<DeleteOutcome>, ApiError> {
+    let id = valid("id", &id)?;
+    Ok(Json(master.delete(id, q.keep_code.unwrap_or(false)).await?))
+}
+
+/// The instance record.
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses(
+        (status = 200, description = "the record", body = InstanceRecord),
+        (status = 400, description = "invalid id"), (status = 401, description = "no or unknown token"),
+        (status = 404, description = "unknown instance"),
+    ),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceRecord>, ApiError> {
+    let id = valid("id", &id)?;
+    Ok(Json(master.get(&id).await?))
+}
+
+/// Every instance record, optionally of one user and/or in one state.
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(ListQuery),
+    responses(
+        (status = 200, description = "records in id order", body = Vec<InstanceRecord>),
+        (status = 400, description = "invalid user or state"), (status = 401, description = "no or unknown token"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(master): State<Arc<Master>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<InstanceRecord>>, ApiError> {
+    let user = q.user.as_deref().map(|u| valid("user", u)).transpose()?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(InstanceState::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = InstanceState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(format!("invalid state {s:?}: one of {}", all.join(", ")))
+        })?),
+    };
+    Ok(Json(master.list(user.as_ref(), state).await?))
+}
+
+/// Build and start output, streamed from the worker.
+#[utoipa::path(get, path = "/v1/instances/{id}/logs", tag = "instances",
+    params(("id" = String, Path, description = "instance id"), LogsQuery),
+    responses(
+        (status = 200, description = "text/plain stream", content_type = "text/plain", body = String),
+        (status = 401, description = "no or unknown token"), (status = 404, description = "unknown instance"),
+        (status = 409, description = "not placed on a worker yet"), (status = 502, description = "worker unreachable"),
+    ),
+    security(("bearer" = [])))]
+pub async fn logs(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let id = valid("id", &id)?;
+    let stream = master.logs(&id, q.follow.unwrap_or(false)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

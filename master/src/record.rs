@@ -1,0 +1,270 @@
+//! The instance record kept in the registry KV at `berth/instances/{id}`, its states and the rule
+//! of which operation each state allows.
+
+use std::time::SystemTime;
+
+use berth_worker_api::Endpoint;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Life cycle of an instance. `building`, `starting`, `stopping` and `deleting` are transitional:
+/// they are only ever seen while a master holds the instance lock; one found with the lock free
+/// was interrupted (its master stopped) and is recorded as such before the next operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Uploaded,
+    Building,
+    Built,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Deleting,
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 9] = [
+        State::Uploaded,
+        State::Building,
+        State::Built,
+        State::Starting,
+        State::Running,
+        State::Stopping,
+        State::Stopped,
+        State::Deleting,
+        State::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Uploaded => "uploaded",
+            State::Building => "building",
+            State::Built => "built",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Deleting => "deleting",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_transitional(self) -> bool {
+        matches!(
+            self,
+            State::Building | State::Starting | State::Stopping | State::Deleting
+        )
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An operation on an instance, for state checks, metrics and error steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Upload,
+    Build,
+    Start,
+    Stop,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upload => "upload",
+            Op::Build => "build",
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Delete => "delete",
+        }
+    }
+
+    /// The states in which this operation may begin (an interrupted transitional state has been
+    /// turned into `failed` before this is asked).
+    pub fn allowed_in(self) -> &'static [State] {
+        match self {
+            Op::Upload | Op::Build => {
+                &[State::Uploaded, State::Built, State::Stopped, State::Failed]
+            }
+            Op::Start => &[State::Built, State::Stopped, State::Running],
+            Op::Stop => &[State::Running, State::Stopped, State::Failed],
+            Op::Delete => &[
+                State::Uploaded,
+                State::Built,
+                State::Running,
+                State::Stopped,
+                State::Failed,
+            ],
+        }
+    }
+
+    pub fn allows(self, state: State) -> bool {
+        self.allowed_in().contains(&state)
+    }
+
+    /// "start is allowed in built, stopped, running".
+    pub fn explain(self, state: State) -> String {
+        let allowed: Vec<&str> = self.allowed_in().iter().map(|s| s.as_str()).collect();
+        format!(
+            "instance is {state}; {} is allowed in {}",
+            self.as_str(),
+            allowed.join(", ")
+        )
+    }
+}
+
+/// Where an instance is placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerRef {
+    /// `node/service-id` of the worker's `berth-worker` service in the catalog.
+    pub id: String,
+    pub node: String,
+    /// Base URL of the worker API.
+    pub url: String,
+    /// Address published in `instance/{id}/ip`.
+    pub address: String,
+}
+
+/// The step that failed and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RecordError {
+    pub step: String,
+    pub message: String,
+}
+
+/// A placement change, kept in the record so a move is visible afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlacementMove {
+    pub at: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+}
+
+/// The instance record, JSON at `berth/instances/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub user: String,
+    pub project: String,
+    /// Latest commit uploaded (what a build without `commit` builds).
+    pub commit: Option<String>,
+    /// Commit whose images the worker holds.
+    #[serde(default)]
+    pub built_commit: Option<String>,
+    /// Clone URL of the instance's repository (no credentials).
+    pub repo: String,
+    pub worker: Option<WorkerRef>,
+    pub state: State,
+    #[serde(default)]
+    #[schema(value_type = Vec<EndpointDoc>)]
+    pub endpoints: Vec<Endpoint>,
+    pub error: Option<RecordError>,
+    #[serde(default)]
+    pub moves: Vec<PlacementMove>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Schema of one endpoint (the wire type lives in the worker API crate).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EndpointDoc {
+    service: String,
+    container_port: u16,
+    protocol: String,
+    host: String,
+    host_port: u16,
+}
+
+/// Most placement moves kept in a record.
+pub const MAX_MOVES: usize = 20;
+
+impl InstanceRecord {
+    pub fn new(id: &str, user: &str, project: &str, repo: String) -> Self {
+        let now = now();
+        Self {
+            id: id.to_owned(),
+            user: user.to_owned(),
+            project: project.to_owned(),
+            commit: None,
+            built_commit: None,
+            repo,
+            worker: None,
+            state: State::Uploaded,
+            endpoints: Vec::new(),
+            error: None,
+            moves: Vec::new(),
+            created_at: now.clone(),
+            updated_at: now,
+        }
+    }
+
+    pub fn touch(&mut self) {
+        self.updated_at = now();
+    }
+
+    pub fn fail(&mut self, step: &str, message: impl Into<String>) {
+        self.state = State::Failed;
+        self.error = Some(RecordError {
+            step: step.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub fn record_move(&mut self, to: &WorkerRef, reason: &str) {
+        self.moves.push(PlacementMove {
+            at: now(),
+            from: self.worker.as_ref().map(|w| w.id.clone()),
+            to: to.id.clone(),
+            reason: reason.to_owned(),
+        });
+        if self.moves.len() > MAX_MOVES {
+            let extra = self.moves.len() - MAX_MOVES;
+            self.moves.drain(..extra);
+        }
+        self.worker = Some(to.clone());
+    }
+}
+
+/// RFC 3339 UTC timestamp with milliseconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_roundtrip_and_rules() {
+        for st in State::ALL {
+            assert_eq!(State::parse(st.as_str()), Some(st));
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{st}\""));
+        }
+        assert!(Op::Start.allows(State::Running));
+        assert!(!Op::Start.allows(State::Uploaded));
+        assert!(!Op::Build.allows(State::Running));
+        for st in State::ALL.into_iter().filter(|s| s.is_transitional()) {
+            for op in [Op::Upload, Op::Build, Op::Start, Op::Stop, Op::Delete] {
+                assert!(!op.allows(st), "{op:?} in {st}");
+            }
+        }
+        assert_eq!(
+            Op::Start.explain(State::Uploaded),
+            "instance is uploaded; start is allowed in built, stopped, running"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! Everything the master keeps or reads in the registry, through the Consul-compatible client
+//! only (so a real Consul works unchanged): instance records at `berth/instances/{id}`, the
+//! seed-compatible `instance/{id}/ip`, the per-instance lock at `berth/locks/{id}` and the
+//! `berth-worker` services with their health.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_registry::client::{Behavior, Client, ClientError, PutOptions, SessionRequest};
+use berth_worker_api::{META_CAPACITY, META_INSTANCES, META_VERSION, ValidName, WORKER_SERVICE};
+use berth_worker_api::{instance_record_key, seed_ip_key};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::placement::WorkerInfo;
+use crate::record::InstanceRecord;
+
+/// KV prefix of instance records.
+pub const RECORD_PREFIX: &str = "berth/instances/";
+/// KV prefix of instance locks.
+pub const LOCK_PREFIX: &str = "berth/locks/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("registry: {0}")]
+    Registry(#[from] ClientError),
+    #[error("record {key} is not valid JSON: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("registry refused to write {0}")]
+    Refused(String),
+}
+
+/// How instance locks behave.
+#[derive(Debug, Clone, Copy)]
+pub struct LockSettings {
+    /// Session TTL; the session is renewed every third of it while held.
+    pub ttl: Duration,
+    /// Lock delay after a holder's session is invalidated.
+    pub lock_delay: Duration,
+    /// How long an operation waits for a busy lock before answering 409.
+    pub wait: Duration,
+}
+
+impl Default for LockSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(15),
+            lock_delay: Duration::from_secs(1),
+            wait: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    client: Client,
+    lock: LockSettings,
+    /// Name written into lock sessions and lock values, for operators.
+    holder: String,
+}
+
+impl Store {
+    pub fn new(client: Client, lock: LockSettings, holder: String) -> Self {
+        Self {
+            client,
+            lock,
+            holder,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn get(&self, id: &ValidName) -> Result<Option<InstanceRecord>, StoreError> {
+        let key = instance_record_key(id);
+        match self.client.kv_get(&key).await? {
+            None => Ok(None),
+            Some(pair) => serde_json::from_slice(&pair.value)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt { key, source }),
+        }
+    }
+
+    pub async fn put(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+        let id =
+            ValidName::parse("id", &record.id).map_err(|e| StoreError::Refused(e.to_string()))?;
+        let key = instance_record_key(&id);
+        let body = serde_json::to_vec(record).expect("records always serialise");
+        if self.client.kv_put(&key, body).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Refused(key))
+        }
+    }
+
+    /// Every record, in id order. A record that does not parse is skipped with an error log.
+    pub async fn list(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        let pairs = self.client.kv_list(RECORD_PREFIX).await?;
+        Ok(pairs
+            .into_iter()
+            .filter_map(|pair| match serde_json::from_slice(&pair.value) {
+                Ok(record) => Some(record),
+                Err(err) => {
+                    tracing::error!(key = %pair.key, cause = %err, "skipping unreadable instance record");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Removes the record and the seed key.
+    pub async fn delete(&self, id: &ValidName) -> Result<(), StoreError> {
+        self.client.kv_delete(&seed_ip_key(id)).await?;
+        self.client.kv_delete(&instance_record_key(id)).await?;
+        Ok(())
+    }
+
+    /// Writes the seed-compatible `instance/{id}/ip` (the worker's address).
+    pub async fn put_seed_ip(&self, id: &ValidName, address: &str) -> Result<(), StoreError> {
+        let key = seed_ip_key(id);
+        if self
+            .client
+            .kv_put(&key, address.as_bytes().to_vec())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::Refused(key))
+        }
+    }
+
+    /// Every `berth-worker` service, healthy or not, with `placed` counted from the records.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let entries = self.client.health_service(WORKER_SERVICE, false).await?;
+        let mut workers: Vec<WorkerInfo> = entries
+            .into_iter()
+            .map(|e| {
+                let address = if e.service.address.is_empty() {
+                    e.node.address.clone()
+                } else {
+                    e.service.address.clone()
+                };
+                let failing: Vec<String> = e
+                    .checks
+                    .iter()
+                    .filter(|c| c.status != "passing")
+                    .map(|c| {
+                        format!(
+                            "{}: {}",
+                            if c.name.is_empty() {
+                                &c.check_id
+                            } else {
+                                &c.name
+                            },
+                            c.status
+                        )
+                    })
+                    .collect();
+                let meta_u32 = |k: &str| e.service.meta.get(k).and_then(|v| v.parse().ok());
+                WorkerInfo {
+                    id: format!("{}/{}", e.node.node, e.service.id),
+                    node: e.node.node.clone(),
+                    service_id: e.service.id.clone(),
+                    url: format!("http://{}:{}", host_for_url(&address), e.service.port),
+                    address,
+                    healthy: failing.is_empty(),
+                    failing_checks: failing,
+                    reported_instances: meta_u32(META_INSTANCES),
+                    capacity: meta_u32(META_CAPACITY),
+                    version: e.service.meta.get(META_VERSION).cloned(),
+                    placed: 0,
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut placed: HashMap<String, usize> = HashMap::new();
+        for record in self.list().await? {
+            if let Some(w) = &record.worker {
+                *placed.entry(w.id.clone()).or_default() += 1;
+            }
+        }
+        Ok(crate::placement::with_placed(workers, &placed))
+    }
+
+    /// Takes the instance lock, waiting up to the configured time; `None` if it stayed busy.
+    pub async fn lock(&self, id: &ValidName) -> Result<Option<InstanceLock>, StoreError> {
+        let key = format!("{LOCK_PREFIX}{id}");
+        let session = self
+            .client
+            .session_create(&SessionRequest {
+                name: format!("berth-master lock {id} ({})", self.holder),
+                ttl: Some(self.lock.ttl),
+                lock_delay: Some(self.lock.lock_delay),
+                behavior: Behavior::Release,
+                ..SessionRequest::default()
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + self.lock.wait;
+        let value = serde_json::json!({ "holder": self.holder, "session": session }).to_string();
+        let opts = PutOptions {
+            acquire: Some(session.clone()),
+            ..PutOptions::default()
+        };
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let acquired = match self.client.kv_put_with(&key, value.clone(), &opts).await {
+                Ok(acquired) => acquired,
+                Err(err) => {
+                    let _ = self.client.session_destroy(&session).await;
+                    return Err(err.into());
+                }
+            };
+            if acquired {
+                return Ok(Some(InstanceLock::hold(
+                    self.client.clone(),
+                    key,
+                    session,
+                    self.lock.ttl,
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = self.client.session_destroy(&session).await;
+                return Ok(None);
+            }
+            // Renew our own waiting session so a long wait does not outlive it.
+            let _ = self.client.session_renew(&session).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// `[v6]` in URLs, a bare host otherwise.
+fn host_for_url(address: &str) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    }
+}
+
+/// A held instance lock. The session is renewed in the background until [`InstanceLock::release`]
+/// (or drop, which releases in the background).
+#[derive(Debug)]
+pub struct InstanceLock {
+    inner: Option<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    client: Client,
+    key: String,
+    session: String,
+    stop_renew: CancellationToken,
+    renew: JoinHandle<()>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl InstanceLock {
+    fn hold(client: Client, key: String, session: String, ttl: Duration) -> Self {
+        let stop_renew = CancellationToken::new();
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renew = tokio::spawn({
+            let (client, session, stop, lost) = (
+                client.clone(),
+                session.clone(),
+                stop_renew.clone(),
+                lost.clone(),
+            );
+            async move {
+                let every = ttl / 3;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    match client.session_renew(&session).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            tracing::error!(%session, "lock session expired while held");
+                            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                        Err(err) => tracing::warn!(cause = %err, "lock session renewal failed"),
+                    }
+                }
+            }
+        });
+        Self {
+            inner: Some(Held {
+                client,
+                key,
+                session,
+                stop_renew,
+                renew,
+                lost,
+            }),
+        }
+    }
+
+    /// True if the session expired while held (another master may have taken over).
+    pub fn is_lost(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|h| h.lost.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Releases the key (no lock delay) and destroys the session.
+    pub async fn release(mut self) {
+        if let Some(held) = self.inner.take() {
+            held.release().await;
+        }
+    }
+}
+
+impl Held {
+    async fn release(self) {
+        self.stop_renew.cancel();
+        let _ = self.renew.await;
+        let opts = PutOptions {
+            release: Some(self.session.clone()),
+            ..PutOptions::default()
+        };
+        if let Err(err) = self.client.kv_put_with(&self.key, Vec::new(), &opts).await {
+            tracing::warn!(key = %self.key, cause = %err, "lock release failed; the session end releases it");
+        }
+        if let Err(err) = self.client.session_destroy(&self.session).await {
+            tracing::warn!(cause = %err, "lock session destroy failed; its TTL ends it");
+        }
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        if let Some(held) = self.inner.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(held.release());
+        }
+    }
+}

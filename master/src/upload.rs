@@ -1,0 +1,567 @@
+//! Hostile-input-safe reading of an uploaded `tar.gz` into an in-memory tree, under size caps.
+//!
+//! Nothing touches the disk here: the archive is decompressed and checked entry by entry, and only
+//! a fully validated [`UploadTree`] leaves this module, so a rejected upload leaves nothing behind.
+//!
+//! Accepted entries: regular files (the executable bit is kept), directories (git keeps no empty
+//! directories, so they only shape paths), symbolic links whose target stays inside the tree
+//! (kept as git symlinks) and hard links to a regular file earlier in the same archive (stored as
+//! a copy of that file). Everything else is rejected naming the entry: absolute paths, `..`,
+//! `.git` components, links leaving the tree, devices, fifos, sparse files.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use flate2::read::GzDecoder;
+use serde::{Deserialize, Serialize};
+
+/// The compose file names looked for at the root of an upload, in the order the worker reads them.
+pub const COMPOSE_FILES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yml",
+    "docker-compose.yaml",
+];
+
+/// Caps on an upload. A value is exceeded when the upload is strictly larger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Size of the `tar.gz` body as sent.
+    pub max_compressed_bytes: u64,
+    /// Sum of the sizes of all files once decompressed.
+    pub max_uncompressed_bytes: u64,
+    /// Number of entries (files, directories, links).
+    pub max_files: u64,
+    /// Size of any one file.
+    pub max_file_bytes: u64,
+    /// Decompressed stream size divided by compressed size; only checked once the decompressed
+    /// stream passes [`RATIO_FLOOR_BYTES`], so small, very compressible uploads are fine.
+    pub max_ratio: u64,
+}
+
+/// Decompressed size below which the compression ratio is not checked.
+pub const RATIO_FLOOR_BYTES: u64 = 1024 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_compressed_bytes: 64 * 1024 * 1024,
+            max_uncompressed_bytes: 256 * 1024 * 1024,
+            max_files: 10_000,
+            max_file_bytes: 64 * 1024 * 1024,
+            max_ratio: 100,
+        }
+    }
+}
+
+/// Which cap an upload exceeded; its `Display` names it as the API error does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    CompressedSize,
+    UncompressedSize,
+    FileCount,
+    FileSize,
+    CompressionRatio,
+}
+
+impl std::fmt::Display for Cap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cap::CompressedSize => "compressed size",
+            Cap::UncompressedSize => "uncompressed size",
+            Cap::FileCount => "file count",
+            Cap::FileSize => "file size",
+            Cap::CompressionRatio => "compression ratio",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("upload exceeds the {cap} cap of {limit}")]
+    TooLarge { cap: Cap, limit: u64 },
+    #[error("rejected entry {entry:?}: {reason}")]
+    Hostile { entry: String, reason: &'static str },
+    #[error("not a valid tar.gz archive: {0}")]
+    Malformed(String),
+    #[error("no compose file at the root of the upload (looked for {})", COMPOSE_FILES.join(", "))]
+    MissingCompose,
+}
+
+/// One entry of a validated upload, with a normalised `/`-separated relative path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeEntry {
+    File { data: Vec<u8>, executable: bool },
+    Symlink { target: String },
+}
+
+/// A validated upload: relative path -> entry. Paths never hold `.`, `..`, empty components or
+/// `.git`, and no path is both a file and a directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadTree {
+    pub entries: BTreeMap<String, TreeEntry>,
+}
+
+impl UploadTree {
+    pub fn total_bytes(&self) -> u64 {
+        self.entries
+            .values()
+            .map(|e| match e {
+                TreeEntry::File { data, .. } => data.len() as u64,
+                TreeEntry::Symlink { target } => target.len() as u64,
+            })
+            .sum()
+    }
+
+    /// The compose file found at the root, if any.
+    pub fn compose_file(&self) -> Option<&'static str> {
+        COMPOSE_FILES
+            .into_iter()
+            .find(|name| matches!(self.entries.get(*name), Some(TreeEntry::File { .. })))
+    }
+}
+
+/// Counts and caps the decompressed stream (a gzip bomb stops here, whatever the tar says).
+struct Capped<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    compressed_len: u64,
+    max_ratio: u64,
+    exceeded: Option<Cap>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            self.exceeded = Some(Cap::UncompressedSize);
+        } else if self.read > RATIO_FLOOR_BYTES
+            && self.read > self.compressed_len.saturating_mul(self.max_ratio)
+        {
+            self.exceeded = Some(Cap::CompressionRatio);
+        }
+        if self.exceeded.is_some() {
+            return Err(io::Error::other("upload cap exceeded"));
+        }
+        Ok(n)
+    }
+}
+
+/// Tar headers and padding on top of the file bytes the decompressed stream may carry.
+fn stream_allowance(limits: &Limits) -> u64 {
+    limits
+        .max_uncompressed_bytes
+        .saturating_add(limits.max_files.saturating_add(2).saturating_mul(3 * 512))
+}
+
+/// Reads and validates a `tar.gz` upload. Pure: it allocates memory and nothing else.
+pub fn read_upload(body: &[u8], limits: &Limits) -> Result<UploadTree, UploadError> {
+    if body.len() as u64 > limits.max_compressed_bytes {
+        return Err(UploadError::TooLarge {
+            cap: Cap::CompressedSize,
+            limit: limits.max_compressed_bytes,
+        });
+    }
+    let mut capped = Capped {
+        inner: GzDecoder::new(body),
+        read: 0,
+        limit: stream_allowance(limits),
+        compressed_len: body.len() as u64,
+        max_ratio: limits.max_ratio,
+        exceeded: None,
+    };
+    let result = read_tar(&mut capped, limits);
+    if let Some(cap) = capped.exceeded {
+        let limit = match cap {
+            Cap::CompressionRatio => limits.max_ratio,
+            _ => limits.max_uncompressed_bytes,
+        };
+        return Err(UploadError::TooLarge { cap, limit });
+    }
+    let tree = result?;
+    if tree.compose_file().is_none() {
+        return Err(UploadError::MissingCompose);
+    }
+    Ok(tree)
+}
+
+fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadError> {
+    let mut archive = tar::Archive::new(reader);
+    let malformed = |e: io::Error| UploadError::Malformed(e.to_string());
+    let mut tree = UploadTree::default();
+    let mut dirs: BTreeMap<String, ()> = BTreeMap::new();
+    let mut count: u64 = 0;
+    let mut total: u64 = 0;
+    for entry in archive.entries().map_err(malformed)? {
+        let mut entry = entry.map_err(malformed)?;
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            continue;
+        }
+        count += 1;
+        if count > limits.max_files {
+            return Err(UploadError::TooLarge {
+                cap: Cap::FileCount,
+                limit: limits.max_files,
+            });
+        }
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw)
+            .chars()
+            .take(200)
+            .collect::<String>();
+        let hostile = |reason| UploadError::Hostile {
+            entry: shown.clone(),
+            reason,
+        };
+        let path = normalise_path(&raw).map_err(hostile)?;
+        if kind.is_dir() {
+            if let Some(path) = path {
+                dirs.insert(path, ());
+            }
+            continue;
+        }
+        let Some(path) = path else {
+            return Err(hostile("the archive root can only be a directory"));
+        };
+        let item = if kind.is_file() || kind.is_contiguous() {
+            let size = entry.size();
+            if size > limits.max_file_bytes {
+                return Err(UploadError::TooLarge {
+                    cap: Cap::FileSize,
+                    limit: limits.max_file_bytes,
+                });
+            }
+            total = total.saturating_add(size);
+            if total > limits.max_uncompressed_bytes {
+                return Err(UploadError::TooLarge {
+                    cap: Cap::UncompressedSize,
+                    limit: limits.max_uncompressed_bytes,
+                });
+            }
+            let executable = entry.header().mode().map_err(malformed)? & 0o111 != 0;
+            let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
+            entry.read_to_end(&mut data).map_err(malformed)?;
+            TreeEntry::File { data, executable }
+        } else if kind.is_symlink() {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| hostile("symbolic link without a target"))?;
+            let target = std::str::from_utf8(&target)
+                .map_err(|_| hostile("link target is not UTF-8"))?
+                .to_owned();
+            check_symlink(&path, &target).map_err(hostile)?;
+            TreeEntry::Symlink { target }
+        } else if kind.is_hard_link() {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| hostile("hard link without a target"))?;
+            let target = normalise_path(&target)
+                .map_err(|_| hostile("hard link leaves the tree"))?
+                .ok_or_else(|| hostile("hard link to the archive root"))?;
+            match tree.entries.get(&target) {
+                Some(file @ TreeEntry::File { .. }) => file.clone(),
+                _ => {
+                    return Err(hostile(
+                        "hard link to something that is not an earlier file",
+                    ));
+                }
+            }
+        } else if kind.is_character_special() || kind.is_block_special() {
+            return Err(hostile("device files are not allowed"));
+        } else if kind.is_fifo() {
+            return Err(hostile("fifos are not allowed"));
+        } else {
+            return Err(hostile("unsupported entry type"));
+        };
+        tree.entries.insert(path, item);
+    }
+    // A path may not be both a file (or link) and a directory.
+    for path in tree.entries.keys() {
+        let mut prefix = path.as_str();
+        while let Some((parent, _)) = prefix.rsplit_once('/') {
+            if tree.entries.contains_key(parent) {
+                return Err(UploadError::Hostile {
+                    entry: path.clone(),
+                    reason: "a parent of this path is a file or link",
+                });
+            }
+            prefix = parent;
+        }
+        if dirs.contains_key(path) {
+            return Err(UploadError::Hostile {
+                entry: path.clone(),
+                reason: "path is both a directory and a file",
+            });
+        }
+    }
+    Ok(tree)
+}
+
+/// Normalises an archive path to `a/b/c`; `None` for the root itself (`.` or `./`).
+fn normalise_path(raw: &[u8]) -> Result<Option<String>, &'static str> {
+    let s = std::str::from_utf8(raw).map_err(|_| "path is not UTF-8")?;
+    if s.starts_with('/') {
+        return Err("absolute paths are not allowed");
+    }
+    if s.contains('\0') || s.contains('\\') {
+        return Err("path holds a NUL or a backslash");
+    }
+    let mut parts = Vec::new();
+    for part in s.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("`..` is not allowed in paths"),
+            p if p.eq_ignore_ascii_case(".git") => return Err("`.git` is not allowed in paths"),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(parts.join("/")))
+    }
+}
+
+/// A symbolic link at `path` may point anywhere inside the tree, never outside it.
+fn check_symlink(path: &str, target: &str) -> Result<(), &'static str> {
+    if target.is_empty() {
+        return Err("symbolic link without a target");
+    }
+    if target.starts_with('/') {
+        return Err("symbolic link leaves the tree (absolute target)");
+    }
+    if target.contains('\0') {
+        return Err("link target holds a NUL");
+    }
+    // Depth of the directory holding the link, then walk the target lexically.
+    let mut depth: i64 = path.matches('/').count() as i64;
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err("symbolic link leaves the tree");
+                }
+            }
+            p if p.eq_ignore_ascii_case(".git") => return Err("link target names `.git`"),
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    /// What a test archive entry is.
+    pub(crate) enum Item<'a> {
+        File(&'a str, &'a [u8], u32),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+        Fifo(&'a str),
+        CharDev(&'a str),
+    }
+
+    /// Builds a tar.gz, writing paths raw so hostile names survive.
+    pub(crate) fn targz(items: &[Item<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        for item in items {
+            let mut h = tar::Header::new_gnu();
+            let (path, kind, data, mode, link): (&str, tar::EntryType, &[u8], u32, Option<&str>) =
+                match *item {
+                    Item::File(p, d, m) => (p, tar::EntryType::Regular, d, m, None),
+                    Item::Dir(p) => (p, tar::EntryType::Directory, b"", 0o755, None),
+                    Item::Symlink(p, t) => (p, tar::EntryType::Symlink, b"", 0o777, Some(t)),
+                    Item::Hardlink(p, t) => (p, tar::EntryType::Link, b"", 0o644, Some(t)),
+                    Item::Fifo(p) => (p, tar::EntryType::Fifo, b"", 0o644, None),
+                    Item::CharDev(p) => (p, tar::EntryType::Char, b"", 0o644, None),
+                };
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            let name = &mut h.as_gnu_mut().unwrap().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            if let Some(link) = link {
+                let l = &mut h.as_gnu_mut().unwrap().linkname;
+                l[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_cksum();
+            builder.append(&h, data).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    const COMPOSE: Item<'static> = Item::File("compose.yaml", b"services: {}\n", 0o644);
+
+    #[test]
+    fn good_upload_keeps_modes_links_and_drops_dirs() {
+        let body = targz(&[
+            Item::Dir("./"),
+            Item::File("./compose.yaml", b"services: {}\n", 0o644),
+            Item::Dir("app"),
+            Item::File("app/run.sh", b"#!/bin/sh\n", 0o755),
+            Item::Symlink("app/link", "../compose.yaml"),
+            Item::Hardlink("app/copy", "app/run.sh"),
+        ]);
+        let tree = read_upload(&body, &Limits::default()).unwrap();
+        assert_eq!(tree.compose_file(), Some("compose.yaml"));
+        let keys: Vec<_> = tree.entries.keys().cloned().collect();
+        assert_eq!(keys, ["app/copy", "app/link", "app/run.sh", "compose.yaml"]);
+        assert_eq!(
+            tree.entries["app/run.sh"],
+            TreeEntry::File {
+                data: b"#!/bin/sh\n".to_vec(),
+                executable: true
+            }
+        );
+        assert_eq!(tree.entries["app/copy"], tree.entries["app/run.sh"]);
+        assert!(matches!(
+            tree.entries["compose.yaml"],
+            TreeEntry::File {
+                executable: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn hostile_entries_are_named() {
+        let cases: Vec<(Item<'_>, &str, &str)> = vec![
+            (
+                Item::File("/etc/passwd", b"x", 0o644),
+                "/etc/passwd",
+                "absolute",
+            ),
+            (Item::File("a/../../x", b"x", 0o644), "a/../../x", "`..`"),
+            (Item::File("../x", b"x", 0o644), "../x", "`..`"),
+            (
+                Item::File(".git/config", b"x", 0o644),
+                ".git/config",
+                "`.git`",
+            ),
+            (Item::Symlink("l", "/etc/passwd"), "l", "leaves the tree"),
+            (Item::Symlink("a/l", "../../x"), "a/l", "leaves the tree"),
+            (Item::Hardlink("h", "/etc/passwd"), "h", "hard link"),
+            (Item::Hardlink("h", "missing"), "h", "not an earlier file"),
+            (Item::Fifo("f"), "f", "fifos"),
+            (Item::CharDev("d"), "d", "device"),
+        ];
+        for (item, entry, reason) in cases {
+            let body = targz(&[COMPOSE, item]);
+            match read_upload(&body, &Limits::default()) {
+                Err(UploadError::Hostile {
+                    entry: e,
+                    reason: r,
+                }) => {
+                    assert_eq!(e, entry);
+                    assert!(r.contains(reason), "{entry}: {r}");
+                }
+                other => panic!("{entry}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn caps_are_named() {
+        let small = Limits {
+            max_files: 2,
+            max_file_bytes: 20,
+            max_uncompressed_bytes: 30,
+            ..Limits::default()
+        };
+        let check = |items: &[Item<'_>], limits: &Limits, cap: Cap| match read_upload(
+            &targz(items),
+            limits,
+        ) {
+            Err(UploadError::TooLarge { cap: c, .. }) => assert_eq!(c, cap),
+            other => panic!("{cap}: {other:?}"),
+        };
+        check(
+            &[
+                COMPOSE,
+                Item::File("a", b"1", 0o644),
+                Item::File("b", b"2", 0o644),
+            ],
+            &small,
+            Cap::FileCount,
+        );
+        check(
+            &[Item::File("compose.yaml", &[b'x'; 21], 0o644)],
+            &small,
+            Cap::FileSize,
+        );
+        let total = Limits {
+            max_file_bytes: 100,
+            ..small
+        };
+        check(
+            &[
+                Item::File("compose.yaml", &[b'x'; 20], 0o644),
+                Item::File("b", &[b'y'; 20], 0o644),
+            ],
+            &total,
+            Cap::UncompressedSize,
+        );
+        let zeros = vec![0u8; 4 * 1024 * 1024];
+        check(
+            &[COMPOSE, Item::File("zeros", &zeros, 0o644)],
+            &Limits {
+                max_ratio: 10,
+                ..Limits::default()
+            },
+            Cap::CompressionRatio,
+        );
+        let body = targz(&[COMPOSE]);
+        let tight = Limits {
+            max_compressed_bytes: body.len() as u64 - 1,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            read_upload(&body, &tight),
+            Err(UploadError::TooLarge {
+                cap: Cap::CompressedSize,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn compose_required_and_garbage_rejected() {
+        let body = targz(&[Item::File("Dockerfile", b"FROM scratch\n", 0o644)]);
+        assert!(matches!(
+            read_upload(&body, &Limits::default()),
+            Err(UploadError::MissingCompose)
+        ));
+        let nested = targz(&[Item::File("sub/compose.yaml", b"x", 0o644)]);
+        assert!(matches!(
+            read_upload(&nested, &Limits::default()),
+            Err(UploadError::MissingCompose)
+        ));
+        assert!(matches!(
+            read_upload(b"not gzip at all", &Limits::default()),
+            Err(UploadError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn file_and_directory_clash_rejected() {
+        let body = targz(&[
+            COMPOSE,
+            Item::File("a", b"x", 0o644),
+            Item::File("a/b", b"y", 0o644),
+        ]);
+        assert!(matches!(
+            read_upload(&body, &Limits::default()),
+            Err(UploadError::Hostile { .. })
+        ));
+    }
+}

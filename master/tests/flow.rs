@@ -1,0 +1,492 @@
+//! The master end to end against a real in-process registry and stand-in workers: upload, clone
+//! with stock git, build, start, stop, delete; hostile uploads leaving nothing; serialised
+//! concurrent operations; placement spread; restart; worker loss; interrupted operations.
+
+mod common;
+
+use std::time::Duration;
+
+use berth_worker_api::{ValidName, instance_record_key, seed_ip_key};
+use common::*;
+use reqwest::Method;
+
+fn kv_exists(v: &Option<berth_registry::client::KvPair>) -> bool {
+    v.is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_clone_build_start_stop_delete() {
+    let reg = registry().await;
+    let worker = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+
+    // Upload without build: record uploaded, repo cloneable with stock git, same tree.
+    let (status, rec) = m.upload("shop-1", "alice", "&build=false", app("v1")).await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["state"], "uploaded");
+    let c1 = rec["commit"].as_str().unwrap().to_owned();
+    assert_eq!(rec["repo"], format!("{}/git/alice/shop-1.git", m.base));
+    let work = tempfile::tempdir().unwrap();
+    let url =
+        format!("{}/git/alice/shop-1.git", m.base).replacen("://", &format!("://berth:{GIT}@"), 1);
+    git(work.path(), &["clone", "-q", &url, "co"]).await;
+    let co = work.path().join("co");
+    let files = git(&co, &["ls-files", "-s"]).await;
+    assert!(
+        files.contains("100755") && files.contains("web/run.sh"),
+        "{files}"
+    );
+    assert!(
+        files.contains("100644") && files.contains("compose.yaml"),
+        "{files}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(co.join("compose.yaml")).unwrap(),
+        "services:\n  web:\n    build: ./web\n    ports: [\"80\"]\n# v1\n"
+    );
+
+    // Identical upload: same commit, nothing changes (not even updated_at).
+    let (status, again) = m.upload("shop-1", "alice", "", app("v1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(again, rec);
+
+    // Second upload builds by default (async), then waits via build?wait.
+    let (status, rec2) = m.upload("shop-1", "alice", "&wait=30s", app("v2")).await;
+    assert_eq!(status, 200, "{rec2}");
+    assert_eq!(rec2["state"], "built", "{rec2}");
+    let c2 = rec2["commit"].as_str().unwrap().to_owned();
+    assert_ne!(c1, c2);
+    assert_eq!(git(&co, &["fetch", "-q", "origin"]).await, "");
+    assert_eq!(git(&co, &["rev-parse", "origin/main^"]).await.trim(), c1);
+    assert_eq!(git(&co, &["rev-parse", "origin/main"]).await.trim(), c2);
+    // The stand-in cloned exactly that commit with the credentials the master handed it.
+    let cloned = worker.state.cloned.lock().unwrap().clone();
+    assert_eq!(cloned.last().unwrap().0, c2);
+    assert!(cloned.last().unwrap().1.ends_with("# v2\n"));
+    assert_eq!(rec2["worker"]["id"], "w1/berth-worker");
+    let id = ValidName::parse("id", "shop-1").unwrap();
+    let ip = reg.client.kv_get(&seed_ip_key(&id)).await.unwrap().unwrap();
+    assert_eq!(ip.value, b"127.0.0.1");
+
+    // Building the built commit again is a no-op answered 200.
+    let (status, same) = m.call(Method::POST, "/v1/instances/shop-1/build").await;
+    assert_eq!((status, same["state"].as_str()), (200, Some("built")));
+
+    let (status, running) = m.call(Method::POST, "/v1/instances/shop-1/start").await;
+    assert_eq!(status, 200, "{running}");
+    assert_eq!(running["state"], "running");
+    assert_eq!(running["endpoints"][0]["host_port"], 32768);
+    // Start of a running instance answers its endpoints again.
+    let (status, again) = m.call(Method::POST, "/v1/instances/shop-1/start").await;
+    assert_eq!((status, &again["endpoints"]), (200, &running["endpoints"]));
+    // New code while running: 409 naming the states that allow it.
+    let (status, body) = m.upload("shop-1", "alice", "", app("v3")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upload is allowed in uploaded, built, stopped, failed")
+    );
+
+    let logs = m
+        .req(Method::GET, "/v1/instances/shop-1/logs?follow=true")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(logs.contains("start of shop-1: ok"), "{logs}");
+
+    let (status, list) = m
+        .call(Method::GET, "/v1/instances?user=alice&state=running")
+        .await;
+    assert_eq!((status, list.as_array().unwrap().len()), (200, 1));
+    let (_, none) = m.call(Method::GET, "/v1/instances?user=bob").await;
+    assert_eq!(none, serde_json::json!([]));
+
+    let (status, workers) = m.call(Method::GET, "/v1/workers").await;
+    assert_eq!(status, 200);
+    assert_eq!(workers[0]["placed"], 1);
+    assert_eq!(workers[0]["healthy"], true);
+
+    let (status, stopped) = m.call(Method::POST, "/v1/instances/shop-1/stop").await;
+    assert_eq!((status, stopped["state"].as_str()), (200, Some("stopped")));
+    assert_eq!(stopped["endpoints"], serde_json::json!([]));
+
+    let (status, deleted) = m.call(Method::DELETE, "/v1/instances/shop-1").await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["worker"]["existed"], true);
+    assert!(!m.data.join("git/alice/shop-1.git").exists());
+    assert!(!kv_exists(
+        &reg.client.kv_get(&instance_record_key(&id)).await.unwrap()
+    ));
+    assert!(!kv_exists(
+        &reg.client.kv_get(&seed_ip_key(&id)).await.unwrap()
+    ));
+    let (status, body) = m.call(Method::DELETE, "/v1/instances/shop-1").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let metrics = reqwest::get(format!("{}/metrics", m.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("berth_master_operations_total{op=\"start\",result=\"ok\"} 2"),
+        "{metrics}"
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_uploads_leave_nothing_behind() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&reg, dir.path());
+    cfg.limits.max_files = 50;
+    cfg.limits.max_file_bytes = 4096;
+    let m = master(cfg).await;
+    let compose = ("compose.yaml", &b"services: {}\n"[..], 0o644);
+    let raw = |kind: tar::EntryType, path: &str, link: Option<&str>| {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(13);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "compose.yaml", &b"services: {}\n"[..])
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+        if let Some(l) = link {
+            gnu.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    };
+    let many: Vec<(String, Vec<u8>)> = (0..60).map(|i| (format!("f{i}"), vec![b'x'])).collect();
+    let mut many_refs: Vec<(&str, &[u8], u32)> = many
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice(), 0o644))
+        .collect();
+    many_refs.push(compose);
+    // (case, body, status, text in the message)
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "absolute",
+            raw(tar::EntryType::Regular, "/etc/x", None),
+            400,
+            "/etc/x",
+        ),
+        (
+            "dotdot",
+            raw(tar::EntryType::Regular, "a/../../x", None),
+            400,
+            "a/../../x",
+        ),
+        (
+            "symlink out",
+            raw(tar::EntryType::Symlink, "l", Some("../../etc/passwd")),
+            400,
+            "leaves the tree",
+        ),
+        (
+            "symlink abs",
+            raw(tar::EntryType::Symlink, "l", Some("/etc/passwd")),
+            400,
+            "leaves the tree",
+        ),
+        (
+            "hardlink out",
+            raw(tar::EntryType::Link, "h", Some("../x")),
+            400,
+            "hard link",
+        ),
+        (
+            "char device",
+            raw(tar::EntryType::Char, "dev", None),
+            400,
+            "device",
+        ),
+        (
+            "block device",
+            raw(tar::EntryType::Block, "blk", None),
+            400,
+            "device",
+        ),
+        ("fifo", raw(tar::EntryType::Fifo, "fifo", None), 400, "fifo"),
+        (
+            "no compose",
+            targz(&[("Dockerfile", b"FROM x\n", 0o644)]),
+            400,
+            "compose",
+        ),
+        ("garbage", b"definitely not gzip".to_vec(), 400, "tar.gz"),
+        ("file count", targz(&many_refs), 413, "file count"),
+        (
+            "file size",
+            targz(&[compose, ("big", &[b'y'; 5000], 0o644)]),
+            413,
+            "file size",
+        ),
+    ];
+    for (i, (case, body, status, text)) in cases.into_iter().enumerate() {
+        let id = format!("bad-{i}");
+        let (got, err) = m.upload(&id, "mallory", "", body).await;
+        assert_eq!(got, status, "{case}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(text), "{case}: {message}");
+        assert!(
+            !m.data.join(format!("git/mallory/{id}.git")).exists(),
+            "{case}: repo left"
+        );
+        let vid = ValidName::parse("id", &id).unwrap();
+        assert!(
+            reg.client
+                .kv_get(&instance_record_key(&vid))
+                .await
+                .unwrap()
+                .is_none(),
+            "{case}: record left"
+        );
+    }
+    assert!(!m.data.join("git/mallory").exists());
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_masters_serialise_operations_on_one_instance() {
+    let reg = registry().await;
+    let worker = stand_in(&reg, "w1").await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let m1 = master(config(&reg, d1.path())).await;
+    let mut c2 = config(&reg, d2.path());
+    // Workers clone from m1's store; m2 only runs lifecycle operations.
+    c2.public_url = Some(m1.base.clone());
+    let m2 = master(c2).await;
+    let (status, rec) = m1.upload("race", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(
+        (status, rec["state"].as_str()),
+        (200, Some("built")),
+        "{rec}"
+    );
+    *worker.state.delay.lock().unwrap() = Duration::from_millis(400);
+    worker.state.events.lock().unwrap().clear();
+    let (a, b) = tokio::join!(m1.call(Method::POST, "/v1/instances/race/start"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m2.call(Method::POST, "/v1/instances/race/stop").await
+    },);
+    assert_eq!(a.0, 200, "{}", a.1);
+    assert_eq!(b.0, 200, "{}", b.1);
+    let events = worker.state.events.lock().unwrap().clone();
+    // The stop waited for the start to end: no interleaving.
+    assert_eq!(
+        events,
+        ["start:race:enter", "start:race:exit", "stop:race:enter"],
+        "{events:?}"
+    );
+    let (_, rec) = m2.call(Method::GET, "/v1/instances/race").await;
+    assert_eq!(rec["state"], "stopped");
+    m1.stop().await;
+    m2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placement_spreads_over_workers() {
+    let reg = registry().await;
+    let workers = [
+        stand_in(&reg, "w1").await,
+        stand_in(&reg, "w2").await,
+        stand_in(&reg, "w3").await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    for i in 0..6 {
+        let (status, rec) = m
+            .upload(&format!("app-{i}"), "alice", "&wait=30s", app("v1"))
+            .await;
+        assert_eq!(
+            (status, rec["state"].as_str()),
+            (200, Some("built")),
+            "{rec}"
+        );
+    }
+    for w in &workers {
+        assert_eq!(w.state.stacks.lock().unwrap().len(), 2, "{}", w.node);
+    }
+    let (_, listed) = m.call(Method::GET, "/v1/workers").await;
+    let placed: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["placed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(placed, [2, 2, 2]);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_loses_nothing_and_generated_tokens_persist() {
+    let reg = registry().await;
+    let _worker = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&reg, dir.path());
+    cfg.api_token = None;
+    let token_file = dir.path().join("api-token");
+    let first = master(cfg.clone()).await;
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let put = |base: &str, token: &str| {
+        reqwest::Client::new()
+            .put(format!(
+                "{base}/v1/instances/keep/code?user=alice&project=p&wait=30s"
+            ))
+            .bearer_auth(token)
+            .body(app("v1"))
+    };
+    let (status, rec) = json(put(&first.base, &token).send().await.unwrap()).await;
+    assert_eq!(
+        (status, rec["state"].as_str()),
+        (200, Some("built")),
+        "{rec}"
+    );
+    first.stop().await;
+
+    let second = master(cfg).await;
+    let get = reqwest::Client::new()
+        .get(format!("{}/v1/instances/keep", second.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (status, after) = json(get).await;
+    assert_eq!(status, 200);
+    assert_eq!(after, rec);
+    let start = reqwest::Client::new()
+        .post(format!("{}/v1/instances/keep/start", second.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let (status, running) = json(start).await;
+    assert_eq!(
+        (status, running["state"].as_str()),
+        (200, Some("running")),
+        "{running}"
+    );
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_on_a_lost_worker_rebuilds_elsewhere() {
+    let reg = registry().await;
+    let w1 = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (_, rec) = m.upload("mover", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(rec["worker"]["id"], "w1/berth-worker", "{rec}");
+    let w2 = stand_in(&reg, "w2").await;
+    set_health(&reg, &w1, "critical").await;
+    let (status, running) = m.call(Method::POST, "/v1/instances/mover/start").await;
+    assert_eq!(status, 200, "{running}");
+    assert_eq!(running["worker"]["id"], "w2/berth-worker");
+    assert_eq!(running["state"], "running");
+    let moves = running["moves"].as_array().unwrap();
+    assert_eq!(moves.last().unwrap()["from"], "w1/berth-worker");
+    assert!(
+        moves.last().unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gone or critical")
+    );
+    assert!(w2.state.stacks.lock().unwrap().contains_key("mover"));
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn interrupted_operation_is_recorded_and_retryable() {
+    let reg = registry().await;
+    let _w = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (_, rec) = m.upload("crash", "alice", "&build=false", app("v1")).await;
+    // A master died mid-build: the record says building and nobody holds the lock.
+    let mut stuck = rec.clone();
+    stuck["state"] = "building".into();
+    let id = ValidName::parse("id", "crash").unwrap();
+    reg.client
+        .kv_put(
+            &instance_record_key(&id),
+            serde_json::to_vec(&stuck).unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, built) = m
+        .call(Method::POST, "/v1/instances/crash/build?wait=30s")
+        .await;
+    assert_eq!(
+        (status, built["state"].as_str()),
+        (200, Some("built")),
+        "{built}"
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policy_rejection_passes_through_and_no_worker_is_503() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (status, body) = m.upload("lonely", "alice", "", app("v1")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "no_healthy_worker");
+    let (_, rec) = m.call(Method::GET, "/v1/instances/lonely").await;
+    assert_eq!(rec["state"], "uploaded");
+
+    let w = stand_in(&reg, "w1").await;
+    *w.state.reject.lock().unwrap() = true;
+    let (status, body) = m
+        .call(Method::POST, "/v1/instances/lonely/build?wait=30s")
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "privileged");
+    let (_, rec) = m.call(Method::GET, "/v1/instances/lonely").await;
+    assert_eq!(rec["state"], "failed");
+    assert_eq!(rec["error"]["step"], "build");
+
+    // A wait shorter than the build answers 504 and the build goes on.
+    *w.state.reject.lock().unwrap() = false;
+    *w.state.delay.lock().unwrap() = Duration::from_millis(1500);
+    let (status, body) = m
+        .call(Method::POST, "/v1/instances/lonely/build?wait=100ms")
+        .await;
+    assert_eq!(status, 504, "{body}");
+    let (status, body) = m
+        .call(Method::POST, "/v1/instances/lonely/build?wait=30s")
+        .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("built")),
+        "{body}"
+    );
+    m.stop().await;
+}

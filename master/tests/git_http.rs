@@ -1,0 +1,288 @@
+//! Stock `git` against the embedded code store's smart HTTP: clone, incremental fetch (only new
+//! objects travel), protocol v2 fallback, basic auth and the read-only rule.
+
+use std::path::Path;
+use std::process::Command;
+
+use berth_master::Config;
+use berth_master::codestore::CodeStore;
+use berth_master::upload::{TreeEntry, UploadTree};
+use berth_worker_api::{Secret, ValidName};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "git-secret";
+
+struct Server {
+    base: String,
+    store: CodeStore,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        // Never contacted by the git routes.
+        registry: "http://127.0.0.1:9".into(),
+        cluster_token: Some(Secret::new("cluster")),
+        api_token: Some(Secret::new("api")),
+        git_token: Some(Secret::new(TOKEN)),
+        ..Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(berth_master::run(config, listener, shutdown.clone()));
+    Server {
+        base,
+        store: CodeStore::new(dir.path().join("git")),
+        shutdown,
+        _dir: dir,
+    }
+}
+
+fn name(s: &str) -> ValidName {
+    ValidName::parse("id", s).unwrap()
+}
+
+fn file(tree: &mut UploadTree, path: &str, data: &[u8], executable: bool) {
+    tree.entries.insert(
+        path.to_owned(),
+        TreeEntry::File {
+            data: data.to_vec(),
+            executable,
+        },
+    );
+}
+
+/// Runs git off the async threads (the server lives on them).
+async fn git(dir: &Path, args: &[&str]) -> std::process::Output {
+    let (dir, args): (std::path::PathBuf, Vec<String>) =
+        (dir.to_owned(), args.iter().map(|s| s.to_string()).collect());
+    tokio::task::spawn_blocking(move || {
+        Command::new("git")
+            .current_dir(dir)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", "/nonexistent")
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "git failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn loose_objects(repo: &Path) -> usize {
+    let out = Command::new("git")
+        .current_dir(repo)
+        .args(["count-objects", "-v"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("count: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_then_incremental_fetch_with_stock_git() {
+    let server = serve().await;
+    let (user, id) = (name("alice"), name("shop-1"));
+    let mut tree = UploadTree::default();
+    file(
+        &mut tree,
+        "compose.yaml",
+        b"services:\n  web:\n    build: ./web\n",
+        false,
+    );
+    file(&mut tree, "web/Dockerfile", b"FROM berth-base\n", false);
+    file(&mut tree, "web/run.sh", b"#!/bin/sh\necho hi\n", true);
+    // Big and incompressible enough to need several side-band-64k packets.
+    let big: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    file(&mut tree, "web/blob.bin", &big, false);
+    tree.entries.insert(
+        "web/link".into(),
+        TreeEntry::Symlink {
+            target: "run.sh".into(),
+        },
+    );
+    let c1 = server
+        .store
+        .commit(&user, &id, &tree, "one")
+        .unwrap()
+        .commit;
+
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("{}/git/alice/shop-1.git", server.base)
+        .replace("http://", &format!("http://berth:{TOKEN}@"));
+    ok(&git(work.path(), &["clone", "-q", &url, "co"]).await);
+    let co = work.path().join("co");
+    assert_eq!(ok(&git(&co, &["rev-parse", "HEAD"]).await).trim(), c1);
+    assert_eq!(
+        ok(&git(&co, &["symbolic-ref", "HEAD"]).await).trim(),
+        "refs/heads/main"
+    );
+    assert_eq!(std::fs::read(co.join("web/blob.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::read_link(co.join("web/link")).unwrap(),
+        Path::new("run.sh")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(co.join("web/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_ne!(mode & 0o111, 0, "executable bit kept");
+    let ls = ok(&git(&co, &["ls-files"]).await);
+    assert_eq!(ls.lines().count(), 5, "{ls}");
+
+    // Second upload changes one top-level file: the fetch must carry exactly the new commit, the
+    // new root tree and the new blob.
+    file(
+        &mut tree,
+        "compose.yaml",
+        b"services:\n  web:\n    build: ./web\n    ports: [\"80\"]\n",
+        false,
+    );
+    let c2 = server
+        .store
+        .commit(&user, &id, &tree, "two")
+        .unwrap()
+        .commit;
+    // With a huge unpack limit every received object lands loose, so the loose count grows by
+    // exactly the number of objects transferred.
+    let before = loose_objects(&co);
+    ok(&git(
+        &co,
+        &["-c", "fetch.unpackLimit=1000000", "fetch", "-q", "origin"],
+    )
+    .await);
+    assert_eq!(
+        ok(&git(&co, &["rev-parse", "origin/main"]).await).trim(),
+        c2
+    );
+    assert_eq!(
+        loose_objects(&co) - before,
+        3,
+        "only the new commit, tree and blob are fetched"
+    );
+
+    // A client speaking protocol v2 gets the v0 advertisement and still clones.
+    ok(&git(
+        work.path(),
+        &["-c", "protocol.version=2", "clone", "-q", &url, "v2"],
+    )
+    .await);
+    assert_eq!(
+        ok(&git(&work.path().join("v2"), &["rev-parse", "HEAD"]).await).trim(),
+        c2
+    );
+    server.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn auth_and_read_only() {
+    let server = serve().await;
+    let mut tree = UploadTree::default();
+    file(&mut tree, "compose.yaml", b"services: {}\n", false);
+    server
+        .store
+        .commit(&name("bob"), &name("x"), &tree, "one")
+        .unwrap();
+    let http = reqwest::Client::new();
+    let refs = format!(
+        "{}/git/bob/x.git/info/refs?service=git-upload-pack",
+        server.base
+    );
+    // (password, path suffix, expected status)
+    let cases: &[(Option<&str>, &str, u16)] = &[
+        (
+            None,
+            "/git/bob/x.git/info/refs?service=git-upload-pack",
+            401,
+        ),
+        (
+            Some("wrong"),
+            "/git/bob/x.git/info/refs?service=git-upload-pack",
+            401,
+        ),
+        (
+            Some(TOKEN),
+            "/git/bob/x.git/info/refs?service=git-upload-pack",
+            200,
+        ),
+        (
+            Some(TOKEN),
+            "/git/bob/missing.git/info/refs?service=git-upload-pack",
+            404,
+        ),
+        (
+            Some(TOKEN),
+            "/git/bob/x/info/refs?service=git-upload-pack",
+            404,
+        ),
+        (
+            Some(TOKEN),
+            "/git/Bob/x.git/info/refs?service=git-upload-pack",
+            400,
+        ),
+        (
+            Some(TOKEN),
+            "/git/bob/x.git/info/refs?service=git-receive-pack",
+            403,
+        ),
+        (Some(TOKEN), "/git/bob/x.git/info/refs", 400),
+    ];
+    for (password, path, status) in cases {
+        let mut req = http.get(format!("{}{path}", server.base));
+        if let Some(p) = password {
+            req = req.basic_auth("anyone", Some(p));
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), *status, "{password:?} {path}");
+        if *status == 401 {
+            assert_eq!(resp.headers()["www-authenticate"], "Basic realm=\"berth\"");
+        }
+    }
+    let resp = http
+        .get(&refs)
+        .basic_auth("berth", Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/x-git-upload-pack-advertisement"
+    );
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.starts_with("001e# service=git-upload-pack\n0000"),
+        "{body}"
+    );
+    assert!(body.contains("symref=HEAD:refs/heads/main"), "{body}");
+    let push = http
+        .post(format!("{}/git/bob/x.git/git-receive-pack", server.base))
+        .basic_auth("berth", Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status().as_u16(), 403);
+    server.shutdown.cancel();
+}

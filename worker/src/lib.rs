@@ -1,1 +1,229 @@
-//! berth-worker: The berth worker: builds and runs compose stacks through the Docker Engine API.
+//! berth-worker: clones, builds and runs compose stacks natively through the Docker Engine API,
+//! registers their containers for discovery and cleans up completely.
+
+pub mod api;
+pub mod compose;
+pub mod context;
+pub mod docker;
+pub mod logbuf;
+pub mod policy;
+pub mod registrator;
+pub mod registry;
+pub mod source;
+pub mod stacks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_worker_api::Secret;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::Policy;
+use crate::registry::Agent;
+use crate::stacks::{Settings, Stacks};
+
+/// The worker's configuration (a JSON file via `--config`, then flags and `BERTH_WORKER_*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the worker API listens on (private by default).
+    pub listen: String,
+    /// Address published in endpoints and registrations; defaults to the listen IP, or
+    /// 127.0.0.1 when listening on all interfaces.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub node_name: Option<String>,
+    /// Consul-compatible agent to register with; `None` disables registration.
+    pub registry: Option<String>,
+    pub registry_token: Option<Secret>,
+    pub cluster_token: Secret,
+    pub capacity: u32,
+    /// Per-container memory limit (`2g`, `512m`).
+    pub memory: String,
+    /// Per-container CPU limit (`1.5`).
+    pub cpus: String,
+    pub pids_limit: i64,
+    #[serde(with = "humantime_serde_opt")]
+    pub build_timeout: Duration,
+    #[serde(with = "humantime_serde_opt")]
+    pub start_timeout: Duration,
+    pub run_as_user: Option<String>,
+    pub allowed_caps: Vec<String>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8833".to_owned(),
+            advertise: None,
+            data_dir: PathBuf::from("/var/lib/berth-worker"),
+            node_name: None,
+            registry: Some("http://127.0.0.1:8500".to_owned()),
+            registry_token: None,
+            cluster_token: Secret::default(),
+            capacity: 20,
+            memory: "2g".to_owned(),
+            cpus: "1".to_owned(),
+            pids_limit: 512,
+            build_timeout: Duration::from_secs(15 * 60),
+            start_timeout: Duration::from_secs(120),
+            run_as_user: None,
+            allowed_caps: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("a cluster token is required (--cluster-token, BERTH_CLUSTER_TOKEN or its _FILE)")]
+    NoToken,
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster_token.is_empty() {
+            return Err(ConfigError::NoToken);
+        }
+        self.policy()?;
+        if let Some(node) = &self.node_name {
+            berth_worker_api::ids::validate("node name", node).map_err(|e| {
+                ConfigError::Invalid {
+                    field: "node-name",
+                    reason: e.to_string(),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        Ok(Policy {
+            allowed_caps: self.allowed_caps.clone(),
+            memory_bytes: policy::parse_size(&self.memory).map_err(|reason| {
+                ConfigError::Invalid {
+                    field: "memory",
+                    reason,
+                }
+            })?,
+            nano_cpus: policy::parse_cpus(&self.cpus).map_err(|reason| ConfigError::Invalid {
+                field: "cpus",
+                reason,
+            })?,
+            pids_limit: self.pids_limit,
+            run_as_user: self.run_as_user.clone(),
+        })
+    }
+
+    /// The node name: configured, else the host name (lower-cased, invalid characters dropped).
+    pub fn node(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            let host = hostname::get()
+                .map(|h| h.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            let clean: String = host
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .collect();
+            if clean.is_empty() {
+                "worker".to_owned()
+            } else {
+                clean
+            }
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("adopting stacks: {0}")]
+    Adopt(#[from] stacks::StackError),
+    #[error("serving: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs the worker on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    config.validate()?;
+    let local = listener.local_addr()?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        if local.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            local.ip().to_string()
+        }
+    });
+    let node = config.node();
+    let docker = docker::connect().await?;
+    let agent = config
+        .registry
+        .as_ref()
+        .map(|url| Agent::new(url.clone(), config.registry_token.clone()));
+    let settings = Settings {
+        data_dir: config.data_dir.clone(),
+        node: node.clone(),
+        advertise: advertise.clone(),
+        policy: config.policy()?,
+        build_timeout: config.build_timeout,
+        start_timeout: config.start_timeout,
+    };
+    std::fs::create_dir_all(config.data_dir.join("stacks"))?;
+    let stacks = Arc::new(Stacks::new(docker.clone(), settings, agent.clone()));
+    let adopted = stacks.adopt().await?;
+    tracing::info!(node, %local, advertise, adopted, "worker starting");
+    let mut tasks = Vec::new();
+    if let Some(agent) = agent {
+        let check_host = if local.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            local.ip().to_string()
+        };
+        let registrator = registrator::Registrator {
+            docker: docker.clone(),
+            agent,
+            stacks: stacks.clone(),
+            node: node.clone(),
+            advertise: advertise.clone(),
+            api_port: local.port(),
+            check_url: format!("http://{check_host}:{}/healthz", local.port()),
+            capacity: config.capacity,
+        };
+        tasks.push(tokio::spawn(registrator.run(shutdown.clone())));
+    }
+    let app = api::router(api::AppState {
+        stacks,
+        token: config.cluster_token.clone(),
+        capacity: config.capacity,
+    });
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    shutdown.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    Ok(())
+}

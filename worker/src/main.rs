@@ -1,13 +1,171 @@
-//! `berth-worker` binary: parses the command line and runs the service.
+//! `berth-worker` binary: parses the command line, installs tracing, binds and runs the worker.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use berth_worker::Config;
+use berth_worker_api::Secret;
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 /// The berth worker: builds and runs compose stacks through the Docker Engine API.
 #[derive(Debug, Parser)]
 #[command(name = "berth-worker", version)]
-struct Cli {}
+struct Cli {
+    /// JSON config file; flags and environment variables override its values.
+    #[arg(long, env = "BERTH_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the worker API [default: 127.0.0.1:8833].
+    #[arg(long, env = "BERTH_WORKER_LISTEN")]
+    listen: Option<String>,
+    /// Address published in endpoints and registrations.
+    #[arg(long, env = "BERTH_WORKER_ADVERTISE")]
+    advertise: Option<String>,
+    /// Where checkouts and stack records live [default: /var/lib/berth-worker].
+    #[arg(long, env = "BERTH_WORKER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Node name in labels and registrations [default: the host name].
+    #[arg(long, env = "BERTH_WORKER_NODE_NAME")]
+    node_name: Option<String>,
+    /// Local Consul-compatible agent [default: http://127.0.0.1:8500].
+    #[arg(long, env = "BERTH_WORKER_REGISTRY")]
+    registry: Option<String>,
+    /// Run without any registry (no registrations, no KV keys).
+    #[arg(long, env = "BERTH_WORKER_NO_REGISTRY")]
+    no_registry: bool,
+    #[arg(long, env = "BERTH_WORKER_REGISTRY_TOKEN", hide_env_values = true)]
+    registry_token: Option<String>,
+    #[arg(long, env = "BERTH_WORKER_REGISTRY_TOKEN_FILE")]
+    registry_token_file: Option<PathBuf>,
+    /// Run the registry agent in-process, joined to this server.
+    #[arg(long, env = "BERTH_WORKER_JOIN")]
+    join: Option<String>,
+    #[arg(long, env = "BERTH_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
+    #[arg(long, env = "BERTH_CLUSTER_TOKEN_FILE")]
+    cluster_token_file: Option<PathBuf>,
+    /// Instances this worker accepts (published as meta for placement) [default: 20].
+    #[arg(long, env = "BERTH_WORKER_CAPACITY")]
+    capacity: Option<u32>,
+    /// Memory limit per container [default: 2g].
+    #[arg(long, env = "BERTH_WORKER_MEMORY")]
+    memory: Option<String>,
+    /// CPU limit per container [default: 1].
+    #[arg(long, env = "BERTH_WORKER_CPUS")]
+    cpus: Option<String>,
+    /// Process limit per container [default: 512].
+    #[arg(long, env = "BERTH_WORKER_PIDS_LIMIT")]
+    pids_limit: Option<i64>,
+    /// Build timeout per service, e.g. `15m` [default: 15m].
+    #[arg(long, env = "BERTH_WORKER_BUILD_TIMEOUT", value_parser = humantime::parse_duration)]
+    build_timeout: Option<Duration>,
+    /// Default readiness timeout of a start, e.g. `2m` [default: 2m].
+    #[arg(long, env = "BERTH_WORKER_START_TIMEOUT", value_parser = humantime::parse_duration)]
+    start_timeout: Option<Duration>,
+    /// Run every container as this user (services asking for root are rejected).
+    #[arg(long, env = "BERTH_WORKER_RUN_AS_USER")]
+    run_as_user: Option<String>,
+    /// Capabilities `cap_add` may name (comma list).
+    #[arg(long, env = "BERTH_WORKER_ALLOWED_CAPS", value_delimiter = ',')]
+    allowed_caps: Option<Vec<String>>,
+    /// Log as JSON lines.
+    #[arg(long, env = "BERTH_WORKER_LOG_JSON")]
+    log_json: bool,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+fn secret(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
+    match (value, file) {
+        (Some(v), _) => Ok(Some(Secret::new(v))),
+        (None, Some(path)) => Secret::from_file(&path)
+            .map(Some)
+            .with_context(|| format!("reading {}", path.display())),
+        (None, None) => Ok(None),
+    }
+}
+
+fn config(cli: Cli) -> anyhow::Result<Config> {
+    let mut c = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if cli.join.is_some() {
+        bail!(
+            "--join needs the in-process registry agent, which this build does not have yet: run a local agent and use --registry"
+        );
+    }
+    macro_rules! set {
+        ($($field:ident),*) => { $(if let Some(v) = cli.$field { c.$field = v; })* };
+    }
+    set!(
+        listen,
+        data_dir,
+        capacity,
+        memory,
+        cpus,
+        pids_limit,
+        build_timeout,
+        start_timeout,
+        allowed_caps
+    );
+    if cli.advertise.is_some() {
+        c.advertise = cli.advertise;
+    }
+    if cli.node_name.is_some() {
+        c.node_name = cli.node_name;
+    }
+    if cli.run_as_user.is_some() {
+        c.run_as_user = cli.run_as_user;
+    }
+    if cli.registry.is_some() {
+        c.registry = cli.registry;
+    }
+    if cli.no_registry {
+        c.registry = None;
+    }
+    if let Some(t) = secret(cli.registry_token, cli.registry_token_file)? {
+        c.registry_token = Some(t);
+    }
+    if let Some(t) = secret(cli.cluster_token, cli.cluster_token_file)? {
+        c.cluster_token = t;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let config = config(cli)?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    berth_worker::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -78,9 +78,15 @@ impl WorkerClient {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, WorkerClientError> {
-        let resp = req.send().await.map_err(|source| self.unreachable(source))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|source| self.unreachable(source))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| self.unreachable(source))?;
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|_| protocol(status, &body));
         }
@@ -194,7 +200,10 @@ impl WorkerClient {
             .map_err(|source| self.unreachable(source))?;
         let status = resp.status();
         if !status.is_success() {
-            let body = resp.bytes().await.map_err(|source| self.unreachable(source))?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|source| self.unreachable(source))?;
             return Err(match serde_json::from_slice::<ErrorBody>(&body) {
                 Ok(body) => WorkerClientError::Api { status, body },
                 Err(_) => protocol(status, &body),

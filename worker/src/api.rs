@@ -1,0 +1,260 @@
+//! The worker API: one router listing every route of `berth_worker_api::types`, the cluster
+//! token check, handlers that call the stack manager, and the one `ApiError`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_worker_api::{
+    BuildRequest, DeleteResponse, ErrorBody, ErrorInfo, Secret, StackStatus, StartRequest,
+    ValidName, WorkerHealth,
+};
+use serde::Deserialize;
+
+use crate::stacks::{StackError, Stacks};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub stacks: Arc<Stacks>,
+    pub token: Secret,
+    pub capacity: u32,
+}
+
+/// Every route of the worker API.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/stacks", get(list))
+        .route("/v1/stacks/{id}", get(status).delete(delete))
+        .route("/v1/stacks/{id}/build", post(build))
+        .route("/v1/stacks/{id}/start", post(start))
+        .route("/v1/stacks/{id}/stop", post(stop))
+        .route("/v1/stacks/{id}/logs", get(logs))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(v1)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if state.token.matches(presented) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or unknown cluster token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Stack(#[from] StackError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, details) = match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, Vec::new()),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                self.to_string(),
+                Vec::new(),
+            ),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, Vec::new()),
+            Self::Stack(e) => match e {
+                StackError::BadRequest(m) => {
+                    (StatusCode::BAD_REQUEST, "bad_request", m, Vec::new())
+                }
+                e @ StackError::NotFound(_) => (
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    e.to_string(),
+                    Vec::new(),
+                ),
+                StackError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, Vec::new()),
+                StackError::Rejected { message, details } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "rejected",
+                    message,
+                    details,
+                ),
+                e @ StackError::Failed { .. } => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "failed",
+                    e.to_string(),
+                    Vec::new(),
+                ),
+                StackError::Timeout(m) => (StatusCode::GATEWAY_TIMEOUT, "timeout", m, Vec::new()),
+                e @ (StackError::Docker(_) | StackError::Io { .. }) => {
+                    // Internals are logged, not answered.
+                    tracing::error!(cause = %e, "internal error");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error".to_owned(),
+                        Vec::new(),
+                    )
+                }
+            },
+        };
+        let body = ErrorBody {
+            error: ErrorInfo {
+                code: code.to_owned(),
+                message,
+                details,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// `Json` whose rejections answer the API's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::BadRequest(rejection_message(e))),
+        }
+    }
+}
+
+fn rejection_message(e: JsonRejection) -> String {
+    e.body_text()
+}
+
+fn parse_id(raw: &str) -> Result<ValidName, ApiError> {
+    ValidName::parse("id", raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<WorkerHealth> {
+    Json(WorkerHealth {
+        status: "ok".into(),
+        node: state.stacks.settings().node.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        instances: state.stacks.count() as u32,
+        capacity: state.capacity,
+    })
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<StackStatus>>, ApiError> {
+    Ok(Json(state.stacks.list().await?))
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StackStatus>, ApiError> {
+    Ok(Json(state.stacks.status(&parse_id(&id)?).await?))
+}
+
+async fn build(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<BuildRequest>,
+) -> Result<Json<StackStatus>, ApiError> {
+    let id = parse_id(&id)?;
+    // The operation runs to its end even if the caller goes away (no half-written state).
+    let stacks = state.stacks.clone();
+    let result = tokio::spawn(async move { stacks.build(&id, &req).await })
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(result?))
+}
+
+async fn start(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<StackStatus>, ApiError> {
+    let id = parse_id(&id)?;
+    // The body is optional: no body means worker defaults.
+    let req: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StartRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?
+    };
+    let stacks = state.stacks.clone();
+    let result = tokio::spawn(async move { stacks.start(&id, &req).await })
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(result?))
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StackStatus>, ApiError> {
+    let id = parse_id(&id)?;
+    let stacks = state.stacks.clone();
+    let result = tokio::spawn(async move { stacks.stop(&id).await })
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(result?))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    keep_volumes: bool,
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<DeleteResponse>, ApiError> {
+    let id = parse_id(&id)?;
+    let stacks = state.stacks.clone();
+    let result = tokio::spawn(async move { stacks.delete(&id, q.keep_volumes).await })
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(result?))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if state.stacks.read_record(&id)?.is_none() {
+        return Err(StackError::NotFound(id.to_string()).into());
+    }
+    let stream = state.stacks.log(&id).stream(q.follow);
+    let mut resp = Body::from_stream(stream).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,192 @@
+//! Planning a project: dependency order (a DAG, cycles rejected), Docker Compose names and
+//! labels, berth's labels on top, and the config hash that decides whether to recreate.
+
+use std::collections::{BTreeMap, HashMap};
+
+use berth_worker_api::ErrorDetail;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::model::{Project, Service};
+
+pub const LABEL_PROJECT: &str = "com.docker.compose.project";
+pub const LABEL_SERVICE: &str = "com.docker.compose.service";
+pub const LABEL_NUMBER: &str = "com.docker.compose.container-number";
+pub const LABEL_ONEOFF: &str = "com.docker.compose.oneoff";
+pub const LABEL_CONFIG_HASH: &str = "com.docker.compose.config-hash";
+pub const LABEL_VERSION: &str = "com.docker.compose.version";
+pub const LABEL_WORKING_DIR: &str = "com.docker.compose.project.working_dir";
+pub const LABEL_CONFIG_FILES: &str = "com.docker.compose.project.config_files";
+pub const LABEL_DEPENDS_ON: &str = "com.docker.compose.depends_on";
+pub const LABEL_NETWORK: &str = "com.docker.compose.network";
+pub const LABEL_VOLUME: &str = "com.docker.compose.volume";
+/// The Compose version berth claims on what it creates (the one Debian ships, whose `ps` we
+/// verify against).
+pub const COMPOSE_VERSION: &str = "1.29.2";
+
+pub const LABEL_BERTH_MANAGED: &str = "org.berth.managed";
+pub const LABEL_BERTH_INSTANCE: &str = "org.berth.instance";
+pub const LABEL_BERTH_NODE: &str = "org.berth.node";
+pub const LABEL_BERTH_COMMIT: &str = "org.berth.commit";
+
+/// Who owns what the planner names: berth's labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub instance: String,
+    pub node: String,
+}
+
+impl Owner {
+    /// `org.berth.*` labels every object of the instance carries.
+    pub fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_BERTH_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_BERTH_INSTANCE.to_owned(), self.instance.clone()),
+            (LABEL_BERTH_NODE.to_owned(), self.node.clone()),
+        ])
+    }
+}
+
+/// Services in an order where every service comes after its dependencies; ties keep file order.
+pub fn start_order(project: &Project) -> Result<Vec<&Service>, ErrorDetail> {
+    let mut done: Vec<&str> = Vec::new();
+    let mut remaining: Vec<&Service> = project.services.iter().collect();
+    while !remaining.is_empty() {
+        let ready = remaining
+            .iter()
+            .position(|s| s.depends_on.keys().all(|d| done.contains(&d.as_str())));
+        match ready {
+            Some(i) => done.push(&remaining.remove(i).name),
+            None => {
+                let names: Vec<&str> = remaining.iter().map(|s| s.name.as_str()).collect();
+                return Err(ErrorDetail {
+                    service: Some(names[0].to_owned()),
+                    field: format!("services.{}.depends_on", names[0]),
+                    reason: format!("dependency cycle among {}", names.join(", ")),
+                });
+            }
+        }
+    }
+    Ok(done
+        .into_iter()
+        .filter_map(|n| project.service(n))
+        .collect())
+}
+
+pub fn container_name(project: &str, service: &str) -> String {
+    format!("{project}-{service}-1")
+}
+
+pub fn image_name(project: &str, service: &str) -> String {
+    format!("{project}-{service}")
+}
+
+/// Image tag of one build: `<project>-<service>:<commit12>`.
+pub fn image_tag(project: &str, service: &str, commit: &str) -> String {
+    format!(
+        "{}:{}",
+        image_name(project, service),
+        &commit[..commit.len().min(12)]
+    )
+}
+
+pub fn network_name(project: &str, key: &str) -> String {
+    format!("{project}_{key}")
+}
+
+pub fn volume_name(project: &str, key: &str) -> String {
+    format!("{project}_{key}")
+}
+
+pub fn network_labels(project: &str, key: &str, owner: &Owner) -> HashMap<String, String> {
+    let mut l = owner.labels();
+    l.insert(LABEL_NETWORK.to_owned(), key.to_owned());
+    l.insert(LABEL_PROJECT.to_owned(), project.to_owned());
+    l.insert(LABEL_VERSION.to_owned(), COMPOSE_VERSION.to_owned());
+    l
+}
+
+pub fn volume_labels(project: &str, key: &str, owner: &Owner) -> HashMap<String, String> {
+    let mut l = owner.labels();
+    l.insert(LABEL_VOLUME.to_owned(), key.to_owned());
+    l.insert(LABEL_PROJECT.to_owned(), project.to_owned());
+    l.insert(LABEL_VERSION.to_owned(), COMPOSE_VERSION.to_owned());
+    l
+}
+
+pub fn image_labels(
+    project: &str,
+    service: &str,
+    owner: &Owner,
+    commit: &str,
+) -> HashMap<String, String> {
+    let mut l = owner.labels();
+    l.insert(LABEL_PROJECT.to_owned(), project.to_owned());
+    l.insert(LABEL_SERVICE.to_owned(), service.to_owned());
+    l.insert(LABEL_BERTH_COMMIT.to_owned(), commit.to_owned());
+    l
+}
+
+/// Labels of a service's container: the file's labels, Compose's, then berth's (which win).
+pub fn container_labels(
+    project: &Project,
+    service: &Service,
+    config_hash: &str,
+    owner: &Owner,
+    commit: &str,
+) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = service.labels.clone().into_iter().collect();
+    let depends: Vec<String> = service
+        .depends_on
+        .iter()
+        .map(|(dep, cond)| {
+            let cond = match cond {
+                super::Condition::Started => "service_started",
+                super::Condition::Healthy => "service_healthy",
+                super::Condition::CompletedSuccessfully => "service_completed_successfully",
+            };
+            format!("{dep}:{cond}:false")
+        })
+        .collect();
+    let files: Vec<String> = project
+        .config_files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    for (k, v) in [
+        (LABEL_PROJECT, project.name.clone()),
+        (LABEL_SERVICE, service.name.clone()),
+        (LABEL_NUMBER, "1".to_owned()),
+        (LABEL_ONEOFF, "False".to_owned()),
+        (LABEL_CONFIG_HASH, config_hash.to_owned()),
+        (LABEL_VERSION, COMPOSE_VERSION.to_owned()),
+        (LABEL_WORKING_DIR, project.working_dir.display().to_string()),
+        (LABEL_CONFIG_FILES, files.join(",")),
+        (LABEL_DEPENDS_ON, depends.join(",")),
+        (LABEL_BERTH_COMMIT, commit.to_owned()),
+    ] {
+        l.insert(k.to_owned(), v);
+    }
+    l.extend(owner.labels());
+    l
+}
+
+/// SHA-256 of the normalised service config (without `build` and `depends_on`, which do not
+/// change the container) plus what the worker adds (`extra`: image id, host ports, limits).
+/// Maps are `BTreeMap`s and the JSON encoding is canonical, so equal configs hash equally.
+pub fn config_hash(service: &Service, extra: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Normalised<'a, E> {
+        service: &'a Service,
+        extra: &'a E,
+    }
+    let mut service = service.clone();
+    service.build = None;
+    service.depends_on = BTreeMap::new();
+    let json = serde_json::to_vec(&Normalised {
+        service: &service,
+        extra,
+    })
+    .expect("service config always serialises");
+    hex::encode(Sha256::digest(&json))
+}

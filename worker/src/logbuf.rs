@@ -1,0 +1,129 @@
+//! Per-stack operation log: build and start output kept in memory (bounded) and streamable to
+//! followers until the current operation ends.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::Notify;
+
+/// Bytes kept per stack; older output is dropped first.
+const CAP: usize = 1024 * 1024;
+
+#[derive(Debug, Default)]
+struct Inner {
+    data: Vec<u8>,
+    /// Absolute offset of `data[0]` in everything ever written.
+    start: u64,
+    active: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct LogBuf {
+    inner: Mutex<Inner>,
+    notify: Notify,
+}
+
+impl LogBuf {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Appends one line (a newline is added when missing).
+    pub fn line(&self, text: &str) {
+        let mut inner = self.inner.lock().expect("log lock");
+        inner.data.extend_from_slice(text.as_bytes());
+        if !text.ends_with('\n') {
+            inner.data.push(b'\n');
+        }
+        if inner.data.len() > CAP {
+            let cut = inner.data.len() - CAP;
+            inner.data.drain(..cut);
+            inner.start += cut as u64;
+        }
+        drop(inner);
+        self.notify.notify_waiters();
+    }
+
+    /// Marks an operation as running (followers wait) or ended (followers finish).
+    pub fn set_active(&self, active: bool) {
+        self.inner.lock().expect("log lock").active = active;
+        self.notify.notify_waiters();
+    }
+
+    pub fn snapshot(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.inner.lock().expect("log lock").data)
+    }
+
+    /// The last `n` lines.
+    pub fn tail(&self, n: usize) -> String {
+        let text = String::from_utf8_lossy(&self.inner.lock().expect("log lock").data).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Everything so far, then (with `follow`) new output until the operation ends.
+    pub fn stream(
+        self: Arc<Self>,
+        follow: bool,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::unfold(
+            (self, 0u64, false),
+            move |(buf, mut offset, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let notified = buf.notify.notified();
+                    {
+                        let inner = buf.inner.lock().expect("log lock");
+                        let end = inner.start + inner.data.len() as u64;
+                        offset = offset.max(inner.start);
+                        if offset < end {
+                            let from = (offset - inner.start) as usize;
+                            let chunk = Bytes::copy_from_slice(&inner.data[from..]);
+                            return Some((Ok(chunk), (buf.clone(), end, false)));
+                        }
+                        if !follow || !inner.active {
+                            return None;
+                        }
+                    }
+                    notified.await;
+                }
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn follow_ends_when_operation_ends() {
+        let log = LogBuf::new();
+        log.set_active(true);
+        log.line("one");
+        let follower = tokio::spawn(
+            log.clone()
+                .stream(true)
+                .map(|c| c.unwrap().to_vec())
+                .concat(),
+        );
+        tokio::task::yield_now().await;
+        log.line("two");
+        log.set_active(false);
+        let all = follower.await.unwrap();
+        assert_eq!(&all[..], b"one\ntwo\n");
+        let snapshot: Vec<Bytes> = log
+            .clone()
+            .stream(false)
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        assert_eq!(snapshot.concat(), b"one\ntwo\n");
+        assert_eq!(log.tail(1), "two");
+    }
+}

@@ -1,0 +1,367 @@
+//! What a stack may ask of the host: rejections (privileged, host namespaces, devices, extra
+//! capabilities, the Docker socket, binds outside the checkout) and default resource limits.
+
+use std::path::{Path, PathBuf};
+
+use berth_worker_api::ErrorDetail;
+
+use crate::compose::model::normalize;
+use crate::compose::{MountSource, Project};
+
+/// Limits and allowances applied to every container of every stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Capabilities `cap_add` may name (upper case, without `CAP_`).
+    pub allowed_caps: Vec<String>,
+    /// Memory limit per container in bytes (0 = none).
+    pub memory_bytes: i64,
+    /// CPU limit per container in billionths of a CPU (0 = none).
+    pub nano_cpus: i64,
+    /// Process limit per container (0 = none).
+    pub pids_limit: i64,
+    /// When set, containers run as this user; a service asking for root is rejected.
+    pub run_as_user: Option<String>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            allowed_caps: Vec::new(),
+            memory_bytes: 2 * 1024 * 1024 * 1024,
+            nano_cpus: 1_000_000_000,
+            pids_limit: 512,
+            run_as_user: None,
+        }
+    }
+}
+
+/// Parses sizes like `2g`, `512m`, `1024k`, `1073741824` into bytes.
+pub fn parse_size(s: &str) -> Result<i64, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1024),
+        Some('m') => (&s[..s.len() - 1], 1024 * 1024),
+        Some('g') => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<i64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("invalid size {s:?}"))
+}
+
+/// Parses a CPU count like `1.5` into billionths of a CPU.
+pub fn parse_cpus(s: &str) -> Result<i64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|c| *c >= 0.0)
+        .map(|c| (c * 1e9) as i64)
+        .ok_or_else(|| format!("invalid cpu count {s:?}"))
+}
+
+fn is_root(user: &str) -> bool {
+    let name = user.split(':').next().unwrap_or(user);
+    name == "root" || name == "0"
+}
+
+fn cap_name(cap: &str) -> String {
+    let up = cap.trim().to_ascii_uppercase();
+    up.strip_prefix("CAP_").unwrap_or(&up).to_owned()
+}
+
+/// Resolves `path` like the kernel would for a bind: `..` lexically first, then symlinks of the
+/// longest existing prefix (a missing tail is appended as written; Docker creates it).
+pub fn resolve(path: &Path) -> PathBuf {
+    let path = normalize(path);
+    let mut existing = path.clone();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            for part in tail.iter().rev() {
+                out.push(part);
+            }
+            return normalize(&out);
+        }
+        match (
+            existing.file_name().map(ToOwned::to_owned),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                tail.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path,
+        }
+    }
+}
+
+impl Policy {
+    /// Every reason the project may not run, or `Ok` when it may. `checkout` is the root of the
+    /// instance's source tree.
+    pub fn check(&self, project: &Project, checkout: &Path) -> Result<(), Vec<ErrorDetail>> {
+        let root = resolve(checkout);
+        let mut errors = Vec::new();
+        for s in &project.services {
+            let mut reject = |field: &str, reason: String| {
+                errors.push(ErrorDetail {
+                    service: Some(s.name.clone()),
+                    field: format!("services.{}.{field}", s.name),
+                    reason,
+                });
+            };
+            if s.privileged {
+                reject("privileged", "privileged containers are not allowed".into());
+            }
+            if let Some(mode) = &s.network_mode {
+                match mode.as_str() {
+                    "host" => reject("network_mode", "the host network is not allowed".into()),
+                    "none" | "bridge" | "default" => {}
+                    other => reject(
+                        "network_mode",
+                        format!(
+                            "network_mode {other:?} is not allowed (only none or the stack's networks)"
+                        ),
+                    ),
+                }
+            }
+            for (field, value) in [("pid", &s.pid), ("ipc", &s.ipc)] {
+                match value.as_deref() {
+                    None | Some("private") | Some("shareable") => {}
+                    Some("host") => {
+                        reject(field, format!("the host {field} namespace is not allowed"))
+                    }
+                    Some(other) => reject(field, format!("{field} {other:?} is not allowed")),
+                }
+            }
+            if !s.devices.is_empty() {
+                reject("devices", "device mounts are not allowed".into());
+            }
+            for cap in &s.cap_add {
+                let name = cap_name(cap);
+                if !self.allowed_caps.iter().any(|a| cap_name(a) == name) {
+                    reject(
+                        "cap_add",
+                        format!(
+                            "capability {name} is not in the allowed list ({})",
+                            self.allowed_caps.join(", ")
+                        ),
+                    );
+                }
+            }
+            if let (Some(_), Some(user)) = (&self.run_as_user, &s.user)
+                && is_root(user)
+            {
+                reject(
+                    "user",
+                    "running as root is not allowed on this worker".into(),
+                );
+            }
+            for m in &s.volumes {
+                let MountSource::Bind(src) = &m.source else {
+                    if m.target.contains("docker.sock") {
+                        reject(
+                            "volumes",
+                            format!("{} looks like the Docker socket", m.target),
+                        );
+                    }
+                    continue;
+                };
+                let real = resolve(src);
+                if src.to_string_lossy().contains("docker.sock")
+                    || real.to_string_lossy().contains("docker.sock")
+                    || m.target.contains("docker.sock")
+                {
+                    reject(
+                        "volumes",
+                        "mounting the Docker socket is not allowed".into(),
+                    );
+                } else if !real.starts_with(&root) {
+                    reject(
+                        "volumes",
+                        format!("bind source {} is outside the checkout", src.display()),
+                    );
+                }
+            }
+            if let Some(build) = &s.build {
+                let ctx = resolve(&build.context);
+                if !ctx.starts_with(&root) {
+                    reject(
+                        "build.context",
+                        format!(
+                            "build context {} is outside the checkout",
+                            build.context.display()
+                        ),
+                    );
+                } else if !resolve(&ctx.join(&build.dockerfile)).starts_with(&ctx) {
+                    reject(
+                        "build.dockerfile",
+                        format!(
+                            "dockerfile {:?} is outside the build context",
+                            build.dockerfile
+                        ),
+                    );
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The user a service's container runs as.
+    pub fn user_for(&self, service_user: Option<&str>) -> Option<String> {
+        service_user
+            .map(str::to_owned)
+            .or_else(|| self.run_as_user.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(policy: &Policy, service_yaml: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("etc-link")).unwrap();
+        std::os::unix::fs::symlink("/var/run", dir.path().join("run-link")).unwrap();
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            format!("services:\n  web:\n    image: x\n{service_yaml}\nvolumes: {{named: {{}}}}\n"),
+        )
+        .unwrap();
+        let project = crate::compose::load(dir.path(), "p").unwrap();
+        match policy.check(&project, dir.path()) {
+            Ok(()) => Vec::new(),
+            Err(errs) => errs
+                .into_iter()
+                .map(|e| format!("{}|{}|{}", e.service.unwrap_or_default(), e.field, e.reason))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rejections_name_service_field_and_reason() {
+        let policy = Policy {
+            allowed_caps: vec!["NET_BIND_SERVICE".into()],
+            run_as_user: Some("1000".into()),
+            ..Policy::default()
+        };
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "    privileged: true",
+                Some("web|services.web.privileged|privileged containers are not allowed"),
+            ),
+            ("    privileged: false", None),
+            (
+                "    network_mode: host",
+                Some("web|services.web.network_mode|the host network is not allowed"),
+            ),
+            (
+                "    network_mode: \"container:abc\"",
+                Some("web|services.web.network_mode|network_mode \"container:abc\" is not allowed"),
+            ),
+            ("    network_mode: none", None),
+            (
+                "    pid: host",
+                Some("web|services.web.pid|the host pid namespace is not allowed"),
+            ),
+            (
+                "    ipc: host",
+                Some("web|services.web.ipc|the host ipc namespace is not allowed"),
+            ),
+            (
+                "    devices: [/dev/fuse]",
+                Some("web|services.web.devices|device mounts are not allowed"),
+            ),
+            (
+                "    cap_add: [SYS_ADMIN]",
+                Some(
+                    "web|services.web.cap_add|capability SYS_ADMIN is not in the allowed list (NET_BIND_SERVICE)",
+                ),
+            ),
+            ("    cap_add: [cap_net_bind_service]", None),
+            (
+                "    user: root",
+                Some("web|services.web.user|running as root is not allowed on this worker"),
+            ),
+            (
+                "    user: \"0:0\"",
+                Some("web|services.web.user|running as root is not allowed on this worker"),
+            ),
+            ("    user: \"1000\"", None),
+            (
+                "    volumes: [/var/run/docker.sock:/var/run/docker.sock]",
+                Some("web|services.web.volumes|mounting the Docker socket is not allowed"),
+            ),
+            (
+                "    volumes: [./run-link/docker.sock:/s]",
+                Some("web|services.web.volumes|mounting the Docker socket is not allowed"),
+            ),
+            (
+                "    volumes: [/etc:/host-etc:ro]",
+                Some("web|services.web.volumes|bind source /etc is outside the checkout"),
+            ),
+            (
+                "    volumes: [../../..:/up]",
+                Some("web|services.web.volumes|bind source"),
+            ),
+            (
+                "    volumes: [./etc-link:/e]",
+                Some("web|services.web.volumes|bind source"),
+            ),
+            ("    volumes: [./data:/data, ./new/dir:/n, named:/v]", None),
+            (
+                "    build: ..",
+                Some("web|services.web.build.context|build context"),
+            ),
+            (
+                "    build: {context: ., dockerfile: ../../Dockerfile}",
+                Some(
+                    "web|services.web.build.dockerfile|dockerfile \"../../Dockerfile\" is outside the build context",
+                ),
+            ),
+            (
+                "    build: {context: ./data, dockerfile: Dockerfile.dev}",
+                None,
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let got = check(&policy, yaml);
+            match expected {
+                None => assert!(got.is_empty(), "{yaml}: {got:?}"),
+                Some(want) => assert!(
+                    got.len() == 1 && got[0].starts_with(want),
+                    "{yaml}\nwant {want}\ngot {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_and_cpus() {
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("64kb").unwrap(), 64 << 10);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_cpus("1.5").unwrap(), 1_500_000_000);
+        assert!(parse_cpus("-1").is_err());
+    }
+
+    #[test]
+    fn run_as_user_fills_in() {
+        let p = Policy {
+            run_as_user: Some("1000:1000".into()),
+            ..Policy::default()
+        };
+        assert_eq!(p.user_for(None).as_deref(), Some("1000:1000"));
+        assert_eq!(p.user_for(Some("42")).as_deref(), Some("42"));
+        assert_eq!(Policy::default().user_for(None), None);
+    }
+}

@@ -1,0 +1,1511 @@
+//! The stack manager: build, start, stop, delete and status of instances, serialised per
+//! instance, with the record of each stack in `<data>/stacks/<id>/state.json` and everything in
+//! Docker found again by label.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_worker_api::ids::compose_project_name;
+use berth_worker_api::{
+    BuildRequest, DeleteResponse, Endpoint, ErrorDetail, ServiceStatus, StackState, StackStatus,
+    StartRequest, ValidName, seed_ip_key,
+};
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthConfig,
+    HealthStatusEnum, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::compose::plan::{self, Owner};
+use crate::compose::{self, Condition, MountSource, Project, Restart, Service};
+use crate::docker::{self as dk, idempotent, label_filter};
+use crate::logbuf::LogBuf;
+use crate::policy::Policy;
+use crate::registry::Agent;
+use crate::source;
+
+/// What the stack manager needs to know about its host.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub node: String,
+    /// Address published in endpoints and `BERTH_*` variables.
+    pub advertise: String,
+    pub policy: Policy,
+    pub build_timeout: Duration,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no stack {0} on this worker")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Rejected {
+        message: String,
+        details: Vec<ErrorDetail>,
+    },
+    #[error("{step} failed: {message}")]
+    Failed { step: String, message: String },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StackError {
+    let context = context.into();
+    move |source| StackError::Io { context, source }
+}
+
+fn failed(step: &str, message: impl Into<String>) -> StackError {
+    StackError::Failed {
+        step: step.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// What the worker remembers of a stack between operations and restarts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub id: ValidName,
+    pub state: StackState,
+    pub commit: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// `service/port/proto` -> host port, kept so endpoints survive stop/start.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+}
+
+fn port_key(service: &str, port: u16, proto: &str) -> String {
+    format!("{service}/{port}/{proto}")
+}
+
+pub struct Stacks {
+    docker: Docker,
+    settings: Settings,
+    agent: Option<Agent>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    logs: Mutex<HashMap<String, Arc<LogBuf>>>,
+    /// Poked after each operation so the registrator resyncs at once.
+    pub changed: Arc<Notify>,
+}
+
+/// Marks the log of an operation as active for its lifetime.
+struct Active(Arc<LogBuf>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.set_active(false);
+    }
+}
+
+impl Stacks {
+    pub fn new(docker: Docker, settings: Settings, agent: Option<Agent>) -> Self {
+        Self {
+            docker,
+            settings,
+            agent,
+            locks: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn stacks_dir(&self) -> PathBuf {
+        self.settings.data_dir.join("stacks")
+    }
+
+    fn stack_dir(&self, id: &ValidName) -> PathBuf {
+        self.stacks_dir().join(id.as_str())
+    }
+
+    fn src_dir(&self, id: &ValidName) -> PathBuf {
+        self.stack_dir(id).join("src")
+    }
+
+    fn owner(&self, id: &ValidName) -> Owner {
+        Owner {
+            instance: id.to_string(),
+            node: self.settings.node.clone(),
+        }
+    }
+
+    fn lock(&self, id: &ValidName) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("locks")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn log(&self, id: &ValidName) -> Arc<LogBuf> {
+        self.logs
+            .lock()
+            .expect("logs")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn begin(&self, id: &ValidName, what: &str) -> Active {
+        let log = self.log(id);
+        log.set_active(true);
+        log.line(&format!("== {what} {id}"));
+        Active(log)
+    }
+
+    pub fn read_record(&self, id: &ValidName) -> Result<Option<Record>, StackError> {
+        let path = self.stack_dir(id).join("state.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StackError::Io {
+                    context: format!("reading {}", path.display()),
+                    source: std::io::Error::other(e),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+        }
+    }
+
+    fn write_record(&self, record: &Record) -> Result<(), StackError> {
+        let dir = self.stack_dir(&record.id);
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let tmp = dir.join("state.json.tmp");
+        let json = serde_json::to_vec_pretty(record).expect("record serialises");
+        std::fs::write(&tmp, json).map_err(io("writing state"))?;
+        std::fs::rename(&tmp, dir.join("state.json")).map_err(io("writing state"))
+    }
+
+    /// Ids of every stack this worker holds (a state file or containers carrying its labels).
+    pub async fn ids(&self) -> Result<Vec<ValidName>, StackError> {
+        let mut ids = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.stacks_dir()) {
+            for entry in entries.flatten() {
+                if let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| ValidName::parse("id", n).ok())
+                    && entry.path().join("state.json").exists()
+                {
+                    ids.push(id);
+                }
+            }
+        }
+        for c in self
+            .containers_by(&[
+                (plan::LABEL_BERTH_MANAGED, "true"),
+                (plan::LABEL_BERTH_NODE, &self.settings.node),
+            ])
+            .await?
+        {
+            if let Some(id) = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(plan::LABEL_BERTH_INSTANCE))
+                .and_then(|v| ValidName::parse("id", v).ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Crash recovery at start-up: an interrupted build is marked failed, a stack caught
+    /// mid-start or mid-stop takes the state its containers show, and stacks known only by
+    /// their containers' labels get a record again.
+    pub async fn adopt(&self) -> Result<usize, StackError> {
+        let ids = self.ids().await?;
+        for id in &ids {
+            let mut record = match self.read_record(id)? {
+                Some(r) => r,
+                None => {
+                    let containers = self.containers_of(id).await?;
+                    let commit = containers
+                        .iter()
+                        .find_map(|c| c.labels.as_ref()?.get(plan::LABEL_BERTH_COMMIT).cloned());
+                    Record {
+                        id: id.clone(),
+                        state: StackState::Stopped,
+                        commit,
+                        error: None,
+                        ports: BTreeMap::new(),
+                    }
+                }
+            };
+            match record.state {
+                StackState::Building => {
+                    record.state = StackState::Failed;
+                    record.error = Some("build interrupted by a worker restart".to_owned());
+                }
+                StackState::Starting
+                | StackState::Stopping
+                | StackState::Running
+                | StackState::Stopped => {
+                    let running = self
+                        .containers_of(id)
+                        .await?
+                        .iter()
+                        .any(|c| c.state.map(|s| s.to_string()).as_deref() == Some("running"));
+                    record.state = if running {
+                        StackState::Running
+                    } else {
+                        StackState::Stopped
+                    };
+                }
+                StackState::Built | StackState::Failed => {}
+            }
+            self.write_record(&record)?;
+        }
+        Ok(ids.len())
+    }
+
+    async fn containers_by(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<bollard::models::ContainerSummary>, StackError> {
+        Ok(self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&label_filter(labels))
+                    .build(),
+            ))
+            .await?)
+    }
+
+    async fn containers_of(
+        &self,
+        id: &ValidName,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, StackError> {
+        self.containers_by(&[
+            (plan::LABEL_BERTH_INSTANCE, id.as_str()),
+            (plan::LABEL_BERTH_NODE, &self.settings.node),
+        ])
+        .await
+    }
+
+    fn load_project(&self, id: &ValidName) -> Result<Project, StackError> {
+        let src = self.src_dir(id);
+        let project =
+            compose::load(&src, &compose_project_name(id)).map_err(|e| StackError::Rejected {
+                message: e.to_string(),
+                details: e.details(),
+            })?;
+        self.settings
+            .policy
+            .check(&project, &src)
+            .map_err(|details| StackError::Rejected {
+                message: format!("rejected by policy: {}", compose::summary(&details)),
+                details,
+            })?;
+        plan::start_order(&project).map_err(|d| StackError::Rejected {
+            message: format!("{}: {}", d.field, d.reason),
+            details: vec![d],
+        })?;
+        Ok(project)
+    }
+
+    // ---- status ----------------------------------------------------------------------------
+
+    pub async fn status(&self, id: &ValidName) -> Result<StackStatus, StackError> {
+        let record = self.read_record(id)?;
+        let containers = self.containers_of(id).await?;
+        let Some(record) = record.or_else(|| {
+            (!containers.is_empty()).then(|| Record {
+                id: id.clone(),
+                state: StackState::Stopped,
+                commit: None,
+                error: None,
+                ports: BTreeMap::new(),
+            })
+        }) else {
+            return Err(StackError::NotFound(id.to_string()));
+        };
+        let mut services = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut containers = containers;
+        containers.sort_by_key(|c| c.names.clone());
+        for c in &containers {
+            let labels = c.labels.clone().unwrap_or_default();
+            let service = labels.get(plan::LABEL_SERVICE).cloned().unwrap_or_default();
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned());
+            let state = c
+                .state
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            let health = c
+                .health
+                .as_ref()
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| s != "none" && !s.is_empty())
+                .or_else(|| health_from_status(c.status.as_deref().unwrap_or_default()));
+            if state == "running" {
+                for p in c.ports.clone().unwrap_or_default() {
+                    if let Some(public) = p.public_port {
+                        // IPv4 and IPv6 bindings are listed separately; keep one.
+                        let proto = p.typ.map(|t| t.to_string()).unwrap_or_else(|| "tcp".into());
+                        let e = Endpoint {
+                            service: service.clone(),
+                            container_port: p.private_port,
+                            protocol: proto,
+                            host: self.settings.advertise.clone(),
+                            host_port: public,
+                        };
+                        if !endpoints.contains(&e) {
+                            endpoints.push(e);
+                        }
+                    }
+                }
+            }
+            services.push(ServiceStatus {
+                name: service,
+                container: name,
+                state,
+                health,
+            });
+        }
+        endpoints
+            .sort_by(|a, b| (&a.service, a.container_port).cmp(&(&b.service, b.container_port)));
+        Ok(StackStatus {
+            id: id.clone(),
+            state: record.state,
+            commit: record.commit,
+            project_name: compose_project_name(id),
+            services,
+            endpoints,
+            error: record.error,
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<StackStatus>, StackError> {
+        let mut out = Vec::new();
+        for id in self.ids().await? {
+            match self.status(&id).await {
+                Ok(s) => out.push(s),
+                Err(StackError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stacks held (for health and self-registration).
+    pub fn count(&self) -> usize {
+        std::fs::read_dir(self.stacks_dir())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("state.json").exists())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    // ---- build -----------------------------------------------------------------------------
+
+    pub async fn build(
+        &self,
+        id: &ValidName,
+        req: &BuildRequest,
+    ) -> Result<StackStatus, StackError> {
+        if !source::valid_commit(&req.commit) {
+            return Err(StackError::BadRequest(format!(
+                "invalid commit {:?}: must be 40 lower-case hex characters",
+                req.commit.chars().take(64).collect::<String>()
+            )));
+        }
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let previous = self.read_record(id)?;
+        if let Some(r) = &previous
+            && r.commit.as_deref() == Some(req.commit.as_str())
+            && matches!(
+                r.state,
+                StackState::Built | StackState::Running | StackState::Stopped
+            )
+            && self.images_present(id, &req.commit).await?
+        {
+            return self.status(id).await;
+        }
+        let _active = self.begin(id, "build");
+        let log = self.log(id);
+        let mut record = previous.unwrap_or(Record {
+            id: id.clone(),
+            state: StackState::Building,
+            commit: None,
+            error: None,
+            ports: BTreeMap::new(),
+        });
+        let keep_state = record.state;
+        let keep_commit = record.commit.clone();
+        record.state = StackState::Building;
+        record.error = None;
+        self.write_record(&record)?;
+        match self.build_inner(id, req, &log).await {
+            Ok(()) => {
+                record.state = match keep_state {
+                    StackState::Running | StackState::Stopped if keep_commit.is_some() => {
+                        keep_state
+                    }
+                    _ => StackState::Built,
+                };
+                record.commit = Some(req.commit.clone());
+                self.write_record(&record)?;
+                log.line("build finished");
+                if let Some(agent) = &self.agent
+                    && let Err(e) = agent
+                        .kv_put(&seed_ip_key(id), &self.settings.advertise)
+                        .await
+                {
+                    tracing::warn!(instance = %id, cause = %e, "cannot record the instance address");
+                }
+                self.status(id).await
+            }
+            Err(e) => {
+                log.line(&format!("build failed: {e}"));
+                record.state = StackState::Failed;
+                record.error = Some(e.to_string());
+                self.write_record(&record)?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn images_present(&self, id: &ValidName, commit: &str) -> Result<bool, StackError> {
+        let src = self.src_dir(id);
+        if source::checked_out(&src).as_deref() != Some(commit) {
+            return Ok(false);
+        }
+        let Ok(project) = compose::load(&src, &compose_project_name(id)) else {
+            return Ok(false);
+        };
+        for s in project.services.iter().filter(|s| s.build.is_some()) {
+            let tag = plan::image_tag(&project.name, &s.name, commit);
+            if !idempotent(self.docker.inspect_image(&tag).await)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn build_inner(
+        &self,
+        id: &ValidName,
+        req: &BuildRequest,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        let src = self.src_dir(id);
+        log.line(&format!("fetching commit {}", req.commit));
+        let (dir, repo, commit) = (src.clone(), req.repo.clone(), req.commit.clone());
+        tokio::task::spawn_blocking(move || source::checkout(&dir, &repo, &commit))
+            .await
+            .map_err(|e| failed("fetch", e.to_string()))?
+            .map_err(|e| failed("fetch", e.to_string()))?;
+        let project = self.load_project(id)?;
+        let owner = self.owner(id);
+        let long = dk::long(
+            &self.docker,
+            self.settings.build_timeout + Duration::from_secs(30),
+        );
+        for s in &project.services {
+            let Some(build) = &s.build else {
+                let image = s.image.clone().unwrap_or_default();
+                if !idempotent(self.docker.inspect_image(&image).await)? {
+                    return Err(failed(
+                        &format!("image of service {}", s.name),
+                        format!(
+                            "image {image:?} is not present on this worker (images are never pulled)"
+                        ),
+                    ));
+                }
+                continue;
+            };
+            let tag = plan::image_tag(&project.name, &s.name, &req.commit);
+            log.line(&format!("building service {} as {tag}", s.name));
+            let context = build.context.clone();
+            let dockerfile = build.dockerfile.clone();
+            let tar = tokio::task::spawn_blocking(move || {
+                crate::context::tar_context(&context, &dockerfile)
+            })
+            .await
+            .map_err(|e| failed("build context", e.to_string()))?
+            .map_err(|e| failed("build context", e.to_string()))?;
+            let labels = plan::image_labels(&project.name, &s.name, &owner, &req.commit);
+            let args: HashMap<String, String> = build.args.clone().into_iter().collect();
+            let mut opts = BuildImageOptionsBuilder::default()
+                .dockerfile(&build.dockerfile)
+                .t(&tag)
+                .rm(true)
+                .forcerm(true)
+                .buildargs(&args)
+                .labels(&labels);
+            if let Some(target) = &build.target {
+                opts = opts.target(target);
+            }
+            let mut stream =
+                long.build_image(opts.build(), None, Some(bollard::body_full(tar.into())));
+            let run = async {
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(info) => {
+                            if let Some(text) = info.stream.as_deref() {
+                                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                                    log.line(line);
+                                }
+                            }
+                            if let Some(status) = info.status.as_deref() {
+                                log.line(status);
+                            }
+                            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                                return Err(failed(
+                                    &format!("build of service {}", s.name),
+                                    format!("{err}\n{}", log.tail(20)),
+                                ));
+                            }
+                        }
+                        Err(e) if e.to_string().contains("bytes remaining on stream") => break,
+                        Err(e) => {
+                            return Err(failed(
+                                &format!("build of service {}", s.name),
+                                dk::message(&e),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            };
+            match tokio::time::timeout(self.settings.build_timeout, run).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(StackError::Timeout(format!(
+                        "build of service {} timed out after {}",
+                        s.name,
+                        humantime::format_duration(self.settings.build_timeout)
+                    )));
+                }
+            }
+            if !idempotent(self.docker.inspect_image(&tag).await)? {
+                return Err(failed(
+                    &format!("build of service {}", s.name),
+                    format!("image {tag} missing after build\n{}", log.tail(20)),
+                ));
+            }
+            let latest = plan::image_name(&project.name, &s.name);
+            self.docker
+                .tag_image(
+                    &tag,
+                    Some(
+                        TagImageOptionsBuilder::default()
+                            .repo(&latest)
+                            .tag("latest")
+                            .build(),
+                    ),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    // ---- start -----------------------------------------------------------------------------
+
+    pub async fn start(
+        &self,
+        id: &ValidName,
+        req: &StartRequest,
+    ) -> Result<StackStatus, StackError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let Some(mut record) = self.read_record(id)? else {
+            return Err(StackError::NotFound(id.to_string()));
+        };
+        let Some(commit) = record.commit.clone() else {
+            return Err(StackError::Conflict(format!(
+                "stack {id} has no built commit"
+            )));
+        };
+        if record.state == StackState::Building {
+            return Err(StackError::Conflict(format!("stack {id} is building")));
+        }
+        if let Some(want) = &req.commit
+            && want != &commit
+        {
+            return Err(StackError::Conflict(format!(
+                "stack {id} holds commit {commit}, not {want}: build it first"
+            )));
+        }
+        let _active = self.begin(id, "start");
+        let log = self.log(id);
+        let project = self.load_project(id)?;
+        record.state = StackState::Starting;
+        record.error = None;
+        self.write_record(&record)?;
+        let timeout = req
+            .timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(self.settings.start_timeout);
+        let mut created = Vec::new();
+        let result = self
+            .start_inner(
+                id,
+                &project,
+                &commit,
+                &mut record,
+                timeout,
+                &log,
+                &mut created,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                record.state = StackState::Running;
+                self.write_record(&record)?;
+                log.line("stack ready");
+                self.changed.notify_one();
+                self.status(id).await
+            }
+            Err(e) => {
+                log.line(&format!("start failed: {e}"));
+                // Leave nothing half-started: stop the stack, remove what this call created.
+                self.stop_all(&project, id).await;
+                for name in created {
+                    let _ = self
+                        .docker
+                        .remove_container(
+                            &name,
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
+                        )
+                        .await;
+                }
+                record.state = StackState::Failed;
+                record.error = Some(e.to_string());
+                self.write_record(&record)?;
+                self.changed.notify_one();
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_inner(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        commit: &str,
+        record: &mut Record,
+        timeout: Duration,
+        log: &LogBuf,
+        created: &mut Vec<String>,
+    ) -> Result<(), StackError> {
+        let deadline = Instant::now() + timeout;
+        let owner = self.owner(id);
+        // Networks and volumes.
+        for key in &project.networks {
+            let name = plan::network_name(&project.name, key);
+            if !idempotent(self.docker.inspect_network(&name, None).await)? {
+                self.docker
+                    .create_network(NetworkCreateRequest {
+                        name: name.clone(),
+                        driver: Some("bridge".into()),
+                        labels: Some(plan::network_labels(&project.name, key, &owner)),
+                        ..Default::default()
+                    })
+                    .await?;
+                log.line(&format!("created network {name}"));
+            }
+        }
+        for key in &project.volumes {
+            let name = plan::volume_name(&project.name, key);
+            if !idempotent(self.docker.inspect_volume(&name).await)? {
+                self.docker
+                    .create_volume(VolumeCreateRequest {
+                        name: Some(name.clone()),
+                        labels: Some(plan::volume_labels(&project.name, key, &owner)),
+                        ..Default::default()
+                    })
+                    .await?;
+                log.line(&format!("created volume {name}"));
+            }
+        }
+        // Host ports first, so every container knows every public address before it starts.
+        let existing: HashMap<String, ContainerInspectResponse> = {
+            let mut m = HashMap::new();
+            for s in &project.services {
+                let name = plan::container_name(&project.name, &s.name);
+                if let Ok(c) = self.docker.inspect_container(&name, None).await {
+                    m.insert(s.name.clone(), c);
+                }
+            }
+            m
+        };
+        let mut ports = BTreeMap::new();
+        for s in &project.services {
+            for p in &s.ports {
+                let key = port_key(&s.name, p.container_port, &p.protocol);
+                let held = existing
+                    .get(&s.name)
+                    .is_some_and(|c| c.state.as_ref().and_then(|st| st.running) == Some(true));
+                let port = match record.ports.get(&key) {
+                    Some(&port) if held || port_free(port, &p.protocol) => port,
+                    _ => allocate_port(&p.protocol).map_err(io("allocating a host port"))?,
+                };
+                ports.insert(key, port);
+            }
+        }
+        record.ports = ports.clone();
+        self.write_record(record)?;
+        let mut public_env = Vec::new();
+        public_env.push(format!("BERTH_ADVERTISE_HOST={}", self.settings.advertise));
+        for s in &project.services {
+            for p in &s.ports {
+                let port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
+                public_env.push(format!(
+                    "BERTH_PUBLIC_ADDR_{}_{}={}:{port}",
+                    env_name(&s.name),
+                    p.container_port,
+                    self.settings.advertise
+                ));
+            }
+        }
+        let order = plan::start_order(project).map_err(|d| StackError::Rejected {
+            message: d.reason.clone(),
+            details: vec![d],
+        })?;
+        for s in order {
+            for (dep, cond) in &s.depends_on {
+                self.wait_condition(project, dep, *cond, deadline, log)
+                    .await?;
+            }
+            let name = plan::container_name(&project.name, &s.name);
+            let image = match &s.build {
+                Some(_) => plan::image_tag(&project.name, &s.name, commit),
+                None => s.image.clone().unwrap_or_default(),
+            };
+            let image_id = self
+                .docker
+                .inspect_image(&image)
+                .await
+                .map_err(|e| failed(&format!("image of service {}", s.name), dk::message(&e)))?
+                .id
+                .unwrap_or_default();
+            let (body, hash) = self.container_spec(
+                project,
+                s,
+                &image,
+                &image_id,
+                &ports,
+                &public_env,
+                commit,
+                &owner,
+            );
+            let current = existing.get(&s.name);
+            let current_hash = current.and_then(|c| {
+                c.config
+                    .as_ref()?
+                    .labels
+                    .as_ref()?
+                    .get(plan::LABEL_CONFIG_HASH)
+                    .cloned()
+            });
+            if current.is_some() && current_hash.as_deref() != Some(hash.as_str()) {
+                log.line(&format!("recreating {name} (configuration changed)"));
+                self.docker
+                    .remove_container(
+                        &name,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await?;
+            }
+            if current.is_none() || current_hash.as_deref() != Some(hash.as_str()) {
+                self.docker
+                    .create_container(
+                        Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                        body,
+                    )
+                    .await
+                    .map_err(|e| failed(&format!("create service {}", s.name), dk::message(&e)))?;
+                created.push(name.clone());
+                for (net, aliases) in s.networks.iter().skip(1) {
+                    self.docker
+                        .connect_network(
+                            &plan::network_name(&project.name, net),
+                            NetworkConnectRequest {
+                                container: name.clone(),
+                                endpoint_config: Some(endpoint(s, &name, aliases)),
+                            },
+                        )
+                        .await?;
+                }
+                log.line(&format!("created {name}"));
+            }
+            let running = current
+                .filter(|_| current_hash.as_deref() == Some(hash.as_str()))
+                .and_then(|c| c.state.as_ref()?.running)
+                == Some(true);
+            if !running {
+                self.docker
+                    .start_container(&name, None)
+                    .await
+                    .map_err(|e| failed(&format!("start service {}", s.name), dk::message(&e)))?;
+                log.line(&format!("started {name}"));
+            }
+        }
+        // Readiness: running, healthy where there is a healthcheck, published TCP ports accept.
+        let one_shot: Vec<&str> = project
+            .services
+            .iter()
+            .flat_map(|s| s.depends_on.iter())
+            .filter(|(_, c)| **c == Condition::CompletedSuccessfully)
+            .map(|(d, _)| d.as_str())
+            .collect();
+        for s in &project.services {
+            if one_shot.contains(&s.name.as_str()) {
+                continue;
+            }
+            self.wait_condition(project, &s.name, Condition::Started, deadline, log)
+                .await?;
+            if s.has_healthcheck() {
+                self.wait_condition(project, &s.name, Condition::Healthy, deadline, log)
+                    .await?;
+            }
+            for p in s.ports.iter().filter(|p| p.protocol == "tcp") {
+                let port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
+                let ip = p
+                    .host_ip
+                    .as_deref()
+                    .filter(|ip| *ip != "0.0.0.0" && *ip != "::")
+                    .unwrap_or("127.0.0.1");
+                let addr: SocketAddr = format!("{ip}:{port}")
+                    .parse()
+                    .or_else(|_| format!("[{ip}]:{port}").parse())
+                    .map_err(|_| failed("readiness", format!("bad host ip {ip:?}")))?;
+                loop {
+                    // Docker's userland proxy accepts on the host port before the app listens, so
+                    // the container's own address must accept too.
+                    let inner = self.running_ip(project, &s.name).await?;
+                    let inner_ok = match inner {
+                        Some(ip) => tokio::net::TcpStream::connect((ip, p.container_port))
+                            .await
+                            .is_ok(),
+                        None => true,
+                    };
+                    if inner_ok && tokio::net::TcpStream::connect(addr).await.is_ok() {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(self
+                            .timeout_error(
+                                project,
+                                &s.name,
+                                &format!(
+                                    "port {} ({addr}) accepting connections",
+                                    p.container_port
+                                ),
+                            )
+                            .await);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn container_spec(
+        &self,
+        project: &Project,
+        s: &Service,
+        image: &str,
+        image_id: &str,
+        ports: &BTreeMap<String, u16>,
+        public_env: &[String],
+        commit: &str,
+        owner: &Owner,
+    ) -> (ContainerCreateBody, String) {
+        let name = plan::container_name(&project.name, &s.name);
+        let policy = &self.settings.policy;
+        let mut env: Vec<String> = s
+            .environment
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect();
+        env.extend(public_env.iter().cloned());
+        let mut exposed: Vec<String> = s.expose.clone();
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &s.ports {
+            let key = format!("{}/{}", p.container_port, p.protocol);
+            let host_port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
+            env.push(format!(
+                "BERTH_PUBLIC_ADDR_{}={}:{host_port}",
+                p.container_port, self.settings.advertise
+            ));
+            exposed.push(key.clone());
+            bindings
+                .entry(key)
+                .or_default()
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: p.host_ip.clone(),
+                    host_port: Some(host_port.to_string()),
+                });
+        }
+        exposed.sort();
+        exposed.dedup();
+        let mut binds = Vec::new();
+        let mut anonymous = Vec::new();
+        for m in &s.volumes {
+            let mode = if m.read_only { ":ro" } else { "" };
+            match &m.source {
+                MountSource::Bind(src) => binds.push(format!(
+                    "{}:{}{mode}",
+                    crate::policy::resolve(src).display(),
+                    m.target
+                )),
+                MountSource::Named(v) => binds.push(format!(
+                    "{}:{}{mode}",
+                    plan::volume_name(&project.name, v),
+                    m.target
+                )),
+                MountSource::Anonymous => anonymous.push(m.target.clone()),
+            }
+        }
+        let restart = match &s.restart {
+            Restart::No => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            },
+            Restart::Always => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ALWAYS),
+                maximum_retry_count: None,
+            },
+            Restart::UnlessStopped => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            },
+            Restart::OnFailure(n) => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                maximum_retry_count: *n,
+            },
+        };
+        let healthcheck = s.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: h.interval.map(|d| d.as_nanos() as i64),
+            timeout: h.timeout.map(|d| d.as_nanos() as i64),
+            retries: h.retries,
+            start_period: h.start_period.map(|d| d.as_nanos() as i64),
+            start_interval: None,
+        });
+        let user = policy.user_for(s.user.as_deref());
+        let network_mode = match s.network_mode.as_deref() {
+            Some("none") => Some("none".to_owned()),
+            _ => s
+                .networks
+                .keys()
+                .next()
+                .map(|n| plan::network_name(&project.name, n)),
+        };
+        let networking_config = s
+            .networks
+            .iter()
+            .next()
+            .map(|(net, aliases)| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    plan::network_name(&project.name, net),
+                    endpoint(s, &name, aliases),
+                )])),
+            });
+        let host_config = HostConfig {
+            binds: (!binds.is_empty()).then_some(binds),
+            port_bindings: (!bindings.is_empty()).then_some(bindings),
+            restart_policy: Some(restart),
+            network_mode,
+            extra_hosts: (!s.extra_hosts.is_empty()).then(|| s.extra_hosts.clone()),
+            cap_add: (!s.cap_add.is_empty()).then(|| s.cap_add.clone()),
+            cap_drop: (!s.cap_drop.is_empty()).then(|| s.cap_drop.clone()),
+            memory: (policy.memory_bytes > 0).then_some(policy.memory_bytes),
+            nano_cpus: (policy.nano_cpus > 0).then_some(policy.nano_cpus),
+            pids_limit: (policy.pids_limit > 0).then_some(policy.pids_limit),
+            ..Default::default()
+        };
+        #[derive(Serialize)]
+        struct Extra<'a> {
+            image_id: &'a str,
+            env: &'a [String],
+            user: &'a Option<String>,
+            limits: (i64, i64, i64),
+        }
+        let hash = plan::config_hash(
+            s,
+            &Extra {
+                image_id,
+                env: &env,
+                user: &user,
+                limits: (policy.memory_bytes, policy.nano_cpus, policy.pids_limit),
+            },
+        );
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            env: Some(env),
+            cmd: s.command.clone(),
+            entrypoint: s.entrypoint.clone(),
+            working_dir: s.working_dir.clone(),
+            user,
+            labels: Some(plan::container_labels(project, s, &hash, owner, commit)),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            healthcheck,
+            volumes: (!anonymous.is_empty()).then_some(anonymous),
+            stop_timeout: s.stop_grace_period.map(|d| d.as_secs() as i64),
+            hostname: None,
+            host_config: Some(host_config),
+            networking_config,
+            ..Default::default()
+        };
+        (body, hash)
+    }
+
+    /// Waits until `service` meets `cond`; fails early when it never can.
+    async fn wait_condition(
+        &self,
+        project: &Project,
+        service: &str,
+        cond: Condition,
+        deadline: Instant,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        let name = plan::container_name(&project.name, service);
+        let has_hc = project
+            .service(service)
+            .is_some_and(Service::has_healthcheck);
+        if cond == Condition::Healthy && !has_hc {
+            return Err(StackError::Rejected {
+                message: format!(
+                    "service {service} has no healthcheck but a dependent waits for service_healthy"
+                ),
+                details: vec![ErrorDetail {
+                    service: Some(service.to_owned()),
+                    field: format!("services.{service}.healthcheck"),
+                    reason: "needed by a depends_on condition service_healthy".to_owned(),
+                }],
+            });
+        }
+        loop {
+            let c = self.docker.inspect_container(&name, None).await?;
+            let state = c.state.unwrap_or_default();
+            let running = state.running == Some(true);
+            let exited = !running
+                && state
+                    .finished_at
+                    .as_deref()
+                    .is_some_and(|f| !f.starts_with("0001"));
+            let health = state.health.and_then(|h| h.status);
+            match cond {
+                Condition::Started if running => return Ok(()),
+                Condition::Healthy if health == Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                Condition::Healthy if health == Some(HealthStatusEnum::UNHEALTHY) => {
+                    return Err(self.failure(project, service, "became unhealthy").await);
+                }
+                Condition::CompletedSuccessfully if exited && state.exit_code == Some(0) => {
+                    return Ok(());
+                }
+                Condition::CompletedSuccessfully if exited => {
+                    return Err(self
+                        .failure(
+                            project,
+                            service,
+                            &format!("exited with code {}", state.exit_code.unwrap_or(-1)),
+                        )
+                        .await);
+                }
+                Condition::Started | Condition::Healthy if exited => {
+                    return Err(self
+                        .failure(
+                            project,
+                            service,
+                            &format!("exited with code {}", state.exit_code.unwrap_or(-1)),
+                        )
+                        .await);
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                let what = match cond {
+                    Condition::Started => "running",
+                    Condition::Healthy => "healthy",
+                    Condition::CompletedSuccessfully => "completed",
+                };
+                log.line(&format!("timed out waiting for {service} to be {what}"));
+                return Err(self.timeout_error(project, service, what).await);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The container's address on its first network, failing if it no longer runs.
+    async fn running_ip(
+        &self,
+        project: &Project,
+        service: &str,
+    ) -> Result<Option<std::net::IpAddr>, StackError> {
+        let name = plan::container_name(&project.name, service);
+        let c = self.docker.inspect_container(&name, None).await?;
+        if c.state.and_then(|s| s.running) != Some(true) {
+            return Err(self.failure(project, service, "stopped running").await);
+        }
+        Ok(c.network_settings
+            .and_then(|n| n.networks)
+            .and_then(|nets| {
+                nets.values()
+                    .find_map(|e| e.ip_address.as_deref().and_then(|ip| ip.parse().ok()))
+            }))
+    }
+
+    async fn last_lines(&self, project: &Project, service: &str) -> String {
+        let name = plan::container_name(&project.name, service);
+        let mut out = String::new();
+        let mut stream = self.docker.logs(
+            &name,
+            Some(
+                LogsOptionsBuilder::default()
+                    .stdout(true)
+                    .stderr(true)
+                    .tail("20")
+                    .build(),
+            ),
+        );
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&chunk.to_string());
+        }
+        out
+    }
+
+    async fn failure(&self, project: &Project, service: &str, what: &str) -> StackError {
+        let lines = self.last_lines(project, service).await;
+        failed(
+            &format!("start of service {service}"),
+            format!("service {service} {what}; last log lines:\n{lines}"),
+        )
+    }
+
+    async fn timeout_error(&self, project: &Project, service: &str, what: &str) -> StackError {
+        let lines = self.last_lines(project, service).await;
+        StackError::Timeout(format!(
+            "timed out waiting for service {service} to be {what}; last log lines:\n{lines}"
+        ))
+    }
+
+    // ---- stop ------------------------------------------------------------------------------
+
+    async fn stop_all(&self, project: &Project, id: &ValidName) {
+        let long = dk::long(&self.docker, Duration::from_secs(300));
+        let mut order: Vec<&Service> =
+            plan::start_order(project).unwrap_or_else(|_| project.services.iter().collect());
+        order.reverse();
+        for s in order {
+            let name = plan::container_name(&project.name, &s.name);
+            let grace = s.stop_grace_period.map_or(10, |d| d.as_secs() as i32);
+            if let Err(e) = idempotent(
+                long.stop_container(
+                    &name,
+                    Some(StopContainerOptionsBuilder::default().t(grace).build()),
+                )
+                .await,
+            ) {
+                tracing::warn!(instance = %id, container = %name, cause = %e, "stop failed");
+            }
+        }
+        // Containers of services no longer in the file (orphans) stop too.
+        if let Ok(rest) = self.containers_of(id).await {
+            for c in rest {
+                if c.state.map(|s| s.to_string()).as_deref() == Some("running")
+                    && let Some(cid) = c.id
+                {
+                    let _ = long.stop_container(&cid, None).await;
+                }
+            }
+        }
+    }
+
+    pub async fn stop(&self, id: &ValidName) -> Result<StackStatus, StackError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let Some(mut record) = self.read_record(id)? else {
+            return Err(StackError::NotFound(id.to_string()));
+        };
+        let _active = self.begin(id, "stop");
+        record.state = StackState::Stopping;
+        self.write_record(&record)?;
+        match self.load_project(id) {
+            Ok(project) => self.stop_all(&project, id).await,
+            Err(_) => {
+                for c in self.containers_of(id).await? {
+                    if let Some(cid) = c.id {
+                        idempotent(self.docker.stop_container(&cid, None).await)?;
+                    }
+                }
+            }
+        }
+        record.state = StackState::Stopped;
+        self.write_record(&record)?;
+        self.changed.notify_one();
+        self.status(id).await
+    }
+
+    // ---- delete ----------------------------------------------------------------------------
+
+    pub async fn delete(
+        &self,
+        id: &ValidName,
+        keep_volumes: bool,
+    ) -> Result<DeleteResponse, StackError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let _active = self.begin(id, "delete");
+        let instance = [
+            (plan::LABEL_BERTH_INSTANCE, id.as_str()),
+            (plan::LABEL_BERTH_NODE, self.settings.node.as_str()),
+        ];
+        let dir = self.stack_dir(id);
+        let mut resp = DeleteResponse {
+            id: id.clone(),
+            existed: dir.exists(),
+            removed_containers: 0,
+            removed_images: 0,
+            removed_volumes: 0,
+            removed_networks: 0,
+        };
+        let long = dk::long(&self.docker, Duration::from_secs(300));
+        for c in self.containers_of(id).await? {
+            let Some(cid) = c.id else { continue };
+            if idempotent(
+                long.remove_container(
+                    &cid,
+                    Some(
+                        RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .v(true)
+                            .build(),
+                    ),
+                )
+                .await,
+            )? {
+                resp.removed_containers += 1;
+            }
+        }
+        let filters = label_filter(&instance);
+        if !keep_volumes {
+            let volumes = self
+                .docker
+                .list_volumes(Some(
+                    ListVolumesOptionsBuilder::default()
+                        .filters(&filters)
+                        .build(),
+                ))
+                .await?;
+            for v in volumes.volumes.unwrap_or_default() {
+                if idempotent(
+                    self.docker
+                        .remove_volume(
+                            &v.name,
+                            Some(RemoveVolumeOptionsBuilder::default().force(true).build()),
+                        )
+                        .await,
+                )? {
+                    resp.removed_volumes += 1;
+                }
+            }
+        }
+        let images = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .all(false)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        for image in images {
+            if idempotent(
+                self.docker
+                    .remove_image(
+                        &image.id,
+                        Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                        None,
+                    )
+                    .await,
+            )? {
+                resp.removed_images += 1;
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        for n in networks {
+            let Some(nid) = n.id else { continue };
+            if idempotent(self.docker.remove_network(&nid).await)? {
+                resp.removed_networks += 1;
+            }
+        }
+        resp.existed |= resp.removed_containers
+            + resp.removed_images
+            + resp.removed_networks
+            + resp.removed_volumes
+            > 0;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        }
+        if let Some(agent) = &self.agent
+            && let Err(e) = agent.kv_delete_tree(&format!("instance/{id}/")).await
+        {
+            tracing::warn!(instance = %id, cause = %e, "cannot remove the instance's KV keys");
+        }
+        resp.removed_networks += self.prune_networks().await?;
+        self.logs.lock().expect("logs").remove(id.as_str());
+        self.changed.notify_one();
+        Ok(resp)
+    }
+
+    /// Removes this node's berth-labelled networks that have no endpoints and whose stack is
+    /// gone; networks of others (and unlabelled ones) are never touched.
+    pub async fn prune_networks(&self) -> Result<u32, StackError> {
+        let filters = label_filter(&[
+            (plan::LABEL_BERTH_MANAGED, "true"),
+            (plan::LABEL_BERTH_NODE, &self.settings.node),
+        ]);
+        let mut removed = 0;
+        for n in self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?
+        {
+            let (Some(nid), Some(labels)) = (n.id, n.labels) else {
+                continue;
+            };
+            let live = labels
+                .get(plan::LABEL_BERTH_INSTANCE)
+                .and_then(|i| ValidName::parse("id", i).ok())
+                .is_some_and(|i| self.stack_dir(&i).exists());
+            if live {
+                continue;
+            }
+            let Ok(inspect) = self.docker.inspect_network(&nid, None).await else {
+                continue;
+            };
+            if inspect.containers.is_none_or(|c| c.is_empty())
+                && idempotent(self.docker.remove_network(&nid).await)?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn endpoint(s: &Service, container: &str, aliases: &[String]) -> EndpointSettings {
+    let mut all = vec![s.name.clone(), container.to_owned()];
+    if let Some(cn) = &s.container_name {
+        all.push(cn.clone());
+    }
+    all.extend(aliases.iter().cloned());
+    all.dedup();
+    EndpointSettings {
+        aliases: Some(all),
+        ..Default::default()
+    }
+}
+
+/// Older engines (API < 1.52) report health only inside the status text: `Up 3s (healthy)`.
+fn health_from_status(status: &str) -> Option<String> {
+    if status.contains("(healthy)") {
+        Some("healthy".into())
+    } else if status.contains("(unhealthy)") {
+        Some("unhealthy".into())
+    } else if status.contains("(health: starting)") {
+        Some("starting".into())
+    } else {
+        None
+    }
+}
+
+/// `web-api.v2` -> `WEB_API_V2`.
+fn env_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn port_free(port: u16, proto: &str) -> bool {
+    match proto {
+        "udp" => UdpSocket::bind(("0.0.0.0", port)).is_ok(),
+        _ => TcpListener::bind(("0.0.0.0", port)).is_ok(),
+    }
+}
+
+/// Lets the kernel pick a free port, then releases it for Docker to bind.
+fn allocate_port(proto: &str) -> std::io::Result<u16> {
+    match proto {
+        "udp" => Ok(UdpSocket::bind(("0.0.0.0", 0))?.local_addr()?.port()),
+        _ => Ok(TcpListener::bind(("0.0.0.0", 0))?.local_addr()?.port()),
+    }
+}

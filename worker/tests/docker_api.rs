@@ -1,0 +1,391 @@
+//! Worker API behaviour against the real Docker engine: auth and input errors through the
+//! router, policy rejections as 422, a failed start leaving nothing running, crash recovery, and
+//! thirty-five stacks in a row leaving no network behind.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use berth_worker::api::{AppState, router};
+use berth_worker::stacks::{Settings, Stacks};
+use berth_worker_api::{ErrorBody, Secret, StackState, StartRequest, WorkerClientError};
+use common::*;
+use tower::ServiceExt;
+
+const TINY: &str = "services:\n  app:\n    image: berth-base:latest\n    command: [httpd, -f, -p, \"8080\", -h, /]\n    ports: [\"8080\"]\n";
+
+fn api_error(e: WorkerClientError) -> (u16, ErrorBody) {
+    match e {
+        WorkerClientError::Api { status, body } => (status.as_u16(), body),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn docker_router_auth_and_input_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let stacks = Stacks::new(
+        berth_worker::docker::connect().await.unwrap(),
+        Settings {
+            data_dir: data.path().to_path_buf(),
+            node: "router-test".into(),
+            advertise: "127.0.0.1".into(),
+            policy: Default::default(),
+            build_timeout: std::time::Duration::from_secs(60),
+            start_timeout: std::time::Duration::from_secs(60),
+        },
+        None,
+    );
+    let app = router(AppState {
+        stacks: Arc::new(stacks),
+        token: Secret::new(TOKEN),
+        capacity: 7,
+    });
+    let auth = format!("Bearer {TOKEN}");
+    let commit = "a".repeat(40);
+    let build_body = format!(
+        r#"{{"user":"u","project":"p","commit":"{commit}","repo":{{"url":"file:///nonexistent"}}}}"#
+    );
+    // (method, path, authorization, body, status, text in the answer)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "GET",
+            "/healthz",
+            None,
+            String::new(),
+            200,
+            "\"capacity\":7",
+        ),
+        (
+            "GET",
+            "/v1/stacks",
+            None,
+            String::new(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "GET",
+            "/v1/stacks",
+            Some("Bearer wrong"),
+            String::new(),
+            401,
+            "unauthorized",
+        ),
+        ("GET", "/v1/stacks", Some(&auth), String::new(), 200, "[]"),
+        (
+            "GET",
+            "/v1/stacks/Bad..Id",
+            Some(&auth),
+            String::new(),
+            400,
+            "invalid id",
+        ),
+        (
+            "GET",
+            "/v1/stacks/nope",
+            Some(&auth),
+            String::new(),
+            404,
+            "no stack nope",
+        ),
+        (
+            "GET",
+            "/v1/stacks/nope/logs",
+            Some(&auth),
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/v1/stacks/nope/start",
+            Some(&auth),
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/v1/stacks/nope/stop",
+            Some(&auth),
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/v1/stacks/x/build",
+            Some(&auth),
+            "{\"bogus\":1}".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/stacks/x/build",
+            Some(&auth),
+            build_body.replace(&commit, "HEAD"),
+            400,
+            "invalid commit",
+        ),
+        (
+            "POST",
+            "/v1/stacks/x/build",
+            Some(&auth),
+            build_body.clone(),
+            500,
+            "fetch failed",
+        ),
+        (
+            "POST",
+            "/v1/stacks/x/start",
+            Some(&auth),
+            "{\"commit\":\"b\"}".into(),
+            409,
+            "conflict",
+        ),
+        (
+            "DELETE",
+            "/v1/stacks/x",
+            Some(&auth),
+            String::new(),
+            200,
+            "\"existed\":true",
+        ),
+        (
+            "DELETE",
+            "/v1/stacks/x",
+            Some(&auth),
+            String::new(),
+            200,
+            "\"existed\":false",
+        ),
+        (
+            "GET",
+            "/nowhere",
+            Some(&auth),
+            String::new(),
+            404,
+            "no such route",
+        ),
+    ];
+    for (method, path, token, body, status, needle) in cases {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json");
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let got = resp.status();
+        let bytes = http_body_util_collect(resp.into_body()).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(
+            got,
+            StatusCode::from_u16(status).unwrap(),
+            "{method} {path}: {text}"
+        );
+        assert!(text.contains(needle), "{method} {path}: {text}");
+    }
+}
+
+async fn http_body_util_collect(body: Body) -> Vec<u8> {
+    axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_policy_rejections_answer_422_with_details() {
+    let w = worker("policy", |c| {
+        c.allowed_caps = vec!["NET_BIND_SERVICE".into()]
+    })
+    .await;
+    let (repo, commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  bad:\n    image: berth-base:latest\n    privileged: true\n    network_mode: host\n    pid: host\n    ipc: host\n    devices: [/dev/fuse]\n    cap_add: [SYS_ADMIN, NET_BIND_SERVICE]\n    volumes: [/var/run/docker.sock:/var/run/docker.sock, /etc:/etc2, ../..:/up, ./ok:/ok]\n",
+    )]);
+    let sid = id(&format!("pol-{}", w.node));
+    let (status, body) = api_error(
+        w.client
+            .build(&sid, &build_request(repo.path(), &commit))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 422);
+    let mut got: Vec<(String, String)> = body
+        .error
+        .details
+        .iter()
+        .map(|d| {
+            assert_eq!(d.service.as_deref(), Some("bad"));
+            (d.field.clone(), d.reason.clone())
+        })
+        .collect();
+    got.sort();
+    let fields: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "services.bad.cap_add",
+            "services.bad.devices",
+            "services.bad.ipc",
+            "services.bad.network_mode",
+            "services.bad.pid",
+            "services.bad.privileged",
+            "services.bad.volumes",
+            "services.bad.volumes",
+            "services.bad.volumes",
+        ],
+        "{got:?}"
+    );
+    assert!(got.iter().any(|(_, r)| r.contains("Docker socket")));
+    assert!(got.iter().any(|(_, r)| r.contains("SYS_ADMIN")));
+    let status = w.client.status(&sid).await.unwrap().unwrap();
+    assert_eq!(status.state, StackState::Failed);
+    w.client.delete(&sid, false).await.unwrap();
+
+    // An unsupported key is named too.
+    let (repo, commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  x:\n    image: berth-base:latest\n    deploy: {replicas: 2}\n",
+    )]);
+    let (status, body) = api_error(
+        w.client
+            .build(&sid, &build_request(repo.path(), &commit))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 422);
+    assert_eq!(body.error.details[0].field, "services.x.deploy");
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_failed_start_leaves_nothing_running() {
+    let w = worker("failstart", |_| {}).await;
+    let (repo, commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  api:\n    image: berth-base:latest\n    command: [sh, -c, 'echo api-log-marker; exec httpd -f -p 8080 -h /']\n    healthcheck: {test: [CMD, 'false'], interval: 1s, retries: 1}\n  web:\n    image: berth-base:latest\n    command: [httpd, -f, -p, '8080', -h, /]\n    ports: ['8080']\n    depends_on: {api: {condition: service_healthy}}\n",
+    )]);
+    let sid = id(&format!("fail-{}", w.node));
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let (status, body) = api_error(
+        w.client
+            .start(&sid, &StartRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 500, "{body:?}");
+    assert!(
+        body.error.message.contains("service api became unhealthy"),
+        "{}",
+        body.error.message
+    );
+    assert!(
+        body.error.message.contains("api-log-marker"),
+        "{}",
+        body.error.message
+    );
+    let (containers, ..) = w.cleanup.leftovers();
+    assert!(
+        containers.is_empty(),
+        "created containers are removed: {containers:?}"
+    );
+    let st = w.client.status(&sid).await.unwrap().unwrap();
+    assert_eq!(st.state, StackState::Failed);
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_restart_adopts_stacks_and_interrupted_build_retries() {
+    let w = worker("adopt", |_| {}).await;
+    let (repo, commit) = git_repo(&[("compose.yaml", TINY)]);
+    let running = id(&format!("run-{}", w.node));
+    let req = build_request(repo.path(), &commit);
+    w.client.build(&running, &req).await.unwrap();
+    let first = w
+        .client
+        .start(&running, &StartRequest::default())
+        .await
+        .unwrap();
+    // A build that was running when the worker died.
+    let broken = id(&format!("brk-{}", w.node));
+    let dir = w.data.path().join("stacks").join(broken.as_str());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("state.json"),
+        format!(r#"{{"id":"{broken}","state":"building","commit":null}}"#),
+    )
+    .unwrap();
+    let TestWorker {
+        data,
+        node,
+        shutdown,
+        task,
+        cleanup,
+        ..
+    } = w;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let w2 = worker("adopt", |c| c.data_dir = data.path().to_path_buf()).await;
+    assert_eq!(w2.node, node);
+    let again = w2.client.status(&running).await.unwrap().unwrap();
+    assert_eq!(again.state, StackState::Running);
+    assert_eq!(again.endpoints, first.endpoints);
+    let b = w2.client.status(&broken).await.unwrap().unwrap();
+    assert_eq!(b.state, StackState::Failed);
+    assert!(b.error.unwrap().contains("interrupted"));
+    let rebuilt = w2.client.build(&broken, &req).await.unwrap();
+    assert_eq!(rebuilt.state, StackState::Built);
+    assert_eq!(w2.client.list().await.unwrap().len(), 2);
+    // No duplicate containers after adoption and a repeated start.
+    w2.client
+        .start(&running, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(cleanup.leftovers().0.len(), 1);
+    w2.client.delete(&running, false).await.unwrap();
+    w2.client.delete(&broken, false).await.unwrap();
+    drop(cleanup);
+    w2.stop().await;
+    drop(data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_thirty_five_stacks_leave_no_network() {
+    let w = worker("many", |_| {}).await;
+    let (repo, commit) = git_repo(&[("compose.yaml", TINY)]);
+    let req = build_request(repo.path(), &commit);
+    for n in 0..35 {
+        let sid = id(&format!("m{n}-{}", w.node));
+        w.client.build(&sid, &req).await.unwrap();
+        let st = w
+            .client
+            .start(&sid, &StartRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(st.state, StackState::Running, "stack {n}");
+        let del = w.client.delete(&sid, false).await.unwrap();
+        assert_eq!(del.removed_networks, 1, "stack {n}");
+    }
+    let (c, n, v, i) = w.cleanup.leftovers();
+    assert!(
+        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
+        "left: {c:?} {n:?} {v:?} {i:?}"
+    );
+    w.stop().await;
+}

@@ -1,0 +1,150 @@
+//! The fixture stack through the worker API against the real Docker engine: build, start, reach
+//! it over HTTP, `docker-compose ps`, stop, start again, delete, and nothing left behind.
+
+mod common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use berth_worker_api::{StackState, StartRequest};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_fixture_stack_lifecycle() {
+    let w = worker("fixture", |_| {}).await;
+    let (repo, commit) = git_repo(&fixture_files());
+    let sid = id(&format!("fx-{}", w.node));
+    let req = build_request(repo.path(), &commit);
+
+    let t = Instant::now();
+    let built = w.client.build(&sid, &req).await.unwrap();
+    eprintln!("build (cold cache for this stack): {:?}", t.elapsed());
+    assert_eq!(built.state, StackState::Built);
+    assert_eq!(built.commit.as_deref(), Some(commit.as_str()));
+    let t = Instant::now();
+    let again = w.client.build(&sid, &req).await.unwrap();
+    eprintln!("rebuild of the same commit (no-op): {:?}", t.elapsed());
+    assert_eq!(again.state, StackState::Built);
+
+    let t = Instant::now();
+    let started = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    eprintln!("start: {:?}", t.elapsed());
+    assert_eq!(started.state, StackState::Running);
+    assert_eq!(started.endpoints.len(), 1, "{started:?}");
+    let ep = &started.endpoints[0];
+    assert_eq!((ep.service.as_str(), ep.container_port), ("web", 8080));
+    let base = format!("http://{}", ep.address());
+    assert_eq!(
+        http_get(&format!("{base}/api.txt")).await.trim(),
+        "berth-fixture from api"
+    );
+    assert_eq!(
+        http_get(&format!("{base}/public.txt")).await.trim(),
+        ep.address()
+    );
+    assert_eq!(
+        http_get(&format!("{base}/starts.txt"))
+            .await
+            .lines()
+            .count(),
+        1
+    );
+    let health: Vec<_> = started
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s.state.as_str(), s.health.as_deref()))
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("api", "running", Some("healthy")),
+            ("web", "running", None)
+        ]
+    );
+
+    // Debian's docker-compose (v1) sees the stack through its labels.
+    let out = Command::new("docker-compose")
+        .args(["-p", &started.project_name, "ps"])
+        .current_dir(w.stack_src(sid.as_str()))
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for service in ["api", "web"] {
+        let name = format!("{}-{service}-1", started.project_name);
+        assert!(
+            ps.lines().any(|l| l.starts_with(&name) && l.contains("Up")),
+            "{name} missing from:\n{ps}"
+        );
+    }
+
+    // Starting a running stack answers the same endpoints.
+    let same = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(same.endpoints, started.endpoints);
+
+    let stopped = w.client.stop(&sid).await.unwrap();
+    assert_eq!(stopped.state, StackState::Stopped);
+    assert!(stopped.endpoints.is_empty());
+    assert!(
+        stopped.services.iter().all(|s| s.state == "exited"),
+        "{stopped:?}"
+    );
+
+    let t = Instant::now();
+    let restarted = w
+        .client
+        .start(
+            &sid,
+            &StartRequest {
+                commit: Some(commit.clone()),
+                timeout_secs: Some(60),
+            },
+        )
+        .await
+        .unwrap();
+    eprintln!("start after stop: {:?}", t.elapsed());
+    let base = format!("http://{}", restarted.endpoints[0].address());
+    assert_eq!(
+        http_get(&format!("{base}/starts.txt"))
+            .await
+            .lines()
+            .count(),
+        2,
+        "the named volume keeps its data across stop and start"
+    );
+
+    let logs = w.client.logs(&sid, false).await.unwrap();
+    let logs: Vec<u8> = futures::StreamExt::collect::<Vec<_>>(logs)
+        .await
+        .into_iter()
+        .flat_map(|c| c.unwrap().to_vec())
+        .collect();
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(logs.contains("building service api"), "{logs}");
+    assert!(logs.contains("stack ready"), "{logs}");
+
+    let deleted = w.client.delete(&sid, false).await.unwrap();
+    assert!(deleted.existed);
+    assert_eq!(deleted.removed_containers, 2);
+    assert_eq!(deleted.removed_volumes, 1);
+    assert_eq!(deleted.removed_images, 2);
+    assert!(deleted.removed_networks >= 1);
+    let (c, n, v, i) = w.cleanup.leftovers();
+    assert!(
+        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
+        "left: {c:?} {n:?} {v:?} {i:?}"
+    );
+    assert!(!w.data.path().join("stacks").join(sid.as_str()).exists());
+    let again = w.client.delete(&sid, false).await.unwrap();
+    assert!(!again.existed);
+    assert!(w.client.status(&sid).await.unwrap().is_none());
+    w.stop().await;
+}

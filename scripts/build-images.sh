@@ -35,8 +35,17 @@ if [ "$mode" = release ]; then
     -p berth-registry -p berth-master -p berth-worker --bins
   bindir=$target_dir/$musl/release
 else
-  cargo build --locked -p berth-registry -p berth-master -p berth-worker --bins
+  # The same build as scripts/test.sh's, so nothing is rebuilt when it ran first.
+  cargo build --workspace --locked --bins
   bindir=$target_dir/debug
+  # Skip the image builds when the binaries, the Dockerfile and nginx are what the images hold.
+  stamp_file=$target_dir/berth-images/debug.stamp
+  stamp=$(stat -c '%n %s %Y' "${bins[@]/#/$bindir/}" scripts/images/Dockerfile "${BERTH_NGINX_BIN:-/usr/sbin/nginx}" | sha256sum)
+  if [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] &&
+    docker image inspect "berth-registry:$tag" "berth-master:$tag" "berth-worker:$tag" "berth-nginx:$tag" >/dev/null 2>&1; then
+    echo "berth-*:$tag images are up to date"
+    exit 0
+  fi
 fi
 
 rm -rf "$ctx"
@@ -60,6 +69,8 @@ for bin in "${bins[@]}"; do
       exit 1
     fi
   else
+    # Debug info makes the images ten times larger and their builds slow.
+    strip --strip-debug "$ctx/bin/$bin"
     copy_libs "$ctx/bin/$bin" "$ctx/libs"
   fi
 done
@@ -83,7 +94,11 @@ printf 'root:x:0:\nnogroup:x:65534:\nnobody:x:65534:\n' >"$root/etc/group"
 
 scripts/base-image.sh
 for service in registry master worker nginx; do
-  docker build -q -f scripts/images/Dockerfile --build-arg "STAGE=$stage" \
-    --target "$service" -t "berth-$service:$tag" . >/dev/null
+  if ! out=$(docker build -q -f scripts/images/Dockerfile --build-arg "STAGE=$stage" \
+    --target "$service" -t "berth-$service:$tag" . 2>&1); then
+    echo "$out" >&2
+    exit 1
+  fi
   echo "built berth-$service:$tag"
 done
+[ "$mode" = release ] || echo "$stamp" >"$stamp_file"

@@ -250,6 +250,8 @@ async fn main() -> anyhow::Result<()> {
         Some(a) => a.clone(),
         None => authority(&cli.registry)?,
     };
+    // An empty value (compose's `${BERTH_APPS_DOMAIN:-}`) means no app routes.
+    let apps_domain = cli.apps_domain.clone().filter(|d| !d.is_empty());
     let frontdoor = Frontdoor {
         template,
         base: Model {
@@ -267,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .zip(cli.tls_key.clone())
                 .map(|(cert, key)| Tls { cert, key }),
-            apps_domain: cli.apps_domain.clone(),
+            apps_domain: apps_domain.clone(),
             apps: Vec::new(),
             client_max_body_size: cli.client_max_body_size.clone(),
             pid_file: cli.pid_file.clone(),
@@ -289,7 +291,7 @@ async fn main() -> anyhow::Result<()> {
         masters_tx,
         shutdown.clone(),
     ));
-    if cli.apps_domain.is_some() {
+    if apps_domain.is_some() {
         tasks.spawn(watch::run(
             registry,
             "/v1/kv/berth/instances/?recurse=1".to_owned(),
@@ -316,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
     if cli.mode == Mode::Once {
         let wait = async {
             let _ = masters_rx.wait_for(Option::is_some).await;
-            if cli.apps_domain.is_some() {
+            if apps_domain.is_some() {
                 let _ = apps_rx.wait_for(Option::is_some).await;
             }
         };

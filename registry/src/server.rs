@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::store::state::{Check, CheckStatus, Node, Service};
 use crate::store::{Registration, Store, StoreError};
+
+/// How long in-flight requests may take to finish after shutdown starts.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ACL master token (reserved for ACL support); never printed.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,9 +160,24 @@ pub async fn run(
     .await?;
     tracing::info!(addr = %local, node = %config.node_name, dev = config.dev, "registry listening");
     let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(cause = %err, "cannot set TCP_NODELAY");
+        }
+    });
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let drain_bound = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let served = tokio::select! {
+        served = serve => served,
+        () = drain_bound => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still open at shutdown; closing them");
+            Ok(())
+        }
+    };
     writer_stop.cancel();
     let _ = writer.await;
     served?;
@@ -238,4 +257,48 @@ async fn register_self(
     };
     store.catalog_register(registration).await?;
     Ok(node_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_file_and_validation() {
+        let defaults = Config::default();
+        assert_eq!(defaults.http_addr, "127.0.0.1:8500".parse().unwrap());
+        assert_eq!(defaults.datacenter, "dc1");
+        assert!(matches!(
+            defaults.validate(),
+            Err(ConfigError::MissingDataDir)
+        ));
+        assert!(Config::dev("n1").validate().is_ok());
+        let from_file: Config = serde_json::from_str(
+            r#"{"data_dir":"/tmp/x","node_name":"reg-1","acl_master_token":"s3cret"}"#,
+        )
+        .unwrap();
+        assert!(from_file.validate().is_ok());
+        assert_eq!(
+            from_file.acl_master_token.as_ref().map(AclToken::expose),
+            Some("s3cret")
+        );
+        assert!(!format!("{from_file:?}").contains("s3cret"));
+        assert!(serde_json::from_str::<Config>(r#"{"bogus":1}"#).is_err());
+        let bad_name = Config {
+            node_name: "a b".into(),
+            ..Config::dev("x")
+        };
+        assert!(matches!(
+            bad_name.validate(),
+            Err(ConfigError::InvalidNodeName(_))
+        ));
+        let bad_dc = Config {
+            datacenter: "DC 1".into(),
+            ..Config::dev("x")
+        };
+        assert!(matches!(
+            bad_dc.validate(),
+            Err(ConfigError::InvalidDatacenter(_))
+        ));
+    }
 }

@@ -97,7 +97,7 @@ impl Op {
             Op::Upload | Op::Build => {
                 &[State::Uploaded, State::Built, State::Stopped, State::Failed]
             }
-            Op::Start => &[State::Built, State::Stopped, State::Running],
+            Op::Start => &[State::Built, State::Stopped, State::Running, State::Failed],
             Op::Stop => &[State::Running, State::Stopped, State::Failed],
             Op::Delete => &[
                 State::Uploaded,
@@ -264,7 +264,7 @@ mod tests {
         }
         assert_eq!(
             Op::Start.explain(State::Uploaded),
-            "instance is uploaded; start is allowed in built, stopped, running"
+            "instance is uploaded; start is allowed in built, stopped, running, failed"
         );
     }
 }

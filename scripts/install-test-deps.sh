@@ -26,3 +26,6 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
 fi
 apt-get install -y -qq --no-install-recommends shellcheck musl-tools openssl >/dev/null
 rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+
+# worker: `docker-compose -p <project> ps` must list stacks the worker created (compatibility test)
+apt-get install -y -qq --no-install-recommends docker-compose >/dev/null

@@ -68,6 +68,9 @@ pub enum ApiError {
     NotFound(String),
     #[error(transparent)]
     Stack(#[from] StackError),
+    /// The task running an operation panicked or was cancelled.
+    #[error("operation task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl IntoResponse for ApiError {
@@ -81,6 +84,15 @@ impl IntoResponse for ApiError {
                 Vec::new(),
             ),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, Vec::new()),
+            e @ Self::Task(_) => {
+                tracing::error!(cause = %e, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error".to_owned(),
+                    Vec::new(),
+                )
+            }
             Self::Stack(e) => match e {
                 StackError::BadRequest(m) => {
                     (StatusCode::BAD_REQUEST, "bad_request", m, Vec::new())
@@ -179,9 +191,7 @@ async fn build(
     let id = parse_id(&id)?;
     // The operation runs to its end even if the caller goes away (no half-written state).
     let stacks = state.stacks.clone();
-    let result = tokio::spawn(async move { stacks.build(&id, &req).await })
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let result = tokio::spawn(async move { stacks.build(&id, &req).await }).await?;
     Ok(Json(result?))
 }
 
@@ -198,9 +208,7 @@ async fn start(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?
     };
     let stacks = state.stacks.clone();
-    let result = tokio::spawn(async move { stacks.start(&id, &req).await })
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let result = tokio::spawn(async move { stacks.start(&id, &req).await }).await?;
     Ok(Json(result?))
 }
 
@@ -210,9 +218,7 @@ async fn stop(
 ) -> Result<Json<StackStatus>, ApiError> {
     let id = parse_id(&id)?;
     let stacks = state.stacks.clone();
-    let result = tokio::spawn(async move { stacks.stop(&id).await })
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let result = tokio::spawn(async move { stacks.stop(&id).await }).await?;
     Ok(Json(result?))
 }
 
@@ -229,9 +235,7 @@ async fn delete(
 ) -> Result<Json<DeleteResponse>, ApiError> {
     let id = parse_id(&id)?;
     let stacks = state.stacks.clone();
-    let result = tokio::spawn(async move { stacks.delete(&id, q.keep_volumes).await })
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let result = tokio::spawn(async move { stacks.delete(&id, q.keep_volumes).await }).await?;
     Ok(Json(result?))
 }
 

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod source;
 pub mod stacks;
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +161,9 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
 }
 
+/// How long running operations may continue after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Runs the worker on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -177,10 +181,15 @@ pub async fn run(
     });
     let node = config.node();
     let docker = docker::connect().await?;
-    let agent = config
-        .registry
-        .as_ref()
-        .map(|url| Agent::new(url.clone(), config.registry_token.clone()));
+    let agent = match &config.registry {
+        Some(url) => Some(Agent::new(url, config.registry_token.clone()).map_err(|e| {
+            ConfigError::Invalid {
+                field: "registry",
+                reason: e.to_string(),
+            }
+        })?),
+        None => None,
+    };
     let settings = Settings {
         data_dir: config.data_dir.clone(),
         node: node.clone(),
@@ -218,12 +227,59 @@ pub async fn run(
         capacity: config.capacity,
     });
     let stop = shutdown.clone();
-    axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+        .into_future();
+    // Graceful, with a bound: running operations get this long to finish after a signal.
+    tokio::select! {
+        served = server => served?,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("operations still running after the shutdown grace period; leaving"),
+    }
     shutdown.cancel();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_and_validation() {
+        let c: Config = serde_json::from_str(
+            r#"{"listen":"0.0.0.0:9000","cluster_token":"t","memory":"512m","cpus":"0.5",
+                "build_timeout":"2m","allowed_caps":["NET_ADMIN"],"node_name":"w1"}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.build_timeout, Duration::from_secs(120));
+        assert_eq!(c.start_timeout, Config::default().start_timeout);
+        let p = c.policy().unwrap();
+        assert_eq!(p.memory_bytes, 512 << 20);
+        assert_eq!(p.nano_cpus, 500_000_000);
+        assert_eq!(c.node(), "w1");
+        assert!(serde_json::from_str::<Config>(r#"{"bogus":1}"#).is_err());
+
+        let cases: &[(&str, &str)] = &[
+            (r#"{}"#, "a cluster token is required"),
+            (r#"{"cluster_token":"t","memory":"lots"}"#, "invalid memory"),
+            (r#"{"cluster_token":"t","cpus":"-2"}"#, "invalid cpus"),
+            (
+                r#"{"cluster_token":"t","node_name":"Bad Name"}"#,
+                "invalid node-name",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = serde_json::from_str::<Config>(json)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().starts_with(want), "{json}: {err}");
+        }
+    }
 }

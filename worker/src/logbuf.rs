@@ -16,6 +16,8 @@ struct Inner {
     /// Absolute offset of `data[0]` in everything ever written.
     start: u64,
     active: bool,
+    /// When the current operation began; lines carry the time since.
+    since: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +34,10 @@ impl LogBuf {
     /// Appends one line (a newline is added when missing).
     pub fn line(&self, text: &str) {
         let mut inner = self.inner.lock().expect("log lock");
+        if let Some(since) = inner.since {
+            let stamp = format!("[{:7.2}s] ", since.elapsed().as_secs_f64());
+            inner.data.extend_from_slice(stamp.as_bytes());
+        }
         inner.data.extend_from_slice(text.as_bytes());
         if !text.ends_with('\n') {
             inner.data.push(b'\n');
@@ -47,7 +53,10 @@ impl LogBuf {
 
     /// Marks an operation as running (followers wait) or ended (followers finish).
     pub fn set_active(&self, active: bool) {
-        self.inner.lock().expect("log lock").active = active;
+        let mut inner = self.inner.lock().expect("log lock");
+        inner.active = active;
+        inner.since = active.then(std::time::Instant::now);
+        drop(inner);
         self.notify.notify_waiters();
     }
 
@@ -104,6 +113,7 @@ mod tests {
     #[tokio::test]
     async fn follow_ends_when_operation_ends() {
         let log = LogBuf::new();
+        log.line("zero");
         log.set_active(true);
         log.line("one");
         let follower = tokio::spawn(
@@ -116,14 +126,16 @@ mod tests {
         log.line("two");
         log.set_active(false);
         let all = follower.await.unwrap();
-        assert_eq!(&all[..], b"one\ntwo\n");
+        let all = String::from_utf8(all).unwrap();
+        assert!(all.starts_with("zero\n["), "{all}");
+        assert!(all.ends_with("s] two\n"), "{all}");
         let snapshot: Vec<Bytes> = log
             .clone()
             .stream(false)
             .map(|c| c.unwrap())
             .collect()
             .await;
-        assert_eq!(snapshot.concat(), b"one\ntwo\n");
-        assert_eq!(log.tail(1), "two");
+        assert_eq!(snapshot.concat(), all.as_bytes());
+        assert!(log.tail(1).ends_with("s] two"));
     }
 }

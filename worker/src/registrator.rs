@@ -189,15 +189,7 @@ pub fn diff<'a>(
         .iter()
         .filter(|d| match existing.get(&d.id) {
             None => true,
-            Some(e) => {
-                e.service != d.name
-                    || e.port != d.port
-                    || e.meta.as_ref().map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect::<BTreeMap<_, _>>()
-                    }) != Some(d.meta.clone())
-            }
+            Some(e) => e.service != d.name || e.port != d.port || e.meta != d.meta,
         })
         .collect();
     let mut deregister: Vec<String> = existing
@@ -606,7 +598,7 @@ mod tests {
                     id: id.to_owned(),
                     service: name.to_owned(),
                     port,
-                    meta: Some(meta.clone().into_iter().collect()),
+                    meta: meta.clone(),
                 },
             )
         };
@@ -652,13 +644,10 @@ mod tests {
             r.check.unwrap().http.as_deref(),
             Some("http://127.0.0.1:8833/healthz")
         );
-        let json = serde_json::to_value(registrations(
-            &view(&[], &[(80, "tcp", 1)], false),
-            "n",
-            "h",
-        ))
-        .unwrap();
-        assert_eq!(json[0]["ID"], "n:shop-web-1:80");
-        assert_eq!(json[0]["Check"]["TCP"], "h:1");
+        let reg = &registrations(&view(&[], &[(80, "tcp", 1)], false), "n", "h")[0];
+        let json =
+            serde_json::to_value(berth_registry::dto::AgentServiceRegistration::from(reg)).unwrap();
+        assert_eq!(json["ID"], "n:shop-web-1:80");
+        assert_eq!(json["Check"]["TCP"], "h:1");
     }
 }

@@ -22,8 +22,9 @@ use bollard::models::{
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
     ListImagesOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
-    RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptions,
+    RemoveImageOptionsBuilder, RemoveVolumeOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -445,6 +446,7 @@ impl Stacks {
 
     // ---- build -----------------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn build(
         &self,
         id: &ValidName,
@@ -549,6 +551,7 @@ impl Stacks {
             &self.docker,
             self.settings.build_timeout + Duration::from_secs(30),
         );
+        let mut built_tags = Vec::new();
         for s in &project.services {
             let Some(build) = &s.build else {
                 let image = s.image.clone().unwrap_or_default();
@@ -572,7 +575,7 @@ impl Stacks {
             .await
             .map_err(|e| failed("build context", e.to_string()))?
             .map_err(|e| failed("build context", e.to_string()))?;
-            let labels = plan::image_labels(&project.name, &s.name, &owner, &req.commit);
+            let labels = plan::image_labels(&owner);
             let args: HashMap<String, String> = build.args.clone().into_iter().collect();
             let mut opts = BuildImageOptionsBuilder::default()
                 .dockerfile(&build.dockerfile)
@@ -633,6 +636,8 @@ impl Stacks {
                 ));
             }
             let latest = plan::image_name(&project.name, &s.name);
+            built_tags.push(tag.clone());
+            built_tags.push(format!("{latest}:latest"));
             self.docker
                 .tag_image(
                     &tag,
@@ -645,11 +650,44 @@ impl Stacks {
                 )
                 .await?;
         }
+        self.remove_stale_images(id, &built_tags).await;
         Ok(())
+    }
+
+    /// Removes this instance's images of earlier commits. Images still used by a container stay
+    /// (Docker refuses) and go with the stack's delete, which finds them by label.
+    async fn remove_stale_images(&self, id: &ValidName, keep: &[String]) {
+        let filters = label_filter(&[
+            (plan::LABEL_BERTH_INSTANCE, id.as_str()),
+            (plan::LABEL_BERTH_NODE, &self.settings.node),
+        ]);
+        let Ok(images) = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        else {
+            return;
+        };
+        for image in images {
+            if image.repo_tags.iter().any(|t| keep.contains(t)) {
+                continue;
+            }
+            for tag in image.repo_tags.iter().filter(|t| !t.ends_with(":<none>")) {
+                let _ = self
+                    .docker
+                    .remove_image(tag, None::<RemoveImageOptions>, None)
+                    .await;
+            }
+        }
     }
 
     // ---- start -----------------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn start(
         &self,
         id: &ValidName,
@@ -771,6 +809,27 @@ impl Stacks {
                     })
                     .await?;
                 log.line(&format!("created volume {name}"));
+            }
+        }
+        // Orphans: containers of services no longer in the file.
+        for c in self.containers_of(id).await? {
+            let service = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(plan::LABEL_SERVICE))
+                .cloned();
+            if service.is_none_or(|s| project.service(&s).is_none())
+                && let Some(cid) = c.id
+            {
+                log.line(&format!("removing orphan container {cid}"));
+                idempotent(
+                    self.docker
+                        .remove_container(
+                            &cid,
+                            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                        )
+                        .await,
+                )?;
             }
         }
         // Host ports first, so every container knows every public address before it starts.
@@ -1272,6 +1331,7 @@ impl Stacks {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn stop(&self, id: &ValidName) -> Result<StackStatus, StackError> {
         let lock = self.lock(id);
         let _guard = lock.lock().await;
@@ -1299,6 +1359,7 @@ impl Stacks {
 
     // ---- delete ----------------------------------------------------------------------------
 
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn delete(
         &self,
         id: &ValidName,

@@ -389,3 +389,134 @@ async fn docker_thirty_five_stacks_leave_no_network() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_concurrent_calls_are_serialised_and_orphans_removed() {
+    let w = worker("concurrent", |_| {}).await;
+    let two =
+        format!("{TINY}  extra:\n    image: berth-base:latest\n    command: [sleep, \"3600\"]\n");
+    let (repo, commit) = git_repo(&[("compose.yaml", &two)]);
+    let sid = id(&format!("cc-{}", w.node));
+    let req = build_request(repo.path(), &commit);
+    let (a, b) = tokio::join!(w.client.build(&sid, &req), w.client.build(&sid, &req));
+    assert_eq!(a.unwrap().state, StackState::Built);
+    assert_eq!(b.unwrap().state, StackState::Built);
+    let start = StartRequest::default();
+    let (a, b) = tokio::join!(w.client.start(&sid, &start), w.client.start(&sid, &start));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.endpoints, b.endpoints);
+    assert_eq!(
+        w.cleanup.leftovers().0.len(),
+        2,
+        "one container per service"
+    );
+
+    // A new commit without `extra`: its container is an orphan and goes on start.
+    let (repo2, commit2) = git_repo(&[("compose.yaml", TINY)]);
+    w.client
+        .build(&sid, &build_request(repo2.path(), &commit2))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(st.services.len(), 1, "{st:?}");
+    assert_eq!(st.commit.as_deref(), Some(commit2.as_str()));
+    assert_eq!(w.cleanup.leftovers().0.len(), 1);
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_build_timeout_fails_the_stack() {
+    let w = worker("timeout", |c| {
+        c.build_timeout = std::time::Duration::from_secs(2)
+    })
+    .await;
+    let (repo, commit) = git_repo(&[
+        ("compose.yaml", "services:\n  slow:\n    build: .\n"),
+        (
+            "Dockerfile",
+            "FROM berth-base:latest\nARG WAIT=30\nRUN sleep $WAIT\n",
+        ),
+    ]);
+    let sid = id(&format!("to-{}", w.node));
+    let req = build_request(repo.path(), &commit);
+    let client = w.client.clone();
+    let (sid2, req2) = (sid.clone(), req.clone());
+    let build = tokio::spawn(async move { client.build(&sid2, &req2).await });
+    // Follow the log while the build runs: the stream ends when the build does.
+    let follow = loop {
+        match w.client.logs(&sid, true).await {
+            Ok(stream) => break stream,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let followed: Vec<u8> = futures::StreamExt::collect::<Vec<_>>(follow)
+        .await
+        .into_iter()
+        .flat_map(|c| c.unwrap().to_vec())
+        .collect();
+    let followed = String::from_utf8_lossy(&followed);
+    assert!(
+        followed.contains("build failed: build of service slow timed out"),
+        "{followed}"
+    );
+    let (status, body) = api_error(build.await.unwrap().unwrap_err());
+    assert_eq!(status, 504, "{body:?}");
+    assert!(
+        body.error.message.contains("timed out"),
+        "{}",
+        body.error.message
+    );
+    assert_eq!(
+        w.client.status(&sid).await.unwrap().unwrap().state,
+        StackState::Failed
+    );
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_rebuild_with_new_commit_drops_old_images() {
+    let w = worker("images", |_| {}).await;
+    let sid = id(&format!("img-{}", w.node));
+    let tags = || {
+        let out = std::process::Command::new("docker")
+            .args([
+                "images",
+                "--filter",
+                &format!("label=org.berth.instance={sid}"),
+                "--format",
+                "{{.Tag}}",
+            ])
+            .output()
+            .unwrap();
+        let mut t: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        t.sort();
+        t
+    };
+    for (n, env) in ["one", "two"].iter().enumerate() {
+        let dockerfile = format!("FROM berth-base:latest\nENV VERSION={env}\n");
+        let (repo, commit) = git_repo(&[
+            ("compose.yaml", "services:\n  app:\n    build: .\n"),
+            ("Dockerfile", &dockerfile),
+        ]);
+        w.client
+            .build(&sid, &build_request(repo.path(), &commit))
+            .await
+            .unwrap();
+        let mut want = vec![commit[..12].to_owned(), "latest".to_owned()];
+        want.sort();
+        assert_eq!(tags(), want, "after build {n}");
+    }
+    let del = w.client.delete(&sid, false).await.unwrap();
+    assert_eq!(del.removed_images, 1);
+    assert!(tags().is_empty());
+    w.stop().await;
+}

@@ -128,6 +128,7 @@ async fn docker_fixture_stack_lifecycle() {
         .flat_map(|c| c.unwrap().to_vec())
         .collect();
     let logs = String::from_utf8_lossy(&logs);
+    eprintln!("{logs}");
     assert!(logs.contains("building service api"), "{logs}");
     assert!(logs.contains("stack ready"), "{logs}");
 
@@ -147,4 +148,65 @@ async fn docker_fixture_stack_lifecycle() {
     assert!(!again.existed);
     assert!(w.client.status(&sid).await.unwrap().is_none());
     w.stop().await;
+}
+
+/// Build and start times of the fixture, cold and warm. Not part of the normal run:
+/// `cargo test -p berth-worker --test docker_stack -- --ignored --nocapture docker_measure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, run by hand"]
+async fn docker_measure_fixture_times() {
+    let w = worker("measure", |_| {}).await;
+    // A greeting nobody built before makes the RUN layer miss the build cache: a cold build.
+    let nonce = format!(
+        "GREETING=measure-{}-{}\n",
+        std::process::id(),
+        rand_suffix()
+    );
+    let mut files = fixture_files();
+    files.retain(|(n, _)| *n != ".env");
+    files.push((".env", Box::leak(nonce.into_boxed_str())));
+    let (repo, commit) = git_repo(&files);
+    let req = build_request(repo.path(), &commit);
+    let a = id(&format!("ma-{}", w.node));
+    let b = id(&format!("mb-{}", w.node));
+    let timed = |t: Instant| t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    w.client.build(&a, &req).await.unwrap();
+    let build_cold = timed(t);
+    let t = Instant::now();
+    w.client.build(&b, &req).await.unwrap();
+    let build_warm = timed(t);
+    let t = Instant::now();
+    w.client.build(&a, &req).await.unwrap();
+    let build_noop = timed(t);
+    let t = Instant::now();
+    w.client.start(&a, &StartRequest::default()).await.unwrap();
+    let start_cold = timed(t);
+    w.client.stop(&a).await.unwrap();
+    let t = Instant::now();
+    w.client.start(&a, &StartRequest::default()).await.unwrap();
+    let start_warm = timed(t);
+    let t = Instant::now();
+    w.client.start(&a, &StartRequest::default()).await.unwrap();
+    let start_running = timed(t);
+    let t = Instant::now();
+    w.client.delete(&a, false).await.unwrap();
+    let delete = timed(t);
+    w.client.delete(&b, false).await.unwrap();
+    println!("fixture build cold (no cached layers):   {build_cold:6.2} s");
+    println!("fixture build warm (cached layers):      {build_warm:6.2} s");
+    println!("fixture rebuild of a built commit:       {build_noop:6.2} s");
+    println!("fixture start cold (new containers):     {start_cold:6.2} s");
+    println!("fixture start warm (after stop):         {start_warm:6.2} s");
+    println!("fixture start of a running stack:        {start_running:6.2} s");
+    println!("fixture delete:                          {delete:6.2} s");
+    w.stop().await;
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }

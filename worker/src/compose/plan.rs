@@ -114,17 +114,14 @@ pub fn volume_labels(project: &str, key: &str, owner: &Owner) -> HashMap<String,
     l
 }
 
-pub fn image_labels(
-    project: &str,
-    service: &str,
-    owner: &Owner,
-    commit: &str,
-) -> HashMap<String, String> {
-    let mut l = owner.labels();
-    l.insert(LABEL_PROJECT.to_owned(), project.to_owned());
-    l.insert(LABEL_SERVICE.to_owned(), service.to_owned());
-    l.insert(LABEL_BERTH_COMMIT.to_owned(), commit.to_owned());
-    l
+/// Labels of a built image: only what delete finds it by. The classic builder turns every
+/// build label into its own LABEL step (about a second each on a busy engine), so project,
+/// service and commit travel in the tag (`<project>-<service>:<commit12>`) instead.
+pub fn image_labels(owner: &Owner) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_BERTH_INSTANCE.to_owned(), owner.instance.clone()),
+        (LABEL_BERTH_NODE.to_owned(), owner.node.clone()),
+    ])
 }
 
 /// Labels of a service's container: the file's labels, Compose's, then berth's (which win).

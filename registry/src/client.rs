@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 
 use crate::dto::{
     self, AgentSelf, AgentService, AgentServiceRegistration, CatalogDeregistration, CatalogNode,
-    CatalogRegistration, CatalogService, IdResponse, KvEntry, ServiceCheckRef, ServiceEntry,
-    SessionCreateRequest, SessionEntry, TxnErrorEntry, TxnKvOp, TxnResponse,
+    CatalogNodeServices, CatalogRegistration, CatalogService, HealthCheck, IdResponse, KvEntry,
+    ServiceCheckRef, ServiceEntry, SessionCreateRequest, SessionEntry, TxnErrorEntry, TxnKvOp,
+    TxnResponse,
 };
 
 /// Time allowed for a non-blocking request.
@@ -669,6 +670,19 @@ impl Client {
     /// Every node.
     pub async fn catalog_nodes(&self) -> Result<Vec<CatalogNode>, ClientError> {
         Self::json(self.request(Method::GET, "/v1/catalog/nodes")).await
+    }
+
+    /// A node and its services; `None` for an unknown node.
+    pub async fn catalog_node(
+        &self,
+        node: &str,
+    ) -> Result<Option<CatalogNodeServices>, ClientError> {
+        Self::json(self.request(Method::GET, &format!("/v1/catalog/node/{}", segment(node)))).await
+    }
+
+    /// Every check of a node.
+    pub async fn health_node(&self, node: &str) -> Result<Vec<HealthCheck>, ClientError> {
+        Self::json(self.request(Method::GET, &format!("/v1/health/node/{}", segment(node)))).await
     }
 
     /// Instances of a service with their node and checks; `passing_only` drops unhealthy ones.

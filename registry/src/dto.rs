@@ -262,8 +262,20 @@ pub struct CatalogCheckRegistration {
     pub output: String,
     #[serde(default, rename = "ServiceID")]
     pub service_id: String,
+    /// `ttl`, `http`, `tcp`, `script`, ...; empty for plain catalog checks.
+    #[serde(default, rename = "Type", skip_serializing_if = "String::is_empty")]
+    pub check_type: String,
     #[serde(default)]
     pub definition: Option<serde_json::Value>,
+}
+
+/// Answer of `GET /v1/catalog/node/<node>` (`null` for an unknown node).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CatalogNodeServices {
+    pub node: CatalogNode,
+    #[serde(default, deserialize_with = "null_default")]
+    pub services: BTreeMap<String, AgentService>,
 }
 
 /// Body of `PUT /v1/catalog/register`.
@@ -656,6 +668,7 @@ const CANONICAL_FIELDS: &[&str] = &[
     "TLSSkipVerify",
     "TTL",
     "Tags",
+    "Type",
     "TaggedAddresses",
     "Timeout",
     "Value",

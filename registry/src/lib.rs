@@ -1,10 +1,15 @@
 //! berth-registry: Consul-compatible registry: KV, sessions, catalog, health, agent, ACL and web UI.
 //!
 //! `server` runs the HTTP API over the durable `store`; `client` is the typed client the master
-//! and the worker use; `dto` holds the Consul-shaped wire types both share.
+//! and the worker use; `dto` holds the Consul-shaped wire types both share. `acl` and `checks`
+//! are the domain halves of ACL enforcement and the agent's check runner.
 
+pub mod acl;
+pub mod agent;
 mod api;
+pub mod checks;
 pub mod client;
 pub mod dto;
+mod members;
 pub mod server;
 mod store;

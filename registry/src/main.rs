@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use berth_registry::agent::{AgentConfig, run_agent};
 use berth_registry::server::{self, AclToken, Config};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,69 @@ struct Cli {
 enum Command {
     /// Run a registry server (holds the state, serves Consul's HTTP API).
     Server(ServerArgs),
+    /// Run an agent on this host, joined to a server: local services and checks, the rest
+    /// forwarded.
+    Agent(AgentArgs),
+}
+
+/// Agent flags; each also reads a `BERTH_AGENT_*` environment variable.
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// Server to join (`host:port` or `http://host:port`).
+    #[arg(long, env = "BERTH_AGENT_JOIN")]
+    join: String,
+    /// Keep retrying until the server answers instead of exiting.
+    #[arg(long, env = "BERTH_AGENT_RETRY_JOIN")]
+    retry_join: bool,
+    /// HTTP listen address of the local API.
+    #[arg(long, env = "BERTH_AGENT_HTTP_ADDR", default_value = "127.0.0.1:8500")]
+    http_addr: SocketAddr,
+    /// Node name of this host [default: the host name].
+    #[arg(long, env = "BERTH_AGENT_NODE_NAME")]
+    node_name: Option<String>,
+    /// Address registered for this node [default: the listen address, or 127.0.0.1].
+    #[arg(long, env = "BERTH_AGENT_ADVERTISE")]
+    advertise: Option<std::net::IpAddr>,
+    /// ACL token used towards the server.
+    #[arg(long, env = "BERTH_AGENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the ACL token.
+    #[arg(long, env = "BERTH_AGENT_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Allow script checks (`Args`).
+    #[arg(long, env = "BERTH_AGENT_ENABLE_SCRIPT_CHECKS")]
+    enable_script_checks: bool,
+    /// Period of the full anti-entropy sync (it also runs after every change).
+    #[arg(long, env = "BERTH_AGENT_SYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    sync_interval: std::time::Duration,
+    /// Period of heartbeats to the server.
+    #[arg(long, env = "BERTH_AGENT_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: std::time::Duration,
+}
+
+impl AgentArgs {
+    fn into_config(self) -> anyhow::Result<AgentConfig> {
+        let mut config = AgentConfig::new(
+            &self.join,
+            &self.node_name.unwrap_or_else(server::default_node_name),
+        );
+        config.retry_join = self.retry_join;
+        config.advertise = self.advertise;
+        config.enable_script_checks = self.enable_script_checks;
+        config.sync_interval = self.sync_interval;
+        config.heartbeat_interval = self.heartbeat_interval;
+        config.token = match (self.token, self.token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .trim_end_matches('\n')
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        Ok(config)
+    }
 }
 
 /// Precedence: flags, then `BERTH_REGISTRY_*` environment variables, then the `--config` file,
@@ -57,6 +121,12 @@ struct ServerArgs {
         conflicts_with = "acl_master_token"
     )]
     acl_master_token_file: Option<PathBuf>,
+    /// Time without heartbeats before an agent's node turns critical [default: 10s].
+    #[arg(long, env = "BERTH_REGISTRY_FAILURE_TIMEOUT", value_parser = humantime::parse_duration)]
+    failure_timeout: Option<std::time::Duration>,
+    /// Allow script checks (`Args`) on the server's own agent.
+    #[arg(long, env = "BERTH_REGISTRY_ENABLE_SCRIPT_CHECKS")]
+    enable_script_checks: bool,
 }
 
 impl ServerArgs {
@@ -83,6 +153,10 @@ impl ServerArgs {
             config.datacenter = dc;
         }
         config.dev |= self.dev;
+        config.enable_script_checks |= self.enable_script_checks;
+        if let Some(timeout) = self.failure_timeout {
+            config.failure_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        }
         if let Some(token) = self.acl_master_token {
             config.acl_master_token = Some(AclToken::new(token));
         }
@@ -147,6 +221,21 @@ async fn main() -> anyhow::Result<()> {
                 trigger.cancel();
             });
             server::run(config, listener, shutdown).await?;
+        }
+        Command::Agent(args) => {
+            let addr = args.http_addr;
+            let config = args.into_config()?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown signal received");
+                trigger.cancel();
+            });
+            run_agent(config, listener, shutdown).await?;
         }
     }
     Ok(())

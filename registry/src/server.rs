@@ -10,7 +10,14 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::time::Duration;
+
+use crate::acl::SecretId;
+use crate::agent::LocalAgent;
+use crate::agent::sync;
+use crate::api::acl::AclStore;
 use crate::api::{self, AppState};
+use crate::members::Members;
 use crate::store::state::{Check, CheckStatus, Node, Service};
 use crate::store::{Registration, Store, StoreError};
 
@@ -53,6 +60,10 @@ pub struct Config {
     /// Keep everything in memory (for tests and trials).
     pub dev: bool,
     pub acl_master_token: Option<AclToken>,
+    /// Milliseconds without a heartbeat before an agent's node turns critical (default 10 s).
+    pub failure_timeout_ms: u64,
+    /// Run script checks (`Args`) registered with this server's own agent.
+    pub enable_script_checks: bool,
 }
 
 impl Default for Config {
@@ -64,6 +75,8 @@ impl Default for Config {
             datacenter: "dc1".to_owned(),
             dev: false,
             acl_master_token: None,
+            failure_timeout_ms: 10_000,
+            enable_script_checks: false,
         }
     }
 }
@@ -199,16 +212,52 @@ pub(crate) async fn build(
     } else {
         config.data_dir.clone()
     };
-    let (store, writer) = Store::open(data_dir, writer_stop)?;
+    let (store, writer) = Store::open(data_dir.clone(), writer_stop)?;
     let node_id = register_self(&store, config, &advertise.to_string(), port).await?;
+    let acl = match &config.acl_master_token {
+        Some(token) => AclStore::enabled(SecretId::new(token.expose()), data_dir.clone())?,
+        None => AclStore::disabled(),
+    };
+    let members = Members::new(Duration::from_millis(config.failure_timeout_ms));
+    let now = tokio::time::Instant::now();
+    store.read(|s| {
+        for n in s.nodes.values().filter(|n| n.name != config.node_name) {
+            members.seed(&n.name, &n.id, &n.address, now);
+        }
+    });
+    let agent = LocalAgent::new(
+        &config.node_name,
+        config.enable_script_checks,
+        shutdown.clone(),
+    );
     let state = Arc::new(AppState {
-        store,
+        store: store.clone(),
         node_name: config.node_name.clone(),
         node_id,
         datacenter: config.datacenter.clone(),
         leader_addr: SocketAddr::new(advertise, port).to_string(),
-        shutdown,
+        shutdown: shutdown.clone(),
+        agent: agent.clone(),
+        members: Arc::new(members),
+        acl: Arc::new(acl),
     });
+    let own_node = store
+        .read(|s| s.nodes.get(&config.node_name).cloned())
+        .unwrap_or_default();
+    let spec = sync::NodeSpec {
+        node: own_node,
+        protected_services: vec!["consul".to_owned()],
+        skip_node_update: true,
+    };
+    tokio::spawn(sync::run(
+        agent.clone(),
+        sync::Target::Store(store),
+        spec,
+        Duration::from_secs(60),
+        shutdown.clone(),
+    ));
+    tokio::spawn(sync::run_reaper(agent, shutdown.clone()));
+    tokio::spawn(crate::api::internal::run_liveness(state.clone(), shutdown));
     Ok((api::router(state), writer))
 }
 

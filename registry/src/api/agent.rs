@@ -3,10 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 
-use super::{AppState, json};
+use super::acl::Authz;
+use super::{ApiError, AppState, json};
+use crate::acl::{Need, Resource};
 use crate::dto::{AgentConfig, AgentMember, AgentSelf};
 
 /// The Consul API level berth implements, reported as `Config.Version`.
@@ -79,6 +82,45 @@ pub(crate) async fn self_info(State(app): State<Arc<AppState>>) -> Response {
     json(&answer)
 }
 
+/// The server, then every agent that ever heartbeated (alive, failed or left).
 pub(crate) async fn members(State(app): State<Arc<AppState>>) -> Response {
-    json(&[member(&app)])
+    let mut list = vec![member(&app)];
+    for m in app.members.list() {
+        let mut entry = member(&app);
+        entry.name = m.name;
+        entry.addr = m.addr;
+        entry.port = m.port;
+        entry.status = m.status as u8;
+        entry.tags.insert("role".to_owned(), "node".to_owned());
+        entry.tags.insert("id".to_owned(), m.id);
+        entry.tags.remove("bootstrap");
+        entry.tags.insert("port".to_owned(), m.port.to_string());
+        list.push(entry);
+    }
+    json(&list)
+}
+
+/// `PUT /v1/agent/join/<addr>`: a single server has no peers to join; joining itself succeeds.
+pub(crate) async fn join(
+    State(app): State<Arc<AppState>>,
+    Path(addr): Path<String>,
+) -> Result<Response, ApiError> {
+    let own_host = app.leader_addr.rsplit_once(':').map_or("", |(h, _)| h);
+    if addr == app.leader_addr || addr == own_host {
+        return Ok(StatusCode::OK.into_response());
+    }
+    Err(ApiError::Internal(format!(
+        "berth servers do not join other servers (asked to join {addr}); run `berth-registry agent --join` on other hosts"
+    )))
+}
+
+/// `PUT /v1/agent/leave`: the server leaves by shutting down gracefully, as Consul's does.
+pub(crate) async fn leave(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &app.node_name, Need::Write)?;
+    tracing::info!("leave requested: shutting down");
+    app.shutdown.cancel();
+    Ok(StatusCode::OK.into_response())
 }

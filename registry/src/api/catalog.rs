@@ -8,10 +8,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
+use super::acl::{Authz, filtered};
 use super::blocking::{QueryOptions, block, with_meta};
+use super::health::service_dto;
 use super::{ApiError, AppState, Params, json, read_json};
+use crate::acl::{Need, Resource};
 use crate::dto::{
-    self, CatalogDeregistration, CatalogNode, CatalogRegistration, CatalogService, Weights,
+    self, CatalogDeregistration, CatalogNode, CatalogNodeServices, CatalogRegistration,
+    CatalogService, Weights,
 };
 use crate::store::Registration;
 use crate::store::state::{Check, CheckStatus, Node, Service, Topic};
@@ -94,6 +98,7 @@ fn registration(app: &AppState, body: CatalogRegistration) -> Result<Registratio
             notes: c.notes,
             output: c.output,
             service_id: c.service_id,
+            check_type: c.check_type,
             definition: c
                 .definition
                 .unwrap_or(serde_json::Value::Object(Default::default())),
@@ -110,6 +115,7 @@ fn registration(app: &AppState, body: CatalogRegistration) -> Result<Registratio
 
 pub(crate) async fn register(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -117,12 +123,17 @@ pub(crate) async fn register(
         .await?
         .ok_or_else(|| bad("Must provide node"))?;
     let registration = registration(&app, body)?;
+    authz.require(Resource::Node, &registration.node.name, Need::Write)?;
+    if let Some(s) = &registration.service {
+        authz.require(Resource::Service, &s.name, Need::Write)?;
+    }
     app.store.catalog_register(registration).await?;
     Ok(json(&true))
 }
 
 pub(crate) async fn deregister(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -132,6 +143,7 @@ pub(crate) async fn deregister(
     if body.node.is_empty() {
         return Err(bad("Must provide node"));
     }
+    authz.require(Resource::Node, &body.node, Need::Write)?;
     app.store
         .catalog_deregister(body.node, body.service_id, body.check_id)
         .await?;
@@ -151,53 +163,138 @@ pub(crate) fn node_dto(n: &Node) -> CatalogNode {
     }
 }
 
+/// `node-meta=key:value` filters (all must match).
+pub(crate) fn node_meta_filter(params: &Params) -> Vec<(String, String)> {
+    params
+        .all("node-meta")
+        .map(|kv| match kv.split_once(':') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (kv.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+pub(crate) fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
+    filter
+        .iter()
+        .all(|(k, v)| node.meta.get(k).is_some_and(|m| m == v))
+}
+
+/// Consul's `filter` expressions are not implemented: refuse them rather than ignore them.
+pub(crate) fn reject_filter(params: &Params) -> Result<(), ApiError> {
+    if params.has("filter") {
+        return Err(bad(
+            "filter expressions are not supported by berth; use tag and node-meta",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn nodes(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let opts = QueryOptions::parse(&Params::parse(&uri))?;
-    let (list, index) = block(&app, Topic::Catalog, opts, |state| {
-        (
-            state.nodes.values().map(node_dto).collect::<Vec<_>>(),
-            state.tables.nodes,
-        )
+    let params = Params::parse(&uri);
+    reject_filter(&params)?;
+    let opts = QueryOptions::parse(&params)?;
+    let meta = node_meta_filter(&params);
+    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        let matching: Vec<&Node> = state
+            .nodes
+            .values()
+            .filter(|n| meta_matches(n, &meta))
+            .collect();
+        let list: Vec<CatalogNode> = matching
+            .iter()
+            .filter(|n| authz.allows(Resource::Node, &n.name, Need::Read))
+            .map(|n| node_dto(n))
+            .collect();
+        let dropped = list.len() != matching.len();
+        ((list, dropped), state.tables.nodes)
     })
     .await;
-    Ok(with_meta(json(&list), index))
+    Ok(filtered(with_meta(json(&list), index), dropped))
 }
 
-pub(crate) async fn services(
+pub(crate) async fn node(
     State(app): State<Arc<AppState>>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let opts = QueryOptions::parse(&Params::parse(&uri))?;
-    let (map, index) = block(&app, Topic::Catalog, opts, |state| {
-        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for service in state.services.values() {
-            map.entry(service.name.clone())
-                .or_default()
-                .extend(service.tags.iter().cloned());
-        }
-        (map, state.tables.services)
-    })
-    .await;
-    Ok(with_meta(json(&map), index))
-}
-
-pub(crate) async fn service(
-    State(app): State<Arc<AppState>>,
+    authz: Authz,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(&uri);
     let opts = QueryOptions::parse(&params)?;
+    authz.require(Resource::Node, &name, Need::Read)?;
+    let (answer, index) = block(&app, Topic::Catalog, opts, |state| {
+        let answer = state.nodes.get(&name).map(|n| CatalogNodeServices {
+            node: node_dto(n),
+            services: state
+                .node_services(&name)
+                .filter(|s| authz.allows(Resource::Service, &s.name, Need::Read))
+                .map(|s| (s.id.clone(), service_dto(s, &n.datacenter)))
+                .collect(),
+        });
+        (answer, state.tables.catalog())
+    })
+    .await;
+    Ok(with_meta(json(&answer), index))
+}
+
+pub(crate) async fn services(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(&uri);
+    reject_filter(&params)?;
+    let opts = QueryOptions::parse(&params)?;
+    let meta = node_meta_filter(&params);
+    let ((map, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut dropped = false;
+        for service in state.services.values() {
+            if !meta.is_empty()
+                && !state
+                    .nodes
+                    .get(&service.node)
+                    .is_some_and(|n| meta_matches(n, &meta))
+            {
+                continue;
+            }
+            if !authz.allows(Resource::Service, &service.name, Need::Read) {
+                dropped = true;
+                continue;
+            }
+            map.entry(service.name.clone())
+                .or_default()
+                .extend(service.tags.iter().cloned());
+        }
+        ((map, dropped), state.tables.services)
+    })
+    .await;
+    Ok(filtered(with_meta(json(&map), index), dropped))
+}
+
+pub(crate) async fn service(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(&uri);
+    reject_filter(&params)?;
+    let opts = QueryOptions::parse(&params)?;
     let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
+    let meta = node_meta_filter(&params);
+    let readable = authz.allows(Resource::Service, &name, Need::Read);
     let (list, index) = block(&app, Topic::Catalog, opts, |state| {
         let list: Vec<CatalogService> = state
-            .services
-            .values()
-            .filter(|s| s.name == name && tags.iter().all(|t| s.tags.contains(t)))
+            .services_named(&name)
+            .filter(|_| readable)
+            .filter(|s| tags.iter().all(|t| s.tags.contains(t)))
             .filter_map(|s| state.nodes.get(&s.node).map(|n| (n, s)))
+            .filter(|(n, _)| meta_matches(n, &meta))
             .map(|(n, s)| CatalogService {
                 id: n.id.clone(),
                 node: n.name.clone(),
@@ -237,5 +334,5 @@ pub(crate) async fn service(
         (list, state.tables.catalog())
     })
     .await;
-    Ok(with_meta(json(&list), index))
+    Ok(filtered(with_meta(json(&list), index), !readable))
 }

@@ -6,8 +6,11 @@ use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::response::Response;
 
+use super::acl::{Authz, filtered};
 use super::blocking::{QueryOptions, block, with_meta};
+use super::catalog::{meta_matches, node_meta_filter, reject_filter};
 use super::{ApiError, AppState, Params, json};
+use crate::acl::{Need, Resource};
 use crate::dto::{AgentService, HealthCheck, HealthNode, ServiceAddress, ServiceEntry, Weights};
 use crate::store::state::{Check, CheckStatus, Node, Service, State as StoreState, Topic};
 
@@ -76,13 +79,21 @@ fn node_dto(n: &Node) -> HealthNode {
 }
 
 /// Entries of service `name`: node-level checks and the service's own checks.
-fn entries(state: &StoreState, name: &str, passing_only: bool) -> Vec<ServiceEntry> {
+fn entries(
+    state: &StoreState,
+    name: &str,
+    passing_only: bool,
+    tags: &[String],
+    meta: &[(String, String)],
+) -> Vec<ServiceEntry> {
     state
-        .services
-        .values()
-        .filter(|s| s.name == name)
+        .services_named(name)
+        .filter(|s| tags.iter().all(|t| s.tags.contains(t)))
         .filter_map(|s| {
             let node = state.nodes.get(&s.node)?;
+            if !meta_matches(node, meta) {
+                return None;
+            }
             let checks: Vec<&Check> = state
                 .node_checks(&s.node)
                 .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
@@ -101,11 +112,16 @@ fn entries(state: &StoreState, name: &str, passing_only: bool) -> Vec<ServiceEnt
 
 pub(crate) async fn service(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     Path(name): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(&uri);
+    reject_filter(&params)?;
     let opts = QueryOptions::parse(&params)?;
+    let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
+    let meta = node_meta_filter(&params);
+    let readable = authz.allows(Resource::Service, &name, Need::Read);
     let passing_only = match params.get("passing") {
         None => false,
         Some("" | "true" | "1" | "True" | "TRUE" | "t" | "T") => true,
@@ -117,8 +133,113 @@ pub(crate) async fn service(
         }
     };
     let (list, index) = block(&app, Topic::Catalog, opts, |state| {
-        (entries(state, &name, passing_only), state.tables.catalog())
+        let list = if readable {
+            entries(state, &name, passing_only, &tags, &meta)
+        } else {
+            Vec::new()
+        };
+        (list, state.tables.catalog())
     })
     .await;
-    Ok(with_meta(json(&list), index))
+    Ok(filtered(with_meta(json(&list), index), !readable))
+}
+
+/// Checks readable by `authz`, and whether any were dropped.
+fn readable_checks<'a>(
+    authz: &Authz,
+    checks: impl Iterator<Item = &'a Check>,
+) -> (Vec<HealthCheck>, bool) {
+    let mut dropped = false;
+    let list = checks
+        .filter(|c| {
+            let ok = if c.service_id.is_empty() {
+                authz.allows(Resource::Node, &c.node, Need::Read)
+            } else {
+                authz.allows(Resource::Service, &c.service_name, Need::Read)
+            };
+            dropped |= !ok;
+            ok
+        })
+        .map(check_dto)
+        .collect();
+    (list, dropped)
+}
+
+/// `GET /v1/health/checks/<service>`.
+pub(crate) async fn checks(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(&uri);
+    reject_filter(&params)?;
+    let opts = QueryOptions::parse(&params)?;
+    let meta = node_meta_filter(&params);
+    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        let checks = state.checks.values().filter(|c| {
+            c.service_name == name
+                && state
+                    .nodes
+                    .get(&c.node)
+                    .is_some_and(|n| meta_matches(n, &meta))
+        });
+        (readable_checks(&authz, checks), state.tables.catalog())
+    })
+    .await;
+    Ok(filtered(with_meta(json(&list), index), dropped))
+}
+
+/// `GET /v1/health/node/<node>`.
+pub(crate) async fn node(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(&uri);
+    reject_filter(&params)?;
+    let opts = QueryOptions::parse(&params)?;
+    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        (
+            readable_checks(&authz, state.node_checks(&name)),
+            state.tables.catalog(),
+        )
+    })
+    .await;
+    Ok(filtered(with_meta(json(&list), index), dropped))
+}
+
+/// `GET /v1/health/state/<any|passing|warning|critical>`.
+pub(crate) async fn state(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    Path(wanted): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(&uri);
+    reject_filter(&params)?;
+    let opts = QueryOptions::parse(&params)?;
+    let meta = node_meta_filter(&params);
+    let pick: Option<CheckStatus> = match wanted.as_str() {
+        "any" => None,
+        "passing" | "warning" | "critical" => CheckStatus::parse(&wanted),
+        _ => {
+            return Err(ApiError::BadRequest(format!(
+                "Invalid check state: {wanted:?}"
+            )));
+        }
+    };
+    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        let checks = state.checks.values().filter(|c| {
+            pick.is_none_or(|p| c.status == p)
+                && state
+                    .nodes
+                    .get(&c.node)
+                    .is_some_and(|n| meta_matches(n, &meta))
+        });
+        (readable_checks(&authz, checks), state.tables.catalog())
+    })
+    .await;
+    Ok(filtered(with_meta(json(&list), index), dropped))
 }

@@ -7,8 +7,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use super::acl::{Authz, filtered};
 use super::blocking::{QueryOptions, block, with_meta};
 use super::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
+use crate::acl::{Need, Resource};
 use crate::dto;
 use crate::store::SetMode;
 use crate::store::state::{KvEntry, Topic};
@@ -49,7 +51,11 @@ enum Found {
     Keys(Vec<String>),
 }
 
-pub(crate) async fn get(State(app): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
+pub(crate) async fn get(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
     let params = Params::parse(&uri);
     let opts = QueryOptions::parse(&params)?;
@@ -63,17 +69,33 @@ pub(crate) async fn get(State(app): State<Arc<AppState>>, uri: Uri) -> Result<Re
         .or_else(|| params.get("seperator"))
         .unwrap_or("")
         .to_owned();
-    let (found, index) = block(&app, Topic::Kv, opts, |state| {
-        if keys {
+    if !keys && !recurse {
+        authz.require(Resource::Key, &key, Need::Read)?;
+    }
+    let ((found, dropped), index) = block(&app, Topic::Kv, opts, |state| {
+        let mut dropped = false;
+        let mut visible = |k: &str, need: Need| {
+            let ok = authz.allows(Resource::Key, k, need);
+            dropped |= !ok;
+            ok
+        };
+        let found = if keys {
             let mut names: Vec<String> = state
                 .kv_prefix(&key)
+                .filter(|e| visible(&e.key, Need::List))
                 .map(|e| cut_at_separator(&e.key, key.len(), &separator))
                 .collect();
             names.dedup();
             (Found::Keys(names), state.kv_prefix_index(&key))
         } else if recurse {
             (
-                Found::Many(state.kv_prefix(&key).cloned().collect()),
+                Found::Many(
+                    state
+                        .kv_prefix(&key)
+                        .filter(|e| visible(&e.key, Need::Read))
+                        .cloned()
+                        .collect(),
+                ),
                 state.kv_prefix_index(&key),
             )
         } else {
@@ -81,7 +103,8 @@ pub(crate) async fn get(State(app): State<Arc<AppState>>, uri: Uri) -> Result<Re
                 Found::One(state.kv.get(&key).cloned()),
                 state.kv_key_index(&key),
             )
-        }
+        };
+        ((found.0, dropped), found.1)
     })
     .await;
     let not_found = || with_meta(StatusCode::NOT_FOUND.into_response(), index);
@@ -94,7 +117,7 @@ pub(crate) async fn get(State(app): State<Arc<AppState>>, uri: Uri) -> Result<Re
         Found::One(Some(entry)) if params.has("raw") => raw(entry),
         Found::One(Some(entry)) => json(&[to_dto(&entry)]),
     };
-    Ok(with_meta(response, index))
+    Ok(filtered(with_meta(response, index), dropped))
 }
 
 /// Cuts `key` just after the first `separator` following the prefix (of length `from`).
@@ -125,6 +148,7 @@ fn raw(entry: KvEntry) -> Response {
 
 pub(crate) async fn put(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -133,6 +157,7 @@ pub(crate) async fn put(
     if key.is_empty() {
         return Err(ApiError::BadRequest("Missing key name".to_owned()));
     }
+    authz.require(Resource::Key, &key, Need::Write)?;
     let params = Params::parse(&uri);
     let flags = params.u64("flags", "Invalid flags")?.unwrap_or(0);
     let chosen = ["cas", "acquire", "release"]
@@ -158,6 +183,7 @@ pub(crate) async fn put(
 
 pub(crate) async fn delete(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri)?;
@@ -167,12 +193,14 @@ pub(crate) async fn delete(
         if cas.is_some() {
             return Err(ApiError::BadRequest("Conflicting flags".to_owned()));
         }
+        authz.require_ok(authz.0.key_write_prefix(&key))?;
         app.store.kv_delete_tree(key).await?;
         return Ok(json(&true));
     }
     if key.is_empty() {
         return Err(ApiError::BadRequest("Missing key name".to_owned()));
     }
+    authz.require(Resource::Key, &key, Need::Write)?;
     Ok(json(&app.store.kv_delete(key, cas).await?))
 }
 

@@ -1,9 +1,12 @@
 //! HTTP layer: Consul's `/v1` routes in one table, request parsing helpers and the one error type.
 
+pub(crate) mod acl;
 mod agent;
+pub(crate) mod agent_local;
 mod blocking;
 mod catalog;
 mod health;
+pub(crate) mod internal;
 mod kv;
 mod session;
 mod status;
@@ -39,6 +42,12 @@ pub(crate) struct AppState {
     pub(crate) leader_addr: String,
     /// Cancelled at shutdown: blocked queries answer at once.
     pub(crate) shutdown: CancellationToken,
+    /// The server's own agent (its `/v1/agent/*` services and checks).
+    pub(crate) agent: Arc<crate::agent::LocalAgent>,
+    /// Joined agents and their liveness.
+    pub(crate) members: Arc<crate::members::Members>,
+    /// ACL tokens and policies.
+    pub(crate) acl: Arc<acl::AclStore>,
 }
 
 /// Every route of the registry API.
@@ -67,8 +76,25 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route("/v1/health/checks/{name}", get(health::checks))
+        .route("/v1/health/node/{node}", get(health::node))
+        .route("/v1/health/state/{state}", get(health::state))
+        .route("/v1/agent/join/{addr}", put(agent::join))
+        .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/internal/berth/heartbeat", put(internal::heartbeat))
+        .route("/v1/internal/berth/leave", put(internal::leave))
+        .with_state(state.clone())
+        .merge(agent_local::routes(Arc::new(agent_local::AgentApi {
+            local: state.agent.clone(),
+            datacenter: state.datacenter.clone(),
+        })))
+        .merge(acl::routes(state.acl.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.acl.clone(),
+            acl::layer,
+        ))
         .layer(DefaultBodyLimit::disable())
-        .with_state(state)
 }
 
 /// Every error an endpoint answers with: plain text and Consul's status codes.
@@ -80,6 +106,15 @@ pub(crate) enum ApiError {
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
+    /// 500 with a text clients match (e.g. `does not have associated TTL`).
+    #[error("{0}")]
+    Internal(String),
+    /// 403 `Permission denied` / `ACL not found`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 401 `ACL support disabled`.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -90,6 +125,9 @@ impl IntoResponse for ApiError {
             Self::BadRequest(text) => (StatusCode::BAD_REQUEST, text),
             Self::NotFound(text) => (StatusCode::NOT_FOUND, text),
             Self::TooLarge(text) => (StatusCode::PAYLOAD_TOO_LARGE, text),
+            Self::Internal(text) => (StatusCode::INTERNAL_SERVER_ERROR, text),
+            Self::Forbidden(text) => (StatusCode::FORBIDDEN, text),
+            Self::Unauthorized(text) => (StatusCode::UNAUTHORIZED, text),
             Self::Store(StoreError::Rejected(text)) => (StatusCode::INTERNAL_SERVER_ERROR, text),
             Self::Store(StoreError::Closed) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -236,3 +274,6 @@ pub(crate) fn path_tail(uri: &Uri, prefix: &str) -> Result<String, ApiError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod discovery_tests;

@@ -8,8 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
+use super::acl::{Authz, filtered};
 use super::blocking::{QueryOptions, block, with_meta};
 use super::{ApiError, AppState, Params, json, read_json};
+use crate::acl::{Need, Resource};
 use crate::dto::{self, IdResponse, ServiceCheckRef, SessionCreateRequest, SessionEntry};
 use crate::store::NewSession;
 use crate::store::StoreError;
@@ -122,27 +124,42 @@ pub(crate) fn new_session(
 
 pub(crate) async fn create(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let request: SessionCreateRequest = read_json(&headers, body).await?.unwrap_or_default();
     let new = new_session(&app, request)?;
+    authz.require(Resource::Session, &new.node, Need::Write)?;
     let session = app.store.session_create(new).await?;
     Ok(json(&IdResponse { id: session.id }))
 }
 
+fn session_node(app: &AppState, id: &str) -> Option<String> {
+    app.store
+        .read(|s| s.sessions.get(id).map(|s| s.node.clone()))
+}
+
 pub(crate) async fn destroy(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(node) = session_node(&app, &id) {
+        authz.require(Resource::Session, &node, Need::Write)?;
+    }
     app.store.session_destroy(id).await?;
     Ok(json(&true))
 }
 
 pub(crate) async fn renew(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    if let Some(node) = session_node(&app, &id) {
+        authz.require(Resource::Session, &node, Need::Write)?;
+    }
     match app.store.session_renew(id.clone()).await? {
         Some(session) => Ok(json(&[to_dto(&session)])),
         None => Err(ApiError::NotFound(format!("Session id '{id}' not found"))),
@@ -151,39 +168,47 @@ pub(crate) async fn renew(
 
 async fn sessions(
     app: &AppState,
+    authz: &Authz,
     uri: &Uri,
     select: impl Fn(&Session) -> bool,
 ) -> Result<Response, ApiError> {
     let opts = QueryOptions::parse(&Params::parse(uri))?;
-    let (list, index) = block(app, Topic::Sessions, opts, |state| {
-        let list: Vec<SessionEntry> = state
-            .sessions
-            .values()
-            .filter(|s| select(s))
-            .map(to_dto)
+    let ((list, dropped), index) = block(app, Topic::Sessions, opts, |state| {
+        let selected: Vec<&Session> = state.sessions.values().filter(|s| select(s)).collect();
+        let list: Vec<SessionEntry> = selected
+            .iter()
+            .filter(|s| authz.allows(Resource::Session, &s.node, Need::Read))
+            .map(|s| to_dto(s))
             .collect();
-        (list, state.tables.sessions)
+        let dropped = list.len() != selected.len();
+        ((list, dropped), state.tables.sessions)
     })
     .await;
-    Ok(with_meta(json(&list), index))
+    Ok(filtered(with_meta(json(&list), index), dropped))
 }
 
 pub(crate) async fn info(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     Path(id): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    sessions(&app, &uri, |s| s.id == id).await
+    sessions(&app, &authz, &uri, |s| s.id == id).await
 }
 
 pub(crate) async fn node(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     Path(node): Path<String>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    sessions(&app, &uri, |s| s.node == node).await
+    sessions(&app, &authz, &uri, |s| s.node == node).await
 }
 
-pub(crate) async fn list(State(app): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
-    sessions(&app, &uri, |_| true).await
+pub(crate) async fn list(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    sessions(&app, &authz, &uri, |_| true).await
 }

@@ -8,7 +8,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use super::acl::Authz;
 use super::{ApiError, AppState, MAX_VALUE_SIZE, json, kv, read_body};
+use crate::acl::{Need, Resource};
 use crate::dto::{self, TxnErrorEntry, TxnResponse, TxnResultEntry};
 use crate::store::{TxnOp, TxnOutcome};
 
@@ -17,6 +19,7 @@ const MAX_OPS: usize = 128;
 
 pub(crate) async fn apply(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -29,6 +32,17 @@ pub(crate) async fn apply(
             "Transaction contains too many operations ({} > {MAX_OPS})",
             ops.len()
         )));
+    }
+    for op in &ops {
+        let allowed = match op.kv.verb.as_str() {
+            "get" | "get-or-empty" | "check-index" | "check-session" | "check-not-exists" => {
+                authz.allows(Resource::Key, &op.kv.key, Need::Read)
+            }
+            "get-tree" => authz.allows(Resource::Key, &op.kv.key, Need::List),
+            "delete-tree" => authz.0.key_write_prefix(&op.kv.key),
+            _ => authz.allows(Resource::Key, &op.kv.key, Need::Write),
+        };
+        authz.require_ok(allowed)?;
     }
     let ops: Vec<TxnOp> = ops
         .into_iter()

@@ -322,6 +322,14 @@ impl State {
             .map(|(_, s)| s)
     }
 
+    /// Instances of the service called `name`.
+    pub(crate) fn services_named<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Service> + 'a {
+        self.services.values().filter(move |s| s.name == name)
+    }
+
     /// Checks of one node.
     pub(crate) fn node_checks(&self, node: &str) -> impl Iterator<Item = &Check> + '_ {
         let node = node.to_owned();

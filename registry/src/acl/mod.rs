@@ -1,0 +1,35 @@
+//! Consul-style ACLs: rule parsing (HCL and JSON), token and policy types, and the authorizer.
+//!
+//! Nothing here knows HTTP. The API layer resolves the request's token to an [`Authorizer`]
+//! through [`AclResolver`] and asks it one question per resource touched.
+
+mod authorizer;
+mod rules;
+mod token;
+
+pub use authorizer::{Authorizer, Need};
+pub use rules::{Access, Resource, Rule, Rules, parse_rules};
+pub use token::{
+    ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclResolver, MANAGEMENT_POLICY_ID,
+    MANAGEMENT_POLICY_NAME, Policy, PolicyLink, SecretId, Token,
+};
+
+/// Errors of the ACL subsystem; the texts are the ones Consul answers with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AclError {
+    /// The rules text could not be parsed.
+    #[error("failed to parse ACL rules: {0}")]
+    Parse(String),
+    /// A rule names an unknown resource or policy.
+    #[error("invalid ACL rule: {0}")]
+    InvalidRule(String),
+    /// The presented secret matches no token.
+    #[error("ACL not found")]
+    NotFound,
+    /// The token lacks the permission.
+    #[error("Permission denied")]
+    PermissionDenied,
+    /// ACLs are not enabled on this server.
+    #[error("ACL support disabled")]
+    Disabled,
+}

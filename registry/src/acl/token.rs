@@ -1,0 +1,266 @@
+//! ACL tokens and policies as domain types, and resolution of a presented secret.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::AclError;
+use super::authorizer::Authorizer;
+use super::rules::{Rules, parse_rules};
+
+/// Accessor id of the built-in anonymous token (Consul's fixed value).
+pub const ANONYMOUS_ACCESSOR_ID: &str = "00000000-0000-0000-0000-000000000002";
+/// Secret of the built-in anonymous token.
+pub const ANONYMOUS_SECRET: &str = "anonymous";
+/// Id of the built-in `global-management` policy.
+pub const MANAGEMENT_POLICY_ID: &str = "00000000-0000-0000-0000-000000000001";
+/// Name of the built-in management policy.
+pub const MANAGEMENT_POLICY_NAME: &str = "global-management";
+
+/// A token secret: never printed, compared in constant time.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretId(String);
+
+impl SecretId {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// A fresh random secret (UUID v4, Consul's format).
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The secret itself, for the wire answer that must carry it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with a presented secret.
+    pub fn matches(&self, presented: &str) -> bool {
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for SecretId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretId(<redacted>)")
+    }
+}
+
+/// A link from a token to a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyLink {
+    /// Policy id.
+    pub id: String,
+    /// Policy name at link time.
+    pub name: String,
+}
+
+/// An ACL token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Public id.
+    pub accessor_id: String,
+    /// The secret presented by clients.
+    pub secret_id: SecretId,
+    /// Free text.
+    pub description: String,
+    /// Linked policies.
+    pub policies: Vec<PolicyLink>,
+    /// Datacenter-local token.
+    pub local: bool,
+    /// RFC 3339 creation time.
+    pub create_time: String,
+    /// Store index at creation.
+    pub create_index: u64,
+    /// Store index of the last change.
+    pub modify_index: u64,
+}
+
+impl Token {
+    /// Whether this token links the built-in management policy.
+    pub fn is_management(&self) -> bool {
+        self.policies.iter().any(|p| p.id == MANAGEMENT_POLICY_ID)
+    }
+}
+
+/// An ACL policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Id (UUID).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Rules text (HCL or JSON).
+    pub rules: String,
+    /// Datacenters the policy applies in (empty: all).
+    pub datacenters: Vec<String>,
+    /// Store index at creation.
+    pub create_index: u64,
+    /// Store index of the last change.
+    pub modify_index: u64,
+}
+
+/// Resolves presented secrets to authorizers from a snapshot of tokens and policies.
+#[derive(Debug, Clone, Default)]
+pub struct AclResolver {
+    enabled: bool,
+    master: Option<SecretId>,
+    tokens: Vec<Token>,
+    policies: HashMap<String, (Policy, Rules)>,
+}
+
+impl AclResolver {
+    /// ACLs off: everything is allowed and `/v1/acl/*` answers `ACL support disabled`.
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    /// ACLs on, with the configured master (initial management) token.
+    pub fn enabled(master: SecretId) -> Self {
+        Self {
+            enabled: true,
+            master: Some(master),
+            ..Self::default()
+        }
+    }
+
+    /// Whether ACLs are enforced.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Replaces the token and policy snapshot. Policies whose rules no longer parse grant nothing.
+    pub fn load(&mut self, tokens: Vec<Token>, policies: Vec<Policy>) {
+        self.tokens = tokens;
+        self.policies = policies
+            .into_iter()
+            .map(|p| {
+                let rules = parse_rules(&p.rules).unwrap_or_default();
+                (p.id.clone(), (p, rules))
+            })
+            .collect();
+    }
+
+    /// The token a secret belongs to (not the master token, which has no stored record).
+    pub fn token_for(&self, secret: &str) -> Option<&Token> {
+        // Scan every token so the time taken does not depend on which one matched.
+        let mut found = None;
+        for t in &self.tokens {
+            if t.secret_id.matches(secret) && found.is_none() {
+                found = Some(t);
+            }
+        }
+        found
+    }
+
+    /// Resolves the secret presented with a request (`None` or empty: anonymous).
+    pub fn resolve(&self, secret: Option<&str>) -> Result<Authorizer, AclError> {
+        if !self.enabled {
+            return Ok(Authorizer::AllowAll);
+        }
+        let secret = match secret {
+            None | Some("") => ANONYMOUS_SECRET,
+            Some(s) => s,
+        };
+        if self.master.as_ref().is_some_and(|m| m.matches(secret)) {
+            return Ok(Authorizer::AllowAll);
+        }
+        let token = match self.token_for(secret) {
+            Some(t) => t,
+            None if secret == ANONYMOUS_SECRET => return Ok(Authorizer::deny_all()),
+            None => return Err(AclError::NotFound),
+        };
+        if token.is_management() {
+            return Ok(Authorizer::AllowAll);
+        }
+        let rules = token
+            .policies
+            .iter()
+            .filter_map(|link| self.policies.get(&link.id).map(|(_, r)| r));
+        Ok(Authorizer::from_rules(rules))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::{Need, Resource};
+
+    fn policy(id: &str, rules: &str) -> Policy {
+        Policy {
+            id: id.into(),
+            name: format!("p-{id}"),
+            description: String::new(),
+            rules: rules.into(),
+            datacenters: vec![],
+            create_index: 1,
+            modify_index: 1,
+        }
+    }
+
+    fn token(secret: &str, policies: &[&str]) -> Token {
+        Token {
+            accessor_id: uuid::Uuid::new_v4().to_string(),
+            secret_id: SecretId::new(secret),
+            description: String::new(),
+            policies: policies
+                .iter()
+                .map(|p| PolicyLink {
+                    id: (*p).into(),
+                    name: format!("p-{p}"),
+                })
+                .collect(),
+            local: false,
+            create_time: String::new(),
+            create_index: 1,
+            modify_index: 1,
+        }
+    }
+
+    #[test]
+    fn resolution_follows_consul() {
+        let mut r = AclResolver::enabled(SecretId::new("root"));
+        r.load(
+            vec![
+                token("ro", &["kvread"]),
+                token("mgmt", &[MANAGEMENT_POLICY_ID]),
+                token(ANONYMOUS_SECRET, &["nodes"]),
+            ],
+            vec![
+                policy("kvread", r#"key_prefix "" { policy = "read" }"#),
+                policy("nodes", r#"node_prefix "" { policy = "read" }"#),
+            ],
+        );
+        assert!(r.resolve(Some("root")).unwrap().is_management());
+        assert!(r.resolve(Some("mgmt")).unwrap().is_management());
+        let ro = r.resolve(Some("ro")).unwrap();
+        assert!(ro.allows(Resource::Key, "x", Need::Read));
+        assert!(!ro.allows(Resource::Key, "x", Need::Write));
+        assert_eq!(r.resolve(Some("nope")).unwrap_err(), AclError::NotFound);
+        for anon in [None, Some("")] {
+            let a = r.resolve(anon).unwrap();
+            assert!(a.allows(Resource::Node, "n", Need::Read));
+            assert!(!a.allows(Resource::Key, "x", Need::Read));
+        }
+        assert!(
+            AclResolver::disabled()
+                .resolve(Some("x"))
+                .unwrap()
+                .is_management()
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let t = token("very-secret", &[]);
+        assert!(!format!("{t:?}").contains("very-secret"));
+    }
+}

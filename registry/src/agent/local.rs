@@ -1,0 +1,595 @@
+//! The agent's local state: the services and checks registered through `/v1/agent/*` on this
+//! host, their check runners, and what anti-entropy pushes into the catalog.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::checks::{
+    CheckError, CheckKind, CheckResult, CheckRunner, CheckSpec, Health, HttpProbe,
+};
+use crate::dto::{self, AgentCheckRegistration, AgentServiceRegistration};
+use crate::store::state::{Check, CheckStatus, Service};
+
+/// Shortest `DeregisterCriticalServiceAfter` (Consul: one minute).
+const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+
+/// Failures of agent operations; texts are Consul's.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AgentError {
+    /// A malformed registration.
+    #[error("{0}")]
+    Invalid(String),
+    /// Unknown service id.
+    #[error(
+        "Unknown service ID \"{0}\". Ensure that the service ID is passed, not the service name."
+    )]
+    UnknownService(String),
+    /// Unknown check id.
+    #[error("Unknown check ID \"{0}\"")]
+    UnknownCheck(String),
+    /// A TTL update on a check without TTL.
+    #[error("CheckID \"{0}\" does not have associated TTL")]
+    NotTtl(String),
+}
+
+impl From<CheckError> for AgentError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Unknown(id) => Self::UnknownCheck(id),
+            CheckError::NotTtl(id) => Self::NotTtl(id),
+            other => Self::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// One check held by this agent.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalCheck {
+    pub(crate) check: Check,
+    pub(crate) kind: Option<CheckKind>,
+    pub(crate) deregister_after: Option<Duration>,
+    pub(crate) critical_since: Option<Instant>,
+    pub(crate) success_before_passing: u32,
+    pub(crate) failures_before_critical: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LocalState {
+    pub(crate) services: BTreeMap<String, Service>,
+    pub(crate) checks: BTreeMap<String, LocalCheck>,
+}
+
+/// Services and checks of this agent; cheap to share.
+pub struct LocalAgent {
+    node: String,
+    state: Mutex<LocalState>,
+    runner: CheckRunner,
+    version: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for LocalAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalAgent")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+fn parse_duration(field: &str, text: &str) -> Result<Duration, AgentError> {
+    dto::parse_go_duration(text)
+        .ok_or_else(|| AgentError::Invalid(format!("Invalid {field}: {text:?}")))
+}
+
+fn opt_duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, AgentError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => parse_duration(field, t).map(Some),
+    }
+}
+
+impl LocalAgent {
+    /// A new agent for `node`; check tasks stop when `shutdown` is cancelled. Results are
+    /// applied by a task spawned here.
+    pub fn new(node: &str, enable_script_checks: bool, shutdown: CancellationToken) -> Arc<Self> {
+        let (runner, mut results) = CheckRunner::new(enable_script_checks, shutdown);
+        let agent = Arc::new(Self {
+            node: node.to_owned(),
+            state: Mutex::default(),
+            runner,
+            version: watch::Sender::new(0),
+        });
+        let weak = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            while let Some(result) = results.recv().await {
+                match weak.upgrade() {
+                    Some(agent) => agent.apply(result),
+                    None => break,
+                }
+            }
+        });
+        agent
+    }
+
+    /// This agent's node name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LocalState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Changes whenever a service or check changes (anti-entropy waits on it).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Applies a check result from the runner.
+    pub(crate) fn apply(&self, result: CheckResult) {
+        let mut state = self.lock();
+        let Some(local) = state.checks.get_mut(&result.id) else {
+            return;
+        };
+        if set_status(local, health_status(result.status), result.output) {
+            drop(state);
+            self.bump();
+        }
+    }
+
+    /// `PUT /v1/agent/service/register`.
+    pub fn register_service(
+        &self,
+        reg: AgentServiceRegistration,
+        replace_existing_checks: bool,
+    ) -> Result<(), AgentError> {
+        if reg.name.is_empty() {
+            return Err(AgentError::Invalid("Missing service name".into()));
+        }
+        let id = reg
+            .id
+            .clone()
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| reg.name.clone());
+        let weights = reg.weights.unwrap_or_default();
+        let service = Service {
+            node: self.node.clone(),
+            id: id.clone(),
+            name: reg.name.clone(),
+            tags: reg.tags.clone(),
+            address: reg.address.clone().unwrap_or_default(),
+            port: reg.port.unwrap_or(0),
+            meta: reg.meta.clone(),
+            tagged_addresses: reg
+                .tagged_addresses
+                .iter()
+                .map(|(k, v)| (k.clone(), (v.address.clone(), v.port)))
+                .collect(),
+            kind: reg.kind.clone().unwrap_or_default(),
+            enable_tag_override: reg.enable_tag_override.unwrap_or(false),
+            weights: (weights.passing, weights.warning),
+            create_index: 0,
+            modify_index: 0,
+        };
+        let defs: Vec<AgentCheckRegistration> = reg.check.into_iter().chain(reg.checks).collect();
+        let many = defs.len() > 1;
+        let mut built = Vec::with_capacity(defs.len());
+        for (n, def) in defs.into_iter().enumerate() {
+            let default_id = if many {
+                format!("service:{id}:{}", n + 1)
+            } else {
+                format!("service:{id}")
+            };
+            let default_name = format!("Service '{}' check", reg.name);
+            built.push(self.build_check(def, &default_id, &default_name, Some(&service))?);
+        }
+        for c in &built {
+            if let Some(kind) = &c.kind {
+                self.runner.validate(kind)?;
+            }
+        }
+        let mut state = self.lock();
+        if replace_existing_checks {
+            let stale: Vec<String> = state
+                .checks
+                .values()
+                .filter(|c| {
+                    c.check.service_id == id && !built.iter().any(|b| b.check.id == c.check.id)
+                })
+                .map(|c| c.check.id.clone())
+                .collect();
+            for cid in stale {
+                state.checks.remove(&cid);
+                self.runner.stop(&cid);
+            }
+        }
+        // Existing checks keep their service's current tags.
+        for c in state.checks.values_mut() {
+            if c.check.service_id == id {
+                c.check.service_name.clone_from(&service.name);
+                c.check.service_tags.clone_from(&service.tags);
+            }
+        }
+        state.services.insert(id, service);
+        for c in built {
+            self.install_check(&mut state, c)?;
+        }
+        drop(state);
+        self.bump();
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/check/register`.
+    pub fn register_check(&self, def: AgentCheckRegistration) -> Result<(), AgentError> {
+        let name = def.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            return Err(AgentError::Invalid("Missing check name".into()));
+        }
+        let service = match def.service_id.as_deref().filter(|s| !s.is_empty()) {
+            Some(sid) => Some(self.lock().services.get(sid).cloned().ok_or_else(|| {
+                AgentError::Invalid(format!("ServiceID \"{sid}\" does not exist"))
+            })?),
+            None => None,
+        };
+        let c = self.build_check(def, &name, &name, service.as_ref())?;
+        if let Some(kind) = &c.kind {
+            self.runner.validate(kind)?;
+        }
+        let mut state = self.lock();
+        self.install_check(&mut state, c)?;
+        drop(state);
+        self.bump();
+        Ok(())
+    }
+
+    fn install_check(&self, state: &mut LocalState, c: LocalCheck) -> Result<(), AgentError> {
+        let id = c.check.id.clone();
+        match &c.kind {
+            Some(kind) => self.runner.start(CheckSpec {
+                id: id.clone(),
+                kind: kind.clone(),
+                success_before_passing: c.success_before_passing,
+                failures_before_critical: c.failures_before_critical,
+            })?,
+            None => self.runner.stop(&id),
+        }
+        state.checks.insert(id, c);
+        Ok(())
+    }
+
+    fn build_check(
+        &self,
+        def: AgentCheckRegistration,
+        default_id: &str,
+        default_name: &str,
+        service: Option<&Service>,
+    ) -> Result<LocalCheck, AgentError> {
+        let id = def
+            .check_id
+            .clone()
+            .or(def.id.clone())
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(|| default_id.to_owned());
+        let status = match def.status.as_deref().filter(|s| !s.is_empty()) {
+            None => CheckStatus::Critical,
+            Some(s) => match CheckStatus::parse(s) {
+                Some(
+                    st @ (CheckStatus::Passing | CheckStatus::Warning | CheckStatus::Critical),
+                ) => st,
+                _ => return Err(AgentError::Invalid(format!("Invalid check status: {s:?}"))),
+            },
+        };
+        let interval = opt_duration("Interval", def.interval.as_deref())?;
+        let timeout = opt_duration("Timeout", def.timeout.as_deref())?;
+        let ttl = opt_duration("TTL", def.ttl.as_deref())?;
+        let need_interval = || {
+            interval.ok_or_else(|| {
+                AgentError::Invalid("Interval must be > 0 for Script, HTTP, or TCP checks".into())
+            })
+        };
+        let (kind, check_type) = if let Some(ttl) = ttl {
+            (Some(CheckKind::Ttl(ttl)), "ttl")
+        } else if let Some(url) = def.http.clone().filter(|u| !u.is_empty()) {
+            let headers = def
+                .header
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|(k, vs)| vs.into_iter().map(move |v| (k.clone(), v)))
+                .collect();
+            let probe = HttpProbe {
+                url,
+                method: def
+                    .method
+                    .clone()
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "GET".into()),
+                headers,
+                body: def.body.clone().unwrap_or_default(),
+            };
+            (
+                Some(CheckKind::Http {
+                    probe,
+                    interval: need_interval()?,
+                    timeout,
+                }),
+                "http",
+            )
+        } else if let Some(addr) = def.tcp.clone().filter(|a| !a.is_empty()) {
+            (
+                Some(CheckKind::Tcp {
+                    addr,
+                    interval: need_interval()?,
+                    timeout,
+                }),
+                "tcp",
+            )
+        } else if let Some(args) = def.args.clone().filter(|a| !a.is_empty()) {
+            (
+                Some(CheckKind::Script {
+                    args,
+                    interval: need_interval()?,
+                    timeout,
+                }),
+                "script",
+            )
+        } else {
+            return Err(AgentError::Invalid(
+                "Invalid check: TTL, HTTP, TCP or Args must be set".into(),
+            ));
+        };
+        let deregister_after = opt_duration(
+            "DeregisterCriticalServiceAfter",
+            def.deregister_critical_service_after.as_deref(),
+        )?
+        .map(|d| d.max(MIN_DEREGISTER_AFTER));
+        let definition = serde_json::json!({
+            "Interval": interval.map(dto::go_duration).unwrap_or_default(),
+            "Timeout": timeout.map(dto::go_duration).unwrap_or_default(),
+            "TTL": ttl.map(dto::go_duration).unwrap_or_default(),
+            "HTTP": def.http.clone().unwrap_or_default(),
+            "TCP": def.tcp.clone().unwrap_or_default(),
+            "DeregisterCriticalServiceAfter": deregister_after.map(dto::go_duration).unwrap_or_default(),
+        });
+        let check = Check {
+            node: self.node.clone(),
+            id,
+            name: def
+                .name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| default_name.to_owned()),
+            status,
+            notes: def.notes.clone().unwrap_or_default(),
+            output: String::new(),
+            service_id: service.map(|s| s.id.clone()).unwrap_or_default(),
+            service_name: service.map(|s| s.name.clone()).unwrap_or_default(),
+            service_tags: service.map(|s| s.tags.clone()).unwrap_or_default(),
+            check_type: check_type.to_owned(),
+            definition,
+            create_index: 0,
+            modify_index: 0,
+        };
+        let mut local = LocalCheck {
+            check,
+            kind,
+            deregister_after,
+            critical_since: None,
+            success_before_passing: def.success_before_passing.unwrap_or(0),
+            failures_before_critical: def.failures_before_critical.unwrap_or(0),
+        };
+        if status == CheckStatus::Critical {
+            local.critical_since = Some(Instant::now());
+        }
+        Ok(local)
+    }
+
+    /// `PUT /v1/agent/service/deregister/<id>`: the service and its checks.
+    pub fn deregister_service(&self, id: &str) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        if state.services.remove(id).is_none() {
+            return Err(AgentError::UnknownService(id.to_owned()));
+        }
+        let checks: Vec<String> = state
+            .checks
+            .values()
+            .filter(|c| c.check.service_id == id)
+            .map(|c| c.check.id.clone())
+            .collect();
+        for cid in checks {
+            state.checks.remove(&cid);
+            self.runner.stop(&cid);
+        }
+        drop(state);
+        self.bump();
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/check/deregister/<id>`.
+    pub fn deregister_check(&self, id: &str) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        if state.checks.remove(id).is_none() {
+            return Err(AgentError::UnknownCheck(id.to_owned()));
+        }
+        self.runner.stop(id);
+        drop(state);
+        self.bump();
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/check/{pass,warn,fail,update}/<id>`: sets a TTL check and restarts its TTL.
+    pub fn update_ttl(&self, id: &str, status: Health, output: String) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        let local = state
+            .checks
+            .get_mut(id)
+            .ok_or_else(|| AgentError::UnknownCheck(id.to_owned()))?;
+        if !matches!(local.kind, Some(CheckKind::Ttl(_))) {
+            return Err(AgentError::NotTtl(id.to_owned()));
+        }
+        self.runner.ttl_update(id, status, output.clone())?;
+        let changed = set_status(local, health_status(status), output);
+        drop(state);
+        if changed {
+            self.bump();
+        }
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/service/maintenance/<id>?enable=`: adds or removes the critical
+    /// `_service_maintenance:<id>` check.
+    pub fn maintenance(
+        &self,
+        service_id: &str,
+        enable: bool,
+        reason: &str,
+    ) -> Result<(), AgentError> {
+        let mut state = self.lock();
+        let service = state
+            .services
+            .get(service_id)
+            .cloned()
+            .ok_or_else(|| AgentError::UnknownService(service_id.to_owned()))?;
+        let check_id = format!("_service_maintenance:{service_id}");
+        if enable {
+            let notes = if reason.is_empty() {
+                "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.".to_owned()
+            } else {
+                reason.to_owned()
+            };
+            let check = Check {
+                node: self.node.clone(),
+                id: check_id.clone(),
+                name: "Service Maintenance Mode".into(),
+                status: CheckStatus::Maintenance,
+                notes,
+                service_id: service.id.clone(),
+                service_name: service.name.clone(),
+                service_tags: service.tags.clone(),
+                check_type: "maintenance".into(),
+                definition: serde_json::json!({}),
+                ..Check::default()
+            };
+            state.checks.insert(
+                check_id,
+                LocalCheck {
+                    check,
+                    kind: None,
+                    deregister_after: None,
+                    critical_since: None,
+                    success_before_passing: 0,
+                    failures_before_critical: 0,
+                },
+            );
+        } else {
+            state.checks.remove(&check_id);
+        }
+        drop(state);
+        self.bump();
+        Ok(())
+    }
+
+    /// Copies of the services and checks (for answers and anti-entropy).
+    pub(crate) fn snapshot(&self) -> (Vec<Service>, Vec<Check>) {
+        let state = self.lock();
+        (
+            state.services.values().cloned().collect(),
+            state.checks.values().map(|c| c.check.clone()).collect(),
+        )
+    }
+
+    /// Aggregated status of the services matching `pick`, or `None` if none match.
+    pub(crate) fn service_health(
+        &self,
+        pick: impl Fn(&Service) -> bool,
+    ) -> Option<Vec<(Service, CheckStatus)>> {
+        let state = self.lock();
+        let matched: Vec<(Service, CheckStatus)> = state
+            .services
+            .values()
+            .filter(|s| pick(s))
+            .map(|s| {
+                let worst = state
+                    .checks
+                    .values()
+                    .filter(|c| c.check.service_id == s.id || c.check.service_id.is_empty())
+                    .map(|c| c.check.status)
+                    .fold(CheckStatus::Passing, worst);
+                (s.clone(), worst)
+            })
+            .collect();
+        (!matched.is_empty()).then_some(matched)
+    }
+
+    /// Deregisters services whose check has been critical longer than its
+    /// `DeregisterCriticalServiceAfter`; returns their ids.
+    pub fn reap(&self, now: Instant) -> Vec<String> {
+        let doomed: Vec<String> = {
+            let state = self.lock();
+            state
+                .checks
+                .values()
+                .filter(|c| !c.check.service_id.is_empty())
+                .filter(|c| match (c.deregister_after, c.critical_since) {
+                    (Some(after), Some(since)) => now.duration_since(since) >= after,
+                    _ => false,
+                })
+                .map(|c| c.check.service_id.clone())
+                .collect()
+        };
+        let mut reaped = Vec::new();
+        for id in doomed {
+            if self.deregister_service(&id).is_ok() {
+                tracing::info!(service = %id, "deregistered service whose check stayed critical");
+                reaped.push(id);
+            }
+        }
+        reaped
+    }
+
+    /// Stops every check task.
+    pub async fn close(&self) {
+        self.runner.close().await;
+    }
+}
+
+/// Orders statuses by badness: maintenance and critical are worst.
+pub(crate) fn worst(a: CheckStatus, b: CheckStatus) -> CheckStatus {
+    let rank = |s: CheckStatus| match s {
+        CheckStatus::Passing => 0,
+        CheckStatus::Warning => 1,
+        CheckStatus::Critical => 2,
+        CheckStatus::Maintenance => 3,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+fn health_status(h: Health) -> CheckStatus {
+    match h {
+        Health::Passing => CheckStatus::Passing,
+        Health::Warning => CheckStatus::Warning,
+        Health::Critical => CheckStatus::Critical,
+    }
+}
+
+fn set_status(local: &mut LocalCheck, status: CheckStatus, output: String) -> bool {
+    if status == CheckStatus::Critical {
+        local.critical_since.get_or_insert_with(Instant::now);
+    } else {
+        local.critical_since = None;
+    }
+    if local.check.status == status && local.check.output == output {
+        return false;
+    }
+    local.check.status = status;
+    local.check.output = output;
+    true
+}

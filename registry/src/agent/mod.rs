@@ -1,0 +1,14 @@
+//! Agent mode: the services and checks of one host, kept in sync with the catalog.
+//!
+//! [`LocalAgent`] holds `/v1/agent/*` state and runs checks; `sync` pushes it into the catalog
+//! (the local store on a server, a remote server in agent mode); `run_agent` is the
+//! `berth-registry agent` process: local agent API, anti-entropy, heartbeats and a reverse proxy
+//! of every other request to the server.
+
+mod local;
+mod run;
+pub(crate) mod sync;
+
+pub(crate) use local::worst;
+pub use local::{AgentError, LocalAgent};
+pub use run::{AgentConfig, AgentRunError, run_agent};

@@ -1,0 +1,409 @@
+//! `berth-registry agent`: serves the agent API locally, syncs to the server, heartbeats, and
+//! forwards every other request to the server.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use futures::TryStreamExt as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::local::LocalAgent;
+use super::sync::{self, NodeSpec, Target};
+use crate::api::agent_local::{self, AgentApi};
+use crate::api::internal::{Heartbeat, agent_node};
+use crate::client::Client;
+use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
+
+/// How an agent joins and serves.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Server address: `host:port` or `http://host:port`.
+    pub join: String,
+    /// Keep retrying the first contact instead of failing.
+    pub retry_join: bool,
+    /// This host's node name.
+    pub node_name: String,
+    /// Address registered for this node (default: the listener's IP, or 127.0.0.1).
+    pub advertise: Option<IpAddr>,
+    /// Token sent to the server (and added to forwarded requests that carry none).
+    pub token: Option<String>,
+    /// Run script checks.
+    pub enable_script_checks: bool,
+    /// Period of the full anti-entropy sync (it also runs after every change).
+    pub sync_interval: Duration,
+    /// Period of heartbeats to the server.
+    pub heartbeat_interval: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for joining `server` as `node_name`.
+    pub fn new(join: &str, node_name: &str) -> Self {
+        Self {
+            join: join.to_owned(),
+            retry_join: false,
+            node_name: node_name.to_owned(),
+            advertise: None,
+            token: None,
+            enable_script_checks: false,
+            sync_interval: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn server_url(&self) -> String {
+        if self.join.starts_with("http://") {
+            self.join.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{}", self.join)
+        }
+    }
+}
+
+/// Why an agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentRunError {
+    /// The server address is unusable.
+    #[error("invalid server address: {0}")]
+    Address(String),
+    /// The server could not be reached at start (without `retry_join`).
+    #[error("cannot join {server}: {reason}")]
+    Join { server: String, reason: String },
+    /// Serving failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Proxy {
+    http: reqwest::Client,
+    server: String,
+    token: Option<String>,
+}
+
+struct AgentShared {
+    proxy: Proxy,
+    local: Arc<LocalAgent>,
+    config: AgentConfig,
+    node_id: String,
+    datacenter: String,
+    advertise: String,
+    port: u16,
+    shutdown: CancellationToken,
+}
+
+/// Runs an agent on `listener` until `shutdown`; on shutdown it leaves the cluster gracefully.
+pub async fn run_agent(
+    config: AgentConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentRunError> {
+    let server = config.server_url();
+    let client = Client::new(&server, config.token.clone())
+        .map_err(|e| AgentRunError::Address(e.to_string()))?;
+    let local_addr = listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .unwrap_or(if local_addr.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            local_addr.ip()
+        });
+    // First contact: the server's datacenter and any node id this node had before.
+    let (datacenter, node_id) = loop {
+        let attempt = async {
+            let me = client.agent_self().await?;
+            let known = client.catalog_node(&config.node_name).await?;
+            Ok::<_, crate::client::ClientError>((me.config.datacenter, known.map(|n| n.node.id)))
+        };
+        match attempt.await {
+            Ok((dc, id)) => {
+                let id = id
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                break (dc, id);
+            }
+            Err(e) if config.retry_join => {
+                tracing::warn!(server = %server, cause = %e, "join failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => {
+                return Err(AgentRunError::Join {
+                    server,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    };
+    tracing::info!(server = %server, node = %config.node_name, "joined");
+    let tasks = CancellationToken::new();
+    let local = LocalAgent::new(
+        &config.node_name,
+        config.enable_script_checks,
+        tasks.clone(),
+    );
+    let shared = Arc::new(AgentShared {
+        proxy: Proxy {
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| AgentRunError::Address(e.to_string()))?,
+            server: server.clone(),
+            token: config.token.clone().filter(|t| !t.is_empty()),
+        },
+        local: local.clone(),
+        config: config.clone(),
+        node_id: node_id.clone(),
+        datacenter: datacenter.clone(),
+        advertise: advertise.to_string(),
+        port: local_addr.port(),
+        shutdown: shutdown.clone(),
+    });
+    heartbeat(&shared).await;
+    let spec = NodeSpec {
+        node: agent_node(
+            &config.node_name,
+            &node_id,
+            &advertise.to_string(),
+            &datacenter,
+        ),
+        protected_services: vec![],
+        skip_node_update: false,
+    };
+    let sync_task = tokio::spawn(sync::run(
+        local.clone(),
+        Target::Remote(client),
+        spec,
+        config.sync_interval,
+        tasks.clone(),
+    ));
+    let reaper = tokio::spawn(sync::run_reaper(local.clone(), tasks.clone()));
+    let beats = tokio::spawn(heartbeat_loop(shared.clone(), tasks.clone()));
+    let app = router(shared.clone()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    tasks.cancel();
+    let _ = tokio::join!(sync_task, reaper, beats);
+    local.close().await;
+    leave(&shared).await;
+    served?;
+    Ok(())
+}
+
+fn router(shared: Arc<AgentShared>) -> Router {
+    let api = Arc::new(AgentApi {
+        local: shared.local.clone(),
+        datacenter: shared.datacenter.clone(),
+    });
+    Router::new()
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/agent/join/{addr}", put(join))
+        .route("/v1/agent/leave", put(leave_handler))
+        .fallback(forward)
+        .with_state(shared)
+        .merge(agent_local::routes(api))
+}
+
+fn member(s: &AgentShared) -> AgentMember {
+    AgentMember {
+        name: s.config.node_name.clone(),
+        addr: s.advertise.clone(),
+        port: s.port,
+        tags: [
+            ("role".to_owned(), "node".to_owned()),
+            ("dc".to_owned(), s.datacenter.clone()),
+            ("id".to_owned(), s.node_id.clone()),
+        ]
+        .into(),
+        status: 1,
+        protocol_min: 1,
+        protocol_max: 5,
+        protocol_cur: 2,
+        delegate_min: 2,
+        delegate_max: 5,
+        delegate_cur: 4,
+    }
+}
+
+async fn agent_self(State(s): State<Arc<AgentShared>>) -> Response {
+    let answer = AgentSelf {
+        config: AgentConfigDto {
+            datacenter: s.datacenter.clone(),
+            primary_datacenter: s.datacenter.clone(),
+            node_name: s.config.node_name.clone(),
+            node_id: s.node_id.clone(),
+            server: false,
+            revision: "berth".to_owned(),
+            version: "1.22.0".to_owned(),
+        },
+        coord: None,
+        member: member(&s),
+        stats: [(
+            "consul".to_owned(),
+            [
+                ("server".to_owned(), "false".to_owned()),
+                ("known_servers".to_owned(), "1".to_owned()),
+            ]
+            .into(),
+        )]
+        .into(),
+        meta: [(
+            "berth-version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )]
+        .into(),
+    };
+    crate::api::json(&answer)
+}
+
+async fn join(State(s): State<Arc<AgentShared>>, Path(addr): Path<String>) -> Response {
+    let wanted = s.config.server_url();
+    if wanted == addr || wanted.ends_with(&format!("//{addr}")) {
+        StatusCode::OK.into_response()
+    } else {
+        crate::api::plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("this agent is joined to {wanted}; restart it with --join {addr} to move"),
+        )
+    }
+}
+
+async fn leave_handler(State(s): State<Arc<AgentShared>>) -> Response {
+    s.shutdown.cancel();
+    StatusCode::OK.into_response()
+}
+
+fn beat_body(s: &AgentShared) -> Heartbeat {
+    Heartbeat {
+        node: s.config.node_name.clone(),
+        id: s.node_id.clone(),
+        address: s.advertise.clone(),
+        port: s.port,
+    }
+}
+
+async fn internal(s: &AgentShared, path: &str) -> Result<(), String> {
+    let mut req = s
+        .proxy
+        .http
+        .put(format!("{}{path}", s.proxy.server))
+        .timeout(Duration::from_secs(5))
+        .json(&beat_body(s));
+    if let Some(t) = &s.proxy.token {
+        req = req.header("X-Consul-Token", t);
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        ))
+    }
+}
+
+async fn heartbeat(s: &AgentShared) {
+    if let Err(e) = internal(s, "/v1/internal/berth/heartbeat").await {
+        tracing::warn!(cause = %e, "heartbeat failed");
+    }
+}
+
+async fn heartbeat_loop(s: Arc<AgentShared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(s.config.heartbeat_interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => heartbeat(&s).await,
+        }
+    }
+}
+
+async fn leave(s: &AgentShared) {
+    match internal(s, "/v1/internal/berth/leave").await {
+        Ok(()) => tracing::info!("left the cluster"),
+        Err(e) => tracing::warn!(cause = %e, "graceful leave failed"),
+    }
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
+];
+
+/// Forwards a request to the server, streaming both bodies and keeping headers (tokens and
+/// `X-Consul-*` included).
+async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut req = s
+        .proxy
+        .http
+        .request(parts.method.clone(), format!("{}{path}", s.proxy.server));
+    let mut has_token = false;
+    for (name, value) in &parts.headers {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        if (name == "x-consul-token" || name == "authorization") && !value.is_empty() {
+            has_token = true;
+        }
+        req = req.header(name, value);
+    }
+    let has_query_token = parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("token=") && p.len() > 6));
+    if let Some(t) = &s.proxy.token
+        && !has_token
+        && !has_query_token
+    {
+        req = req.header("X-Consul-Token", t);
+    }
+    let stream = body.into_data_stream();
+    req = req.body(reqwest::Body::wrap_stream(stream));
+    match req.send().await {
+        Ok(resp) => {
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for (name, value) in resp.headers() {
+                if HOP_BY_HOP.contains(&name.as_str()) {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(name.as_str().as_bytes()) {
+                    out = out.header(n, value.as_bytes());
+                }
+            }
+            let body = Body::from_stream(resp.bytes_stream().map_err(std::io::Error::other));
+            out.body(body)
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "forwarding to the server failed");
+            crate::api::plain(
+                StatusCode::BAD_GATEWAY,
+                "registry server unreachable".to_owned(),
+            )
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Cluster membership and liveness: which agents exist, when each last heartbeated, and the
+//! `serfHealth` check the server derives from that.
+//!
+//! berth replaces Serf's gossip with a plain heartbeat from each agent to the server
+//! (`PUT /v1/internal/berth/heartbeat`, berth-to-berth only; nothing outside the registry uses
+//! it). A member that misses heartbeats for `failure_timeout` is `failed` and its `serfHealth`
+//! turns critical, which ends the sessions tied to it; a graceful leave is `left` and removes
+//! the node from the catalog.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Serf member states as `/v1/agent/members` numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemberStatus {
+    Alive = 1,
+    Left = 3,
+    Failed = 4,
+}
+
+/// One member.
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    pub(crate) name: String,
+    pub(crate) id: String,
+    pub(crate) addr: String,
+    pub(crate) port: u16,
+    pub(crate) status: MemberStatus,
+    pub(crate) last_seen: Instant,
+}
+
+/// The member table of a server (itself excluded).
+#[derive(Debug)]
+pub(crate) struct Members {
+    inner: Mutex<BTreeMap<String, Member>>,
+    pub(crate) failure_timeout: Duration,
+}
+
+/// What a heartbeat changed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Beat {
+    /// Already alive: nothing to write.
+    Steady,
+    /// New, returning or recovered: (re)register its node with a passing `serfHealth`.
+    Revived,
+}
+
+impl Members {
+    pub(crate) fn new(failure_timeout: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            failure_timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Member>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a heartbeat.
+    pub(crate) fn heartbeat(
+        &self,
+        name: &str,
+        id: &str,
+        addr: &str,
+        port: u16,
+        now: Instant,
+    ) -> Beat {
+        let mut members = self.lock();
+        let entry = members.entry(name.to_owned()).or_insert_with(|| Member {
+            name: name.to_owned(),
+            id: id.to_owned(),
+            addr: addr.to_owned(),
+            port,
+            status: MemberStatus::Failed,
+            last_seen: now,
+        });
+        let revived = entry.status != MemberStatus::Alive || entry.addr != addr || entry.id != id;
+        entry.status = MemberStatus::Alive;
+        entry.last_seen = now;
+        entry.addr = addr.to_owned();
+        entry.id = id.to_owned();
+        entry.port = port;
+        if revived { Beat::Revived } else { Beat::Steady }
+    }
+
+    /// Adds a node known from the catalog (after a server restart) as alive from `now`, so it
+    /// fails unless its agent heartbeats again.
+    pub(crate) fn seed(&self, name: &str, id: &str, addr: &str, now: Instant) {
+        self.lock()
+            .entry(name.to_owned())
+            .or_insert_with(|| Member {
+                name: name.to_owned(),
+                id: id.to_owned(),
+                addr: addr.to_owned(),
+                port: 0,
+                status: MemberStatus::Alive,
+                last_seen: now,
+            });
+    }
+
+    /// Marks a member left.
+    pub(crate) fn leave(&self, name: &str) {
+        if let Some(m) = self.lock().get_mut(name) {
+            m.status = MemberStatus::Left;
+        }
+    }
+
+    /// Alive members silent for longer than the failure timeout become failed; returns them.
+    pub(crate) fn expire(&self, now: Instant) -> Vec<Member> {
+        let mut failed = Vec::new();
+        for m in self.lock().values_mut() {
+            if m.status == MemberStatus::Alive
+                && now.duration_since(m.last_seen) > self.failure_timeout
+            {
+                m.status = MemberStatus::Failed;
+                failed.push(m.clone());
+            }
+        }
+        failed
+    }
+
+    pub(crate) fn list(&self) -> Vec<Member> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_members_fail_and_come_back() {
+        let m = Members::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(m.heartbeat("a", "id", "127.0.0.2", 8500, t0), Beat::Revived);
+        assert_eq!(m.heartbeat("a", "id", "127.0.0.2", 8500, t0), Beat::Steady);
+        assert!(m.expire(t0 + Duration::from_secs(10)).is_empty());
+        let failed = m.expire(t0 + Duration::from_secs(11));
+        assert_eq!(failed.len(), 1);
+        assert_eq!(m.list()[0].status, MemberStatus::Failed);
+        assert!(m.expire(t0 + Duration::from_secs(30)).is_empty());
+        assert_eq!(
+            m.heartbeat("a", "id", "127.0.0.2", 8500, t0 + Duration::from_secs(31)),
+            Beat::Revived
+        );
+        m.leave("a");
+        assert_eq!(m.list()[0].status, MemberStatus::Left);
+        assert!(m.expire(t0 + Duration::from_secs(100)).is_empty());
+    }
+}

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # berth on this machine, in one command: the registry server, the master and one worker, run as
-# local processes from a release build, with their data, logs and tokens under .berth/.
+# local processes, with their data, logs and tokens under .berth/.
 # Needs Rust (rustup) and a running Docker engine this user may use. Stop with scripts/down.sh.
 #
 # Environment (all optional):
 #   BERTH_HOME        state directory                         [.berth in the repository]
-#   BERTH_PROFILE     cargo profile: release or dev           [release]
+#   BERTH_PROFILE     cargo profile: dev (the build scripts/test.sh shares, the quickest
+#                     first start) or release (for long-running use)        [dev]
 #   BERTH_REGISTRY    registry listen address                 [127.0.0.1:8500]
 #   BERTH_MASTER      master listen address                   [127.0.0.1:8080]
 #   BERTH_WORKER      worker listen address                   [127.0.0.1:8833]
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 home=${BERTH_HOME:-$repo/.berth}
-profile=${BERTH_PROFILE:-release}
+profile=${BERTH_PROFILE:-dev}
 registry=${BERTH_REGISTRY:-127.0.0.1:8500}
 master=${BERTH_MASTER:-127.0.0.1:8080}
 worker=${BERTH_WORKER:-127.0.0.1:8833}
@@ -35,7 +36,11 @@ docker info >/dev/null 2>&1 || die "the Docker engine is not reachable by $(id -
 
 started=$(date +%s)
 say "building the binaries (cargo, $profile profile)"
-cargo build --locked --profile "$profile" -p berth-registry -p berth-master -p berth-worker --bins
+if [ "$profile" = dev ]; then
+  cargo build --locked --workspace --bins
+else
+  cargo build --locked --profile "$profile" -p berth-registry -p berth-master -p berth-worker --bins
+fi
 target_dir=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 if [ "$profile" = dev ]; then bin=$target_dir/debug; else bin=$target_dir/$profile; fi
 

@@ -2,9 +2,8 @@
 //! containers on their own Docker network (see `cluster/mod.rs` for the set-up and what the
 //! shared engine means). Every call goes through the front door, as the main system's would.
 //!
-//! The tests marked `#[ignore]` need workers joined through the in-process registry agent
-//! (`berth-worker --join`, the discovery issue); they are complete and run with
-//! `cargo nextest run -p berth-master --test cluster_docker --run-ignored all`.
+//! A worker host is the registry agent (`berth-registry agent --join`) and the worker sharing one
+//! network namespace; `berth-worker --join` (the agent in-process) will make it one container.
 
 mod cluster;
 
@@ -277,12 +276,7 @@ async fn cluster_docker_lifecycle_spread_and_worker_kill_rebuilds_elsewhere() {
     // Kill alpha's worker: critical within the liveness window; a start rebuilds alpha from git
     // on the other worker; the KV still holds both records.
     let dead = worker_node(&a);
-    let victim = c
-        .workers
-        .iter()
-        .find(|w| w.node == dead)
-        .expect("worker container");
-    docker(&["kill", &victim.container]);
+    c.kill_worker(&dead);
     c.wait_worker_status(&dead, "critical").await;
     let (status, record) = c
         .call(Method::POST, "/v1/instances/alpha/start", None)

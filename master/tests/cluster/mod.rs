@@ -100,8 +100,15 @@ where
     }
 }
 
+/// One worker "host": a container holding the host's network namespace and running the
+/// registry agent joined to the server (`berth-registry agent --join`), and the worker container
+/// sharing that namespace, talking to the agent on 127.0.0.1:8500. Killing or disconnecting the
+/// host container cuts both off, as losing the machine would.
 pub struct Worker {
+    /// The host container (network namespace owner, registry agent).
     pub container: String,
+    /// The `berth-worker` container.
+    pub worker: String,
     pub node: String,
     pub port: u16,
     pub data: PathBuf,
@@ -201,6 +208,19 @@ impl Cluster {
 
     /// `docker run -d` a container of this cluster named `<id>-<name>` on its network.
     fn run(&self, name: &str, extra: &[&str], image: &str, args: &[&str]) -> String {
+        let network = self.network.clone();
+        self.run_in(name, &network, extra, image, args)
+    }
+
+    /// As [`Cluster::run`], on `network` (`container:<name>` shares another's namespace).
+    fn run_in(
+        &self,
+        name: &str,
+        network: &str,
+        extra: &[&str],
+        image: &str,
+        args: &[&str],
+    ) -> String {
         let container = format!("{}-{name}", self.id);
         let label = format!("org.berth.test={}", self.id);
         let mut cmd = vec![
@@ -211,7 +231,7 @@ impl Cluster {
             "--label",
             &label,
             "--network",
-            &self.network,
+            network,
         ];
         cmd.extend_from_slice(extra);
         cmd.push(image);
@@ -245,19 +265,35 @@ impl Cluster {
         let data = self.dir.path().join(format!("w{n}"));
         std::fs::create_dir_all(&data).expect("worker data dir");
         let data_s = data.display().to_string();
+        let publish = format!("{port}:{port}");
+        let join = "http://registry:8500".to_owned();
+        let host = self.run(
+            &format!("w{n}"),
+            &["-p", &publish],
+            "berth-registry:test",
+            &[
+                "agent",
+                "--join",
+                &join,
+                "--retry-join",
+                "--node-name",
+                &node,
+                "--http-addr",
+                "127.0.0.1:8500",
+                "--advertise",
+                &self.gateway,
+            ],
+        );
         let env = [
             format!("BERTH_WORKER_LISTEN=0.0.0.0:{port}"),
             format!("BERTH_WORKER_ADVERTISE={}", self.gateway),
             format!("BERTH_WORKER_DATA_DIR={data_s}"),
             format!("BERTH_WORKER_NODE_NAME={node}"),
-            "BERTH_WORKER_JOIN=http://registry:8500".to_owned(),
+            "BERTH_WORKER_REGISTRY=http://127.0.0.1:8500".to_owned(),
             format!("BERTH_CLUSTER_TOKEN={CLUSTER_TOKEN}"),
         ];
-        let publish = format!("{port}:{port}");
         let mount = format!("{data_s}:{data_s}");
         let mut extra = vec![
-            "-p",
-            &publish,
             "-v",
             "/var/run/docker.sock:/var/run/docker.sock",
             "-v",
@@ -267,13 +303,31 @@ impl Cluster {
             extra.push("-e");
             extra.push(e);
         }
-        let container = self.run(&format!("w{n}"), &extra, "berth-worker:test", &[]);
+        let worker = self.run_in(
+            &format!("w{n}-worker"),
+            &format!("container:{host}"),
+            &extra,
+            "berth-worker:test",
+            &[],
+        );
         self.workers.push(Worker {
-            container,
+            container: host,
+            worker,
             node,
             port,
             data,
         });
+    }
+
+    /// Kills a worker host: its worker and its agent, as a machine dying would.
+    pub fn kill_worker(&self, node: &str) {
+        let w = self
+            .workers
+            .iter()
+            .find(|w| w.node == node)
+            .expect("a worker of this cluster");
+        docker(&["kill", &w.worker]);
+        docker(&["kill", &w.container]);
     }
 
     /// The host port a container port is published on.

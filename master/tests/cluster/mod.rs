@@ -125,8 +125,22 @@ pub struct Cluster {
 }
 
 /// What a cluster is started with.
+/// Where a worker host's network namespace is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerNet {
+    /// The engine host's, as `docker-compose.worker.yml` runs it (`network_mode: host`): the
+    /// worker reaches its stacks' ports and containers as on a real worker host. The worker
+    /// listens on the test network's gateway address, its agent on a loopback port of its own.
+    Host,
+    /// A namespace of its own on the test network, so `docker network disconnect` can cut the
+    /// host off. The worker's readiness probe expects the engine host's namespace (it connects
+    /// to 127.0.0.1:<host port> and to the stack container's address), so stacks do not start.
+    Bridge,
+}
+
 pub struct Options {
     pub workers: usize,
+    pub worker_net: WorkerNet,
     pub masters: usize,
     /// The front door's cap on request bodies (nginx `client_max_body_size`).
     pub max_body: &'static str,
@@ -136,6 +150,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             workers: 0,
+            worker_net: WorkerNet::Host,
             masters: 1,
             max_body: "1m",
         }
@@ -167,9 +182,12 @@ impl Cluster {
                 .build()
                 .expect("reqwest client"),
         };
+        // A fixed host port: worker hosts in the engine's namespace join through it, and a
+        // random one would change when the registry restarts.
+        let registry_publish = format!("127.0.0.1:{}:8500", free_port());
         cluster.run(
             "registry",
-            &["--network-alias", "registry", "-p", "127.0.0.1::8500"],
+            &["--network-alias", "registry", "-p", &registry_publish],
             "berth-registry:test",
             &["server", "--node-name", "registry", "--data-dir", "/data"],
         );
@@ -196,7 +214,7 @@ impl Cluster {
         );
         cluster.wait_registry().await;
         for n in 0..options.workers {
-            cluster.add_worker(n);
+            cluster.add_worker(n, options.worker_net);
         }
         cluster.wait_front_door().await;
         let nodes: Vec<String> = cluster.workers.iter().map(|w| w.node.clone()).collect();
@@ -242,14 +260,18 @@ impl Cluster {
 
     fn add_master(&mut self, n: usize) {
         let alias = format!("master{n}");
+        let port = free_port();
         let env = [
             "BERTH_MASTER_REGISTRY=http://registry:8500".to_owned(),
             format!("BERTH_API_TOKEN={API_TOKEN}"),
             format!("BERTH_CLUSTER_TOKEN={CLUSTER_TOKEN}"),
             format!("BERTH_GIT_TOKEN={GIT_TOKEN}"),
-            format!("BERTH_MASTER_PUBLIC_URL=http://{alias}:8080"),
+            // Workers clone from here: the gateway address reaches the published port from the
+            // engine host's namespace and from the test network alike.
+            format!("BERTH_MASTER_PUBLIC_URL=http://{}:{port}", self.gateway),
         ];
-        let mut extra = vec!["--network-alias", &alias];
+        let publish = format!("{port}:8080");
+        let mut extra = vec!["--network-alias", &alias, "-p", &publish];
         for e in &env {
             extra.push("-e");
             extra.push(e);
@@ -258,7 +280,10 @@ impl Cluster {
         self.masters.push(c);
     }
 
-    pub fn add_worker(&mut self, n: usize) {
+    pub fn add_worker(&mut self, n: usize, net: WorkerNet) {
+        if net == WorkerNet::Host {
+            return self.add_host_worker(n);
+        }
         let node = format!("{}-w{n}", self.id);
         let port = free_port();
         // Same path on the host and in the container: stack bind mounts resolve on the host.
@@ -306,6 +331,72 @@ impl Cluster {
         let worker = self.run_in(
             &format!("w{n}-worker"),
             &format!("container:{host}"),
+            &extra,
+            "berth-worker:test",
+            &[],
+        );
+        self.workers.push(Worker {
+            container: host,
+            worker,
+            node,
+            port,
+            data,
+        });
+    }
+
+    /// A worker host in the engine host's network namespace (see [`WorkerNet::Host`]).
+    fn add_host_worker(&mut self, n: usize) {
+        let node = format!("{}-w{n}", self.id);
+        let port = free_port();
+        let agent_port = free_port();
+        let data = self.dir.path().join(format!("w{n}"));
+        std::fs::create_dir_all(&data).expect("worker data dir");
+        let data_s = data.display().to_string();
+        let join = format!(
+            "http://127.0.0.1:{}",
+            self.host_port(&self.container("registry"), 8500)
+        );
+        let agent_addr = format!("127.0.0.1:{agent_port}");
+        let host = self.run_in(
+            &format!("w{n}"),
+            "host",
+            &[],
+            "berth-registry:test",
+            &[
+                "agent",
+                "--join",
+                &join,
+                "--retry-join",
+                "--node-name",
+                &node,
+                "--http-addr",
+                &agent_addr,
+                "--advertise",
+                &self.gateway,
+            ],
+        );
+        let env = [
+            format!("BERTH_WORKER_LISTEN={}:{port}", self.gateway),
+            format!("BERTH_WORKER_ADVERTISE={}", self.gateway),
+            format!("BERTH_WORKER_DATA_DIR={data_s}"),
+            format!("BERTH_WORKER_NODE_NAME={node}"),
+            format!("BERTH_WORKER_REGISTRY=http://{agent_addr}"),
+            format!("BERTH_CLUSTER_TOKEN={CLUSTER_TOKEN}"),
+        ];
+        let mount = format!("{data_s}:{data_s}");
+        let mut extra = vec![
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            &mount,
+        ];
+        for e in &env {
+            extra.push("-e");
+            extra.push(e);
+        }
+        let worker = self.run_in(
+            &format!("w{n}-worker"),
+            "host",
             &extra,
             "berth-worker:test",
             &[],
@@ -512,8 +603,18 @@ impl Cluster {
 
     /// Containers, networks, volumes and images the stacks of this cluster's workers made.
     pub fn stack_objects(&self) -> Vec<String> {
+        self.stack_objects_except(&[])
+    }
+
+    /// As [`Cluster::stack_objects`], leaving out what the workers `skip` made (a dead host's
+    /// objects stay on the shared engine, where a real dead host would have taken them along).
+    pub fn stack_objects_except(&self, skip: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
-        for w in &self.workers {
+        for w in self
+            .workers
+            .iter()
+            .filter(|w| !skip.contains(&w.node.as_str()))
+        {
             let filter = format!("label=org.berth.node={}", w.node);
             for kind in [
                 vec!["ps", "-aq", "--filter", &filter],

@@ -261,6 +261,16 @@ impl Cluster {
     fn add_master(&mut self, n: usize) {
         let alias = format!("master{n}");
         let port = free_port();
+        if n == 0 {
+            let label = format!("org.berth.test={}", self.id);
+            docker(&[
+                "volume",
+                "create",
+                "--label",
+                &label,
+                &format!("{}-master-data", self.id),
+            ]);
+        }
         let env = [
             "BERTH_MASTER_REGISTRY=http://registry:8500".to_owned(),
             format!("BERTH_API_TOKEN={API_TOKEN}"),
@@ -271,7 +281,12 @@ impl Cluster {
             format!("BERTH_MASTER_PUBLIC_URL=http://{}:{port}", self.gateway),
         ];
         let publish = format!("{port}:8080");
-        let mut extra = vec!["--network-alias", &alias, "-p", &publish];
+        // Masters share one code store, as several masters need (a shared volume here; an
+        // external forge in production): a build may be asked of any master after an upload
+        // to another.
+        let volume = format!("{}-master-data", self.id);
+        let mount = format!("{volume}:/data");
+        let mut extra = vec!["--network-alias", &alias, "-p", &publish, "-v", &mount];
         for e in &env {
             extra.push("-e");
             extra.push(e);
@@ -656,6 +671,9 @@ impl Drop for Cluster {
             }
         }
         docker_quiet(&["network", "rm", &self.network]);
+        for id in docker_quiet(&["volume", "ls", "-q", "--filter", &own]).lines() {
+            docker_quiet(&["volume", "rm", "-f", id]);
+        }
     }
 }
 

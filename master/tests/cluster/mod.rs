@@ -116,6 +116,9 @@ pub struct Worker {
 
 pub struct Cluster {
     pub id: String,
+    /// Network worker hosts reach the registry over, and the registry's fixed address on it.
+    pub link: String,
+    pub link_ip: String,
     pub network: String,
     pub gateway: String,
     pub dir: tempfile::TempDir,
@@ -170,7 +173,35 @@ impl Cluster {
             "{{(index .IPAM.Config 0).Gateway}}",
             &id,
         ]);
+        // The link worker hosts in the engine's namespace join the registry over: a network of
+        // its own with a fixed subnet, so the registry can be cut off from them and come back
+        // at the same address (`cut_registry_link`, `restore_registry_link`).
+        let link = format!("{id}-link");
+        docker(&["network", "create", "--label", &label, &link]);
+        let subnet = docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Subnet}}",
+            &link,
+        ]);
+        docker(&["network", "rm", &link]);
+        docker(&[
+            "network", "create", "--label", &label, "--subnet", &subnet, &link,
+        ]);
+        let link_ip = {
+            let base = subnet.split('/').next().expect("subnet address");
+            let mut octets: Vec<u8> = base.split('.').map(|o| o.parse().expect("octet")).collect();
+            octets[3] = octets[3].saturating_add(10);
+            octets
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(".")
+        };
         let mut cluster = Cluster {
+            link,
+            link_ip,
             id: id.clone(),
             network: id.clone(),
             gateway,
@@ -212,6 +243,14 @@ impl Cluster {
             "berth-nginx:test",
             &args,
         );
+        docker(&[
+            "network",
+            "connect",
+            "--ip",
+            &cluster.link_ip,
+            &cluster.link,
+            &cluster.container("registry"),
+        ]);
         cluster.wait_registry().await;
         for n in 0..options.workers {
             cluster.add_worker(n, options.worker_net);
@@ -367,10 +406,7 @@ impl Cluster {
         let data = self.dir.path().join(format!("w{n}"));
         std::fs::create_dir_all(&data).expect("worker data dir");
         let data_s = data.display().to_string();
-        let join = format!(
-            "http://127.0.0.1:{}",
-            self.host_port(&self.container("registry"), 8500)
-        );
+        let join = format!("http://{}:8500", self.link_ip);
         let agent_addr = format!("127.0.0.1:{agent_port}");
         let host = self.run_in(
             &format!("w{n}"),
@@ -423,6 +459,27 @@ impl Cluster {
             port,
             data,
         });
+    }
+
+    /// Cuts the worker hosts off from the registry (their heartbeats and syncs fail).
+    pub fn cut_registry_link(&self) {
+        docker(&[
+            "network",
+            "disconnect",
+            &self.link,
+            &self.container("registry"),
+        ]);
+    }
+
+    pub fn restore_registry_link(&self) {
+        docker(&[
+            "network",
+            "connect",
+            "--ip",
+            &self.link_ip,
+            &self.link,
+            &self.container("registry"),
+        ]);
     }
 
     /// Kills a worker host: its worker and its agent, as a machine dying would.
@@ -671,6 +728,7 @@ impl Drop for Cluster {
             }
         }
         docker_quiet(&["network", "rm", &self.network]);
+        docker_quiet(&["network", "rm", &self.link]);
         for id in docker_quiet(&["volume", "ls", "-q", "--filter", &own]).lines() {
             docker_quiet(&["volume", "rm", "-f", id]);
         }

@@ -49,8 +49,8 @@ else
 fi
 
 rm -rf "$ctx"
-mkdir -p "$ctx"/{bin,tmp,libs,nginx-root}
-chmod 1777 "$ctx/tmp"
+mkdir -p "$ctx"/{bin,root/tmp,nginx-root}
+chmod 1777 "$ctx/root/tmp"
 
 # Copies a dynamically linked program's shared libraries into a root at their own paths.
 copy_libs() {
@@ -71,7 +71,7 @@ for bin in "${bins[@]}"; do
   else
     # Debug info makes the images ten times larger and their builds slow.
     strip --strip-debug "$ctx/bin/$bin"
-    copy_libs "$ctx/bin/$bin" "$ctx/libs"
+    copy_libs "$ctx/bin/$bin" "$ctx/root"
   fi
 done
 

@@ -14,6 +14,19 @@ python3 -m pip install --quiet --disable-pip-version-check 'pytest>=8,<9' 'py-co
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
+# cluster (issue 6): nginx for the front door image and `nginx -t` tests (its service is not
+# started: policy-rc.d forbids it during the install), shellcheck for the scripts, musl for the
+# static binaries of the FROM-scratch images.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  had_policy=$([ -e /usr/sbin/policy-rc.d ] && echo yes || echo no)
+  [ "$had_policy" = yes ] || printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends nginx >/dev/null
+  [ "$had_policy" = yes ] || rm -f /usr/sbin/policy-rc.d
+fi
+apt-get install -y -qq --no-install-recommends shellcheck musl-tools openssl >/dev/null
+rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || true
+
 # worker: `docker-compose -p <project> ps` must list stacks the worker created (compatibility test)
 apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
 

@@ -28,3 +28,6 @@ cargo nextest run --workspace --locked --no-fail-fast --profile ci
 
 step "python compatibility tests (py-consul against the real server)"
 python3 -m pytest -q registry/tests/py
+
+step "shellcheck (scripts)"
+shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/sample-app/web/index.cgi

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# berth on this machine, in one command: the registry server, the master and one worker, run as
+# local processes, with their data, logs and tokens under .berth/.
+# Needs Rust (rustup) and a running Docker engine this user may use. Stop with scripts/down.sh.
+#
+# Environment (all optional):
+#   BERTH_HOME        state directory                         [.berth in the repository]
+#   BERTH_PROFILE     cargo profile: dev (the build scripts/test.sh shares, the quickest
+#                     first start) or release (for long-running use)        [dev]
+#   BERTH_REGISTRY    registry listen address                 [127.0.0.1:8500]
+#   BERTH_MASTER      master listen address                   [127.0.0.1:8080]
+#   BERTH_WORKER      worker listen address                   [127.0.0.1:8833]
+#   BERTH_ADVERTISE   address apps are published at           [127.0.0.1]
+#
+# On one machine the worker uses the registry server's own agent (as `consul agent -dev` does);
+# on many machines each worker joins the master's registry (scripts/join-worker.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+home=${BERTH_HOME:-$repo/.berth}
+profile=${BERTH_PROFILE:-dev}
+registry=${BERTH_REGISTRY:-127.0.0.1:8500}
+master=${BERTH_MASTER:-127.0.0.1:8080}
+worker=${BERTH_WORKER:-127.0.0.1:8833}
+advertise=${BERTH_ADVERTISE:-127.0.0.1}
+
+say() { printf '==> %s\n' "$*"; }
+die() {
+  printf 'up.sh: %s\n' "$*" >&2
+  exit 1
+}
+
+command -v cargo >/dev/null || die "cargo is needed (https://rustup.rs)"
+command -v curl >/dev/null || die "curl is needed (apt-get install -y curl)"
+docker info >/dev/null 2>&1 || die "the Docker engine is not reachable by $(id -un) (is it running? is $(id -un) in the docker group?)"
+
+started=$(date +%s)
+say "building the binaries (cargo, $profile profile)"
+if [ "$profile" = dev ]; then
+  cargo build --locked --workspace --bins
+else
+  cargo build --locked --profile "$profile" -p berth-registry -p berth-master -p berth-worker --bins
+fi
+target_dir=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+if [ "$profile" = dev ]; then bin=$target_dir/debug; else bin=$target_dir/$profile; fi
+
+say "building the base image the sample app uses (nothing is pulled)"
+scripts/base-image.sh
+
+mkdir -p "$home"/{registry,master,worker,logs,run}
+chmod 700 "$home"
+if [ ! -s "$home/cluster-token" ]; then
+  (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$home/cluster-token")
+fi
+
+# start NAME COMMAND...: runs COMMAND in the background unless NAME already runs.
+start() {
+  local name=$1 pidfile=$home/run/$1.pid
+  shift
+  if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "$name already running (pid $(cat "$pidfile"))"
+    return
+  fi
+  nohup "$@" >>"$home/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  say "$name started (pid $!, log $home/logs/$name.log)"
+}
+
+# wait_for NAME URL [SECONDS]: until URL answers 2xx, or fail with the log's tail.
+wait_for() {
+  local name=$1 url=$2 limit=${3:-60} i
+  for ((i = 0; i < limit * 4; i++)); do
+    if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$(cat "$home/run/$name.pid")" 2>/dev/null; then break; fi
+    sleep 0.25
+  done
+  tail -n 20 "$home/logs/$name.log" >&2 || true
+  die "$name did not come up at $url (log: $home/logs/$name.log)"
+}
+
+start registry "$bin/berth-registry" server \
+  --http-addr "$registry" --data-dir "$home/registry" --node-name "$(hostname -s)"
+wait_for registry "http://$registry/v1/status/leader"
+
+start master "$bin/berth-master" \
+  --listen "$master" --data-dir "$home/master" --registry "http://$registry" \
+  --cluster-token-file "$home/cluster-token" --public-url "http://$master"
+wait_for master "http://$master/healthz"
+
+start worker "$bin/berth-worker" \
+  --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" \
+  --registry "http://$registry" --cluster-token-file "$home/cluster-token"
+wait_for worker "http://$worker/healthz"
+
+say "waiting for the worker to pass its health check in the registry"
+passing=no
+for ((i = 0; i < 120; i++)); do
+  if curl -fsS "http://$registry/v1/health/service/berth-worker?passing=1" 2>/dev/null |
+    grep -q '"ServiceID"'; then
+    passing=yes
+    break
+  fi
+  sleep 0.25
+done
+[ "$passing" = yes ] ||
+  die "the worker is not passing in the registry after 30 s (logs: $home/logs/worker.log, $home/logs/registry.log)"
+
+cat <<EOF
+
+berth is up ($(($(date +%s) - started)) s).
+  master API     http://$master/v1/instances
+  registry UI    http://$registry/ui/
+  API token      $home/master/api-token
+  logs           $home/logs/
+Try it:          scripts/demo.sh        Stop:  scripts/down.sh
+EOF

@@ -411,26 +411,8 @@ pub struct AgentService {
     pub modify_index: Option<u64>,
 }
 
-/// A node inside a health entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct HealthNode {
-    #[serde(default, rename = "ID")]
-    pub id: String,
-    pub node: String,
-    #[serde(default)]
-    pub address: String,
-    #[serde(default)]
-    pub datacenter: String,
-    #[serde(default, deserialize_with = "null_default")]
-    pub tagged_addresses: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_default")]
-    pub meta: BTreeMap<String, String>,
-    #[serde(default)]
-    pub create_index: u64,
-    #[serde(default)]
-    pub modify_index: u64,
-}
+/// A node inside a health entry: the same shape as a catalog node.
+pub type HealthNode = CatalogNode;
 
 /// One entry of `GET /v1/health/service/<name>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,11 +8,11 @@ use axum::response::Response;
 
 use super::acl::{Authz, filtered};
 use super::blocking::{QueryOptions, block, with_meta};
-use super::catalog::{meta_matches, node_meta_filter, reject_filter};
+use super::catalog::{meta_matches, node_dto, node_meta_filter, reject_filter};
 use super::{ApiError, AppState, Params, json};
 use crate::acl::{Need, Resource};
-use crate::dto::{AgentService, HealthCheck, HealthNode, ServiceAddress, ServiceEntry, Weights};
-use crate::store::state::{Check, CheckStatus, Node, Service, State as StoreState, Topic};
+use crate::dto::{AgentService, HealthCheck, ServiceAddress, ServiceEntry, Weights};
+use crate::store::state::{Check, CheckStatus, Service, State as StoreState, Topic};
 
 pub(crate) fn check_dto(c: &Check) -> HealthCheck {
     HealthCheck {
@@ -62,19 +62,6 @@ pub(crate) fn service_dto(s: &Service, datacenter: &str) -> AgentService {
         datacenter: datacenter.to_owned(),
         create_index: Some(s.create_index),
         modify_index: Some(s.modify_index),
-    }
-}
-
-fn node_dto(n: &Node) -> HealthNode {
-    HealthNode {
-        id: n.id.clone(),
-        node: n.name.clone(),
-        address: n.address.clone(),
-        datacenter: n.datacenter.clone(),
-        tagged_addresses: n.tagged_addresses.clone(),
-        meta: n.meta.clone(),
-        create_index: n.create_index,
-        modify_index: n.modify_index,
     }
 }
 

@@ -128,22 +128,8 @@ pub struct Cluster {
 }
 
 /// What a cluster is started with.
-/// Where a worker host's network namespace is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerNet {
-    /// The engine host's, as `docker-compose.worker.yml` runs it (`network_mode: host`): the
-    /// worker reaches its stacks' ports and containers as on a real worker host. The worker
-    /// listens on the test network's gateway address, its agent on a loopback port of its own.
-    Host,
-    /// A namespace of its own on the test network, so `docker network disconnect` can cut the
-    /// host off. The worker's readiness probe expects the engine host's namespace (it connects
-    /// to 127.0.0.1:<host port> and to the stack container's address), so stacks do not start.
-    Bridge,
-}
-
 pub struct Options {
     pub workers: usize,
-    pub worker_net: WorkerNet,
     pub masters: usize,
     /// The front door's cap on request bodies (nginx `client_max_body_size`).
     pub max_body: &'static str,
@@ -153,7 +139,6 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             workers: 0,
-            worker_net: WorkerNet::Host,
             masters: 1,
             max_body: "1m",
         }
@@ -253,7 +238,7 @@ impl Cluster {
         ]);
         cluster.wait_registry().await;
         for n in 0..options.workers {
-            cluster.add_worker(n, options.worker_net);
+            cluster.add_worker(n);
         }
         cluster.wait_front_door().await;
         let nodes: Vec<String> = cluster.workers.iter().map(|w| w.node.clone()).collect();
@@ -334,72 +319,11 @@ impl Cluster {
         self.masters.push(c);
     }
 
-    pub fn add_worker(&mut self, n: usize, net: WorkerNet) {
-        if net == WorkerNet::Host {
-            return self.add_host_worker(n);
-        }
-        let node = format!("{}-w{n}", self.id);
-        let port = free_port();
-        // Same path on the host and in the container: stack bind mounts resolve on the host.
-        let data = self.dir.path().join(format!("w{n}"));
-        std::fs::create_dir_all(&data).expect("worker data dir");
-        let data_s = data.display().to_string();
-        let publish = format!("{port}:{port}");
-        let join = "http://registry:8500".to_owned();
-        let host = self.run(
-            &format!("w{n}"),
-            &["-p", &publish],
-            "berth-registry:test",
-            &[
-                "agent",
-                "--join",
-                &join,
-                "--retry-join",
-                "--node-name",
-                &node,
-                "--http-addr",
-                "127.0.0.1:8500",
-                "--advertise",
-                &self.gateway,
-            ],
-        );
-        let env = [
-            format!("BERTH_WORKER_LISTEN=0.0.0.0:{port}"),
-            format!("BERTH_WORKER_ADVERTISE={}", self.gateway),
-            format!("BERTH_WORKER_DATA_DIR={data_s}"),
-            format!("BERTH_WORKER_NODE_NAME={node}"),
-            "BERTH_WORKER_REGISTRY=http://127.0.0.1:8500".to_owned(),
-            format!("BERTH_CLUSTER_TOKEN={CLUSTER_TOKEN}"),
-        ];
-        let mount = format!("{data_s}:{data_s}");
-        let mut extra = vec![
-            "-v",
-            "/var/run/docker.sock:/var/run/docker.sock",
-            "-v",
-            &mount,
-        ];
-        for e in &env {
-            extra.push("-e");
-            extra.push(e);
-        }
-        let worker = self.run_in(
-            &format!("w{n}-worker"),
-            &format!("container:{host}"),
-            &extra,
-            "berth-worker:test",
-            &[],
-        );
-        self.workers.push(Worker {
-            container: host,
-            worker,
-            node,
-            port,
-            data,
-        });
-    }
-
-    /// A worker host in the engine host's network namespace (see [`WorkerNet::Host`]).
-    fn add_host_worker(&mut self, n: usize) {
+    /// A worker host in the engine host's network namespace, as `docker-compose.worker.yml`
+    /// runs it (`network_mode: host`): the worker reaches its stacks' ports and containers as on
+    /// a real worker host. It listens on the test network's gateway address, its agent on a
+    /// loopback port of its own.
+    pub fn add_worker(&mut self, n: usize) {
         let node = format!("{}-w{n}", self.id);
         let port = free_port();
         let agent_port = free_port();

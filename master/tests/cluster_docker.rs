@@ -2,8 +2,8 @@
 //! containers on their own Docker network (see `cluster/mod.rs` for the set-up and what the
 //! shared engine means). Every call goes through the front door, as the main system's would.
 //!
-//! A worker host is the registry agent (`berth-registry agent --join`) and the worker sharing one
-//! network namespace, the engine host's, as in production (see `Cluster::add_worker`).
+//! A worker host is one `berth-worker --join` container (the registry agent in-process) in the
+//! engine host's network namespace, as in production (see `Cluster::add_worker`).
 
 mod cluster;
 

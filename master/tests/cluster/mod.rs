@@ -100,15 +100,12 @@ where
     }
 }
 
-/// One worker "host": a container holding the host's network namespace and running the
-/// registry agent joined to the server (`berth-registry agent --join`), and the worker container
-/// sharing that namespace, talking to the agent on 127.0.0.1:8500. Killing or disconnecting the
-/// host container cuts both off, as losing the machine would.
+/// One worker "host": a `berth-worker --join` container (the registry agent in-process) in the
+/// engine host's network namespace, as `docker-compose.worker.yml` runs it. Killing it is losing
+/// the machine.
 pub struct Worker {
-    /// The host container (network namespace owner, registry agent).
-    pub container: String,
     /// The `berth-worker` container.
-    pub worker: String,
+    pub container: String,
     pub node: String,
     pub port: u16,
     pub data: PathBuf,
@@ -331,31 +328,13 @@ impl Cluster {
         std::fs::create_dir_all(&data).expect("worker data dir");
         let data_s = data.display().to_string();
         let join = format!("http://{}:8500", self.link_ip);
-        let agent_addr = format!("127.0.0.1:{agent_port}");
-        let host = self.run_in(
-            &format!("w{n}"),
-            "host",
-            &[],
-            "berth-registry:test",
-            &[
-                "agent",
-                "--join",
-                &join,
-                "--retry-join",
-                "--node-name",
-                &node,
-                "--http-addr",
-                &agent_addr,
-                "--advertise",
-                &self.gateway,
-            ],
-        );
         let env = [
             format!("BERTH_WORKER_LISTEN={}:{port}", self.gateway),
             format!("BERTH_WORKER_ADVERTISE={}", self.gateway),
             format!("BERTH_WORKER_DATA_DIR={data_s}"),
             format!("BERTH_WORKER_NODE_NAME={node}"),
-            format!("BERTH_WORKER_REGISTRY=http://{agent_addr}"),
+            format!("BERTH_WORKER_JOIN={join}"),
+            format!("BERTH_WORKER_AGENT_LISTEN=127.0.0.1:{agent_port}"),
             format!("BERTH_CLUSTER_TOKEN={CLUSTER_TOKEN}"),
         ];
         let mount = format!("{data_s}:{data_s}");
@@ -369,16 +348,9 @@ impl Cluster {
             extra.push("-e");
             extra.push(e);
         }
-        let worker = self.run_in(
-            &format!("w{n}-worker"),
-            "host",
-            &extra,
-            "berth-worker:test",
-            &[],
-        );
+        let container = self.run_in(&format!("w{n}"), "host", &extra, "berth-worker:test", &[]);
         self.workers.push(Worker {
-            container: host,
-            worker,
+            container,
             node,
             port,
             data,
@@ -406,14 +378,13 @@ impl Cluster {
         ]);
     }
 
-    /// Kills a worker host: its worker and its agent, as a machine dying would.
+    /// Kills a worker host (the worker and its in-process agent), as a machine dying would.
     pub fn kill_worker(&self, node: &str) {
         let w = self
             .workers
             .iter()
             .find(|w| w.node == node)
             .expect("a worker of this cluster");
-        docker(&["kill", &w.worker]);
         docker(&["kill", &w.container]);
     }
 

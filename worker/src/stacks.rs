@@ -333,6 +333,7 @@ impl Stacks {
         self.settings
             .policy
             .check(&project, &src)
+            .and_then(|()| crate::registrator::check_project(&project))
             .map_err(|details| StackError::Rejected {
                 message: format!("rejected by policy: {}", compose::summary(&details)),
                 details,

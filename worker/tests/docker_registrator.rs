@@ -1,6 +1,7 @@
 //! The registrator against a real in-process berth registry: registrations appear with their
 //! health, go on `kill -9` of a container and on stop, and a worker killed with `kill -9` leaves
-//! no stale or duplicate registration once it is back.
+//! no stale or duplicate registration once it is back. A stack cannot register a name of berth or
+//! Consul, nor an HTTP check that leaves its own port.
 
 mod common;
 
@@ -9,8 +10,9 @@ use std::time::Duration;
 
 use berth_registry::client::Client;
 use berth_registry::server;
-use berth_worker_api::{Secret, StartRequest, WorkerClient};
+use berth_worker_api::{Secret, StartRequest, WorkerClient, WorkerClientError};
 use common::*;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 struct Proc(Child);
@@ -252,4 +254,189 @@ async fn docker_registrations_follow_containers_and_survive_worker_kill_9() {
     client.delete(&sid, false).await.unwrap();
     stop_registry.cancel();
     let _ = server_task.await;
+}
+
+/// Claims the worker's service name and placement meta, and points its HTTP check at the
+/// registry's KV through user info (audit findings 2 and 9).
+const SPOOF: &str = "services:
+  fake:
+    image: berth-base:latest
+    command: [httpd, -f, -p, \"8833\", -h, /]
+    ports: [\"8833\"]
+    environment:
+      SERVICE_NAME: berth-worker
+      SERVICE_INSTANCES: \"0\"
+      SERVICE_CAPACITY: \"1000\"
+      SERVICE_CHECK_HTTP: \"@127.0.0.1:8500/v1/kv/secret?raw\"
+  good:
+    image: berth-base:latest
+    command: [httpd, -f, -p, \"8080\", -h, /]
+    ports: [\"8080\"]
+";
+
+/// The same claims from the image's environment, which only the registrator sees.
+const SPOOF_IMAGE: &str = "services:
+  fake:
+    build: ./fake
+    command: [httpd, -f, -p, \"8833\", -h, /]
+    ports: [\"8833\"]
+  ssrf:
+    build: ./ssrf
+    command: [httpd, -f, -p, \"8080\", -h, /]
+    ports: [\"8080\"]
+  good:
+    image: berth-base:latest
+    command: [httpd, -f, -p, \"8080\", -h, /]
+    ports: [\"8080\"]
+    environment:
+      SERVICE_REGION: eu
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_reserved_names_and_check_urls_are_refused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = format!("http://{}", listener.local_addr().unwrap());
+    let stop_registry = CancellationToken::new();
+    let server_task = tokio::spawn(server::run(
+        server::Config::dev("reg-test"),
+        listener,
+        stop_registry.clone(),
+    ));
+    let kv = Client::new(&registry, None).unwrap();
+    let w = worker("regres", |c| c.registry = Some(registry.clone())).await;
+    let node = w.node.clone();
+    let worker_ids = || async {
+        let mut ids: Vec<String> = kv
+            .health_service("berth-worker", false)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.service.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    eventually("self-registration", || async {
+        (worker_ids().await == [format!("berth-worker:{node}")]).then_some(())
+    })
+    .await;
+
+    // From the compose file: refused before anything runs, naming each variable.
+    let (repo, commit) = git_repo(&[("compose.yaml", SPOOF)]);
+    let sid = id(&format!("spoof-{node}"));
+    let err = w
+        .client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(422), "{err}");
+    let WorkerClientError::Api { body, .. } = &err else {
+        panic!("{err:?}");
+    };
+    let mut fields: Vec<&str> = body
+        .error
+        .details
+        .iter()
+        .map(|d| d.field.as_str())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "services.fake.environment.SERVICE_CAPACITY",
+            "services.fake.environment.SERVICE_CHECK_HTTP",
+            "services.fake.environment.SERVICE_INSTANCES",
+            "services.fake.environment.SERVICE_NAME",
+        ],
+        "{body:?}"
+    );
+    assert!(
+        body.error
+            .details
+            .iter()
+            .all(|d| d.service.as_deref() == Some("fake")),
+        "{body:?}"
+    );
+    assert!(
+        w.cleanup.leftovers().0.is_empty(),
+        "no container was created"
+    );
+    assert!(own(&kv, &node).await.is_empty());
+    assert_eq!(worker_ids().await, [format!("berth-worker:{node}")]);
+    w.client.delete(&sid, false).await.unwrap();
+
+    // From the image: the stack runs, the refused ports are not registered, and the instance
+    // log says why.
+    let (repo, commit) = git_repo(&[
+        ("compose.yaml", SPOOF_IMAGE),
+        (
+            "fake/Dockerfile",
+            "FROM berth-base:latest\nENV SERVICE_NAME=berth-worker SERVICE_INSTANCES=0 SERVICE_CAPACITY=1000\n",
+        ),
+        (
+            "ssrf/Dockerfile",
+            "FROM berth-base:latest\nENV SERVICE_CHECK_HTTP=@127.0.0.1:8500/v1/kv/secret?raw\n",
+        ),
+    ]);
+    let sid = id(&format!("spoofimg-{node}"));
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    let project = st.project_name.clone();
+    let log = eventually("both refusals in the instance log", || async {
+        let log = instance_log(&w.client, &sid).await;
+        (log.contains(&format!("{project}-fake-1: SERVICE_NAME"))
+            && log.contains(&format!("{project}-ssrf-1: SERVICE_CHECK_HTTP")))
+        .then_some(log)
+    })
+    .await;
+    assert!(
+        log.contains(&format!(
+            "registrator: {project}-fake-1: SERVICE_NAME sets the reserved service name \"berth-worker\""
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "registrator: {project}-ssrf-1: SERVICE_CHECK_HTTP must be a path starting with /; port 8080 is not registered"
+        )),
+        "{log}"
+    );
+    // The resync that wrote those lines decided the rest: only `good` is registered, and it
+    // carries its instance.
+    let good_id = format!("{node}:{project}-good-1:8080");
+    let regs = eventually("the good service", || async {
+        let r = own(&kv, &node).await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        regs.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        [good_id.as_str()]
+    );
+    let good = kv.agent_services().await.unwrap().remove(&good_id).unwrap();
+    assert_eq!(good.meta["berth_instance"], sid.as_str());
+    assert_eq!(good.meta["region"], "eu");
+    assert_eq!(worker_ids().await, [format!("berth-worker:{node}")]);
+
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+    stop_registry.cancel();
+    let _ = server_task.await;
+}
+
+/// The stack's build and start log so far.
+async fn instance_log(client: &WorkerClient, id: &berth_worker_api::ValidName) -> String {
+    let mut stream = client.logs(id, false).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

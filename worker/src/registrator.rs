@@ -345,6 +345,7 @@ pub fn registrations(
             // Docker runs the healthcheck; the registrator relays its result to a TTL check.
             Some(Check {
                 ttl: Some("60s".to_owned()),
+                relays_docker_health: true,
                 ..Check::default()
             })
         } else {
@@ -378,9 +379,7 @@ fn host(addr: &str) -> String {
 
 /// Whether a registration relays Docker's health through a TTL check.
 pub fn relays_health(reg: &Registration) -> bool {
-    reg.check
-        .as_ref()
-        .is_some_and(|c| c.ttl.as_deref() == Some("60s") && c.http.is_none() && c.tcp.is_none())
+    reg.check.as_ref().is_some_and(|c| c.relays_docker_health)
 }
 
 /// What a resync does: register what is missing or changed, deregister this node's container
@@ -826,6 +825,19 @@ mod tests {
         assert_eq!(c.timeout.as_deref(), Some("1s"));
         assert_eq!(c.deregister_after.as_deref(), Some("1m"));
         assert_eq!(r.address, "10.0.0.5");
+    }
+
+    #[test]
+    fn only_docker_healthchecks_are_relayed() {
+        let relayed = |env: &[&str], hc: bool| {
+            let v = view(env, &[(80, "tcp", 32000)], hc);
+            relays_health(&registrations(&v, "n1", "10.0.0.5").0[0])
+        };
+        assert!(relayed(&[], true));
+        // The application's own TTL check, even of the relay's 60s, is its to update.
+        assert!(!relayed(&["SERVICE_CHECK_TTL=60s"], false));
+        assert!(!relayed(&["SERVICE_CHECK_TTL=60s"], true));
+        assert!(!relayed(&[], false));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct Check {
     pub interval: Option<String>,
     pub timeout: Option<String>,
     pub deregister_after: Option<String>,
+    /// A TTL check the registrator feeds from the container's Docker health status (not sent to
+    /// the agent; a `SERVICE_CHECK_TTL` check of the same TTL is the application's own).
+    pub relays_docker_health: bool,
 }
 
 /// One service registration with the local agent.

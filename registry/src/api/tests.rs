@@ -858,6 +858,48 @@ async fn check_going_critical_ends_dependent_sessions() {
     .await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_refused_command_leaves_session_clocks_alone() {
+    let mut h = Harness::new().await;
+    h.check(
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Node":"n4","Address":"10.0.0.4","Check":{"CheckID":"serfHealth","Status":"passing"}}"#,
+        200,
+        "true",
+    )
+    .await;
+    h.session("s", r#"{"Node":"n4","TTL":"10s","LockDelay":"30s"}"#)
+        .await;
+    h.session("other", r#"{"LockDelay":"0s"}"#).await;
+    h.check("PUT", "/v1/kv/leader?acquire={s}", "me", 200, "true")
+        .await;
+    // the first check going critical ends the session inside the command, the second check
+    // then fails it: the whole command is refused
+    h.check(
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Node":"n4","Address":"10.0.0.4","Checks":[{"CheckID":"serfHealth","Status":"critical"},{"CheckID":"x","ServiceID":"nosuch"}]}"#,
+        500,
+        "Unknown service ID 'nosuch' for check ID 'x'",
+    )
+    .await;
+    // no lock-delay was left behind: an explicit release starts none
+    h.check("PUT", "/v1/kv/leader?release={s}", "", 200, "true")
+        .await;
+    h.check("PUT", "/v1/kv/leader?acquire={other}", "", 200, "true")
+        .await;
+    h.check("PUT", "/v1/kv/leader?release={other}", "", 200, "true")
+        .await;
+    // and the TTL clock still runs: the session ends 2 x TTL after it was created
+    h.check("PUT", "/v1/kv/leader?acquire={s}", "", 200, "true")
+        .await;
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    h.check("GET", "/v1/session/info/{s}", "", 200, "[]").await;
+    let released = h.check("GET", "/v1/kv/leader", "", 200, "*").await;
+    assert!(!released.body.contains("Session"), "{}", released.body);
+}
+
 /// A small deterministic generator for the robustness test (xorshift64*).
 struct Noise(u64);
 

@@ -617,6 +617,32 @@ async fn txn_rules() {
             r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"t/none\" doesn't exist"}]}"#,
         ),
         (
+            r#"[{"KV":{"Verb":"check-session","Key":"t/none"}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to check session, key \"t/none\" doesn't exist"}]}"#,
+        ),
+        (
+            r#"[{"KV":{"Verb":"check-index","Key":"t/none","Index":1}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to check index, key \"t/none\" doesn't exist"}]}"#,
+        ),
+        // every verb but delete-tree needs a key; refused ops stop the whole transaction
+        (
+            r#"[{"KV":{"Verb":"set","Key":"","Value":"YQ=="}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"Must provide key"}]}"#,
+        ),
+        (
+            r#"[{"KV":{"Verb":"set","Key":"t/ok"}},{"KV":{"Verb":"lock","Key":"","Session":"{s}"}},{"KV":{"Verb":"delete","Key":""}},{"KV":{"Verb":"check-not-exists"}},{"KV":{"Verb":"get","Key":""}},{"KV":{"Verb":"cas","Key":"","Index":0}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":1,"What":"Must provide key"},{"OpIndex":2,"What":"Must provide key"},{"OpIndex":3,"What":"Must provide key"},{"OpIndex":4,"What":"Must provide key"},{"OpIndex":5,"What":"Must provide key"}]}"#,
+        ),
+        (
+            r#"[{"KV":{"Verb":"get","Key":"t/ok"}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"t/ok\" doesn't exist"}]}"#,
+        ),
+        (
             r#"[{"KV":{"Verb":"check-not-exists","Key":"t/a"}}]"#,
             409,
             r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"t/a\" exists"}]}"#,
@@ -898,6 +924,40 @@ async fn a_refused_command_leaves_session_clocks_alone() {
     h.check("GET", "/v1/session/info/{s}", "", 200, "[]").await;
     let released = h.check("GET", "/v1/kv/leader", "", 200, "*").await;
     assert!(!released.body.contains("Session"), "{}", released.body);
+}
+
+#[tokio::test(start_paused = true)]
+async fn txn_lock_inside_a_lock_delay_says_so() {
+    let mut h = Harness::new().await;
+    h.session("s", r#"{"LockDelay":"20s"}"#).await;
+    h.session("s2", r#"{"LockDelay":"0s"}"#).await;
+    h.check("PUT", "/v1/kv/txld?acquire={s}", "v", 200, "true")
+        .await;
+    h.check("PUT", "/v1/session/destroy/{s}", "", 200, "true")
+        .await;
+    let lock = r#"[{"KV":{"Verb":"lock","Key":"txld","Session":"{s2}"}}]"#;
+    h.check(
+        "PUT",
+        "/v1/txn",
+        lock,
+        409,
+        r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to lock key \"txld\" due to lock delay"}]}"#,
+    )
+    .await;
+    // a key held by another session still says so
+    h.session("s3", r#"{"LockDelay":"0s"}"#).await;
+    h.check("PUT", "/v1/kv/held?acquire={s3}", "v", 200, "true")
+        .await;
+    h.check(
+        "PUT",
+        "/v1/txn",
+        r#"[{"KV":{"Verb":"lock","Key":"held","Session":"{s2}"}}]"#,
+        409,
+        r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to lock key \"held\", lock is already held"}]}"#,
+    )
+    .await;
+    tokio::time::advance(Duration::from_secs(21)).await;
+    h.check("PUT", "/v1/txn", lock, 200, "*").await;
 }
 
 /// A small deterministic generator for the robustness test (xorshift64*).

@@ -490,6 +490,14 @@ impl<'a> Tx<'a> {
     // ---- transactions ----
 
     fn txn(&mut self, ops: Vec<TxnOp>) -> TxnOutcome {
+        let refused: Vec<(usize, String)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| self.txn_precheck(op).err().map(|what| (i, what)))
+            .collect();
+        if !refused.is_empty() {
+            return TxnOutcome::RolledBack(refused);
+        }
         let mut results = Vec::new();
         let mut errors = Vec::new();
         for (i, op) in ops.into_iter().enumerate() {
@@ -504,6 +512,18 @@ impl<'a> Tx<'a> {
             self.rollback();
             TxnOutcome::RolledBack(errors)
         }
+    }
+
+    /// Consul's checks before a transaction runs at all (`kvsPreApply`): every verb but
+    /// `delete-tree` needs a key, and `lock` is refused inside a lock-delay.
+    fn txn_precheck(&self, op: &TxnOp) -> Result<(), String> {
+        if op.key.is_empty() && op.verb != "delete-tree" {
+            return Err("Must provide key".to_owned());
+        }
+        if op.verb == "lock" && self.lock_delayed(&op.key) {
+            return Err(format!("failed to lock key {:?} due to lock delay", op.key));
+        }
+        Ok(())
     }
 
     fn txn_op(&mut self, op: TxnOp) -> Result<Vec<KvEntry>, String> {
@@ -561,7 +581,7 @@ impl<'a> Tx<'a> {
             )]),
             "get-tree" => Ok(self.state.kv_prefix(&key).cloned().collect()),
             "check-index" => match self.state.kv.get(&key) {
-                None => Err(missing(&key)),
+                None => Err(format!("failed to check index, key {key:?} doesn't exist")),
                 Some(e) if e.modify_index != op.index => Err(format!(
                     "failed index check for key {key:?}, current modify index {} != {}",
                     e.modify_index, op.index
@@ -569,7 +589,9 @@ impl<'a> Tx<'a> {
                 Some(_) => Ok(self.stripped(&key)),
             },
             "check-session" => match self.state.kv.get(&key) {
-                None => Err(missing(&key)),
+                None => Err(format!(
+                    "failed to check session, key {key:?} doesn't exist"
+                )),
                 Some(e) if e.session.as_deref().unwrap_or("") != op.session => Err(format!(
                     "failed session check for key {key:?}, current session {:?} != {:?}",
                     e.session.as_deref().unwrap_or(""),

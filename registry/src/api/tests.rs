@@ -358,6 +358,8 @@ async fn locks_acquire_release_and_session_end() {
         ),
         ("PUT", "/v1/kv/lock?acquire={s2}", "x", 200, "false"),
         ("PUT", "/v1/kv/lock?release={s2}", "x", 200, "false"),
+        ("PUT", "/v1/kv/lock?acquire=", "x", 500, "missing session"),
+        ("PUT", "/v1/kv/lock?release=", "x", 500, "missing session"),
         (
             "PUT",
             "/v1/kv/lock?acquire=nope",
@@ -641,6 +643,11 @@ async fn txn_rules() {
             r#"[{"KV":{"Verb":"get","Key":"t/ok"}}]"#,
             409,
             r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"t/ok\" doesn't exist"}]}"#,
+        ),
+        (
+            r#"[{"KV":{"Verb":"unlock","Key":"t/a"}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"missing session"}]}"#,
         ),
         (
             r#"[{"KV":{"Verb":"check-not-exists","Key":"t/a"}}]"#,

@@ -286,10 +286,15 @@ impl<'a> Tx<'a> {
                     None => (Some(session.clone()), lock_index + 1),
                 }
             }
-            SetMode::Release(session) => match existing {
-                Some(e) if e.session.as_ref() == Some(session) => (None, e.lock_index),
-                _ => return Ok(false),
-            },
+            SetMode::Release(session) => {
+                if session.is_empty() {
+                    return Err(StoreError::Rejected("missing session".to_owned()));
+                }
+                match existing {
+                    Some(e) if e.session.as_ref() == Some(session) => (None, e.lock_index),
+                    _ => return Ok(false),
+                }
+            }
         };
         let entry = KvEntry {
             create_index: existing.map_or(self.index, |e| e.create_index),

@@ -23,15 +23,32 @@ pub(crate) struct QueryOptions {
 }
 
 impl QueryOptions {
+    /// As Consul's `parseWait`: an empty value counts as absent, and a wait of zero or less
+    /// (Go durations may be negative) means the default.
     pub(crate) fn parse(params: &Params) -> Result<Self, ApiError> {
-        let wait = match params.get("wait") {
+        let wait = match params.get("wait").filter(|text| !text.is_empty()) {
             None => DEFAULT_WAIT,
-            Some(text) => crate::dto::parse_go_duration(text)
-                .ok_or_else(|| ApiError::BadRequest("Invalid wait time".to_owned()))?
-                .min(MAX_WAIT),
+            Some(text) => {
+                let (negative, magnitude) = match text.strip_prefix('-') {
+                    Some(rest) => (true, rest),
+                    None => (false, text),
+                };
+                let wait = crate::dto::parse_go_duration(magnitude)
+                    .filter(|_| !(negative && magnitude.starts_with('+')))
+                    .ok_or_else(|| ApiError::BadRequest("Invalid wait time".to_owned()))?;
+                if negative || wait.is_zero() {
+                    DEFAULT_WAIT
+                } else {
+                    wait.min(MAX_WAIT)
+                }
+            }
         };
-        let index = params.u64("index", "Invalid index")?.unwrap_or(0);
-        let wait = if wait.is_zero() { DEFAULT_WAIT } else { wait };
+        let index = match params.get("index").filter(|text| !text.is_empty()) {
+            None => 0,
+            Some(text) => text
+                .parse()
+                .map_err(|_| ApiError::BadRequest("Invalid index".to_owned()))?,
+        };
         Ok(Self { index, wait })
     }
 }
@@ -123,5 +140,32 @@ mod tests {
         );
         assert!(matches!(parse("index=x"), Err(ApiError::BadRequest(t)) if t == "Invalid index"));
         assert!(matches!(parse("index=-1"), Err(ApiError::BadRequest(t)) if t == "Invalid index"));
+        // empty values count as absent; negative waits mean the default (Consul's parseWait)
+        let default = |index| QueryOptions {
+            index,
+            wait: DEFAULT_WAIT,
+        };
+        for (query, index) in [
+            ("index=4&wait=", 4),
+            ("index=&wait=", 0),
+            ("index=4&wait=-1s", 4),
+            ("wait=-1m30s", 0),
+            ("wait=-0", 0),
+        ] {
+            assert_eq!(parse(query).unwrap(), default(index), "{query}");
+        }
+        assert_eq!(
+            parse("index=&wait=1s").unwrap(),
+            QueryOptions {
+                index: 0,
+                wait: Duration::from_secs(1)
+            }
+        );
+        for bad in ["wait=-", "wait=--1s", "wait=-+1s", "wait=-x"] {
+            assert!(
+                matches!(parse(bad), Err(ApiError::BadRequest(t)) if t == "Invalid wait time"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -800,6 +800,11 @@ async fn blocking_queries_wake_on_change_and_time_out() {
         .await;
     h.check("GET", "/v1/kv/w?stale&consistent&cached", "", 200, "*")
         .await;
+    // empty values count as absent, a negative wait means the default
+    for query in ["index=&wait=1s", "index=&wait=", "wait=-1s"] {
+        h.check("GET", &format!("/v1/kv/w?{query}"), "", 200, "*")
+            .await;
+    }
 }
 
 #[tokio::test]

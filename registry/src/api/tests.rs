@@ -650,6 +650,11 @@ async fn txn_rules() {
             r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"missing session"}]}"#,
         ),
         (
+            r#"[{"KV":["set","posk"]}]"#,
+            400,
+            "Failed to parse body: json: cannot unmarshal array into Go value of type api.KVTxnOp",
+        ),
+        (
             r#"[{"KV":{"Verb":"check-not-exists","Key":"t/a"}}]"#,
             409,
             r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"t/a\" exists"}]}"#,
@@ -970,6 +975,27 @@ async fn txn_lock_inside_a_lock_delay_says_so() {
     .await;
     tokio::time::advance(Duration::from_secs(21)).await;
     h.check("PUT", "/v1/txn", lock, 200, "*").await;
+}
+
+#[tokio::test]
+async fn array_bodies_are_not_objects() {
+    let h = Harness::new().await;
+    let session =
+        "Request decode failed: json: cannot unmarshal array into Go value of type structs.Session";
+    for body in [r#"["x","myname","vm","5s","delete"]"#, "[null]", "[]"] {
+        h.check("PUT", "/v1/session/create", body, 400, session)
+            .await;
+    }
+    h.check(
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Node":"n","Address":"a","Service":["web"]}"#,
+        400,
+        "Request decode failed: json: cannot unmarshal array into Go value of type structs.NodeService",
+    )
+    .await;
+    h.check("GET", "/v1/session/list", "", 200, "[]").await;
+    h.check("GET", "/v1/kv/?keys", "", 200, "[]").await;
 }
 
 /// A small deterministic generator for the robustness test (xorshift64*).

@@ -236,13 +236,14 @@ impl Params {
     }
 }
 
-/// Reads a body of at most `limit` bytes; larger ones get Consul's 413 text.
+/// Reads a body of at most `limit` bytes; larger ones get Consul's 413 text, a body that cannot
+/// be read (broken chunked encoding, a connection cut mid-body) a 400.
 pub(crate) async fn read_body(
     headers: &axum::http::HeaderMap,
     body: Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
-    let too_large = |n: usize| {
+    let too_large = |n: String| {
         ApiError::TooLarge(format!(
             "Request body({n} bytes) too large, max size: {limit} bytes"
         ))
@@ -257,10 +258,13 @@ pub(crate) async fn read_body(
     // Past the limit the rest is read and dropped (up to MAX_DRAIN) before answering, so a
     // client still sending its body reads the 413 instead of a connection reset, as with Go's
     // net/http.
+    let mut cut_short = false;
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|_| too_large(limit + 1))?;
+        let chunk = chunk
+            .map_err(|err| ApiError::BadRequest(format!("Failed to read request body: {err}")))?;
         total = total.saturating_add(chunk.len());
         if total > limit.saturating_add(MAX_DRAIN) {
+            cut_short = true;
             break;
         }
         if total <= limit && declared.is_none_or(|n| n <= limit) {
@@ -268,8 +272,10 @@ pub(crate) async fn read_body(
         }
     }
     match declared {
-        Some(n) if n > limit => Err(too_large(n)),
-        _ if total > limit => Err(too_large(limit + 1)),
+        Some(n) if n > limit => Err(too_large(n.to_string())),
+        // A body without Content-Length is only counted up to the drain limit.
+        _ if cut_short => Err(too_large(format!("at least {total}"))),
+        _ if total > limit => Err(too_large(total.to_string())),
         _ => Ok(Bytes::from(read)),
     }
 }

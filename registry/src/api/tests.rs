@@ -998,6 +998,53 @@ async fn array_bodies_are_not_objects() {
     h.check("GET", "/v1/kv/?keys", "", 200, "[]").await;
 }
 
+#[tokio::test]
+async fn body_read_errors_and_chunked_sizes() {
+    let h = Harness::new().await;
+    let chunked = |sizes: Vec<usize>, fail: bool| {
+        let mut items: Vec<Result<bytes::Bytes, std::io::Error>> = sizes
+            .into_iter()
+            .map(|n| Ok(bytes::Bytes::from(vec![b'x'; n])))
+            .collect();
+        if fail {
+            items.push(Err(std::io::Error::other("connection cut")));
+        }
+        Body::from_stream(futures::stream::iter(items))
+    };
+    let broken = h
+        .call("PUT", "/v1/kv/chunkbad", chunked(vec![5], true))
+        .await;
+    assert_eq!(broken.status, StatusCode::BAD_REQUEST, "{}", broken.body);
+    assert!(
+        broken.body.starts_with("Failed to read request body"),
+        "{}",
+        broken.body
+    );
+    h.check("GET", "/v1/kv/chunkbad", "", 404, "").await;
+    // without Content-Length the real size is reported...
+    let over = h
+        .call("PUT", "/v1/kv/big", chunked(vec![200 * 1024; 3], false))
+        .await;
+    assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        over.body,
+        "Request body(614400 bytes) too large, max size: 524288 bytes"
+    );
+    // ...up to what is drained; past that, as a lower bound
+    let huge = h
+        .call("PUT", "/v1/kv/big", chunked(vec![64 * 1024; 48], false))
+        .await;
+    assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        huge.body,
+        "Request body(at least 1638400 bytes) too large, max size: 524288 bytes"
+    );
+    let within = h
+        .call("PUT", "/v1/kv/big", chunked(vec![256 * 1024; 2], false))
+        .await;
+    assert_eq!(within.status, StatusCode::OK, "{}", within.body);
+}
+
 /// A small deterministic generator for the robustness test (xorshift64*).
 struct Noise(u64);
 

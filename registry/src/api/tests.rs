@@ -845,25 +845,46 @@ async fn status_agent_and_self_registration() {
 #[tokio::test]
 async fn wrong_methods_get_405_with_allow() {
     let h = Harness::new().await;
-    for (method, uri) in [
-        ("POST", "/v1/kv/a"),
-        ("GET", "/v1/txn"),
-        ("GET", "/v1/session/create"),
-        ("DELETE", "/v1/status/leader"),
-        ("PUT", "/v1/session/list"),
+    for (method, uri, allow) in [
+        ("POST", "/v1/kv/a", "OPTIONS,GET,HEAD,PUT,DELETE"),
+        ("PATCH", "/v1/kv/a", "OPTIONS,GET,HEAD,PUT,DELETE"),
+        ("GET", "/v1/txn", "OPTIONS,PUT"),
+        ("GET", "/v1/session/create", "OPTIONS,PUT"),
+        ("DELETE", "/v1/status/leader", "OPTIONS,GET,HEAD"),
+        ("PUT", "/v1/session/list", "OPTIONS,GET,HEAD"),
+        ("PUT", "/v1/agent/services", "OPTIONS,GET,HEAD"),
+        ("POST", "/ui/", "OPTIONS,GET,HEAD"),
     ] {
-        let answer = h.call(method, uri, Body::empty()).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {uri}"
-        );
-        assert!(!header(&answer, "allow").is_empty(), "{method} {uri}");
+        let answer = h
+            .check(
+                method,
+                uri,
+                "",
+                405,
+                &format!("method {method} not allowed"),
+            )
+            .await;
+        assert_eq!(header(&answer, "allow"), allow, "{method} {uri}");
+        assert_eq!(header(&answer, "content-type"), "text/plain; charset=utf-8");
+        // OPTIONS is answered for every route, with the same list
+        let options = h.check("OPTIONS", uri, "", 200, "").await;
+        assert_eq!(header(&options, "allow"), allow, "OPTIONS {uri}");
     }
-    assert_eq!(
-        h.call("GET", "/v1/nothing", Body::empty()).await.status,
-        StatusCode::NOT_FOUND
-    );
+    let api = "Invalid URL path: not a recognized HTTP API endpoint\n";
+    let other =
+        "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n";
+    for (method, uri, expected) in [
+        ("GET", "/v1/nothing", api),
+        ("GET", "/v1/kvx", api),
+        ("OPTIONS", "/v1/nothing/here", api),
+        ("GET", "/nothing", other),
+        ("DELETE", "/v2/kv/a", other),
+    ] {
+        let answer = h.check(method, uri, "", 404, expected).await;
+        assert_eq!(header(&answer, "content-type"), "text/plain; charset=utf-8");
+    }
+    // a missing key is still a 404 with an empty body
+    h.check("GET", "/v1/kv/missing", "", 404, "").await;
 }
 
 #[tokio::test]

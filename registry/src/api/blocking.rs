@@ -2,10 +2,13 @@
 //! `X-Consul-*` headers every blocking-capable GET carries.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue};
-use axum::response::Response;
+use axum::extract::{self, Request};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 
 use super::{ApiError, AppState, Params};
 use crate::store::state::{State, Topic};
@@ -51,6 +54,52 @@ impl QueryOptions {
         };
         Ok(Self { index, wait })
     }
+}
+
+/// Whether the route at `path` takes Consul's `dc` and, on reads, its consistency modes.
+fn dc_aware(path: &str) -> bool {
+    path == "/v1/kv"
+        || path == "/v1/txn"
+        || ["/v1/kv/", "/v1/session/", "/v1/catalog/", "/v1/health/"]
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+}
+
+/// Middleware for the query parameters Consul checks before any endpoint runs: `?dc=` naming
+/// another datacenter gets 500 `No path to datacenter` (this server is the only one), and reads
+/// may not combine `?consistent` with `?stale` or `?cached`.
+pub(crate) async fn query_rules(
+    extract::State(app): extract::State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !dc_aware(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let params = Params::parse(request.uri());
+    if let Err(err) = check_query(&params, request.method(), &app.datacenter) {
+        return err.into_response();
+    }
+    next.run(request).await
+}
+
+fn check_query(params: &Params, method: &Method, datacenter: &str) -> Result<(), ApiError> {
+    if params
+        .get("dc")
+        .is_some_and(|dc| !dc.is_empty() && dc != datacenter)
+    {
+        return Err(ApiError::Internal("No path to datacenter".to_owned()));
+    }
+    if matches!(*method, Method::GET | Method::HEAD) && params.has("consistent") {
+        for other in ["stale", "cached"] {
+            if params.has(other) {
+                return Err(ApiError::BadRequest(format!(
+                    "Cannot specify ?{other} with ?consistent, conflicting semantics."
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Evaluates `query` against the committed state; while its index is not past `opts.index`,

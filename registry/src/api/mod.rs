@@ -109,6 +109,11 @@ fn routes(state: Arc<AppState>) -> Router {
             state.acl.clone(),
             acl::layer,
         ))
+        // Outside the ACL layer: Consul checks these parameters before it resolves the token.
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            blocking::query_rules,
+        ))
         // The web UI: `/`, `/ui` and `/ui/*` (static files embedded in the binary). Added after
         // the ACL layer: the files are public, the API calls they make carry the token.
         .merge(crate::ui::routes())

@@ -803,12 +803,79 @@ async fn blocking_queries_wake_on_change_and_time_out() {
     .await;
     h.check("GET", "/v1/kv/w?index=-2", "", 400, "Invalid index")
         .await;
-    h.check("GET", "/v1/kv/w?stale&consistent&cached", "", 200, "*")
-        .await;
     // empty values count as absent, a negative wait means the default
     for query in ["index=&wait=1s", "index=&wait=", "wait=-1s"] {
         h.check("GET", &format!("/v1/kv/w?{query}"), "", 200, "*")
             .await;
+    }
+}
+
+#[tokio::test]
+async fn consistency_modes_and_datacenters() {
+    let h = Harness::new().await;
+    h.check("PUT", "/v1/kv/a", "1", 200, "true").await;
+    let stale_consistent = "Cannot specify ?stale with ?consistent, conflicting semantics.";
+    let cached_consistent = "Cannot specify ?cached with ?consistent, conflicting semantics.";
+    let table: &[(&str, &str, u16, &str)] = &[
+        ("GET", "/v1/kv/a?stale&raw", 200, "1"),
+        ("GET", "/v1/kv/a?consistent&raw", 200, "1"),
+        ("GET", "/v1/kv/a?cached&raw", 200, "1"),
+        ("GET", "/v1/kv/a?stale&cached&raw", 200, "1"),
+        ("GET", "/v1/kv/a?stale&consistent", 400, stale_consistent),
+        (
+            "GET",
+            "/v1/kv/a?consistent=false&stale=0",
+            400,
+            stale_consistent,
+        ),
+        ("GET", "/v1/kv/a?cached&consistent", 400, cached_consistent),
+        (
+            "GET",
+            "/v1/session/list?stale&consistent",
+            400,
+            stale_consistent,
+        ),
+        (
+            "GET",
+            "/v1/catalog/nodes?stale&consistent",
+            400,
+            stale_consistent,
+        ),
+        (
+            "GET",
+            "/v1/health/state/any?consistent&stale",
+            400,
+            stale_consistent,
+        ),
+        // this server's datacenter, or none, is served; any other has no path
+        ("GET", "/v1/kv/a?dc=dc1&raw", 200, "1"),
+        ("GET", "/v1/kv/a?dc=&raw", 200, "1"),
+        ("GET", "/v1/kv/a?dc=dc2", 500, "No path to datacenter"),
+        ("PUT", "/v1/kv/a?dc=dc2", 500, "No path to datacenter"),
+        ("DELETE", "/v1/kv/a?dc=dc2", 500, "No path to datacenter"),
+        ("PUT", "/v1/txn?dc=dc2", 500, "No path to datacenter"),
+        (
+            "GET",
+            "/v1/catalog/services?dc=DC1",
+            500,
+            "No path to datacenter",
+        ),
+        (
+            "GET",
+            "/v1/health/service/consul?dc=other",
+            500,
+            "No path to datacenter",
+        ),
+        (
+            "PUT",
+            "/v1/session/create?dc=dc2",
+            500,
+            "No path to datacenter",
+        ),
+        ("GET", "/v1/kv/a?raw", 200, "1"),
+    ];
+    for (method, uri, status, expected) in table {
+        h.check(method, uri, "", *status, expected).await;
     }
 }
 

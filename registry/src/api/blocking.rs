@@ -2,10 +2,13 @@
 //! `X-Consul-*` headers every blocking-capable GET carries.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue};
-use axum::response::Response;
+use axum::extract::{self, Request};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 
 use super::{ApiError, AppState, Params};
 use crate::store::state::{State, Topic};
@@ -23,17 +26,80 @@ pub(crate) struct QueryOptions {
 }
 
 impl QueryOptions {
+    /// As Consul's `parseWait`: an empty value counts as absent, and a wait of zero or less
+    /// (Go durations may be negative) means the default.
     pub(crate) fn parse(params: &Params) -> Result<Self, ApiError> {
-        let wait = match params.get("wait") {
+        let wait = match params.get("wait").filter(|text| !text.is_empty()) {
             None => DEFAULT_WAIT,
-            Some(text) => crate::dto::parse_go_duration(text)
-                .ok_or_else(|| ApiError::BadRequest("Invalid wait time".to_owned()))?
-                .min(MAX_WAIT),
+            Some(text) => {
+                let (negative, magnitude) = match text.strip_prefix('-') {
+                    Some(rest) => (true, rest),
+                    None => (false, text),
+                };
+                let wait = crate::dto::parse_go_duration(magnitude)
+                    .filter(|_| !(negative && magnitude.starts_with('+')))
+                    .ok_or_else(|| ApiError::BadRequest("Invalid wait time".to_owned()))?;
+                if negative || wait.is_zero() {
+                    DEFAULT_WAIT
+                } else {
+                    wait.min(MAX_WAIT)
+                }
+            }
         };
-        let index = params.u64("index", "Invalid index")?.unwrap_or(0);
-        let wait = if wait.is_zero() { DEFAULT_WAIT } else { wait };
+        let index = match params.get("index").filter(|text| !text.is_empty()) {
+            None => 0,
+            Some(text) => text
+                .parse()
+                .map_err(|_| ApiError::BadRequest("Invalid index".to_owned()))?,
+        };
         Ok(Self { index, wait })
     }
+}
+
+/// Whether the route at `path` takes Consul's `dc` and, on reads, its consistency modes.
+fn dc_aware(path: &str) -> bool {
+    path == "/v1/kv"
+        || path == "/v1/txn"
+        || ["/v1/kv/", "/v1/session/", "/v1/catalog/", "/v1/health/"]
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+}
+
+/// Middleware for the query parameters Consul checks before any endpoint runs: `?dc=` naming
+/// another datacenter gets 500 `No path to datacenter` (this server is the only one), and reads
+/// may not combine `?consistent` with `?stale` or `?cached`.
+pub(crate) async fn query_rules(
+    extract::State(app): extract::State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !dc_aware(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let params = Params::parse(request.uri());
+    if let Err(err) = check_query(&params, request.method(), &app.datacenter) {
+        return err.into_response();
+    }
+    next.run(request).await
+}
+
+fn check_query(params: &Params, method: &Method, datacenter: &str) -> Result<(), ApiError> {
+    if params
+        .get("dc")
+        .is_some_and(|dc| !dc.is_empty() && dc != datacenter)
+    {
+        return Err(ApiError::Internal("No path to datacenter".to_owned()));
+    }
+    if matches!(*method, Method::GET | Method::HEAD) && params.has("consistent") {
+        for other in ["stale", "cached"] {
+            if params.has(other) {
+                return Err(ApiError::BadRequest(format!(
+                    "Cannot specify ?{other} with ?consistent, conflicting semantics."
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Evaluates `query` against the committed state; while its index is not past `opts.index`,
@@ -123,5 +189,32 @@ mod tests {
         );
         assert!(matches!(parse("index=x"), Err(ApiError::BadRequest(t)) if t == "Invalid index"));
         assert!(matches!(parse("index=-1"), Err(ApiError::BadRequest(t)) if t == "Invalid index"));
+        // empty values count as absent; negative waits mean the default (Consul's parseWait)
+        let default = |index| QueryOptions {
+            index,
+            wait: DEFAULT_WAIT,
+        };
+        for (query, index) in [
+            ("index=4&wait=", 4),
+            ("index=&wait=", 0),
+            ("index=4&wait=-1s", 4),
+            ("wait=-1m30s", 0),
+            ("wait=-0", 0),
+        ] {
+            assert_eq!(parse(query).unwrap(), default(index), "{query}");
+        }
+        assert_eq!(
+            parse("index=&wait=1s").unwrap(),
+            QueryOptions {
+                index: 0,
+                wait: Duration::from_secs(1)
+            }
+        );
+        for bad in ["wait=-", "wait=--1s", "wait=-+1s", "wait=-x"] {
+            assert!(
+                matches!(parse(bad), Err(ApiError::BadRequest(t)) if t == "Invalid wait time"),
+                "{bad}"
+            );
+        }
     }
 }

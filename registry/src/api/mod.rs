@@ -25,6 +25,7 @@ use futures::StreamExt as _;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
 
 use crate::store::{Store, StoreError};
 
@@ -55,6 +56,13 @@ pub(crate) struct AppState {
 
 /// Every route of the registry API.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let routes = routes(state);
+    // Wrapped from outside: the `Allow` list is only on the response once it has left the
+    // route's method dispatch, which a `Router::layer` middleware runs inside of.
+    Router::new().fallback_service(axum::middleware::from_fn(method_rules).layer(routes))
+}
+
+fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/kv", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/kv/", get(kv::get).put(kv::put).delete(kv::delete))
@@ -101,10 +109,59 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             state.acl.clone(),
             acl::layer,
         ))
+        // Outside the ACL layer: Consul checks these parameters before it resolves the token.
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            blocking::query_rules,
+        ))
         // The web UI: `/`, `/ui` and `/ui/*` (static files embedded in the binary). Added after
         // the ACL layer: the files are public, the API calls they make carry the token.
         .merge(crate::ui::routes())
+        .fallback(unknown_route)
         .layer(DefaultBodyLimit::disable())
+}
+
+/// 404 for a path no route serves, with Consul's text.
+async fn unknown_route(uri: Uri) -> Response {
+    let text = if uri.path().contains("/v1/") {
+        "Invalid URL path: not a recognized HTTP API endpoint\n"
+    } else {
+        "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n"
+    };
+    plain(StatusCode::NOT_FOUND, text.to_owned())
+}
+
+/// Consul's answers for a method a route does not serve: `OPTIONS` gets 200 and the `Allow`
+/// header, any other method 405 `method X not allowed` with it. The router answers 405 with an
+/// `Allow` list and no body; this fills in the rest.
+async fn method_rules(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let served = response
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let allow = if served.is_empty() {
+        "OPTIONS".to_owned()
+    } else {
+        format!("OPTIONS,{served}")
+    };
+    let mut answer = if method == axum::http::Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed"),
+        )
+    };
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        answer.headers_mut().insert(header::ALLOW, value);
+    }
+    answer
 }
 
 /// Every error an endpoint answers with: plain text and Consul's status codes.
@@ -236,13 +293,14 @@ impl Params {
     }
 }
 
-/// Reads a body of at most `limit` bytes; larger ones get Consul's 413 text.
+/// Reads a body of at most `limit` bytes; larger ones get Consul's 413 text, a body that cannot
+/// be read (broken chunked encoding, a connection cut mid-body) a 400.
 pub(crate) async fn read_body(
     headers: &axum::http::HeaderMap,
     body: Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
-    let too_large = |n: usize| {
+    let too_large = |n: String| {
         ApiError::TooLarge(format!(
             "Request body({n} bytes) too large, max size: {limit} bytes"
         ))
@@ -257,10 +315,13 @@ pub(crate) async fn read_body(
     // Past the limit the rest is read and dropped (up to MAX_DRAIN) before answering, so a
     // client still sending its body reads the 413 instead of a connection reset, as with Go's
     // net/http.
+    let mut cut_short = false;
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|_| too_large(limit + 1))?;
+        let chunk = chunk
+            .map_err(|err| ApiError::BadRequest(format!("Failed to read request body: {err}")))?;
         total = total.saturating_add(chunk.len());
         if total > limit.saturating_add(MAX_DRAIN) {
+            cut_short = true;
             break;
         }
         if total <= limit && declared.is_none_or(|n| n <= limit) {
@@ -268,8 +329,10 @@ pub(crate) async fn read_body(
         }
     }
     match declared {
-        Some(n) if n > limit => Err(too_large(n)),
-        _ if total > limit => Err(too_large(limit + 1)),
+        Some(n) if n > limit => Err(too_large(n.to_string())),
+        // A body without Content-Length is only counted up to the drain limit.
+        _ if cut_short => Err(too_large(format!("at least {total}"))),
+        _ if total > limit => Err(too_large(total.to_string())),
         _ => Ok(Bytes::from(read)),
     }
 }

@@ -358,6 +358,8 @@ async fn locks_acquire_release_and_session_end() {
         ),
         ("PUT", "/v1/kv/lock?acquire={s2}", "x", 200, "false"),
         ("PUT", "/v1/kv/lock?release={s2}", "x", 200, "false"),
+        ("PUT", "/v1/kv/lock?acquire=", "x", 500, "missing session"),
+        ("PUT", "/v1/kv/lock?release=", "x", 500, "missing session"),
         (
             "PUT",
             "/v1/kv/lock?acquire=nope",
@@ -617,6 +619,42 @@ async fn txn_rules() {
             r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"t/none\" doesn't exist"}]}"#,
         ),
         (
+            r#"[{"KV":{"Verb":"check-session","Key":"t/none"}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to check session, key \"t/none\" doesn't exist"}]}"#,
+        ),
+        (
+            r#"[{"KV":{"Verb":"check-index","Key":"t/none","Index":1}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to check index, key \"t/none\" doesn't exist"}]}"#,
+        ),
+        // every verb but delete-tree needs a key; refused ops stop the whole transaction
+        (
+            r#"[{"KV":{"Verb":"set","Key":"","Value":"YQ=="}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"Must provide key"}]}"#,
+        ),
+        (
+            r#"[{"KV":{"Verb":"set","Key":"t/ok"}},{"KV":{"Verb":"lock","Key":"","Session":"{s}"}},{"KV":{"Verb":"delete","Key":""}},{"KV":{"Verb":"check-not-exists"}},{"KV":{"Verb":"get","Key":""}},{"KV":{"Verb":"cas","Key":"","Index":0}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":1,"What":"Must provide key"},{"OpIndex":2,"What":"Must provide key"},{"OpIndex":3,"What":"Must provide key"},{"OpIndex":4,"What":"Must provide key"},{"OpIndex":5,"What":"Must provide key"}]}"#,
+        ),
+        (
+            r#"[{"KV":{"Verb":"get","Key":"t/ok"}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"t/ok\" doesn't exist"}]}"#,
+        ),
+        (
+            r#"[{"KV":{"Verb":"unlock","Key":"t/a"}}]"#,
+            409,
+            r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"missing session"}]}"#,
+        ),
+        (
+            r#"[{"KV":["set","posk"]}]"#,
+            400,
+            "Failed to parse body: json: cannot unmarshal array into Go value of type api.KVTxnOp",
+        ),
+        (
             r#"[{"KV":{"Verb":"check-not-exists","Key":"t/a"}}]"#,
             409,
             r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"key \"t/a\" exists"}]}"#,
@@ -765,8 +803,80 @@ async fn blocking_queries_wake_on_change_and_time_out() {
     .await;
     h.check("GET", "/v1/kv/w?index=-2", "", 400, "Invalid index")
         .await;
-    h.check("GET", "/v1/kv/w?stale&consistent&cached", "", 200, "*")
-        .await;
+    // empty values count as absent, a negative wait means the default
+    for query in ["index=&wait=1s", "index=&wait=", "wait=-1s"] {
+        h.check("GET", &format!("/v1/kv/w?{query}"), "", 200, "*")
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn consistency_modes_and_datacenters() {
+    let h = Harness::new().await;
+    h.check("PUT", "/v1/kv/a", "1", 200, "true").await;
+    let stale_consistent = "Cannot specify ?stale with ?consistent, conflicting semantics.";
+    let cached_consistent = "Cannot specify ?cached with ?consistent, conflicting semantics.";
+    let table: &[(&str, &str, u16, &str)] = &[
+        ("GET", "/v1/kv/a?stale&raw", 200, "1"),
+        ("GET", "/v1/kv/a?consistent&raw", 200, "1"),
+        ("GET", "/v1/kv/a?cached&raw", 200, "1"),
+        ("GET", "/v1/kv/a?stale&cached&raw", 200, "1"),
+        ("GET", "/v1/kv/a?stale&consistent", 400, stale_consistent),
+        (
+            "GET",
+            "/v1/kv/a?consistent=false&stale=0",
+            400,
+            stale_consistent,
+        ),
+        ("GET", "/v1/kv/a?cached&consistent", 400, cached_consistent),
+        (
+            "GET",
+            "/v1/session/list?stale&consistent",
+            400,
+            stale_consistent,
+        ),
+        (
+            "GET",
+            "/v1/catalog/nodes?stale&consistent",
+            400,
+            stale_consistent,
+        ),
+        (
+            "GET",
+            "/v1/health/state/any?consistent&stale",
+            400,
+            stale_consistent,
+        ),
+        // this server's datacenter, or none, is served; any other has no path
+        ("GET", "/v1/kv/a?dc=dc1&raw", 200, "1"),
+        ("GET", "/v1/kv/a?dc=&raw", 200, "1"),
+        ("GET", "/v1/kv/a?dc=dc2", 500, "No path to datacenter"),
+        ("PUT", "/v1/kv/a?dc=dc2", 500, "No path to datacenter"),
+        ("DELETE", "/v1/kv/a?dc=dc2", 500, "No path to datacenter"),
+        ("PUT", "/v1/txn?dc=dc2", 500, "No path to datacenter"),
+        (
+            "GET",
+            "/v1/catalog/services?dc=DC1",
+            500,
+            "No path to datacenter",
+        ),
+        (
+            "GET",
+            "/v1/health/service/consul?dc=other",
+            500,
+            "No path to datacenter",
+        ),
+        (
+            "PUT",
+            "/v1/session/create?dc=dc2",
+            500,
+            "No path to datacenter",
+        ),
+        ("GET", "/v1/kv/a?raw", 200, "1"),
+    ];
+    for (method, uri, status, expected) in table {
+        h.check(method, uri, "", *status, expected).await;
+    }
 }
 
 #[tokio::test]
@@ -802,25 +912,46 @@ async fn status_agent_and_self_registration() {
 #[tokio::test]
 async fn wrong_methods_get_405_with_allow() {
     let h = Harness::new().await;
-    for (method, uri) in [
-        ("POST", "/v1/kv/a"),
-        ("GET", "/v1/txn"),
-        ("GET", "/v1/session/create"),
-        ("DELETE", "/v1/status/leader"),
-        ("PUT", "/v1/session/list"),
+    for (method, uri, allow) in [
+        ("POST", "/v1/kv/a", "OPTIONS,GET,HEAD,PUT,DELETE"),
+        ("PATCH", "/v1/kv/a", "OPTIONS,GET,HEAD,PUT,DELETE"),
+        ("GET", "/v1/txn", "OPTIONS,PUT"),
+        ("GET", "/v1/session/create", "OPTIONS,PUT"),
+        ("DELETE", "/v1/status/leader", "OPTIONS,GET,HEAD"),
+        ("PUT", "/v1/session/list", "OPTIONS,GET,HEAD"),
+        ("PUT", "/v1/agent/services", "OPTIONS,GET,HEAD"),
+        ("POST", "/ui/", "OPTIONS,GET,HEAD"),
     ] {
-        let answer = h.call(method, uri, Body::empty()).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {uri}"
-        );
-        assert!(!header(&answer, "allow").is_empty(), "{method} {uri}");
+        let answer = h
+            .check(
+                method,
+                uri,
+                "",
+                405,
+                &format!("method {method} not allowed"),
+            )
+            .await;
+        assert_eq!(header(&answer, "allow"), allow, "{method} {uri}");
+        assert_eq!(header(&answer, "content-type"), "text/plain; charset=utf-8");
+        // OPTIONS is answered for every route, with the same list
+        let options = h.check("OPTIONS", uri, "", 200, "").await;
+        assert_eq!(header(&options, "allow"), allow, "OPTIONS {uri}");
     }
-    assert_eq!(
-        h.call("GET", "/v1/nothing", Body::empty()).await.status,
-        StatusCode::NOT_FOUND
-    );
+    let api = "Invalid URL path: not a recognized HTTP API endpoint\n";
+    let other =
+        "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n";
+    for (method, uri, expected) in [
+        ("GET", "/v1/nothing", api),
+        ("GET", "/v1/kvx", api),
+        ("OPTIONS", "/v1/nothing/here", api),
+        ("GET", "/nothing", other),
+        ("DELETE", "/v2/kv/a", other),
+    ] {
+        let answer = h.check(method, uri, "", 404, expected).await;
+        assert_eq!(header(&answer, "content-type"), "text/plain; charset=utf-8");
+    }
+    // a missing key is still a 404 with an empty body
+    h.check("GET", "/v1/kv/missing", "", 404, "").await;
 }
 
 #[tokio::test]
@@ -856,6 +987,150 @@ async fn check_going_critical_ends_dependent_sessions() {
         "Check 'serfHealth' is in critical state",
     )
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_command_leaves_session_clocks_alone() {
+    let mut h = Harness::new().await;
+    h.check(
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Node":"n4","Address":"10.0.0.4","Check":{"CheckID":"serfHealth","Status":"passing"}}"#,
+        200,
+        "true",
+    )
+    .await;
+    h.session("s", r#"{"Node":"n4","TTL":"10s","LockDelay":"30s"}"#)
+        .await;
+    h.session("other", r#"{"LockDelay":"0s"}"#).await;
+    h.check("PUT", "/v1/kv/leader?acquire={s}", "me", 200, "true")
+        .await;
+    // the first check going critical ends the session inside the command, the second check
+    // then fails it: the whole command is refused
+    h.check(
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Node":"n4","Address":"10.0.0.4","Checks":[{"CheckID":"serfHealth","Status":"critical"},{"CheckID":"x","ServiceID":"nosuch"}]}"#,
+        500,
+        "Unknown service ID 'nosuch' for check ID 'x'",
+    )
+    .await;
+    // no lock-delay was left behind: an explicit release starts none
+    h.check("PUT", "/v1/kv/leader?release={s}", "", 200, "true")
+        .await;
+    h.check("PUT", "/v1/kv/leader?acquire={other}", "", 200, "true")
+        .await;
+    h.check("PUT", "/v1/kv/leader?release={other}", "", 200, "true")
+        .await;
+    // and the TTL clock still runs: the session ends 2 x TTL after it was created
+    h.check("PUT", "/v1/kv/leader?acquire={s}", "", 200, "true")
+        .await;
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    h.check("GET", "/v1/session/info/{s}", "", 200, "[]").await;
+    let released = h.check("GET", "/v1/kv/leader", "", 200, "*").await;
+    assert!(!released.body.contains("Session"), "{}", released.body);
+}
+
+#[tokio::test(start_paused = true)]
+async fn txn_lock_inside_a_lock_delay_says_so() {
+    let mut h = Harness::new().await;
+    h.session("s", r#"{"LockDelay":"20s"}"#).await;
+    h.session("s2", r#"{"LockDelay":"0s"}"#).await;
+    h.check("PUT", "/v1/kv/txld?acquire={s}", "v", 200, "true")
+        .await;
+    h.check("PUT", "/v1/session/destroy/{s}", "", 200, "true")
+        .await;
+    let lock = r#"[{"KV":{"Verb":"lock","Key":"txld","Session":"{s2}"}}]"#;
+    h.check(
+        "PUT",
+        "/v1/txn",
+        lock,
+        409,
+        r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to lock key \"txld\" due to lock delay"}]}"#,
+    )
+    .await;
+    // a key held by another session still says so
+    h.session("s3", r#"{"LockDelay":"0s"}"#).await;
+    h.check("PUT", "/v1/kv/held?acquire={s3}", "v", 200, "true")
+        .await;
+    h.check(
+        "PUT",
+        "/v1/txn",
+        r#"[{"KV":{"Verb":"lock","Key":"held","Session":"{s2}"}}]"#,
+        409,
+        r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to lock key \"held\", lock is already held"}]}"#,
+    )
+    .await;
+    tokio::time::advance(Duration::from_secs(21)).await;
+    h.check("PUT", "/v1/txn", lock, 200, "*").await;
+}
+
+#[tokio::test]
+async fn array_bodies_are_not_objects() {
+    let h = Harness::new().await;
+    let session =
+        "Request decode failed: json: cannot unmarshal array into Go value of type structs.Session";
+    for body in [r#"["x","myname","vm","5s","delete"]"#, "[null]", "[]"] {
+        h.check("PUT", "/v1/session/create", body, 400, session)
+            .await;
+    }
+    h.check(
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Node":"n","Address":"a","Service":["web"]}"#,
+        400,
+        "Request decode failed: json: cannot unmarshal array into Go value of type structs.NodeService",
+    )
+    .await;
+    h.check("GET", "/v1/session/list", "", 200, "[]").await;
+    h.check("GET", "/v1/kv/?keys", "", 200, "[]").await;
+}
+
+#[tokio::test]
+async fn body_read_errors_and_chunked_sizes() {
+    let h = Harness::new().await;
+    let chunked = |sizes: Vec<usize>, fail: bool| {
+        let mut items: Vec<Result<bytes::Bytes, std::io::Error>> = sizes
+            .into_iter()
+            .map(|n| Ok(bytes::Bytes::from(vec![b'x'; n])))
+            .collect();
+        if fail {
+            items.push(Err(std::io::Error::other("connection cut")));
+        }
+        Body::from_stream(futures::stream::iter(items))
+    };
+    let broken = h
+        .call("PUT", "/v1/kv/chunkbad", chunked(vec![5], true))
+        .await;
+    assert_eq!(broken.status, StatusCode::BAD_REQUEST, "{}", broken.body);
+    assert!(
+        broken.body.starts_with("Failed to read request body"),
+        "{}",
+        broken.body
+    );
+    h.check("GET", "/v1/kv/chunkbad", "", 404, "").await;
+    // without Content-Length the real size is reported...
+    let over = h
+        .call("PUT", "/v1/kv/big", chunked(vec![200 * 1024; 3], false))
+        .await;
+    assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        over.body,
+        "Request body(614400 bytes) too large, max size: 524288 bytes"
+    );
+    // ...up to what is drained; past that, as a lower bound
+    let huge = h
+        .call("PUT", "/v1/kv/big", chunked(vec![64 * 1024; 48], false))
+        .await;
+    assert_eq!(huge.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        huge.body,
+        "Request body(at least 1638400 bytes) too large, max size: 524288 bytes"
+    );
+    let within = h
+        .call("PUT", "/v1/kv/big", chunked(vec![256 * 1024; 2], false))
+        .await;
+    assert_eq!(within.status, StatusCode::OK, "{}", within.body);
 }
 
 /// A small deterministic generator for the robustness test (xorshift64*).

@@ -25,6 +25,9 @@ const META_TABLES: &str = "tables";
 /// The redb file behind a store.
 pub(crate) struct Disk {
     db: Database,
+    /// Tests only: while set, every commit fails before it writes anything.
+    #[cfg(test)]
+    pub(crate) fail_commits: std::sync::atomic::AtomicBool,
 }
 
 impl Disk {
@@ -35,7 +38,11 @@ impl Disk {
             source,
         })?;
         let db = Database::create(dir.join("registry.redb")).map_err(storage)?;
-        let disk = Self { db };
+        let disk = Self {
+            db,
+            #[cfg(test)]
+            fail_commits: std::sync::atomic::AtomicBool::new(false),
+        };
         disk.create_tables()?;
         let state = disk.load()?;
         Ok((disk, state))
@@ -141,6 +148,10 @@ impl Disk {
         index: u64,
         tables: &TableIndexes,
     ) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(corrupt("injected commit failure"));
+        }
         let tx = self.db.begin_write().map_err(storage)?;
         {
             let mut kv = tx.open_table(KV).map_err(storage)?;

@@ -33,6 +33,8 @@ use self::state::{Session, State, Topic};
 const MAX_BATCH: usize = 512;
 /// Tombstones kept before the oldest half is reaped (Consul reaps them on a timer instead).
 const TOMBSTONE_LIMIT: usize = 100_000;
+/// How long session expiries wait before they are tried again after a failed commit.
+const COMMIT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Store failures. `Rejected` carries Consul's own text for a refused command.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,9 @@ struct Shared {
 pub(crate) struct Store {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Request>,
+    /// Tests only: the disk, to make its commits fail.
+    #[cfg(test)]
+    disk: Option<Arc<Disk>>,
 }
 
 impl Store {
@@ -140,18 +145,36 @@ impl Store {
         let now = Instant::now();
         for session in state.sessions.values() {
             if let Some(ttl) = session.ttl {
-                timers.set_deadline(&session.id, now + ttl * 2);
+                timers.apply(
+                    ops::TimerEffect::Deadline(session.id.clone(), Some(now + ttl * 2)),
+                    now,
+                );
             }
         }
+        let store = Self {
+            shared: shared.clone(),
+            tx,
+            #[cfg(test)]
+            disk: disk.clone(),
+        };
         let writer = Writer {
             working: state,
-            shared: shared.clone(),
+            shared,
             disk,
             rx,
             timers,
         };
         let handle = tokio::spawn(writer.run(shutdown));
-        Ok((Self { shared, tx }, handle))
+        Ok((store, handle))
+    }
+
+    /// Tests only: makes every disk commit fail (`true`) or work again.
+    #[cfg(test)]
+    pub(crate) fn fail_commits(&self, fail: bool) {
+        if let Some(disk) = &self.disk {
+            disk.fail_commits
+                .store(fail, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Runs `f` on the committed state under a briefly held read lock.
@@ -308,22 +331,31 @@ impl Writer {
     async fn process(&mut self, batch: Vec<Request>) {
         let now = Instant::now();
         let mut changes = Vec::new();
+        // Clock changes of the kept commands, applied at once so later commands of the batch
+        // see them; undone with `timer_undo` if the batch does not commit.
+        let mut timer_undo = Vec::new();
         for id in self.timers.due_sessions(now) {
-            let mut tx = ops::Tx::new(&mut self.working, &mut self.timers, now);
+            let mut tx = ops::Tx::new(&mut self.working, &self.timers, now);
             tx.session_expire(&id);
-            changes.extend(tx.finish(true));
+            let (rows, effects) = tx.finish(true);
+            changes.extend(rows);
+            self.apply_effects(effects, now, &mut timer_undo);
         }
         let mut replies = Vec::with_capacity(batch.len());
         for request in batch {
-            let mut tx = ops::Tx::new(&mut self.working, &mut self.timers, now);
+            let mut tx = ops::Tx::new(&mut self.working, &self.timers, now);
             let result = tx.execute(request.command);
-            changes.extend(tx.finish(result.is_ok()));
+            let (rows, effects) = tx.finish(result.is_ok());
+            changes.extend(rows);
+            self.apply_effects(effects, now, &mut timer_undo);
             replies.push((request.reply, result));
         }
         if self.working.tombstones.len() > TOMBSTONE_LIMIT {
-            let mut tx = ops::Tx::new(&mut self.working, &mut self.timers, now);
+            let mut tx = ops::Tx::new(&mut self.working, &self.timers, now);
             tx.reap_tombstones(TOMBSTONE_LIMIT / 2);
-            changes.extend(tx.finish(true));
+            let (rows, effects) = tx.finish(true);
+            changes.extend(rows);
+            self.apply_effects(effects, now, &mut timer_undo);
         }
         if changes.is_empty() {
             reply_all(replies);
@@ -340,10 +372,11 @@ impl Writer {
             .await;
             match written {
                 Ok(Ok(rows)) => changes = rows,
-                Ok(Err(err)) => return self.abort(replies, err),
+                Ok(Err(err)) => return self.abort(replies, timer_undo, err),
                 Err(join) => {
                     return self.abort(
                         replies,
+                        timer_undo,
                         StoreError::Corrupt(format!("commit task failed: {join}")),
                     );
                 }
@@ -353,9 +386,21 @@ impl Writer {
         reply_all(replies);
     }
 
+    fn apply_effects(
+        &mut self,
+        effects: Vec<ops::TimerEffect>,
+        now: Instant,
+        undo: &mut Vec<ops::TimerEffect>,
+    ) {
+        for effect in effects {
+            undo.push(self.timers.apply(effect, now));
+        }
+    }
+
     /// A commit failed: nothing of the batch happened. Rebuild the working copy from the
-    /// committed one and fail every caller.
-    fn abort(&mut self, replies: Vec<Reply>, err: StoreError) {
+    /// committed one, put the clocks back as they were, and fail every caller. Expiries that
+    /// were due are tried again after [`COMMIT_RETRY`], not in a tight loop.
+    fn abort(&mut self, replies: Vec<Reply>, timer_undo: Vec<ops::TimerEffect>, err: StoreError) {
         tracing::error!(cause = %err, "registry commit failed; batch rolled back");
         self.working = self
             .shared
@@ -363,6 +408,11 @@ impl Writer {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let now = Instant::now();
+        for effect in timer_undo.into_iter().rev() {
+            self.timers.apply(effect, now);
+        }
+        self.timers.postpone_due(now, now + COMMIT_RETRY);
         let text = err.to_string();
         for (reply, _) in replies {
             let _ = reply.send(Err(StoreError::Corrupt(text.clone())));
@@ -398,5 +448,115 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::state::{Behavior, Check, CheckStatus, Node};
+    use super::*;
+
+    /// A store on disk (its commits can be made to fail) with node `n1` and a passing
+    /// `serfHealth` check, so sessions can be created.
+    async fn open_on_disk() -> (Store, tempfile::TempDir, CancellationToken) {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let (store, _writer) = Store::open(Some(dir.path().to_owned()), stop.clone()).unwrap();
+        let registration = Registration {
+            node: Node {
+                name: "n1".into(),
+                address: "10.0.0.1".into(),
+                ..Node::default()
+            },
+            checks: vec![Check {
+                id: "serfHealth".into(),
+                status: CheckStatus::Passing,
+                ..Check::default()
+            }],
+            ..Registration::default()
+        };
+        store.catalog_register(registration).await.unwrap();
+        (store, dir, stop)
+    }
+
+    fn session(ttl: Option<Duration>, lock_delay: Duration) -> NewSession {
+        NewSession {
+            name: String::new(),
+            node: "n1".into(),
+            node_checks: vec!["serfHealth".into()],
+            service_checks: Vec::new(),
+            lock_delay,
+            behavior: Behavior::Release,
+            ttl,
+            ttl_text: String::new(),
+        }
+    }
+
+    async fn lock(store: &Store, key: &str, mode: SetMode) -> bool {
+        store
+            .kv_set(key.into(), Bytes::new(), 0, mode)
+            .await
+            .unwrap()
+    }
+
+    /// Every command queued before this one has been committed once it is answered.
+    async fn settle(store: &Store) {
+        store.session_renew("none".into()).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_commit_leaves_session_clocks_as_they_were() {
+        let (store, _dir, _stop) = open_on_disk().await;
+        let holder = store
+            .session_create(session(
+                Some(Duration::from_secs(10)),
+                Duration::from_secs(30),
+            ))
+            .await
+            .unwrap()
+            .id;
+        assert!(lock(&store, "leader", SetMode::Acquire(holder.clone())).await);
+
+        store.fail_commits(true);
+        assert!(store.session_destroy(holder.clone()).await.is_err());
+        store.fail_commits(false);
+
+        // The destroy never happened: the holder still holds the lock, and its explicit release
+        // starts no lock-delay.
+        assert!(lock(&store, "leader", SetMode::Release(holder.clone())).await);
+        let other = store
+            .session_create(session(None, Duration::ZERO))
+            .await
+            .unwrap()
+            .id;
+        assert!(lock(&store, "leader", SetMode::Acquire(other.clone())).await);
+        assert!(lock(&store, "leader", SetMode::Release(other)).await);
+        // The TTL clock of the holder still runs: 2 x TTL after its creation it expires.
+        assert!(lock(&store, "leader", SetMode::Acquire(holder.clone())).await);
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        settle(&store).await;
+        store.read(|state| {
+            assert!(!state.sessions.contains_key(&holder));
+            assert_eq!(state.kv["leader"].session, None);
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_whose_commit_fails_is_tried_again() {
+        let (store, _dir, _stop) = open_on_disk().await;
+        let id = store
+            .session_create(session(Some(Duration::from_secs(10)), Duration::ZERO))
+            .await
+            .unwrap()
+            .id;
+        store.fail_commits(true);
+        tokio::time::sleep(Duration::from_secs(21)).await;
+        assert!(store.read(|state| state.sessions.contains_key(&id)));
+        store.fail_commits(false);
+        tokio::time::sleep(COMMIT_RETRY * 2).await;
+        settle(&store).await;
+        assert!(store.read(|state| !state.sessions.contains_key(&id)));
     }
 }

@@ -63,6 +63,9 @@ pub(crate) struct Registration {
 }
 
 /// In-memory clocks owned by the writer: session TTL deadlines and per-key lock-delays.
+///
+/// A command never changes them directly: it records [`TimerEffect`]s, which the writer applies
+/// only when the command is kept, and undoes when the batch that holds it fails to commit.
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
     deadlines: BTreeSet<(Instant, String)>,
@@ -70,16 +73,43 @@ pub(crate) struct Timers {
     lock_delays: HashMap<String, Instant>,
 }
 
-impl Timers {
-    pub(crate) fn set_deadline(&mut self, id: &str, at: Instant) {
-        self.clear_deadline(id);
-        self.deadlines.insert((at, id.to_owned()));
-        self.by_id.insert(id.to_owned(), at);
-    }
+/// One change to the clocks. `None` removes the deadline or lock-delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TimerEffect {
+    /// The TTL deadline of a session.
+    Deadline(String, Option<Instant>),
+    /// The end of a key's lock-delay.
+    LockDelay(String, Option<Instant>),
+}
 
-    fn clear_deadline(&mut self, id: &str) {
-        if let Some(at) = self.by_id.remove(id) {
-            self.deadlines.remove(&(at, id.to_owned()));
+/// Lock-delays kept before the expired ones are dropped.
+const LOCK_DELAY_PRUNE_AT: usize = 10_000;
+
+impl Timers {
+    /// Applies `effect` and returns the effect that undoes it.
+    pub(crate) fn apply(&mut self, effect: TimerEffect, now: Instant) -> TimerEffect {
+        match effect {
+            TimerEffect::Deadline(id, at) => {
+                let old = self.by_id.remove(&id);
+                if let Some(old) = old {
+                    self.deadlines.remove(&(old, id.clone()));
+                }
+                if let Some(at) = at {
+                    self.deadlines.insert((at, id.clone()));
+                    self.by_id.insert(id.clone(), at);
+                }
+                TimerEffect::Deadline(id, old)
+            }
+            TimerEffect::LockDelay(key, until) => {
+                if self.lock_delays.len() > LOCK_DELAY_PRUNE_AT {
+                    self.lock_delays.retain(|k, at| *at > now || *k == key);
+                }
+                let old = match until {
+                    Some(until) => self.lock_delays.insert(key.clone(), until),
+                    None => self.lock_delays.remove(&key),
+                };
+                TimerEffect::LockDelay(key, old)
+            }
         }
     }
 
@@ -87,53 +117,43 @@ impl Timers {
         self.deadlines.first().map(|(at, _)| *at)
     }
 
-    /// Removes and returns the sessions whose deadline has passed.
-    pub(crate) fn due_sessions(&mut self, now: Instant) -> Vec<String> {
-        let mut due = Vec::new();
-        while let Some((at, _)) = self.deadlines.first() {
-            if *at > now {
-                break;
-            }
-            if let Some((_, id)) = self.deadlines.pop_first() {
-                self.by_id.remove(&id);
-                due.push(id);
-            }
-        }
-        due
+    /// The sessions whose deadline has passed. Their deadlines stay until the expiry of each
+    /// is kept (see [`Tx::session_expire`]).
+    pub(crate) fn due_sessions(&self, now: Instant) -> Vec<String> {
+        self.deadlines
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, id)| id.clone())
+            .collect()
     }
 
-    fn lock_delayed(&mut self, key: &str, now: Instant) -> bool {
-        match self.lock_delays.get(key) {
-            Some(until) if *until > now => true,
-            Some(_) => {
-                self.lock_delays.remove(key);
-                false
-            }
-            None => false,
+    /// Moves every deadline that has passed to `to` (a retry after a failed commit).
+    pub(crate) fn postpone_due(&mut self, now: Instant, to: Instant) {
+        for id in self.due_sessions(now) {
+            self.apply(TimerEffect::Deadline(id, Some(to)), now);
         }
     }
 
-    fn set_lock_delay(&mut self, key: &str, until: Instant, now: Instant) {
-        if self.lock_delays.len() > 10_000 {
-            self.lock_delays.retain(|_, at| *at > now);
-        }
-        self.lock_delays.insert(key.to_owned(), until);
+    fn lock_delayed(&self, key: &str, now: Instant) -> bool {
+        self.lock_delays.get(key).is_some_and(|until| *until > now)
     }
 }
 
-/// One command's changes against the writer's working state, undone unless kept.
+/// One command's changes against the writer's working state, undone unless kept. Changes to
+/// the clocks are only collected here; the writer applies them when the command is kept.
 pub(crate) struct Tx<'a> {
     state: &'a mut State,
-    timers: &'a mut Timers,
+    timers: &'a Timers,
     now: Instant,
     index: u64,
     changes: Vec<Change>,
     undo: Vec<Change>,
+    effects: Vec<TimerEffect>,
     saved_tables: TableIndexes,
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(state: &'a mut State, timers: &'a mut Timers, now: Instant) -> Self {
+    pub(crate) fn new(state: &'a mut State, timers: &'a Timers, now: Instant) -> Self {
         let index = state.index + 1;
         let saved_tables = state.tables;
         Self {
@@ -143,19 +163,21 @@ impl<'a> Tx<'a> {
             index,
             changes: Vec::new(),
             undo: Vec::new(),
+            effects: Vec::new(),
             saved_tables,
         }
     }
 
-    /// Ends the command: keeps its changes (and takes its index) or undoes them.
-    pub(crate) fn finish(mut self, keep: bool) -> Vec<Change> {
+    /// Ends the command: keeps its changes (and takes its index) or undoes them. Returns the
+    /// row changes and the clock changes to apply, both empty when undone.
+    pub(crate) fn finish(mut self, keep: bool) -> (Vec<Change>, Vec<TimerEffect>) {
         if !keep {
             self.rollback();
         }
         if !self.changes.is_empty() {
             self.state.index = self.index;
         }
-        self.changes
+        (self.changes, self.effects)
     }
 
     fn rollback(&mut self) {
@@ -163,6 +185,7 @@ impl<'a> Tx<'a> {
             self.state.apply(change, self.index);
         }
         self.changes.clear();
+        self.effects.clear();
         self.state.tables = self.saved_tables;
     }
 
@@ -170,6 +193,18 @@ impl<'a> Tx<'a> {
         let old = self.state.apply(change.clone(), self.index);
         self.undo.push(old);
         self.changes.push(change);
+    }
+
+    /// Whether `key` is inside a lock-delay, counting the ones this command has started.
+    fn lock_delayed(&self, key: &str) -> bool {
+        let pending = self.effects.iter().rev().find_map(|effect| match effect {
+            TimerEffect::LockDelay(k, until) if k == key => Some(*until),
+            _ => None,
+        });
+        match pending {
+            Some(until) => until.is_some_and(|until| until > self.now),
+            None => self.timers.lock_delayed(key, self.now),
+        }
     }
 
     pub(crate) fn execute(&mut self, command: Command) -> Result<Outcome, StoreError> {
@@ -234,6 +269,10 @@ impl<'a> Tx<'a> {
                 )
             }
             SetMode::Acquire(session) => {
+                // Consul checks the lock-delay before anything else (its pre-apply step).
+                if self.lock_delayed(&key) {
+                    return Ok(false);
+                }
                 if session.is_empty() {
                     return Err(StoreError::Rejected("missing session".to_owned()));
                 }
@@ -244,18 +283,18 @@ impl<'a> Tx<'a> {
                 match existing.and_then(|e| e.session.as_ref()) {
                     Some(holder) if holder == session => (Some(session.clone()), lock_index),
                     Some(_) => return Ok(false),
-                    None => {
-                        if self.timers.lock_delayed(&key, self.now) {
-                            return Ok(false);
-                        }
-                        (Some(session.clone()), lock_index + 1)
-                    }
+                    None => (Some(session.clone()), lock_index + 1),
                 }
             }
-            SetMode::Release(session) => match existing {
-                Some(e) if e.session.as_ref() == Some(session) => (None, e.lock_index),
-                _ => return Ok(false),
-            },
+            SetMode::Release(session) => {
+                if session.is_empty() {
+                    return Err(StoreError::Rejected("missing session".to_owned()));
+                }
+                match existing {
+                    Some(e) if e.session.as_ref() == Some(session) => (None, e.lock_index),
+                    _ => return Ok(false),
+                }
+            }
         };
         let entry = KvEntry {
             create_index: existing.map_or(self.index, |e| e.create_index),
@@ -371,7 +410,8 @@ impl<'a> Tx<'a> {
         };
         self.put(Change::Session(id.clone(), Some(session.clone())));
         if let Some(ttl) = session.ttl {
-            self.timers.set_deadline(&id, self.now + ttl * 2);
+            self.effects
+                .push(TimerEffect::Deadline(id, Some(self.now + ttl * 2)));
         }
         Ok(session)
     }
@@ -379,15 +419,21 @@ impl<'a> Tx<'a> {
     fn session_renew(&mut self, id: &str) -> Option<Session> {
         let session = self.state.sessions.get(id)?.clone();
         if let Some(ttl) = session.ttl {
-            self.timers.set_deadline(id, self.now + ttl * 2);
+            self.effects.push(TimerEffect::Deadline(
+                id.to_owned(),
+                Some(self.now + ttl * 2),
+            ));
         }
         Some(session)
     }
 
-    /// A TTL ran out: the session ends as if destroyed.
+    /// A TTL ran out: the session ends as if destroyed. The deadline is cleared even if the
+    /// session is already gone, so it is not due again.
     pub(crate) fn session_expire(&mut self, id: &str) {
         tracing::debug!(session = id, "session ttl expired");
         self.session_end(id);
+        self.effects
+            .push(TimerEffect::Deadline(id.to_owned(), None));
     }
 
     /// Ends a session: its locks are released or deleted per Behavior, each with a lock-delay.
@@ -417,12 +463,15 @@ impl<'a> Tx<'a> {
                 Behavior::Delete => self.delete_entry(&key),
             }
             if !session.lock_delay.is_zero() {
-                self.timers
-                    .set_lock_delay(&key, self.now + session.lock_delay, self.now);
+                self.effects.push(TimerEffect::LockDelay(
+                    key,
+                    Some(self.now + session.lock_delay),
+                ));
             }
         }
         self.put(Change::Session(id.to_owned(), None));
-        self.timers.clear_deadline(id);
+        self.effects
+            .push(TimerEffect::Deadline(id.to_owned(), None));
     }
 
     /// Ends every session that depends on `check_id` of `node`.
@@ -446,6 +495,14 @@ impl<'a> Tx<'a> {
     // ---- transactions ----
 
     fn txn(&mut self, ops: Vec<TxnOp>) -> TxnOutcome {
+        let refused: Vec<(usize, String)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| self.txn_precheck(op).err().map(|what| (i, what)))
+            .collect();
+        if !refused.is_empty() {
+            return TxnOutcome::RolledBack(refused);
+        }
         let mut results = Vec::new();
         let mut errors = Vec::new();
         for (i, op) in ops.into_iter().enumerate() {
@@ -460,6 +517,18 @@ impl<'a> Tx<'a> {
             self.rollback();
             TxnOutcome::RolledBack(errors)
         }
+    }
+
+    /// Consul's checks before a transaction runs at all (`kvsPreApply`): every verb but
+    /// `delete-tree` needs a key, and `lock` is refused inside a lock-delay.
+    fn txn_precheck(&self, op: &TxnOp) -> Result<(), String> {
+        if op.key.is_empty() && op.verb != "delete-tree" {
+            return Err("Must provide key".to_owned());
+        }
+        if op.verb == "lock" && self.lock_delayed(&op.key) {
+            return Err(format!("failed to lock key {:?} due to lock delay", op.key));
+        }
+        Ok(())
     }
 
     fn txn_op(&mut self, op: TxnOp) -> Result<Vec<KvEntry>, String> {
@@ -517,7 +586,7 @@ impl<'a> Tx<'a> {
             )]),
             "get-tree" => Ok(self.state.kv_prefix(&key).cloned().collect()),
             "check-index" => match self.state.kv.get(&key) {
-                None => Err(missing(&key)),
+                None => Err(format!("failed to check index, key {key:?} doesn't exist")),
                 Some(e) if e.modify_index != op.index => Err(format!(
                     "failed index check for key {key:?}, current modify index {} != {}",
                     e.modify_index, op.index
@@ -525,7 +594,9 @@ impl<'a> Tx<'a> {
                 Some(_) => Ok(self.stripped(&key)),
             },
             "check-session" => match self.state.kv.get(&key) {
-                None => Err(missing(&key)),
+                None => Err(format!(
+                    "failed to check session, key {key:?} doesn't exist"
+                )),
                 Some(e) if e.session.as_deref().unwrap_or("") != op.session => Err(format!(
                     "failed session check for key {key:?}, current session {:?} != {:?}",
                     e.session.as_deref().unwrap_or(""),
@@ -698,9 +769,13 @@ mod tests {
     use super::*;
 
     fn run(state: &mut State, timers: &mut Timers, f: impl FnOnce(&mut Tx<'_>)) {
-        let mut tx = Tx::new(state, timers, Instant::now());
+        let now = Instant::now();
+        let mut tx = Tx::new(state, timers, now);
         f(&mut tx);
-        tx.finish(true);
+        let (_, effects) = tx.finish(true);
+        for effect in effects {
+            timers.apply(effect, now);
+        }
     }
 
     #[tokio::test]

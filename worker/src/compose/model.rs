@@ -734,7 +734,9 @@ impl<'a> Parser<'a> {
                 "type" => kind = Self::scalar(val).unwrap_or_default(),
                 "source" => source = Self::scalar(val),
                 "target" => target = Self::scalar(val),
-                "read_only" => read_only = matches!(val, Value::Bool(true)),
+                "read_only" => {
+                    read_only = self.boolean(service, &format!("{field}.read_only"), val)
+                }
                 _ => self.err(Some(service), format!("{field}.{k}"), "unsupported key"),
             }
         }

@@ -531,3 +531,36 @@ fn project_files_may_not_leave_the_project() {
     );
 }
 
+#[test]
+fn long_volume_read_only_takes_every_boolean_form() {
+    let compose = r#"services:
+  web:
+    image: x
+    volumes:
+      - {type: bind, source: ./a, target: /a, read_only: true}
+      - {type: bind, source: ./b, target: /b, read_only: "true"}
+      - type: bind
+        source: ./c
+        target: /c
+        read_only: ${RO}
+      - type: bind
+        source: ./d
+        target: /d
+        read_only: ${RW}
+      - {type: volume, target: /e, read_only: false}
+      - {type: volume, target: /f}
+"#;
+    let p = project_from(&[("compose.yaml", compose), (".env", "RO=true\nRW=false\n")]).unwrap();
+    let ro: Vec<bool> = p
+        .service("web")
+        .unwrap()
+        .volumes
+        .iter()
+        .map(|m| m.read_only)
+        .collect();
+    assert_eq!(ro, [true, true, true, false, false, false]);
+    let errs = errors(
+        "services: {web: {image: x, volumes: [{type: bind, source: ./a, target: /a, read_only: yes please}]}}",
+    );
+    assert_eq!(errs, ["services.web.volumes.read_only: must be a boolean"]);
+}

@@ -1,5 +1,6 @@
 //! What a stack may ask of the host: rejections (privileged, host namespaces, devices, extra
-//! capabilities, the Docker socket, binds outside the checkout) and default resource limits.
+//! capabilities, the Docker socket, binds outside the checkout, users other than
+//! `--run-as-user`) and default resource limits.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +20,7 @@ pub struct Policy {
     pub nano_cpus: i64,
     /// Process limit per container (0 = none).
     pub pids_limit: i64,
-    /// When set, containers run as this user; a service asking for root is rejected.
+    /// When set, containers run as this user; a service asking for any other user is rejected.
     pub run_as_user: Option<String>,
 }
 
@@ -61,11 +62,6 @@ pub fn parse_cpus(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("invalid cpu count {s:?}"))
 }
 
-fn is_root(user: &str) -> bool {
-    let name = user.split(':').next().unwrap_or(user);
-    name == "root" || name == "0"
-}
-
 fn cap_name(cap: &str) -> String {
     let up = cap.trim().to_ascii_uppercase();
     up.strip_prefix("CAP_").unwrap_or(&up).to_owned()
@@ -99,6 +95,11 @@ pub fn resolve(path: &Path) -> PathBuf {
 }
 
 impl Policy {
+    /// The user every container runs as, if the worker sets one.
+    fn run_as(&self) -> Option<&str> {
+        self.run_as_user.as_deref().filter(|u| !u.is_empty())
+    }
+
     /// Every reason the project may not run, or `Ok` when it may. `checkout` is the root of the
     /// instance's source tree.
     pub fn check(&self, project: &Project, checkout: &Path) -> Result<(), Vec<ErrorDetail>> {
@@ -151,12 +152,15 @@ impl Policy {
                     );
                 }
             }
-            if let (Some(_), Some(user)) = (&self.run_as_user, &s.user)
-                && is_root(user)
+            if let (Some(run_as), Some(user)) = (self.run_as(), &s.user)
+                && !user.is_empty()
+                && user != run_as
             {
                 reject(
                     "user",
-                    "running as root is not allowed on this worker".into(),
+                    format!(
+                        "this worker runs every container as {run_as:?}; leave user empty or set exactly that"
+                    ),
                 );
             }
             for m in &s.volumes {
@@ -213,11 +217,13 @@ impl Policy {
         }
     }
 
-    /// The user a service's container runs as.
+    /// The user a service's container runs as: its own, else the worker's (an empty `user`
+    /// counts as none).
     pub fn user_for(&self, service_user: Option<&str>) -> Option<String> {
         service_user
+            .filter(|u| !u.is_empty())
+            .or(self.run_as())
             .map(str::to_owned)
-            .or_else(|| self.run_as_user.clone())
     }
 }
 
@@ -288,13 +294,32 @@ mod tests {
             ("    cap_add: [cap_net_bind_service]", None),
             (
                 "    user: root",
-                Some("web|services.web.user|running as root is not allowed on this worker"),
+                Some(
+                    "web|services.web.user|this worker runs every container as \"1000\"; leave user empty or set exactly that",
+                ),
             ),
             (
                 "    user: \"0:0\"",
-                Some("web|services.web.user|running as root is not allowed on this worker"),
+                Some("web|services.web.user|this worker runs"),
+            ),
+            (
+                "    user: \":0\"",
+                Some("web|services.web.user|this worker runs"),
+            ),
+            (
+                "    user: \"00\"",
+                Some("web|services.web.user|this worker runs"),
+            ),
+            (
+                "    user: \"1000:0\"",
+                Some("web|services.web.user|this worker runs"),
+            ),
+            (
+                "    user: admin",
+                Some("web|services.web.user|this worker runs"),
             ),
             ("    user: \"1000\"", None),
+            ("    user: \"\"", None),
             (
                 "    volumes: [/var/run/docker.sock:/var/run/docker.sock]",
                 Some("web|services.web.volumes|mounting the Docker socket is not allowed"),
@@ -362,6 +387,8 @@ mod tests {
         };
         assert_eq!(p.user_for(None).as_deref(), Some("1000:1000"));
         assert_eq!(p.user_for(Some("42")).as_deref(), Some("42"));
+        assert_eq!(p.user_for(Some("")).as_deref(), Some("1000:1000"));
         assert_eq!(Policy::default().user_for(None), None);
+        assert_eq!(Policy::default().user_for(Some("")), None);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,8 @@ use berth_worker_api::{
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthConfig,
-    HealthStatusEnum, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    HealthStatusEnum, HostConfig, MountPoint, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -34,7 +34,7 @@ use crate::compose::plan::{self, Owner};
 use crate::compose::{self, Condition, MountSource, Project, Restart, Service};
 use crate::docker::{self as dk, idempotent, label_filter};
 use crate::logbuf::LogBuf;
-use crate::policy::Policy;
+use crate::policy::{self, Policy};
 use crate::registry::Agent;
 use crate::source;
 
@@ -325,14 +325,14 @@ impl Stacks {
 
     fn load_project(&self, id: &ValidName) -> Result<Project, StackError> {
         let src = self.src_dir(id);
-        let project =
+        let mut project =
             compose::load(&src, &compose_project_name(id)).map_err(|e| StackError::Rejected {
                 message: e.to_string(),
                 details: e.details(),
             })?;
         self.settings
             .policy
-            .check(&project, &src)
+            .check(&mut project, &src)
             .map_err(|details| StackError::Rejected {
                 message: format!("rejected by policy: {}", compose::summary(&details)),
                 details,
@@ -781,6 +781,54 @@ impl Stacks {
         }
     }
 
+    /// Removes containers of an earlier configuration that can write above a bind source of
+    /// `project`: left running while the new containers start, they could swap that source for a
+    /// symlink before Docker mounts it. The policy lets no service of `project` mount a writable
+    /// ancestor of another bind, so these are recreated anyway.
+    async fn remove_stale_writers(
+        &self,
+        project: &Project,
+        id: &ValidName,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        let sources: Vec<&Path> = project
+            .services
+            .iter()
+            .flat_map(|s| &s.volumes)
+            .filter_map(|m| match &m.source {
+                MountSource::Bind(src) => Some(src.as_path()),
+                _ => None,
+            })
+            .collect();
+        for c in self.containers_of(id).await? {
+            let above = c
+                .mounts
+                .iter()
+                .flatten()
+                .filter_map(writable_bind)
+                .any(|outer| sources.iter().any(|s| *s != outer && s.starts_with(outer)));
+            if above && let Some(cid) = c.id {
+                log.line(&format!(
+                    "removing container {cid} first: it can write above a bind source of the new configuration"
+                ));
+                idempotent(
+                    self.docker
+                        .remove_container(
+                            &cid,
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
+                        )
+                        .await,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     async fn remove_created(&self, created: &mut Vec<String>) {
         for name in created.drain(..) {
             let _ = self
@@ -860,6 +908,7 @@ impl Stacks {
                 )?;
             }
         }
+        self.remove_stale_writers(project, id, log).await?;
         // Host ports first, so every container knows every public address before it starts.
         let existing: HashMap<String, ContainerInspectResponse> = {
             let mut m = HashMap::new();
@@ -940,6 +989,10 @@ impl Stacks {
                 commit,
                 &owner,
             );
+            policy::recheck_binds(s, &self.src_dir(id)).map_err(|d| StackError::Rejected {
+                message: format!("rejected by policy: {}: {}", d.field, d.reason),
+                details: vec![d],
+            })?;
             let current = existing.get(&s.name);
             let current_hash = current.and_then(|c| {
                 c.config
@@ -1099,11 +1152,10 @@ impl Stacks {
         for m in &s.volumes {
             let mode = if m.read_only { ":ro" } else { "" };
             match &m.source {
-                MountSource::Bind(src) => binds.push(format!(
-                    "{}:{}{mode}",
-                    crate::policy::resolve(src).display(),
-                    m.target
-                )),
+                // The path the policy resolved and admitted, rechecked right before create.
+                MountSource::Bind(src) => {
+                    binds.push(format!("{}:{}{mode}", src.display(), m.target))
+                }
                 MountSource::Named(v) => binds.push(format!(
                     "{}:{}{mode}",
                     plan::volume_name(&project.name, v),
@@ -1565,6 +1617,13 @@ fn endpoint(s: &Service, container: &str, aliases: &[String]) -> EndpointSetting
         aliases: Some(all),
         ..Default::default()
     }
+}
+
+/// The host path of a bind mount the container can write to.
+fn writable_bind(m: &MountPoint) -> Option<&Path> {
+    (m.typ.as_deref() == Some("bind") && m.rw == Some(true))
+        .then_some(m.source.as_deref().map(Path::new))
+        .flatten()
 }
 
 /// Whether a start failed because a host port it chose was bound by someone else meanwhile.

@@ -566,3 +566,101 @@ async fn docker_failed_rebuild_blocks_start_until_built_again() {
     w.client.delete(&sid, false).await.unwrap();
     w.stop().await;
 }
+
+fn docker_out(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_binds_below_a_writable_bind_answer_422() {
+    let w = worker("nested", |_| {}).await;
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("secret.txt"), "host-secret").unwrap();
+    let sid = id(&format!("nest-{}", w.node));
+    // One service plants a symlink where another's bind source will be (audit #1), and one
+    // service swaps its own nested bind source between restarts (audit #5).
+    let planter = format!(
+        "services:\n  planter:\n    image: berth-base:latest\n    command: [sh, -c, 'ln -s {v} /d/x']\n    volumes: ['./d:/d']\n  reader:\n    image: berth-base:latest\n    command: [sh, -c, 'cat /host/secret.txt; sleep 600']\n    volumes: ['./d/x:/host']\n    depends_on:\n      planter: {{condition: service_completed_successfully}}\n",
+        v = victim.path().display()
+    );
+    let swapper = format!(
+        "services:\n  one:\n    image: berth-base:latest\n    restart: on-failure:3\n    command: [sh, -c, 'rmdir /d/y && ln -s {v} /d/y; exit 1']\n    volumes: ['./d:/d', './d/y:/host']\n",
+        v = victim.path().display()
+    );
+    for (compose, service, inner, outer) in [
+        (
+            planter.as_str(),
+            "reader",
+            "./d/x",
+            "./d, which service planter",
+        ),
+        (swapper.as_str(), "one", "./d/y", "./d, which service one"),
+    ] {
+        let (repo, commit) = git_repo(&[("compose.yaml", compose), ("d/y/.keep", "")]);
+        let (status, body) = api_error(
+            w.client
+                .build(&sid, &build_request(repo.path(), &commit))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 422, "{body:?}");
+        let d = &body.error.details;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].service.as_deref(), Some(service));
+        assert_eq!(d[0].field, format!("services.{service}.volumes"));
+        assert!(
+            d[0].reason.starts_with(&format!(
+                "bind source {inner} lies inside {outer} mounts writable"
+            )),
+            "{}",
+            d[0].reason
+        );
+    }
+    assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 1);
+
+    // A read-only ancestor is fine, and Docker gets the resolved path, not the symlink.
+    let (repo, _) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    volumes: ['./d:/d:ro', './d/y:/y', './link:/l:ro']\n",
+        ),
+        ("d/y/.keep", ""),
+    ]);
+    std::os::unix::fs::symlink("d", repo.path().join("link")).unwrap();
+    let commit = git_commit(repo.path(), &[]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(st.state, StackState::Running);
+    let src = w.stack_src(sid.as_str()).canonicalize().unwrap();
+    let binds = docker_out(&[
+        "inspect",
+        "--format",
+        "{{json .HostConfig.Binds}}",
+        st.services[0].container.as_deref().unwrap(),
+    ]);
+    let binds: Vec<String> = serde_json::from_str(&binds).unwrap();
+    let d = src.join("d").display().to_string();
+    assert_eq!(
+        binds,
+        [
+            format!("{d}:/d:ro"),
+            format!("{d}/y:/y"),
+            format!("{d}:/l:ro")
+        ]
+    );
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+

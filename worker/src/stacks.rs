@@ -154,7 +154,11 @@ impl Stacks {
     }
 
     fn src_dir(&self, id: &ValidName) -> PathBuf {
-        self.stack_dir(id).join("src")
+        self.checkout(id).work_tree().to_path_buf()
+    }
+
+    fn checkout(&self, id: &ValidName) -> source::Checkout {
+        source::Checkout::in_stack(&self.stack_dir(id))
     }
 
     fn owner(&self, id: &ValidName) -> Owner {
@@ -254,6 +258,7 @@ impl Stacks {
     pub async fn adopt(&self) -> Result<usize, StackError> {
         let ids = self.ids().await?;
         for id in &ids {
+            self.recover_checkout(id).await?;
             let mut record = match self.read_record(id)? {
                 Some(r) => r,
                 None => {
@@ -321,6 +326,35 @@ impl Stacks {
             (plan::LABEL_BERTH_NODE, &self.settings.node),
         ])
         .await
+    }
+
+    /// Moves a checkout made by an earlier worker (git metadata in `src/.git`) to the current
+    /// layout.
+    async fn recover_checkout(&self, id: &ValidName) -> Result<(), StackError> {
+        let containers = self.containers_of(id).await?;
+        let co = self.checkout(id);
+        let legacy = policy::resolve(co.work_tree()).join(".git");
+        let bound = containers
+            .iter()
+            .flat_map(|c| c.mounts.iter().flatten())
+            .filter_map(|m| m.source.as_deref())
+            .any(|src| Path::new(src).starts_with(&legacy));
+        let migrated = tokio::task::spawn_blocking(move || co.migrate_legacy(bound))
+            .await
+            .map_err(|e| failed("migrate checkout", e.to_string()))?;
+        match migrated {
+            Ok(source::Migration::None) => {}
+            Ok(source::Migration::Moved) => {
+                tracing::info!(instance = %id, "moved the git metadata out of the checkout");
+            }
+            Ok(source::Migration::Discarded(reason)) => {
+                tracing::warn!(instance = %id, %reason, "removed the git metadata of the checkout; the next build fetches afresh");
+            }
+            Err(e) => {
+                tracing::warn!(instance = %id, cause = %e, "cannot migrate the checkout");
+            }
+        }
+        Ok(())
     }
 
     fn load_project(&self, id: &ValidName) -> Result<Project, StackError> {
@@ -517,7 +551,7 @@ impl Stacks {
 
     async fn images_present(&self, id: &ValidName, commit: &str) -> Result<bool, StackError> {
         let src = self.src_dir(id);
-        if source::checked_out(&src).as_deref() != Some(commit) {
+        if self.checkout(id).commit().as_deref() != Some(commit) {
             return Ok(false);
         }
         let Ok(project) = compose::load(&src, &compose_project_name(id)) else {
@@ -538,13 +572,17 @@ impl Stacks {
         req: &BuildRequest,
         log: &LogBuf,
     ) -> Result<(), StackError> {
-        let src = self.src_dir(id);
         log.line(&format!("fetching commit {}", req.commit));
-        let (dir, repo, commit) = (src.clone(), req.repo.clone(), req.commit.clone());
-        tokio::task::spawn_blocking(move || source::checkout(&dir, &repo, &commit))
+        let (co, repo, commit) = (self.checkout(id), req.repo.clone(), req.commit.clone());
+        tokio::task::spawn_blocking(move || co.fetch(&repo, &commit))
             .await
             .map_err(|e| failed("fetch", e.to_string()))?
             .map_err(|e| failed("fetch", e.to_string()))?;
+        let (co, commit) = (self.checkout(id), req.commit.clone());
+        tokio::task::spawn_blocking(move || co.checkout(&commit))
+            .await
+            .map_err(|e| failed("checkout", e.to_string()))?
+            .map_err(|e| failed("checkout", e.to_string()))?;
         let project = self.load_project(id)?;
         let owner = self.owner(id);
         let long = dk::long(
@@ -713,7 +751,7 @@ impl Stacks {
                 "stack {id} holds commit {commit}, not {want}: build it first"
             )));
         }
-        if source::checked_out(&self.src_dir(id)).as_deref() != Some(commit.as_str()) {
+        if self.checkout(id).commit().as_deref() != Some(commit.as_str()) {
             return Err(StackError::Conflict(format!(
                 "the checkout of stack {id} is not at its built commit {commit} (a later build failed): build again"
             )));

@@ -340,12 +340,19 @@ async fn docker_restart_adopts_stacks_and_interrupted_build_retries() {
     } = w;
     shutdown.cancel();
     task.await.unwrap().unwrap();
+    // A data dir laid out by an earlier worker: git metadata inside the checkout, no
+    // checked-out marker.
+    let stack = data.path().join("stacks").join(running.as_str());
+    std::fs::rename(stack.join("git"), stack.join("src/.git")).unwrap();
+    std::fs::remove_dir_all(stack.join("src/.git/refs/berth")).unwrap();
 
     let w2 = worker("adopt", |c| c.data_dir = data.path().to_path_buf()).await;
     assert_eq!(w2.node, node);
     let again = w2.client.status(&running).await.unwrap().unwrap();
     assert_eq!(again.state, StackState::Running);
     assert_eq!(again.endpoints, first.endpoints);
+    assert!(!stack.join("src/.git").exists(), "legacy layout migrated");
+    assert!(stack.join("git/HEAD").exists());
     let b = w2.client.status(&broken).await.unwrap().unwrap();
     assert_eq!(b.state, StackState::Failed);
     assert!(b.error.unwrap().contains("interrupted"));
@@ -664,3 +671,61 @@ async fn docker_binds_below_a_writable_bind_answer_422() {
     w.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_rebuild_keeps_runtime_data_and_git_out_of_reach() {
+    let w = worker("gitreach", |_| {}).await;
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("precious.txt"), "p").unwrap();
+    // The container binds the whole project and points a `.git/config` in it at the victim
+    // (audit #3), and writes runtime data into the checkout (audit #10).
+    let compose = format!(
+        "services:\n  app:\n    image: berth-base:latest\n    command: [sh, -c, \"mkdir -p /app/.git && printf '[core]\\\\n\\\\tworktree = {v}\\\\n' >> /app/.git/config && echo kept > /app/data/db && echo planted && sleep 600\"]\n    volumes: ['.:/app']\n",
+        v = victim.path().display()
+    );
+    let (repo, first) = git_repo(&[("compose.yaml", &compose), ("data/.keep", "")]);
+    let sid = id(&format!("git-{}", w.node));
+    w.client
+        .build(&sid, &build_request(repo.path(), &first))
+        .await
+        .unwrap();
+    let src = w.stack_src(sid.as_str());
+    let git_in_checkout = src.join(".git").exists();
+    w.client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if src.join("data/db").exists() && src.join(".git/config").exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(src.join("data/db").exists(), "the container ran");
+
+    let second = git_commit(repo.path(), &[("newfile.txt", "new")]);
+    let rebuilt = w
+        .client
+        .build(&sid, &build_request(repo.path(), &second))
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.state, StackState::Running);
+    assert_eq!(rebuilt.commit.as_deref(), Some(second.as_str()));
+    let victim_files: Vec<String> = std::fs::read_dir(victim.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(victim_files, ["precious.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(src.join("newfile.txt")).unwrap(),
+        "new"
+    );
+    assert_eq!(
+        std::fs::read_to_string(src.join("data/db")).unwrap().trim(),
+        "kept",
+        "runtime data in the checkout survives a rebuild"
+    );
+    assert!(!git_in_checkout, "no git metadata in the checkout");
+    assert!(w.stack_git(sid.as_str()).join("HEAD").exists());
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}

@@ -140,6 +140,11 @@ impl TestWorker {
         self.data.path().join("stacks").join(id).join("src")
     }
 
+    /// Where the stack's git metadata lives (beside, never inside, the checkout).
+    pub fn stack_git(&self, id: &str) -> PathBuf {
+        self.data.path().join("stacks").join(id).join("git")
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.task.await;

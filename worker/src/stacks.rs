@@ -328,10 +328,65 @@ impl Stacks {
         .await
     }
 
-    /// Moves a checkout made by an earlier worker (git metadata in `src/.git`) to the current
-    /// layout.
+    /// Pauses the stack's running containers that can write into its checkout (a writable bind)
+    /// while the worker reads or writes the checkout by path, so none can swap a path for a
+    /// symlink under its feet; a crash-looping one is stopped instead. `thaw` undoes it, and
+    /// `adopt` unpauses what a worker crash left paused.
+    async fn freeze_writers(
+        &self,
+        id: &ValidName,
+        log: &LogBuf,
+    ) -> Result<Vec<String>, StackError> {
+        let mut paused = Vec::new();
+        for c in self.containers_of(id).await? {
+            let writes = c
+                .mounts
+                .iter()
+                .flatten()
+                .any(|m| writable_bind(m).is_some());
+            let Some(cid) = c.id.filter(|_| writes) else {
+                continue;
+            };
+            let done = match c.state.map(|s| s.to_string()).as_deref() {
+                Some("running") => self.docker.pause_container(&cid).await.map(|()| true),
+                Some("restarting") => {
+                    log.line(&format!("stopping crash-looping container {cid} meanwhile"));
+                    idempotent(self.docker.stop_container(&cid, None).await).map(|_| false)
+                }
+                _ => Ok(false),
+            };
+            match done {
+                Ok(true) => paused.push(cid),
+                Ok(false) => {}
+                Err(e) => {
+                    self.thaw(paused).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(paused)
+    }
+
+    async fn thaw(&self, paused: Vec<String>) {
+        for cid in paused {
+            if let Err(e) = self.docker.unpause_container(&cid).await {
+                tracing::warn!(container = %cid, cause = %e, "cannot unpause");
+            }
+        }
+    }
+
+    /// Unpauses containers a crash left frozen and moves a checkout made by an earlier worker
+    /// (git metadata in `src/.git`) to the current layout.
     async fn recover_checkout(&self, id: &ValidName) -> Result<(), StackError> {
         let containers = self.containers_of(id).await?;
+        for c in &containers {
+            if c.state.map(|s| s.to_string()).as_deref() == Some("paused")
+                && let Some(cid) = &c.id
+                && let Err(e) = self.docker.unpause_container(cid).await
+            {
+                tracing::warn!(instance = %id, container = %cid, cause = %e, "cannot unpause");
+            }
+        }
         let co = self.checkout(id);
         let legacy = policy::resolve(co.work_tree()).join(".git");
         let bound = containers
@@ -578,12 +633,15 @@ impl Stacks {
             .await
             .map_err(|e| failed("fetch", e.to_string()))?
             .map_err(|e| failed("fetch", e.to_string()))?;
+        let frozen = self.freeze_writers(id, log).await?;
         let (co, commit) = (self.checkout(id), req.commit.clone());
-        tokio::task::spawn_blocking(move || co.checkout(&commit))
-            .await
-            .map_err(|e| failed("checkout", e.to_string()))?
-            .map_err(|e| failed("checkout", e.to_string()))?;
-        let project = self.load_project(id)?;
+        let project = match tokio::task::spawn_blocking(move || co.checkout(&commit)).await {
+            Ok(Ok(())) => self.load_project(id),
+            Ok(Err(e)) => Err(failed("checkout", e.to_string())),
+            Err(e) => Err(failed("checkout", e.to_string())),
+        };
+        self.thaw(frozen).await;
+        let project = project?;
         let owner = self.owner(id);
         let long = dk::long(
             &self.docker,
@@ -607,12 +665,15 @@ impl Stacks {
             log.line(&format!("building service {} as {tag}", s.name));
             let context = build.context.clone();
             let dockerfile = build.dockerfile.clone();
+            let frozen = self.freeze_writers(id, log).await?;
             let tar = tokio::task::spawn_blocking(move || {
                 crate::context::tar_context(&context, &dockerfile)
             })
-            .await
-            .map_err(|e| failed("build context", e.to_string()))?
-            .map_err(|e| failed("build context", e.to_string()))?;
+            .await;
+            self.thaw(frozen).await;
+            let tar = tar
+                .map_err(|e| failed("build context", e.to_string()))?
+                .map_err(|e| failed("build context", e.to_string()))?;
             let labels = plan::image_labels(&owner);
             let args: HashMap<String, String> = build.args.clone().into_iter().collect();
             let mut opts = BuildImageOptionsBuilder::default()
@@ -758,7 +819,10 @@ impl Stacks {
         }
         let _active = self.begin(id, "start");
         let log = self.log(id);
-        let project = self.load_project(id)?;
+        let frozen = self.freeze_writers(id, &log).await?;
+        let project = self.load_project(id);
+        self.thaw(frozen).await;
+        let project = project?;
         record.state = StackState::Starting;
         record.error = None;
         self.write_record(&record)?;

@@ -340,8 +340,10 @@ async fn docker_restart_adopts_stacks_and_interrupted_build_retries() {
     } = w;
     shutdown.cancel();
     task.await.unwrap().unwrap();
-    // A data dir laid out by an earlier worker: git metadata inside the checkout, no
-    // checked-out marker.
+    // A worker that died while its containers were paused for a checkout, and a data dir laid
+    // out by an earlier worker: git metadata inside the checkout, no checked-out marker.
+    let container = first.services[0].container.clone().unwrap();
+    docker_out(&["pause", &container]);
     let stack = data.path().join("stacks").join(running.as_str());
     std::fs::rename(stack.join("git"), stack.join("src/.git")).unwrap();
     std::fs::remove_dir_all(stack.join("src/.git/refs/berth")).unwrap();
@@ -351,6 +353,7 @@ async fn docker_restart_adopts_stacks_and_interrupted_build_retries() {
     let again = w2.client.status(&running).await.unwrap().unwrap();
     assert_eq!(again.state, StackState::Running);
     assert_eq!(again.endpoints, first.endpoints);
+    assert_eq!(again.services[0].state, "running", "unpaused on adoption");
     assert!(!stack.join("src/.git").exists(), "legacy layout migrated");
     assert!(stack.join("git/HEAD").exists());
     let b = w2.client.status(&broken).await.unwrap().unwrap();
@@ -723,6 +726,10 @@ async fn docker_rebuild_keeps_runtime_data_and_git_out_of_reach() {
         std::fs::read_to_string(src.join("data/db")).unwrap().trim(),
         "kept",
         "runtime data in the checkout survives a rebuild"
+    );
+    assert!(
+        rebuilt.services.iter().all(|s| s.state == "running"),
+        "writers paused during the checkout run again: {rebuilt:?}"
     );
     assert!(!git_in_checkout, "no git metadata in the checkout");
     assert!(w.stack_git(sid.as_str()).join("HEAD").exists());

@@ -1,12 +1,13 @@
 //! What a stack may ask of the host: rejections (privileged, host namespaces, devices, extra
-//! capabilities, the Docker socket, binds outside the checkout) and default resource limits.
+//! capabilities, the Docker socket, binds outside the checkout or below a writable bind, users
+//! other than `--run-as-user`) and default resource limits.
 
 use std::path::{Path, PathBuf};
 
 use berth_worker_api::ErrorDetail;
 
 use crate::compose::model::normalize;
-use crate::compose::{MountSource, Project};
+use crate::compose::{MountSource, Project, Service};
 
 /// Limits and allowances applied to every container of every stack.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +20,7 @@ pub struct Policy {
     pub nano_cpus: i64,
     /// Process limit per container (0 = none).
     pub pids_limit: i64,
-    /// When set, containers run as this user; a service asking for root is rejected.
+    /// When set, containers run as this user; a service asking for any other user is rejected.
     pub run_as_user: Option<String>,
 }
 
@@ -61,11 +62,6 @@ pub fn parse_cpus(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("invalid cpu count {s:?}"))
 }
 
-fn is_root(user: &str) -> bool {
-    let name = user.split(':').next().unwrap_or(user);
-    name == "root" || name == "0"
-}
-
 fn cap_name(cap: &str) -> String {
     let up = cap.trim().to_ascii_uppercase();
     up.strip_prefix("CAP_").unwrap_or(&up).to_owned()
@@ -98,17 +94,62 @@ pub fn resolve(path: &Path) -> PathBuf {
     }
 }
 
+/// `root/d/x` -> `./d/x`, for messages about paths in the checkout.
+fn in_checkout(path: &Path, root: &Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(rel) if rel.as_os_str().is_empty() => ".".to_owned(),
+        Ok(rel) => format!("./{}", rel.display()),
+        Err(_) => path.display().to_string(),
+    }
+}
+
+/// Whether `src`, a bind source the policy resolved and admitted, still is exactly that path:
+/// inside the checkout, with no symlink in it.
+fn bind_unchanged(src: &Path, root: &Path) -> bool {
+    src.starts_with(root) && resolve(src) == src
+}
+
+/// Checks the admitted bind sources of `s` again. Docker resolves a source anew at every mount,
+/// so this runs right before a container is created or started.
+pub fn recheck_binds(s: &Service, checkout: &Path) -> Result<(), ErrorDetail> {
+    let root = resolve(checkout);
+    for m in &s.volumes {
+        if let MountSource::Bind(src) = &m.source
+            && !bind_unchanged(src, &root)
+        {
+            return Err(ErrorDetail {
+                service: Some(s.name.clone()),
+                field: format!("services.{}.volumes", s.name),
+                reason: format!(
+                    "bind source {} changed after the policy check (a symlink appeared in it)",
+                    in_checkout(src, &root)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Policy {
+    /// The user every container runs as, if the worker sets one.
+    fn run_as(&self) -> Option<&str> {
+        self.run_as_user.as_deref().filter(|u| !u.is_empty())
+    }
+
     /// Every reason the project may not run, or `Ok` when it may. `checkout` is the root of the
-    /// instance's source tree.
-    pub fn check(&self, project: &Project, checkout: &Path) -> Result<(), Vec<ErrorDetail>> {
+    /// instance's source tree. On success every bind source and build context in `project` is
+    /// the resolved path that was judged, so what Docker gets is exactly what was checked.
+    pub fn check(&self, project: &mut Project, checkout: &Path) -> Result<(), Vec<ErrorDetail>> {
         let root = resolve(checkout);
         let mut errors = Vec::new();
-        for s in &project.services {
+        // (service, resolved source, read only) of every admitted bind, for the nesting rule.
+        let mut binds: Vec<(String, PathBuf, bool)> = Vec::new();
+        for s in &mut project.services {
+            let name = s.name.clone();
             let mut reject = |field: &str, reason: String| {
                 errors.push(ErrorDetail {
-                    service: Some(s.name.clone()),
-                    field: format!("services.{}.{field}", s.name),
+                    service: Some(name.clone()),
+                    field: format!("services.{name}.{field}"),
                     reason,
                 });
             };
@@ -151,16 +192,19 @@ impl Policy {
                     );
                 }
             }
-            if let (Some(_), Some(user)) = (&self.run_as_user, &s.user)
-                && is_root(user)
+            if let (Some(run_as), Some(user)) = (self.run_as(), &s.user)
+                && !user.is_empty()
+                && user != run_as
             {
                 reject(
                     "user",
-                    "running as root is not allowed on this worker".into(),
+                    format!(
+                        "this worker runs every container as {run_as:?}; leave user empty or set exactly that"
+                    ),
                 );
             }
-            for m in &s.volumes {
-                let MountSource::Bind(src) = &m.source else {
+            for m in &mut s.volumes {
+                let MountSource::Bind(src) = &mut m.source else {
                     if m.target.contains("docker.sock") {
                         reject(
                             "volumes",
@@ -183,9 +227,12 @@ impl Policy {
                         "volumes",
                         format!("bind source {} is outside the checkout", src.display()),
                     );
+                } else {
+                    binds.push((name.clone(), real.clone(), m.read_only));
+                    *src = real;
                 }
             }
-            if let Some(build) = &s.build {
+            if let Some(build) = &mut s.build {
                 let ctx = resolve(&build.context);
                 if !ctx.starts_with(&root) {
                     reject(
@@ -203,7 +250,27 @@ impl Policy {
                             build.dockerfile
                         ),
                     );
+                } else {
+                    build.context = ctx;
                 }
+            }
+        }
+        // A container may replace anything below a writable bind with a symlink, and Docker
+        // follows it when it mounts a bind source there (on create, restart or daemon restart).
+        for (service, src, _) in &binds {
+            let writable_above = binds
+                .iter()
+                .find(|(_, outer, read_only)| !read_only && src != outer && src.starts_with(outer));
+            if let Some((writer, outer, _)) = writable_above {
+                errors.push(ErrorDetail {
+                    service: Some(service.clone()),
+                    field: format!("services.{service}.volumes"),
+                    reason: format!(
+                        "bind source {} lies inside {}, which service {writer} mounts writable (a container could replace it with a symlink)",
+                        in_checkout(src, &root),
+                        in_checkout(outer, &root),
+                    ),
+                });
             }
         }
         if errors.is_empty() {
@@ -213,11 +280,13 @@ impl Policy {
         }
     }
 
-    /// The user a service's container runs as.
+    /// The user a service's container runs as: its own, else the worker's (an empty `user`
+    /// counts as none).
     pub fn user_for(&self, service_user: Option<&str>) -> Option<String> {
         service_user
+            .filter(|u| !u.is_empty())
+            .or(self.run_as())
             .map(str::to_owned)
-            .or_else(|| self.run_as_user.clone())
     }
 }
 
@@ -230,13 +299,14 @@ mod tests {
         std::fs::create_dir(dir.path().join("data")).unwrap();
         std::os::unix::fs::symlink("/etc", dir.path().join("etc-link")).unwrap();
         std::os::unix::fs::symlink("/var/run", dir.path().join("run-link")).unwrap();
+        std::os::unix::fs::symlink("data", dir.path().join("data-link")).unwrap();
         std::fs::write(
             dir.path().join("compose.yaml"),
             format!("services:\n  web:\n    image: x\n{service_yaml}\nvolumes: {{named: {{}}}}\n"),
         )
         .unwrap();
-        let project = crate::compose::load(dir.path(), "p").unwrap();
-        match policy.check(&project, dir.path()) {
+        let mut project = crate::compose::load(dir.path(), "p").unwrap();
+        match policy.check(&mut project, dir.path()) {
             Ok(()) => Vec::new(),
             Err(errs) => errs
                 .into_iter()
@@ -288,13 +358,32 @@ mod tests {
             ("    cap_add: [cap_net_bind_service]", None),
             (
                 "    user: root",
-                Some("web|services.web.user|running as root is not allowed on this worker"),
+                Some(
+                    "web|services.web.user|this worker runs every container as \"1000\"; leave user empty or set exactly that",
+                ),
             ),
             (
                 "    user: \"0:0\"",
-                Some("web|services.web.user|running as root is not allowed on this worker"),
+                Some("web|services.web.user|this worker runs"),
+            ),
+            (
+                "    user: \":0\"",
+                Some("web|services.web.user|this worker runs"),
+            ),
+            (
+                "    user: \"00\"",
+                Some("web|services.web.user|this worker runs"),
+            ),
+            (
+                "    user: \"1000:0\"",
+                Some("web|services.web.user|this worker runs"),
+            ),
+            (
+                "    user: admin",
+                Some("web|services.web.user|this worker runs"),
             ),
             ("    user: \"1000\"", None),
+            ("    user: \"\"", None),
             (
                 "    volumes: [/var/run/docker.sock:/var/run/docker.sock]",
                 Some("web|services.web.volumes|mounting the Docker socket is not allowed"),
@@ -316,6 +405,27 @@ mod tests {
                 Some("web|services.web.volumes|bind source"),
             ),
             ("    volumes: [./data:/data, ./new/dir:/n, named:/v]", None),
+            (
+                "    volumes: [./data:/data, ./data/x:/x]",
+                Some(
+                    "web|services.web.volumes|bind source ./data/x lies inside ./data, which service web mounts writable",
+                ),
+            ),
+            (
+                "    volumes: [.:/app, ./data:/data:ro]",
+                Some(
+                    "web|services.web.volumes|bind source ./data lies inside ., which service web mounts writable",
+                ),
+            ),
+            (
+                "    volumes: [{type: bind, source: ./data, target: /d}, ./data-link/x:/x]",
+                Some("web|services.web.volumes|bind source ./data/x lies inside ./data"),
+            ),
+            (
+                "    volumes: [./data:/data:ro, ./data/x:/x, ./data:/again:ro]",
+                None,
+            ),
+            ("    volumes: [./data:/a, ./data:/b, ./datum:/c]", None),
             (
                 "    build: ..",
                 Some("web|services.web.build.context|build context"),
@@ -343,6 +453,84 @@ mod tests {
         }
     }
 
+    /// Checks a whole compose file; returns the project as admitted or the problems.
+    fn check_file(dir: &Path, compose: &str) -> Result<Project, Vec<String>> {
+        std::fs::write(dir.join("compose.yaml"), compose).unwrap();
+        let mut project = crate::compose::load(dir, "p").unwrap();
+        Policy::default()
+            .check(&mut project, dir)
+            .map(|()| project)
+            .map_err(|errs| {
+                errs.into_iter()
+                    .map(|e| format!("{}|{}|{}", e.service.unwrap_or_default(), e.field, e.reason))
+                    .collect()
+            })
+    }
+
+    #[test]
+    fn binds_below_another_services_writable_bind_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let errs = check_file(
+            dir.path(),
+            "services:\n  planter: {image: x, volumes: [./d:/d]}\n  reader: {image: x, volumes: [./d/x:/host]}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "reader|services.reader.volumes|bind source ./d/x lies inside ./d, which service planter mounts writable (a container could replace it with a symlink)"
+            ]
+        );
+        check_file(
+            dir.path(),
+            "services:\n  a: {image: x, volumes: [./d:/d:ro]}\n  b: {image: x, volumes: [./d/x:/x, ./d:/d2:ro]}\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn admitted_binds_are_the_resolved_paths_and_rechecked() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink("data", dir.path().join("link")).unwrap();
+        let project = check_file(
+            dir.path(),
+            "services:\n  web: {build: ./link, volumes: [./link:/l, ./new/sub:/n]}\n",
+        )
+        .unwrap();
+        let web = project.service("web").unwrap();
+        let srcs: Vec<&Path> = web
+            .volumes
+            .iter()
+            .map(|m| match &m.source {
+                MountSource::Bind(p) => p.as_path(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(srcs, [root.join("data"), root.join("new/sub")]);
+        assert_eq!(web.build.as_ref().unwrap().context, root.join("data"));
+        recheck_binds(web, dir.path()).unwrap();
+
+        // A symlink planted after the check is noticed before Docker follows it.
+        std::fs::create_dir(dir.path().join("new")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("new/sub")).unwrap();
+        let err = recheck_binds(web, dir.path()).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            (
+                "services.web.volumes",
+                "bind source ./new/sub changed after the policy check (a symlink appeared in it)"
+            )
+        );
+        std::fs::remove_file(dir.path().join("new/sub")).unwrap();
+        recheck_binds(web, dir.path()).unwrap();
+        std::fs::remove_dir(dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink("new", dir.path().join("data")).unwrap();
+        assert!(recheck_binds(web, dir.path()).is_err());
+    }
+
     #[test]
     fn sizes_and_cpus() {
         assert_eq!(parse_size("2g").unwrap(), 2 << 30);
@@ -362,6 +550,8 @@ mod tests {
         };
         assert_eq!(p.user_for(None).as_deref(), Some("1000:1000"));
         assert_eq!(p.user_for(Some("42")).as_deref(), Some("42"));
+        assert_eq!(p.user_for(Some("")).as_deref(), Some("1000:1000"));
         assert_eq!(Policy::default().user_for(None), None);
+        assert_eq!(Policy::default().user_for(Some("")), None);
     }
 }

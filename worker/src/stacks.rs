@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,8 @@ use berth_worker_api::{
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthConfig,
-    HealthStatusEnum, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    HealthStatusEnum, HostConfig, MountPoint, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -34,7 +34,7 @@ use crate::compose::plan::{self, Owner};
 use crate::compose::{self, Condition, MountSource, Project, Restart, Service};
 use crate::docker::{self as dk, idempotent, label_filter};
 use crate::logbuf::LogBuf;
-use crate::policy::Policy;
+use crate::policy::{self, Policy};
 use crate::registry::Agent;
 use crate::source;
 
@@ -154,7 +154,11 @@ impl Stacks {
     }
 
     fn src_dir(&self, id: &ValidName) -> PathBuf {
-        self.stack_dir(id).join("src")
+        self.checkout(id).work_tree().to_path_buf()
+    }
+
+    fn checkout(&self, id: &ValidName) -> source::Checkout {
+        source::Checkout::in_stack(&self.stack_dir(id))
     }
 
     fn owner(&self, id: &ValidName) -> Owner {
@@ -254,6 +258,7 @@ impl Stacks {
     pub async fn adopt(&self) -> Result<usize, StackError> {
         let ids = self.ids().await?;
         for id in &ids {
+            self.recover_checkout(id).await?;
             let mut record = match self.read_record(id)? {
                 Some(r) => r,
                 None => {
@@ -323,16 +328,100 @@ impl Stacks {
         .await
     }
 
+    /// Pauses the stack's running containers that can write into its checkout (a writable bind)
+    /// while the worker reads or writes the checkout by path, so none can swap a path for a
+    /// symlink under its feet; a crash-looping one is stopped instead. `thaw` undoes it, and
+    /// `adopt` unpauses what a worker crash left paused.
+    async fn freeze_writers(
+        &self,
+        id: &ValidName,
+        log: &LogBuf,
+    ) -> Result<Vec<String>, StackError> {
+        let mut paused = Vec::new();
+        for c in self.containers_of(id).await? {
+            let writes = c
+                .mounts
+                .iter()
+                .flatten()
+                .any(|m| writable_bind(m).is_some());
+            let Some(cid) = c.id.filter(|_| writes) else {
+                continue;
+            };
+            let done = match c.state.map(|s| s.to_string()).as_deref() {
+                Some("running") => self.docker.pause_container(&cid).await.map(|()| true),
+                Some("restarting") => {
+                    log.line(&format!("stopping crash-looping container {cid} meanwhile"));
+                    idempotent(self.docker.stop_container(&cid, None).await).map(|_| false)
+                }
+                _ => Ok(false),
+            };
+            match done {
+                Ok(true) => paused.push(cid),
+                Ok(false) => {}
+                Err(e) => {
+                    self.thaw(paused).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(paused)
+    }
+
+    async fn thaw(&self, paused: Vec<String>) {
+        for cid in paused {
+            if let Err(e) = self.docker.unpause_container(&cid).await {
+                tracing::warn!(container = %cid, cause = %e, "cannot unpause");
+            }
+        }
+    }
+
+    /// Unpauses containers a crash left frozen and moves a checkout made by an earlier worker
+    /// (git metadata in `src/.git`) to the current layout.
+    async fn recover_checkout(&self, id: &ValidName) -> Result<(), StackError> {
+        let containers = self.containers_of(id).await?;
+        for c in &containers {
+            if c.state.map(|s| s.to_string()).as_deref() == Some("paused")
+                && let Some(cid) = &c.id
+                && let Err(e) = self.docker.unpause_container(cid).await
+            {
+                tracing::warn!(instance = %id, container = %cid, cause = %e, "cannot unpause");
+            }
+        }
+        let co = self.checkout(id);
+        let legacy = policy::resolve(co.work_tree()).join(".git");
+        let bound = containers
+            .iter()
+            .flat_map(|c| c.mounts.iter().flatten())
+            .filter_map(|m| m.source.as_deref())
+            .any(|src| Path::new(src).starts_with(&legacy));
+        let migrated = tokio::task::spawn_blocking(move || co.migrate_legacy(bound))
+            .await
+            .map_err(|e| failed("migrate checkout", e.to_string()))?;
+        match migrated {
+            Ok(source::Migration::None) => {}
+            Ok(source::Migration::Moved) => {
+                tracing::info!(instance = %id, "moved the git metadata out of the checkout");
+            }
+            Ok(source::Migration::Discarded(reason)) => {
+                tracing::warn!(instance = %id, %reason, "removed the git metadata of the checkout; the next build fetches afresh");
+            }
+            Err(e) => {
+                tracing::warn!(instance = %id, cause = %e, "cannot migrate the checkout");
+            }
+        }
+        Ok(())
+    }
+
     fn load_project(&self, id: &ValidName) -> Result<Project, StackError> {
         let src = self.src_dir(id);
-        let project =
+        let mut project =
             compose::load(&src, &compose_project_name(id)).map_err(|e| StackError::Rejected {
                 message: e.to_string(),
                 details: e.details(),
             })?;
         self.settings
             .policy
-            .check(&project, &src)
+            .check(&mut project, &src)
             .and_then(|()| crate::registrator::check_project(&project))
             .map_err(|details| StackError::Rejected {
                 message: format!("rejected by policy: {}", compose::summary(&details)),
@@ -518,7 +607,7 @@ impl Stacks {
 
     async fn images_present(&self, id: &ValidName, commit: &str) -> Result<bool, StackError> {
         let src = self.src_dir(id);
-        if source::checked_out(&src).as_deref() != Some(commit) {
+        if self.checkout(id).commit().as_deref() != Some(commit) {
             return Ok(false);
         }
         let Ok(project) = compose::load(&src, &compose_project_name(id)) else {
@@ -539,14 +628,21 @@ impl Stacks {
         req: &BuildRequest,
         log: &LogBuf,
     ) -> Result<(), StackError> {
-        let src = self.src_dir(id);
         log.line(&format!("fetching commit {}", req.commit));
-        let (dir, repo, commit) = (src.clone(), req.repo.clone(), req.commit.clone());
-        tokio::task::spawn_blocking(move || source::checkout(&dir, &repo, &commit))
+        let (co, repo, commit) = (self.checkout(id), req.repo.clone(), req.commit.clone());
+        tokio::task::spawn_blocking(move || co.fetch(&repo, &commit))
             .await
             .map_err(|e| failed("fetch", e.to_string()))?
             .map_err(|e| failed("fetch", e.to_string()))?;
-        let project = self.load_project(id)?;
+        let frozen = self.freeze_writers(id, log).await?;
+        let (co, commit) = (self.checkout(id), req.commit.clone());
+        let project = match tokio::task::spawn_blocking(move || co.checkout(&commit)).await {
+            Ok(Ok(())) => self.load_project(id),
+            Ok(Err(e)) => Err(failed("checkout", e.to_string())),
+            Err(e) => Err(failed("checkout", e.to_string())),
+        };
+        self.thaw(frozen).await;
+        let project = project?;
         let owner = self.owner(id);
         let long = dk::long(
             &self.docker,
@@ -570,12 +666,15 @@ impl Stacks {
             log.line(&format!("building service {} as {tag}", s.name));
             let context = build.context.clone();
             let dockerfile = build.dockerfile.clone();
+            let frozen = self.freeze_writers(id, log).await?;
             let tar = tokio::task::spawn_blocking(move || {
                 crate::context::tar_context(&context, &dockerfile)
             })
-            .await
-            .map_err(|e| failed("build context", e.to_string()))?
-            .map_err(|e| failed("build context", e.to_string()))?;
+            .await;
+            self.thaw(frozen).await;
+            let tar = tar
+                .map_err(|e| failed("build context", e.to_string()))?
+                .map_err(|e| failed("build context", e.to_string()))?;
             let labels = plan::image_labels(&owner);
             let args: HashMap<String, String> = build.args.clone().into_iter().collect();
             let mut opts = BuildImageOptionsBuilder::default()
@@ -714,14 +813,17 @@ impl Stacks {
                 "stack {id} holds commit {commit}, not {want}: build it first"
             )));
         }
-        if source::checked_out(&self.src_dir(id)).as_deref() != Some(commit.as_str()) {
+        if self.checkout(id).commit().as_deref() != Some(commit.as_str()) {
             return Err(StackError::Conflict(format!(
                 "the checkout of stack {id} is not at its built commit {commit} (a later build failed): build again"
             )));
         }
         let _active = self.begin(id, "start");
         let log = self.log(id);
-        let project = self.load_project(id)?;
+        let frozen = self.freeze_writers(id, &log).await?;
+        let project = self.load_project(id);
+        self.thaw(frozen).await;
+        let project = project?;
         record.state = StackState::Starting;
         record.error = None;
         self.write_record(&record)?;
@@ -780,6 +882,54 @@ impl Stacks {
                 Err(e)
             }
         }
+    }
+
+    /// Removes containers of an earlier configuration that can write above a bind source of
+    /// `project`: left running while the new containers start, they could swap that source for a
+    /// symlink before Docker mounts it. The policy lets no service of `project` mount a writable
+    /// ancestor of another bind, so these are recreated anyway.
+    async fn remove_stale_writers(
+        &self,
+        project: &Project,
+        id: &ValidName,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        let sources: Vec<&Path> = project
+            .services
+            .iter()
+            .flat_map(|s| &s.volumes)
+            .filter_map(|m| match &m.source {
+                MountSource::Bind(src) => Some(src.as_path()),
+                _ => None,
+            })
+            .collect();
+        for c in self.containers_of(id).await? {
+            let above = c
+                .mounts
+                .iter()
+                .flatten()
+                .filter_map(writable_bind)
+                .any(|outer| sources.iter().any(|s| *s != outer && s.starts_with(outer)));
+            if above && let Some(cid) = c.id {
+                log.line(&format!(
+                    "removing container {cid} first: it can write above a bind source of the new configuration"
+                ));
+                idempotent(
+                    self.docker
+                        .remove_container(
+                            &cid,
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
+                        )
+                        .await,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     async fn remove_created(&self, created: &mut Vec<String>) {
@@ -861,6 +1011,7 @@ impl Stacks {
                 )?;
             }
         }
+        self.remove_stale_writers(project, id, log).await?;
         // Host ports first, so every container knows every public address before it starts.
         let existing: HashMap<String, ContainerInspectResponse> = {
             let mut m = HashMap::new();
@@ -941,6 +1092,10 @@ impl Stacks {
                 commit,
                 &owner,
             );
+            policy::recheck_binds(s, &self.src_dir(id)).map_err(|d| StackError::Rejected {
+                message: format!("rejected by policy: {}: {}", d.field, d.reason),
+                details: vec![d],
+            })?;
             let current = existing.get(&s.name);
             let current_hash = current.and_then(|c| {
                 c.config
@@ -1100,11 +1255,10 @@ impl Stacks {
         for m in &s.volumes {
             let mode = if m.read_only { ":ro" } else { "" };
             match &m.source {
-                MountSource::Bind(src) => binds.push(format!(
-                    "{}:{}{mode}",
-                    crate::policy::resolve(src).display(),
-                    m.target
-                )),
+                // The path the policy resolved and admitted, rechecked right before create.
+                MountSource::Bind(src) => {
+                    binds.push(format!("{}:{}{mode}", src.display(), m.target))
+                }
                 MountSource::Named(v) => binds.push(format!(
                     "{}:{}{mode}",
                     plan::volume_name(&project.name, v),
@@ -1566,6 +1720,13 @@ fn endpoint(s: &Service, container: &str, aliases: &[String]) -> EndpointSetting
         aliases: Some(all),
         ..Default::default()
     }
+}
+
+/// The host path of a bind mount the container can write to.
+fn writable_bind(m: &MountPoint) -> Option<&Path> {
+    (m.typ.as_deref() == Some("bind") && m.rw == Some(true))
+        .then_some(m.source.as_deref().map(Path::new))
+        .flatten()
 }
 
 /// Whether a start failed because a host port it chose was bound by someone else meanwhile.

@@ -340,12 +340,22 @@ async fn docker_restart_adopts_stacks_and_interrupted_build_retries() {
     } = w;
     shutdown.cancel();
     task.await.unwrap().unwrap();
+    // A worker that died while its containers were paused for a checkout, and a data dir laid
+    // out by an earlier worker: git metadata inside the checkout, no checked-out marker.
+    let container = first.services[0].container.clone().unwrap();
+    docker_out(&["pause", &container]);
+    let stack = data.path().join("stacks").join(running.as_str());
+    std::fs::rename(stack.join("git"), stack.join("src/.git")).unwrap();
+    std::fs::remove_dir_all(stack.join("src/.git/refs/berth")).unwrap();
 
     let w2 = worker("adopt", |c| c.data_dir = data.path().to_path_buf()).await;
     assert_eq!(w2.node, node);
     let again = w2.client.status(&running).await.unwrap().unwrap();
     assert_eq!(again.state, StackState::Running);
     assert_eq!(again.endpoints, first.endpoints);
+    assert_eq!(again.services[0].state, "running", "unpaused on adoption");
+    assert!(!stack.join("src/.git").exists(), "legacy layout migrated");
+    assert!(stack.join("git/HEAD").exists());
     let b = w2.client.status(&broken).await.unwrap().unwrap();
     assert_eq!(b.state, StackState::Failed);
     assert!(b.error.unwrap().contains("interrupted"));
@@ -563,6 +573,166 @@ async fn docker_failed_rebuild_blocks_start_until_built_again() {
         .await
         .unwrap();
     assert_eq!(st.state, StackState::Running);
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+fn docker_out(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_binds_below_a_writable_bind_answer_422() {
+    let w = worker("nested", |_| {}).await;
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("secret.txt"), "host-secret").unwrap();
+    let sid = id(&format!("nest-{}", w.node));
+    // One service plants a symlink where another's bind source will be (audit #1), and one
+    // service swaps its own nested bind source between restarts (audit #5).
+    let planter = format!(
+        "services:\n  planter:\n    image: berth-base:latest\n    command: [sh, -c, 'ln -s {v} /d/x']\n    volumes: ['./d:/d']\n  reader:\n    image: berth-base:latest\n    command: [sh, -c, 'cat /host/secret.txt; sleep 600']\n    volumes: ['./d/x:/host']\n    depends_on:\n      planter: {{condition: service_completed_successfully}}\n",
+        v = victim.path().display()
+    );
+    let swapper = format!(
+        "services:\n  one:\n    image: berth-base:latest\n    restart: on-failure:3\n    command: [sh, -c, 'rmdir /d/y && ln -s {v} /d/y; exit 1']\n    volumes: ['./d:/d', './d/y:/host']\n",
+        v = victim.path().display()
+    );
+    for (compose, service, inner, outer) in [
+        (
+            planter.as_str(),
+            "reader",
+            "./d/x",
+            "./d, which service planter",
+        ),
+        (swapper.as_str(), "one", "./d/y", "./d, which service one"),
+    ] {
+        let (repo, commit) = git_repo(&[("compose.yaml", compose), ("d/y/.keep", "")]);
+        let (status, body) = api_error(
+            w.client
+                .build(&sid, &build_request(repo.path(), &commit))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 422, "{body:?}");
+        let d = &body.error.details;
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].service.as_deref(), Some(service));
+        assert_eq!(d[0].field, format!("services.{service}.volumes"));
+        assert!(
+            d[0].reason.starts_with(&format!(
+                "bind source {inner} lies inside {outer} mounts writable"
+            )),
+            "{}",
+            d[0].reason
+        );
+    }
+    assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 1);
+
+    // A read-only ancestor is fine, and Docker gets the resolved path, not the symlink.
+    let (repo, _) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    volumes: ['./d:/d:ro', './d/y:/y', './link:/l:ro']\n",
+        ),
+        ("d/y/.keep", ""),
+    ]);
+    std::os::unix::fs::symlink("d", repo.path().join("link")).unwrap();
+    let commit = git_commit(repo.path(), &[]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(st.state, StackState::Running);
+    let src = w.stack_src(sid.as_str()).canonicalize().unwrap();
+    let binds = docker_out(&[
+        "inspect",
+        "--format",
+        "{{json .HostConfig.Binds}}",
+        st.services[0].container.as_deref().unwrap(),
+    ]);
+    let binds: Vec<String> = serde_json::from_str(&binds).unwrap();
+    let d = src.join("d").display().to_string();
+    assert_eq!(
+        binds,
+        [
+            format!("{d}:/d:ro"),
+            format!("{d}/y:/y"),
+            format!("{d}:/l:ro")
+        ]
+    );
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_rebuild_keeps_runtime_data_and_git_out_of_reach() {
+    let w = worker("gitreach", |_| {}).await;
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("precious.txt"), "p").unwrap();
+    // The container binds the whole project and points a `.git/config` in it at the victim
+    // (audit #3), and writes runtime data into the checkout (audit #10).
+    let compose = format!(
+        "services:\n  app:\n    image: berth-base:latest\n    command: [sh, -c, \"mkdir -p /app/.git && printf '[core]\\\\n\\\\tworktree = {v}\\\\n' >> /app/.git/config && echo kept > /app/data/db && echo planted && sleep 600\"]\n    volumes: ['.:/app']\n",
+        v = victim.path().display()
+    );
+    let (repo, first) = git_repo(&[("compose.yaml", &compose), ("data/.keep", "")]);
+    let sid = id(&format!("git-{}", w.node));
+    w.client
+        .build(&sid, &build_request(repo.path(), &first))
+        .await
+        .unwrap();
+    let src = w.stack_src(sid.as_str());
+    let git_in_checkout = src.join(".git").exists();
+    w.client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if src.join("data/db").exists() && src.join(".git/config").exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(src.join("data/db").exists(), "the container ran");
+
+    let second = git_commit(repo.path(), &[("newfile.txt", "new")]);
+    let rebuilt = w
+        .client
+        .build(&sid, &build_request(repo.path(), &second))
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.state, StackState::Running);
+    assert_eq!(rebuilt.commit.as_deref(), Some(second.as_str()));
+    let victim_files: Vec<String> = std::fs::read_dir(victim.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(victim_files, ["precious.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(src.join("newfile.txt")).unwrap(),
+        "new"
+    );
+    assert_eq!(
+        std::fs::read_to_string(src.join("data/db")).unwrap().trim(),
+        "kept",
+        "runtime data in the checkout survives a rebuild"
+    );
+    assert!(
+        rebuilt.services.iter().all(|s| s.state == "running"),
+        "writers paused during the checkout run again: {rebuilt:?}"
+    );
+    assert!(!git_in_checkout, "no git metadata in the checkout");
+    assert!(w.stack_git(sid.as_str()).join("HEAD").exists());
     w.client.delete(&sid, false).await.unwrap();
     w.stop().await;
 }

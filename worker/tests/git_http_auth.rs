@@ -136,7 +136,7 @@ async fn fetch_over_smart_http_with_basic_auth() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let dest = tempfile::tempdir().unwrap();
-    let checkout = dest.path().join("src");
+    let checkout = source::Checkout::in_stack(dest.path());
     let good = RepoSource {
         url: url.clone(),
         username: Some("berth".into()),
@@ -147,7 +147,7 @@ async fn fetch_over_smart_http_with_basic_auth() {
         ..good.clone()
     };
     let (c, b, co) = (commit.clone(), bad, checkout.clone());
-    let err = tokio::task::spawn_blocking(move || source::checkout(&co, &b, &c))
+    let err = tokio::task::spawn_blocking(move || co.fetch(&b, &c))
         .await
         .unwrap()
         .unwrap_err();
@@ -157,13 +157,10 @@ async fn fetch_over_smart_http_with_basic_auth() {
         "the password stays out of errors: {err}"
     );
     let (c, co) = (commit.clone(), checkout.clone());
-    tokio::task::spawn_blocking(move || source::checkout(&co, &good, &c))
+    tokio::task::spawn_blocking(move || co.fetch(&good, &c).and_then(|()| co.checkout(&c)))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        source::checked_out(&checkout).as_deref(),
-        Some(commit.as_str())
-    );
-    assert!(checkout.join("compose.yaml").exists());
+    assert_eq!(checkout.commit().as_deref(), Some(commit.as_str()));
+    assert!(checkout.work_tree().join("compose.yaml").exists());
 }

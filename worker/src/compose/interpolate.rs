@@ -17,9 +17,20 @@ pub enum InterpolateError {
     Required { name: String, message: String },
 }
 
+impl InterpolateError {
+    /// What went wrong, without any text of the input (which may be a host file's line).
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Syntax(_) => "invalid interpolation format",
+            Self::Required { .. } => "a required variable is missing a value",
+        }
+    }
+}
+
 /// Parses a `.env` file: `KEY=VALUE` lines, `#` comments, optional `export `, single quotes
 /// (literal), double quotes (with `\n`, `\"`, `\\` escapes and interpolation), unquoted values
-/// trimmed with ` #` comments cut. Later values may refer to earlier ones.
+/// trimmed with ` #` comments cut. Later values may refer to earlier ones. An error is the line
+/// number and a reason that never quotes the line.
 pub fn parse_env_file(text: &str) -> Result<Vars, (usize, String)> {
     let mut vars = Vars::new();
     for (n, raw) in text.lines().enumerate() {
@@ -33,11 +44,11 @@ pub fn parse_env_file(text: &str) -> Result<Vars, (usize, String)> {
             if is_name(line) {
                 continue;
             }
-            return Err((n + 1, format!("expected KEY=VALUE, got {line:?}")));
+            return Err((n + 1, "expected KEY=VALUE".to_owned()));
         };
         let key = key.trim();
         if !is_name(key) {
-            return Err((n + 1, format!("invalid variable name {key:?}")));
+            return Err((n + 1, "invalid variable name".to_owned()));
         }
         let value = value.trim();
         let value = if let Some(inner) = value.strip_prefix('\'') {
@@ -67,10 +78,10 @@ pub fn parse_env_file(text: &str) -> Result<Vars, (usize, String)> {
             if !closed {
                 return Err((n + 1, "unterminated double quote".to_owned()));
             }
-            interpolate_str(&out, &vars).map_err(|e| (n + 1, e.to_string()))?
+            interpolate_str(&out, &vars).map_err(|e| (n + 1, e.kind().to_owned()))?
         } else {
             let cut = value.find(" #").map_or(value, |i| &value[..i]).trim_end();
-            interpolate_str(cut, &vars).map_err(|e| (n + 1, e.to_string()))?
+            interpolate_str(cut, &vars).map_err(|e| (n + 1, e.kind().to_owned()))?
         };
         vars.insert(key.to_owned(), value);
     }
@@ -299,8 +310,24 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         assert_eq!(vars, want);
-        assert_eq!(parse_env_file("1X=2").unwrap_err().0, 1);
-        assert_eq!(parse_env_file("A=1\nA='x").unwrap_err().0, 2);
+        // Errors name the line, never its text (the file may be anything a symlink reached).
+        for (text, want) in [
+            ("1X=2", (1, "invalid variable name")),
+            ("A=1\nA='x", (2, "unterminated single quote")),
+            (
+                "A=1\n\nroot:$6$hash:19000:0:99999:7:::",
+                (3, "expected KEY=VALUE"),
+            ),
+            ("MIIEv+QIBADAN/Bgkq=AQEFAASC", (1, "invalid variable name")),
+            ("A=\"secret$\"", (1, "invalid interpolation format")),
+            (
+                "A=${B:?secret}",
+                (1, "a required variable is missing a value"),
+            ),
+        ] {
+            let got = parse_env_file(text).unwrap_err();
+            assert_eq!((got.0, got.1.as_str()), want, "{text:?}");
+        }
     }
 
     #[test]

@@ -82,36 +82,64 @@ pub fn find_files(dir: &Path) -> Result<Vec<PathBuf>, ComposeError> {
     Err(ComposeError::NoFile)
 }
 
+/// Largest compose, `.env` or `env_file` file the worker reads.
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads a file of the project: `path` with its symlinks resolved must stay inside `root` (the
+/// project directory, canonical) and be a regular file of at most `MAX_FILE_BYTES`. `None`
+/// when nothing is there. The error is a reason without the file's content.
+pub(crate) fn read_in_project(path: &Path, root: &Path) -> Result<Option<String>, String> {
+    let real = match path.canonicalize() {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    if !real.starts_with(root) {
+        return Err("resolves outside the project directory".to_owned());
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".to_owned());
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("is larger than {} MiB", MAX_FILE_BYTES >> 20));
+    }
+    std::fs::read_to_string(&real)
+        .map(Some)
+        .map_err(|e| format!("cannot be read: {e}"))
+}
+
 /// Loads the project in `dir` under the Compose project name `name`.
 pub fn load(dir: &Path, name: &str) -> Result<Project, ComposeError> {
     let files = find_files(dir)?;
-    let env_path = dir.join(".env");
-    let vars = match std::fs::read_to_string(&env_path) {
-        Ok(text) => interpolate::parse_env_file(&text).map_err(|(line, reason)| {
-            ComposeError::Invalid(vec![ErrorDetail {
-                service: None,
-                field: ".env".to_owned(),
-                reason: format!("line {line}: {reason}"),
-            }])
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-        Err(source) => {
-            return Err(ComposeError::Read {
-                path: env_path,
-                source,
-            });
-        }
+    let root = dir.canonicalize().map_err(|source| ComposeError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let invalid = |field: &str, reason: String| {
+        ComposeError::Invalid(vec![ErrorDetail {
+            service: None,
+            field: field.to_owned(),
+            reason,
+        }])
+    };
+    let vars = match read_in_project(&dir.join(".env"), &root) {
+        Ok(Some(text)) => interpolate::parse_env_file(&text)
+            .map_err(|(line, reason)| invalid(".env", format!(".env:{line}: {reason}")))?,
+        Ok(None) => Default::default(),
+        Err(reason) => return Err(invalid(".env", format!(".env {reason}"))),
     };
     let mut merged: Option<Value> = None;
     for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| ComposeError::Read {
-            path: file.clone(),
-            source,
-        })?;
         let display = file
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let text = match read_in_project(file, &root) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Err(invalid(&display, format!("{display} is missing"))),
+            Err(reason) => return Err(invalid(&display, format!("{display} {reason}"))),
+        };
         let mut value: Value = serde_yaml_ng::from_str(&text).map_err(|e| ComposeError::Yaml {
             file: display.clone(),
             message: e.to_string(),

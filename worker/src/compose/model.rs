@@ -170,6 +170,8 @@ impl Service {
 /// Collects every problem of a file instead of stopping at the first.
 pub(crate) struct Parser<'a> {
     dir: &'a Path,
+    /// `dir` with symlinks resolved: files the project reads must stay below it.
+    root: PathBuf,
     errors: Vec<ErrorDetail>,
 }
 
@@ -179,6 +181,7 @@ impl<'a> Parser<'a> {
     pub(crate) fn new(dir: &'a Path) -> Self {
         Self {
             dir,
+            root: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
             errors: Vec::new(),
         }
     }
@@ -418,14 +421,15 @@ impl<'a> Parser<'a> {
                 );
                 continue;
             }
-            match std::fs::read_to_string(&path) {
-                Ok(text) => match parse_env_file(&text) {
+            match super::read_in_project(&path, &self.root) {
+                Ok(Some(text)) => match parse_env_file(&text) {
                     Ok(vars) => env.extend(vars.into_iter().map(|(k, v)| (k, Some(v)))),
                     Err((line, reason)) => {
                         self.err(Some(name), field, format!("{file}:{line}: {reason}"))
                     }
                 },
-                Err(e) => self.err(Some(name), field, format!("cannot read {file:?}: {e}")),
+                Ok(None) => self.err(Some(name), field, format!("{file:?} does not exist")),
+                Err(reason) => self.err(Some(name), field, format!("{file:?} {reason}")),
             }
         }
         env.append(&mut s.environment);
@@ -730,7 +734,9 @@ impl<'a> Parser<'a> {
                 "type" => kind = Self::scalar(val).unwrap_or_default(),
                 "source" => source = Self::scalar(val),
                 "target" => target = Self::scalar(val),
-                "read_only" => read_only = matches!(val, Value::Bool(true)),
+                "read_only" => {
+                    read_only = self.boolean(service, &format!("{field}.read_only"), val)
+                }
                 _ => self.err(Some(service), format!("{field}.{k}"), "unsupported key"),
             }
         }

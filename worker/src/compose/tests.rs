@@ -430,3 +430,137 @@ fn names_and_labels() {
         "proj-web:abababababab"
     );
 }
+
+/// Loads a project of `files` plus symlinks `(link, target)`; the error as `field: reason`.
+fn load_with_links(files: &[(&str, &str)], links: &[(&str, &Path)]) -> Result<Project, String> {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    for (link, target) in links {
+        std::os::unix::fs::symlink(target, dir.path().join(link)).unwrap();
+    }
+    load(dir.path(), "proj").map_err(|e| {
+        e.details()
+            .into_iter()
+            .map(|d| format!("{}: {}", d.field, d.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+#[test]
+fn project_files_may_not_leave_the_project() {
+    let outside = tempfile::tempdir().unwrap();
+    let o = outside.path();
+    std::fs::write(o.join("worker.env"), "BERTH_CLUSTER_TOKEN=s3cret-token\n").unwrap();
+    std::fs::write(o.join("secret.txt"), "host-secret-7219\n").unwrap();
+    std::fs::write(o.join("compose.yaml"), "services: {web: {image: x}}\n").unwrap();
+    let web = "services: {web: {image: x, environment: {T: '${BERTH_CLUSTER_TOKEN:-none}'}}}\n";
+    let with_env_file = "services: {web: {image: x, env_file: [app.env]}}\n";
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [(&'a str, &'a Path)], &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &[("compose.yaml", web)],
+            &[(".env", &o.join("worker.env"))],
+            ".env: .env resolves outside the project directory",
+        ),
+        (
+            &[("compose.yaml", web)],
+            &[(".env", &o.join("secret.txt"))],
+            ".env: .env resolves outside the project directory",
+        ),
+        (
+            &[("compose.yaml", with_env_file)],
+            &[("app.env", &o.join("worker.env"))],
+            "services.web.env_file: \"app.env\" resolves outside the project directory",
+        ),
+        (
+            &[],
+            &[("compose.yaml", &o.join("compose.yaml"))],
+            "compose.yaml: compose.yaml resolves outside the project directory",
+        ),
+        (
+            &[("compose.yaml", web), (".env/x", "")],
+            &[],
+            ".env: .env is not a regular file",
+        ),
+        (
+            &[
+                ("compose.yaml", web),
+                (".env", "A=1\nroot:x:0:0:host-secret\n"),
+            ],
+            &[],
+            ".env: .env:2: expected KEY=VALUE",
+        ),
+        (
+            &[
+                ("compose.yaml", with_env_file),
+                ("app.env", "ok=1\n-----BEGIN KEY-----\n"),
+            ],
+            &[],
+            "services.web.env_file: app.env:2: expected KEY=VALUE",
+        ),
+    ];
+    for (files, links, want) in cases {
+        let err = load_with_links(files, links).unwrap_err();
+        assert_eq!(&err, want);
+        assert!(
+            !err.contains("s3cret") && !err.contains("host-secret"),
+            "{err}"
+        );
+    }
+    // Links that stay inside the project are fine.
+    let p = load_with_links(
+        &[
+            ("compose.yaml", with_env_file),
+            ("conf/app.env", "A=1\n"),
+            ("conf/dot.env", "B=2\n"),
+        ],
+        &[
+            ("app.env", Path::new("conf/app.env")),
+            (".env", Path::new("conf/dot.env")),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        p.service("web").unwrap().environment["A"].as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
+fn long_volume_read_only_takes_every_boolean_form() {
+    let compose = r#"services:
+  web:
+    image: x
+    volumes:
+      - {type: bind, source: ./a, target: /a, read_only: true}
+      - {type: bind, source: ./b, target: /b, read_only: "true"}
+      - type: bind
+        source: ./c
+        target: /c
+        read_only: ${RO}
+      - type: bind
+        source: ./d
+        target: /d
+        read_only: ${RW}
+      - {type: volume, target: /e, read_only: false}
+      - {type: volume, target: /f}
+"#;
+    let p = project_from(&[("compose.yaml", compose), (".env", "RO=true\nRW=false\n")]).unwrap();
+    let ro: Vec<bool> = p
+        .service("web")
+        .unwrap()
+        .volumes
+        .iter()
+        .map(|m| m.read_only)
+        .collect();
+    assert_eq!(ro, [true, true, true, false, false, false]);
+    let errs = errors(
+        "services: {web: {image: x, volumes: [{type: bind, source: ./a, target: /a, read_only: yes please}]}}",
+    );
+    assert_eq!(errs, ["services.web.volumes.read_only: must be a boolean"]);
+}

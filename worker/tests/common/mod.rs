@@ -47,6 +47,28 @@ pub fn git_repo(files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
     (dir, commit)
 }
 
+/// Adds a commit writing `files` to the repository in `dir`; returns the commit.
+pub fn git_commit(dir: &Path, files: &[(&str, &str)]) -> String {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "more"]);
+    git(&["rev-parse", "HEAD"])
+}
+
 pub fn build_request(repo: &Path, commit: &str) -> BuildRequest {
     BuildRequest {
         user: ValidName::parse("user", "alice").unwrap(),
@@ -116,6 +138,11 @@ pub struct TestWorker {
 impl TestWorker {
     pub fn stack_src(&self, id: &str) -> PathBuf {
         self.data.path().join("stacks").join(id).join("src")
+    }
+
+    /// Where the stack's git metadata lives (beside, never inside, the checkout).
+    pub fn stack_git(&self, id: &str) -> PathBuf {
+        self.data.path().join("stacks").join(id).join("git")
     }
 
     pub async fn stop(self) {

@@ -6,7 +6,7 @@
 //! Accepted entries: regular files (the executable bit is kept), directories (git keeps no empty
 //! directories, so they only shape paths), symbolic links whose target stays inside the tree
 //! (kept as git symlinks) and hard links to a regular file earlier in the same archive (stored as
-//! a copy of that file). Everything else is rejected naming the entry: absolute paths, `..`,
+//! a copy of that file, counted against the uncompressed cap). Everything else is rejected naming the entry: absolute paths, `..`,
 //! `.git` components, links leaving the tree, devices, fifos, sparse files.
 
 use std::collections::BTreeMap;
@@ -263,7 +263,17 @@ fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadErr
                 .map_err(|_| hostile("hard link leaves the tree"))?
                 .ok_or_else(|| hostile("hard link to the archive root"))?;
             match tree.entries.get(&target) {
-                Some(file @ TreeEntry::File { .. }) => file.clone(),
+                Some(file @ TreeEntry::File { data, .. }) => {
+                    // The copy costs as much as the file: count it before making it.
+                    total = total.saturating_add(data.len() as u64);
+                    if total > limits.max_uncompressed_bytes {
+                        return Err(UploadError::TooLarge {
+                            cap: Cap::UncompressedSize,
+                            limit: limits.max_uncompressed_bytes,
+                        });
+                    }
+                    file.clone()
+                }
                 _ => {
                     return Err(hostile(
                         "hard link to something that is not an earlier file",
@@ -563,5 +573,32 @@ pub(crate) mod tests {
             read_upload(&body, &Limits::default()),
             Err(UploadError::Hostile { .. })
         ));
+    }
+
+    #[test]
+    fn hard_link_copies_count_against_the_uncompressed_cap() {
+        let limits = Limits {
+            max_uncompressed_bytes: 60,
+            ..Limits::default()
+        };
+        let file = [b'x'; 20];
+        let ok = targz(&[
+            Item::File("compose.yaml", b"services: {}\n", 0o644),
+            Item::File("big", &file, 0o644),
+            Item::Hardlink("c1", "big"),
+        ]);
+        assert!(read_upload(&ok, &limits).is_ok());
+        let over = targz(&[
+            Item::File("compose.yaml", b"services: {}\n", 0o644),
+            Item::File("big", &file, 0o644),
+            Item::Hardlink("c1", "big"),
+            Item::Hardlink("c2", "big"),
+        ]);
+        match read_upload(&over, &limits) {
+            Err(UploadError::TooLarge { cap, limit }) => {
+                assert_eq!((cap, limit), (Cap::UncompressedSize, 60));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -8,11 +8,14 @@
 //! (kept as git symlinks) and hard links to a regular file earlier in the same archive (stored as
 //! a copy of that file, counted against the uncompressed cap). Everything else is rejected naming the entry: absolute paths, `..`,
 //! `.git` components, links leaving the tree, devices, fifos, sparse files.
+//!
+//! The body may hold several concatenated gzip members (as `tar -z` accepts); anything after the
+//! last member, or data after the tar end-of-archive blocks, is rejected.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
 /// The compose file names looked for at the root of an upload, in the order the worker reads them.
@@ -150,12 +153,17 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
-/// Tar headers and padding on top of the file bytes the decompressed stream may carry.
+/// Tar headers and padding on top of the file bytes the decompressed stream may carry (three
+/// blocks per entry, plus one 10 KiB tar record of end padding).
 fn stream_allowance(limits: &Limits) -> u64 {
     limits
         .max_uncompressed_bytes
         .saturating_add(limits.max_files.saturating_add(2).saturating_mul(3 * 512))
+        .saturating_add(TAR_RECORD_BYTES)
 }
+
+/// GNU tar's default record size: archives are padded with zeros up to a multiple of it.
+const TAR_RECORD_BYTES: u64 = 20 * 512;
 
 /// Reads and validates a `tar.gz` upload. Pure: it allocates memory and nothing else.
 pub fn read_upload(body: &[u8], limits: &Limits) -> Result<UploadTree, UploadError> {
@@ -166,14 +174,19 @@ pub fn read_upload(body: &[u8], limits: &Limits) -> Result<UploadTree, UploadErr
         });
     }
     let mut capped = Capped {
-        inner: GzDecoder::new(body),
+        inner: MultiGzDecoder::new(body),
         read: 0,
         limit: stream_allowance(limits),
         compressed_len: body.len() as u64,
         max_ratio: limits.max_ratio,
         exceeded: None,
     };
-    let result = read_tar(&mut capped, limits);
+    let result = read_tar(&mut capped, limits).and_then(|tree| {
+        // The tar reader stops at the end-of-archive block: the rest of the stream (through the
+        // last gzip member) must be padding, so nothing is dropped silently.
+        rest_is_padding(&mut capped)?;
+        Ok(tree)
+    });
     if let Some(cap) = capped.exceeded {
         let limit = match cap {
             Cap::CompressionRatio => limits.max_ratio,
@@ -186,6 +199,26 @@ pub fn read_upload(body: &[u8], limits: &Limits) -> Result<UploadTree, UploadErr
         return Err(UploadError::MissingCompose);
     }
     Ok(tree)
+}
+
+/// Reads the decompressed stream to its end: only zeros may follow the end-of-archive block, and
+/// the gzip layer rejects bytes after its last member.
+fn rest_is_padding<R: Read>(reader: &mut R) -> Result<(), UploadError> {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| UploadError::Malformed(format!("after the tar end-of-archive: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(UploadError::Malformed(
+                "data after the tar end-of-archive blocks (concatenated archives are not accepted)"
+                    .into(),
+            ));
+        }
+    }
 }
 
 fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadError> {
@@ -383,7 +416,19 @@ pub(crate) mod tests {
 
     /// Builds a tar.gz, writing paths raw so hostile names survive.
     pub(crate) fn targz(items: &[Item<'_>]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        gzip(&tar_bytes(items))
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// The uncompressed tar of `items`.
+    fn tar_bytes(items: &[Item<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
         for item in items {
             let mut h = tar::Header::new_gnu();
             let (path, kind, data, mode, link): (&str, tar::EntryType, &[u8], u32, Option<&str>) =
@@ -407,7 +452,7 @@ pub(crate) mod tests {
             h.set_cksum();
             builder.append(&h, data).unwrap();
         }
-        builder.into_inner().unwrap().finish().unwrap()
+        builder.into_inner().unwrap()
     }
 
     const COMPOSE: Item<'static> = Item::File("compose.yaml", b"services: {}\n", 0o644);
@@ -598,6 +643,35 @@ pub(crate) mod tests {
             Err(UploadError::TooLarge { cap, limit }) => {
                 assert_eq!((cap, limit), (Cap::UncompressedSize, 60));
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_gzip_member_is_read_and_trailing_bytes_rejected() {
+        let raw = tar_bytes(&[
+            COMPOSE,
+            Item::File("web/Dockerfile", b"FROM x\n", 0o644),
+            Item::File("web/index.html", b"hi\n", 0o644),
+        ]);
+        // Split on a header boundary, as `cat a.gz b.gz` or bgzip would.
+        let mut multi = gzip(&raw[..1024]);
+        multi.extend(gzip(&raw[1024..]));
+        let tree = read_upload(&multi, &Limits::default()).unwrap();
+        let keys: Vec<_> = tree.entries.keys().cloned().collect();
+        assert_eq!(keys, ["compose.yaml", "web/Dockerfile", "web/index.html"]);
+
+        let mut junk = gzip(&raw);
+        junk.extend(b"JUNK".repeat(100));
+        assert!(matches!(
+            read_upload(&junk, &Limits::default()),
+            Err(UploadError::Malformed(_))
+        ));
+        // A second archive after the first one's end would be dropped by a tar reader.
+        let mut two = gzip(&raw);
+        two.extend(gzip(&tar_bytes(&[Item::File("extra", b"x", 0o644)])));
+        match read_upload(&two, &Limits::default()) {
+            Err(UploadError::Malformed(m)) => assert!(m.contains("end-of-archive"), "{m}"),
             other => panic!("{other:?}"),
         }
     }

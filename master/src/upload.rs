@@ -4,15 +4,16 @@
 //! a fully validated [`UploadTree`] leaves this module, so a rejected upload leaves nothing behind.
 //!
 //! Accepted entries: regular files (the executable bit is kept), directories (git keeps no empty
-//! directories, so they only shape paths), symbolic links whose target stays inside the tree
-//! (kept as git symlinks) and hard links to a regular file earlier in the same archive (stored as
-//! a copy of that file, counted against the uncompressed cap). Everything else is rejected naming the entry: absolute paths, `..`,
-//! `.git` components, links leaving the tree, devices, fifos, sparse files.
+//! directories, so they only shape paths), symbolic links whose target, resolved through the
+//! other links of the archive, stays inside the tree (kept as git symlinks) and hard links to a
+//! regular file earlier in the same archive (stored as a copy of that file, counted against the
+//! uncompressed cap). Everything else is rejected naming the entry: absolute paths, `..`, `.git`
+//! components, links leaving the tree, devices, fifos, sparse files.
 //!
 //! The body may hold several concatenated gzip members (as `tar -z` accepts); anything after the
 //! last member, or data after the tar end-of-archive blocks, is rejected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 
 use flate2::read::MultiGzDecoder;
@@ -286,7 +287,7 @@ fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadErr
             let target = std::str::from_utf8(&target)
                 .map_err(|_| hostile("link target is not UTF-8"))?
                 .to_owned();
-            check_symlink(&path, &target).map_err(hostile)?;
+            check_symlink(&target).map_err(hostile)?;
             TreeEntry::Symlink { target }
         } else if kind.is_hard_link() {
             let target = entry
@@ -341,6 +342,7 @@ fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadErr
             });
         }
     }
+    check_links_resolve_inside(&tree)?;
     Ok(tree)
 }
 
@@ -369,8 +371,9 @@ fn normalise_path(raw: &[u8]) -> Result<Option<String>, &'static str> {
     }
 }
 
-/// A symbolic link at `path` may point anywhere inside the tree, never outside it.
-fn check_symlink(path: &str, target: &str) -> Result<(), &'static str> {
+/// The textual rules of a symbolic link target; where it leads is checked once the whole tree is
+/// known ([`check_links_resolve_inside`]).
+fn check_symlink(target: &str) -> Result<(), &'static str> {
     if target.is_empty() {
         return Err("symbolic link without a target");
     }
@@ -380,19 +383,141 @@ fn check_symlink(path: &str, target: &str) -> Result<(), &'static str> {
     if target.contains('\0') {
         return Err("link target holds a NUL");
     }
-    // Depth of the directory holding the link, then walk the target lexically.
-    let mut depth: i64 = path.matches('/').count() as i64;
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err("symbolic link leaves the tree");
-                }
+    if target
+        .split('/')
+        .any(|part| part.eq_ignore_ascii_case(".git"))
+    {
+        return Err("link target names `.git`");
+    }
+    Ok(())
+}
+
+/// Most symbolic links followed, one inside another, to resolve one link (Linux's MAXSYMLINKS).
+pub const MAX_LINK_DEPTH: usize = 40;
+
+/// The upload's paths as a tree of components, to resolve links the way the kernel will once
+/// the tree is checked out: each component is looked up, and a link found on the way is replaced
+/// by where it leads.
+struct PathTree<'a> {
+    nodes: Vec<PathNode<'a>>,
+}
+
+struct PathNode<'a> {
+    parent: usize,
+    children: HashMap<&'a str, usize>,
+    /// The path and target of a symbolic link.
+    link: Option<(&'a str, &'a str)>,
+}
+
+/// Where a path resolves to: a node of the tree, then `extra` components that are not in it
+/// (a dangling path; a `..` first climbs back out of those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    node: usize,
+    extra: usize,
+}
+
+const ROOT: usize = 0;
+
+enum Resolution {
+    InProgress,
+    /// Where the link leads, and how many links deep its resolution went (itself included).
+    Done(Place, usize),
+}
+
+impl<'a> PathTree<'a> {
+    fn new(tree: &'a UploadTree) -> Self {
+        let mut this = PathTree {
+            nodes: vec![PathNode {
+                parent: ROOT,
+                children: HashMap::new(),
+                link: None,
+            }],
+        };
+        for (path, entry) in &tree.entries {
+            let mut node = ROOT;
+            for part in path.split('/') {
+                node = match this.nodes[node].children.get(part) {
+                    Some(&child) => child,
+                    None => {
+                        let child = this.nodes.len();
+                        this.nodes.push(PathNode {
+                            parent: node,
+                            children: HashMap::new(),
+                            link: None,
+                        });
+                        this.nodes[node].children.insert(part, child);
+                        child
+                    }
+                };
             }
-            p if p.eq_ignore_ascii_case(".git") => return Err("link target names `.git`"),
-            _ => depth += 1,
+            if let TreeEntry::Symlink { target } = entry {
+                this.nodes[node].link = Some((path.as_str(), target.as_str()));
+            }
+        }
+        this
+    }
+
+    /// Where the link at `node` finally leads, following the links on its way (memoised), and
+    /// how deep that went. `depth` counts the links being resolved around this one.
+    fn resolve(
+        &self,
+        node: usize,
+        depth: usize,
+        memo: &mut HashMap<usize, Resolution>,
+    ) -> Result<(Place, usize), UploadError> {
+        let (path, target) = self.nodes[node].link.expect("resolve is called on links");
+        let hostile = |reason| UploadError::Hostile {
+            entry: path.chars().take(200).collect(),
+            reason,
+        };
+        let too_deep = || hostile("too many levels of symbolic links");
+        match memo.get(&node) {
+            Some(Resolution::Done(place, levels)) if depth + levels <= MAX_LINK_DEPTH => {
+                return Ok((*place, *levels));
+            }
+            Some(Resolution::Done(..)) => return Err(too_deep()),
+            Some(Resolution::InProgress) => return Err(hostile("symbolic link loop")),
+            None if depth >= MAX_LINK_DEPTH => return Err(too_deep()),
+            None => {}
+        }
+        memo.insert(node, Resolution::InProgress);
+        let mut at = Place {
+            node: self.nodes[node].parent,
+            extra: 0,
+        };
+        let mut inner = 0;
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." if at.extra > 0 => at.extra -= 1,
+                ".." if at.node == ROOT => return Err(hostile("symbolic link leaves the tree")),
+                ".." => at.node = self.nodes[at.node].parent,
+                _ if at.extra > 0 => at.extra += 1,
+                name => match self.nodes[at.node].children.get(name) {
+                    None => at.extra = 1,
+                    Some(&child) if self.nodes[child].link.is_some() => {
+                        let (place, levels) = self.resolve(child, depth + 1, memo)?;
+                        at = place;
+                        inner = inner.max(levels);
+                    }
+                    Some(&child) => at.node = child,
+                },
+            }
+        }
+        memo.insert(node, Resolution::Done(at, inner + 1));
+        Ok((at, inner + 1))
+    }
+}
+
+/// Every symbolic link, resolved through the links already in the tree, stays inside it (a
+/// `d/up -> ..` is fine; `x -> d/up/../etc` is not).
+fn check_links_resolve_inside(tree: &UploadTree) -> Result<(), UploadError> {
+    let paths = PathTree::new(tree);
+    let mut memo = HashMap::new();
+    for (node, n) in paths.nodes.iter().enumerate() {
+        if n.link.is_some() {
+            paths.resolve(node, 0, &mut memo)?;
         }
     }
     Ok(())
@@ -618,6 +743,90 @@ pub(crate) mod tests {
             read_upload(&body, &Limits::default()),
             Err(UploadError::Hostile { .. })
         ));
+    }
+
+    fn rejected(items: &[Item<'_>]) -> (String, &'static str) {
+        match read_upload(&targz(items), &Limits::default()) {
+            Err(UploadError::Hostile { entry, reason }) => (entry, reason),
+            other => panic!("expected a hostile entry: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn symlinks_are_resolved_through_the_other_links() {
+        // Inside the tree, whatever the order of the entries and however many hops.
+        let body = targz(&[
+            Item::Symlink("x", "d/up/compose.yaml"),
+            COMPOSE,
+            Item::Symlink("d/up", ".."),
+            Item::Symlink("y", "x"),
+            Item::Symlink("e/f/g", "../../d/up/d/up/e"),
+            Item::Symlink("dangling", "nowhere/../compose.yaml"),
+        ]);
+        let tree = read_upload(&body, &Limits::default()).unwrap();
+        assert_eq!(tree.entries.len(), 6);
+
+        // The audit's chain: `d/up` is the root, so each `..` after it climbs out.
+        let chain = format!("{}{}etc/passwd", "d/up/".repeat(6), "../".repeat(6));
+        let (entry, reason) = rejected(&[
+            COMPOSE,
+            Item::Symlink("d/up", ".."),
+            Item::Symlink("passwd", &chain),
+        ]);
+        assert_eq!(entry, "passwd");
+        assert!(reason.contains("leaves the tree"), "{reason}");
+        // One hop is enough, and the link may come before the one it goes through.
+        let (entry, _) = rejected(&[
+            COMPOSE,
+            Item::Symlink("a/out", "../d/up/.."),
+            Item::Symlink("d/up", ".."),
+        ]);
+        assert_eq!(entry, "a/out");
+        // Through a link to a deeper directory and back out past the root.
+        let (entry, _) = rejected(&[
+            COMPOSE,
+            Item::File("a/b/c/f", b"x", 0o644),
+            Item::Symlink("deep", "a/b/c"),
+            Item::Symlink("z", "deep/../../../.."),
+        ]);
+        assert_eq!(entry, "z");
+        // A link reaching an escaping link is rejected too (named after the escaping one).
+        let (entry, _) = rejected(&[
+            COMPOSE,
+            Item::Symlink("b/out", "../.."),
+            Item::Symlink("via", "b/out"),
+        ]);
+        assert_eq!(entry, "b/out");
+
+        let (_, reason) = rejected(&[
+            COMPOSE,
+            Item::Symlink("l1", "l2"),
+            Item::Symlink("l2", "l1"),
+        ]);
+        assert!(reason.contains("loop"), "{reason}");
+        // A chain of MAX_LINK_DEPTH links resolves; one more is too deep, whether the check
+        // meets the chain at its start (`l00 -> l01 -> ...`) or at its end (`... -> l01 -> l00`,
+        // where the memoised inner links carry their depth).
+        let names: Vec<String> = (0..=MAX_LINK_DEPTH + 1)
+            .map(|i| format!("l{i:02}"))
+            .collect();
+        let chain = |n: usize, descending: bool| {
+            let mut items = vec![COMPOSE];
+            items.extend((0..n).map(|i| {
+                if descending {
+                    Item::Symlink(&names[i + 1], &names[i])
+                } else {
+                    Item::Symlink(&names[i], &names[i + 1])
+                }
+            }));
+            items
+        };
+        for descending in [false, true] {
+            let ok = targz(&chain(MAX_LINK_DEPTH, descending));
+            assert!(read_upload(&ok, &Limits::default()).is_ok(), "{descending}");
+            let (_, reason) = rejected(&chain(MAX_LINK_DEPTH + 1, descending));
+            assert!(reason.contains("too many levels"), "{descending}: {reason}");
+        }
     }
 
     #[test]

@@ -176,6 +176,28 @@ async fn hostile_uploads_leave_nothing_behind() {
         b.append(&h, &[][..]).unwrap();
         b.into_inner().unwrap().finish().unwrap()
     };
+    // compose.yaml plus symbolic links, each written raw.
+    let links = |links: &[(&str, &str)]| {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(13);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "compose.yaml", &b"services: {}\n"[..])
+            .unwrap();
+        for (path, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, path, target).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    };
+    let chain = format!("{}{}etc/passwd", "d/up/".repeat(6), "../".repeat(6));
     let many: Vec<(String, Vec<u8>)> = (0..60).map(|i| (format!("f{i}"), vec![b'x'])).collect();
     let mut many_refs: Vec<(&str, &[u8], u32)> = many
         .iter()
@@ -207,6 +229,12 @@ async fn hostile_uploads_leave_nothing_behind() {
             raw(tar::EntryType::Symlink, "l", Some("/etc/passwd")),
             400,
             "leaves the tree",
+        ),
+        (
+            "symlink chain out",
+            links(&[("d/up", ".."), ("passwd", &chain)]),
+            400,
+            "\"passwd\": symbolic link leaves the tree",
         ),
         (
             "hardlink out",

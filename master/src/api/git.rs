@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use berth_worker_api::ValidName;
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
-use super::{ApiError, Query, valid};
+use super::{ApiError, Path, Query, valid};
 use crate::codestore::{CodeStoreError, protocol};
 use crate::ops::Master;
 

@@ -8,7 +8,8 @@ pub mod system;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -266,6 +267,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             .map_err(|e: QueryRejection| {
                 ApiError::bad_request(format!("invalid query: {}", e.body_text()))
             })
+    }
+}
+
+/// Path-parameter extractor answering bad input (e.g. a segment that is not UTF-8 once
+/// percent-decoded) in the API's error shape, naming the parameter.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => Ok(Path(p.0)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let message = format!("invalid path: {}", e.body_text());
+                let field = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+                    _ => None,
+                };
+                Err(ApiError::BadRequest {
+                    code: "bad_request",
+                    details: field
+                        .map(|field| ErrorDetail {
+                            service: None,
+                            field,
+                            reason: message.clone(),
+                        })
+                        .into_iter()
+                        .collect(),
+                    message,
+                })
+            }
+            Err(other) => Err(ApiError::Internal(format!(
+                "path extraction: {}",
+                other.body_text()
+            ))),
+        }
     }
 }
 

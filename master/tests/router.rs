@@ -546,6 +546,31 @@ async fn bare_app() -> (axum::Router, Registry, tempfile::TempDir) {
 }
 
 #[tokio::test]
+async fn auth_schemes_are_case_insensitive() {
+    let (app, _reg, _dir) = bare_app().await;
+    // RFC 7235: the scheme is case-insensitive; the token still has to match.
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let (status, body) =
+            send_auth(&app, "GET", "/v1/instances", &format!("{scheme} {API}")).await;
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    let (status, _) = send_auth(&app, "GET", "/v1/instances", "bearer wrong").await;
+    assert_eq!(status, 401);
+    let (status, _) = send_auth(&app, "GET", "/v1/instances", &format!("Bearer{API}")).await;
+    assert_eq!(status, 401);
+    for scheme in ["Basic", "basic"] {
+        let (status, body) = send_auth(
+            &app,
+            "GET",
+            "/git/alice/none.git/info/refs?service=git-upload-pack",
+            &basic(scheme),
+        )
+        .await;
+        assert_eq!(status, 404, "{scheme}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn path_errors_are_json_naming_the_field() {
     let (app, _reg, _dir) = bare_app().await;
     // A path segment that is not UTF-8 once decoded: the JSON error shape, naming the field.

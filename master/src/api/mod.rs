@@ -344,14 +344,20 @@ async fn require_api_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| credentials(v, "Bearer"));
     match presented {
         Some(token) if master.settings.api_token.matches(token) => Ok(next.run(req).await),
         _ => Err(ApiError::Unauthorized {
             challenge: "Bearer realm=\"berth\"",
         }),
     }
+}
+
+/// The credentials of an `Authorization` value using `scheme`, matched case-insensitively as
+/// RFC 7235 says (`Bearer`, `bearer`, `BEARER`).
+pub(crate) fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, rest) = value.trim_start().split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 /// Parses `wait=30s` (humantime; at most an hour).

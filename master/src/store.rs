@@ -138,11 +138,24 @@ impl Store {
     }
 
     /// Every `berth-worker` service, healthy or not, with `placed` counted from the records.
+    /// Only a worker's own registration counts: service id `berth-worker:<node>` on that catalog
+    /// node (see [`is_worker_registration`]); any other service of that name is ignored.
     #[tracing::instrument(skip_all, err)]
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
         let entries = self.client.health_service(WORKER_SERVICE, false).await?;
         let mut workers: Vec<WorkerInfo> = entries
             .into_iter()
+            .filter(|e| {
+                let own = is_worker_registration(&e.node.node, &e.service.id);
+                if !own {
+                    tracing::debug!(
+                        node = %e.node.node,
+                        service_id = %e.service.id,
+                        "ignoring a berth-worker service that is not a worker's own registration"
+                    );
+                }
+                own
+            })
             .map(|e| {
                 let address = if e.service.address.is_empty() {
                     e.node.address.clone()
@@ -253,6 +266,16 @@ impl Store {
     }
 }
 
+/// True for the id a worker registers itself under on its own node, `berth-worker:<node>`. A
+/// container of a stack that registers a `berth-worker` service (under another id, or for
+/// another node) would otherwise receive builds and the cluster token.
+pub fn is_worker_registration(node: &str, service_id: &str) -> bool {
+    service_id
+        .strip_prefix(WORKER_SERVICE)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|n| !n.is_empty() && n == node)
+}
+
 /// `[v6]` in URLs, a bare host otherwise.
 fn host_for_url(address: &str) -> String {
     if address.contains(':') && !address.starts_with('[') {
@@ -359,6 +382,26 @@ impl Drop for InstanceLock {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             handle.spawn(held.release());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_workers_own_registration_is_a_worker() {
+        for (node, id, expected) in [
+            ("n1", "berth-worker:n1", true),
+            ("n1", "berth-worker", false),
+            ("n1", "berth-worker:n2", false),
+            ("n1", "berth-worker:n1:80", false),
+            ("n1", "x:berth-worker:n1", false),
+            ("", "berth-worker:", false),
+            ("n1", "web.shop:n1", false),
+        ] {
+            assert_eq!(is_worker_registration(node, id), expected, "{node} {id}");
         }
     }
 }

@@ -64,7 +64,7 @@ async fn upload_clone_build_start_stop_delete() {
     let cloned = worker.state.cloned.lock().unwrap().clone();
     assert_eq!(cloned.last().unwrap().0, c2);
     assert!(cloned.last().unwrap().1.ends_with("# v2\n"));
-    assert_eq!(rec2["worker"]["id"], "w1/berth-worker");
+    assert_eq!(rec2["worker"]["id"], "w1/berth-worker:w1");
     let id = ValidName::parse("id", "shop-1").unwrap();
     let ip = reg.client.kv_get(&seed_ip_key(&id)).await.unwrap().unwrap();
     assert_eq!(ip.value, b"127.0.0.1");
@@ -431,15 +431,15 @@ async fn start_on_a_lost_worker_rebuilds_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let m = master(config(&reg, dir.path())).await;
     let (_, rec) = m.upload("mover", "alice", "&wait=30s", app("v1")).await;
-    assert_eq!(rec["worker"]["id"], "w1/berth-worker", "{rec}");
+    assert_eq!(rec["worker"]["id"], "w1/berth-worker:w1", "{rec}");
     let w2 = stand_in(&reg, "w2").await;
     set_health(&reg, &w1, "critical").await;
     let (status, running) = m.call(Method::POST, "/v1/instances/mover/start").await;
     assert_eq!(status, 200, "{running}");
-    assert_eq!(running["worker"]["id"], "w2/berth-worker");
+    assert_eq!(running["worker"]["id"], "w2/berth-worker:w2");
     assert_eq!(running["state"], "running");
     let moves = running["moves"].as_array().unwrap();
-    assert_eq!(moves.last().unwrap()["from"], "w1/berth-worker");
+    assert_eq!(moves.last().unwrap()["from"], "w1/berth-worker:w1");
     assert!(
         moves.last().unwrap()["reason"]
             .as_str()
@@ -542,5 +542,80 @@ async fn policy_rejection_passes_through_and_no_worker_is_503() {
         (200, Some("built")),
         "{body}"
     );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_a_workers_own_registration_is_a_worker() {
+    use berth_registry::dto::{
+        CatalogCheckRegistration, CatalogRegistration, CatalogServiceRegistration,
+    };
+    let reg = registry().await;
+    // Stand-ins that would build anything, registered as a stack container could register
+    // itself: `berth-worker` by name, under another id or for another node.
+    let decoy = stand_in(&reg, "w0").await;
+    reg.client
+        .catalog_deregister(&berth_registry::dto::CatalogDeregistration {
+            node: "w0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (node, id) in [
+        ("app-host", "berth-worker"),
+        ("app-host", "berth-worker:other-node"),
+        ("app-host", "berth-worker:app-host:80"),
+    ] {
+        reg.client
+            .catalog_register(&CatalogRegistration {
+                node: node.into(),
+                address: "127.0.0.1".into(),
+                service: Some(CatalogServiceRegistration {
+                    id: id.into(),
+                    service: berth_worker_api::WORKER_SERVICE.into(),
+                    port: decoy.addr.port(),
+                    ..CatalogServiceRegistration::default()
+                }),
+                check: Some(CatalogCheckRegistration {
+                    node: node.into(),
+                    check_id: format!("service:{id}"),
+                    name: "health".into(),
+                    status: "passing".into(),
+                    service_id: id.into(),
+                    ..CatalogCheckRegistration::default()
+                }),
+                ..CatalogRegistration::default()
+            })
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (status, workers) = m.call(Method::GET, "/v1/workers").await;
+    assert_eq!((status, workers), (200, serde_json::json!([])));
+    let (status, body) = m.upload("guarded", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(decoy.state.events.lock().unwrap().is_empty());
+
+    let real = stand_in(&reg, "w1").await;
+    let (_, workers) = m.call(Method::GET, "/v1/workers").await;
+    let ids: Vec<&str> = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w1/berth-worker:w1"]);
+    let (status, built) = m
+        .call(Method::POST, "/v1/instances/guarded/build?wait=30s")
+        .await;
+    assert_eq!(
+        (status, built["state"].as_str()),
+        (200, Some("built")),
+        "{built}"
+    );
+    assert_eq!(built["worker"]["id"], "w1/berth-worker:w1");
+    assert!(real.state.stacks.lock().unwrap().contains_key("guarded"));
+    assert!(decoy.state.events.lock().unwrap().is_empty());
     m.stop().await;
 }

@@ -494,6 +494,11 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
     worker
 }
 
+/// The id a worker registers its `berth-worker` service under, as the real worker does.
+pub fn worker_service_id(node: &str) -> String {
+    format!("{WORKER_SERVICE}:{node}")
+}
+
 /// (Re-)registers the stand-in's `berth-worker` service with its check in `status`.
 pub async fn set_health(registry: &Registry, worker: &StandIn, status: &str) {
     let mut meta = BTreeMap::new();
@@ -505,7 +510,7 @@ pub async fn set_health(registry: &Registry, worker: &StandIn, status: &str) {
             node: worker.node.clone(),
             address: "127.0.0.1".into(),
             service: Some(CatalogServiceRegistration {
-                id: WORKER_SERVICE.into(),
+                id: worker_service_id(&worker.node),
                 service: WORKER_SERVICE.into(),
                 port: worker.addr.port(),
                 meta,
@@ -513,10 +518,10 @@ pub async fn set_health(registry: &Registry, worker: &StandIn, status: &str) {
             }),
             check: Some(CatalogCheckRegistration {
                 node: worker.node.clone(),
-                check_id: "service:berth-worker".into(),
+                check_id: format!("service:{}", worker_service_id(&worker.node)),
                 name: "worker health".into(),
                 status: status.into(),
-                service_id: WORKER_SERVICE.into(),
+                service_id: worker_service_id(&worker.node),
                 ..CatalogCheckRegistration::default()
             }),
             ..CatalogRegistration::default()

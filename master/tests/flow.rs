@@ -619,3 +619,64 @@ async fn only_a_workers_own_registration_is_a_worker() {
     assert!(decoy.state.events.lock().unwrap().is_empty());
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operation_that_lost_its_lock_writes_nothing() {
+    let reg = registry().await;
+    let w = stand_in(&reg, "w1").await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    *w.state.gate.lock().unwrap() = Some(gate.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+
+    let (status, building) = m.upload("fenced", "alice", "", app("v1")).await;
+    assert_eq!(
+        (status, building["state"].as_str()),
+        (200, Some("building")),
+        "{building}"
+    );
+    eventually("the build reaching the worker", || async {
+        w.state
+            .events
+            .lock()
+            .unwrap()
+            .contains(&"build:fenced:enter".to_owned())
+    })
+    .await;
+    // The build's lock session ends under it (as a TTL expiry during a registry outage would).
+    let lock = reg
+        .client
+        .kv_get("berth/locks/fenced")
+        .await
+        .unwrap()
+        .unwrap();
+    reg.client
+        .session_destroy(&lock.session.unwrap())
+        .await
+        .unwrap();
+    // Another operation takes the lock and records new code.
+    let (status, uploaded) = m.upload("fenced", "alice", "&build=false", app("v2")).await;
+    assert_eq!(
+        (status, uploaded["state"].as_str()),
+        (200, Some("uploaded")),
+        "{uploaded}"
+    );
+    assert_ne!(uploaded["commit"], building["commit"]);
+
+    // The old build ends: its write of `built` (with the old commit) is refused.
+    gate.add_permits(1);
+    eventually("the build operation to end", || async {
+        metrics(&m)
+            .await
+            .contains("berth_master_operations_total{op=\"build\",result=")
+    })
+    .await;
+    let text = metrics(&m).await;
+    assert!(
+        text.contains("berth_master_operations_total{op=\"build\",result=\"error\"} 1"),
+        "{text}"
+    );
+    let (_, after) = m.call(Method::GET, "/v1/instances/fenced").await;
+    assert_eq!(after, uploaded);
+    m.stop().await;
+}

@@ -234,6 +234,9 @@ impl From<OpError> for ApiError {
                     message: "the registry did not answer; retry later".into(),
                 }
             }
+            OpError::Store(e @ StoreError::LockLost { .. }) => ApiError::Conflict(format!(
+                "{e}; another operation may have taken over: read the record and retry"
+            )),
             OpError::Store(e) => ApiError::Internal(e.to_string()),
             OpError::CodeStore(e) => ApiError::Internal(e.to_string()),
             OpError::Internal(m) => ApiError::Internal(m),

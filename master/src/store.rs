@@ -441,7 +441,8 @@ impl InstanceLock {
             .is_some_and(|h| h.lost.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Releases the key (no lock delay) and destroys the session.
+    /// Deletes the lock key if still held (no lock delay, and no key left behind) and destroys
+    /// the session.
     pub async fn release(mut self) {
         if let Some(held) = self.inner.take() {
             held.release().await;
@@ -454,15 +455,53 @@ impl Held {
         self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    async fn release(self) {
+    /// After a lost lock: deletes the key only if nobody holds it, with `cas` on the index read,
+    /// so a waiter that takes it meanwhile keeps it.
+    async fn delete_if_free(&self) {
+        tracing::warn!(key = %self.key, "lock no longer held at release");
+        match self.client.kv_get(&self.key).await {
+            Ok(Some(pair)) if pair.session.is_none() => {
+                if let Err(err) = self
+                    .client
+                    .kv_delete_cas(&self.key, pair.modify_index)
+                    .await
+                {
+                    tracing::warn!(key = %self.key, cause = %err, "free lock key not deleted");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(key = %self.key, cause = %err, "lock key not read"),
+        }
+    }
+
+    async fn release(mut self) {
         self.stop_renew.cancel();
-        let _ = self.renew.await;
-        let opts = PutOptions {
-            release: Some(self.session.clone()),
-            ..PutOptions::default()
-        };
-        if let Err(err) = self.client.kv_put_with(&self.key, Vec::new(), &opts).await {
-            tracing::warn!(key = %self.key, cause = %err, "lock release failed; the session end releases it");
+        let _ = (&mut self.renew).await;
+        // Delete the key in the same transaction that checks we still hold it: a waiter can only
+        // acquire it after that, so it is never disturbed, and no `berth/locks/{id}` outlives
+        // the operation.
+        let txn = vec![
+            TxnOp::CheckSession {
+                key: self.key.clone(),
+                session: self.session.clone(),
+            },
+            TxnOp::Delete {
+                key: self.key.clone(),
+            },
+        ];
+        match self.client.txn(txn).await {
+            Ok(_) => {}
+            Err(TxnError::RolledBack(_)) => self.delete_if_free().await,
+            Err(TxnError::Client(err)) => {
+                tracing::warn!(key = %self.key, cause = %err, "lock delete failed; releasing it");
+                let opts = PutOptions {
+                    release: Some(self.session.clone()),
+                    ..PutOptions::default()
+                };
+                if let Err(err) = self.client.kv_put_with(&self.key, Vec::new(), &opts).await {
+                    tracing::warn!(key = %self.key, cause = %err, "lock release failed; the session end releases it");
+                }
+            }
         }
         if let Err(err) = self.client.session_destroy(&self.session).await {
             tracing::warn!(cause = %err, "lock session destroy failed; its TTL ends it");

@@ -14,6 +14,10 @@ fn kv_exists(v: &Option<berth_registry::client::KvPair>) -> bool {
     v.is_some()
 }
 
+async fn lock_keys(reg: &Registry) -> Vec<String> {
+    reg.client.kv_keys("berth/locks/", None).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_clone_build_start_stop_delete() {
     let reg = registry().await;
@@ -327,6 +331,8 @@ async fn two_masters_serialise_operations_on_one_instance() {
     );
     let (_, rec) = m2.call(Method::GET, "/v1/instances/race").await;
     assert_eq!(rec["state"], "stopped");
+    // The stop took the lock the start released, and deleted it in turn.
+    assert_eq!(lock_keys(&reg).await, Vec::<String>::new());
     m1.stop().await;
     m2.stop().await;
 }
@@ -678,5 +684,45 @@ async fn an_operation_that_lost_its_lock_writes_nothing() {
     );
     let (_, after) = m.call(Method::GET, "/v1/instances/fenced").await;
     assert_eq!(after, uploaded);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_lock_key_outlives_its_operation() {
+    let reg = registry().await;
+    let _w = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    // Operations on unknown ids take the lock too.
+    let (status, _) = m.call(Method::POST, "/v1/instances/ghost1/start").await;
+    assert_eq!(status, 404);
+    let (status, _) = m.call(Method::DELETE, "/v1/instances/ghost2").await;
+    assert_eq!(status, 404);
+    assert_eq!(lock_keys(&reg).await, Vec::<String>::new());
+
+    let (status, _) = m
+        .upload("keyless", "alice", "&build=false", app("v1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(lock_keys(&reg).await, Vec::<String>::new());
+    // A background build releases (and deletes) the lock when it ends.
+    let (status, rec) = m.upload("keyless", "alice", "", app("v2")).await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("building")));
+    eventually("the build's lock key to go", || async {
+        lock_keys(&reg).await.is_empty()
+    })
+    .await;
+    let (status, _) = m.call(Method::POST, "/v1/instances/keyless/start").await;
+    assert_eq!(status, 200);
+    let (status, _) = m.call(Method::DELETE, "/v1/instances/keyless").await;
+    assert_eq!(status, 200);
+    // A deleted instance leaves no key at all.
+    let keys = reg.client.kv_keys("", None).await.unwrap();
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains("keyless") || k.contains("ghost")),
+        "{keys:?}"
+    );
     m.stop().await;
 }

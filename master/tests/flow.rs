@@ -14,6 +14,15 @@ fn kv_exists(v: &Option<berth_registry::client::KvPair>) -> bool {
     v.is_some()
 }
 
+/// Number of files under `dir` (a repository's loose objects and packs).
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+        .sum()
+}
+
 async fn lock_keys(reg: &Registry) -> Vec<String> {
     reg.client.kv_keys("berth/locks/", None).await.unwrap()
 }
@@ -84,7 +93,9 @@ async fn upload_clone_build_start_stop_delete() {
     // Start of a running instance answers its endpoints again.
     let (status, again) = m.call(Method::POST, "/v1/instances/shop-1/start").await;
     assert_eq!((status, &again["endpoints"]), (200, &running["endpoints"]));
-    // New code while running: 409 naming the states that allow it.
+    // New code while running: 409 naming the states that allow it, and nothing written.
+    let objects = m.data.join("git/alice/shop-1.git/objects");
+    let before = files_under(&objects);
     let (status, body) = m.upload("shop-1", "alice", "", app("v3")).await;
     assert_eq!(status, 409, "{body}");
     assert!(
@@ -93,6 +104,7 @@ async fn upload_clone_build_start_stop_delete() {
             .unwrap()
             .contains("upload is allowed in uploaded, built, stopped, failed")
     );
+    assert_eq!(files_under(&objects), before);
 
     let logs = m
         .req(Method::GET, "/v1/instances/shop-1/logs?follow=true")

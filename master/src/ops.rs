@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
 use crate::codestore::forge::{Forge, ForgeError};
-use crate::codestore::{CodeStore, CodeStoreError, Committed};
+use crate::codestore::{CodeStore, CodeStoreError};
 use crate::metrics::Metrics;
 use crate::placement::{self, Strategy, WorkerInfo};
 use crate::record::{InstanceRecord, Op, State};
@@ -369,8 +369,12 @@ impl Master {
         let allow_change = state.is_none_or(|s| Op::Upload.allows(s));
         let (store, u, i) = (self.codestore.clone(), user.clone(), id.clone());
         let message = format!("upload of {user}/{project} instance {id}");
-        let committed: Option<Committed> =
-            blocking(move || store.commit_checked(&u, &i, &tree, &message, allow_change)).await??;
+        let (previous_head, committed) = blocking(move || {
+            let previous = store.head(&u, &i)?;
+            let committed = store.commit_checked(&u, &i, &tree, &message, allow_change)?;
+            Ok::<_, CodeStoreError>((previous, committed))
+        })
+        .await??;
         let Some(committed) = committed else {
             let state = state.unwrap_or(State::Uploaded);
             return Err(OpError::Conflict(format!(
@@ -381,7 +385,17 @@ impl Master {
         if let Some(forge) = self.settings.forge.clone() {
             let path = self.codestore.repo_path(user, id);
             let (u, i) = (user.clone(), id.clone());
-            blocking(move || forge.push(&path, &u, &i)).await??;
+            if let Err(err) = blocking(move || forge.push(&path, &u, &i)).await? {
+                // Workers clone from the forge, which does not have this commit: undo it, so the
+                // code store and the record keep agreeing and a retry pushes again.
+                if committed.changed {
+                    let (store, u, i) = (self.codestore.clone(), user.clone(), id.clone());
+                    let commit = committed.commit.clone();
+                    blocking(move || store.roll_back(&u, &i, &commit, previous_head.as_deref()))
+                        .await??;
+                }
+                return Err(err.into());
+            }
         }
         match existing {
             Some(rec) if rec.commit.as_deref() == Some(committed.commit.as_str()) => {

@@ -195,6 +195,40 @@ impl CodeStore {
         }))
     }
 
+    /// Undoes the upload that made `commit` the head: `main` goes back to `previous`, or, when the
+    /// repository was born with that upload (`previous` is `None`), the repository is removed.
+    /// Nothing happens if the head is no longer `commit`. The commit's objects stay, unreferenced.
+    #[tracing::instrument(skip_all, fields(%user, %id, %commit), err)]
+    pub fn roll_back(
+        &self,
+        user: &ValidName,
+        id: &ValidName,
+        commit: &str,
+        previous: Option<&str>,
+    ) -> Result<(), CodeStoreError> {
+        let path = self.repo_path(user, id);
+        let git = |source| CodeStoreError::Git {
+            repo: path.clone(),
+            source,
+        };
+        if self.head(user, id)?.as_deref() != Some(commit) {
+            return Ok(());
+        }
+        match previous {
+            Some(previous) => {
+                let repo = Repository::open_bare(&path).map_err(git)?;
+                let (to, from) = (
+                    Oid::from_str(previous).map_err(git)?,
+                    Oid::from_str(commit).map_err(git)?,
+                );
+                repo.reference_matching(MAIN_REF, to, true, from, "roll back a failed upload")
+                    .map_err(git)?;
+                Ok(())
+            }
+            None => self.delete(user, id).map(drop),
+        }
+    }
+
     /// Removes the instance's repository; answers whether there was one.
     pub fn delete(&self, user: &ValidName, id: &ValidName) -> Result<bool, CodeStoreError> {
         let path = self.repo_path(user, id);

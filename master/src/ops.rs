@@ -333,10 +333,24 @@ impl Master {
             }
         };
         self.metrics.uploaded(size);
-        match (build, changed, rec.commit.clone()) {
+        // New code is built; so is code a previous upload stored without getting it built (no
+        // healthy worker then, or its build failed), so retrying that upload does the build.
+        let unbuilt = rec.state == State::Uploaded
+            || (rec.state == State::Failed
+                && rec.error.as_ref().is_some_and(|e| e.step == "build"));
+        match (build, changed || unbuilt, rec.commit.clone()) {
             (true, true, Some(commit)) => {
-                self.start_build(lock, rec, commit, wait, Instant::now())
+                let state = rec.state;
+                self.start_build(lock, rec, commit.clone(), wait, Instant::now())
                     .await
+                    .map_err(|err| match err {
+                        OpError::NoWorker(m) => OpError::NoWorker(format!(
+                            "{m}; the code was stored as commit {commit} (instance {id} is {state}): \
+                             retry the upload, or POST /v1/instances/{id}/build, once a worker is \
+                             healthy"
+                        )),
+                        other => other,
+                    })
             }
             _ => {
                 lock.release().await;

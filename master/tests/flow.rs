@@ -59,8 +59,9 @@ async fn upload_clone_build_start_stop_delete() {
         "services:\n  web:\n    build: ./web\n    ports: [\"80\"]\n# v1\n"
     );
 
-    // Identical upload: same commit, nothing changes (not even updated_at).
-    let (status, again) = m.upload("shop-1", "alice", "", app("v1")).await;
+    // Identical upload: same commit, nothing changes (not even updated_at). (With build=true it
+    // would build the still unbuilt code: see a_retried_upload_builds_what_was_not_built.)
+    let (status, again) = m.upload("shop-1", "alice", "&build=false", app("v1")).await;
     assert_eq!(status, 200);
     assert_eq!(again, rec);
 
@@ -533,6 +534,10 @@ async fn policy_rejection_passes_through_and_no_worker_is_503() {
     assert_eq!(body["error"]["code"], "no_healthy_worker");
     let (_, rec) = m.call(Method::GET, "/v1/instances/lonely").await;
     assert_eq!(rec["state"], "uploaded");
+    // The 503 says the code itself was stored.
+    let message = body["error"]["message"].as_str().unwrap();
+    let stored = format!("stored as commit {}", rec["commit"].as_str().unwrap());
+    assert!(message.contains(&stored), "{message}");
 
     let w = stand_in(&reg, "w1").await;
     *w.state.reject.lock().unwrap() = true;
@@ -736,5 +741,56 @@ async fn no_lock_key_outlives_its_operation() {
             .any(|k| k.contains("keyless") || k.contains("ghost")),
         "{keys:?}"
     );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_upload_builds_what_was_not_built() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    // No healthy worker: the code is stored, the build cannot start.
+    let (status, body) = m.upload("retry", "alice", "", app("v1")).await;
+    assert_eq!(status, 503, "{body}");
+
+    // The identical upload, retried once a worker is up, starts that build (here refused).
+    let w = stand_in(&reg, "w1").await;
+    *w.state.reject.lock().unwrap() = true;
+    let (status, body) = m.upload("retry", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(status, 422, "{body}");
+    let (_, rec) = m.call(Method::GET, "/v1/instances/retry").await;
+    assert_eq!(
+        (rec["state"].as_str(), &rec["error"]["step"]),
+        (Some("failed"), &"build".into())
+    );
+
+    // Retried after a failed build, it builds again.
+    *w.state.reject.lock().unwrap() = false;
+    let (status, built) = m.upload("retry", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(
+        (status, built["state"].as_str()),
+        (200, Some("built")),
+        "{built}"
+    );
+    let builds = |w: &StandIn| {
+        w.state
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with("build:retry:enter"))
+            .count()
+    };
+    assert_eq!(builds(&w), 2);
+
+    // Built code is not rebuilt by the same upload, nor is code uploaded with build=false
+    // rebuilt by another build=false upload.
+    let (status, again) = m.upload("retry", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!((status, &again), (200, &built));
+    let (status, rec) = m.upload("retry", "alice", "&build=false", app("v2")).await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("uploaded")));
+    let (status, rec) = m.upload("retry", "alice", "&build=false", app("v2")).await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("uploaded")));
+    assert_eq!(builds(&w), 2);
     m.stop().await;
 }

@@ -78,8 +78,13 @@ wait_for() {
   die "$name did not come up at $url (log: $home/logs/$name.log)"
 }
 
+# The worker registers through the registry server's own agent, so both carry one node name: the
+# master takes a worker only as service `berth-worker:<node>` on catalog node <node>.
+node=$(hostname -s | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_.-')
+node=${node:-berth}
+
 start registry "$bin/berth-registry" server \
-  --http-addr "$registry" --data-dir "$home/registry" --node-name "$(hostname -s)"
+  --http-addr "$registry" --data-dir "$home/registry" --node-name "$node"
 wait_for registry "http://$registry/v1/status/leader"
 
 start master "$bin/berth-master" \
@@ -88,7 +93,7 @@ start master "$bin/berth-master" \
 wait_for master "http://$master/healthz"
 
 start worker "$bin/berth-worker" \
-  --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" \
+  --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" --node-name "$node" \
   --registry "http://$registry" --cluster-token-file "$home/cluster-token"
 wait_for worker "http://$worker/healthz"
 

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
 use crate::codestore::forge::{Forge, ForgeError};
-use crate::codestore::{CodeStore, CodeStoreError, Committed};
+use crate::codestore::{CodeStore, CodeStoreError};
 use crate::metrics::Metrics;
 use crate::placement::{self, Strategy, WorkerInfo};
 use crate::record::{InstanceRecord, Op, State};
@@ -220,10 +220,16 @@ impl Master {
         )
     }
 
-    /// Writes the record (stamping `updated_at`) and announces a state change.
-    async fn save(&self, rec: &mut InstanceRecord, previous: Option<State>) -> Result<(), OpError> {
+    /// Writes the record (stamping `updated_at`), only while `lock` is held, and announces a
+    /// state change.
+    async fn save(
+        &self,
+        lock: &InstanceLock,
+        rec: &mut InstanceRecord,
+        previous: Option<State>,
+    ) -> Result<(), OpError> {
         rec.touch();
-        self.store.put(rec).await?;
+        self.store.put(lock, rec).await?;
         if previous != Some(rec.state) {
             tracing::info!(id = %rec.id, from = ?previous.map(State::as_str), to = %rec.state, "state change");
             if let Some(hook) = &self.webhook {
@@ -261,7 +267,7 @@ impl Master {
     }
 
     /// A transitional state seen under the lock was left by a master that stopped: record it.
-    async fn recover(&self, rec: &mut InstanceRecord) -> Result<(), OpError> {
+    async fn recover(&self, lock: &InstanceLock, rec: &mut InstanceRecord) -> Result<(), OpError> {
         if rec.state.is_transitional() {
             let previous = rec.state;
             let step = step_of(previous);
@@ -270,7 +276,7 @@ impl Master {
                 step,
                 format!("interrupted: the master running this {step} stopped before it ended"),
             );
-            self.save(rec, Some(previous)).await?;
+            self.save(lock, rec, Some(previous)).await?;
         }
         Ok(())
     }
@@ -317,7 +323,7 @@ impl Master {
             Err(err) => return Err(err),
         };
         let lock = self.lock(&id).await?;
-        let result = self.upload_locked(&id, &user, &project, tree).await;
+        let result = self.upload_locked(&lock, &id, &user, &project, tree).await;
         self.finish(Op::Upload, started, &result);
         let (rec, changed) = match result {
             Ok(ok) => ok,
@@ -327,10 +333,24 @@ impl Master {
             }
         };
         self.metrics.uploaded(size);
-        match (build, changed, rec.commit.clone()) {
+        // New code is built; so is code a previous upload stored without getting it built (no
+        // healthy worker then, or its build failed), so retrying that upload does the build.
+        let unbuilt = rec.state == State::Uploaded
+            || (rec.state == State::Failed
+                && rec.error.as_ref().is_some_and(|e| e.step == "build"));
+        match (build, changed || unbuilt, rec.commit.clone()) {
             (true, true, Some(commit)) => {
-                self.start_build(lock, rec, commit, wait, Instant::now())
+                let state = rec.state;
+                self.start_build(lock, rec, commit.clone(), wait, Instant::now())
                     .await
+                    .map_err(|err| match err {
+                        OpError::NoWorker(m) => OpError::NoWorker(format!(
+                            "{m}; the code was stored as commit {commit} (instance {id} is {state}): \
+                             retry the upload, or POST /v1/instances/{id}/build, once a worker is \
+                             healthy"
+                        )),
+                        other => other,
+                    })
             }
             _ => {
                 lock.release().await;
@@ -341,6 +361,7 @@ impl Master {
 
     async fn upload_locked(
         &self,
+        lock: &InstanceLock,
         id: &ValidName,
         user: &ValidName,
         project: &ValidName,
@@ -356,14 +377,18 @@ impl Master {
             )));
         }
         if let Some(rec) = existing.as_mut() {
-            self.recover(rec).await?;
+            self.recover(lock, rec).await?;
         }
         let state = existing.as_ref().map(|r| r.state);
         let allow_change = state.is_none_or(|s| Op::Upload.allows(s));
         let (store, u, i) = (self.codestore.clone(), user.clone(), id.clone());
         let message = format!("upload of {user}/{project} instance {id}");
-        let committed: Option<Committed> =
-            blocking(move || store.commit_checked(&u, &i, &tree, &message, allow_change)).await??;
+        let (previous_head, committed) = blocking(move || {
+            let previous = store.head(&u, &i)?;
+            let committed = store.commit_checked(&u, &i, &tree, &message, allow_change)?;
+            Ok::<_, CodeStoreError>((previous, committed))
+        })
+        .await??;
         let Some(committed) = committed else {
             let state = state.unwrap_or(State::Uploaded);
             return Err(OpError::Conflict(format!(
@@ -374,7 +399,17 @@ impl Master {
         if let Some(forge) = self.settings.forge.clone() {
             let path = self.codestore.repo_path(user, id);
             let (u, i) = (user.clone(), id.clone());
-            blocking(move || forge.push(&path, &u, &i)).await??;
+            if let Err(err) = blocking(move || forge.push(&path, &u, &i)).await? {
+                // Workers clone from the forge, which does not have this commit: undo it, so the
+                // code store and the record keep agreeing and a retry pushes again.
+                if committed.changed {
+                    let (store, u, i) = (self.codestore.clone(), user.clone(), id.clone());
+                    let commit = committed.commit.clone();
+                    blocking(move || store.roll_back(&u, &i, &commit, previous_head.as_deref()))
+                        .await??;
+                }
+                return Err(err.into());
+            }
         }
         match existing {
             Some(rec) if rec.commit.as_deref() == Some(committed.commit.as_str()) => {
@@ -386,7 +421,7 @@ impl Master {
                 rec.repo = self.repo_url(user, id);
                 rec.state = State::Uploaded;
                 rec.error = None;
-                self.save(&mut rec, Some(previous)).await?;
+                self.save(lock, &mut rec, Some(previous)).await?;
                 Ok((rec, true))
             }
             None => {
@@ -397,7 +432,7 @@ impl Master {
                     self.repo_url(user, id),
                 );
                 rec.commit = Some(committed.commit);
-                self.save(&mut rec, None).await?;
+                self.save(lock, &mut rec, None).await?;
                 Ok((rec, true))
             }
         }
@@ -418,7 +453,7 @@ impl Master {
         let lock = self.lock(&id).await?;
         let prepared = async {
             let mut rec = self.get_or_404(&id).await?;
-            self.recover(&mut rec).await?;
+            self.recover(&lock, &mut rec).await?;
             if !Op::Build.allows(rec.state) {
                 return Err(OpError::Conflict(Op::Build.explain(rec.state)));
             }
@@ -479,7 +514,7 @@ impl Master {
                 Some(w) => w,
                 None => self.place(&mut rec, &workers)?,
             };
-            self.mark_building(&mut rec, &worker).await?;
+            self.mark_building(&lock, &mut rec, &worker).await?;
             Ok(Some(worker))
         }
         .await;
@@ -502,7 +537,7 @@ impl Master {
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
             let result = tokio::select! {
-                r = this.finish_build(&mut rec, &worker, &commit) => r.map(|()| rec),
+                r = this.finish_build(&lock, &mut rec, &worker, &commit) => r.map(|()| rec),
                 () = this.shutdown.cancelled() => {
                     // Leave `building` in the record: the next operation sees it interrupted.
                     Err(OpError::Internal("master shutting down".into()))
@@ -567,6 +602,7 @@ impl Master {
 
     async fn mark_building(
         &self,
+        lock: &InstanceLock,
         rec: &mut InstanceRecord,
         worker: &WorkerInfo,
     ) -> Result<(), OpError> {
@@ -574,9 +610,9 @@ impl Master {
         rec.state = State::Building;
         rec.error = None;
         rec.endpoints.clear();
-        self.save(rec, Some(previous)).await?;
+        self.save(lock, rec, Some(previous)).await?;
         self.store
-            .put_seed_ip(&name("id", &rec.id)?, &worker.address)
+            .put_seed_ip(lock, &name("id", &rec.id)?, &worker.address)
             .await?;
         Ok(())
     }
@@ -584,6 +620,7 @@ impl Master {
     /// Runs the build on the worker and records `built` or `failed`.
     async fn finish_build(
         &self,
+        lock: &InstanceLock,
         rec: &mut InstanceRecord,
         worker: &WorkerInfo,
         commit: &str,
@@ -610,11 +647,11 @@ impl Master {
                 rec.state = State::Built;
                 rec.built_commit = Some(built);
                 rec.error = None;
-                self.save(rec, Some(previous)).await
+                self.save(lock, rec, Some(previous)).await
             }
             Err(err) => {
                 rec.fail("build", err.to_string());
-                self.save(rec, Some(previous)).await?;
+                self.save(lock, rec, Some(previous)).await?;
                 Err(err)
             }
         }
@@ -628,15 +665,19 @@ impl Master {
     pub async fn start(self: &Arc<Self>, id: ValidName) -> Result<InstanceRecord, OpError> {
         let started = Instant::now();
         let lock = self.lock(&id).await?;
-        let result = self.start_locked(&id).await;
+        let result = self.start_locked(&lock, &id).await;
         lock.release().await;
         self.finish(Op::Start, started, &result);
         result
     }
 
-    async fn start_locked(&self, id: &ValidName) -> Result<InstanceRecord, OpError> {
+    async fn start_locked(
+        &self,
+        lock: &InstanceLock,
+        id: &ValidName,
+    ) -> Result<InstanceRecord, OpError> {
         let mut rec = self.get_or_404(id).await?;
-        self.recover(&mut rec).await?;
+        self.recover(lock, &mut rec).await?;
         if !Op::Start.allows(rec.state) {
             return Err(OpError::Conflict(Op::Start.explain(rec.state)));
         }
@@ -659,15 +700,15 @@ impl Master {
                     .ok_or_else(|| {
                         OpError::Conflict(format!("instance {id} has no uploaded code"))
                     })?;
-                self.mark_building(&mut rec, &worker).await?;
+                self.mark_building(lock, &mut rec, &worker).await?;
                 let started = Instant::now();
-                let built = self.finish_build(&mut rec, &worker, &commit).await;
+                let built = self.finish_build(lock, &mut rec, &worker, &commit).await;
                 self.finish(Op::Build, started, &built);
                 built?;
             }
             let previous = rec.state;
             rec.state = State::Starting;
-            self.save(&mut rec, Some(previous)).await?;
+            self.save(lock, &mut rec, Some(previous)).await?;
             let request = StartRequest {
                 commit: rec.built_commit.clone(),
                 timeout_secs: self.settings.start_timeout_secs,
@@ -678,7 +719,7 @@ impl Master {
                     rec.state = State::Running;
                     rec.endpoints = status.endpoints;
                     rec.error = None;
-                    self.save(&mut rec, Some(State::Starting)).await?;
+                    self.save(lock, &mut rec, Some(State::Starting)).await?;
                     return Ok(rec);
                 }
                 Ok(status) => OpError::Worker(format!(
@@ -696,7 +737,7 @@ impl Master {
                 Err(err) => worker_error(&worker.id, err),
             };
             rec.fail("start", err.to_string());
-            self.save(&mut rec, Some(State::Starting)).await?;
+            self.save(lock, &mut rec, Some(State::Starting)).await?;
             return Err(err);
         }
     }
@@ -707,15 +748,19 @@ impl Master {
     pub async fn stop(self: &Arc<Self>, id: ValidName) -> Result<InstanceRecord, OpError> {
         let started = Instant::now();
         let lock = self.lock(&id).await?;
-        let result = self.stop_locked(&id).await;
+        let result = self.stop_locked(&lock, &id).await;
         lock.release().await;
         self.finish(Op::Stop, started, &result);
         result
     }
 
-    async fn stop_locked(&self, id: &ValidName) -> Result<InstanceRecord, OpError> {
+    async fn stop_locked(
+        &self,
+        lock: &InstanceLock,
+        id: &ValidName,
+    ) -> Result<InstanceRecord, OpError> {
         let mut rec = self.get_or_404(id).await?;
-        self.recover(&mut rec).await?;
+        self.recover(lock, &mut rec).await?;
         if !Op::Stop.allows(rec.state) {
             return Err(OpError::Conflict(Op::Stop.explain(rec.state)));
         }
@@ -726,11 +771,11 @@ impl Master {
         let Some(worker) = rec.worker.clone() else {
             rec.state = State::Stopped;
             rec.endpoints.clear();
-            self.save(&mut rec, Some(previous)).await?;
+            self.save(lock, &mut rec, Some(previous)).await?;
             return Ok(rec);
         };
         rec.state = State::Stopping;
-        self.save(&mut rec, Some(previous)).await?;
+        self.save(lock, &mut rec, Some(previous)).await?;
         let workers = self.store.workers().await?;
         let alive = self.current_worker(&rec, &workers).is_some();
         match self.worker_client(&worker.url).stop(id).await {
@@ -748,13 +793,13 @@ impl Master {
             Err(err) => {
                 let err = worker_error(&worker.id, err);
                 rec.fail("stop", err.to_string());
-                self.save(&mut rec, Some(State::Stopping)).await?;
+                self.save(lock, &mut rec, Some(State::Stopping)).await?;
                 return Err(err);
             }
         }
         rec.state = State::Stopped;
         rec.endpoints.clear();
-        self.save(&mut rec, Some(State::Stopping)).await?;
+        self.save(lock, &mut rec, Some(State::Stopping)).await?;
         Ok(rec)
     }
 
@@ -770,7 +815,7 @@ impl Master {
     ) -> Result<DeleteOutcome, OpError> {
         let started = Instant::now();
         let lock = self.lock(&id).await?;
-        let result = self.delete_locked(&id, keep_code).await;
+        let result = self.delete_locked(&lock, &id, keep_code).await;
         lock.release().await;
         self.finish(Op::Delete, started, &result);
         result
@@ -778,17 +823,18 @@ impl Master {
 
     async fn delete_locked(
         &self,
+        lock: &InstanceLock,
         id: &ValidName,
         keep_code: bool,
     ) -> Result<DeleteOutcome, OpError> {
         let mut rec = self.get_or_404(id).await?;
-        self.recover(&mut rec).await?;
+        self.recover(lock, &mut rec).await?;
         if !Op::Delete.allows(rec.state) {
             return Err(OpError::Conflict(Op::Delete.explain(rec.state)));
         }
         let previous = rec.state;
         rec.state = State::Deleting;
-        self.save(&mut rec, Some(previous)).await?;
+        self.save(lock, &mut rec, Some(previous)).await?;
         let mut outcome = DeleteOutcome {
             id: id.to_string(),
             deleted: true,
@@ -810,7 +856,7 @@ impl Master {
                 Err(err) => {
                     let err = worker_error(&worker.id, err);
                     rec.fail("delete", err.to_string());
-                    self.save(&mut rec, Some(State::Deleting)).await?;
+                    self.save(lock, &mut rec, Some(State::Deleting)).await?;
                     return Err(err);
                 }
             }
@@ -818,10 +864,13 @@ impl Master {
             outcome.note = Some("instance was never placed on a worker".into());
         }
         if !keep_code {
+            self.store
+                .ensure_held(lock, id, "removing its repository")
+                .await?;
             let (store, u, i) = (self.codestore.clone(), name("user", &rec.user)?, id.clone());
             blocking(move || store.delete(&u, &i)).await??;
         }
-        self.store.delete(id).await?;
+        self.store.delete(lock, id).await?;
         tracing::info!(%id, keep_code, "instance deleted");
         if let Some(hook) = &self.webhook {
             hook.notify(&Event {

@@ -2,12 +2,18 @@
 //! only (so a real Consul works unchanged): instance records at `berth/instances/{id}`, the
 //! seed-compatible `instance/{id}/ip`, the per-instance lock at `berth/locks/{id}` and the
 //! `berth-worker` services with their health.
+//!
+//! Every write of an instance's keys is fenced by its lock: a `/v1/txn` whose first operation is
+//! a `check-session` of the lock key, so a master whose lock session ended (TTL expiry, a
+//! registry outage, an operator invalidating it) cannot overwrite what the next holder wrote.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_registry::client::{Behavior, Client, ClientError, PutOptions, SessionRequest};
+use berth_registry::client::{
+    Behavior, Client, ClientError, PutOptions, SessionRequest, TxnError, TxnOp,
+};
 use berth_worker_api::{META_CAPACITY, META_INSTANCES, META_VERSION, ValidName, WORKER_SERVICE};
 use berth_worker_api::{instance_record_key, seed_ip_key};
 use tokio::task::JoinHandle;
@@ -33,6 +39,11 @@ pub enum StoreError {
     },
     #[error("registry refused to write {0}")]
     Refused(String),
+    #[error(
+        "lost the lock of instance {id} (its registry session ended) before {step}; \
+         the operation stopped there"
+    )]
+    LockLost { id: String, step: String },
 }
 
 /// How instance locks behave.
@@ -88,16 +99,80 @@ impl Store {
         }
     }
 
+    /// Writes the record, only while `lock` (the instance's) is still held.
     #[tracing::instrument(skip_all, fields(id = %record.id, state = %record.state), err)]
-    pub async fn put(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+    pub async fn put(
+        &self,
+        lock: &InstanceLock,
+        record: &InstanceRecord,
+    ) -> Result<(), StoreError> {
         let id =
             ValidName::parse("id", &record.id).map_err(|e| StoreError::Refused(e.to_string()))?;
         let key = instance_record_key(&id);
-        let body = serde_json::to_vec(record).expect("records always serialise");
-        if self.client.kv_put(&key, body).await? {
-            Ok(())
-        } else {
-            Err(StoreError::Refused(key))
+        let value = serde_json::to_vec(record).expect("records always serialise");
+        self.fenced(
+            lock,
+            &id,
+            &format!("writing {key}"),
+            vec![TxnOp::Set {
+                key: key.clone(),
+                value,
+                flags: 0,
+            }],
+        )
+        .await
+    }
+
+    /// Fails unless `lock` is still held: for work outside the registry that must not run once
+    /// another operation may have taken over; `step` names it in the error.
+    pub async fn ensure_held(
+        &self,
+        lock: &InstanceLock,
+        id: &ValidName,
+        step: &str,
+    ) -> Result<(), StoreError> {
+        self.fenced(lock, id, step, Vec::new()).await
+    }
+
+    /// Runs `ops` in one transaction after a `check-session` of the instance's lock key, so they
+    /// apply only while `lock` is held. `step` names the write in errors.
+    async fn fenced(
+        &self,
+        lock: &InstanceLock,
+        id: &ValidName,
+        step: &str,
+        ops: Vec<TxnOp>,
+    ) -> Result<(), StoreError> {
+        let lost = || StoreError::LockLost {
+            id: id.to_string(),
+            step: step.to_owned(),
+        };
+        let Some(held) = lock.inner.as_ref().filter(|_| !lock.is_lost()) else {
+            return Err(lost());
+        };
+        if held.key != lock_key(id) {
+            return Err(StoreError::Refused(format!(
+                "{step} under the lock of another instance ({})",
+                held.key
+            )));
+        }
+        let mut txn = vec![TxnOp::CheckSession {
+            key: held.key.clone(),
+            session: held.session.clone(),
+        }];
+        txn.extend(ops);
+        match self.client.txn(txn).await {
+            Ok(_) => Ok(()),
+            Err(TxnError::RolledBack(errors)) if errors.iter().any(|e| e.op_index == 0) => {
+                held.mark_lost();
+                tracing::error!(%id, %step, "instance lock lost; the operation stops here");
+                Err(lost())
+            }
+            Err(TxnError::RolledBack(errors)) => Err(StoreError::Refused(format!(
+                "{step}: {}",
+                TxnError::RolledBack(errors)
+            ))),
+            Err(TxnError::Client(err)) => Err(err.into()),
         }
     }
 
@@ -116,33 +191,54 @@ impl Store {
             .collect())
     }
 
-    /// Removes the record and the seed key.
-    pub async fn delete(&self, id: &ValidName) -> Result<(), StoreError> {
-        self.client.kv_delete(&seed_ip_key(id)).await?;
-        self.client.kv_delete(&instance_record_key(id)).await?;
-        Ok(())
+    /// Removes the record and the seed key, only while `lock` is held.
+    pub async fn delete(&self, lock: &InstanceLock, id: &ValidName) -> Result<(), StoreError> {
+        let key = instance_record_key(id);
+        let ops = vec![
+            TxnOp::Delete {
+                key: seed_ip_key(id),
+            },
+            TxnOp::Delete { key: key.clone() },
+        ];
+        self.fenced(lock, id, &format!("deleting {key}"), ops).await
     }
 
-    /// Writes the seed-compatible `instance/{id}/ip` (the worker's address).
-    pub async fn put_seed_ip(&self, id: &ValidName, address: &str) -> Result<(), StoreError> {
+    /// Writes the seed-compatible `instance/{id}/ip` (the worker's address), only while `lock` is
+    /// held.
+    pub async fn put_seed_ip(
+        &self,
+        lock: &InstanceLock,
+        id: &ValidName,
+        address: &str,
+    ) -> Result<(), StoreError> {
         let key = seed_ip_key(id);
-        if self
-            .client
-            .kv_put(&key, address.as_bytes().to_vec())
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(StoreError::Refused(key))
-        }
+        let ops = vec![TxnOp::Set {
+            key: key.clone(),
+            value: address.as_bytes().to_vec(),
+            flags: 0,
+        }];
+        self.fenced(lock, id, &format!("writing {key}"), ops).await
     }
 
     /// Every `berth-worker` service, healthy or not, with `placed` counted from the records.
+    /// Only a worker's own registration counts: service id `berth-worker:<node>` on that catalog
+    /// node (see [`is_worker_registration`]); any other service of that name is ignored.
     #[tracing::instrument(skip_all, err)]
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
         let entries = self.client.health_service(WORKER_SERVICE, false).await?;
         let mut workers: Vec<WorkerInfo> = entries
             .into_iter()
+            .filter(|e| {
+                let own = is_worker_registration(&e.node.node, &e.service.id);
+                if !own {
+                    tracing::debug!(
+                        node = %e.node.node,
+                        service_id = %e.service.id,
+                        "ignoring a berth-worker service that is not a worker's own registration"
+                    );
+                }
+                own
+            })
             .map(|e| {
                 let address = if e.service.address.is_empty() {
                     e.node.address.clone()
@@ -194,7 +290,7 @@ impl Store {
     /// Takes the instance lock, waiting up to the configured time; `None` if it stayed busy.
     #[tracing::instrument(skip_all, fields(%id), err)]
     pub async fn lock(&self, id: &ValidName) -> Result<Option<InstanceLock>, StoreError> {
-        let key = format!("{LOCK_PREFIX}{id}");
+        let key = lock_key(id);
         let session = self
             .client
             .session_create(&SessionRequest {
@@ -253,6 +349,21 @@ impl Store {
     }
 }
 
+/// The instance's lock key, `berth/locks/{id}`.
+pub fn lock_key(id: &ValidName) -> String {
+    format!("{LOCK_PREFIX}{id}")
+}
+
+/// True for the id a worker registers itself under on its own node, `berth-worker:<node>`. A
+/// container of a stack that registers a `berth-worker` service (under another id, or for
+/// another node) would otherwise receive builds and the cluster token.
+pub fn is_worker_registration(node: &str, service_id: &str) -> bool {
+    service_id
+        .strip_prefix(WORKER_SERVICE)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|n| !n.is_empty() && n == node)
+}
+
 /// `[v6]` in URLs, a bare host otherwise.
 fn host_for_url(address: &str) -> String {
     if address.contains(':') && !address.starts_with('[') {
@@ -263,7 +374,8 @@ fn host_for_url(address: &str) -> String {
 }
 
 /// A held instance lock. The session is renewed in the background until [`InstanceLock::release`]
-/// (or drop, which releases in the background).
+/// (or drop, which releases in the background). Writes made under it go through
+/// [`Store::put`], [`Store::put_seed_ip`] and [`Store::delete`], which refuse once it is lost.
 #[derive(Debug)]
 pub struct InstanceLock {
     inner: Option<Held>,
@@ -321,14 +433,16 @@ impl InstanceLock {
         }
     }
 
-    /// True if the session expired while held (another master may have taken over).
+    /// True once the session is known to have ended while held (another master may have taken
+    /// over): its renewal found it gone, or a fenced write was refused.
     pub fn is_lost(&self) -> bool {
         self.inner
             .as_ref()
             .is_some_and(|h| h.lost.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Releases the key (no lock delay) and destroys the session.
+    /// Deletes the lock key if still held (no lock delay, and no key left behind) and destroys
+    /// the session.
     pub async fn release(mut self) {
         if let Some(held) = self.inner.take() {
             held.release().await;
@@ -337,15 +451,57 @@ impl InstanceLock {
 }
 
 impl Held {
-    async fn release(self) {
+    fn mark_lost(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// After a lost lock: deletes the key only if nobody holds it, with `cas` on the index read,
+    /// so a waiter that takes it meanwhile keeps it.
+    async fn delete_if_free(&self) {
+        tracing::warn!(key = %self.key, "lock no longer held at release");
+        match self.client.kv_get(&self.key).await {
+            Ok(Some(pair)) if pair.session.is_none() => {
+                if let Err(err) = self
+                    .client
+                    .kv_delete_cas(&self.key, pair.modify_index)
+                    .await
+                {
+                    tracing::warn!(key = %self.key, cause = %err, "free lock key not deleted");
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(key = %self.key, cause = %err, "lock key not read"),
+        }
+    }
+
+    async fn release(mut self) {
         self.stop_renew.cancel();
-        let _ = self.renew.await;
-        let opts = PutOptions {
-            release: Some(self.session.clone()),
-            ..PutOptions::default()
-        };
-        if let Err(err) = self.client.kv_put_with(&self.key, Vec::new(), &opts).await {
-            tracing::warn!(key = %self.key, cause = %err, "lock release failed; the session end releases it");
+        let _ = (&mut self.renew).await;
+        // Delete the key in the same transaction that checks we still hold it: a waiter can only
+        // acquire it after that, so it is never disturbed, and no `berth/locks/{id}` outlives
+        // the operation.
+        let txn = vec![
+            TxnOp::CheckSession {
+                key: self.key.clone(),
+                session: self.session.clone(),
+            },
+            TxnOp::Delete {
+                key: self.key.clone(),
+            },
+        ];
+        match self.client.txn(txn).await {
+            Ok(_) => {}
+            Err(TxnError::RolledBack(_)) => self.delete_if_free().await,
+            Err(TxnError::Client(err)) => {
+                tracing::warn!(key = %self.key, cause = %err, "lock delete failed; releasing it");
+                let opts = PutOptions {
+                    release: Some(self.session.clone()),
+                    ..PutOptions::default()
+                };
+                if let Err(err) = self.client.kv_put_with(&self.key, Vec::new(), &opts).await {
+                    tracing::warn!(key = %self.key, cause = %err, "lock release failed; the session end releases it");
+                }
+            }
         }
         if let Err(err) = self.client.session_destroy(&self.session).await {
             tracing::warn!(cause = %err, "lock session destroy failed; its TTL ends it");
@@ -359,6 +515,26 @@ impl Drop for InstanceLock {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             handle.spawn(held.release());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_workers_own_registration_is_a_worker() {
+        for (node, id, expected) in [
+            ("n1", "berth-worker:n1", true),
+            ("n1", "berth-worker", false),
+            ("n1", "berth-worker:n2", false),
+            ("n1", "berth-worker:n1:80", false),
+            ("n1", "x:berth-worker:n1", false),
+            ("", "berth-worker:", false),
+            ("n1", "web.shop:n1", false),
+        ] {
+            assert_eq!(is_worker_registration(node, id), expected, "{node} {id}");
         }
     }
 }

@@ -4,15 +4,19 @@
 //! a fully validated [`UploadTree`] leaves this module, so a rejected upload leaves nothing behind.
 //!
 //! Accepted entries: regular files (the executable bit is kept), directories (git keeps no empty
-//! directories, so they only shape paths), symbolic links whose target stays inside the tree
-//! (kept as git symlinks) and hard links to a regular file earlier in the same archive (stored as
-//! a copy of that file). Everything else is rejected naming the entry: absolute paths, `..`,
-//! `.git` components, links leaving the tree, devices, fifos, sparse files.
+//! directories, so they only shape paths), symbolic links whose target, resolved through the
+//! other links of the archive, stays inside the tree (kept as git symlinks) and hard links to a
+//! regular file earlier in the same archive (stored as a copy of that file, counted against the
+//! uncompressed cap). Everything else is rejected naming the entry: absolute paths, `..`, `.git`
+//! components, links leaving the tree, devices, fifos, sparse files.
+//!
+//! The body may hold several concatenated gzip members (as `tar -z` accepts); anything after the
+//! last member, or data after the tar end-of-archive blocks, is rejected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
 /// The compose file names looked for at the root of an upload, in the order the worker reads them.
@@ -150,12 +154,17 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
-/// Tar headers and padding on top of the file bytes the decompressed stream may carry.
+/// Tar headers and padding on top of the file bytes the decompressed stream may carry (three
+/// blocks per entry, plus one 10 KiB tar record of end padding).
 fn stream_allowance(limits: &Limits) -> u64 {
     limits
         .max_uncompressed_bytes
         .saturating_add(limits.max_files.saturating_add(2).saturating_mul(3 * 512))
+        .saturating_add(TAR_RECORD_BYTES)
 }
+
+/// GNU tar's default record size: archives are padded with zeros up to a multiple of it.
+const TAR_RECORD_BYTES: u64 = 20 * 512;
 
 /// Reads and validates a `tar.gz` upload. Pure: it allocates memory and nothing else.
 pub fn read_upload(body: &[u8], limits: &Limits) -> Result<UploadTree, UploadError> {
@@ -166,14 +175,19 @@ pub fn read_upload(body: &[u8], limits: &Limits) -> Result<UploadTree, UploadErr
         });
     }
     let mut capped = Capped {
-        inner: GzDecoder::new(body),
+        inner: MultiGzDecoder::new(body),
         read: 0,
         limit: stream_allowance(limits),
         compressed_len: body.len() as u64,
         max_ratio: limits.max_ratio,
         exceeded: None,
     };
-    let result = read_tar(&mut capped, limits);
+    let result = read_tar(&mut capped, limits).and_then(|tree| {
+        // The tar reader stops at the end-of-archive block: the rest of the stream (through the
+        // last gzip member) must be padding, so nothing is dropped silently.
+        rest_is_padding(&mut capped)?;
+        Ok(tree)
+    });
     if let Some(cap) = capped.exceeded {
         let limit = match cap {
             Cap::CompressionRatio => limits.max_ratio,
@@ -186,6 +200,26 @@ pub fn read_upload(body: &[u8], limits: &Limits) -> Result<UploadTree, UploadErr
         return Err(UploadError::MissingCompose);
     }
     Ok(tree)
+}
+
+/// Reads the decompressed stream to its end: only zeros may follow the end-of-archive block, and
+/// the gzip layer rejects bytes after its last member.
+fn rest_is_padding<R: Read>(reader: &mut R) -> Result<(), UploadError> {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| UploadError::Malformed(format!("after the tar end-of-archive: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(UploadError::Malformed(
+                "data after the tar end-of-archive blocks (concatenated archives are not accepted)"
+                    .into(),
+            ));
+        }
+    }
 }
 
 fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadError> {
@@ -253,7 +287,7 @@ fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadErr
             let target = std::str::from_utf8(&target)
                 .map_err(|_| hostile("link target is not UTF-8"))?
                 .to_owned();
-            check_symlink(&path, &target).map_err(hostile)?;
+            check_symlink(&target).map_err(hostile)?;
             TreeEntry::Symlink { target }
         } else if kind.is_hard_link() {
             let target = entry
@@ -263,7 +297,17 @@ fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadErr
                 .map_err(|_| hostile("hard link leaves the tree"))?
                 .ok_or_else(|| hostile("hard link to the archive root"))?;
             match tree.entries.get(&target) {
-                Some(file @ TreeEntry::File { .. }) => file.clone(),
+                Some(file @ TreeEntry::File { data, .. }) => {
+                    // The copy costs as much as the file: count it before making it.
+                    total = total.saturating_add(data.len() as u64);
+                    if total > limits.max_uncompressed_bytes {
+                        return Err(UploadError::TooLarge {
+                            cap: Cap::UncompressedSize,
+                            limit: limits.max_uncompressed_bytes,
+                        });
+                    }
+                    file.clone()
+                }
                 _ => {
                     return Err(hostile(
                         "hard link to something that is not an earlier file",
@@ -298,6 +342,7 @@ fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadErr
             });
         }
     }
+    check_links_resolve_inside(&tree)?;
     Ok(tree)
 }
 
@@ -326,8 +371,9 @@ fn normalise_path(raw: &[u8]) -> Result<Option<String>, &'static str> {
     }
 }
 
-/// A symbolic link at `path` may point anywhere inside the tree, never outside it.
-fn check_symlink(path: &str, target: &str) -> Result<(), &'static str> {
+/// The textual rules of a symbolic link target; where it leads is checked once the whole tree is
+/// known ([`check_links_resolve_inside`]).
+fn check_symlink(target: &str) -> Result<(), &'static str> {
     if target.is_empty() {
         return Err("symbolic link without a target");
     }
@@ -337,19 +383,141 @@ fn check_symlink(path: &str, target: &str) -> Result<(), &'static str> {
     if target.contains('\0') {
         return Err("link target holds a NUL");
     }
-    // Depth of the directory holding the link, then walk the target lexically.
-    let mut depth: i64 = path.matches('/').count() as i64;
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err("symbolic link leaves the tree");
-                }
+    if target
+        .split('/')
+        .any(|part| part.eq_ignore_ascii_case(".git"))
+    {
+        return Err("link target names `.git`");
+    }
+    Ok(())
+}
+
+/// Most symbolic links followed, one inside another, to resolve one link (Linux's MAXSYMLINKS).
+pub const MAX_LINK_DEPTH: usize = 40;
+
+/// The upload's paths as a tree of components, to resolve links the way the kernel will once
+/// the tree is checked out: each component is looked up, and a link found on the way is replaced
+/// by where it leads.
+struct PathTree<'a> {
+    nodes: Vec<PathNode<'a>>,
+}
+
+struct PathNode<'a> {
+    parent: usize,
+    children: HashMap<&'a str, usize>,
+    /// The path and target of a symbolic link.
+    link: Option<(&'a str, &'a str)>,
+}
+
+/// Where a path resolves to: a node of the tree, then `extra` components that are not in it
+/// (a dangling path; a `..` first climbs back out of those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    node: usize,
+    extra: usize,
+}
+
+const ROOT: usize = 0;
+
+enum Resolution {
+    InProgress,
+    /// Where the link leads, and how many links deep its resolution went (itself included).
+    Done(Place, usize),
+}
+
+impl<'a> PathTree<'a> {
+    fn new(tree: &'a UploadTree) -> Self {
+        let mut this = PathTree {
+            nodes: vec![PathNode {
+                parent: ROOT,
+                children: HashMap::new(),
+                link: None,
+            }],
+        };
+        for (path, entry) in &tree.entries {
+            let mut node = ROOT;
+            for part in path.split('/') {
+                node = match this.nodes[node].children.get(part) {
+                    Some(&child) => child,
+                    None => {
+                        let child = this.nodes.len();
+                        this.nodes.push(PathNode {
+                            parent: node,
+                            children: HashMap::new(),
+                            link: None,
+                        });
+                        this.nodes[node].children.insert(part, child);
+                        child
+                    }
+                };
             }
-            p if p.eq_ignore_ascii_case(".git") => return Err("link target names `.git`"),
-            _ => depth += 1,
+            if let TreeEntry::Symlink { target } = entry {
+                this.nodes[node].link = Some((path.as_str(), target.as_str()));
+            }
+        }
+        this
+    }
+
+    /// Where the link at `node` finally leads, following the links on its way (memoised), and
+    /// how deep that went. `depth` counts the links being resolved around this one.
+    fn resolve(
+        &self,
+        node: usize,
+        depth: usize,
+        memo: &mut HashMap<usize, Resolution>,
+    ) -> Result<(Place, usize), UploadError> {
+        let (path, target) = self.nodes[node].link.expect("resolve is called on links");
+        let hostile = |reason| UploadError::Hostile {
+            entry: path.chars().take(200).collect(),
+            reason,
+        };
+        let too_deep = || hostile("too many levels of symbolic links");
+        match memo.get(&node) {
+            Some(Resolution::Done(place, levels)) if depth + levels <= MAX_LINK_DEPTH => {
+                return Ok((*place, *levels));
+            }
+            Some(Resolution::Done(..)) => return Err(too_deep()),
+            Some(Resolution::InProgress) => return Err(hostile("symbolic link loop")),
+            None if depth >= MAX_LINK_DEPTH => return Err(too_deep()),
+            None => {}
+        }
+        memo.insert(node, Resolution::InProgress);
+        let mut at = Place {
+            node: self.nodes[node].parent,
+            extra: 0,
+        };
+        let mut inner = 0;
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." if at.extra > 0 => at.extra -= 1,
+                ".." if at.node == ROOT => return Err(hostile("symbolic link leaves the tree")),
+                ".." => at.node = self.nodes[at.node].parent,
+                _ if at.extra > 0 => at.extra += 1,
+                name => match self.nodes[at.node].children.get(name) {
+                    None => at.extra = 1,
+                    Some(&child) if self.nodes[child].link.is_some() => {
+                        let (place, levels) = self.resolve(child, depth + 1, memo)?;
+                        at = place;
+                        inner = inner.max(levels);
+                    }
+                    Some(&child) => at.node = child,
+                },
+            }
+        }
+        memo.insert(node, Resolution::Done(at, inner + 1));
+        Ok((at, inner + 1))
+    }
+}
+
+/// Every symbolic link, resolved through the links already in the tree, stays inside it (a
+/// `d/up -> ..` is fine; `x -> d/up/../etc` is not).
+fn check_links_resolve_inside(tree: &UploadTree) -> Result<(), UploadError> {
+    let paths = PathTree::new(tree);
+    let mut memo = HashMap::new();
+    for (node, n) in paths.nodes.iter().enumerate() {
+        if n.link.is_some() {
+            paths.resolve(node, 0, &mut memo)?;
         }
     }
     Ok(())
@@ -373,7 +541,19 @@ pub(crate) mod tests {
 
     /// Builds a tar.gz, writing paths raw so hostile names survive.
     pub(crate) fn targz(items: &[Item<'_>]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        gzip(&tar_bytes(items))
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// The uncompressed tar of `items`.
+    fn tar_bytes(items: &[Item<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
         for item in items {
             let mut h = tar::Header::new_gnu();
             let (path, kind, data, mode, link): (&str, tar::EntryType, &[u8], u32, Option<&str>) =
@@ -397,7 +577,7 @@ pub(crate) mod tests {
             h.set_cksum();
             builder.append(&h, data).unwrap();
         }
-        builder.into_inner().unwrap().finish().unwrap()
+        builder.into_inner().unwrap()
     }
 
     const COMPOSE: Item<'static> = Item::File("compose.yaml", b"services: {}\n", 0o644);
@@ -563,5 +743,145 @@ pub(crate) mod tests {
             read_upload(&body, &Limits::default()),
             Err(UploadError::Hostile { .. })
         ));
+    }
+
+    fn rejected(items: &[Item<'_>]) -> (String, &'static str) {
+        match read_upload(&targz(items), &Limits::default()) {
+            Err(UploadError::Hostile { entry, reason }) => (entry, reason),
+            other => panic!("expected a hostile entry: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn symlinks_are_resolved_through_the_other_links() {
+        // Inside the tree, whatever the order of the entries and however many hops.
+        let body = targz(&[
+            Item::Symlink("x", "d/up/compose.yaml"),
+            COMPOSE,
+            Item::Symlink("d/up", ".."),
+            Item::Symlink("y", "x"),
+            Item::Symlink("e/f/g", "../../d/up/d/up/e"),
+            Item::Symlink("dangling", "nowhere/../compose.yaml"),
+        ]);
+        let tree = read_upload(&body, &Limits::default()).unwrap();
+        assert_eq!(tree.entries.len(), 6);
+
+        // The audit's chain: `d/up` is the root, so each `..` after it climbs out.
+        let chain = format!("{}{}etc/passwd", "d/up/".repeat(6), "../".repeat(6));
+        let (entry, reason) = rejected(&[
+            COMPOSE,
+            Item::Symlink("d/up", ".."),
+            Item::Symlink("passwd", &chain),
+        ]);
+        assert_eq!(entry, "passwd");
+        assert!(reason.contains("leaves the tree"), "{reason}");
+        // One hop is enough, and the link may come before the one it goes through.
+        let (entry, _) = rejected(&[
+            COMPOSE,
+            Item::Symlink("a/out", "../d/up/.."),
+            Item::Symlink("d/up", ".."),
+        ]);
+        assert_eq!(entry, "a/out");
+        // Through a link to a deeper directory and back out past the root.
+        let (entry, _) = rejected(&[
+            COMPOSE,
+            Item::File("a/b/c/f", b"x", 0o644),
+            Item::Symlink("deep", "a/b/c"),
+            Item::Symlink("z", "deep/../../../.."),
+        ]);
+        assert_eq!(entry, "z");
+        // A link reaching an escaping link is rejected too (named after the escaping one).
+        let (entry, _) = rejected(&[
+            COMPOSE,
+            Item::Symlink("b/out", "../.."),
+            Item::Symlink("via", "b/out"),
+        ]);
+        assert_eq!(entry, "b/out");
+
+        let (_, reason) = rejected(&[
+            COMPOSE,
+            Item::Symlink("l1", "l2"),
+            Item::Symlink("l2", "l1"),
+        ]);
+        assert!(reason.contains("loop"), "{reason}");
+        // A chain of MAX_LINK_DEPTH links resolves; one more is too deep, whether the check
+        // meets the chain at its start (`l00 -> l01 -> ...`) or at its end (`... -> l01 -> l00`,
+        // where the memoised inner links carry their depth).
+        let names: Vec<String> = (0..=MAX_LINK_DEPTH + 1)
+            .map(|i| format!("l{i:02}"))
+            .collect();
+        let chain = |n: usize, descending: bool| {
+            let mut items = vec![COMPOSE];
+            items.extend((0..n).map(|i| {
+                if descending {
+                    Item::Symlink(&names[i + 1], &names[i])
+                } else {
+                    Item::Symlink(&names[i], &names[i + 1])
+                }
+            }));
+            items
+        };
+        for descending in [false, true] {
+            let ok = targz(&chain(MAX_LINK_DEPTH, descending));
+            assert!(read_upload(&ok, &Limits::default()).is_ok(), "{descending}");
+            let (_, reason) = rejected(&chain(MAX_LINK_DEPTH + 1, descending));
+            assert!(reason.contains("too many levels"), "{descending}: {reason}");
+        }
+    }
+
+    #[test]
+    fn hard_link_copies_count_against_the_uncompressed_cap() {
+        let limits = Limits {
+            max_uncompressed_bytes: 60,
+            ..Limits::default()
+        };
+        let file = [b'x'; 20];
+        let ok = targz(&[
+            Item::File("compose.yaml", b"services: {}\n", 0o644),
+            Item::File("big", &file, 0o644),
+            Item::Hardlink("c1", "big"),
+        ]);
+        assert!(read_upload(&ok, &limits).is_ok());
+        let over = targz(&[
+            Item::File("compose.yaml", b"services: {}\n", 0o644),
+            Item::File("big", &file, 0o644),
+            Item::Hardlink("c1", "big"),
+            Item::Hardlink("c2", "big"),
+        ]);
+        match read_upload(&over, &limits) {
+            Err(UploadError::TooLarge { cap, limit }) => {
+                assert_eq!((cap, limit), (Cap::UncompressedSize, 60));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_gzip_member_is_read_and_trailing_bytes_rejected() {
+        let raw = tar_bytes(&[
+            COMPOSE,
+            Item::File("web/Dockerfile", b"FROM x\n", 0o644),
+            Item::File("web/index.html", b"hi\n", 0o644),
+        ]);
+        // Split on a header boundary, as `cat a.gz b.gz` or bgzip would.
+        let mut multi = gzip(&raw[..1024]);
+        multi.extend(gzip(&raw[1024..]));
+        let tree = read_upload(&multi, &Limits::default()).unwrap();
+        let keys: Vec<_> = tree.entries.keys().cloned().collect();
+        assert_eq!(keys, ["compose.yaml", "web/Dockerfile", "web/index.html"]);
+
+        let mut junk = gzip(&raw);
+        junk.extend(b"JUNK".repeat(100));
+        assert!(matches!(
+            read_upload(&junk, &Limits::default()),
+            Err(UploadError::Malformed(_))
+        ));
+        // A second archive after the first one's end would be dropped by a tar reader.
+        let mut two = gzip(&raw);
+        two.extend(gzip(&tar_bytes(&[Item::File("extra", b"x", 0o644)])));
+        match read_upload(&two, &Limits::default()) {
+            Err(UploadError::Malformed(m)) => assert!(m.contains("end-of-archive"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

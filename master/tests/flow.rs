@@ -14,6 +14,19 @@ fn kv_exists(v: &Option<berth_registry::client::KvPair>) -> bool {
     v.is_some()
 }
 
+/// Number of files under `dir` (a repository's loose objects and packs).
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+        .sum()
+}
+
+async fn lock_keys(reg: &Registry) -> Vec<String> {
+    reg.client.kv_keys("berth/locks/", None).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_clone_build_start_stop_delete() {
     let reg = registry().await;
@@ -46,8 +59,9 @@ async fn upload_clone_build_start_stop_delete() {
         "services:\n  web:\n    build: ./web\n    ports: [\"80\"]\n# v1\n"
     );
 
-    // Identical upload: same commit, nothing changes (not even updated_at).
-    let (status, again) = m.upload("shop-1", "alice", "", app("v1")).await;
+    // Identical upload: same commit, nothing changes (not even updated_at). (With build=true it
+    // would build the still unbuilt code: see a_retried_upload_builds_what_was_not_built.)
+    let (status, again) = m.upload("shop-1", "alice", "&build=false", app("v1")).await;
     assert_eq!(status, 200);
     assert_eq!(again, rec);
 
@@ -64,7 +78,7 @@ async fn upload_clone_build_start_stop_delete() {
     let cloned = worker.state.cloned.lock().unwrap().clone();
     assert_eq!(cloned.last().unwrap().0, c2);
     assert!(cloned.last().unwrap().1.ends_with("# v2\n"));
-    assert_eq!(rec2["worker"]["id"], "w1/berth-worker");
+    assert_eq!(rec2["worker"]["id"], "w1/berth-worker:w1");
     let id = ValidName::parse("id", "shop-1").unwrap();
     let ip = reg.client.kv_get(&seed_ip_key(&id)).await.unwrap().unwrap();
     assert_eq!(ip.value, b"127.0.0.1");
@@ -80,7 +94,9 @@ async fn upload_clone_build_start_stop_delete() {
     // Start of a running instance answers its endpoints again.
     let (status, again) = m.call(Method::POST, "/v1/instances/shop-1/start").await;
     assert_eq!((status, &again["endpoints"]), (200, &running["endpoints"]));
-    // New code while running: 409 naming the states that allow it.
+    // New code while running: 409 naming the states that allow it, and nothing written.
+    let objects = m.data.join("git/alice/shop-1.git/objects");
+    let before = files_under(&objects);
     let (status, body) = m.upload("shop-1", "alice", "", app("v3")).await;
     assert_eq!(status, 409, "{body}");
     assert!(
@@ -89,6 +105,7 @@ async fn upload_clone_build_start_stop_delete() {
             .unwrap()
             .contains("upload is allowed in uploaded, built, stopped, failed")
     );
+    assert_eq!(files_under(&objects), before);
 
     let logs = m
         .req(Method::GET, "/v1/instances/shop-1/logs?follow=true")
@@ -176,6 +193,28 @@ async fn hostile_uploads_leave_nothing_behind() {
         b.append(&h, &[][..]).unwrap();
         b.into_inner().unwrap().finish().unwrap()
     };
+    // compose.yaml plus symbolic links, each written raw.
+    let links = |links: &[(&str, &str)]| {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(13);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "compose.yaml", &b"services: {}\n"[..])
+            .unwrap();
+        for (path, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, path, target).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    };
+    let chain = format!("{}{}etc/passwd", "d/up/".repeat(6), "../".repeat(6));
     let many: Vec<(String, Vec<u8>)> = (0..60).map(|i| (format!("f{i}"), vec![b'x'])).collect();
     let mut many_refs: Vec<(&str, &[u8], u32)> = many
         .iter()
@@ -207,6 +246,12 @@ async fn hostile_uploads_leave_nothing_behind() {
             raw(tar::EntryType::Symlink, "l", Some("/etc/passwd")),
             400,
             "leaves the tree",
+        ),
+        (
+            "symlink chain out",
+            links(&[("d/up", ".."), ("passwd", &chain)]),
+            400,
+            "\"passwd\": symbolic link leaves the tree",
         ),
         (
             "hardlink out",
@@ -299,6 +344,8 @@ async fn two_masters_serialise_operations_on_one_instance() {
     );
     let (_, rec) = m2.call(Method::GET, "/v1/instances/race").await;
     assert_eq!(rec["state"], "stopped");
+    // The stop took the lock the start released, and deleted it in turn.
+    assert_eq!(lock_keys(&reg).await, Vec::<String>::new());
     m1.stop().await;
     m2.stop().await;
 }
@@ -403,15 +450,15 @@ async fn start_on_a_lost_worker_rebuilds_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let m = master(config(&reg, dir.path())).await;
     let (_, rec) = m.upload("mover", "alice", "&wait=30s", app("v1")).await;
-    assert_eq!(rec["worker"]["id"], "w1/berth-worker", "{rec}");
+    assert_eq!(rec["worker"]["id"], "w1/berth-worker:w1", "{rec}");
     let w2 = stand_in(&reg, "w2").await;
     set_health(&reg, &w1, "critical").await;
     let (status, running) = m.call(Method::POST, "/v1/instances/mover/start").await;
     assert_eq!(status, 200, "{running}");
-    assert_eq!(running["worker"]["id"], "w2/berth-worker");
+    assert_eq!(running["worker"]["id"], "w2/berth-worker:w2");
     assert_eq!(running["state"], "running");
     let moves = running["moves"].as_array().unwrap();
-    assert_eq!(moves.last().unwrap()["from"], "w1/berth-worker");
+    assert_eq!(moves.last().unwrap()["from"], "w1/berth-worker:w1");
     assert!(
         moves.last().unwrap()["reason"]
             .as_str()
@@ -487,6 +534,10 @@ async fn policy_rejection_passes_through_and_no_worker_is_503() {
     assert_eq!(body["error"]["code"], "no_healthy_worker");
     let (_, rec) = m.call(Method::GET, "/v1/instances/lonely").await;
     assert_eq!(rec["state"], "uploaded");
+    // The 503 says the code itself was stored.
+    let message = body["error"]["message"].as_str().unwrap();
+    let stored = format!("stored as commit {}", rec["commit"].as_str().unwrap());
+    assert!(message.contains(&stored), "{message}");
 
     let w = stand_in(&reg, "w1").await;
     *w.state.reject.lock().unwrap() = true;
@@ -514,5 +565,232 @@ async fn policy_rejection_passes_through_and_no_worker_is_503() {
         (200, Some("built")),
         "{body}"
     );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_a_workers_own_registration_is_a_worker() {
+    use berth_registry::dto::{
+        CatalogCheckRegistration, CatalogRegistration, CatalogServiceRegistration,
+    };
+    let reg = registry().await;
+    // Stand-ins that would build anything, registered as a stack container could register
+    // itself: `berth-worker` by name, under another id or for another node.
+    let decoy = stand_in(&reg, "w0").await;
+    reg.client
+        .catalog_deregister(&berth_registry::dto::CatalogDeregistration {
+            node: "w0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (node, id) in [
+        ("app-host", "berth-worker"),
+        ("app-host", "berth-worker:other-node"),
+        ("app-host", "berth-worker:app-host:80"),
+    ] {
+        reg.client
+            .catalog_register(&CatalogRegistration {
+                node: node.into(),
+                address: "127.0.0.1".into(),
+                service: Some(CatalogServiceRegistration {
+                    id: id.into(),
+                    service: berth_worker_api::WORKER_SERVICE.into(),
+                    port: decoy.addr.port(),
+                    ..CatalogServiceRegistration::default()
+                }),
+                check: Some(CatalogCheckRegistration {
+                    node: node.into(),
+                    check_id: format!("service:{id}"),
+                    name: "health".into(),
+                    status: "passing".into(),
+                    service_id: id.into(),
+                    ..CatalogCheckRegistration::default()
+                }),
+                ..CatalogRegistration::default()
+            })
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (status, workers) = m.call(Method::GET, "/v1/workers").await;
+    assert_eq!((status, workers), (200, serde_json::json!([])));
+    let (status, body) = m.upload("guarded", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(decoy.state.events.lock().unwrap().is_empty());
+
+    let real = stand_in(&reg, "w1").await;
+    let (_, workers) = m.call(Method::GET, "/v1/workers").await;
+    let ids: Vec<&str> = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["w1/berth-worker:w1"]);
+    let (status, built) = m
+        .call(Method::POST, "/v1/instances/guarded/build?wait=30s")
+        .await;
+    assert_eq!(
+        (status, built["state"].as_str()),
+        (200, Some("built")),
+        "{built}"
+    );
+    assert_eq!(built["worker"]["id"], "w1/berth-worker:w1");
+    assert!(real.state.stacks.lock().unwrap().contains_key("guarded"));
+    assert!(decoy.state.events.lock().unwrap().is_empty());
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operation_that_lost_its_lock_writes_nothing() {
+    let reg = registry().await;
+    let w = stand_in(&reg, "w1").await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    *w.state.gate.lock().unwrap() = Some(gate.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+
+    let (status, building) = m.upload("fenced", "alice", "", app("v1")).await;
+    assert_eq!(
+        (status, building["state"].as_str()),
+        (200, Some("building")),
+        "{building}"
+    );
+    eventually("the build reaching the worker", || async {
+        w.state
+            .events
+            .lock()
+            .unwrap()
+            .contains(&"build:fenced:enter".to_owned())
+    })
+    .await;
+    // The build's lock session ends under it (as a TTL expiry during a registry outage would).
+    let lock = reg
+        .client
+        .kv_get("berth/locks/fenced")
+        .await
+        .unwrap()
+        .unwrap();
+    reg.client
+        .session_destroy(&lock.session.unwrap())
+        .await
+        .unwrap();
+    // Another operation takes the lock and records new code.
+    let (status, uploaded) = m.upload("fenced", "alice", "&build=false", app("v2")).await;
+    assert_eq!(
+        (status, uploaded["state"].as_str()),
+        (200, Some("uploaded")),
+        "{uploaded}"
+    );
+    assert_ne!(uploaded["commit"], building["commit"]);
+
+    // The old build ends: its write of `built` (with the old commit) is refused.
+    gate.add_permits(1);
+    eventually("the build operation to end", || async {
+        metrics(&m)
+            .await
+            .contains("berth_master_operations_total{op=\"build\",result=")
+    })
+    .await;
+    let text = metrics(&m).await;
+    assert!(
+        text.contains("berth_master_operations_total{op=\"build\",result=\"error\"} 1"),
+        "{text}"
+    );
+    let (_, after) = m.call(Method::GET, "/v1/instances/fenced").await;
+    assert_eq!(after, uploaded);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_lock_key_outlives_its_operation() {
+    let reg = registry().await;
+    let _w = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    // Operations on unknown ids take the lock too.
+    let (status, _) = m.call(Method::POST, "/v1/instances/ghost1/start").await;
+    assert_eq!(status, 404);
+    let (status, _) = m.call(Method::DELETE, "/v1/instances/ghost2").await;
+    assert_eq!(status, 404);
+    assert_eq!(lock_keys(&reg).await, Vec::<String>::new());
+
+    let (status, _) = m
+        .upload("keyless", "alice", "&build=false", app("v1"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(lock_keys(&reg).await, Vec::<String>::new());
+    // A background build releases (and deletes) the lock when it ends.
+    let (status, rec) = m.upload("keyless", "alice", "", app("v2")).await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("building")));
+    eventually("the build's lock key to go", || async {
+        lock_keys(&reg).await.is_empty()
+    })
+    .await;
+    let (status, _) = m.call(Method::POST, "/v1/instances/keyless/start").await;
+    assert_eq!(status, 200);
+    let (status, _) = m.call(Method::DELETE, "/v1/instances/keyless").await;
+    assert_eq!(status, 200);
+    // A deleted instance leaves no key at all.
+    let keys = reg.client.kv_keys("", None).await.unwrap();
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains("keyless") || k.contains("ghost")),
+        "{keys:?}"
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_upload_builds_what_was_not_built() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    // No healthy worker: the code is stored, the build cannot start.
+    let (status, body) = m.upload("retry", "alice", "", app("v1")).await;
+    assert_eq!(status, 503, "{body}");
+
+    // The identical upload, retried once a worker is up, starts that build (here refused).
+    let w = stand_in(&reg, "w1").await;
+    *w.state.reject.lock().unwrap() = true;
+    let (status, body) = m.upload("retry", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(status, 422, "{body}");
+    let (_, rec) = m.call(Method::GET, "/v1/instances/retry").await;
+    assert_eq!(
+        (rec["state"].as_str(), &rec["error"]["step"]),
+        (Some("failed"), &"build".into())
+    );
+
+    // Retried after a failed build, it builds again.
+    *w.state.reject.lock().unwrap() = false;
+    let (status, built) = m.upload("retry", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(
+        (status, built["state"].as_str()),
+        (200, Some("built")),
+        "{built}"
+    );
+    let builds = |w: &StandIn| {
+        w.state
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with("build:retry:enter"))
+            .count()
+    };
+    assert_eq!(builds(&w), 2);
+
+    // Built code is not rebuilt by the same upload, nor is code uploaded with build=false
+    // rebuilt by another build=false upload.
+    let (status, again) = m.upload("retry", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!((status, &again), (200, &built));
+    let (status, rec) = m.upload("retry", "alice", "&build=false", app("v2")).await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("uploaded")));
+    let (status, rec) = m.upload("retry", "alice", "&build=false", app("v2")).await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("uploaded")));
+    assert_eq!(builds(&w), 2);
     m.stop().await;
 }

@@ -114,12 +114,43 @@ async fn commits_are_pushed_to_the_forge_and_workers_clone_from_it() {
         commit
     );
 
-    // A forge that refuses (no such repo) answers 502 and records nothing new.
+    // A forge that refuses (no such repo) answers 502 and leaves nothing: no record, and the
+    // repository born with the upload is gone again.
     let (status, body) = m.upload("other", "alice", "", app("v1")).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "forge_error");
     let (status, _) = m.call(Method::GET, "/v1/instances/other").await;
     assert_eq!(status, 404);
+    assert!(!m.data.join("git/alice/other.git").exists());
+
+    // A forge refusing a later push: `main` goes back to the recorded commit.
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (status, body) = m.upload("shop", "alice", "&build=false", app("v3")).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "forge_error");
+    let ours = m.data.join("git/alice/shop.git");
+    assert_eq!(
+        git(&ours, &["rev-parse", "refs/heads/main"]).await.trim(),
+        c2
+    );
+    let (_, rec3) = m.call(Method::GET, "/v1/instances/shop").await;
+    assert_eq!(rec3, rec2);
+    // Once the forge accepts again, the same upload goes through.
+    std::fs::remove_file(&hook).unwrap();
+    let (status, rec4) = m.upload("shop", "alice", "&build=false", app("v3")).await;
+    assert_eq!(status, 200, "{rec4}");
+    let c4 = rec4["commit"].as_str().unwrap();
+    assert_eq!(
+        git(&bare, &["rev-parse", "refs/heads/main^"]).await.trim(),
+        c2
+    );
+    assert_eq!(
+        git(&ours, &["rev-parse", "refs/heads/main"]).await.trim(),
+        c4
+    );
     m.stop().await;
 }
 

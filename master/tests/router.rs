@@ -511,3 +511,92 @@ async fn openapi_lists_every_route() {
     assert!(doc["components"]["schemas"]["InstanceRecord"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+/// A request with a raw `Authorization` header.
+async fn send_auth(app: &axum::Router, method: &str, path: &str, auth: &str) -> (u16, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, auth)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn basic(scheme: &str) -> String {
+    use base64::Engine;
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("x:{GIT}"));
+    format!("{scheme} {pair}")
+}
+
+async fn bare_app() -> (axum::Router, Registry, tempfile::TempDir) {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let master = berth_master::build_master(
+        config(&reg, dir.path()),
+        "http://127.0.0.1:1".into(),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    (router(master), reg, dir)
+}
+
+#[tokio::test]
+async fn auth_schemes_are_case_insensitive() {
+    let (app, _reg, _dir) = bare_app().await;
+    // RFC 7235: the scheme is case-insensitive; the token still has to match.
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let (status, body) =
+            send_auth(&app, "GET", "/v1/instances", &format!("{scheme} {API}")).await;
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    let (status, _) = send_auth(&app, "GET", "/v1/instances", "bearer wrong").await;
+    assert_eq!(status, 401);
+    let (status, _) = send_auth(&app, "GET", "/v1/instances", &format!("Bearer{API}")).await;
+    assert_eq!(status, 401);
+    for scheme in ["Basic", "basic"] {
+        let (status, body) = send_auth(
+            &app,
+            "GET",
+            "/git/alice/none.git/info/refs?service=git-upload-pack",
+            &basic(scheme),
+        )
+        .await;
+        assert_eq!(status, 404, "{scheme}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn path_errors_are_json_naming_the_field() {
+    let (app, _reg, _dir) = bare_app().await;
+    // A path segment that is not UTF-8 once decoded: the JSON error shape, naming the field.
+    for (path, auth, field) in [
+        ("/v1/instances/%ff/start", format!("Bearer {API}"), "id"),
+        ("/v1/instances/%ff", format!("Bearer {API}"), "id"),
+        (
+            "/git/%ff/x.git/info/refs?service=git-upload-pack",
+            basic("Basic"),
+            "user",
+        ),
+    ] {
+        let method = if path.ends_with("/start") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (status, body) = send_auth(&app, method, path, &auth).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}"));
+        assert_eq!(v["error"]["code"], "bad_request", "{path}");
+        assert_eq!(v["error"]["details"][0]["field"], field, "{path}: {body}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{path}: {body}"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use berth_worker_api::ValidName;
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
-use super::{ApiError, Query, valid};
+use super::{ApiError, Path, Query, valid};
 use crate::codestore::{CodeStoreError, protocol};
 use crate::ops::Master;
 
@@ -35,12 +35,8 @@ pub(super) async fn require_git_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-        })
+        .and_then(|v| super::credentials(v, "Basic"))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .and_then(|raw| String::from_utf8(raw).ok())
         .and_then(|pair| pair.split_once(':').map(|(_, p)| p.to_owned()));
     match password {

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, OptionalJson, Query, parse_wait, valid};
+use super::{ApiError, OptionalJson, Path, Query, parse_wait, valid};
 use crate::ops::{DeleteOutcome, Master};
 use crate::record::{InstanceRecord, State as InstanceState};
 

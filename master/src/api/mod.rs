@@ -8,7 +8,8 @@ pub mod system;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -233,6 +234,9 @@ impl From<OpError> for ApiError {
                     message: "the registry did not answer; retry later".into(),
                 }
             }
+            OpError::Store(e @ StoreError::LockLost { .. }) => ApiError::Conflict(format!(
+                "{e}; another operation may have taken over: read the record and retry"
+            )),
             OpError::Store(e) => ApiError::Internal(e.to_string()),
             OpError::CodeStore(e) => ApiError::Internal(e.to_string()),
             OpError::Internal(m) => ApiError::Internal(m),
@@ -266,6 +270,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             .map_err(|e: QueryRejection| {
                 ApiError::bad_request(format!("invalid query: {}", e.body_text()))
             })
+    }
+}
+
+/// Path-parameter extractor answering bad input (e.g. a segment that is not UTF-8 once
+/// percent-decoded) in the API's error shape, naming the parameter.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => Ok(Path(p.0)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let message = format!("invalid path: {}", e.body_text());
+                let field = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+                    _ => None,
+                };
+                Err(ApiError::BadRequest {
+                    code: "bad_request",
+                    details: field
+                        .map(|field| ErrorDetail {
+                            service: None,
+                            field,
+                            reason: message.clone(),
+                        })
+                        .into_iter()
+                        .collect(),
+                    message,
+                })
+            }
+            Err(other) => Err(ApiError::Internal(format!(
+                "path extraction: {}",
+                other.body_text()
+            ))),
+        }
     }
 }
 
@@ -304,14 +347,20 @@ async fn require_api_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| credentials(v, "Bearer"));
     match presented {
         Some(token) if master.settings.api_token.matches(token) => Ok(next.run(req).await),
         _ => Err(ApiError::Unauthorized {
             challenge: "Bearer realm=\"berth\"",
         }),
     }
+}
+
+/// The credentials of an `Authorization` value using `scheme`, matched case-insensitively as
+/// RFC 7235 says (`Bearer`, `bearer`, `BEARER`).
+pub(crate) fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, rest) = value.trim_start().split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 /// Parses `wait=30s` (humantime; at most an hour).

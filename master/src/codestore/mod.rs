@@ -3,7 +3,8 @@
 //!
 //! Invariants: a repository exists only once it holds a commit on `refs/heads/main` (HEAD points
 //! there); each upload is one commit whose parent is the previous head; an upload whose tree equals
-//! the head's tree answers the head commit and writes nothing. Every function here is blocking
+//! the head's tree answers the head commit and writes nothing; an upload that may not change the
+//! head is compared by hashing it in memory, so a refused one writes no object either. Every function here is blocking
 //! (git2); callers run it on a blocking thread.
 
 pub mod forge;
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use berth_worker_api::ValidName;
-use git2::{Oid, Repository, RepositoryInitOptions, Signature};
+use git2::{ObjectType, Oid, Repository, RepositoryInitOptions, Signature};
 
 use crate::upload::{TreeEntry, UploadTree};
 
@@ -130,7 +131,8 @@ impl CodeStore {
     }
 
     /// Like [`CodeStore::commit`], but when `allow_change` is false only an upload equal to the
-    /// head is accepted (answering the head); a different one writes no commit and answers `None`.
+    /// head is accepted (answering the head); a different one writes nothing at all (not even its
+    /// objects) and answers `None`.
     #[tracing::instrument(skip_all, fields(%user, %id), err)]
     pub fn commit_checked(
         &self,
@@ -145,6 +147,9 @@ impl CodeStore {
             repo: path.clone(),
             source,
         };
+        if !allow_change {
+            return self.head_if_equal(user, id, tree).map_err(git);
+        }
         let created = !path.join("HEAD").is_file();
         let repo = if created {
             let parent = path.parent().unwrap_or(&self.root);
@@ -158,12 +163,70 @@ impl CodeStore {
         } else {
             Repository::open_bare(&path).map_err(git)?
         };
-        let result = write_commit(&repo, tree, message, allow_change).map_err(git);
-        if !matches!(result, Ok(Some(_))) && created {
+        let result = write_commit(&repo, tree, message).map_err(git);
+        if result.is_err() && created {
             // The repository was born with this upload; leave nothing behind.
             let _ = std::fs::remove_dir_all(&path);
         }
-        result
+        result.map(Some)
+    }
+
+    /// The head, unchanged, when `tree` equals its tree; `None` otherwise (or without a
+    /// repository). Only reads: the upload is hashed in memory.
+    fn head_if_equal(
+        &self,
+        user: &ValidName,
+        id: &ValidName,
+        tree: &UploadTree,
+    ) -> Result<Option<Committed>, git2::Error> {
+        let path = self.repo_path(user, id);
+        if !path.join("HEAD").is_file() {
+            return Ok(None);
+        }
+        let repo = Repository::open_bare(&path)?;
+        let head = match repo.refname_to_id(MAIN_REF) {
+            Ok(oid) => repo.find_commit(oid)?,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok((head.tree_id() == tree_oid(tree)?).then(|| Committed {
+            commit: head.id().to_string(),
+            changed: false,
+        }))
+    }
+
+    /// Undoes the upload that made `commit` the head: `main` goes back to `previous`, or, when the
+    /// repository was born with that upload (`previous` is `None`), the repository is removed.
+    /// Nothing happens if the head is no longer `commit`. The commit's objects stay, unreferenced.
+    #[tracing::instrument(skip_all, fields(%user, %id, %commit), err)]
+    pub fn roll_back(
+        &self,
+        user: &ValidName,
+        id: &ValidName,
+        commit: &str,
+        previous: Option<&str>,
+    ) -> Result<(), CodeStoreError> {
+        let path = self.repo_path(user, id);
+        let git = |source| CodeStoreError::Git {
+            repo: path.clone(),
+            source,
+        };
+        if self.head(user, id)?.as_deref() != Some(commit) {
+            return Ok(());
+        }
+        match previous {
+            Some(previous) => {
+                let repo = Repository::open_bare(&path).map_err(git)?;
+                let (to, from) = (
+                    Oid::from_str(previous).map_err(git)?,
+                    Oid::from_str(commit).map_err(git)?,
+                );
+                repo.reference_matching(MAIN_REF, to, true, from, "roll back a failed upload")
+                    .map_err(git)?;
+                Ok(())
+            }
+            None => self.delete(user, id).map(drop),
+        }
     }
 
     /// Removes the instance's repository; answers whether there was one.
@@ -181,8 +244,7 @@ fn write_commit(
     repo: &Repository,
     tree: &UploadTree,
     message: &str,
-    allow_change: bool,
-) -> Result<Option<Committed>, git2::Error> {
+) -> Result<Committed, git2::Error> {
     let tree_id = write_tree(repo, tree)?;
     let parent = match repo.refname_to_id(MAIN_REF) {
         Ok(oid) => Some(repo.find_commit(oid)?),
@@ -192,22 +254,58 @@ fn write_commit(
     if let Some(parent) = &parent
         && parent.tree_id() == tree_id
     {
-        return Ok(Some(Committed {
+        return Ok(Committed {
             commit: parent.id().to_string(),
             changed: false,
-        }));
-    }
-    if !allow_change {
-        return Ok(None);
+        });
     }
     let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL)?;
     let tree = repo.find_tree(tree_id)?;
     let parents: Vec<_> = parent.iter().collect();
     let oid = repo.commit(Some(MAIN_REF), &sig, &sig, message, &tree, &parents)?;
-    Ok(Some(Committed {
+    Ok(Committed {
         commit: oid.to_string(),
         changed: true,
-    }))
+    })
+}
+
+/// The git tree id `tree` would get, computed in memory (nothing is written): each tree object
+/// is `<mode> <name>\0<20-byte id>` per entry, entries in git's order (a directory sorts as if
+/// its name ended in `/`).
+fn tree_oid(tree: &UploadTree) -> Result<Oid, git2::Error> {
+    let mut root = Dir::default();
+    for (path, entry) in &tree.entries {
+        let (oid, mode) = match entry {
+            TreeEntry::File { data, executable } => (
+                Oid::hash_object(ObjectType::Blob, data)?,
+                if *executable { 0o100755 } else { 0o100644 },
+            ),
+            TreeEntry::Symlink { target } => (
+                Oid::hash_object(ObjectType::Blob, target.as_bytes())?,
+                0o120000,
+            ),
+        };
+        root.insert(path, oid, mode)?;
+    }
+    hash_dir(&root)
+}
+
+fn hash_dir(dir: &Dir) -> Result<Oid, git2::Error> {
+    let mut entries: Vec<(Vec<u8>, &str, Oid, i32)> = Vec::new();
+    for (name, node) in &dir.children {
+        let (oid, mode, key) = match node {
+            Node::Leaf(oid, mode) => (*oid, *mode, name.clone()),
+            Node::Dir(sub) => (hash_dir(sub)?, 0o040000, format!("{name}/")),
+        };
+        entries.push((key.into_bytes(), name, oid, mode));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut body = Vec::new();
+    for (_, name, oid, mode) in entries {
+        body.extend_from_slice(format!("{mode:o} {name}\0").as_bytes());
+        body.extend_from_slice(oid.as_bytes());
+    }
+    Oid::hash_object(ObjectType::Tree, &body)
 }
 
 /// A directory being assembled: name -> child.
@@ -221,17 +319,10 @@ enum Node {
     Leaf(Oid, i32),
 }
 
-fn write_tree(repo: &Repository, tree: &UploadTree) -> Result<Oid, git2::Error> {
-    let mut root = Dir::default();
-    for (path, entry) in &tree.entries {
-        let (oid, mode) = match entry {
-            TreeEntry::File { data, executable } => (
-                repo.blob(data)?,
-                if *executable { 0o100755 } else { 0o100644 },
-            ),
-            TreeEntry::Symlink { target } => (repo.blob(target.as_bytes())?, 0o120000),
-        };
-        let mut dir = &mut root;
+impl Dir {
+    /// Places a leaf at its `/`-separated path, creating the directories on the way.
+    fn insert(&mut self, path: &str, oid: Oid, mode: i32) -> Result<(), git2::Error> {
+        let mut dir = self;
         let mut parts = path.split('/').peekable();
         while let Some(part) = parts.next() {
             if parts.peek().is_none() {
@@ -248,6 +339,21 @@ fn write_tree(repo: &Repository, tree: &UploadTree) -> Result<Oid, git2::Error> 
                 Node::Leaf(..) => return Err(git2::Error::from_str("path clash in upload tree")),
             };
         }
+        Ok(())
+    }
+}
+
+fn write_tree(repo: &Repository, tree: &UploadTree) -> Result<Oid, git2::Error> {
+    let mut root = Dir::default();
+    for (path, entry) in &tree.entries {
+        let (oid, mode) = match entry {
+            TreeEntry::File { data, executable } => (
+                repo.blob(data)?,
+                if *executable { 0o100755 } else { 0o100644 },
+            ),
+            TreeEntry::Symlink { target } => (repo.blob(target.as_bytes())?, 0o120000),
+        };
+        root.insert(path, oid, mode)?;
     }
     write_dir(repo, &root)
 }
@@ -339,5 +445,74 @@ mod tests {
         assert!(store.delete(&u, &i).unwrap());
         assert!(!store.delete(&u, &i).unwrap());
         assert!(!store.exists(&u, &i));
+    }
+
+    /// Every file under the repository's `objects/` (loose objects and packs).
+    fn object_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| if p.is_dir() { object_files(&p) } else { 1 })
+            .sum()
+    }
+
+    #[test]
+    fn hashed_tree_id_equals_the_written_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        // Names whose order differs once directories sort as `name/`.
+        let mut t = tree(&[
+            ("a", "1", false),
+            ("a.b", "2", true),
+            ("a-b", "3", false),
+            ("a0", "4", false),
+            ("b/a", "5", false),
+            ("b/a.x/y", "6", false),
+            ("b/a-x", "7", false),
+            ("b/a0", "8", false),
+        ]);
+        t.entries.insert(
+            "b/link".to_owned(),
+            TreeEntry::Symlink {
+                target: "a.x/y".to_owned(),
+            },
+        );
+        assert_eq!(tree_oid(&t).unwrap(), write_tree(&repo, &t).unwrap());
+    }
+
+    #[test]
+    fn refused_change_writes_no_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path().join("git"));
+        let (u, i) = (name("alice"), name("shop-1"));
+        let t1 = tree(&[("compose.yaml", "a", false), ("big", "lots of data", false)]);
+        let c1 = store.commit(&u, &i, &t1, "upload").unwrap();
+        let objects = store.repo_path(&u, &i).join("objects");
+        let before = object_files(&objects);
+        // The same content is accepted (the head), a different one refused; nothing is written.
+        let same = store.commit_checked(&u, &i, &t1, "upload", false).unwrap();
+        assert_eq!(
+            same,
+            Some(Committed {
+                commit: c1.commit.clone(),
+                changed: false
+            })
+        );
+        let t2 = tree(&[("compose.yaml", "b", false), ("big", "other data", false)]);
+        assert_eq!(
+            store.commit_checked(&u, &i, &t2, "upload", false).unwrap(),
+            None
+        );
+        assert_eq!(object_files(&objects), before);
+        assert_eq!(store.head(&u, &i).unwrap(), Some(c1.commit));
+        // Without a repository nothing is created.
+        let other = name("other");
+        assert_eq!(
+            store
+                .commit_checked(&u, &other, &t1, "upload", false)
+                .unwrap(),
+            None
+        );
+        assert!(!store.repo_path(&u, &other).exists());
     }
 }

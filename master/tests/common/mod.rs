@@ -196,6 +196,8 @@ pub struct WorkerState {
     pub reject: Mutex<bool>,
     /// Commits cloned, checked out and read from the repo the master named.
     pub cloned: Mutex<Vec<(String, String)>>,
+    /// When set, a build waits for a permit of this semaphore (after its `enter` event).
+    pub gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     pub node: String,
 }
 
@@ -251,6 +253,10 @@ async fn build(
     event(&state, format!("build:{id}:enter")).await;
     let delay = *state.delay.lock().unwrap();
     tokio::time::sleep(delay).await;
+    let gate = state.gate.lock().unwrap().clone();
+    if let Some(gate) = gate {
+        gate.acquire().await.unwrap().forget();
+    }
     if *state.reject.lock().unwrap() {
         event(&state, format!("build:{id}:exit")).await;
         return err(
@@ -494,6 +500,11 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
     worker
 }
 
+/// The id a worker registers its `berth-worker` service under, as the real worker does.
+pub fn worker_service_id(node: &str) -> String {
+    format!("{WORKER_SERVICE}:{node}")
+}
+
 /// (Re-)registers the stand-in's `berth-worker` service with its check in `status`.
 pub async fn set_health(registry: &Registry, worker: &StandIn, status: &str) {
     let mut meta = BTreeMap::new();
@@ -505,7 +516,7 @@ pub async fn set_health(registry: &Registry, worker: &StandIn, status: &str) {
             node: worker.node.clone(),
             address: "127.0.0.1".into(),
             service: Some(CatalogServiceRegistration {
-                id: WORKER_SERVICE.into(),
+                id: worker_service_id(&worker.node),
                 service: WORKER_SERVICE.into(),
                 port: worker.addr.port(),
                 meta,
@@ -513,16 +524,41 @@ pub async fn set_health(registry: &Registry, worker: &StandIn, status: &str) {
             }),
             check: Some(CatalogCheckRegistration {
                 node: worker.node.clone(),
-                check_id: "service:berth-worker".into(),
+                check_id: format!("service:{}", worker_service_id(&worker.node)),
                 name: "worker health".into(),
                 status: status.into(),
-                service_id: WORKER_SERVICE.into(),
+                service_id: worker_service_id(&worker.node),
                 ..CatalogCheckRegistration::default()
             }),
             ..CatalogRegistration::default()
         })
         .await
         .unwrap();
+}
+
+/// Polls `check` until it holds (every 50 ms, for up to a generous minute).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within a minute");
+}
+
+/// The master's metrics text.
+pub async fn metrics(master: &Master) -> String {
+    reqwest::get(format!("{}/metrics", master.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Runs `git` in `dir` off the async threads; panics with its output on failure.

@@ -495,6 +495,14 @@ async fn acl_rules() {
                 400,
                 "~already exists",
             ),
+            // Consul's DNS policy: `query_prefix` is accepted (and not enforced).
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"dns","Rules":"node_prefix \"\" { policy = \"read\" }\nquery_prefix \"\" { policy = \"read\" }"}"#,
+                200,
+                r#"~query_prefix"#,
+            ),
             (
                 "PUT",
                 "/v1/acl/token",

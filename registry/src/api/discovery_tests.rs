@@ -629,11 +629,28 @@ async fn acl_rules() {
         &[("GET", "/v1/kv/other", "", 403, "Permission denied")],
     )
     .await;
-    // Bootstrap once.
+}
+
+#[tokio::test]
+async fn acl_master_and_anonymous_are_real_tokens_and_bootstrap_is_closed() {
+    let mut config = Config::dev("node1");
+    config.acl_master_token = Some(AclToken::new("root"));
+    let h = H::with(config).await;
+    // The configured master token bootstrapped the system: nobody can mint another one.
     h.table(
         None,
+        &[(
+            "PUT",
+            "/v1/acl/bootstrap",
+            "",
+            403,
+            "Permission denied: ACL bootstrap no longer allowed (reset index: 1)",
+        )],
+    )
+    .await;
+    h.table(
+        Some("root"),
         &[
-            ("PUT", "/v1/acl/bootstrap", "", 200, "~Bootstrap Token"),
             (
                 "PUT",
                 "/v1/acl/bootstrap",
@@ -641,7 +658,98 @@ async fn acl_rules() {
                 403,
                 "~ACL bootstrap no longer allowed",
             ),
+            (
+                "GET",
+                "/v1/acl/token/self",
+                "",
+                200,
+                r#"~"Description":"Initial Management Token","Policies":[{"ID":"00000000-0000-0000-0000-000000000001","Name":"global-management"}]"#,
+            ),
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"kv-read","Rules":"key_prefix \"\" { policy = \"read\" }"}"#,
+                200,
+                "*",
+            ),
+            ("PUT", "/v1/kv/k", "v", 200, "true"),
         ],
+    )
+    .await;
+    // Anonymous is a token of its own, without policies until someone grants it some.
+    h.table(
+        None,
+        &[
+            (
+                "GET",
+                "/v1/acl/token/self",
+                "",
+                200,
+                r#"~"AccessorID":"00000000-0000-0000-0000-000000000002","SecretID":"anonymous","Description":"Anonymous Token","Policies":[]"#,
+            ),
+            ("GET", "/v1/kv/k?raw", "", 403, "Permission denied"),
+        ],
+    )
+    .await;
+    h.table(
+        Some("root"),
+        &[
+            (
+                "PUT",
+                "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+                r#"{"Description":"Anonymous Token","Policies":[{"Name":"kv-read"}]}"#,
+                200,
+                r#"~"Name":"kv-read""#,
+            ),
+            (
+                "DELETE",
+                "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+                "",
+                400,
+                "Delete operation not permitted on the anonymous token",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"AccessorID":"00000000-0000-0000-0000-000000000002"}"#,
+                400,
+                "Invalid Token: AccessorID is already in use",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"anonymous"}"#,
+                400,
+                "Invalid Token: SecretID is already in use",
+            ),
+        ],
+    )
+    .await;
+    h.table(
+        None,
+        &[
+            ("GET", "/v1/kv/k?raw", "", 200, "v"),
+            ("PUT", "/v1/kv/k", "w", 403, "Permission denied"),
+        ],
+    )
+    .await;
+    let tokens: Vec<serde_json::Value> =
+        serde_json::from_str(&h.call("GET", "/v1/acl/tokens", "", Some("root")).await.body)
+            .unwrap();
+    let master = tokens
+        .iter()
+        .find(|t| t["Description"] == "Initial Management Token")
+        .expect("the master token is listed");
+    let accessor = master["AccessorID"].as_str().unwrap();
+    h.table(
+        Some("root"),
+        &[(
+            "DELETE",
+            &format!("/v1/acl/token/{accessor}"),
+            "",
+            400,
+            "Delete operation not permitted on the configured master token",
+        )],
     )
     .await;
 }

@@ -634,15 +634,33 @@ async fn token_self(
     }
 }
 
+/// Consul's placeholder for a secret the caller may not see.
+const REDACTED: &str = "<hidden>";
+
+/// A token as `authz` may see it: the secret only with `acl:write` (Consul's
+/// `redactTokenSecret`), since `acl:read` must not be a way to borrow other tokens.
+fn visible_token(t: &Token, authz: &Authz) -> TokenDto {
+    let mut dto = token_dto(t);
+    if !authz.0.acl(Need::Write) {
+        dto.secret_id = REDACTED.to_owned();
+    }
+    dto
+}
+
 async fn token_read(
     State(acl): State<Arc<AclStore>>,
     authz: Authz,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     acl_need(&acl, &authz, Need::Read)?;
-    acl.read(|d| d.tokens.iter().find(|t| t.accessor_id == id).map(token_dto))
-        .map(|t| json(&t))
-        .ok_or_else(|| ApiError::Forbidden("ACL not found".into()))
+    acl.read(|d| {
+        d.tokens
+            .iter()
+            .find(|t| t.accessor_id == id)
+            .map(|t| visible_token(t, &authz))
+    })
+    .map(|t| json(&t))
+    .ok_or_else(|| ApiError::Forbidden("ACL not found".into()))
 }
 
 async fn token_update(
@@ -698,17 +716,8 @@ async fn token_delete(
 
 async fn token_list(State(acl): State<Arc<AclStore>>, authz: Authz) -> Result<Response, ApiError> {
     acl_need(&acl, &authz, Need::Read)?;
-    let list: Vec<TokenDto> = acl.read(|d| {
-        d.tokens
-            .iter()
-            .map(|t| {
-                let mut dto = token_dto(t);
-                // Listings never carry secrets.
-                dto.secret_id = String::new();
-                dto
-            })
-            .collect()
-    });
+    let list: Vec<TokenDto> =
+        acl.read(|d| d.tokens.iter().map(|t| visible_token(t, &authz)).collect());
     Ok(json(&list))
 }
 

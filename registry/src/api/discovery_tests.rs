@@ -524,8 +524,70 @@ async fn acl_rules() {
                 400,
                 "~No such ACL policy",
             ),
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"acl-read","Rules":"acl = \"read\""}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"aclro-secret","Policies":[{"Name":"acl-read"}]}"#,
+                200,
+                "*",
+            ),
             ("GET", "/v1/acl/policies", "", 200, "~global-management"),
-            ("GET", "/v1/acl/tokens", "", 200, r#"~"SecretID":"""#),
+            // acl:write sees secrets, in lists too.
+            ("GET", "/v1/acl/tokens", "", 200, r#"~"SecretID":"ro-secret""#),
+        ],
+    )
+    .await;
+    // acl:read sees tokens, never their secrets (else it could borrow any of them).
+    let ro_accessor = {
+        let list = h.call("GET", "/v1/acl/tokens", "", root).await;
+        let tokens: Vec<serde_json::Value> = serde_json::from_str(&list.body).unwrap();
+        tokens
+            .iter()
+            .find(|t| t["SecretID"] == "ro-secret")
+            .unwrap()["AccessorID"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    h.table(
+        root,
+        &[(
+            "GET",
+            &format!("/v1/acl/token/{ro_accessor}"),
+            "",
+            200,
+            r#"~"SecretID":"ro-secret""#,
+        )],
+    )
+    .await;
+    let as_acl_reader = h.call("GET", "/v1/acl/tokens", "", Some("aclro-secret")).await;
+    assert_eq!(as_acl_reader.status, 200);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&as_acl_reader.body).unwrap();
+    assert!(listed.len() >= 4, "{listed:?}");
+    assert!(
+        listed.iter().all(|t| t["SecretID"] == "<hidden>"),
+        "{listed:?}"
+    );
+    h.table(
+        Some("aclro-secret"),
+        &[
+            (
+                "GET",
+                &format!("/v1/acl/token/{ro_accessor}"),
+                "",
+                200,
+                r#"~"SecretID":"<hidden>""#,
+            ),
+            // Its own secret is its to see.
+            ("GET", "/v1/acl/token/self", "", 200, r#"~"SecretID":"aclro-secret""#),
+            ("PUT", "/v1/acl/token", "{}", 403, "Permission denied"),
         ],
     )
     .await;

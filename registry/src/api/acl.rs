@@ -867,10 +867,7 @@ mod tests {
             assert!(d.bootstrapped);
             (d.master_accessor.clone().unwrap(), d.bootstrap_index)
         });
-        assert_eq!(
-            first.token_by_secret("root").unwrap().accessor_id,
-            accessor
-        );
+        assert_eq!(first.token_by_secret("root").unwrap().accessor_id, accessor);
         assert_eq!(
             first.token_by_secret(ANONYMOUS_SECRET).unwrap().accessor_id,
             ANONYMOUS_ACCESSOR_ID
@@ -922,6 +919,9 @@ mod tests {
         assert_eq!(anon.len(), 1);
         assert_eq!(anon[0].accessor_id, ANONYMOUS_ACCESSOR_ID);
         assert_eq!(anon[0].policies[0].name, "dns");
-        assert!(!data.seed(&SecretId::new("root")), "seeding twice is a no-op");
+        assert!(
+            !data.seed(&SecretId::new("root")),
+            "seeding twice is a no-op"
+        );
     }
 }

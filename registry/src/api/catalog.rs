@@ -123,12 +123,44 @@ pub(crate) async fn register(
         .await?
         .ok_or_else(|| bad("Must provide node"))?;
     let registration = registration(&app, body)?;
-    authz.require(Resource::Node, &registration.node.name, Need::Write)?;
-    if let Some(s) = &registration.service {
-        authz.require(Resource::Service, &s.name, Need::Write)?;
-    }
+    vet_register(&app, &authz, &registration)?;
     app.store.catalog_register(registration).await?;
     Ok(json(&true))
+}
+
+/// Consul's `vetRegisterWithACL`: write on the node, on the service registered, on the service
+/// it replaces (same ID, another name) and on the service of every check, so a registration
+/// cannot take over what the token may not write.
+fn vet_register(app: &AppState, authz: &Authz, reg: &Registration) -> Result<(), ApiError> {
+    let node = &reg.node.name;
+    authz.require(Resource::Node, node, Need::Write)?;
+    let existing_name = |id: &str| {
+        app.store.read(|s| {
+            s.services
+                .get(&(node.clone(), id.to_owned()))
+                .map(|s| s.name.clone())
+        })
+    };
+    if let Some(s) = &reg.service {
+        authz.require(Resource::Service, &s.name, Need::Write)?;
+        if let Some(replaced) = existing_name(&s.id) {
+            authz.require(Resource::Service, &replaced, Need::Write)?;
+        }
+    }
+    for check in &reg.checks {
+        let registered_with = reg
+            .service
+            .as_ref()
+            .is_some_and(|s| s.id == check.service_id);
+        if check.service_id.is_empty() || registered_with {
+            continue;
+        }
+        // An unknown service ID is refused by the store with its own message.
+        if let Some(name) = existing_name(&check.service_id) {
+            authz.require(Resource::Service, &name, Need::Write)?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn deregister(

@@ -567,7 +567,9 @@ async fn acl_rules() {
         )],
     )
     .await;
-    let as_acl_reader = h.call("GET", "/v1/acl/tokens", "", Some("aclro-secret")).await;
+    let as_acl_reader = h
+        .call("GET", "/v1/acl/tokens", "", Some("aclro-secret"))
+        .await;
     assert_eq!(as_acl_reader.status, 200);
     let listed: Vec<serde_json::Value> = serde_json::from_str(&as_acl_reader.body).unwrap();
     assert!(listed.len() >= 4, "{listed:?}");
@@ -586,7 +588,13 @@ async fn acl_rules() {
                 r#"~"SecretID":"<hidden>""#,
             ),
             // Its own secret is its to see.
-            ("GET", "/v1/acl/token/self", "", 200, r#"~"SecretID":"aclro-secret""#),
+            (
+                "GET",
+                "/v1/acl/token/self",
+                "",
+                200,
+                r#"~"SecretID":"aclro-secret""#,
+            ),
             ("PUT", "/v1/acl/token", "{}", 403, "Permission denied"),
         ],
     )
@@ -814,4 +822,71 @@ async fn acl_master_and_anonymous_are_real_tokens_and_bootstrap_is_closed() {
         )],
     )
     .await;
+}
+
+/// An ACL-enabled server with tokens `evil` (service "evil" write, every node write), `nodew`
+/// (every node write) and `svcro` (every service read, no node rights).
+async fn acl_server() -> H {
+    let mut config = Config::dev("node1");
+    config.acl_master_token = Some(AclToken::new("root"));
+    let h = H::with(config).await;
+    let policy =
+        |name: &str, rules: &str| serde_json::json!({"Name": name, "Rules": rules}).to_string();
+    let token = |secret: &str, policy: &str| {
+        serde_json::json!({"SecretID": secret, "Policies": [{"Name": policy}]}).to_string()
+    };
+    let rows = [
+        policy(
+            "evil",
+            r#"service "evil" { policy = "write" }
+               node_prefix "" { policy = "write" }"#,
+        ),
+        policy("nodew", r#"node_prefix "" { policy = "write" }"#),
+        policy("svcro", r#"service_prefix "" { policy = "read" }"#),
+    ];
+    for body in &rows {
+        h.table(Some("root"), &[("PUT", "/v1/acl/policy", body, 200, "*")])
+            .await;
+    }
+    for (secret, policy) in [("evil", "evil"), ("nodew", "nodew"), ("svcro", "svcro")] {
+        h.table(
+            Some("root"),
+            &[("PUT", "/v1/acl/token", &token(secret, policy), 200, "*")],
+        )
+        .await;
+    }
+    h
+}
+
+#[tokio::test]
+async fn registrations_cannot_take_over_services_the_token_may_not_write() {
+    let h = acl_server().await;
+    h.table(Some("root"), &[
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"ID":"db1","Service":"db","Port":5432}}"#, 200, "true"),
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"web","Port":80}"#, 200, ""),
+        ("PUT", "/v1/agent/check/register", r#"{"Name":"webcheck","ServiceID":"web","TTL":"1m"}"#, 200, ""),
+    ]).await;
+    h.table(Some("evil"), &[
+        // Catalog: replacing db1 by ID, or attaching a check to it, needs write on "db".
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"ID":"db1","Service":"evil","Port":6666}}"#, 403, "Permission denied"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"ID":"evil1","Service":"evil"}}"#, 200, "true"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Check":{"CheckID":"c1","ServiceID":"evil1","Status":"critical"}}"#, 200, "true"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"ID":"evil1","Service":"evil"},"Check":{"CheckID":"c2","ServiceID":"db1","Status":"critical"}}"#, 403, "Permission denied"),
+        // Agent: the same for a service ID, and for a check that would replace another
+        // service's check.
+        ("PUT", "/v1/agent/service/register", r#"{"ID":"web","Name":"evil","Port":6666}"#, 403, "Permission denied"),
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"evil","Check":{"CheckID":"webcheck","TTL":"1m"}}"#, 403, "Permission denied"),
+        ("PUT", "/v1/agent/check/register", r#"{"Name":"webcheck","TTL":"1m"}"#, 403, "Permission denied"),
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"evil","Port":6666}"#, 200, ""),
+        ("PUT", "/v1/agent/check/register", r#"{"Name":"evil-node-check","TTL":"1m"}"#, 200, ""),
+    ]).await;
+    h.table(Some("nodew"), &[
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Check":{"CheckID":"x","ServiceID":"db1","Status":"critical"}}"#, 403, "Permission denied"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Check":{"CheckID":"x","Status":"passing"}}"#, 200, "true"),
+    ]).await;
+    h.table(Some("root"), &[
+        ("GET", "/v1/catalog/node/ext1", "", 200, r#"~"db1":{"ID":"db1","Service":"db","Tags":[],"Meta":{},"Port":5432"#),
+        ("GET", "/v1/agent/services", "", 200, r#"~"web":{"ID":"web","Service":"web""#),
+        ("GET", "/v1/agent/checks", "", 200, r#"~"webcheck":{"Node":"node1","CheckID":"webcheck","Name":"webcheck","Status":"critical","Notes":"","Output":"","ServiceID":"web""#),
+    ]).await;
 }

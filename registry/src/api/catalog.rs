@@ -257,20 +257,34 @@ pub(crate) async fn node(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(&uri);
     let opts = QueryOptions::parse(&params)?;
-    authz.require(Resource::Node, &name, Need::Read)?;
-    let (answer, index) = block(&app, Topic::Catalog, opts, |state| {
-        let answer = state.nodes.get(&name).map(|n| CatalogNodeServices {
+    // Consul's filterNodeServices: a node the token may not read is `null` (filtered), and
+    // services it may not read are dropped.
+    let node_readable = authz.allows(Resource::Node, &name, Need::Read);
+    let ((answer, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        let Some(n) = state.nodes.get(&name) else {
+            return ((None, false), state.tables.catalog());
+        };
+        if !node_readable {
+            return ((None, true), state.tables.catalog());
+        }
+        let mut dropped = false;
+        let services = state
+            .node_services(&name)
+            .filter(|s| {
+                let ok = authz.allows(Resource::Service, &s.name, Need::Read);
+                dropped |= !ok;
+                ok
+            })
+            .map(|s| (s.id.clone(), service_dto(s, &n.datacenter)))
+            .collect();
+        let answer = CatalogNodeServices {
             node: node_dto(n),
-            services: state
-                .node_services(&name)
-                .filter(|s| authz.allows(Resource::Service, &s.name, Need::Read))
-                .map(|s| (s.id.clone(), service_dto(s, &n.datacenter)))
-                .collect(),
-        });
-        (answer, state.tables.catalog())
+            services,
+        };
+        ((Some(answer), dropped), state.tables.catalog())
     })
     .await;
-    Ok(with_meta(json(&answer), index))
+    Ok(filtered(with_meta(json(&answer), index), dropped))
 }
 
 pub(crate) async fn services(
@@ -319,14 +333,21 @@ pub(crate) async fn service(
     let opts = QueryOptions::parse(&params)?;
     let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
     let meta = node_meta_filter(&params);
+    // Consul's filterServiceNodes: an entry needs read on both its service and its node.
     let readable = authz.allows(Resource::Service, &name, Need::Read);
-    let (list, index) = block(&app, Topic::Catalog, opts, |state| {
+    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        let mut dropped = !readable;
         let list: Vec<CatalogService> = state
             .services_named(&name)
             .filter(|_| readable)
             .filter(|s| tags.iter().all(|t| s.tags.contains(t)))
             .filter_map(|s| state.nodes.get(&s.node).map(|n| (n, s)))
             .filter(|(n, _)| meta_matches(n, &meta))
+            .filter(|(n, _)| {
+                let ok = authz.allows(Resource::Node, &n.name, Need::Read);
+                dropped |= !ok;
+                ok
+            })
             .map(|(n, s)| CatalogService {
                 id: n.id.clone(),
                 node: n.name.clone(),
@@ -363,8 +384,8 @@ pub(crate) async fn service(
                 modify_index: s.modify_index,
             })
             .collect();
-        (list, state.tables.catalog())
+        ((list, dropped), state.tables.catalog())
     })
     .await;
-    Ok(filtered(with_meta(json(&list), index), !readable))
+    Ok(filtered(with_meta(json(&list), index), dropped))
 }

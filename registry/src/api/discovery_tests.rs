@@ -890,3 +890,101 @@ async fn registrations_cannot_take_over_services_the_token_may_not_write() {
         ("GET", "/v1/agent/checks", "", 200, r#"~"webcheck":{"Node":"node1","CheckID":"webcheck","Name":"webcheck","Status":"critical","Notes":"","Output":"","ServiceID":"web""#),
     ]).await;
 }
+
+#[tokio::test]
+async fn acl_listings_need_read_on_both_the_node_and_the_service() {
+    let h = acl_server().await;
+    let n1 = r#"{"Node":"n1","Address":"10.0.0.1","Service":{"ID":"web1","Service":"web"},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"web1-http","ServiceID":"web1","Status":"passing"}]}"#;
+    let n2 = r#"{"Node":"n2","Address":"10.0.0.2","Service":{"ID":"web2","Service":"web"},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"web2-http","ServiceID":"web2","Status":"passing"}]}"#;
+    h.table(
+        Some("root"),
+        &[
+            ("PUT", "/v1/catalog/register", n1, 200, "true"),
+            ("PUT", "/v1/catalog/register", n2, 200, "true"),
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"noder","Rules":"node_prefix \"\" { policy = \"read\" }"}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"web-n1","Rules":"service \"web\" { policy = \"read\" }\nnode \"n1\" { policy = \"read\" }"}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"noder","Policies":[{"Name":"noder"}]}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"web-n1","Policies":[{"Name":"web-n1"}]}"#,
+                200,
+                "*",
+            ),
+        ],
+    )
+    .await;
+    // (token, uri, expected body, filtered header expected)
+    let cases: &[(&str, &str, &str, bool)] = &[
+        // Service read without node read sees no node, and is told so.
+        ("svcro", "/v1/health/service/web", "[]", true),
+        ("svcro", "/v1/catalog/service/web", "[]", true),
+        ("svcro", "/v1/health/checks/web", "[]", true),
+        ("svcro", "/v1/health/state/passing", "[]", true),
+        ("svcro", "/v1/health/node/n1", "[]", true),
+        ("svcro", "/v1/catalog/node/n1", "null", true),
+        ("svcro", "/v1/catalog/node/nope", "null", false),
+        ("svcro", "/v1/catalog/services", r#"~"web":[]"#, false),
+        // Node read without service read sees the node, not its services.
+        ("noder", "/v1/catalog/node/n1", r#"~"Services":{}"#, true),
+        (
+            "noder",
+            "/v1/health/node/n1",
+            r#"~[{"Node":"n1","CheckID":"serfHealth""#,
+            true,
+        ),
+        ("noder", "/v1/health/service/web", "[]", true),
+        // Both on n1 only: the n1 entries.
+        ("web-n1", "/v1/health/service/web", r#"~"ID":"web1""#, true),
+        (
+            "web-n1",
+            "/v1/catalog/service/web",
+            r#"~"ServiceID":"web1""#,
+            true,
+        ),
+        (
+            "web-n1",
+            "/v1/health/checks/web",
+            r#"~"CheckID":"web1-http""#,
+            true,
+        ),
+        ("web-n1", "/v1/catalog/node/n1", r#"~"web1":{"#, false),
+        ("root", "/v1/health/service/web", r#"~"ID":"web2""#, false),
+        ("root", "/v1/catalog/node/n1", r#"~"web1":{"#, false),
+    ];
+    for (token, uri, expected, header) in cases {
+        let a = h.call("GET", uri, "", Some(token)).await;
+        assert_eq!(a.status, 200, "{token} {uri}: {}", a.body);
+        match expected.strip_prefix('~') {
+            Some(part) => assert!(a.body.contains(part), "{token} {uri}: {}", a.body),
+            None => assert_eq!(a.body, *expected, "{token} {uri}"),
+        }
+        assert_eq!(
+            a.headers.get("x-consul-results-filtered-by-acls").is_some(),
+            *header,
+            "{token} {uri}: {}",
+            a.body
+        );
+        if *token == "web-n1" {
+            assert!(!a.body.contains("n2"), "{uri}: {}", a.body);
+        }
+    }
+}

@@ -121,9 +121,9 @@ pub async fn run_agent(
     // First contact: the server's datacenter and any node id this node had before.
     let (datacenter, node_id) = loop {
         let attempt = async {
-            let me = client.agent_self().await?;
+            let datacenter = client.catalog_datacenter().await?;
             let known = client.catalog_node(&config.node_name).await?;
-            Ok::<_, crate::client::ClientError>((me.config.datacenter, known.map(|n| n.node.id)))
+            Ok::<_, crate::client::ClientError>((datacenter, known.map(|n| n.node.id)))
         };
         match attempt.await {
             Ok((dc, id)) => {

@@ -182,6 +182,12 @@ pub(crate) async fn deregister(
     Ok(json(&true))
 }
 
+/// `GET /v1/catalog/datacenters`: berth serves one datacenter. No ACL, as in Consul (agents
+/// read it at join with a token that need not read the server's agent).
+pub(crate) async fn datacenters(State(app): State<Arc<AppState>>) -> Response {
+    json(&[&app.datacenter])
+}
+
 pub(crate) fn node_dto(n: &Node) -> CatalogNode {
     CatalogNode {
         id: n.id.clone(),

@@ -988,3 +988,71 @@ async fn acl_listings_need_read_on_both_the_node_and_the_service() {
         }
     }
 }
+
+#[tokio::test]
+async fn server_agent_self_members_and_join_are_acl_checked() {
+    let h = acl_server().await;
+    h.table(
+        Some("root"),
+        &[
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"agent-read","Rules":"agent \"node1\" { policy = \"read\" }"}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"agent-read","Policies":[{"Name":"agent-read"}]}"#,
+                200,
+                "*",
+            ),
+            ("GET", "/v1/agent/self", "", 200, r#"~"NodeName":"node1""#),
+            ("PUT", "/v1/agent/join/127.0.0.1:8500", "", 200, ""),
+            ("GET", "/v1/agent/members", "", 200, r#"~"Name":"node1""#),
+        ],
+    )
+    .await;
+    h.table(
+        None,
+        &[
+            ("GET", "/v1/agent/self", "", 403, "Permission denied"),
+            (
+                "PUT",
+                "/v1/agent/join/127.0.0.1:8500",
+                "",
+                403,
+                "Permission denied",
+            ),
+            ("GET", "/v1/agent/members", "", 200, "[]"),
+            // Agents learn the datacenter here at join, whatever their token.
+            ("GET", "/v1/catalog/datacenters", "", 200, r#"["dc1"]"#),
+        ],
+    )
+    .await;
+    h.table(
+        Some("agent-read"),
+        &[
+            ("GET", "/v1/agent/self", "", 200, r#"~"NodeName":"node1""#),
+            (
+                "PUT",
+                "/v1/agent/join/127.0.0.1:8500",
+                "",
+                403,
+                "Permission denied",
+            ),
+        ],
+    )
+    .await;
+    let anon = h.call("GET", "/v1/agent/members", "", None).await;
+    assert_eq!(anon.headers["x-consul-results-filtered-by-acls"], "true");
+    let evil = h.call("GET", "/v1/agent/members", "", Some("evil")).await;
+    assert!(evil.body.contains(r#""Name":"node1""#), "{}", evil.body);
+    assert!(
+        evil.headers
+            .get("x-consul-results-filtered-by-acls")
+            .is_none()
+    );
+}

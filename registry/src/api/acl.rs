@@ -24,7 +24,8 @@ use crate::acl::{
     Token, parse_rules,
 };
 
-/// The resolved authorizer of the request (everything allowed when ACLs are off).
+/// The resolved authorizer of the request (everything allowed when ACLs are off), put in the
+/// request's extensions by the ACL middleware.
 #[derive(Clone)]
 pub(crate) struct Authz(pub(crate) Arc<Authorizer>);
 
@@ -55,15 +56,17 @@ impl Authz {
     }
 }
 
+/// Fails closed: a route whose router lacks the resolving middleware answers 500 instead of
+/// running without ACLs (the server's [`layer`], or the agent's, must wrap every route that
+/// takes an `Authz`).
 impl<S: Send + Sync> FromRequestParts<S> for Authz {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<Authz>()
-            .cloned()
-            .unwrap_or_else(|| Authz(Arc::new(Authorizer::AllowAll))))
+        parts.extensions.get::<Authz>().cloned().ok_or_else(|| {
+            tracing::error!(path = %parts.uri.path(), "route without ACL resolution refused");
+            ApiError::Internal("ACL resolution missing for this route".into())
+        })
     }
 }
 
@@ -270,6 +273,13 @@ impl AclStore {
             .resolve(secret)
     }
 
+    fn rule_texts(&self, secret: Option<&str>) -> Result<Option<Vec<String>>, AclError> {
+        self.resolver
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .rule_texts(secret)
+    }
+
     fn token_by_secret(&self, secret: &str) -> Option<Token> {
         self.resolver
             .read()
@@ -354,7 +364,62 @@ pub(crate) fn routes(acl: Arc<AclStore>) -> Router {
             get(policy_read).put(policy_update).delete(policy_delete),
         )
         .route("/v1/acl/policies", get(policy_list))
+        .route("/v1/internal/berth/acl/resolve", put(resolve_for_agent))
         .with_state(acl)
+}
+
+/// Body of `PUT /v1/internal/berth/acl/resolve`, by which a `berth-registry agent` asks how a
+/// token presented to it resolves. The agent authenticates with its own token, which needs
+/// `node:write` on the agent's node (as for its heartbeats). No `Debug`: it carries a secret.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct ResolveRequest {
+    /// The asking agent's node.
+    pub(crate) node: String,
+    /// The secret to resolve; empty for the anonymous token.
+    #[serde(rename = "SecretID")]
+    pub(crate) secret_id: String,
+}
+
+/// Answer of `PUT /v1/internal/berth/acl/resolve`.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct ResolveAnswer {
+    /// False for an unknown secret: the agent answers `ACL not found`.
+    pub(crate) found: bool,
+    /// Everything is allowed: ACLs are off, or a management token.
+    pub(crate) management: bool,
+    /// Rules texts of the token's policies.
+    pub(crate) rules: Vec<String>,
+}
+
+async fn resolve_for_agent(
+    State(acl): State<Arc<AclStore>>,
+    authz: Authz,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: ResolveRequest = decode(&headers, body).await?;
+    if req.node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()));
+    }
+    authz.require(Resource::Node, &req.node, Need::Write)?;
+    let secret = Some(req.secret_id.as_str()).filter(|s| !s.is_empty());
+    let answer = match acl.rule_texts(secret) {
+        Ok(None) => ResolveAnswer {
+            found: true,
+            management: true,
+            rules: vec![],
+        },
+        Ok(Some(rules)) => ResolveAnswer {
+            found: true,
+            management: false,
+            rules,
+        },
+        Err(AclError::NotFound) => ResolveAnswer::default(),
+        Err(err) => return Err(ApiError::Forbidden(err.to_string())),
+    };
+    Ok(json(&answer))
 }
 
 fn ensure_enabled(acl: &AclStore) -> Result<(), ApiError> {

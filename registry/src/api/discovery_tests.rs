@@ -1056,3 +1056,69 @@ async fn server_agent_self_members_and_join_are_acl_checked() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn routes_without_acl_resolution_fail_closed() {
+    use super::acl::Authz;
+    // A handler taking `Authz` on a router without the resolving middleware must not run.
+    let app = Router::new().route(
+        "/v1/agent/services",
+        axum::routing::get(|_: Authz| async { "ran without ACLs" }),
+    );
+    let response = app
+        .oneshot(
+            Request::get("/v1/agent/services")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"ACL resolution missing for this route");
+}
+
+#[tokio::test]
+async fn agents_resolve_tokens_through_the_server_with_their_own_token() {
+    let uri = "/v1/internal/berth/acl/resolve";
+    let ask = |secret: &str| serde_json::json!({"Node": "ag1", "SecretID": secret}).to_string();
+    let h = acl_server().await;
+    // `evil` can write every node, as an agent token must for its own node.
+    h.table(Some("evil"), &[
+        ("PUT", uri, &ask("svcro"), 200, r#"{"Found":true,"Management":false,"Rules":["service_prefix \"\" { policy = \"read\" }"]}"#),
+        ("PUT", uri, &ask("root"), 200, r#"{"Found":true,"Management":true,"Rules":[]}"#),
+        ("PUT", uri, &ask(""), 200, r#"{"Found":true,"Management":false,"Rules":[]}"#),
+        ("PUT", uri, &ask("nope"), 200, r#"{"Found":false,"Management":false,"Rules":[]}"#),
+        ("PUT", uri, r#"{"SecretID":"svcro"}"#, 400, "Must provide node"),
+    ]).await;
+    // Without node:write on the asking node, nobody learns how a secret resolves.
+    h.table(
+        Some("svcro"),
+        &[("PUT", uri, &ask("root"), 403, "Permission denied")],
+    )
+    .await;
+    h.table(
+        None,
+        &[("PUT", uri, &ask("root"), 403, "Permission denied")],
+    )
+    .await;
+    h.table(
+        Some("nope"),
+        &[("PUT", uri, &ask("root"), 403, "ACL not found")],
+    )
+    .await;
+    let open = H::new().await;
+    open.table(
+        None,
+        &[(
+            "PUT",
+            uri,
+            &ask("anything"),
+            200,
+            r#"{"Found":true,"Management":true,"Rules":[]}"#,
+        )],
+    )
+    .await;
+}

@@ -666,3 +666,50 @@ async fn agents_enforce_acls_with_tokens_the_server_resolves() {
         a.body
     );
 }
+
+/// Without ACLs on the server, an agent's own endpoints keep working while the server is down,
+/// whatever token a caller sends (the server said ACLs are off; nothing to fail closed on).
+#[tokio::test]
+async fn agents_of_a_server_without_acls_serve_while_it_is_down() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let sport = free_port("127.0.0.1");
+    let server = format!("http://127.0.0.1:{sport}");
+    let srv = spawn(&[
+        "server",
+        "--dev",
+        "--http-addr",
+        &format!("127.0.0.1:{sport}"),
+        "--node-name",
+        "srv",
+    ]);
+    http.ready(&server).await;
+    let ip = "127.0.0.10";
+    let port = free_port(ip);
+    let agent = format!("http://{ip}:{port}");
+    let _ag = spawn(&[
+        "agent",
+        "--join",
+        &server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        "ag-open",
+    ]);
+    http.ready(&agent).await;
+    drop(srv);
+    let a = http
+        .call_as(
+            Some("never-seen"),
+            "PUT",
+            &format!("{agent}/v1/agent/service/register"),
+            Some(json!({"Name": "web"})),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = http
+        .call_as(None, "GET", &format!("{agent}/v1/agent/services"), None)
+        .await;
+    assert!(a.body.get("web").is_some(), "{}", a.body);
+}

@@ -4,9 +4,11 @@
 //!
 //! Requests without a token use the agent's default token, else the anonymous token. When the
 //! server cannot be reached, a token resolved before keeps its last answer (Consul's
-//! `extend-cache` down policy); any other token is refused (fail closed).
+//! `extend-cache` down policy); any other token is refused (fail closed), unless the server's
+//! last answer said ACLs are off there.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,6 +73,8 @@ pub(crate) struct RemoteAcl {
     /// Used for requests that carry no token.
     default_token: Option<String>,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The server's last answer said ACLs are off.
+    acls_off: AtomicBool,
 }
 
 impl RemoteAcl {
@@ -88,6 +92,15 @@ impl RemoteAcl {
             agent_token: agent_token.filter(|t| !t.is_empty()),
             default_token: default_token.filter(|t| !t.is_empty()),
             cache: Mutex::default(),
+            acls_off: AtomicBool::new(false),
+        }
+    }
+
+    /// Resolves the token of requests without one, so a server outage right after start
+    /// finds it cached (and knows whether ACLs are on).
+    pub(crate) async fn warm(&self) {
+        if let Err(err) = self.resolve(None).await {
+            tracing::warn!(cause = %err, "the default ACL token could not be resolved");
         }
     }
 
@@ -134,6 +147,9 @@ impl RemoteAcl {
                 tracing::debug!("registry server unreachable; using a token's cached ACL");
                 known(outcome)
             }
+            (Err(ResolveError::Unreachable), None) if self.acls_off.load(Ordering::Relaxed) => {
+                Ok(Arc::new(Authorizer::AllowAll))
+            }
             (Err(err), _) => Err(err),
         }
     }
@@ -168,6 +184,7 @@ impl RemoteAcl {
             tracing::warn!(cause = %e.without_url(), "undecodable ACL resolution");
             ResolveError::Unreachable
         })?;
+        self.acls_off.store(!answer.enabled, Ordering::Relaxed);
         Ok(match answer {
             ResolveAnswer { found: false, .. } => Outcome::NotFound,
             ResolveAnswer {

@@ -200,6 +200,7 @@ pub async fn run_agent(
         shutdown: shutdown.clone(),
     });
     heartbeat(&shared).await;
+    acl.warm().await;
     let spec = NodeSpec {
         node: agent_node(
             &config.node_name,

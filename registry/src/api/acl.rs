@@ -385,6 +385,8 @@ pub(crate) struct ResolveRequest {
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct ResolveAnswer {
+    /// ACLs are on at the server.
+    pub(crate) enabled: bool,
     /// False for an unknown secret: the agent answers `ACL not found`.
     pub(crate) found: bool,
     /// Everything is allowed: ACLs are off, or a management token.
@@ -405,18 +407,24 @@ async fn resolve_for_agent(
     }
     authz.require(Resource::Node, &req.node, Need::Write)?;
     let secret = Some(req.secret_id.as_str()).filter(|s| !s.is_empty());
+    let enabled = acl.is_enabled();
     let answer = match acl.rule_texts(secret) {
         Ok(None) => ResolveAnswer {
+            enabled,
             found: true,
             management: true,
             rules: vec![],
         },
         Ok(Some(rules)) => ResolveAnswer {
+            enabled,
             found: true,
             management: false,
             rules,
         },
-        Err(AclError::NotFound) => ResolveAnswer::default(),
+        Err(AclError::NotFound) => ResolveAnswer {
+            enabled,
+            ..ResolveAnswer::default()
+        },
         Err(err) => return Err(ApiError::Forbidden(err.to_string())),
     };
     Ok(json(&answer))

@@ -1087,10 +1087,10 @@ async fn agents_resolve_tokens_through_the_server_with_their_own_token() {
     let h = acl_server().await;
     // `evil` can write every node, as an agent token must for its own node.
     h.table(Some("evil"), &[
-        ("PUT", uri, &ask("svcro"), 200, r#"{"Found":true,"Management":false,"Rules":["service_prefix \"\" { policy = \"read\" }"]}"#),
-        ("PUT", uri, &ask("root"), 200, r#"{"Found":true,"Management":true,"Rules":[]}"#),
-        ("PUT", uri, &ask(""), 200, r#"{"Found":true,"Management":false,"Rules":[]}"#),
-        ("PUT", uri, &ask("nope"), 200, r#"{"Found":false,"Management":false,"Rules":[]}"#),
+        ("PUT", uri, &ask("svcro"), 200, r#"{"Enabled":true,"Found":true,"Management":false,"Rules":["service_prefix \"\" { policy = \"read\" }"]}"#),
+        ("PUT", uri, &ask("root"), 200, r#"{"Enabled":true,"Found":true,"Management":true,"Rules":[]}"#),
+        ("PUT", uri, &ask(""), 200, r#"{"Enabled":true,"Found":true,"Management":false,"Rules":[]}"#),
+        ("PUT", uri, &ask("nope"), 200, r#"{"Enabled":true,"Found":false,"Management":false,"Rules":[]}"#),
         ("PUT", uri, r#"{"SecretID":"svcro"}"#, 400, "Must provide node"),
     ]).await;
     // Without node:write on the asking node, nobody learns how a secret resolves.
@@ -1117,7 +1117,7 @@ async fn agents_resolve_tokens_through_the_server_with_their_own_token() {
             uri,
             &ask("anything"),
             200,
-            r#"{"Found":true,"Management":true,"Rules":[]}"#,
+            r#"{"Enabled":false,"Found":true,"Management":true,"Rules":[]}"#,
         )],
     )
     .await;

@@ -667,6 +667,16 @@ impl Client {
         Self::json(builder).await
     }
 
+    /// The datacenter of the registry (the first of `/v1/catalog/datacenters`, which needs no
+    /// ACL token).
+    pub async fn catalog_datacenter(&self) -> Result<String, ClientError> {
+        let list: Vec<String> =
+            Self::json(self.request(Method::GET, "/v1/catalog/datacenters")).await?;
+        list.into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Decode("the registry lists no datacenter".into()))
+    }
+
     /// Every node.
     pub async fn catalog_nodes(&self) -> Result<Vec<CatalogNode>, ClientError> {
         Self::json(self.request(Method::GET, "/v1/catalog/nodes")).await

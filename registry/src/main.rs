@@ -47,12 +47,23 @@ struct AgentArgs {
     /// Address registered for this node [default: the listen address, or 127.0.0.1].
     #[arg(long, env = "BERTH_AGENT_ADVERTISE")]
     advertise: Option<std::net::IpAddr>,
-    /// ACL token used towards the server.
+    /// The agent's own ACL token (anti-entropy, heartbeats, token checks); never lent to
+    /// callers.
     #[arg(long, env = "BERTH_AGENT_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// File holding the ACL token.
+    /// File holding the agent's own ACL token.
     #[arg(long, env = "BERTH_AGENT_TOKEN_FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// ACL token for requests that carry none [default: the anonymous token].
+    #[arg(long, env = "BERTH_AGENT_DEFAULT_TOKEN", hide_env_values = true)]
+    default_token: Option<String>,
+    /// File holding the default ACL token.
+    #[arg(
+        long,
+        env = "BERTH_AGENT_DEFAULT_TOKEN_FILE",
+        conflicts_with = "default_token"
+    )]
+    default_token_file: Option<PathBuf>,
     /// Allow script checks (`Args`).
     #[arg(long, env = "BERTH_AGENT_ENABLE_SCRIPT_CHECKS")]
     enable_script_checks: bool,
@@ -79,18 +90,24 @@ impl AgentArgs {
         config.sync_interval = self.sync_interval;
         config.heartbeat_interval = self.heartbeat_interval;
         config.data_dir = self.data_dir;
-        config.token = match (self.token, self.token_file) {
-            (Some(t), _) => Some(t),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?
-                    .trim_end_matches('\n')
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
+        config.token = secret(self.token, self.token_file)?;
+        config.default_token = secret(self.default_token, self.default_token_file)?;
         Ok(config)
     }
+}
+
+/// A secret given directly or in a file (trailing newline dropped).
+fn secret(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    Ok(match (value, file) {
+        (Some(t), _) => Some(t),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim_end_matches('\n')
+                .to_owned(),
+        ),
+        (None, None) => None,
+    })
 }
 
 /// Precedence: flags, then `BERTH_REGISTRY_*` environment variables, then the `--config` file,

@@ -43,27 +43,66 @@ struct Http {
     client: reqwest::Client,
 }
 
+struct Answer {
+    status: u16,
+    body: Value,
+    /// `X-Consul-Results-Filtered-By-ACLs` was set.
+    filtered: bool,
+}
+
 impl Http {
     async fn call(&self, method: &str, url: &str, body: Option<Value>) -> (u16, Value, u64) {
-        let mut req = self
-            .client
-            .request(method.parse().unwrap(), url)
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-        let status = resp.status().as_u16();
+        let resp = self.send(None, method, url, body).await;
         let index = resp
             .headers()
             .get("x-consul-index")
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0);
-        let text = resp.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value, index)
+        let status = resp.status().as_u16();
+        (status, body_of(resp).await, index)
     }
 
+    /// A call with `token` as `X-Consul-Token` (`None`: no token).
+    async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        url: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let resp = self.send(token, method, url, body).await;
+        let status = resp.status().as_u16();
+        let filtered = resp
+            .headers()
+            .contains_key("x-consul-results-filtered-by-acls");
+        Answer {
+            status,
+            body: body_of(resp).await,
+            filtered,
+        }
+    }
+
+    async fn send(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        url: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), url)
+            .timeout(Duration::from_secs(30));
+        if let Some(t) = token {
+            req = req.header("X-Consul-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    /// Waits until `base` answers `/v1/agent/self` (403 counts: ACLs are on).
     async fn ready(&self, base: &str) {
         for _ in 0..200 {
             if let Ok(r) = self
@@ -71,7 +110,7 @@ impl Http {
                 .get(format!("{base}/v1/agent/self"))
                 .send()
                 .await
-                && r.status().is_success()
+                && (r.status().is_success() || r.status() == 403)
             {
                 return;
             }
@@ -97,6 +136,21 @@ impl Http {
         panic!("timed out waiting for {what} at {url}");
     }
 }
+
+async fn body_of(resp: reqwest::Response) -> Value {
+    let text = resp.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// (token, method, path, body, status, text the answer contains)
+type Row<'a> = (
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    Option<Value>,
+    u16,
+    &'a str,
+);
 
 fn count(v: &Value) -> usize {
     v.as_array().map_or(0, Vec::len)
@@ -335,4 +389,327 @@ async fn agents_join_fail_and_return() {
         .unwrap();
     assert_eq!(host3["Status"], 3, "left");
     drop(app_port);
+}
+
+/// An agent checks its own endpoints with tokens the server resolves (cached, refused when
+/// neither the server nor the cache knows them), never lends its own token, and uses its
+/// default token for requests without one.
+#[tokio::test]
+async fn agents_enforce_acls_with_tokens_the_server_resolves() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let sport = free_port("127.0.0.1");
+    let server = format!("http://127.0.0.1:{sport}");
+    let srv = spawn(&[
+        "server",
+        "--dev",
+        "--http-addr",
+        &format!("127.0.0.1:{sport}"),
+        "--node-name",
+        "srv",
+        "--acl-master-token",
+        "root",
+    ]);
+    http.ready(&server).await;
+    let root = Some("root");
+    let policies = [
+        (
+            "agent",
+            r#"node "ag1" { policy = "write" }
+               service_prefix "" { policy = "write" }"#,
+        ),
+        ("web", r#"service "web" { policy = "write" }"#),
+        (
+            "reader",
+            r#"service_prefix "" { policy = "read" }
+               node_prefix "" { policy = "read" }
+               agent_prefix "" { policy = "read" }"#,
+        ),
+        (
+            "default",
+            r#"key_prefix "pub/" { policy = "read" }
+               service "anon" { policy = "write" }"#,
+        ),
+    ];
+    for (name, rules) in policies {
+        let a = http
+            .call_as(
+                root,
+                "PUT",
+                &format!("{server}/v1/acl/policy"),
+                Some(json!({"Name": name, "Rules": rules})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let a = http
+            .call_as(
+                root,
+                "PUT",
+                &format!("{server}/v1/acl/token"),
+                Some(json!({"SecretID": format!("{name}-secret"), "Policies": [{"Name": name}]})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let a = http
+        .call_as(
+            root,
+            "PUT",
+            &format!("{server}/v1/kv/pub/a"),
+            Some(json!("x")),
+        )
+        .await;
+    assert_eq!(a.status, 200);
+
+    let ip = "127.0.0.9";
+    let port = free_port(ip);
+    let agent = format!("http://{ip}:{port}");
+    let _ag = spawn(&[
+        "agent",
+        "--join",
+        &server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        "ag1",
+        "--token",
+        "agent-secret",
+        "--default-token",
+        "default-secret",
+        "--heartbeat-interval",
+        "200ms",
+        "--sync-interval",
+        "2s",
+    ]);
+    http.ready(&agent).await;
+    let web = Some("web-secret");
+    let reader = Some("reader-secret");
+    let rows: &[Row<'_>] = &[
+        (
+            None,
+            "PUT",
+            "/v1/agent/service/register",
+            Some(json!({"Name": "evil"})),
+            403,
+            "Permission denied",
+        ),
+        (
+            Some("bogus"),
+            "PUT",
+            "/v1/agent/service/register",
+            Some(json!({"Name": "evil"})),
+            403,
+            "ACL not found",
+        ),
+        (
+            Some("bogus"),
+            "GET",
+            "/v1/agent/services",
+            None,
+            403,
+            "ACL not found",
+        ),
+        // The default token may write service "anon".
+        (
+            None,
+            "PUT",
+            "/v1/agent/service/register",
+            Some(json!({"Name": "anon"})),
+            200,
+            "",
+        ),
+        (
+            web,
+            "PUT",
+            "/v1/agent/service/register",
+            Some(json!({"Name": "web", "Check": {"TTL": "1h"}})),
+            200,
+            "",
+        ),
+        (
+            None,
+            "PUT",
+            "/v1/agent/check/fail/service:web?note=anon",
+            None,
+            403,
+            "Permission denied",
+        ),
+        (
+            web,
+            "PUT",
+            "/v1/agent/check/pass/service:web",
+            None,
+            200,
+            "",
+        ),
+        (
+            None,
+            "PUT",
+            "/v1/agent/service/deregister/web",
+            None,
+            403,
+            "Permission denied",
+        ),
+        (
+            None,
+            "GET",
+            "/v1/agent/self",
+            None,
+            403,
+            "Permission denied",
+        ),
+        (reader, "GET", "/v1/agent/self", None, 200, "ag1"),
+        (
+            reader,
+            "PUT",
+            "/v1/agent/leave",
+            None,
+            403,
+            "Permission denied",
+        ),
+        (
+            None,
+            "PUT",
+            "/v1/agent/leave",
+            None,
+            403,
+            "Permission denied",
+        ),
+        (
+            None,
+            "PUT",
+            &format!("/v1/agent/join/127.0.0.1:{sport}"),
+            None,
+            403,
+            "Permission denied",
+        ),
+        // Forwarded: the default token applies, the agent's own token is not lent.
+        (None, "GET", "/v1/kv/pub/a?raw", None, 200, "x"),
+        (
+            None,
+            "PUT",
+            "/v1/catalog/register",
+            Some(json!({"Node": "ag1", "Address": "10.9.9.9"})),
+            403,
+            "Permission denied",
+        ),
+        (
+            Some("bogus"),
+            "GET",
+            "/v1/kv/pub/a",
+            None,
+            403,
+            "ACL not found",
+        ),
+    ];
+    for (token, method, path, body, status, text) in rows {
+        let a = http
+            .call_as(*token, method, &format!("{agent}{path}"), body.clone())
+            .await;
+        assert_eq!(a.status, *status, "{token:?} {method} {path}: {}", a.body);
+        assert!(
+            a.body.to_string().contains(text),
+            "{token:?} {method} {path}: {}",
+            a.body
+        );
+    }
+    let direct = http
+        .call_as(None, "GET", &format!("{server}/v1/kv/pub/a"), None)
+        .await;
+    assert_eq!(direct.status, 403, "anonymous on the server has no rights");
+    let anon = http
+        .call_as(None, "GET", &format!("{agent}/v1/agent/services"), None)
+        .await;
+    assert_eq!(anon.status, 200);
+    assert!(anon.filtered, "web is hidden: {}", anon.body);
+    assert_eq!(
+        anon.body.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["anon"]
+    );
+    let all = http
+        .call_as(reader, "GET", &format!("{agent}/v1/agent/services"), None)
+        .await;
+    assert!(!all.filtered);
+    assert_eq!(all.body.as_object().unwrap().len(), 2, "{}", all.body);
+    // Anti-entropy, with the agent's own token, put both in the catalog.
+    http.until(
+        &format!("{server}/v1/catalog/node/ag1?token=root"),
+        "web and anon synced",
+        |v| v["Services"].as_object().is_some_and(|s| s.len() == 2),
+    )
+    .await;
+
+    // Server gone: tokens already resolved keep working, unknown ones are refused.
+    drop(srv);
+    let a = http
+        .call_as(
+            web,
+            "PUT",
+            &format!("{agent}/v1/agent/check/warn/service:web"),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = http
+        .call_as(
+            Some("never-seen"),
+            "PUT",
+            &format!("{agent}/v1/agent/service/register"),
+            Some(json!({"Name": "web"})),
+        )
+        .await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(
+        a.body.to_string().contains("registry server unreachable"),
+        "{}",
+        a.body
+    );
+}
+
+/// Without ACLs on the server, an agent's own endpoints keep working while the server is down,
+/// whatever token a caller sends (the server said ACLs are off; nothing to fail closed on).
+#[tokio::test]
+async fn agents_of_a_server_without_acls_serve_while_it_is_down() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let sport = free_port("127.0.0.1");
+    let server = format!("http://127.0.0.1:{sport}");
+    let srv = spawn(&[
+        "server",
+        "--dev",
+        "--http-addr",
+        &format!("127.0.0.1:{sport}"),
+        "--node-name",
+        "srv",
+    ]);
+    http.ready(&server).await;
+    let ip = "127.0.0.10";
+    let port = free_port(ip);
+    let agent = format!("http://{ip}:{port}");
+    let _ag = spawn(&[
+        "agent",
+        "--join",
+        &server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        "ag-open",
+    ]);
+    http.ready(&agent).await;
+    drop(srv);
+    let a = http
+        .call_as(
+            Some("never-seen"),
+            "PUT",
+            &format!("{agent}/v1/agent/service/register"),
+            Some(json!({"Name": "web"})),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = http
+        .call_as(None, "GET", &format!("{agent}/v1/agent/services"), None)
+        .await;
+    assert!(a.body.get("web").is_some(), "{}", a.body);
 }

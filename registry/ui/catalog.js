@@ -247,15 +247,24 @@ export async function renderNodes(view) {
 export async function renderNode(view, name) {
   const { body, errors } = skeleton(view, name, crumbs('#/nodes', 'Nodes'));
   let node;
+  let hidden;
   let checks;
   try {
-    [node, checks] = await Promise.all([
-      getJSON(`/v1/catalog/node/${encodeURIComponent(name)}`),
+    let answer;
+    [answer, checks] = await Promise.all([
+      getList(`/v1/catalog/node/${encodeURIComponent(name)}`),
       getJSON(`/v1/health/node/${encodeURIComponent(name)}`),
     ]);
+    ({ list: node, filtered: hidden } = answer);
   } catch (err) {
     replace(body);
     errors.show(err);
+    return;
+  }
+  if (!node && hidden) {
+    // Consul answers `null` (filtered) for a node the token may not read.
+    replace(body);
+    errors.show(`Permission denied: your token may not read node “${name}” (set another one on the ACL page).`);
     return;
   }
   if (!node || !node.Node) {

@@ -105,6 +105,16 @@ impl Authorizer {
         Self::Rules(Box::new(set))
     }
 
+    /// The authorizer of policies given by their rules texts; rules that no longer parse grant
+    /// nothing (as on the server, which validated them when they were written).
+    pub fn from_rule_texts<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
+        let rules: Vec<Rules> = texts
+            .into_iter()
+            .map(|t| crate::acl::parse_rules(t).unwrap_or_default())
+            .collect();
+        Self::from_rules(&rules)
+    }
+
     /// An authorizer that denies everything (a token without policies).
     pub fn deny_all() -> Self {
         Self::Rules(Box::default())

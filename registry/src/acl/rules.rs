@@ -1,8 +1,12 @@
 //! Parser for Consul ACL rules in their HCL and JSON forms.
 //!
-//! Accepted: `key`, `key_prefix`, `service`, `service_prefix`, `node`, `node_prefix`,
+//! Enforced: `key`, `key_prefix`, `service`, `service_prefix`, `node`, `node_prefix`,
 //! `session`, `session_prefix`, `agent`, `agent_prefix` blocks (`<kind> "<name>" { policy = ".." }`)
-//! and the `operator`, `acl`, `keyring`, `mesh`, `peering` attributes (`operator = "read"`).
+//! and the `operator` and `acl` attributes (`operator = "read"`).
+//! Accepted, validated and ignored (the rest of Consul's grammar, for APIs berth does not serve):
+//! `event`, `event_prefix`, `query`, `query_prefix`, `identity`, `identity_prefix` blocks and the
+//! `keyring`, `mesh`, `peering` attributes. A token's access to those APIs is therefore never
+//! granted by berth: they do not exist here.
 //! Policies: `read`, `write`, `deny`, `list` (`list` only on key rules, as in Consul).
 
 use super::AclError;
@@ -96,6 +100,16 @@ pub struct Rules {
 
 const GLOBAL_ATTRS: &[&str] = &["operator", "acl", "keyring", "mesh", "peering"];
 
+/// Block kinds of Consul's rule grammar that berth accepts but does not enforce.
+const IGNORED_BLOCKS: &[&str] = &[
+    "event",
+    "event_prefix",
+    "query",
+    "query_prefix",
+    "identity",
+    "identity_prefix",
+];
+
 /// Parses a rules document; JSON when it starts with `{`, HCL otherwise. Empty rules are valid.
 pub fn parse_rules(text: &str) -> Result<Rules, AclError> {
     let trimmed = text.trim();
@@ -132,15 +146,21 @@ fn push_rule(
     name: &str,
     policy: Option<&str>,
 ) -> Result<(), AclError> {
+    let missing = || AclError::InvalidRule(format!("{kind} {name:?}: missing policy"));
+    let invalid = |p: &str| AclError::InvalidRule(format!("{kind} {name:?}: invalid policy {p:?}"));
+    if IGNORED_BLOCKS.contains(&kind) {
+        let policy = policy.ok_or_else(missing)?;
+        return match Access::parse(policy) {
+            Some(Access::Read | Access::Write | Access::Deny) => Ok(()),
+            _ => Err(invalid(policy)),
+        };
+    }
     let (resource, prefix) = Resource::from_block(kind)
         .ok_or_else(|| AclError::InvalidRule(format!("unknown rule kind {kind:?}")))?;
-    let policy =
-        policy.ok_or_else(|| AclError::InvalidRule(format!("{kind} {name:?}: missing policy")))?;
+    let policy = policy.ok_or_else(missing)?;
     let access = Access::parse(policy)
         .filter(|a| *a != Access::List || resource == Resource::Key)
-        .ok_or_else(|| {
-            AclError::InvalidRule(format!("{kind} {name:?}: invalid policy {policy:?}"))
-        })?;
+        .ok_or_else(|| invalid(policy))?;
     out.rules.push(Rule {
         resource,
         name: name.to_owned(),
@@ -297,6 +317,58 @@ mod tests {
         ];
         for case in cases {
             assert!(parse_rules(case).is_err(), "accepted {case:?}");
+        }
+    }
+
+    #[test]
+    fn unenforced_consul_rule_kinds_are_accepted_and_ignored() {
+        // Consul's documented DNS policy, plus every other kind of its grammar berth ignores.
+        let hcl = r#"
+            node_prefix "" { policy = "read" }
+            service_prefix "" { policy = "read" }
+            query_prefix "" { policy = "read" }
+            query "q" { policy = "write" }
+            event_prefix "" { policy = "deny" }
+            event "deploy" { policy = "write" }
+            identity_prefix "" { policy = "read" }
+            identity "web" {
+                policy = "write"
+                intentions = "read"
+            }
+            keyring = "read"
+            mesh = "write"
+            peering = "read"
+        "#;
+        let json = r#"{
+            "node_prefix": {"": {"policy": "read"}},
+            "service_prefix": {"": {"policy": "read"}},
+            "query_prefix": {"": {"policy": "read"}},
+            "event": {"deploy": {"policy": "write"}},
+            "identity": {"web": {"policy": "write", "intentions": "read"}},
+            "keyring": "read",
+            "mesh": "write",
+            "peering": "read"
+        }"#;
+        for text in [hcl, json] {
+            let rules = parse_rules(text).unwrap();
+            assert_eq!(
+                rules.rules,
+                [
+                    rule(Resource::Node, "", true, Access::Read),
+                    rule(Resource::Service, "", true, Access::Read),
+                ],
+                "{text}"
+            );
+            assert_eq!(rules.operator, None);
+            assert_eq!(rules.acl, None);
+        }
+        for bad in [
+            r#"query_prefix "" { policy = "list" }"#,
+            r#"event "x" { policy = "admin" }"#,
+            r#"identity "x" { }"#,
+            r#"mesh = "list""#,
+        ] {
+            assert!(parse_rules(bad).is_err(), "accepted {bad:?}");
         }
     }
 

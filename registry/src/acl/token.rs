@@ -161,31 +161,50 @@ impl AclResolver {
         found
     }
 
-    /// Resolves the secret presented with a request (`None` or empty: anonymous).
-    pub fn resolve(&self, secret: Option<&str>) -> Result<Authorizer, AclError> {
+    /// The policies of the secret presented with a request (`None` or empty: anonymous);
+    /// `None` when everything is allowed (ACLs off, master or management token).
+    fn policies_of(&self, secret: Option<&str>) -> Result<Option<Vec<&(Policy, Rules)>>, AclError> {
         if !self.enabled {
-            return Ok(Authorizer::AllowAll);
+            return Ok(None);
         }
         let secret = match secret {
             None | Some("") => ANONYMOUS_SECRET,
             Some(s) => s,
         };
         if self.master.as_ref().is_some_and(|m| m.matches(secret)) {
-            return Ok(Authorizer::AllowAll);
+            return Ok(None);
         }
         let token = match self.token_for(secret) {
             Some(t) => t,
-            None if secret == ANONYMOUS_SECRET => return Ok(Authorizer::deny_all()),
+            None if secret == ANONYMOUS_SECRET => return Ok(Some(vec![])),
             None => return Err(AclError::NotFound),
         };
         if token.is_management() {
-            return Ok(Authorizer::AllowAll);
+            return Ok(None);
         }
-        let rules = token
-            .policies
-            .iter()
-            .filter_map(|link| self.policies.get(&link.id).map(|(_, r)| r));
-        Ok(Authorizer::from_rules(rules))
+        Ok(Some(
+            token
+                .policies
+                .iter()
+                .filter_map(|link| self.policies.get(&link.id))
+                .collect(),
+        ))
+    }
+
+    /// Resolves the secret presented with a request (`None` or empty: anonymous).
+    pub fn resolve(&self, secret: Option<&str>) -> Result<Authorizer, AclError> {
+        Ok(match self.policies_of(secret)? {
+            None => Authorizer::AllowAll,
+            Some(policies) => Authorizer::from_rules(policies.into_iter().map(|(_, r)| r)),
+        })
+    }
+
+    /// What an agent needs to build the secret's authorizer itself: `None` for everything,
+    /// else the rules texts of its policies (see [`Authorizer::from_rule_texts`]).
+    pub fn rule_texts(&self, secret: Option<&str>) -> Result<Option<Vec<String>>, AclError> {
+        Ok(self
+            .policies_of(secret)?
+            .map(|policies| policies.into_iter().map(|(p, _)| p.rules.clone()).collect()))
     }
 }
 
@@ -256,6 +275,29 @@ mod tests {
                 .unwrap()
                 .is_management()
         );
+    }
+
+    #[test]
+    fn rule_texts_rebuild_the_same_authorizer_elsewhere() {
+        let mut r = AclResolver::enabled(SecretId::new("root"));
+        let kv = r#"key_prefix "app/" { policy = "write" }"#;
+        r.load(
+            vec![
+                token("app", &["kv", "gone"]),
+                token("mgmt", &[MANAGEMENT_POLICY_ID]),
+            ],
+            vec![policy("kv", kv)],
+        );
+        let texts = r.rule_texts(Some("app")).unwrap().unwrap();
+        assert_eq!(texts, [kv]);
+        let rebuilt = Authorizer::from_rule_texts(texts.iter().map(String::as_str));
+        assert!(rebuilt.allows(Resource::Key, "app/x", Need::Write));
+        assert!(!rebuilt.allows(Resource::Key, "other", Need::Read));
+        assert_eq!(r.rule_texts(Some("root")).unwrap(), None);
+        assert_eq!(r.rule_texts(Some("mgmt")).unwrap(), None);
+        assert_eq!(r.rule_texts(None).unwrap(), Some(vec![]));
+        assert_eq!(r.rule_texts(Some("nope")).unwrap_err(), AclError::NotFound);
+        assert_eq!(AclResolver::disabled().rule_texts(Some("x")).unwrap(), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `berth-registry agent` process: local agent API, anti-entropy, heartbeats and a reverse proxy
 //! of every other request to the server.
 
+mod acl;
 mod local;
 mod run;
 pub(crate) mod sync;

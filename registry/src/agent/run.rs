@@ -15,8 +15,12 @@ use futures::TryStreamExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::acl::RemoteAcl;
 use super::local::LocalAgent;
 use super::sync::{self, NodeSpec, Target};
+use crate::acl::{Need, Resource};
+use crate::api::ApiError;
+use crate::api::acl::{Authz, presented_token};
 use crate::api::agent_local::{self, AgentApi};
 use crate::api::internal::{Heartbeat, agent_node};
 use crate::client::Client;
@@ -33,8 +37,12 @@ pub struct AgentConfig {
     pub node_name: String,
     /// Address registered for this node (default: the listener's IP, or 127.0.0.1).
     pub advertise: Option<IpAddr>,
-    /// Token sent to the server (and added to forwarded requests that carry none).
+    /// The agent's own token (Consul's `acl.tokens.agent`): sent with its anti-entropy,
+    /// heartbeats, leave and token resolutions. Never lent to callers.
     pub token: Option<String>,
+    /// Token for requests that carry none (Consul's `acl.tokens.default`): checked on the
+    /// agent's own endpoints and added to forwarded requests. `None`: the anonymous token.
+    pub default_token: Option<String>,
     /// Run script checks.
     pub enable_script_checks: bool,
     /// Period of the full anti-entropy sync (it also runs after every change).
@@ -54,6 +62,7 @@ impl AgentConfig {
             node_name: node_name.to_owned(),
             advertise: None,
             token: None,
+            default_token: None,
             enable_script_checks: false,
             sync_interval: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
@@ -87,7 +96,10 @@ pub enum AgentRunError {
 struct Proxy {
     http: reqwest::Client,
     server: String,
-    token: Option<String>,
+    /// The agent's own token, for its own calls.
+    agent_token: Option<String>,
+    /// Added to forwarded requests that carry no token.
+    default_token: Option<String>,
 }
 
 struct AgentShared {
@@ -121,9 +133,9 @@ pub async fn run_agent(
     // First contact: the server's datacenter and any node id this node had before.
     let (datacenter, node_id) = loop {
         let attempt = async {
-            let me = client.agent_self().await?;
+            let datacenter = client.catalog_datacenter().await?;
             let known = client.catalog_node(&config.node_name).await?;
-            Ok::<_, crate::client::ClientError>((me.config.datacenter, known.map(|n| n.node.id)))
+            Ok::<_, crate::client::ClientError>((datacenter, known.map(|n| n.node.id)))
         };
         match attempt.await {
             Ok((dc, id)) => {
@@ -161,14 +173,23 @@ pub async fn run_agent(
             .as_ref()
             .map(|d| d.join("agent-services.json")),
     );
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| AgentRunError::Address(e.to_string()))?;
+    let acl = Arc::new(RemoteAcl::new(
+        http.clone(),
+        &server,
+        &config.node_name,
+        config.token.clone(),
+        config.default_token.clone(),
+    ));
     let shared = Arc::new(AgentShared {
         proxy: Proxy {
-            http: reqwest::Client::builder()
-                .tcp_nodelay(true)
-                .build()
-                .map_err(|e| AgentRunError::Address(e.to_string()))?,
+            http,
             server: server.clone(),
-            token: config.token.clone().filter(|t| !t.is_empty()),
+            agent_token: config.token.clone().filter(|t| !t.is_empty()),
+            default_token: config.default_token.clone().filter(|t| !t.is_empty()),
         },
         local: local.clone(),
         config: config.clone(),
@@ -179,6 +200,7 @@ pub async fn run_agent(
         shutdown: shutdown.clone(),
     });
     heartbeat(&shared).await;
+    acl.warm().await;
     let spec = NodeSpec {
         node: agent_node(
             &config.node_name,
@@ -198,7 +220,7 @@ pub async fn run_agent(
     ));
     let reaper = tokio::spawn(sync::run_reaper(local.clone(), tasks.clone()));
     let beats = tokio::spawn(heartbeat_loop(shared.clone(), tasks.clone()));
-    let app = router(shared.clone()).layer(
+    let app = router(shared.clone(), acl).layer(
         tower_http::trace::TraceLayer::new_for_http().make_span_with(crate::api::acl::request_span),
     );
     let served = axum::serve(listener, app)
@@ -212,19 +234,25 @@ pub async fn run_agent(
     Ok(())
 }
 
-fn router(shared: Arc<AgentShared>) -> Router {
+/// The agent's own endpoints, checked against ACLs here as on the server; everything else is
+/// forwarded with the caller's token (or the default token) and checked by the server.
+fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
     let api = Arc::new(AgentApi {
         local: shared.local.clone(),
         datacenter: shared.datacenter.clone(),
     });
-    Router::new()
+    let own = Router::new()
         .route("/v1/agent/self", get(agent_self))
         .route("/v1/agent/join/{addr}", put(join))
         .route("/v1/agent/leave", put(leave_handler))
+        .with_state(shared.clone())
+        .merge(agent_local::routes(api))
+        .layer(axum::middleware::from_fn_with_state(acl, super::acl::layer));
+    Router::new()
         .route("/v1/session/create", put(session_create))
         .fallback(forward)
         .with_state(shared)
-        .merge(agent_local::routes(api))
+        .merge(own)
         // The web UI is served by the agent itself; its API calls go through `forward`.
         .merge(crate::ui::routes())
 }
@@ -250,7 +278,8 @@ fn member(s: &AgentShared) -> AgentMember {
     }
 }
 
-async fn agent_self(State(s): State<Arc<AgentShared>>) -> Response {
+async fn agent_self(State(s): State<Arc<AgentShared>>, authz: Authz) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &s.config.node_name, Need::Read)?;
     let answer = AgentSelf {
         config: AgentConfigDto {
             datacenter: s.datacenter.clone(),
@@ -278,24 +307,32 @@ async fn agent_self(State(s): State<Arc<AgentShared>>) -> Response {
         )]
         .into(),
     };
-    crate::api::json(&answer)
+    Ok(crate::api::json(&answer))
 }
 
-async fn join(State(s): State<Arc<AgentShared>>, Path(addr): Path<String>) -> Response {
+async fn join(
+    State(s): State<Arc<AgentShared>>,
+    authz: Authz,
+    Path(addr): Path<String>,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &s.config.node_name, Need::Write)?;
     let wanted = s.config.server_url();
     if wanted == addr || wanted.ends_with(&format!("//{addr}")) {
-        StatusCode::OK.into_response()
+        Ok(StatusCode::OK.into_response())
     } else {
-        crate::api::plain(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("this agent is joined to {wanted}; restart it with --join {addr} to move"),
-        )
+        Err(ApiError::Internal(format!(
+            "this agent is joined to {wanted}; restart it with --join {addr} to move"
+        )))
     }
 }
 
-async fn leave_handler(State(s): State<Arc<AgentShared>>) -> Response {
+async fn leave_handler(
+    State(s): State<Arc<AgentShared>>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &s.config.node_name, Need::Write)?;
     s.shutdown.cancel();
-    StatusCode::OK.into_response()
+    Ok(StatusCode::OK.into_response())
 }
 
 fn beat_body(s: &AgentShared) -> Heartbeat {
@@ -314,7 +351,7 @@ async fn internal(s: &AgentShared, path: &str) -> Result<(), String> {
         .put(format!("{}{path}", s.proxy.server))
         .timeout(Duration::from_secs(5))
         .json(&beat_body(s));
-    if let Some(t) = &s.proxy.token {
+    if let Some(t) = &s.proxy.agent_token {
         req = req.header("X-Consul-Token", t);
     }
     let resp = req.send().await.map_err(|e| e.to_string())?;
@@ -410,24 +447,21 @@ async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Respons
         .proxy
         .http
         .request(parts.method.clone(), format!("{}{path}", s.proxy.server));
-    let mut has_token = false;
+    // Requests without a token run with the default token, never with the agent's own.
+    let default_token = s
+        .proxy
+        .default_token
+        .as_ref()
+        .filter(|_| presented_token(&parts).is_none());
     for (name, value) in &parts.headers {
-        if HOP_BY_HOP.contains(&name.as_str()) {
+        if HOP_BY_HOP.contains(&name.as_str())
+            || (default_token.is_some() && name == "x-consul-token")
+        {
             continue;
-        }
-        if (name == "x-consul-token" || name == "authorization") && !value.is_empty() {
-            has_token = true;
         }
         req = req.header(name, value);
     }
-    let has_query_token = parts
-        .uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p.starts_with("token=") && p.len() > 6));
-    if let Some(t) = &s.proxy.token
-        && !has_token
-        && !has_query_token
-    {
+    if let Some(t) = default_token {
         req = req.header("X-Consul-Token", t);
     }
     let stream = body.into_data_stream();

@@ -19,11 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Params, json};
 use crate::acl::{
-    AclError, AclResolver, Authorizer, MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, Need, Policy,
-    PolicyLink, Resource, SecretId, Token, parse_rules,
+    ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclError, AclResolver, Authorizer,
+    MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, Need, Policy, PolicyLink, Resource, SecretId,
+    Token, parse_rules,
 };
 
-/// The resolved authorizer of the request (everything allowed when ACLs are off).
+/// The resolved authorizer of the request (everything allowed when ACLs are off), put in the
+/// request's extensions by the ACL middleware.
 #[derive(Clone)]
 pub(crate) struct Authz(pub(crate) Arc<Authorizer>);
 
@@ -54,15 +56,17 @@ impl Authz {
     }
 }
 
+/// Fails closed: a route whose router lacks the resolving middleware answers 500 instead of
+/// running without ACLs (the server's [`layer`], or the agent's, must wrap every route that
+/// takes an `Authz`).
 impl<S: Send + Sync> FromRequestParts<S> for Authz {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<Authz>()
-            .cloned()
-            .unwrap_or_else(|| Authz(Arc::new(Authorizer::AllowAll))))
+        parts.extensions.get::<Authz>().cloned().ok_or_else(|| {
+            tracing::error!(path = %parts.uri.path(), "route without ACL resolution refused");
+            ApiError::Internal("ACL resolution missing for this route".into())
+        })
     }
 }
 
@@ -106,11 +110,111 @@ pub(crate) fn filtered(mut response: Response, dropped: bool) -> Response {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Persisted {
     bootstrapped: bool,
+    /// Index at which the ACL system was bootstrapped (Consul's "reset index").
+    bootstrap_index: u64,
     index: u64,
+    /// Accessor of the stored record of the configured master token.
+    master_accessor: Option<String>,
     tokens: Vec<Token>,
     policies: Vec<Policy>,
+}
+
+impl Persisted {
+    /// Makes the configured master token and the anonymous token real tokens, and marks the
+    /// ACL system bootstrapped, as Consul's leader does for `initial_management`. Returns
+    /// whether anything changed.
+    fn seed(&mut self, master: &SecretId) -> bool {
+        let before = (
+            self.bootstrapped,
+            self.index,
+            self.master_accessor.clone(),
+            self.tokens.clone(),
+        );
+        if !self.bootstrapped {
+            self.index += 1;
+            self.bootstrapped = true;
+            self.bootstrap_index = self.index;
+        }
+        let now = now_rfc3339();
+        if !self
+            .tokens
+            .iter()
+            .any(|t| t.accessor_id == ANONYMOUS_ACCESSOR_ID)
+        {
+            self.index += 1;
+            // A token made with the literal secret `anonymous` already acted as the anonymous
+            // token: it becomes the real one, policies kept.
+            match self
+                .tokens
+                .iter_mut()
+                .find(|t| t.secret_id.matches(ANONYMOUS_SECRET))
+            {
+                Some(t) => {
+                    t.accessor_id = ANONYMOUS_ACCESSOR_ID.to_owned();
+                    t.modify_index = self.index;
+                }
+                None => self.tokens.push(Token {
+                    accessor_id: ANONYMOUS_ACCESSOR_ID.to_owned(),
+                    secret_id: SecretId::new(ANONYMOUS_SECRET),
+                    description: "Anonymous Token".to_owned(),
+                    policies: vec![],
+                    local: false,
+                    create_time: now.clone(),
+                    create_index: self.index,
+                    modify_index: self.index,
+                }),
+            }
+        }
+        let by_secret = self
+            .tokens
+            .iter()
+            .find(|t| t.secret_id.matches(master.expose()))
+            .map(|t| t.accessor_id.clone());
+        let recorded = self
+            .master_accessor
+            .clone()
+            .filter(|a| self.tokens.iter().any(|t| t.accessor_id == *a));
+        match (by_secret, recorded) {
+            (Some(accessor), _) => self.master_accessor = Some(accessor),
+            // The configured master token changed: the record follows it (rotation).
+            (None, Some(accessor)) => {
+                self.index += 1;
+                let index = self.index;
+                if let Some(t) = self.tokens.iter_mut().find(|t| t.accessor_id == accessor) {
+                    t.secret_id = master.clone();
+                    t.modify_index = index;
+                }
+            }
+            (None, None) => {
+                self.index += 1;
+                let accessor = uuid::Uuid::new_v4().to_string();
+                self.tokens.push(Token {
+                    accessor_id: accessor.clone(),
+                    secret_id: master.clone(),
+                    description: "Initial Management Token".to_owned(),
+                    policies: vec![PolicyLink {
+                        id: MANAGEMENT_POLICY_ID.into(),
+                        name: MANAGEMENT_POLICY_NAME.into(),
+                    }],
+                    local: false,
+                    create_time: now,
+                    create_index: self.index,
+                    modify_index: self.index,
+                });
+                self.master_accessor = Some(accessor);
+            }
+        }
+        before
+            != (
+                self.bootstrapped,
+                self.index,
+                self.master_accessor.clone(),
+                self.tokens.clone(),
+            )
+    }
 }
 
 /// Tokens, policies and the resolver built from them.
@@ -130,14 +234,22 @@ impl AclStore {
         }
     }
 
-    /// ACLs on with `master` as the management token, loading `dir/acl.json` if present.
+    /// ACLs on with `master` as the management token, loading `dir/acl.json` if present. The
+    /// master and anonymous tokens are stored as real tokens, and the system counts as
+    /// bootstrapped: `/v1/acl/bootstrap` is refused.
     pub(crate) fn enabled(master: SecretId, dir: Option<PathBuf>) -> std::io::Result<Self> {
         let file = dir.map(|d| d.join("acl.json"));
-        let data: Persisted = match &file {
+        let mut data: Persisted = match &file {
             Some(f) if f.exists() => serde_json::from_slice(&std::fs::read(f)?)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
             _ => Persisted::default(),
         };
+        if data.seed(&master)
+            && let Some(f) = &file
+        {
+            let bytes = serde_json::to_vec(&data).map_err(std::io::Error::other)?;
+            write_atomic(f, &bytes)?;
+        }
         let mut resolver = AclResolver::enabled(master);
         resolver.load(data.tokens.clone(), data.policies.clone());
         Ok(Self {
@@ -159,6 +271,13 @@ impl AclStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .resolve(secret)
+    }
+
+    fn rule_texts(&self, secret: Option<&str>) -> Result<Option<Vec<String>>, AclError> {
+        self.resolver
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .rule_texts(secret)
     }
 
     fn token_by_secret(&self, secret: &str) -> Option<Token> {
@@ -245,7 +364,70 @@ pub(crate) fn routes(acl: Arc<AclStore>) -> Router {
             get(policy_read).put(policy_update).delete(policy_delete),
         )
         .route("/v1/acl/policies", get(policy_list))
+        .route("/v1/internal/berth/acl/resolve", put(resolve_for_agent))
         .with_state(acl)
+}
+
+/// Body of `PUT /v1/internal/berth/acl/resolve`, by which a `berth-registry agent` asks how a
+/// token presented to it resolves. The agent authenticates with its own token, which needs
+/// `node:write` on the agent's node (as for its heartbeats). No `Debug`: it carries a secret.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct ResolveRequest {
+    /// The asking agent's node.
+    pub(crate) node: String,
+    /// The secret to resolve; empty for the anonymous token.
+    #[serde(rename = "SecretID")]
+    pub(crate) secret_id: String,
+}
+
+/// Answer of `PUT /v1/internal/berth/acl/resolve`.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct ResolveAnswer {
+    /// ACLs are on at the server.
+    pub(crate) enabled: bool,
+    /// False for an unknown secret: the agent answers `ACL not found`.
+    pub(crate) found: bool,
+    /// Everything is allowed: ACLs are off, or a management token.
+    pub(crate) management: bool,
+    /// Rules texts of the token's policies.
+    pub(crate) rules: Vec<String>,
+}
+
+async fn resolve_for_agent(
+    State(acl): State<Arc<AclStore>>,
+    authz: Authz,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: ResolveRequest = decode(&headers, body).await?;
+    if req.node.is_empty() {
+        return Err(ApiError::BadRequest("Must provide node".into()));
+    }
+    authz.require(Resource::Node, &req.node, Need::Write)?;
+    let secret = Some(req.secret_id.as_str()).filter(|s| !s.is_empty());
+    let enabled = acl.is_enabled();
+    let answer = match acl.rule_texts(secret) {
+        Ok(None) => ResolveAnswer {
+            enabled,
+            found: true,
+            management: true,
+            rules: vec![],
+        },
+        Ok(Some(rules)) => ResolveAnswer {
+            enabled,
+            found: true,
+            management: false,
+            rules,
+        },
+        Err(AclError::NotFound) => ResolveAnswer {
+            enabled,
+            ..ResolveAnswer::default()
+        },
+        Err(err) => return Err(ApiError::Forbidden(err.to_string())),
+    };
+    Ok(json(&answer))
 }
 
 fn ensure_enabled(acl: &AclStore) -> Result<(), ApiError> {
@@ -418,34 +600,14 @@ fn canonical_keys(value: &mut serde_json::Value) {
     }
 }
 
+/// `PUT /v1/acl/bootstrap`: ACLs are only on with a configured master token, which bootstraps
+/// the system at start (as Consul's `initial_management`), so this is always refused.
 async fn bootstrap(State(acl): State<Arc<AclStore>>) -> Result<Response, ApiError> {
     ensure_enabled(&acl)?;
-    let token = acl.modify(|d| {
-        if d.bootstrapped {
-            return Err(ApiError::Forbidden(format!(
-                "Permission denied: ACL bootstrap no longer allowed (reset index: {})",
-                d.index
-            )));
-        }
-        d.index += 1;
-        d.bootstrapped = true;
-        let token = Token {
-            accessor_id: uuid::Uuid::new_v4().to_string(),
-            secret_id: SecretId::generate(),
-            description: "Bootstrap Token (Global Management)".into(),
-            policies: vec![PolicyLink {
-                id: MANAGEMENT_POLICY_ID.into(),
-                name: MANAGEMENT_POLICY_NAME.into(),
-            }],
-            local: false,
-            create_time: now_rfc3339(),
-            create_index: d.index,
-            modify_index: d.index,
-        };
-        d.tokens.push(token.clone());
-        Ok(token)
-    })?;
-    Ok(json(&token_dto(&token)))
+    Err(ApiError::Forbidden(format!(
+        "Permission denied: ACL bootstrap no longer allowed (reset index: {})",
+        acl.read(|d| d.bootstrap_index)
+    )))
 }
 
 fn resolve_links(d: &Persisted, links: &[LinkDto]) -> Result<Vec<PolicyLink>, ApiError> {
@@ -505,6 +667,12 @@ async fn token_create(
                 "Invalid Token: SecretID is already in use".into(),
             ));
         }
+        if !req.accessor_id.is_empty() && d.tokens.iter().any(|t| t.accessor_id == req.accessor_id)
+        {
+            return Err(ApiError::BadRequest(
+                "Invalid Token: AccessorID is already in use".into(),
+            ));
+        }
         d.index += 1;
         let token = Token {
             accessor_id: if req.accessor_id.is_empty() {
@@ -532,12 +700,24 @@ async fn token_self(
 ) -> Result<Response, ApiError> {
     ensure_enabled(&acl)?;
     let (parts, _) = request.into_parts();
-    let secret =
-        presented_token(&parts).ok_or_else(|| ApiError::Forbidden("ACL not found".into()))?;
+    let secret = presented_token(&parts).unwrap_or_else(|| ANONYMOUS_SECRET.to_owned());
     match acl.token_by_secret(&secret) {
         Some(t) => Ok(json(&token_dto(&t))),
         None => Err(ApiError::Forbidden("ACL not found".into())),
     }
+}
+
+/// Consul's placeholder for a secret the caller may not see.
+const REDACTED: &str = "<hidden>";
+
+/// A token as `authz` may see it: the secret only with `acl:write` (Consul's
+/// `redactTokenSecret`), since `acl:read` must not be a way to borrow other tokens.
+fn visible_token(t: &Token, authz: &Authz) -> TokenDto {
+    let mut dto = token_dto(t);
+    if !authz.0.acl(Need::Write) {
+        dto.secret_id = REDACTED.to_owned();
+    }
+    dto
 }
 
 async fn token_read(
@@ -546,9 +726,14 @@ async fn token_read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     acl_need(&acl, &authz, Need::Read)?;
-    acl.read(|d| d.tokens.iter().find(|t| t.accessor_id == id).map(token_dto))
-        .map(|t| json(&t))
-        .ok_or_else(|| ApiError::Forbidden("ACL not found".into()))
+    acl.read(|d| {
+        d.tokens
+            .iter()
+            .find(|t| t.accessor_id == id)
+            .map(|t| visible_token(t, &authz))
+    })
+    .map(|t| json(&t))
+    .ok_or_else(|| ApiError::Forbidden("ACL not found".into()))
 }
 
 async fn token_update(
@@ -585,6 +770,16 @@ async fn token_delete(
 ) -> Result<Response, ApiError> {
     acl_need(&acl, &authz, Need::Write)?;
     acl.modify(|d| {
+        if id == ANONYMOUS_ACCESSOR_ID {
+            return Err(ApiError::BadRequest(
+                "Delete operation not permitted on the anonymous token".into(),
+            ));
+        }
+        if d.master_accessor.as_deref() == Some(id.as_str()) {
+            return Err(ApiError::BadRequest(
+                "Delete operation not permitted on the configured master token".into(),
+            ));
+        }
         d.tokens.retain(|t| t.accessor_id != id);
         d.index += 1;
         Ok(())
@@ -594,17 +789,8 @@ async fn token_delete(
 
 async fn token_list(State(acl): State<Arc<AclStore>>, authz: Authz) -> Result<Response, ApiError> {
     acl_need(&acl, &authz, Need::Read)?;
-    let list: Vec<TokenDto> = acl.read(|d| {
-        d.tokens
-            .iter()
-            .map(|t| {
-                let mut dto = token_dto(t);
-                // Listings never carry secrets.
-                dto.secret_id = String::new();
-                dto
-            })
-            .collect()
-    });
+    let list: Vec<TokenDto> =
+        acl.read(|d| d.tokens.iter().map(|t| visible_token(t, &authz)).collect());
     Ok(json(&list))
 }
 
@@ -736,4 +922,79 @@ async fn policy_list(State(acl): State<Arc<AclStore>>, authz: Authz) -> Result<R
             .collect()
     });
     Ok(json(&list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(master: &str, dir: &std::path::Path) -> AclStore {
+        AclStore::enabled(SecretId::new(master), Some(dir.to_owned())).unwrap()
+    }
+
+    #[test]
+    fn seeded_tokens_survive_restarts_and_follow_the_configured_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = store("root", dir.path());
+        let (accessor, index) = first.read(|d| {
+            assert!(d.bootstrapped);
+            (d.master_accessor.clone().unwrap(), d.bootstrap_index)
+        });
+        assert_eq!(first.token_by_secret("root").unwrap().accessor_id, accessor);
+        assert_eq!(
+            first.token_by_secret(ANONYMOUS_SECRET).unwrap().accessor_id,
+            ANONYMOUS_ACCESSOR_ID
+        );
+        drop(first);
+        // A restart with the same master token changes nothing.
+        let again = store("root", dir.path());
+        again.read(|d| {
+            assert_eq!(d.master_accessor.as_deref(), Some(accessor.as_str()));
+            assert_eq!(d.bootstrap_index, index);
+            assert_eq!(d.tokens.len(), 2);
+        });
+        drop(again);
+        // A new master token replaces the old one's secret: the old one stops working.
+        let rotated = store("root-2", dir.path());
+        assert!(rotated.token_by_secret("root").is_none());
+        assert_eq!(
+            rotated.token_by_secret("root-2").unwrap().accessor_id,
+            accessor
+        );
+        assert!(rotated.resolve(Some("root")).is_err());
+        assert!(rotated.resolve(Some("root-2")).unwrap().is_management());
+    }
+
+    #[test]
+    fn a_token_with_the_anonymous_secret_becomes_the_anonymous_token() {
+        let mut data = Persisted {
+            tokens: vec![Token {
+                accessor_id: "custom".into(),
+                secret_id: SecretId::new(ANONYMOUS_SECRET),
+                description: "made before the anonymous token was seeded".into(),
+                policies: vec![PolicyLink {
+                    id: "p1".into(),
+                    name: "dns".into(),
+                }],
+                local: false,
+                create_time: String::new(),
+                create_index: 1,
+                modify_index: 1,
+            }],
+            ..Persisted::default()
+        };
+        assert!(data.seed(&SecretId::new("root")));
+        let anon: Vec<&Token> = data
+            .tokens
+            .iter()
+            .filter(|t| t.secret_id.matches(ANONYMOUS_SECRET))
+            .collect();
+        assert_eq!(anon.len(), 1);
+        assert_eq!(anon[0].accessor_id, ANONYMOUS_ACCESSOR_ID);
+        assert_eq!(anon[0].policies[0].name, "dns");
+        assert!(
+            !data.seed(&SecretId::new("root")),
+            "seeding twice is a no-op"
+        );
+    }
 }

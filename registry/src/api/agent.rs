@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::acl::Authz;
+use super::acl::{Authz, filtered};
 use super::{ApiError, AppState, json};
 use crate::acl::{Need, Resource};
 use crate::dto::{AgentConfig, AgentMember, AgentSelf};
@@ -46,7 +46,12 @@ fn member(app: &AppState) -> AgentMember {
     }
 }
 
-pub(crate) async fn self_info(State(app): State<Arc<AppState>>) -> Response {
+/// `GET /v1/agent/self`: needs `agent:read` on this server's node, as in Consul.
+pub(crate) async fn self_info(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &app.node_name, Need::Read)?;
     let consul_stats = BTreeMap::from([
         ("server".to_owned(), "true".to_owned()),
         ("leader".to_owned(), "true".to_owned()),
@@ -79,11 +84,12 @@ pub(crate) async fn self_info(State(app): State<Arc<AppState>>) -> Response {
             env!("CARGO_PKG_VERSION").to_owned(),
         )]),
     };
-    json(&answer)
+    Ok(json(&answer))
 }
 
-/// The server, then every agent that ever heartbeated (alive, failed or left).
-pub(crate) async fn members(State(app): State<Arc<AppState>>) -> Response {
+/// The server, then every agent that ever heartbeated (alive, failed or left); only the members
+/// whose node the token may read (Consul's filterMembers).
+pub(crate) async fn members(State(app): State<Arc<AppState>>, authz: Authz) -> Response {
     let mut list = vec![member(&app)];
     for m in app.members.list() {
         let mut entry = member(&app);
@@ -97,14 +103,20 @@ pub(crate) async fn members(State(app): State<Arc<AppState>>) -> Response {
         entry.tags.insert("port".to_owned(), m.port.to_string());
         list.push(entry);
     }
-    json(&list)
+    let total = list.len();
+    list.retain(|m| authz.allows(Resource::Node, &m.name, Need::Read));
+    let dropped = list.len() != total;
+    filtered(json(&list), dropped)
 }
 
 /// `PUT /v1/agent/join/<addr>`: a single server has no peers to join; joining itself succeeds.
+/// Needs `agent:write`, as in Consul.
 pub(crate) async fn join(
     State(app): State<Arc<AppState>>,
+    authz: Authz,
     Path(addr): Path<String>,
 ) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &app.node_name, Need::Write)?;
     let own_host = app.leader_addr.rsplit_once(':').map_or("", |(h, _)| h);
     if addr == app.leader_addr || addr == own_host {
         return Ok(StatusCode::OK.into_response());

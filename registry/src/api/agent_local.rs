@@ -85,6 +85,23 @@ fn may_write_check(authz: &Authz, api: &AgentApi, service: &str) -> Result<(), A
     }
 }
 
+/// A registration replaces the check with the same ID: write on what that check belongs to
+/// (Consul's "vet any check that might be getting overwritten").
+fn may_replace_check(authz: &Authz, api: &AgentApi, id: &str) -> Result<(), ApiError> {
+    match check_service_of(api, id) {
+        Some(service) => may_write_check(authz, api, &service),
+        None => Ok(()),
+    }
+}
+
+/// The ID a check definition registers under when it names one.
+fn explicit_check_id(def: &AgentCheckRegistration) -> Option<&str> {
+    def.check_id
+        .as_deref()
+        .or(def.id.as_deref())
+        .filter(|i| !i.is_empty())
+}
+
 async fn register_service(
     State(api): State<Arc<AgentApi>>,
     authz: Authz,
@@ -95,7 +112,22 @@ async fn register_service(
     let reg: AgentServiceRegistration = read_json(&headers, body)
         .await?
         .ok_or_else(|| ApiError::BadRequest("Missing service name".into()))?;
+    // Consul's vetServiceRegister: the service, the service it replaces (same ID) and any
+    // check of another service its checks would replace.
     authz.require(Resource::Service, &reg.name, Need::Write)?;
+    let id = reg
+        .id
+        .as_deref()
+        .filter(|i| !i.is_empty())
+        .unwrap_or(&reg.name);
+    if let Some(replaced) = service_name_of(&api, id) {
+        authz.require(Resource::Service, &replaced, Need::Write)?;
+    }
+    for def in reg.check.iter().chain(&reg.checks) {
+        if let Some(check_id) = explicit_check_id(def) {
+            may_replace_check(&authz, &api, check_id)?;
+        }
+    }
     let replace = Params::parse(&uri).has("replace-existing-checks");
     api.local.register_service(reg, replace)?;
     Ok(StatusCode::OK.into_response())
@@ -205,6 +237,10 @@ async fn register_check(
         .and_then(|sid| service_name_of(&api, sid))
         .unwrap_or_default();
     may_write_check(&authz, &api, &service)?;
+    let id = explicit_check_id(&def)
+        .or(def.name.as_deref())
+        .unwrap_or_default();
+    may_replace_check(&authz, &api, id)?;
     api.local.register_check(def)?;
     Ok(StatusCode::OK.into_response())
 }

@@ -123,12 +123,44 @@ pub(crate) async fn register(
         .await?
         .ok_or_else(|| bad("Must provide node"))?;
     let registration = registration(&app, body)?;
-    authz.require(Resource::Node, &registration.node.name, Need::Write)?;
-    if let Some(s) = &registration.service {
-        authz.require(Resource::Service, &s.name, Need::Write)?;
-    }
+    vet_register(&app, &authz, &registration)?;
     app.store.catalog_register(registration).await?;
     Ok(json(&true))
+}
+
+/// Consul's `vetRegisterWithACL`: write on the node, on the service registered, on the service
+/// it replaces (same ID, another name) and on the service of every check, so a registration
+/// cannot take over what the token may not write.
+fn vet_register(app: &AppState, authz: &Authz, reg: &Registration) -> Result<(), ApiError> {
+    let node = &reg.node.name;
+    authz.require(Resource::Node, node, Need::Write)?;
+    let existing_name = |id: &str| {
+        app.store.read(|s| {
+            s.services
+                .get(&(node.clone(), id.to_owned()))
+                .map(|s| s.name.clone())
+        })
+    };
+    if let Some(s) = &reg.service {
+        authz.require(Resource::Service, &s.name, Need::Write)?;
+        if let Some(replaced) = existing_name(&s.id) {
+            authz.require(Resource::Service, &replaced, Need::Write)?;
+        }
+    }
+    for check in &reg.checks {
+        let registered_with = reg
+            .service
+            .as_ref()
+            .is_some_and(|s| s.id == check.service_id);
+        if check.service_id.is_empty() || registered_with {
+            continue;
+        }
+        // An unknown service ID is refused by the store with its own message.
+        if let Some(name) = existing_name(&check.service_id) {
+            authz.require(Resource::Service, &name, Need::Write)?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn deregister(
@@ -148,6 +180,12 @@ pub(crate) async fn deregister(
         .catalog_deregister(body.node, body.service_id, body.check_id)
         .await?;
     Ok(json(&true))
+}
+
+/// `GET /v1/catalog/datacenters`: berth serves one datacenter. No ACL, as in Consul (agents
+/// read it at join with a token that need not read the server's agent).
+pub(crate) async fn datacenters(State(app): State<Arc<AppState>>) -> Response {
+    json(&[&app.datacenter])
 }
 
 pub(crate) fn node_dto(n: &Node) -> CatalogNode {
@@ -225,20 +263,34 @@ pub(crate) async fn node(
 ) -> Result<Response, ApiError> {
     let params = Params::parse(&uri);
     let opts = QueryOptions::parse(&params)?;
-    authz.require(Resource::Node, &name, Need::Read)?;
-    let (answer, index) = block(&app, Topic::Catalog, opts, |state| {
-        let answer = state.nodes.get(&name).map(|n| CatalogNodeServices {
+    // Consul's filterNodeServices: a node the token may not read is `null` (filtered), and
+    // services it may not read are dropped.
+    let node_readable = authz.allows(Resource::Node, &name, Need::Read);
+    let ((answer, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        let Some(n) = state.nodes.get(&name) else {
+            return ((None, false), state.tables.catalog());
+        };
+        if !node_readable {
+            return ((None, true), state.tables.catalog());
+        }
+        let mut dropped = false;
+        let services = state
+            .node_services(&name)
+            .filter(|s| {
+                let ok = authz.allows(Resource::Service, &s.name, Need::Read);
+                dropped |= !ok;
+                ok
+            })
+            .map(|s| (s.id.clone(), service_dto(s, &n.datacenter)))
+            .collect();
+        let answer = CatalogNodeServices {
             node: node_dto(n),
-            services: state
-                .node_services(&name)
-                .filter(|s| authz.allows(Resource::Service, &s.name, Need::Read))
-                .map(|s| (s.id.clone(), service_dto(s, &n.datacenter)))
-                .collect(),
-        });
-        (answer, state.tables.catalog())
+            services,
+        };
+        ((Some(answer), dropped), state.tables.catalog())
     })
     .await;
-    Ok(with_meta(json(&answer), index))
+    Ok(filtered(with_meta(json(&answer), index), dropped))
 }
 
 pub(crate) async fn services(
@@ -287,14 +339,21 @@ pub(crate) async fn service(
     let opts = QueryOptions::parse(&params)?;
     let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
     let meta = node_meta_filter(&params);
+    // Consul's filterServiceNodes: an entry needs read on both its service and its node.
     let readable = authz.allows(Resource::Service, &name, Need::Read);
-    let (list, index) = block(&app, Topic::Catalog, opts, |state| {
+    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        let mut dropped = !readable;
         let list: Vec<CatalogService> = state
             .services_named(&name)
             .filter(|_| readable)
             .filter(|s| tags.iter().all(|t| s.tags.contains(t)))
             .filter_map(|s| state.nodes.get(&s.node).map(|n| (n, s)))
             .filter(|(n, _)| meta_matches(n, &meta))
+            .filter(|(n, _)| {
+                let ok = authz.allows(Resource::Node, &n.name, Need::Read);
+                dropped |= !ok;
+                ok
+            })
             .map(|(n, s)| CatalogService {
                 id: n.id.clone(),
                 node: n.name.clone(),
@@ -331,8 +390,8 @@ pub(crate) async fn service(
                 modify_index: s.modify_index,
             })
             .collect();
-        (list, state.tables.catalog())
+        ((list, dropped), state.tables.catalog())
     })
     .await;
-    Ok(filtered(with_meta(json(&list), index), !readable))
+    Ok(filtered(with_meta(json(&list), index), dropped))
 }

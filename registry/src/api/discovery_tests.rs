@@ -495,6 +495,14 @@ async fn acl_rules() {
                 400,
                 "~already exists",
             ),
+            // Consul's DNS policy: `query_prefix` is accepted (and not enforced).
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"dns","Rules":"node_prefix \"\" { policy = \"read\" }\nquery_prefix \"\" { policy = \"read\" }"}"#,
+                200,
+                r#"~query_prefix"#,
+            ),
             (
                 "PUT",
                 "/v1/acl/token",
@@ -516,8 +524,78 @@ async fn acl_rules() {
                 400,
                 "~No such ACL policy",
             ),
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"acl-read","Rules":"acl = \"read\""}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"aclro-secret","Policies":[{"Name":"acl-read"}]}"#,
+                200,
+                "*",
+            ),
             ("GET", "/v1/acl/policies", "", 200, "~global-management"),
-            ("GET", "/v1/acl/tokens", "", 200, r#"~"SecretID":"""#),
+            // acl:write sees secrets, in lists too.
+            ("GET", "/v1/acl/tokens", "", 200, r#"~"SecretID":"ro-secret""#),
+        ],
+    )
+    .await;
+    // acl:read sees tokens, never their secrets (else it could borrow any of them).
+    let ro_accessor = {
+        let list = h.call("GET", "/v1/acl/tokens", "", root).await;
+        let tokens: Vec<serde_json::Value> = serde_json::from_str(&list.body).unwrap();
+        tokens
+            .iter()
+            .find(|t| t["SecretID"] == "ro-secret")
+            .unwrap()["AccessorID"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    h.table(
+        root,
+        &[(
+            "GET",
+            &format!("/v1/acl/token/{ro_accessor}"),
+            "",
+            200,
+            r#"~"SecretID":"ro-secret""#,
+        )],
+    )
+    .await;
+    let as_acl_reader = h
+        .call("GET", "/v1/acl/tokens", "", Some("aclro-secret"))
+        .await;
+    assert_eq!(as_acl_reader.status, 200);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&as_acl_reader.body).unwrap();
+    assert!(listed.len() >= 4, "{listed:?}");
+    assert!(
+        listed.iter().all(|t| t["SecretID"] == "<hidden>"),
+        "{listed:?}"
+    );
+    h.table(
+        Some("aclro-secret"),
+        &[
+            (
+                "GET",
+                &format!("/v1/acl/token/{ro_accessor}"),
+                "",
+                200,
+                r#"~"SecretID":"<hidden>""#,
+            ),
+            // Its own secret is its to see.
+            (
+                "GET",
+                "/v1/acl/token/self",
+                "",
+                200,
+                r#"~"SecretID":"aclro-secret""#,
+            ),
+            ("PUT", "/v1/acl/token", "{}", 403, "Permission denied"),
         ],
     )
     .await;
@@ -621,11 +699,28 @@ async fn acl_rules() {
         &[("GET", "/v1/kv/other", "", 403, "Permission denied")],
     )
     .await;
-    // Bootstrap once.
+}
+
+#[tokio::test]
+async fn acl_master_and_anonymous_are_real_tokens_and_bootstrap_is_closed() {
+    let mut config = Config::dev("node1");
+    config.acl_master_token = Some(AclToken::new("root"));
+    let h = H::with(config).await;
+    // The configured master token bootstrapped the system: nobody can mint another one.
     h.table(
         None,
+        &[(
+            "PUT",
+            "/v1/acl/bootstrap",
+            "",
+            403,
+            "Permission denied: ACL bootstrap no longer allowed (reset index: 1)",
+        )],
+    )
+    .await;
+    h.table(
+        Some("root"),
         &[
-            ("PUT", "/v1/acl/bootstrap", "", 200, "~Bootstrap Token"),
             (
                 "PUT",
                 "/v1/acl/bootstrap",
@@ -633,7 +728,397 @@ async fn acl_rules() {
                 403,
                 "~ACL bootstrap no longer allowed",
             ),
+            (
+                "GET",
+                "/v1/acl/token/self",
+                "",
+                200,
+                r#"~"Description":"Initial Management Token","Policies":[{"ID":"00000000-0000-0000-0000-000000000001","Name":"global-management"}]"#,
+            ),
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"kv-read","Rules":"key_prefix \"\" { policy = \"read\" }"}"#,
+                200,
+                "*",
+            ),
+            ("PUT", "/v1/kv/k", "v", 200, "true"),
         ],
+    )
+    .await;
+    // Anonymous is a token of its own, without policies until someone grants it some.
+    h.table(
+        None,
+        &[
+            (
+                "GET",
+                "/v1/acl/token/self",
+                "",
+                200,
+                r#"~"AccessorID":"00000000-0000-0000-0000-000000000002","SecretID":"anonymous","Description":"Anonymous Token","Policies":[]"#,
+            ),
+            ("GET", "/v1/kv/k?raw", "", 403, "Permission denied"),
+        ],
+    )
+    .await;
+    h.table(
+        Some("root"),
+        &[
+            (
+                "PUT",
+                "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+                r#"{"Description":"Anonymous Token","Policies":[{"Name":"kv-read"}]}"#,
+                200,
+                r#"~"Name":"kv-read""#,
+            ),
+            (
+                "DELETE",
+                "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+                "",
+                400,
+                "Delete operation not permitted on the anonymous token",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"AccessorID":"00000000-0000-0000-0000-000000000002"}"#,
+                400,
+                "Invalid Token: AccessorID is already in use",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"anonymous"}"#,
+                400,
+                "Invalid Token: SecretID is already in use",
+            ),
+        ],
+    )
+    .await;
+    h.table(
+        None,
+        &[
+            ("GET", "/v1/kv/k?raw", "", 200, "v"),
+            ("PUT", "/v1/kv/k", "w", 403, "Permission denied"),
+        ],
+    )
+    .await;
+    let tokens: Vec<serde_json::Value> =
+        serde_json::from_str(&h.call("GET", "/v1/acl/tokens", "", Some("root")).await.body)
+            .unwrap();
+    let master = tokens
+        .iter()
+        .find(|t| t["Description"] == "Initial Management Token")
+        .expect("the master token is listed");
+    let accessor = master["AccessorID"].as_str().unwrap();
+    h.table(
+        Some("root"),
+        &[(
+            "DELETE",
+            &format!("/v1/acl/token/{accessor}"),
+            "",
+            400,
+            "Delete operation not permitted on the configured master token",
+        )],
+    )
+    .await;
+}
+
+/// An ACL-enabled server with tokens `evil` (service "evil" write, every node write), `nodew`
+/// (every node write) and `svcro` (every service read, no node rights).
+async fn acl_server() -> H {
+    let mut config = Config::dev("node1");
+    config.acl_master_token = Some(AclToken::new("root"));
+    let h = H::with(config).await;
+    let policy =
+        |name: &str, rules: &str| serde_json::json!({"Name": name, "Rules": rules}).to_string();
+    let token = |secret: &str, policy: &str| {
+        serde_json::json!({"SecretID": secret, "Policies": [{"Name": policy}]}).to_string()
+    };
+    let rows = [
+        policy(
+            "evil",
+            r#"service "evil" { policy = "write" }
+               node_prefix "" { policy = "write" }"#,
+        ),
+        policy("nodew", r#"node_prefix "" { policy = "write" }"#),
+        policy("svcro", r#"service_prefix "" { policy = "read" }"#),
+    ];
+    for body in &rows {
+        h.table(Some("root"), &[("PUT", "/v1/acl/policy", body, 200, "*")])
+            .await;
+    }
+    for (secret, policy) in [("evil", "evil"), ("nodew", "nodew"), ("svcro", "svcro")] {
+        h.table(
+            Some("root"),
+            &[("PUT", "/v1/acl/token", &token(secret, policy), 200, "*")],
+        )
+        .await;
+    }
+    h
+}
+
+#[tokio::test]
+async fn registrations_cannot_take_over_services_the_token_may_not_write() {
+    let h = acl_server().await;
+    h.table(Some("root"), &[
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"ID":"db1","Service":"db","Port":5432}}"#, 200, "true"),
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"web","Port":80}"#, 200, ""),
+        ("PUT", "/v1/agent/check/register", r#"{"Name":"webcheck","ServiceID":"web","TTL":"1m"}"#, 200, ""),
+    ]).await;
+    h.table(Some("evil"), &[
+        // Catalog: replacing db1 by ID, or attaching a check to it, needs write on "db".
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"ID":"db1","Service":"evil","Port":6666}}"#, 403, "Permission denied"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"ID":"evil1","Service":"evil"}}"#, 200, "true"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Check":{"CheckID":"c1","ServiceID":"evil1","Status":"critical"}}"#, 200, "true"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"ID":"evil1","Service":"evil"},"Check":{"CheckID":"c2","ServiceID":"db1","Status":"critical"}}"#, 403, "Permission denied"),
+        // Agent: the same for a service ID, and for a check that would replace another
+        // service's check.
+        ("PUT", "/v1/agent/service/register", r#"{"ID":"web","Name":"evil","Port":6666}"#, 403, "Permission denied"),
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"evil","Check":{"CheckID":"webcheck","TTL":"1m"}}"#, 403, "Permission denied"),
+        ("PUT", "/v1/agent/check/register", r#"{"Name":"webcheck","TTL":"1m"}"#, 403, "Permission denied"),
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"evil","Port":6666}"#, 200, ""),
+        ("PUT", "/v1/agent/check/register", r#"{"Name":"evil-node-check","TTL":"1m"}"#, 200, ""),
+    ]).await;
+    h.table(Some("nodew"), &[
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Check":{"CheckID":"x","ServiceID":"db1","Status":"critical"}}"#, 403, "Permission denied"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext1","Address":"10.0.0.9","Check":{"CheckID":"x","Status":"passing"}}"#, 200, "true"),
+    ]).await;
+    h.table(Some("root"), &[
+        ("GET", "/v1/catalog/node/ext1", "", 200, r#"~"db1":{"ID":"db1","Service":"db","Tags":[],"Meta":{},"Port":5432"#),
+        ("GET", "/v1/agent/services", "", 200, r#"~"web":{"ID":"web","Service":"web""#),
+        ("GET", "/v1/agent/checks", "", 200, r#"~"webcheck":{"Node":"node1","CheckID":"webcheck","Name":"webcheck","Status":"critical","Notes":"","Output":"","ServiceID":"web""#),
+    ]).await;
+}
+
+#[tokio::test]
+async fn acl_listings_need_read_on_both_the_node_and_the_service() {
+    let h = acl_server().await;
+    let n1 = r#"{"Node":"n1","Address":"10.0.0.1","Service":{"ID":"web1","Service":"web"},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"web1-http","ServiceID":"web1","Status":"passing"}]}"#;
+    let n2 = r#"{"Node":"n2","Address":"10.0.0.2","Service":{"ID":"web2","Service":"web"},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"web2-http","ServiceID":"web2","Status":"passing"}]}"#;
+    h.table(
+        Some("root"),
+        &[
+            ("PUT", "/v1/catalog/register", n1, 200, "true"),
+            ("PUT", "/v1/catalog/register", n2, 200, "true"),
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"noder","Rules":"node_prefix \"\" { policy = \"read\" }"}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"web-n1","Rules":"service \"web\" { policy = \"read\" }\nnode \"n1\" { policy = \"read\" }"}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"noder","Policies":[{"Name":"noder"}]}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"web-n1","Policies":[{"Name":"web-n1"}]}"#,
+                200,
+                "*",
+            ),
+        ],
+    )
+    .await;
+    // (token, uri, expected body, filtered header expected)
+    let cases: &[(&str, &str, &str, bool)] = &[
+        // Service read without node read sees no node, and is told so.
+        ("svcro", "/v1/health/service/web", "[]", true),
+        ("svcro", "/v1/catalog/service/web", "[]", true),
+        ("svcro", "/v1/health/checks/web", "[]", true),
+        ("svcro", "/v1/health/state/passing", "[]", true),
+        ("svcro", "/v1/health/node/n1", "[]", true),
+        ("svcro", "/v1/catalog/node/n1", "null", true),
+        ("svcro", "/v1/catalog/node/nope", "null", false),
+        ("svcro", "/v1/catalog/services", r#"~"web":[]"#, false),
+        // Node read without service read sees the node, not its services.
+        ("noder", "/v1/catalog/node/n1", r#"~"Services":{}"#, true),
+        (
+            "noder",
+            "/v1/health/node/n1",
+            r#"~[{"Node":"n1","CheckID":"serfHealth""#,
+            true,
+        ),
+        ("noder", "/v1/health/service/web", "[]", true),
+        // Both on n1 only: the n1 entries.
+        ("web-n1", "/v1/health/service/web", r#"~"ID":"web1""#, true),
+        (
+            "web-n1",
+            "/v1/catalog/service/web",
+            r#"~"ServiceID":"web1""#,
+            true,
+        ),
+        (
+            "web-n1",
+            "/v1/health/checks/web",
+            r#"~"CheckID":"web1-http""#,
+            true,
+        ),
+        ("web-n1", "/v1/catalog/node/n1", r#"~"web1":{"#, false),
+        ("root", "/v1/health/service/web", r#"~"ID":"web2""#, false),
+        ("root", "/v1/catalog/node/n1", r#"~"web1":{"#, false),
+    ];
+    for (token, uri, expected, header) in cases {
+        let a = h.call("GET", uri, "", Some(token)).await;
+        assert_eq!(a.status, 200, "{token} {uri}: {}", a.body);
+        match expected.strip_prefix('~') {
+            Some(part) => assert!(a.body.contains(part), "{token} {uri}: {}", a.body),
+            None => assert_eq!(a.body, *expected, "{token} {uri}"),
+        }
+        assert_eq!(
+            a.headers.get("x-consul-results-filtered-by-acls").is_some(),
+            *header,
+            "{token} {uri}: {}",
+            a.body
+        );
+        if *token == "web-n1" {
+            assert!(!a.body.contains("n2"), "{uri}: {}", a.body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn server_agent_self_members_and_join_are_acl_checked() {
+    let h = acl_server().await;
+    h.table(
+        Some("root"),
+        &[
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"agent-read","Rules":"agent \"node1\" { policy = \"read\" }"}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"agent-read","Policies":[{"Name":"agent-read"}]}"#,
+                200,
+                "*",
+            ),
+            ("GET", "/v1/agent/self", "", 200, r#"~"NodeName":"node1""#),
+            ("PUT", "/v1/agent/join/127.0.0.1:8500", "", 200, ""),
+            ("GET", "/v1/agent/members", "", 200, r#"~"Name":"node1""#),
+        ],
+    )
+    .await;
+    h.table(
+        None,
+        &[
+            ("GET", "/v1/agent/self", "", 403, "Permission denied"),
+            (
+                "PUT",
+                "/v1/agent/join/127.0.0.1:8500",
+                "",
+                403,
+                "Permission denied",
+            ),
+            ("GET", "/v1/agent/members", "", 200, "[]"),
+            // Agents learn the datacenter here at join, whatever their token.
+            ("GET", "/v1/catalog/datacenters", "", 200, r#"["dc1"]"#),
+        ],
+    )
+    .await;
+    h.table(
+        Some("agent-read"),
+        &[
+            ("GET", "/v1/agent/self", "", 200, r#"~"NodeName":"node1""#),
+            (
+                "PUT",
+                "/v1/agent/join/127.0.0.1:8500",
+                "",
+                403,
+                "Permission denied",
+            ),
+        ],
+    )
+    .await;
+    let anon = h.call("GET", "/v1/agent/members", "", None).await;
+    assert_eq!(anon.headers["x-consul-results-filtered-by-acls"], "true");
+    let evil = h.call("GET", "/v1/agent/members", "", Some("evil")).await;
+    assert!(evil.body.contains(r#""Name":"node1""#), "{}", evil.body);
+    assert!(
+        evil.headers
+            .get("x-consul-results-filtered-by-acls")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn routes_without_acl_resolution_fail_closed() {
+    use super::acl::Authz;
+    // A handler taking `Authz` on a router without the resolving middleware must not run.
+    let app = Router::new().route(
+        "/v1/agent/services",
+        axum::routing::get(|_: Authz| async { "ran without ACLs" }),
+    );
+    let response = app
+        .oneshot(
+            Request::get("/v1/agent/services")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"ACL resolution missing for this route");
+}
+
+#[tokio::test]
+async fn agents_resolve_tokens_through_the_server_with_their_own_token() {
+    let uri = "/v1/internal/berth/acl/resolve";
+    let ask = |secret: &str| serde_json::json!({"Node": "ag1", "SecretID": secret}).to_string();
+    let h = acl_server().await;
+    // `evil` can write every node, as an agent token must for its own node.
+    h.table(Some("evil"), &[
+        ("PUT", uri, &ask("svcro"), 200, r#"{"Enabled":true,"Found":true,"Management":false,"Rules":["service_prefix \"\" { policy = \"read\" }"]}"#),
+        ("PUT", uri, &ask("root"), 200, r#"{"Enabled":true,"Found":true,"Management":true,"Rules":[]}"#),
+        ("PUT", uri, &ask(""), 200, r#"{"Enabled":true,"Found":true,"Management":false,"Rules":[]}"#),
+        ("PUT", uri, &ask("nope"), 200, r#"{"Enabled":true,"Found":false,"Management":false,"Rules":[]}"#),
+        ("PUT", uri, r#"{"SecretID":"svcro"}"#, 400, "Must provide node"),
+    ]).await;
+    // Without node:write on the asking node, nobody learns how a secret resolves.
+    h.table(
+        Some("svcro"),
+        &[("PUT", uri, &ask("root"), 403, "Permission denied")],
+    )
+    .await;
+    h.table(
+        None,
+        &[("PUT", uri, &ask("root"), 403, "Permission denied")],
+    )
+    .await;
+    h.table(
+        Some("nope"),
+        &[("PUT", uri, &ask("root"), 403, "ACL not found")],
+    )
+    .await;
+    let open = H::new().await;
+    open.table(
+        None,
+        &[(
+            "PUT",
+            uri,
+            &ask("anything"),
+            200,
+            r#"{"Enabled":false,"Found":true,"Management":true,"Rules":[]}"#,
+        )],
     )
     .await;
 }

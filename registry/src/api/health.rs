@@ -119,19 +119,23 @@ pub(crate) async fn service(
             ));
         }
     };
-    let (list, index) = block(&app, Topic::Catalog, opts, |state| {
-        let list = if readable {
-            entries(state, &name, passing_only, &tags, &meta)
-        } else {
-            Vec::new()
-        };
-        (list, state.tables.catalog())
+    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
+        if !readable {
+            return ((Vec::new(), true), state.tables.catalog());
+        }
+        // Consul's filterCheckServiceNodes: an entry needs read on its node too.
+        let mut list = entries(state, &name, passing_only, &tags, &meta);
+        let total = list.len();
+        list.retain(|e| authz.allows(Resource::Node, &e.node.node, Need::Read));
+        let dropped = list.len() != total;
+        ((list, dropped), state.tables.catalog())
     })
     .await;
-    Ok(filtered(with_meta(json(&list), index), !readable))
+    Ok(filtered(with_meta(json(&list), index), dropped))
 }
 
-/// Checks readable by `authz`, and whether any were dropped.
+/// Checks readable by `authz`, and whether any were dropped. As Consul's filterHealthChecks, a
+/// check needs read on its node and, for a service check, on its service.
 fn readable_checks<'a>(
     authz: &Authz,
     checks: impl Iterator<Item = &'a Check>,
@@ -139,11 +143,9 @@ fn readable_checks<'a>(
     let mut dropped = false;
     let list = checks
         .filter(|c| {
-            let ok = if c.service_id.is_empty() {
-                authz.allows(Resource::Node, &c.node, Need::Read)
-            } else {
-                authz.allows(Resource::Service, &c.service_name, Need::Read)
-            };
+            let ok = authz.allows(Resource::Node, &c.node, Need::Read)
+                && (c.service_id.is_empty()
+                    || authz.allows(Resource::Service, &c.service_name, Need::Read));
             dropped |= !ok;
             ok
         })

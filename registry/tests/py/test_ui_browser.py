@@ -562,6 +562,10 @@ def test_read_only_token_sees_no_edit_controls(browser, acl_registry):
     page.go("#/kv/apps/")
     page.wait_text("main .error", "Permission denied")
     page.shot("kv-permission-denied")
+    # Nor a node it may not read (the registry answers `null`, filtered, as Consul does).
+    admin.ok("PUT", "/v1/catalog/register", {"Node": "ui-hidden-node", "Address": "10.0.0.7"})
+    page.go("#/nodes/ui-hidden-node")
+    page.wait_text("main .error", "Permission denied")
 
     # A token that may write keys but not sessions sees the invalidate button; pressing it shows
     # "Permission denied" next to the button and the lock stays.

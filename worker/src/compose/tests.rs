@@ -430,3 +430,111 @@ fn names_and_labels() {
         "proj-web:abababababab"
     );
 }
+
+#[test]
+fn keys_without_a_value_come_from_dotenv() {
+    let p = project_from(&[
+        (
+            "compose.yaml",
+            r#"
+services:
+  map:
+    image: x
+    environment: {FOO: bar, FROM_DOTENV: , MISSING: }
+  list:
+    build:
+      context: .
+      args: [FROM_DOTENV, MISSING, SET=1]
+    environment: [FROM_DOTENV, MISSING]
+"#,
+        ),
+        (".env", "FROM_DOTENV=x\n"),
+    ])
+    .unwrap();
+    let env = |s: &str| -> Vec<(String, Option<String>)> {
+        p.service(s)
+            .unwrap()
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let some = |k: &str, v: &str| (k.to_owned(), Some(v.to_owned()));
+    assert_eq!(
+        env("map"),
+        [
+            some("FOO", "bar"),
+            some("FROM_DOTENV", "x"),
+            ("MISSING".to_owned(), None)
+        ]
+    );
+    assert_eq!(
+        env("list"),
+        [some("FROM_DOTENV", "x"), ("MISSING".to_owned(), None)]
+    );
+    let args = &p.service("list").unwrap().build.as_ref().unwrap().args;
+    assert_eq!(
+        args.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        [("FROM_DOTENV", "x"), ("SET", "1")]
+    );
+}
+
+#[test]
+fn expose_ranges_are_expanded() {
+    let p = project_from(&[(
+        "compose.yaml",
+        "services: {web: {image: x, expose: [\"7000-7002\", 53/udp, 8080, \"9000-9001/udp\"]}}",
+    )])
+    .unwrap();
+    assert_eq!(
+        p.service("web").unwrap().expose,
+        [
+            "7000/tcp", "7001/tcp", "7002/tcp", "53/udp", "8080/tcp", "9000/udp", "9001/udp"
+        ]
+    );
+    for (compose, expected) in [
+        (
+            "services: {web: {image: x, expose: [\"7002-7000\"]}}",
+            "services.web.expose: invalid port range",
+        ),
+        (
+            "services: {web: {image: x, expose: [80/sctp]}}",
+            "services.web.expose: unsupported protocol",
+        ),
+        (
+            "services: {web: {image: x, expose: [http]}}",
+            "services.web.expose: invalid port",
+        ),
+    ] {
+        let errs = errors(compose);
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "{compose}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn non_scalar_map_values_are_rejected_by_key() {
+    for (compose, expected) in [
+        (
+            "services: {web: {image: x, environment: {FOO: [a, b], OK: 1}}}",
+            "services.web.environment.FOO: must be a string",
+        ),
+        (
+            "services: {web: {image: x, labels: {a.b: {c: d}}}}",
+            "services.web.labels.a.b: must be a string",
+        ),
+        (
+            "services: {web: {build: {context: ., args: {A: [1]}}}}",
+            "services.web.build.args.A: must be a string",
+        ),
+    ] {
+        let errs = errors(compose);
+        assert_eq!(errs.len(), 1, "{compose}: {errs:?}");
+        assert!(errs[0].starts_with(expected), "{compose}: {errs:?}");
+    }
+}
+

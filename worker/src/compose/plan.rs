@@ -77,8 +77,52 @@ pub fn container_name(project: &str, service: &str) -> String {
     format!("{project}-{service}-1")
 }
 
+/// Repository name of a service's built image: `<project>-<service>` as Compose names it when
+/// that is a valid Docker reference. Ids and service names may hold sequences the reference
+/// grammar forbids (`badid_`, `web.`, `a_-b`, `a..b`); those map to their alphanumeric runs
+/// joined by `-` plus the first 8 hex digits of SHA-256 of `<project>-<service>`, which keeps
+/// mapped names apart from each other.
 pub fn image_name(project: &str, service: &str) -> String {
-    format!("{project}-{service}")
+    let raw = format!("{project}-{service}");
+    if raw.len() <= MAX_REPOSITORY && valid_repository(&raw) {
+        return raw;
+    }
+    let mut clean = raw
+        .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+        .filter(|run| !run.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    clean.truncate(MAX_REPOSITORY - 9);
+    let clean = clean.trim_end_matches('-');
+    let digest = hex::encode(Sha256::digest(raw.as_bytes()));
+    format!("{clean}-{}", &digest[..8])
+}
+
+/// Longest repository name berth uses (Docker allows 255 for the whole name).
+const MAX_REPOSITORY: usize = 128;
+
+/// Docker's grammar for a one-component repository name:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+pub fn valid_repository(name: &str) -> bool {
+    let mut separator = String::new();
+    let mut started = false;
+    for c in name.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            let ok = separator.is_empty()
+                || matches!(separator.as_str(), "." | "_" | "__")
+                || separator.chars().all(|s| s == '-');
+            if !ok {
+                return false;
+            }
+            separator.clear();
+            started = true;
+        } else if started && matches!(c, '.' | '_' | '-') {
+            separator.push(c);
+        } else {
+            return false;
+        }
+    }
+    started && separator.is_empty()
 }
 
 /// Image tag of one build: `<project>-<service>:<commit12>`.

@@ -538,3 +538,47 @@ fn non_scalar_map_values_are_rejected_by_key() {
     }
 }
 
+#[test]
+fn image_names_are_valid_references() {
+    for (name, ok) in [
+        ("a", true),
+        ("a-b", true),
+        ("a--b", true),
+        ("a.b", true),
+        ("a_b", true),
+        ("a__b", true),
+        ("a___b", false),
+        ("a..b", false),
+        ("a_-b", false),
+        ("a-", false),
+        ("a_", false),
+        ("_a", false),
+        ("", false),
+        ("A", false),
+    ] {
+        assert_eq!(plan::valid_repository(name), ok, "{name:?}");
+    }
+    // Valid Compose names stay as Compose makes them.
+    assert_eq!(plan::image_name("shop-1", "web"), "shop-1-web");
+    assert_eq!(plan::image_name("a_b", "web.v2"), "a_b-web.v2");
+    // Invalid ones map onto the grammar, with a hash that keeps them apart.
+    let cases = [
+        ("badid_", "web"),
+        ("badid", "_web"),
+        ("p", "web."),
+        ("p", "web-."),
+        ("p", "a..b"),
+        ("p", &"s".repeat(300)),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (project, service) in cases {
+        let name = plan::image_name(project, service);
+        assert!(plan::valid_repository(&name), "{project} {service}: {name}");
+        assert!(name.len() <= 128, "{name}");
+        assert!(seen.insert(name.clone()), "{name} is not unique");
+        assert!(
+            plan::image_tag(project, service, &"ab".repeat(20)).starts_with(&format!("{name}:"))
+        );
+    }
+    assert!(plan::image_name("badid_", "web").starts_with("badid-web-"));
+}

@@ -15,9 +15,10 @@ use berth_worker_api::{
 };
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthConfig,
-    HealthStatusEnum, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
+    HealthConfig, HealthStatusEnum, HostConfig, ImageInspect, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -30,7 +31,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::compose::plan::{self, Owner};
+use crate::compose::plan::{self, Holder, Owner};
 use crate::compose::{self, Condition, MountSource, Project, Restart, Service};
 use crate::docker::{self as dk, idempotent, label_filter};
 use crate::logbuf::LogBuf;
@@ -87,6 +88,26 @@ fn failed(step: &str, message: impl Into<String>) -> StackError {
         step: step.to_owned(),
         message: message.into(),
     }
+}
+
+/// A 409 for an object that one of the stack's names already denotes and that is not the
+/// stack's own.
+fn conflict(kind: &str, name: &str, holder: &Holder) -> StackError {
+    StackError::Conflict(format!(
+        "{kind} {name} already exists and {holder}: berth never reuses, changes or removes it"
+    ))
+}
+
+fn image_labels(image: &ImageInspect) -> Option<&HashMap<String, String>> {
+    image.config.as_ref()?.labels.as_ref()
+}
+
+/// What start knows of a service once its checks passed.
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// The image reference the container is created from, and its id.
+    image: String,
+    image_id: String,
 }
 
 /// What the worker remembers of a stack between operations and restarts.
@@ -323,6 +344,67 @@ impl Stacks {
         .await
     }
 
+    /// Whether the network `name` exists and is the stack's own; another's is a conflict.
+    async fn owned_network(&self, name: &str, owner: &Owner) -> Result<bool, StackError> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(n) => owner
+                .check(n.labels.as_ref())
+                .map(|()| true)
+                .map_err(|holder| conflict("network", name, &holder)),
+            Err(e) if dk::already(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the volume `name` exists and is the stack's own; another's is a conflict.
+    async fn owned_volume(&self, name: &str, owner: &Owner) -> Result<bool, StackError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => owner
+                .check(Some(&v.labels))
+                .map(|()| true)
+                .map_err(|holder| conflict("volume", name, &holder)),
+            Err(e) if dk::already(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The container `name` if it exists and is the stack's own; another's is a conflict.
+    async fn owned_container(
+        &self,
+        name: &str,
+        owner: &Owner,
+    ) -> Result<Option<ContainerInspectResponse>, StackError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
+                owner
+                    .check(labels)
+                    .map_err(|holder| conflict("container", name, &holder))?;
+                Ok(Some(c))
+            }
+            Err(e) if dk::already(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The image `tag` if it exists and is the stack's own; another's is a conflict.
+    async fn owned_image(
+        &self,
+        tag: &str,
+        owner: &Owner,
+    ) -> Result<Option<ImageInspect>, StackError> {
+        match self.docker.inspect_image(tag).await {
+            Ok(i) => {
+                owner
+                    .check(image_labels(&i))
+                    .map_err(|holder| conflict("image", tag, &holder))?;
+                Ok(Some(i))
+            }
+            Err(e) if dk::already(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn load_project(&self, id: &ValidName) -> Result<Project, StackError> {
         let src = self.src_dir(id);
         let project =
@@ -523,10 +605,14 @@ impl Stacks {
         let Ok(project) = compose::load(&src, &compose_project_name(id)) else {
             return Ok(false);
         };
+        let owner = self.owner(id);
         for s in project.services.iter().filter(|s| s.build.is_some()) {
             let tag = plan::image_tag(&project.name, &s.name, commit);
-            if !idempotent(self.docker.inspect_image(&tag).await)? {
-                return Ok(false);
+            match self.docker.inspect_image(&tag).await {
+                Ok(image) if owner.check(image_labels(&image)).is_ok() => {}
+                Ok(_) => return Ok(false),
+                Err(e) if dk::already(&e) => return Ok(false),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(true)
@@ -547,88 +633,24 @@ impl Stacks {
             .map_err(|e| failed("fetch", e.to_string()))?;
         let project = self.load_project(id)?;
         let owner = self.owner(id);
-        let long = dk::long(
-            &self.docker,
-            self.settings.build_timeout + Duration::from_secs(30),
-        );
+        // Everything is checked before the first build: images named by `image:` and the tags
+        // the builds will take.
+        for s in &project.services {
+            if s.build.is_none() {
+                self.service_image(s).await?;
+                continue;
+            }
+            let latest = format!("{}:latest", plan::image_name(&project.name, &s.name));
+            for tag in [plan::image_tag(&project.name, &s.name, &req.commit), latest] {
+                self.owned_image(&tag, &owner).await?;
+            }
+        }
         let mut built_tags = Vec::new();
         for s in &project.services {
-            let Some(build) = &s.build else {
-                let image = s.image.clone().unwrap_or_default();
-                if !idempotent(self.docker.inspect_image(&image).await)? {
-                    return Err(failed(
-                        &format!("image of service {}", s.name),
-                        format!(
-                            "image {image:?} is not present on this worker (images are never pulled)"
-                        ),
-                    ));
-                }
-                continue;
-            };
+            let Some(build) = &s.build else { continue };
             let tag = plan::image_tag(&project.name, &s.name, &req.commit);
             log.line(&format!("building service {} as {tag}", s.name));
-            let context = build.context.clone();
-            let dockerfile = build.dockerfile.clone();
-            let tar = tokio::task::spawn_blocking(move || {
-                crate::context::tar_context(&context, &dockerfile)
-            })
-            .await
-            .map_err(|e| failed("build context", e.to_string()))?
-            .map_err(|e| failed("build context", e.to_string()))?;
-            let labels = plan::image_labels(&owner);
-            let args: HashMap<String, String> = build.args.clone().into_iter().collect();
-            let mut opts = BuildImageOptionsBuilder::default()
-                .dockerfile(&build.dockerfile)
-                .t(&tag)
-                .rm(true)
-                .forcerm(true)
-                .buildargs(&args)
-                .labels(&labels);
-            if let Some(target) = &build.target {
-                opts = opts.target(target);
-            }
-            let mut stream =
-                long.build_image(opts.build(), None, Some(bollard::body_full(tar.into())));
-            let run = async {
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(info) => {
-                            if let Some(text) = info.stream.as_deref() {
-                                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                                    log.line(line);
-                                }
-                            }
-                            if let Some(status) = info.status.as_deref() {
-                                log.line(status);
-                            }
-                            if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                                return Err(failed(
-                                    &format!("build of service {}", s.name),
-                                    format!("{err}\n{}", log.tail(20)),
-                                ));
-                            }
-                        }
-                        Err(e) if e.to_string().contains("bytes remaining on stream") => break,
-                        Err(e) => {
-                            return Err(failed(
-                                &format!("build of service {}", s.name),
-                                dk::message(&e),
-                            ));
-                        }
-                    }
-                }
-                Ok(())
-            };
-            match tokio::time::timeout(self.settings.build_timeout, run).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(StackError::Timeout(format!(
-                        "build of service {} timed out after {}",
-                        s.name,
-                        humantime::format_duration(self.settings.build_timeout)
-                    )));
-                }
-            }
+            self.build_service(s, build, &tag, &owner, log).await?;
             if !idempotent(self.docker.inspect_image(&tag).await)? {
                 return Err(failed(
                     &format!("build of service {}", s.name),
@@ -652,6 +674,82 @@ impl Stacks {
         }
         self.remove_stale_images(id, &built_tags).await;
         Ok(())
+    }
+
+    /// Builds one service's image as `tag`.
+    async fn build_service(
+        &self,
+        s: &Service,
+        build: &compose::model::Build,
+        tag: &str,
+        owner: &Owner,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        let step = format!("build of service {}", s.name);
+        let context = build.context.clone();
+        let dockerfile = build.dockerfile.clone();
+        let tar =
+            tokio::task::spawn_blocking(move || crate::context::tar_context(&context, &dockerfile))
+                .await
+                .map_err(|e| failed("build context", e.to_string()))?
+                .map_err(|e| failed("build context", e.to_string()))?;
+        let labels = plan::image_labels(owner);
+        let args: HashMap<String, String> = build.args.clone().into_iter().collect();
+        let mut opts = BuildImageOptionsBuilder::default()
+            .dockerfile(&build.dockerfile)
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&args)
+            .labels(&labels);
+        if let Some(target) = &build.target {
+            opts = opts.target(target);
+        }
+        let long = dk::long(
+            &self.docker,
+            self.settings.build_timeout + Duration::from_secs(30),
+        );
+        let mut stream = long.build_image(opts.build(), None, Some(bollard::body_full(tar.into())));
+        let run = async {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(text) = info.stream.as_deref() {
+                            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                                log.line(line);
+                            }
+                        }
+                        if let Some(status) = info.status.as_deref() {
+                            log.line(status);
+                        }
+                    }
+                    Err(e) if e.to_string().contains("bytes remaining on stream") => break,
+                    Err(e) => return Err(failed(&step, dk::message(&e))),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.settings.build_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StackError::Timeout(format!(
+                "build of service {} timed out after {}",
+                s.name,
+                humantime::format_duration(self.settings.build_timeout)
+            ))),
+        }
+    }
+
+    /// The image a service without `build` names.
+    async fn service_image(&self, s: &Service) -> Result<ImageInspect, StackError> {
+        let image = s.image.clone().unwrap_or_default();
+        match self.docker.inspect_image(&image).await {
+            Ok(i) => Ok(i),
+            Err(e) if dk::already(&e) => Err(failed(
+                &format!("image of service {}", s.name),
+                format!("image {image:?} is not present on this worker (images are never pulled)"),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes this instance's images of earlier commits. Images still used by a container stay
@@ -721,6 +819,9 @@ impl Stacks {
         let _active = self.begin(id, "start");
         let log = self.log(id);
         let project = self.load_project(id)?;
+        // Refusals (another's object under one of the stack's names) come before anything
+        // changes.
+        let prepared = self.prepare(id, &project, &commit).await?;
         record.state = StackState::Starting;
         record.error = None;
         self.write_record(&record)?;
@@ -728,14 +829,16 @@ impl Stacks {
             .timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(self.settings.start_timeout);
+        let deadline = Instant::now() + timeout;
         let mut created = Vec::new();
         let mut result = self
             .start_inner(
                 id,
                 &project,
+                &prepared,
                 &commit,
                 &mut record,
-                timeout,
+                deadline,
                 &log,
                 &mut created,
             )
@@ -744,16 +847,19 @@ impl Stacks {
             // Someone bound a host port between choosing and publishing it: drop what this call
             // made, choose every port afresh (all containers see all addresses) and try once more.
             log.line("a chosen host port was taken meanwhile; choosing new ports");
-            self.stop_all(&project, id).await;
+            if let Err(e) = self.stop_all(Some(&project), id).await {
+                tracing::warn!(instance = %id, cause = %e, "cannot stop the stack");
+            }
             self.remove_created(&mut created).await;
             record.ports.clear();
             result = self
                 .start_inner(
                     id,
                     &project,
+                    &prepared,
                     &commit,
                     &mut record,
-                    timeout,
+                    deadline,
                     &log,
                     &mut created,
                 )
@@ -770,7 +876,9 @@ impl Stacks {
             Err(e) => {
                 log.line(&format!("start failed: {e}"));
                 // Leave nothing half-started: stop the stack, remove what this call created.
-                self.stop_all(&project, id).await;
+                if let Err(e) = self.stop_all(Some(&project), id).await {
+                    tracing::warn!(instance = %id, cause = %e, "cannot stop the stack");
+                }
                 self.remove_created(&mut created).await;
                 record.state = StackState::Failed;
                 record.error = Some(e.to_string());
@@ -781,12 +889,13 @@ impl Stacks {
         }
     }
 
+    /// Removes the containers (by id) this start created, with their anonymous volumes.
     async fn remove_created(&self, created: &mut Vec<String>) {
-        for name in created.drain(..) {
+        for cid in created.drain(..) {
             let _ = self
                 .docker
                 .remove_container(
-                    &name,
+                    &cid,
                     Some(
                         RemoveContainerOptionsBuilder::default()
                             .force(true)
@@ -798,46 +907,114 @@ impl Stacks {
         }
     }
 
+    /// Everything start checks before it changes anything: each service's image (its own build,
+    /// or an `image:`), and every network, volume and container name the stack uses, which must
+    /// be free or the stack's own.
+    async fn prepare(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        commit: &str,
+    ) -> Result<HashMap<String, Prepared>, StackError> {
+        let owner = self.owner(id);
+        let mut prepared = HashMap::new();
+        for s in &project.services {
+            let (image, inspect) = match &s.build {
+                Some(_) => {
+                    let tag = plan::image_tag(&project.name, &s.name, commit);
+                    let Some(inspect) = self.owned_image(&tag, &owner).await? else {
+                        return Err(failed(
+                            &format!("image of service {}", s.name),
+                            format!("image {tag} is missing: build again"),
+                        ));
+                    };
+                    (tag, inspect)
+                }
+                None => (
+                    s.image.clone().unwrap_or_default(),
+                    self.service_image(s).await?,
+                ),
+            };
+            prepared.insert(
+                s.name.clone(),
+                Prepared {
+                    image,
+                    image_id: inspect.id.unwrap_or_default(),
+                },
+            );
+        }
+        for key in &project.networks {
+            self.owned_network(&plan::network_name(&project.name, key), &owner)
+                .await?;
+        }
+        for key in &project.volumes {
+            self.owned_volume(&plan::volume_name(&project.name, key), &owner)
+                .await?;
+        }
+        for s in &project.services {
+            self.owned_container(&plan::container_name(&project.name, &s.name), &owner)
+                .await?;
+        }
+        Ok(prepared)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn start_inner(
         &self,
         id: &ValidName,
         project: &Project,
+        prepared: &HashMap<String, Prepared>,
         commit: &str,
         record: &mut Record,
-        timeout: Duration,
+        deadline: Instant,
         log: &LogBuf,
         created: &mut Vec<String>,
     ) -> Result<(), StackError> {
-        let deadline = Instant::now() + timeout;
         let owner = self.owner(id);
-        // Networks and volumes.
+        // Networks and volumes: the stack's own are reused, others' are never touched.
         for key in &project.networks {
             let name = plan::network_name(&project.name, key);
-            if !idempotent(self.docker.inspect_network(&name, None).await)? {
-                self.docker
-                    .create_network(NetworkCreateRequest {
-                        name: name.clone(),
-                        driver: Some("bridge".into()),
-                        labels: Some(plan::network_labels(&project.name, key, &owner)),
-                        ..Default::default()
-                    })
-                    .await?;
-                log.line(&format!("created network {name}"));
+            if self.owned_network(&name, &owner).await? {
+                continue;
+            }
+            let made = self
+                .docker
+                .create_network(NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(plan::network_labels(&project.name, key, &owner)),
+                    ..Default::default()
+                })
+                .await;
+            match made {
+                Ok(_) => log.line(&format!("created network {name}")),
+                // Made meanwhile under the same name: fine only if it is the stack's own.
+                Err(e) if dk::status_of(&e) == Some(409) => {
+                    if !self.owned_network(&name, &owner).await? {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         for key in &project.volumes {
             let name = plan::volume_name(&project.name, key);
-            if !idempotent(self.docker.inspect_volume(&name).await)? {
-                self.docker
-                    .create_volume(VolumeCreateRequest {
-                        name: Some(name.clone()),
-                        labels: Some(plan::volume_labels(&project.name, key, &owner)),
-                        ..Default::default()
-                    })
-                    .await?;
-                log.line(&format!("created volume {name}"));
+            if self.owned_volume(&name, &owner).await? {
+                continue;
             }
+            // Docker answers an existing volume of the same name instead of an error.
+            let volume = self
+                .docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(name.clone()),
+                    labels: Some(plan::volume_labels(&project.name, key, &owner)),
+                    ..Default::default()
+                })
+                .await?;
+            owner
+                .check(Some(&volume.labels))
+                .map_err(|holder| conflict("volume", &name, &holder))?;
+            log.line(&format!("created volume {name}"));
         }
         // Orphans: containers of services no longer in the file.
         for c in self.containers_of(id).await? {
@@ -861,16 +1038,13 @@ impl Stacks {
             }
         }
         // Host ports first, so every container knows every public address before it starts.
-        let existing: HashMap<String, ContainerInspectResponse> = {
-            let mut m = HashMap::new();
-            for s in &project.services {
-                let name = plan::container_name(&project.name, &s.name);
-                if let Ok(c) = self.docker.inspect_container(&name, None).await {
-                    m.insert(s.name.clone(), c);
-                }
+        let mut existing: HashMap<String, ContainerInspectResponse> = HashMap::new();
+        for s in &project.services {
+            let name = plan::container_name(&project.name, &s.name);
+            if let Some(c) = self.owned_container(&name, &owner).await? {
+                existing.insert(s.name.clone(), c);
             }
-            m
-        };
+        }
         let mut ports = BTreeMap::new();
         // Chosen ports stay bound until all are chosen, so no two services get the same one.
         let mut holds = Vec::new();
@@ -919,22 +1093,14 @@ impl Stacks {
                     .await?;
             }
             let name = plan::container_name(&project.name, &s.name);
-            let image = match &s.build {
-                Some(_) => plan::image_tag(&project.name, &s.name, commit),
-                None => s.image.clone().unwrap_or_default(),
-            };
-            let image_id = self
-                .docker
-                .inspect_image(&image)
-                .await
-                .map_err(|e| failed(&format!("image of service {}", s.name), dk::message(&e)))?
-                .id
-                .unwrap_or_default();
+            let Prepared {
+                image, image_id, ..
+            } = &prepared[&s.name];
             let (body, hash) = self.container_spec(
                 project,
                 s,
-                &image,
-                &image_id,
+                image,
+                image_id,
                 &ports,
                 &public_env,
                 commit,
@@ -949,24 +1115,43 @@ impl Stacks {
                     .get(plan::LABEL_CONFIG_HASH)
                     .cloned()
             });
-            if current.is_some() && current_hash.as_deref() != Some(hash.as_str()) {
+            if let Some(old) = current.and_then(|c| c.id.as_deref())
+                && current_hash.as_deref() != Some(hash.as_str())
+            {
                 log.line(&format!("recreating {name} (configuration changed)"));
                 self.docker
                     .remove_container(
-                        &name,
+                        old,
                         Some(RemoveContainerOptionsBuilder::default().force(true).build()),
                     )
                     .await?;
             }
             if current.is_none() || current_hash.as_deref() != Some(hash.as_str()) {
-                self.docker
+                let made = self
+                    .docker
                     .create_container(
                         Some(CreateContainerOptionsBuilder::default().name(&name).build()),
                         body,
                     )
-                    .await
-                    .map_err(|e| failed(&format!("create service {}", s.name), dk::message(&e)))?;
-                created.push(name.clone());
+                    .await;
+                let made = match made {
+                    Ok(made) => made,
+                    // Made meanwhile under the same name by someone else.
+                    Err(e) if dk::status_of(&e) == Some(409) => {
+                        self.owned_container(&name, &owner).await?;
+                        return Err(failed(
+                            &format!("create service {}", s.name),
+                            dk::message(&e),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(failed(
+                            &format!("create service {}", s.name),
+                            dk::message(&e),
+                        ));
+                    }
+                };
+                created.push(made.id);
                 for (net, aliases) in s.networks.iter().skip(1) {
                     self.docker
                         .connect_network(
@@ -1338,34 +1523,32 @@ impl Stacks {
 
     // ---- stop ------------------------------------------------------------------------------
 
-    async fn stop_all(&self, project: &Project, id: &ValidName) {
+    /// Stops the stack's containers, found by label (never by name: a name may be another's):
+    /// orphans first, then the services in reverse start order, each with its grace period.
+    async fn stop_all(&self, project: Option<&Project>, id: &ValidName) -> Result<(), StackError> {
         let long = dk::long(&self.docker, Duration::from_secs(300));
-        let mut order: Vec<&Service> =
-            plan::start_order(project).unwrap_or_else(|_| project.services.iter().collect());
-        order.reverse();
-        for s in order {
-            let name = plan::container_name(&project.name, &s.name);
-            let grace = s.stop_grace_period.map_or(10, |d| d.as_secs() as i32);
-            if let Err(e) = idempotent(
-                long.stop_container(
-                    &name,
-                    Some(StopContainerOptionsBuilder::default().t(grace).build()),
-                )
-                .await,
-            ) {
-                tracing::warn!(instance = %id, container = %name, cause = %e, "stop failed");
+        let order: Vec<&Service> = project
+            .map(|p| plan::start_order(p).unwrap_or_else(|_| p.services.iter().collect()))
+            .unwrap_or_default();
+        let rank = |c: &ContainerSummary| {
+            let service = c.labels.as_ref()?.get(plan::LABEL_SERVICE)?;
+            order.iter().position(|s| &s.name == service)
+        };
+        let mut containers = self.containers_of(id).await?;
+        containers.sort_by_key(|c| std::cmp::Reverse(rank(c).unwrap_or(usize::MAX)));
+        for c in containers {
+            let Some(cid) = c.id.as_deref() else { continue };
+            let grace = rank(&c).and_then(|i| order[i].stop_grace_period);
+            let opts = grace.map(|d| {
+                StopContainerOptionsBuilder::default()
+                    .t(i32::try_from(d.as_secs()).unwrap_or(i32::MAX))
+                    .build()
+            });
+            if let Err(e) = idempotent(long.stop_container(cid, opts).await) {
+                tracing::warn!(instance = %id, container = cid, cause = %e, "stop failed");
             }
         }
-        // Containers of services no longer in the file (orphans) stop too.
-        if let Ok(rest) = self.containers_of(id).await {
-            for c in rest {
-                if c.state.map(|s| s.to_string()).as_deref() == Some("running")
-                    && let Some(cid) = c.id
-                {
-                    let _ = long.stop_container(&cid, None).await;
-                }
-            }
-        }
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(instance = %id), err)]
@@ -1378,16 +1561,8 @@ impl Stacks {
         let _active = self.begin(id, "stop");
         record.state = StackState::Stopping;
         self.write_record(&record)?;
-        match self.load_project(id) {
-            Ok(project) => self.stop_all(&project, id).await,
-            Err(_) => {
-                for c in self.containers_of(id).await? {
-                    if let Some(cid) = c.id {
-                        idempotent(self.docker.stop_container(&cid, None).await)?;
-                    }
-                }
-            }
-        }
+        let project = self.load_project(id).ok();
+        self.stop_all(project.as_ref(), id).await?;
         record.state = StackState::Stopped;
         self.write_record(&record)?;
         self.changed.notify_one();

@@ -566,3 +566,180 @@ async fn docker_failed_rebuild_blocks_start_until_built_again() {
     w.client.delete(&sid, false).await.unwrap();
     w.stop().await;
 }
+
+/// Runs the docker CLI, returning trimmed stdout (empty when the command failed).
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    } else {
+        String::new()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_colliding_names_are_a_conflict_and_leave_the_owner_intact() {
+    let w = worker("collide", |_| {}).await;
+    let base = format!("cl{}", std::process::id());
+    // `<base>_x` owns the volume `<base>_x_data` and the network `<base>_x_default`.
+    let a = id(&format!("{base}_x"));
+    let (repo_a, commit_a) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: berth-base:latest\n    command: [sh, -c, 'echo tenant-a-private > /data/db.txt; exec sleep 600']\n    volumes: [data:/data]\nvolumes:\n  data: {}\n",
+    )]);
+    w.client
+        .build(&a, &build_request(repo_a.path(), &commit_a))
+        .await
+        .unwrap();
+    w.client.start(&a, &StartRequest::default()).await.unwrap();
+    // `<base>-x` owns the container `<base>-x-web-1` and the image `<base>-x-web`.
+    let c = id(&format!("{base}-x"));
+    let (repo_c, commit_c) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  web:\n    build: .\n    command: [sleep, '600']\n",
+        ),
+        ("Dockerfile", "FROM berth-base:latest\nENV OWNER=c\n"),
+    ]);
+    w.client
+        .build(&c, &build_request(repo_c.path(), &commit_c))
+        .await
+        .unwrap();
+    w.client.start(&c, &StartRequest::default()).await.unwrap();
+    let c_container = format!("{base}-x-web-1");
+    let c_id = docker(&["inspect", "-f", "{{.Id}}", &c_container]);
+    assert!(!c_id.is_empty());
+    let a_network = format!("{base}_x_default");
+    let members = || {
+        docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .Containers}}{{.Name}} {{end}}",
+            &a_network,
+        ])
+    };
+    let a_members = members();
+    assert_eq!(a_members, format!("{base}_x-web-1"));
+
+    // `<base>` names each of those objects through its own keys and service names.
+    let b = id(&base);
+    let cases = [
+        (
+            "services:\n  spy:\n    image: berth-base:latest\n    command: [sleep, '600']\n    volumes: [x_data:/steal]\nvolumes:\n  x_data: {}\n",
+            format!("volume {base}_x_data already exists and belongs to berth instance {a}"),
+        ),
+        (
+            "services:\n  spy:\n    image: berth-base:latest\n    command: [sleep, '600']\n    networks: [x_default]\nnetworks:\n  x_default: {}\n",
+            format!("network {a_network} already exists and belongs to berth instance {a}"),
+        ),
+        (
+            "services:\n  x-web:\n    image: berth-base:latest\n    command: [sleep, '600']\n",
+            format!("container {c_container} already exists and belongs to berth instance {c}"),
+        ),
+    ];
+    for (compose, want) in &cases {
+        let (repo, commit) = git_repo(&[("compose.yaml", compose)]);
+        w.client
+            .build(&b, &build_request(repo.path(), &commit))
+            .await
+            .unwrap();
+        let (status, body) = api_error(
+            w.client
+                .start(&b, &StartRequest::default())
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 409, "{compose}: {body:?}");
+        assert!(body.error.message.contains(want), "{}", body.error.message);
+        let st = w.client.status(&b).await.unwrap().unwrap();
+        assert_eq!(st.state, StackState::Built, "nothing changed: {st:?}");
+        assert!(st.services.is_empty(), "{st:?}");
+    }
+    // Building `x-web` would move the tag `<base>-x-web:latest` off `<base>-x`'s image.
+    let (repo, commit) = git_repo(&[
+        ("compose.yaml", "services:\n  x-web:\n    build: .\n"),
+        ("Dockerfile", "FROM berth-base:latest\nENV OWNER=b\n"),
+    ]);
+    let (status, body) = api_error(
+        w.client
+            .build(&b, &build_request(repo.path(), &commit))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409, "{body:?}");
+    assert!(
+        body.error.message.contains(&format!("image {base}-x-web:"))
+            && body
+                .error
+                .message
+                .contains(&format!("belongs to berth instance {c}")),
+        "{}",
+        body.error.message
+    );
+    // An object berth did not make counts as another's (the node label only lets this test's
+    // cleanup find it; it has no instance label).
+    let unmanaged = format!("{base}2_data");
+    docker(&[
+        "volume",
+        "create",
+        "--label",
+        &format!("org.berth.node={}", w.node),
+        &unmanaged,
+    ]);
+    let d = id(&format!("{base}2"));
+    let (repo, commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    volumes: [data:/data]\nvolumes:\n  data: {}\n",
+    )]);
+    w.client
+        .build(&d, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let (status, body) = api_error(
+        w.client
+            .start(&d, &StartRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409, "{body:?}");
+    assert!(
+        body.error.message.contains(&format!(
+            "volume {unmanaged} already exists and was not created by berth"
+        )),
+        "{}",
+        body.error.message
+    );
+    w.client.delete(&b, false).await.unwrap();
+    w.client.delete(&d, false).await.unwrap();
+
+    // The owners' objects are untouched: same container, same network members, same data.
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &c_container]), c_id);
+    assert_eq!(members(), a_members);
+    assert_eq!(
+        docker(&["exec", &format!("{base}_x-web-1"), "cat", "/data/db.txt"]),
+        "tenant-a-private"
+    );
+    assert_eq!(
+        docker(&["volume", "inspect", "-f", "{{.Name}}", &unmanaged]),
+        unmanaged
+    );
+    for owner in [&a, &c] {
+        let st = w.client.status(owner).await.unwrap().unwrap();
+        assert_eq!(st.state, StackState::Running);
+        assert_eq!(st.services.len(), 1, "{st:?}");
+        assert_eq!(st.services[0].state, "running", "{st:?}");
+    }
+    w.client.delete(&a, false).await.unwrap();
+    w.client.delete(&c, false).await.unwrap();
+    docker(&["volume", "rm", &unmanaged]);
+    let (c, n, v, i) = w.cleanup.leftovers();
+    assert!(
+        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
+        "left: {c:?} {n:?} {v:?} {i:?}"
+    );
+    w.stop().await;
+}

@@ -1,7 +1,9 @@
 //! Planning a project: dependency order (a DAG, cycles rejected), Docker Compose names and
-//! labels, berth's labels on top, and the config hash that decides whether to recreate.
+//! labels, berth's labels on top, who owns an object found by name, and the config hash that
+//! decides whether to recreate.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 use berth_worker_api::ErrorDetail;
 use serde::Serialize;
@@ -44,6 +46,54 @@ impl Owner {
             (LABEL_BERTH_INSTANCE.to_owned(), self.instance.clone()),
             (LABEL_BERTH_NODE.to_owned(), self.node.clone()),
         ])
+    }
+
+    /// Whether an object found by name is this owner's: its `org.berth.instance` and
+    /// `org.berth.node` labels must both be this owner's. Names of different instances can
+    /// collide (`col_x` + `data` and `col` + `x_data` are both the volume `col_x_data`), so a
+    /// name alone never proves ownership.
+    pub fn check(&self, labels: Option<&HashMap<String, String>>) -> Result<(), Holder> {
+        let get = |key| labels.and_then(|l| l.get(key)).cloned();
+        match (get(LABEL_BERTH_INSTANCE), get(LABEL_BERTH_NODE)) {
+            (Some(instance), Some(node)) if instance == self.instance && node == self.node => {
+                Ok(())
+            }
+            (Some(instance), node) => Err(Holder::Instance {
+                instance,
+                node: node.unwrap_or_default(),
+            }),
+            (None, _) => Err(Holder::Unmanaged),
+        }
+    }
+}
+
+/// Who holds an object that is not the stack's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Another berth instance, or the same instance id of another node.
+    Instance { instance: String, node: String },
+    /// An object without berth's labels (made by hand or by another tool).
+    Unmanaged,
+}
+
+impl Holder {
+    /// The instance named by the object's labels, if any.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Self::Instance { instance, .. } => Some(instance),
+            Self::Unmanaged => None,
+        }
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Instance { instance, node } => {
+                write!(f, "belongs to berth instance {instance} (node {node})")
+            }
+            Self::Unmanaged => f.write_str("was not created by berth (it has no org.berth labels)"),
+        }
     }
 }
 

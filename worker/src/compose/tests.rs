@@ -539,6 +539,49 @@ fn non_scalar_map_values_are_rejected_by_key() {
 }
 
 #[test]
+fn ownership_needs_both_berth_labels() {
+    let owner = Owner {
+        instance: "col".into(),
+        node: "n1".into(),
+    };
+    let labels = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let ours = labels(&[("org.berth.instance", "col"), ("org.berth.node", "n1")]);
+    assert_eq!(owner.check(Some(&ours)), Ok(()));
+    let cases = [
+        (
+            labels(&[("org.berth.instance", "col_x"), ("org.berth.node", "n1")]),
+            "belongs to berth instance col_x (node n1)",
+        ),
+        (
+            labels(&[("org.berth.instance", "col"), ("org.berth.node", "n2")]),
+            "belongs to berth instance col (node n2)",
+        ),
+        (
+            labels(&[("org.berth.instance", "col")]),
+            "belongs to berth instance col (node )",
+        ),
+        (
+            labels(&[
+                ("org.berth.node", "n1"),
+                ("com.docker.compose.project", "col"),
+            ]),
+            "was not created by berth",
+        ),
+        (labels(&[]), "was not created by berth"),
+    ];
+    for (l, want) in cases {
+        let holder = owner.check(Some(&l)).unwrap_err();
+        assert!(holder.to_string().starts_with(want), "{l:?}: {holder}");
+    }
+    assert_eq!(owner.check(None), Err(plan::Holder::Unmanaged));
+}
+
+#[test]
 fn image_names_are_valid_references() {
     for (name, ok) in [
         ("a", true),

@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 use crate::compose::plan::{self, Holder, Owner};
 use crate::compose::{self, Condition, MountSource, Project, Restart, Service};
 use crate::docker::{self as dk, idempotent, label_filter};
+use crate::images;
 use crate::logbuf::LogBuf;
 use crate::policy::Policy;
 use crate::registry::Agent;
@@ -90,6 +91,18 @@ fn failed(step: &str, message: impl Into<String>) -> StackError {
     }
 }
 
+/// A 422 with one detail.
+fn rejected(service: &str, field: String, reason: String) -> StackError {
+    StackError::Rejected {
+        message: format!("{field}: {reason}"),
+        details: vec![ErrorDetail {
+            service: Some(service.to_owned()),
+            field,
+            reason,
+        }],
+    }
+}
+
 /// A 409 for an object that one of the stack's names already denotes and that is not the
 /// stack's own.
 fn conflict(kind: &str, name: &str, holder: &Holder) -> StackError {
@@ -100,6 +113,14 @@ fn conflict(kind: &str, name: &str, holder: &Holder) -> StackError {
 
 fn image_labels(image: &ImageInspect) -> Option<&HashMap<String, String>> {
     image.config.as_ref()?.labels.as_ref()
+}
+
+/// Who made `image`, when it is another berth instance (an image without berth's instance label
+/// is anyone's to use).
+fn foreign_berth_image(owner: &Owner, image: &ImageInspect) -> Option<Holder> {
+    let labels = image_labels(image)?;
+    labels.get(plan::LABEL_BERTH_INSTANCE)?;
+    owner.check(Some(labels)).err()
 }
 
 /// What start knows of a service once its checks passed.
@@ -633,13 +654,14 @@ impl Stacks {
             .map_err(|e| failed("fetch", e.to_string()))?;
         let project = self.load_project(id)?;
         let owner = self.owner(id);
-        // Everything is checked before the first build: images named by `image:` and the tags
-        // the builds will take.
+        // Everything is checked before the first build: images named by `image:`, the images
+        // each Dockerfile builds on, and the tags the builds will take.
         for s in &project.services {
-            if s.build.is_none() {
-                self.service_image(s).await?;
+            let Some(build) = &s.build else {
+                self.service_image(&owner, s).await?;
                 continue;
-            }
+            };
+            self.check_build_bases(&owner, s, build).await?;
             let latest = format!("{}:latest", plan::image_name(&project.name, &s.name));
             for tag in [plan::image_tag(&project.name, &s.name, &req.commit), latest] {
                 self.owned_image(&tag, &owner).await?;
@@ -739,17 +761,63 @@ impl Stacks {
         }
     }
 
-    /// The image a service without `build` names.
-    async fn service_image(&self, s: &Service) -> Result<ImageInspect, StackError> {
+    /// The image a service without `build` names, refused when another berth instance made it:
+    /// a stack may use its own images and images that are not berth's, never another's.
+    async fn service_image(&self, owner: &Owner, s: &Service) -> Result<ImageInspect, StackError> {
         let image = s.image.clone().unwrap_or_default();
-        match self.docker.inspect_image(&image).await {
-            Ok(i) => Ok(i),
-            Err(e) if dk::already(&e) => Err(failed(
-                &format!("image of service {}", s.name),
-                format!("image {image:?} is not present on this worker (images are never pulled)"),
-            )),
-            Err(e) => Err(e.into()),
+        let inspect = match self.docker.inspect_image(&image).await {
+            Ok(i) => i,
+            Err(e) if dk::already(&e) => {
+                return Err(failed(
+                    &format!("image of service {}", s.name),
+                    format!(
+                        "image {image:?} is not present on this worker (images are never pulled)"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(holder) = foreign_berth_image(owner, &inspect) {
+            return Err(rejected(
+                &s.name,
+                format!("services.{}.image", s.name),
+                format!(
+                    "image {image} {holder}: a stack may only use its own images and images that are not berth's"
+                ),
+            ));
         }
+        Ok(inspect)
+    }
+
+    /// Refuses a Dockerfile that builds on another berth instance's image (`FROM`,
+    /// `COPY --from=`); see [`images::image_refs`] for what is read.
+    async fn check_build_bases(
+        &self,
+        owner: &Owner,
+        s: &Service,
+        build: &compose::model::Build,
+    ) -> Result<(), StackError> {
+        let path = build.context.join(&build.dockerfile);
+        // A missing or unreadable Dockerfile fails the build itself, with Docker's message.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        for image in images::image_refs(&text, &build.args) {
+            let Ok(inspect) = self.docker.inspect_image(&image).await else {
+                continue;
+            };
+            if let Some(holder) = foreign_berth_image(owner, &inspect) {
+                return Err(rejected(
+                    &s.name,
+                    format!("services.{}.build", s.name),
+                    format!(
+                        "{} builds on image {image}, which {holder}: a build may only use its own images and images that are not berth's",
+                        build.dockerfile
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Removes this instance's images of earlier commits. Images still used by a container stay
@@ -819,8 +887,8 @@ impl Stacks {
         let _active = self.begin(id, "start");
         let log = self.log(id);
         let project = self.load_project(id)?;
-        // Refusals (another's object under one of the stack's names) come before anything
-        // changes.
+        // Refusals (another's object under one of the stack's names, another instance's image)
+        // come before anything changes.
         let prepared = self.prepare(id, &project, &commit).await?;
         record.state = StackState::Starting;
         record.error = None;
@@ -908,8 +976,8 @@ impl Stacks {
     }
 
     /// Everything start checks before it changes anything: each service's image (its own build,
-    /// or an `image:`), and every network, volume and container name the stack uses, which must
-    /// be free or the stack's own.
+    /// or an `image:` that no other berth instance made), and every network, volume and
+    /// container name the stack uses, which must be free or the stack's own.
     async fn prepare(
         &self,
         id: &ValidName,
@@ -932,7 +1000,7 @@ impl Stacks {
                 }
                 None => (
                     s.image.clone().unwrap_or_default(),
-                    self.service_image(s).await?,
+                    self.service_image(&owner, s).await?,
                 ),
             };
             prepared.insert(
@@ -1571,6 +1639,8 @@ impl Stacks {
 
     // ---- delete ----------------------------------------------------------------------------
 
+    /// Removes everything of the stack it can find by label and goes on past failures: what it
+    /// could not remove is listed in `not_removed` (and the log) instead of failing half-way.
     #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn delete(
         &self,
@@ -1580,6 +1650,7 @@ impl Stacks {
         let lock = self.lock(id);
         let _guard = lock.lock().await;
         let _active = self.begin(id, "delete");
+        let log = self.log(id);
         let instance = [
             (plan::LABEL_BERTH_INSTANCE, id.as_str()),
             (plan::LABEL_BERTH_NODE, self.settings.node.as_str()),
@@ -1592,101 +1663,240 @@ impl Stacks {
             removed_images: 0,
             removed_volumes: 0,
             removed_networks: 0,
+            not_removed: Vec::new(),
         };
+        let mut left = Vec::new();
         let long = dk::long(&self.docker, Duration::from_secs(300));
-        for c in self.containers_of(id).await? {
-            let Some(cid) = c.id else { continue };
-            if idempotent(
-                long.remove_container(
-                    &cid,
-                    Some(
-                        RemoveContainerOptionsBuilder::default()
-                            .force(true)
-                            .v(true)
-                            .build(),
-                    ),
-                )
-                .await,
-            )? {
-                resp.removed_containers += 1;
+        match self.containers_of(id).await {
+            Ok(containers) => {
+                for c in containers {
+                    let Some(cid) = c.id else { continue };
+                    let removed = long
+                        .remove_container(
+                            &cid,
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
+                        )
+                        .await;
+                    match idempotent(removed) {
+                        Ok(true) => resp.removed_containers += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            let name = c.names.and_then(|n| n.into_iter().next());
+                            let name = name
+                                .as_deref()
+                                .map_or(cid.as_str(), |n| n.trim_start_matches('/'));
+                            left.push(format!("container {name}: {}", dk::message(&e)));
+                        }
+                    }
+                }
             }
+            Err(e) => left.push(format!("containers: cannot list them: {e}")),
         }
         let filters = label_filter(&instance);
         if !keep_volumes {
-            let volumes = self
+            let listed = self
                 .docker
                 .list_volumes(Some(
                     ListVolumesOptionsBuilder::default()
                         .filters(&filters)
                         .build(),
                 ))
-                .await?;
-            for v in volumes.volumes.unwrap_or_default() {
-                if idempotent(
-                    self.docker
-                        .remove_volume(
-                            &v.name,
-                            Some(RemoveVolumeOptionsBuilder::default().force(true).build()),
-                        )
-                        .await,
-                )? {
-                    resp.removed_volumes += 1;
+                .await;
+            match listed {
+                Ok(volumes) => {
+                    for v in volumes.volumes.unwrap_or_default() {
+                        let removed = self
+                            .docker
+                            .remove_volume(
+                                &v.name,
+                                Some(RemoveVolumeOptionsBuilder::default().force(true).build()),
+                            )
+                            .await;
+                        match idempotent(removed) {
+                            Ok(true) => resp.removed_volumes += 1,
+                            Ok(false) => {}
+                            Err(e) => left.push(format!("volume {}: {}", v.name, dk::message(&e))),
+                        }
+                    }
                 }
+                Err(e) => left.push(format!("volumes: cannot list them: {}", dk::message(&e))),
             }
         }
-        let images = self
-            .docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .all(false)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await?;
-        for image in images {
-            if idempotent(
-                self.docker
-                    .remove_image(
-                        &image.id,
-                        Some(RemoveImageOptionsBuilder::default().force(true).build()),
-                        None,
-                    )
-                    .await,
-            )? {
-                resp.removed_images += 1;
-            }
-        }
-        let networks = self
+        resp.removed_images = self.remove_images(&filters, &mut left).await;
+        let listed = self
             .docker
             .list_networks(Some(
                 ListNetworksOptionsBuilder::default()
                     .filters(&filters)
                     .build(),
             ))
-            .await?;
-        for n in networks {
-            let Some(nid) = n.id else { continue };
-            if idempotent(self.docker.remove_network(&nid).await)? {
-                resp.removed_networks += 1;
+            .await;
+        match listed {
+            Ok(networks) => {
+                for n in networks {
+                    let Some(nid) = n.id else { continue };
+                    match idempotent(self.docker.remove_network(&nid).await) {
+                        Ok(true) => resp.removed_networks += 1,
+                        Ok(false) => {}
+                        Err(e) => left.push(format!(
+                            "network {}: {}",
+                            n.name.unwrap_or(nid),
+                            dk::message(&e)
+                        )),
+                    }
+                }
             }
+            Err(e) => left.push(format!("networks: cannot list them: {}", dk::message(&e))),
         }
         resp.existed |= resp.removed_containers
             + resp.removed_images
             + resp.removed_networks
             + resp.removed_volumes
             > 0;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(instance = %id, cause = %e, path = %dir.display(), "cannot remove the stack directory");
+            left.push(format!("the stack's directory on the worker: {e}"));
         }
         if let Some(agent) = &self.agent
             && let Err(e) = agent.kv_delete_tree(&format!("instance/{id}/")).await
         {
             tracing::warn!(instance = %id, cause = %e, "cannot remove the instance's KV keys");
+            left.push(format!("KV keys instance/{id}/: {e}"));
         }
-        resp.removed_networks += self.prune_networks().await?;
+        match self.prune_networks().await {
+            Ok(n) => resp.removed_networks += n,
+            Err(e) => tracing::warn!(cause = %e, "cannot prune networks"),
+        }
+        self.prune_images().await;
+        for what in &left {
+            log.line(&format!("not removed: {what}"));
+            tracing::warn!(instance = %id, what = %what, "delete could not remove");
+        }
+        resp.not_removed = left;
         self.logs.lock().expect("logs").remove(id.as_str());
         self.changed.notify_one();
         Ok(resp)
+    }
+
+    /// Removes the images matching `filters`. An image Docker refuses to remove (a child image
+    /// or a container of someone else builds on it) loses its tags, so nothing can start from
+    /// its name, and is reported in `left`; [`Self::prune_images`] removes it once it is free.
+    async fn remove_images(
+        &self,
+        filters: &HashMap<String, Vec<String>>,
+        left: &mut Vec<String>,
+    ) -> u32 {
+        let listed = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .all(false)
+                    .filters(filters)
+                    .build(),
+            ))
+            .await;
+        let images = match listed {
+            Ok(images) => images,
+            Err(e) => {
+                left.push(format!("images: cannot list them: {}", dk::message(&e)));
+                return 0;
+            }
+        };
+        let mut removed = 0;
+        for image in images {
+            let result = self
+                .docker
+                .remove_image(
+                    &image.id,
+                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                    None,
+                )
+                .await;
+            match idempotent(result) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    let tags: Vec<&String> = image
+                        .repo_tags
+                        .iter()
+                        .filter(|t| !t.ends_with(":<none>"))
+                        .collect();
+                    for tag in &tags {
+                        let _ = self
+                            .docker
+                            .remove_image(
+                                tag,
+                                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                                None,
+                            )
+                            .await;
+                    }
+                    let short = image.id.trim_start_matches("sha256:");
+                    let tags = if tags.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (untagged {})",
+                            tags.iter()
+                                .map(|t| t.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    left.push(format!(
+                        "image {}{tags}: {}",
+                        &short[..short.len().min(12)],
+                        dk::message(&e)
+                    ));
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes this node's untagged berth images whose stack is gone: what a delete could only
+    /// untag because something still used the image. Docker refuses while it is in use.
+    async fn prune_images(&self) {
+        let filters = HashMap::from([
+            ("dangling".to_owned(), vec!["true".to_owned()]),
+            (
+                "label".to_owned(),
+                vec![format!("{}={}", plan::LABEL_BERTH_NODE, self.settings.node)],
+            ),
+        ]);
+        let Ok(images) = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        else {
+            return;
+        };
+        for image in images {
+            let live = image
+                .labels
+                .get(plan::LABEL_BERTH_INSTANCE)
+                .and_then(|i| ValidName::parse("id", i).ok())
+                .is_some_and(|i| self.stack_dir(&i).exists());
+            if !live
+                && let Err(e) = self
+                    .docker
+                    .remove_image(&image.id, None::<RemoveImageOptions>, None)
+                    .await
+            {
+                tracing::debug!(image = %image.id, cause = %e, "leftover image still in use");
+            }
+        }
     }
 
     /// Removes this node's berth-labelled networks that have no endpoints and whose stack is

@@ -743,3 +743,114 @@ async fn docker_colliding_names_are_a_conflict_and_leave_the_owner_intact() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_other_instances_images_are_refused_and_delete_goes_on() {
+    let w = worker("foreign", |_| {}).await;
+    let owner = id(&format!("b1-{}", w.node));
+    let (repo, commit) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  web:\n    build: .\n    command: [sleep, '600']\n",
+        ),
+        (
+            "Dockerfile",
+            "FROM berth-base:latest\nRUN echo b1-secret > /greeting\n",
+        ),
+    ]);
+    w.client
+        .build(&owner, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    w.client
+        .start(&owner, &StartRequest::default())
+        .await
+        .unwrap();
+    let theirs = format!("{owner}-web:latest");
+
+    let child = id(&format!("ch-{}", w.node));
+    let peek = format!("services:\n  peek:\n    image: {theirs}\n    command: [cat, /greeting]\n");
+    let from = format!("FROM {theirs}\nRUN cat /greeting > /stolen\n");
+    let copy = format!("FROM berth-base:latest\nCOPY --from={theirs} /greeting /g\n");
+    let cases: [(Vec<(&str, &str)>, &str, &str); 3] = [
+        (vec![("compose.yaml", &peek)], "peek", "services.peek.image"),
+        (
+            vec![
+                ("compose.yaml", "services:\n  app:\n    build: .\n"),
+                ("Dockerfile", &from),
+            ],
+            "app",
+            "services.app.build",
+        ),
+        (
+            vec![
+                ("compose.yaml", "services:\n  app:\n    build: .\n"),
+                ("Dockerfile", &copy),
+            ],
+            "app",
+            "services.app.build",
+        ),
+    ];
+    for (files, service, field) in &cases {
+        let (repo, commit) = git_repo(files);
+        let (status, body) = api_error(
+            w.client
+                .build(&child, &build_request(repo.path(), &commit))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 422, "{files:?}: {body:?}");
+        let d = &body.error.details[0];
+        assert_eq!(d.service.as_deref(), Some(*service));
+        assert_eq!(d.field, *field);
+        assert!(
+            d.reason.contains(&theirs)
+                && d.reason
+                    .contains(&format!("belongs to berth instance {owner}")),
+            "{}",
+            d.reason
+        );
+    }
+    w.client.delete(&child, false).await.unwrap();
+
+    // A container someone else runs from the owner's image: Docker refuses to remove the image.
+    let foreign = docker(&[
+        "run",
+        "-d",
+        "--label",
+        &format!("org.berth.instance=other-{}", w.node),
+        "--label",
+        &format!("org.berth.node={}", w.node),
+        &theirs,
+        "sleep",
+        "600",
+    ]);
+    assert!(!foreign.is_empty());
+    let deleted = w.client.delete(&owner, false).await.unwrap();
+    assert_eq!(deleted.removed_containers, 1, "{deleted:?}");
+    assert!(deleted.removed_networks >= 1, "{deleted:?}");
+    assert_eq!(deleted.removed_images, 0, "{deleted:?}");
+    assert_eq!(deleted.not_removed.len(), 1, "{deleted:?}");
+    assert!(
+        deleted.not_removed[0].starts_with("image ")
+            && deleted.not_removed[0].contains(&format!("untagged {owner}-web:"))
+            && deleted.not_removed[0].contains("being used by running container"),
+        "{deleted:?}"
+    );
+    assert!(!w.data.path().join("stacks").join(owner.as_str()).exists());
+    assert!(
+        docker(&["image", "inspect", &theirs]).is_empty(),
+        "untagged"
+    );
+    // Once the image is free, deleting again removes it.
+    docker(&["rm", "-f", &foreign]);
+    let again = w.client.delete(&owner, false).await.unwrap();
+    assert_eq!(again.removed_images, 1, "{again:?}");
+    assert!(again.not_removed.is_empty(), "{again:?}");
+    let (c, n, v, i) = w.cleanup.leftovers();
+    assert!(
+        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
+        "left: {c:?} {n:?} {v:?} {i:?}"
+    );
+    w.stop().await;
+}

@@ -1,5 +1,6 @@
-//! What a build uses: the images a Dockerfile builds on, so a stack cannot start from another
-//! instance's image.
+//! What a build uses and leaves behind: the images a Dockerfile builds on (so a stack cannot
+//! start from another instance's image) and the image ids the classic builder's output reports
+//! (so the intermediate images of stages and failed builds can be removed).
 
 use std::collections::BTreeMap;
 
@@ -178,6 +179,56 @@ fn substitute(word: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// Image ids the classic builder reports while it builds: ` ---> <id>` after each step, where the
+/// id after a `FROM` step is the base image (never the build's to remove).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BuildIds {
+    /// Short ids of images the build made or took from the cache, in order.
+    pub made: Vec<String>,
+    /// Short ids of `FROM` images the build did not make (its bases).
+    pub bases: Vec<String>,
+    after_from: bool,
+}
+
+impl BuildIds {
+    /// Reads one line of build output.
+    pub fn observe(&mut self, line: &str) {
+        let line = line.trim();
+        if let Some(step) = line.strip_prefix("Step ") {
+            let instruction = step
+                .split_once(" : ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or_default();
+            self.after_from = instruction.eq_ignore_ascii_case("FROM");
+        } else if let Some(id) = line.strip_prefix("---> ")
+            && id.len() >= 12
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            // A `FROM` of an earlier stage names an image this build made: not a base.
+            let base = std::mem::take(&mut self.after_from) && !self.made.iter().any(|m| m == id);
+            let list = if base {
+                &mut self.bases
+            } else {
+                &mut self.made
+            };
+            if !list.iter().any(|known| known == id) {
+                list.push(id.to_owned());
+            }
+        }
+    }
+
+    /// Made images that are not bases, newest first (children before their parents), for
+    /// removal once the build is over.
+    pub fn intermediates(&self) -> Vec<&str> {
+        self.made
+            .iter()
+            .rev()
+            .filter(|id| !self.bases.contains(id))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +264,20 @@ mod tests {
         for (dockerfile, want) in cases {
             assert_eq!(image_refs(dockerfile, &args), *want, "{dockerfile}");
         }
+    }
+
+    #[test]
+    fn build_ids_from_classic_builder_output() {
+        let output = "Step 1/6 : FROM berth-base:latest AS stage1\n ---> d4a20f5d1f2c\nStep 2/6 : RUN echo a > /a\n ---> Running in 1f2e3d4c5b6a\nRemoving intermediate container 1f2e3d4c5b6a\n ---> 0123456789ab\nStep 3/6 : FROM berth-base:latest\n ---> d4a20f5d1f2c\nStep 4/6 : COPY --from=stage1 /a /a\n ---> Using cache\n ---> abcdefabcdef\nStep 5/6 : FROM stage1\n ---> 0123456789ab\nStep 6/6 : LABEL x=y\n ---> fedcba987654\nSuccessfully built fedcba987654\n";
+        let mut ids = BuildIds::default();
+        for line in output.lines() {
+            ids.observe(line);
+        }
+        assert_eq!(ids.bases, ["d4a20f5d1f2c"]);
+        assert_eq!(ids.made, ["0123456789ab", "abcdefabcdef", "fedcba987654"]);
+        assert_eq!(
+            ids.intermediates(),
+            ["fedcba987654", "abcdefabcdef", "0123456789ab"]
+        );
     }
 }

@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use crate::compose::plan::{self, Holder, Owner};
 use crate::compose::{self, Condition, MountSource, Project, Restart, Service};
 use crate::docker::{self as dk, idempotent, label_filter};
-use crate::images;
+use crate::images::{self, BuildIds};
 use crate::logbuf::LogBuf;
 use crate::policy::Policy;
 use crate::registry::Agent;
@@ -672,11 +672,28 @@ impl Stacks {
             let Some(build) = &s.build else { continue };
             let tag = plan::image_tag(&project.name, &s.name, &req.commit);
             log.line(&format!("building service {} as {tag}", s.name));
-            self.build_service(s, build, &tag, &owner, log).await?;
-            if !idempotent(self.docker.inspect_image(&tag).await)? {
+            let mut ids = BuildIds::default();
+            let result = self
+                .build_service(s, build, &tag, &owner, log, &mut ids)
+                .await;
+            let image_id = match &result {
+                Ok(()) => self
+                    .docker
+                    .inspect_image(&tag)
+                    .await
+                    .ok()
+                    .and_then(|i| i.id),
+                Err(_) => None,
+            };
+            self.remove_intermediates(&ids, image_id.as_deref()).await;
+            result?;
+            if image_id.is_none() {
                 return Err(failed(
                     &format!("build of service {}", s.name),
-                    format!("image {tag} missing after build\n{}", log.tail(20)),
+                    format!(
+                        "image {tag} missing after build; last log lines:\n{}",
+                        log.tail(20)
+                    ),
                 ));
             }
             let latest = plan::image_name(&project.name, &s.name);
@@ -698,7 +715,7 @@ impl Stacks {
         Ok(())
     }
 
-    /// Builds one service's image as `tag`.
+    /// Builds one service's image as `tag`, noting the image ids the build reports in `ids`.
     async fn build_service(
         &self,
         s: &Service,
@@ -706,6 +723,7 @@ impl Stacks {
         tag: &str,
         owner: &Owner,
         log: &LogBuf,
+        ids: &mut BuildIds,
     ) -> Result<(), StackError> {
         let step = format!("build of service {}", s.name);
         let context = build.context.clone();
@@ -738,6 +756,7 @@ impl Stacks {
                     Ok(info) => {
                         if let Some(text) = info.stream.as_deref() {
                             for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                                ids.observe(line);
                                 log.line(line);
                             }
                         }
@@ -746,7 +765,14 @@ impl Stacks {
                         }
                     }
                     Err(e) if e.to_string().contains("bytes remaining on stream") => break,
-                    Err(e) => return Err(failed(&step, dk::message(&e))),
+                    // A failing step arrives as an error (bollard turns `errorDetail` into one);
+                    // the answer carries the build's last lines like any other failure.
+                    Err(e) => {
+                        let tail = log.tail(20);
+                        let message = dk::message(&e);
+                        log.line(&message);
+                        return Err(failed(&step, format!("{message}; last log lines:\n{tail}")));
+                    }
                 }
             }
             Ok(())
@@ -758,6 +784,44 @@ impl Stacks {
                 s.name,
                 humantime::format_duration(self.settings.build_timeout)
             ))),
+        }
+    }
+
+    /// Removes the images a build made that its final image does not build on: stage images of
+    /// multi-stage builds, and everything a failed build made. Docker refuses to remove an image
+    /// with children or in use (the cached steps of this stack's other images, a build running
+    /// meanwhile), and those refusals are fine: the image is still needed.
+    async fn remove_intermediates(&self, ids: &BuildIds, image_id: Option<&str>) {
+        let ancestors: Vec<String> = match image_id {
+            Some(image) => self
+                .docker
+                .image_history(image)
+                .await
+                .map(|h| h.into_iter().map(|i| i.id).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for short in ids.intermediates() {
+            let is_ancestor = ancestors
+                .iter()
+                .any(|a| a.trim_start_matches("sha256:").starts_with(short));
+            if is_ancestor {
+                continue;
+            }
+            // Never an image someone tagged (a base named by id, another stack's image).
+            match self.docker.inspect_image(short).await {
+                Ok(i)
+                    if i.repo_tags.as_ref().is_none_or(Vec::is_empty)
+                        && i.repo_digests.as_ref().is_none_or(Vec::is_empty) => {}
+                _ => continue,
+            }
+            if let Err(e) = self
+                .docker
+                .remove_image(short, None::<RemoveImageOptions>, None)
+                .await
+            {
+                tracing::debug!(image = short, cause = %e, "intermediate image stays");
+            }
         }
     }
 
@@ -1084,7 +1148,7 @@ impl Stacks {
                 .map_err(|holder| conflict("volume", &name, &holder))?;
             log.line(&format!("created volume {name}"));
         }
-        // Orphans: containers of services no longer in the file.
+        // Orphans: containers of services no longer in the file, with their anonymous volumes.
         for c in self.containers_of(id).await? {
             let service = c
                 .labels
@@ -1099,7 +1163,12 @@ impl Stacks {
                     self.docker
                         .remove_container(
                             &cid,
-                            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
                         )
                         .await,
                 )?;
@@ -1186,11 +1255,18 @@ impl Stacks {
             if let Some(old) = current.and_then(|c| c.id.as_deref())
                 && current_hash.as_deref() != Some(hash.as_str())
             {
+                // The old container's anonymous volumes go with it (nothing else would find
+                // them: Docker labels them with nothing).
                 log.line(&format!("recreating {name} (configuration changed)"));
                 self.docker
                     .remove_container(
                         old,
-                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                        Some(
+                            RemoveContainerOptionsBuilder::default()
+                                .force(true)
+                                .v(true)
+                                .build(),
+                        ),
                     )
                     .await?;
             }

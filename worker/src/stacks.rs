@@ -129,6 +129,8 @@ struct Prepared {
     /// The image reference the container is created from, and its id.
     image: String,
     image_id: String,
+    /// Whether Docker runs a healthcheck: the file's, else the image's own `HEALTHCHECK`.
+    healthcheck: bool,
 }
 
 /// What the worker remembers of a stack between operations and restarts.
@@ -951,8 +953,8 @@ impl Stacks {
         let _active = self.begin(id, "start");
         let log = self.log(id);
         let project = self.load_project(id)?;
-        // Refusals (another's object under one of the stack's names, another instance's image)
-        // come before anything changes.
+        // Refusals (another's object under one of the stack's names, another instance's image, a
+        // `service_healthy` dependency without a healthcheck) come before anything changes.
         let prepared = self.prepare(id, &project, &commit).await?;
         record.state = StackState::Starting;
         record.error = None;
@@ -1040,8 +1042,10 @@ impl Stacks {
     }
 
     /// Everything start checks before it changes anything: each service's image (its own build,
-    /// or an `image:` that no other berth instance made), and every network, volume and
-    /// container name the stack uses, which must be free or the stack's own.
+    /// or an `image:` that no other berth instance made) and whether it has a healthcheck (the
+    /// file's, else the image's `HEALTHCHECK`), `service_healthy` dependencies on services
+    /// without one, and every network, volume and container name the stack uses, which must be
+    /// free or the stack's own.
     async fn prepare(
         &self,
         id: &ValidName,
@@ -1067,13 +1071,37 @@ impl Stacks {
                     self.service_image(&owner, s).await?,
                 ),
             };
+            let healthcheck = match &s.healthcheck {
+                Some(_) => s.has_healthcheck(),
+                None => inspect
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.healthcheck.as_ref()?.test.as_ref()?.first().cloned())
+                    .is_some_and(|t| t != "NONE"),
+            };
             prepared.insert(
                 s.name.clone(),
                 Prepared {
                     image,
                     image_id: inspect.id.unwrap_or_default(),
+                    healthcheck,
                 },
             );
+        }
+        for s in &project.services {
+            for (dep, cond) in &s.depends_on {
+                if *cond == Condition::Healthy && prepared.get(dep).is_some_and(|p| !p.healthcheck)
+                {
+                    return Err(rejected(
+                        dep,
+                        format!("services.{dep}.healthcheck"),
+                        format!(
+                            "service {dep} has no healthcheck (in the file or its image) but {} waits for service_healthy",
+                            s.name
+                        ),
+                    ));
+                }
+            }
         }
         for key in &project.networks {
             self.owned_network(&plan::network_name(&project.name, key), &owner)
@@ -1335,7 +1363,7 @@ impl Stacks {
             }
             self.wait_condition(project, &s.name, Condition::Started, deadline, log)
                 .await?;
-            if s.has_healthcheck() {
+            if prepared[&s.name].healthcheck {
                 self.wait_condition(project, &s.name, Condition::Healthy, deadline, log)
                     .await?;
             }
@@ -1490,6 +1518,7 @@ impl Stacks {
             binds: (!binds.is_empty()).then_some(binds),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             restart_policy: Some(restart),
+            ipc_mode: s.ipc.clone(),
             network_mode,
             extra_hosts: (!s.extra_hosts.is_empty()).then(|| s.extra_hosts.clone()),
             cap_add: (!s.cap_add.is_empty()).then(|| s.cap_add.clone()),
@@ -1545,21 +1574,6 @@ impl Stacks {
         log: &LogBuf,
     ) -> Result<(), StackError> {
         let name = plan::container_name(&project.name, service);
-        let has_hc = project
-            .service(service)
-            .is_some_and(Service::has_healthcheck);
-        if cond == Condition::Healthy && !has_hc {
-            return Err(StackError::Rejected {
-                message: format!(
-                    "service {service} has no healthcheck but a dependent waits for service_healthy"
-                ),
-                details: vec![ErrorDetail {
-                    service: Some(service.to_owned()),
-                    field: format!("services.{service}.healthcheck"),
-                    reason: "needed by a depends_on condition service_healthy".to_owned(),
-                }],
-            });
-        }
         loop {
             let c = self.docker.inspect_container(&name, None).await?;
             let state = c.state.unwrap_or_default();

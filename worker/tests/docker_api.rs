@@ -854,3 +854,74 @@ async fn docker_other_instances_images_are_refused_and_delete_goes_on() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_image_healthcheck_counts_and_missing_one_is_refused_up_front() {
+    let w = worker("imagehc", |_| {}).await;
+    let sid = id(&format!("hc-{}", w.node));
+    // `db` has no healthcheck in the file, only its image's HEALTHCHECK; `ipc` and an `expose`
+    // range are applied too.
+    let (repo, commit) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  db:\n    build: .\n    ipc: shareable\n    expose: ['7000-7002']\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    depends_on: {db: {condition: service_healthy}}\n",
+        ),
+        (
+            "Dockerfile",
+            "FROM berth-base:latest\nHEALTHCHECK --interval=1s CMD true\nCMD [\"sleep\", \"600\"]\n",
+        ),
+    ]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    let db = st.services.iter().find(|s| s.name == "db").unwrap();
+    assert_eq!(db.health.as_deref(), Some("healthy"), "{st:?}");
+    let container = db.container.clone().unwrap();
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.HostConfig.IpcMode}}", &container]),
+        "shareable"
+    );
+    let exposed = docker(&["inspect", "-f", "{{json .Config.ExposedPorts}}", &container]);
+    for port in ["7000/tcp", "7001/tcp", "7002/tcp"] {
+        assert!(exposed.contains(port), "{exposed}");
+    }
+    assert!(!exposed.contains("7000-7002"), "{exposed}");
+    w.client.delete(&sid, false).await.unwrap();
+
+    // A `service_healthy` dependency on a service with no healthcheck anywhere: 422 before any
+    // container exists, and the stack stays as it was.
+    let (repo, commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  db:\n    image: berth-base:latest\n    command: [sleep, '600']\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    depends_on: {db: {condition: service_healthy}}\n",
+    )]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let (status, body) = api_error(
+        w.client
+            .start(&sid, &StartRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 422, "{body:?}");
+    assert_eq!(body.error.details[0].field, "services.db.healthcheck");
+    let st = w.client.status(&sid).await.unwrap().unwrap();
+    assert_eq!(st.state, StackState::Built);
+    let logs: Vec<u8> =
+        futures::StreamExt::collect::<Vec<_>>(w.client.logs(&sid, false).await.unwrap())
+            .await
+            .into_iter()
+            .flat_map(|c| c.unwrap().to_vec())
+            .collect();
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(!logs.contains("created "), "{logs}");
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}

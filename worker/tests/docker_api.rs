@@ -925,3 +925,31 @@ async fn docker_image_healthcheck_counts_and_missing_one_is_refused_up_front() {
     w.client.delete(&sid, false).await.unwrap();
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_ids_and_service_names_outside_the_reference_grammar_build() {
+    let w = worker("refname", |_| {}).await;
+    let sid = id(&format!("odd{}_", std::process::id()));
+    let (repo, commit) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  web.:\n    build: .\n    command: [sleep, '600']\n",
+        ),
+        ("Dockerfile", "FROM berth-base:latest\nENV A=1\n"),
+    ]);
+    let built = w
+        .client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    assert_eq!(built.state, StackState::Built);
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(st.state, StackState::Running);
+    let del = w.client.delete(&sid, false).await.unwrap();
+    assert_eq!(del.removed_images, 1, "{del:?}");
+    w.stop().await;
+}

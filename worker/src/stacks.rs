@@ -123,6 +123,9 @@ fn foreign_berth_image(owner: &Owner, image: &ImageInspect) -> Option<Holder> {
     owner.check(Some(labels)).err()
 }
 
+/// Longest readiness timeout a start request may ask for; more is answered 400.
+pub const MAX_START_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// What start knows of a service once its checks passed.
 #[derive(Debug, Clone)]
 struct Prepared {
@@ -131,6 +134,41 @@ struct Prepared {
     image_id: String,
     /// Whether Docker runs a healthcheck: the file's, else the image's own `HEALTHCHECK`.
     healthcheck: bool,
+}
+
+/// Marks a stack failed when an operation ends with its transient state still recorded (a
+/// panic, or an error before the outcome was written), so no stack stays `building`,
+/// `starting` or `stopping`.
+struct Unfinished<'a> {
+    stacks: &'a Stacks,
+    id: ValidName,
+    state: StackState,
+    what: &'static str,
+}
+
+impl<'a> Unfinished<'a> {
+    fn new(stacks: &'a Stacks, id: &ValidName, state: StackState, what: &'static str) -> Self {
+        Self {
+            stacks,
+            id: id.clone(),
+            state,
+            what,
+        }
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Ok(Some(mut record)) = self.stacks.read_record(&self.id)
+            && record.state == self.state
+        {
+            record.state = StackState::Failed;
+            record.error = Some(format!("the {} did not finish (internal error)", self.what));
+            if let Err(e) = self.stacks.write_record(&record) {
+                tracing::error!(instance = %self.id, cause = %e, "cannot record a failed {}", self.what);
+            }
+        }
+    }
 }
 
 /// What the worker remembers of a stack between operations and restarts.
@@ -590,6 +628,7 @@ impl Stacks {
         record.state = StackState::Building;
         record.error = None;
         self.write_record(&record)?;
+        let _unfinished = Unfinished::new(self, id, StackState::Building, "build");
         match self.build_inner(id, req, &log).await {
             Ok(()) => {
                 record.state = match keep_state {
@@ -925,6 +964,16 @@ impl Stacks {
         id: &ValidName,
         req: &StartRequest,
     ) -> Result<StackStatus, StackError> {
+        let timeout = match req.timeout_secs {
+            Some(secs) if secs > MAX_START_TIMEOUT.as_secs() => {
+                return Err(StackError::BadRequest(format!(
+                    "timeout_secs {secs} is above the maximum of {} (one day)",
+                    MAX_START_TIMEOUT.as_secs()
+                )));
+            }
+            Some(secs) => Duration::from_secs(secs),
+            None => self.settings.start_timeout,
+        };
         let lock = self.lock(id);
         let _guard = lock.lock().await;
         let Some(mut record) = self.read_record(id)? else {
@@ -959,11 +1008,8 @@ impl Stacks {
         record.state = StackState::Starting;
         record.error = None;
         self.write_record(&record)?;
-        let timeout = req
-            .timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(self.settings.start_timeout);
-        let deadline = Instant::now() + timeout;
+        let _unfinished = Unfinished::new(self, id, StackState::Starting, "start");
+        let deadline = Instant::now() + timeout.min(MAX_START_TIMEOUT);
         let mut created = Vec::new();
         let mut result = self
             .start_inner(
@@ -1719,6 +1765,7 @@ impl Stacks {
         let _active = self.begin(id, "stop");
         record.state = StackState::Stopping;
         self.write_record(&record)?;
+        let _unfinished = Unfinished::new(self, id, StackState::Stopping, "stop");
         let project = self.load_project(id).ok();
         self.stop_all(project.as_ref(), id).await?;
         record.state = StackState::Stopped;
@@ -2101,5 +2148,55 @@ fn allocate_port(proto: &str) -> std::io::Result<PortHold> {
     match proto {
         "udp" => Ok(PortHold::Udp(UdpSocket::bind(("0.0.0.0", 0))?)),
         _ => Ok(PortHold::Tcp(TcpListener::bind(("0.0.0.0", 0))?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfinished_operation_leaves_the_stack_failed() {
+        let data = tempfile::tempdir().unwrap();
+        let stacks = Stacks::new(
+            Docker::connect_with_local_defaults().unwrap(),
+            Settings {
+                data_dir: data.path().to_path_buf(),
+                node: "n1".into(),
+                advertise: "127.0.0.1".into(),
+                policy: Policy::default(),
+                build_timeout: Duration::from_secs(1),
+                start_timeout: Duration::from_secs(1),
+            },
+            None,
+        );
+        let id = ValidName::parse("id", "s1").unwrap();
+        let record = |state| Record {
+            id: id.clone(),
+            state,
+            commit: None,
+            error: None,
+            ports: BTreeMap::new(),
+        };
+        // A panic while starting (the audit's `timeout_secs` overflow was one).
+        stacks.write_record(&record(StackState::Starting)).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _unfinished = Unfinished::new(&stacks, &id, StackState::Starting, "start");
+            panic!("overflow when adding duration to instant");
+        }));
+        assert!(panicked.is_err());
+        let after = stacks.read_record(&id).unwrap().unwrap();
+        assert_eq!(after.state, StackState::Failed);
+        assert_eq!(
+            after.error.as_deref(),
+            Some("the start did not finish (internal error)")
+        );
+        // An operation that recorded its outcome is left alone.
+        stacks.write_record(&record(StackState::Running)).unwrap();
+        drop(Unfinished::new(&stacks, &id, StackState::Starting, "start"));
+        assert_eq!(
+            stacks.read_record(&id).unwrap().unwrap().state,
+            StackState::Running
+        );
     }
 }

@@ -149,6 +149,14 @@ async fn docker_router_auth_and_input_errors() {
             "conflict",
         ),
         (
+            "POST",
+            "/v1/stacks/x/start",
+            Some(&auth),
+            "{\"timeout_secs\":18446744073709551615}".into(),
+            400,
+            "timeout_secs 18446744073709551615 is above the maximum",
+        ),
+        (
             "DELETE",
             "/v1/stacks/x",
             Some(&auth),

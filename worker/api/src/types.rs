@@ -54,7 +54,7 @@ pub struct StartRequest {
     /// The commit the master believes is built; the worker answers 409 if it holds another.
     #[serde(default)]
     pub commit: Option<String>,
-    /// Readiness timeout in seconds (worker default when absent).
+    /// Readiness timeout in seconds (worker default when absent; at most 86400, else 400).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
 }

@@ -780,7 +780,9 @@ async fn docker_other_instances_images_are_refused_and_delete_goes_on() {
     let peek = format!("services:\n  peek:\n    image: {theirs}\n    command: [cat, /greeting]\n");
     let from = format!("FROM {theirs}\nRUN cat /greeting > /stolen\n");
     let copy = format!("FROM berth-base:latest\nCOPY --from={theirs} /greeting /g\n");
-    let cases: [(Vec<(&str, &str)>, &str, &str); 3] = [
+    // (files, service, field)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: [Case<'_>; 3] = [
         (vec![("compose.yaml", &peek)], "peek", "services.peek.image"),
         (
             vec![

@@ -15,9 +15,10 @@ use berth_worker_api::{
 };
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthConfig,
-    HealthStatusEnum, HostConfig, MountPoint, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
+    HealthConfig, HealthStatusEnum, HostConfig, ImageInspect, MountPoint, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -30,9 +31,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::compose::plan::{self, Owner};
+use crate::compose::plan::{self, Holder, Owner};
 use crate::compose::{self, Condition, MountSource, Project, Restart, Service};
 use crate::docker::{self as dk, idempotent, label_filter};
+use crate::images::{self, BuildIds};
 use crate::logbuf::LogBuf;
 use crate::policy::{self, Policy};
 use crate::registry::Agent;
@@ -86,6 +88,86 @@ fn failed(step: &str, message: impl Into<String>) -> StackError {
     StackError::Failed {
         step: step.to_owned(),
         message: message.into(),
+    }
+}
+
+/// A 422 with one detail.
+fn rejected(service: &str, field: String, reason: String) -> StackError {
+    StackError::Rejected {
+        message: format!("{field}: {reason}"),
+        details: vec![ErrorDetail {
+            service: Some(service.to_owned()),
+            field,
+            reason,
+        }],
+    }
+}
+
+/// A 409 for an object that one of the stack's names already denotes and that is not the
+/// stack's own.
+fn conflict(kind: &str, name: &str, holder: &Holder) -> StackError {
+    StackError::Conflict(format!(
+        "{kind} {name} already exists and {holder}: berth never reuses, changes or removes it"
+    ))
+}
+
+fn image_labels(image: &ImageInspect) -> Option<&HashMap<String, String>> {
+    image.config.as_ref()?.labels.as_ref()
+}
+
+/// Who made `image`, when it is another berth instance (an image without berth's instance label
+/// is anyone's to use).
+fn foreign_berth_image(owner: &Owner, image: &ImageInspect) -> Option<Holder> {
+    let labels = image_labels(image)?;
+    labels.get(plan::LABEL_BERTH_INSTANCE)?;
+    owner.check(Some(labels)).err()
+}
+
+/// Longest readiness timeout a start request may ask for; more is answered 400.
+pub const MAX_START_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// What start knows of a service once its checks passed.
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// The image reference the container is created from, and its id.
+    image: String,
+    image_id: String,
+    /// Whether Docker runs a healthcheck: the file's, else the image's own `HEALTHCHECK`.
+    healthcheck: bool,
+}
+
+/// Marks a stack failed when an operation ends with its transient state still recorded (a
+/// panic, or an error before the outcome was written), so no stack stays `building`,
+/// `starting` or `stopping`.
+struct Unfinished<'a> {
+    stacks: &'a Stacks,
+    id: ValidName,
+    state: StackState,
+    what: &'static str,
+}
+
+impl<'a> Unfinished<'a> {
+    fn new(stacks: &'a Stacks, id: &ValidName, state: StackState, what: &'static str) -> Self {
+        Self {
+            stacks,
+            id: id.clone(),
+            state,
+            what,
+        }
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Ok(Some(mut record)) = self.stacks.read_record(&self.id)
+            && record.state == self.state
+        {
+            record.state = StackState::Failed;
+            record.error = Some(format!("the {} did not finish (internal error)", self.what));
+            if let Err(e) = self.stacks.write_record(&record) {
+                tracing::error!(instance = %self.id, cause = %e, "cannot record a failed {}", self.what);
+            }
+        }
     }
 }
 
@@ -412,6 +494,67 @@ impl Stacks {
         Ok(())
     }
 
+    /// Whether the network `name` exists and is the stack's own; another's is a conflict.
+    async fn owned_network(&self, name: &str, owner: &Owner) -> Result<bool, StackError> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(n) => owner
+                .check(n.labels.as_ref())
+                .map(|()| true)
+                .map_err(|holder| conflict("network", name, &holder)),
+            Err(e) if dk::already(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the volume `name` exists and is the stack's own; another's is a conflict.
+    async fn owned_volume(&self, name: &str, owner: &Owner) -> Result<bool, StackError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => owner
+                .check(Some(&v.labels))
+                .map(|()| true)
+                .map_err(|holder| conflict("volume", name, &holder)),
+            Err(e) if dk::already(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The container `name` if it exists and is the stack's own; another's is a conflict.
+    async fn owned_container(
+        &self,
+        name: &str,
+        owner: &Owner,
+    ) -> Result<Option<ContainerInspectResponse>, StackError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let labels = c.config.as_ref().and_then(|c| c.labels.as_ref());
+                owner
+                    .check(labels)
+                    .map_err(|holder| conflict("container", name, &holder))?;
+                Ok(Some(c))
+            }
+            Err(e) if dk::already(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The image `tag` if it exists and is the stack's own; another's is a conflict.
+    async fn owned_image(
+        &self,
+        tag: &str,
+        owner: &Owner,
+    ) -> Result<Option<ImageInspect>, StackError> {
+        match self.docker.inspect_image(tag).await {
+            Ok(i) => {
+                owner
+                    .check(image_labels(&i))
+                    .map_err(|holder| conflict("image", tag, &holder))?;
+                Ok(Some(i))
+            }
+            Err(e) if dk::already(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn load_project(&self, id: &ValidName) -> Result<Project, StackError> {
         let src = self.src_dir(id);
         let mut project =
@@ -575,6 +718,7 @@ impl Stacks {
         record.state = StackState::Building;
         record.error = None;
         self.write_record(&record)?;
+        let _unfinished = Unfinished::new(self, id, StackState::Building, "build");
         match self.build_inner(id, req, &log).await {
             Ok(()) => {
                 record.state = match keep_state {
@@ -613,10 +757,14 @@ impl Stacks {
         let Ok(project) = compose::load(&src, &compose_project_name(id)) else {
             return Ok(false);
         };
+        let owner = self.owner(id);
         for s in project.services.iter().filter(|s| s.build.is_some()) {
             let tag = plan::image_tag(&project.name, &s.name, commit);
-            if !idempotent(self.docker.inspect_image(&tag).await)? {
-                return Ok(false);
+            match self.docker.inspect_image(&tag).await {
+                Ok(image) if owner.check(image_labels(&image)).is_ok() => {}
+                Ok(_) => return Ok(false),
+                Err(e) if dk::already(&e) => return Ok(false),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(true)
@@ -644,95 +792,46 @@ impl Stacks {
         self.thaw(frozen).await;
         let project = project?;
         let owner = self.owner(id);
-        let long = dk::long(
-            &self.docker,
-            self.settings.build_timeout + Duration::from_secs(30),
-        );
-        let mut built_tags = Vec::new();
+        // Everything is checked before the first build: images named by `image:`, the images
+        // each Dockerfile builds on, and the tags the builds will take.
         for s in &project.services {
             let Some(build) = &s.build else {
-                let image = s.image.clone().unwrap_or_default();
-                if !idempotent(self.docker.inspect_image(&image).await)? {
-                    return Err(failed(
-                        &format!("image of service {}", s.name),
-                        format!(
-                            "image {image:?} is not present on this worker (images are never pulled)"
-                        ),
-                    ));
-                }
+                self.service_image(&owner, s).await?;
                 continue;
             };
+            self.check_build_bases(&owner, s, build).await?;
+            let latest = format!("{}:latest", plan::image_name(&project.name, &s.name));
+            for tag in [plan::image_tag(&project.name, &s.name, &req.commit), latest] {
+                self.owned_image(&tag, &owner).await?;
+            }
+        }
+        let mut built_tags = Vec::new();
+        for s in &project.services {
+            let Some(build) = &s.build else { continue };
             let tag = plan::image_tag(&project.name, &s.name, &req.commit);
             log.line(&format!("building service {} as {tag}", s.name));
-            let context = build.context.clone();
-            let dockerfile = build.dockerfile.clone();
-            let frozen = self.freeze_writers(id, log).await?;
-            let tar = tokio::task::spawn_blocking(move || {
-                crate::context::tar_context(&context, &dockerfile)
-            })
-            .await;
-            self.thaw(frozen).await;
-            let tar = tar
-                .map_err(|e| failed("build context", e.to_string()))?
-                .map_err(|e| failed("build context", e.to_string()))?;
-            let labels = plan::image_labels(&owner);
-            let args: HashMap<String, String> = build.args.clone().into_iter().collect();
-            let mut opts = BuildImageOptionsBuilder::default()
-                .dockerfile(&build.dockerfile)
-                .t(&tag)
-                .rm(true)
-                .forcerm(true)
-                .buildargs(&args)
-                .labels(&labels);
-            if let Some(target) = &build.target {
-                opts = opts.target(target);
-            }
-            let mut stream =
-                long.build_image(opts.build(), None, Some(bollard::body_full(tar.into())));
-            let run = async {
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(info) => {
-                            if let Some(text) = info.stream.as_deref() {
-                                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                                    log.line(line);
-                                }
-                            }
-                            if let Some(status) = info.status.as_deref() {
-                                log.line(status);
-                            }
-                            if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                                return Err(failed(
-                                    &format!("build of service {}", s.name),
-                                    format!("{err}\n{}", log.tail(20)),
-                                ));
-                            }
-                        }
-                        Err(e) if e.to_string().contains("bytes remaining on stream") => break,
-                        Err(e) => {
-                            return Err(failed(
-                                &format!("build of service {}", s.name),
-                                dk::message(&e),
-                            ));
-                        }
-                    }
-                }
-                Ok(())
+            let mut ids = BuildIds::default();
+            let result = self
+                .build_service(id, s, build, &tag, &owner, log, &mut ids)
+                .await;
+            let image_id = match &result {
+                Ok(()) => self
+                    .docker
+                    .inspect_image(&tag)
+                    .await
+                    .ok()
+                    .and_then(|i| i.id),
+                Err(_) => None,
             };
-            match tokio::time::timeout(self.settings.build_timeout, run).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(StackError::Timeout(format!(
-                        "build of service {} timed out after {}",
-                        s.name,
-                        humantime::format_duration(self.settings.build_timeout)
-                    )));
-                }
-            }
-            if !idempotent(self.docker.inspect_image(&tag).await)? {
+            self.remove_intermediates(&ids, image_id.as_deref()).await;
+            result?;
+            if image_id.is_none() {
                 return Err(failed(
                     &format!("build of service {}", s.name),
-                    format!("image {tag} missing after build\n{}", log.tail(20)),
+                    format!(
+                        "image {tag} missing after build; last log lines:\n{}",
+                        log.tail(20)
+                    ),
                 ));
             }
             let latest = plan::image_name(&project.name, &s.name);
@@ -751,6 +850,180 @@ impl Stacks {
                 .await?;
         }
         self.remove_stale_images(id, &built_tags).await;
+        Ok(())
+    }
+
+    /// Builds one service's image as `tag`, noting the image ids the build reports in `ids`.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_service(
+        &self,
+        id: &ValidName,
+        s: &Service,
+        build: &compose::model::Build,
+        tag: &str,
+        owner: &Owner,
+        log: &LogBuf,
+        ids: &mut BuildIds,
+    ) -> Result<(), StackError> {
+        let step = format!("build of service {}", s.name);
+        let context = build.context.clone();
+        let dockerfile = build.dockerfile.clone();
+        let frozen = self.freeze_writers(id, log).await?;
+        let tar =
+            tokio::task::spawn_blocking(move || crate::context::tar_context(&context, &dockerfile))
+                .await;
+        self.thaw(frozen).await;
+        let tar = tar
+            .map_err(|e| failed("build context", e.to_string()))?
+            .map_err(|e| failed("build context", e.to_string()))?;
+        let labels = plan::image_labels(owner);
+        let args: HashMap<String, String> = build.args.clone().into_iter().collect();
+        let mut opts = BuildImageOptionsBuilder::default()
+            .dockerfile(&build.dockerfile)
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&args)
+            .labels(&labels);
+        if let Some(target) = &build.target {
+            opts = opts.target(target);
+        }
+        let long = dk::long(
+            &self.docker,
+            self.settings.build_timeout + Duration::from_secs(30),
+        );
+        let mut stream = long.build_image(opts.build(), None, Some(bollard::body_full(tar.into())));
+        let run = async {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(text) = info.stream.as_deref() {
+                            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                                ids.observe(line);
+                                log.line(line);
+                            }
+                        }
+                        if let Some(status) = info.status.as_deref() {
+                            log.line(status);
+                        }
+                    }
+                    Err(e) if e.to_string().contains("bytes remaining on stream") => break,
+                    // A failing step arrives as an error (bollard turns `errorDetail` into one);
+                    // the answer carries the build's last lines like any other failure.
+                    Err(e) => {
+                        let tail = log.tail(20);
+                        let message = dk::message(&e);
+                        log.line(&message);
+                        return Err(failed(&step, format!("{message}; last log lines:\n{tail}")));
+                    }
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.settings.build_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StackError::Timeout(format!(
+                "build of service {} timed out after {}",
+                s.name,
+                humantime::format_duration(self.settings.build_timeout)
+            ))),
+        }
+    }
+
+    /// Removes the images a build made that its final image does not build on: stage images of
+    /// multi-stage builds, and everything a failed build made. Docker refuses to remove an image
+    /// with children or in use (the cached steps of this stack's other images, a build running
+    /// meanwhile), and those refusals are fine: the image is still needed.
+    async fn remove_intermediates(&self, ids: &BuildIds, image_id: Option<&str>) {
+        let ancestors: Vec<String> = match image_id {
+            Some(image) => self
+                .docker
+                .image_history(image)
+                .await
+                .map(|h| h.into_iter().map(|i| i.id).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for short in ids.intermediates() {
+            let is_ancestor = ancestors
+                .iter()
+                .any(|a| a.trim_start_matches("sha256:").starts_with(short));
+            if is_ancestor {
+                continue;
+            }
+            // Never an image someone tagged (a base named by id, another stack's image).
+            match self.docker.inspect_image(short).await {
+                Ok(i)
+                    if i.repo_tags.as_ref().is_none_or(Vec::is_empty)
+                        && i.repo_digests.as_ref().is_none_or(Vec::is_empty) => {}
+                _ => continue,
+            }
+            if let Err(e) = self
+                .docker
+                .remove_image(short, None::<RemoveImageOptions>, None)
+                .await
+            {
+                tracing::debug!(image = short, cause = %e, "intermediate image stays");
+            }
+        }
+    }
+
+    /// The image a service without `build` names, refused when another berth instance made it:
+    /// a stack may use its own images and images that are not berth's, never another's.
+    async fn service_image(&self, owner: &Owner, s: &Service) -> Result<ImageInspect, StackError> {
+        let image = s.image.clone().unwrap_or_default();
+        let inspect = match self.docker.inspect_image(&image).await {
+            Ok(i) => i,
+            Err(e) if dk::already(&e) => {
+                return Err(failed(
+                    &format!("image of service {}", s.name),
+                    format!(
+                        "image {image:?} is not present on this worker (images are never pulled)"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(holder) = foreign_berth_image(owner, &inspect) {
+            return Err(rejected(
+                &s.name,
+                format!("services.{}.image", s.name),
+                format!(
+                    "image {image} {holder}: a stack may only use its own images and images that are not berth's"
+                ),
+            ));
+        }
+        Ok(inspect)
+    }
+
+    /// Refuses a Dockerfile that builds on another berth instance's image (`FROM`,
+    /// `COPY --from=`); see [`images::image_refs`] for what is read.
+    async fn check_build_bases(
+        &self,
+        owner: &Owner,
+        s: &Service,
+        build: &compose::model::Build,
+    ) -> Result<(), StackError> {
+        let path = build.context.join(&build.dockerfile);
+        // A missing or unreadable Dockerfile fails the build itself, with Docker's message.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        for image in images::image_refs(&text, &build.args) {
+            let Ok(inspect) = self.docker.inspect_image(&image).await else {
+                continue;
+            };
+            if let Some(holder) = foreign_berth_image(owner, &inspect) {
+                return Err(rejected(
+                    &s.name,
+                    format!("services.{}.build", s.name),
+                    format!(
+                        "{} builds on image {image}, which {holder}: a build may only use its own images and images that are not berth's",
+                        build.dockerfile
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -793,6 +1066,16 @@ impl Stacks {
         id: &ValidName,
         req: &StartRequest,
     ) -> Result<StackStatus, StackError> {
+        let timeout = match req.timeout_secs {
+            Some(secs) if secs > MAX_START_TIMEOUT.as_secs() => {
+                return Err(StackError::BadRequest(format!(
+                    "timeout_secs {secs} is above the maximum of {} (one day)",
+                    MAX_START_TIMEOUT.as_secs()
+                )));
+            }
+            Some(secs) => Duration::from_secs(secs),
+            None => self.settings.start_timeout,
+        };
         let lock = self.lock(id);
         let _guard = lock.lock().await;
         let Some(mut record) = self.read_record(id)? else {
@@ -824,21 +1107,23 @@ impl Stacks {
         let project = self.load_project(id);
         self.thaw(frozen).await;
         let project = project?;
+        // Refusals (another's object under one of the stack's names, another instance's image, a
+        // `service_healthy` dependency without a healthcheck) come before anything changes.
+        let prepared = self.prepare(id, &project, &commit).await?;
         record.state = StackState::Starting;
         record.error = None;
         self.write_record(&record)?;
-        let timeout = req
-            .timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(self.settings.start_timeout);
+        let _unfinished = Unfinished::new(self, id, StackState::Starting, "start");
+        let deadline = Instant::now() + timeout.min(MAX_START_TIMEOUT);
         let mut created = Vec::new();
         let mut result = self
             .start_inner(
                 id,
                 &project,
+                &prepared,
                 &commit,
                 &mut record,
-                timeout,
+                deadline,
                 &log,
                 &mut created,
             )
@@ -847,16 +1132,19 @@ impl Stacks {
             // Someone bound a host port between choosing and publishing it: drop what this call
             // made, choose every port afresh (all containers see all addresses) and try once more.
             log.line("a chosen host port was taken meanwhile; choosing new ports");
-            self.stop_all(&project, id).await;
+            if let Err(e) = self.stop_all(Some(&project), id).await {
+                tracing::warn!(instance = %id, cause = %e, "cannot stop the stack");
+            }
             self.remove_created(&mut created).await;
             record.ports.clear();
             result = self
                 .start_inner(
                     id,
                     &project,
+                    &prepared,
                     &commit,
                     &mut record,
-                    timeout,
+                    deadline,
                     &log,
                     &mut created,
                 )
@@ -873,7 +1161,9 @@ impl Stacks {
             Err(e) => {
                 log.line(&format!("start failed: {e}"));
                 // Leave nothing half-started: stop the stack, remove what this call created.
-                self.stop_all(&project, id).await;
+                if let Err(e) = self.stop_all(Some(&project), id).await {
+                    tracing::warn!(instance = %id, cause = %e, "cannot stop the stack");
+                }
                 self.remove_created(&mut created).await;
                 record.state = StackState::Failed;
                 record.error = Some(e.to_string());
@@ -932,12 +1222,13 @@ impl Stacks {
         Ok(())
     }
 
+    /// Removes the containers (by id) this start created, with their anonymous volumes.
     async fn remove_created(&self, created: &mut Vec<String>) {
-        for name in created.drain(..) {
+        for cid in created.drain(..) {
             let _ = self
                 .docker
                 .remove_container(
-                    &name,
+                    &cid,
                     Some(
                         RemoveContainerOptionsBuilder::default()
                             .force(true)
@@ -949,48 +1240,142 @@ impl Stacks {
         }
     }
 
+    /// Everything start checks before it changes anything: each service's image (its own build,
+    /// or an `image:` that no other berth instance made) and whether it has a healthcheck (the
+    /// file's, else the image's `HEALTHCHECK`), `service_healthy` dependencies on services
+    /// without one, and every network, volume and container name the stack uses, which must be
+    /// free or the stack's own.
+    async fn prepare(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        commit: &str,
+    ) -> Result<HashMap<String, Prepared>, StackError> {
+        let owner = self.owner(id);
+        let mut prepared = HashMap::new();
+        for s in &project.services {
+            let (image, inspect) = match &s.build {
+                Some(_) => {
+                    let tag = plan::image_tag(&project.name, &s.name, commit);
+                    let Some(inspect) = self.owned_image(&tag, &owner).await? else {
+                        return Err(failed(
+                            &format!("image of service {}", s.name),
+                            format!("image {tag} is missing: build again"),
+                        ));
+                    };
+                    (tag, inspect)
+                }
+                None => (
+                    s.image.clone().unwrap_or_default(),
+                    self.service_image(&owner, s).await?,
+                ),
+            };
+            let healthcheck = match &s.healthcheck {
+                Some(_) => s.has_healthcheck(),
+                None => inspect
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.healthcheck.as_ref()?.test.as_ref()?.first().cloned())
+                    .is_some_and(|t| t != "NONE"),
+            };
+            prepared.insert(
+                s.name.clone(),
+                Prepared {
+                    image,
+                    image_id: inspect.id.unwrap_or_default(),
+                    healthcheck,
+                },
+            );
+        }
+        for s in &project.services {
+            for (dep, cond) in &s.depends_on {
+                if *cond == Condition::Healthy && prepared.get(dep).is_some_and(|p| !p.healthcheck)
+                {
+                    return Err(rejected(
+                        dep,
+                        format!("services.{dep}.healthcheck"),
+                        format!(
+                            "service {dep} has no healthcheck (in the file or its image) but {} waits for service_healthy",
+                            s.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for key in &project.networks {
+            self.owned_network(&plan::network_name(&project.name, key), &owner)
+                .await?;
+        }
+        for key in &project.volumes {
+            self.owned_volume(&plan::volume_name(&project.name, key), &owner)
+                .await?;
+        }
+        for s in &project.services {
+            self.owned_container(&plan::container_name(&project.name, &s.name), &owner)
+                .await?;
+        }
+        Ok(prepared)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn start_inner(
         &self,
         id: &ValidName,
         project: &Project,
+        prepared: &HashMap<String, Prepared>,
         commit: &str,
         record: &mut Record,
-        timeout: Duration,
+        deadline: Instant,
         log: &LogBuf,
         created: &mut Vec<String>,
     ) -> Result<(), StackError> {
-        let deadline = Instant::now() + timeout;
         let owner = self.owner(id);
-        // Networks and volumes.
+        // Networks and volumes: the stack's own are reused, others' are never touched.
         for key in &project.networks {
             let name = plan::network_name(&project.name, key);
-            if !idempotent(self.docker.inspect_network(&name, None).await)? {
-                self.docker
-                    .create_network(NetworkCreateRequest {
-                        name: name.clone(),
-                        driver: Some("bridge".into()),
-                        labels: Some(plan::network_labels(&project.name, key, &owner)),
-                        ..Default::default()
-                    })
-                    .await?;
-                log.line(&format!("created network {name}"));
+            if self.owned_network(&name, &owner).await? {
+                continue;
+            }
+            let made = self
+                .docker
+                .create_network(NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(plan::network_labels(&project.name, key, &owner)),
+                    ..Default::default()
+                })
+                .await;
+            match made {
+                Ok(_) => log.line(&format!("created network {name}")),
+                // Made meanwhile under the same name: fine only if it is the stack's own.
+                Err(e) if dk::status_of(&e) == Some(409) => {
+                    if !self.owned_network(&name, &owner).await? {
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         for key in &project.volumes {
             let name = plan::volume_name(&project.name, key);
-            if !idempotent(self.docker.inspect_volume(&name).await)? {
-                self.docker
-                    .create_volume(VolumeCreateRequest {
-                        name: Some(name.clone()),
-                        labels: Some(plan::volume_labels(&project.name, key, &owner)),
-                        ..Default::default()
-                    })
-                    .await?;
-                log.line(&format!("created volume {name}"));
+            if self.owned_volume(&name, &owner).await? {
+                continue;
             }
+            // Docker answers an existing volume of the same name instead of an error.
+            let volume = self
+                .docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(name.clone()),
+                    labels: Some(plan::volume_labels(&project.name, key, &owner)),
+                    ..Default::default()
+                })
+                .await?;
+            owner
+                .check(Some(&volume.labels))
+                .map_err(|holder| conflict("volume", &name, &holder))?;
+            log.line(&format!("created volume {name}"));
         }
-        // Orphans: containers of services no longer in the file.
+        // Orphans: containers of services no longer in the file, with their anonymous volumes.
         for c in self.containers_of(id).await? {
             let service = c
                 .labels
@@ -1005,7 +1390,12 @@ impl Stacks {
                     self.docker
                         .remove_container(
                             &cid,
-                            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
                         )
                         .await,
                 )?;
@@ -1013,16 +1403,13 @@ impl Stacks {
         }
         self.remove_stale_writers(project, id, log).await?;
         // Host ports first, so every container knows every public address before it starts.
-        let existing: HashMap<String, ContainerInspectResponse> = {
-            let mut m = HashMap::new();
-            for s in &project.services {
-                let name = plan::container_name(&project.name, &s.name);
-                if let Ok(c) = self.docker.inspect_container(&name, None).await {
-                    m.insert(s.name.clone(), c);
-                }
+        let mut existing: HashMap<String, ContainerInspectResponse> = HashMap::new();
+        for s in &project.services {
+            let name = plan::container_name(&project.name, &s.name);
+            if let Some(c) = self.owned_container(&name, &owner).await? {
+                existing.insert(s.name.clone(), c);
             }
-            m
-        };
+        }
         let mut ports = BTreeMap::new();
         // Chosen ports stay bound until all are chosen, so no two services get the same one.
         let mut holds = Vec::new();
@@ -1071,22 +1458,14 @@ impl Stacks {
                     .await?;
             }
             let name = plan::container_name(&project.name, &s.name);
-            let image = match &s.build {
-                Some(_) => plan::image_tag(&project.name, &s.name, commit),
-                None => s.image.clone().unwrap_or_default(),
-            };
-            let image_id = self
-                .docker
-                .inspect_image(&image)
-                .await
-                .map_err(|e| failed(&format!("image of service {}", s.name), dk::message(&e)))?
-                .id
-                .unwrap_or_default();
+            let Prepared {
+                image, image_id, ..
+            } = &prepared[&s.name];
             let (body, hash) = self.container_spec(
                 project,
                 s,
-                &image,
-                &image_id,
+                image,
+                image_id,
                 &ports,
                 &public_env,
                 commit,
@@ -1105,24 +1484,50 @@ impl Stacks {
                     .get(plan::LABEL_CONFIG_HASH)
                     .cloned()
             });
-            if current.is_some() && current_hash.as_deref() != Some(hash.as_str()) {
+            if let Some(old) = current.and_then(|c| c.id.as_deref())
+                && current_hash.as_deref() != Some(hash.as_str())
+            {
+                // The old container's anonymous volumes go with it (nothing else would find
+                // them: Docker labels them with nothing).
                 log.line(&format!("recreating {name} (configuration changed)"));
                 self.docker
                     .remove_container(
-                        &name,
-                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                        old,
+                        Some(
+                            RemoveContainerOptionsBuilder::default()
+                                .force(true)
+                                .v(true)
+                                .build(),
+                        ),
                     )
                     .await?;
             }
             if current.is_none() || current_hash.as_deref() != Some(hash.as_str()) {
-                self.docker
+                let made = self
+                    .docker
                     .create_container(
                         Some(CreateContainerOptionsBuilder::default().name(&name).build()),
                         body,
                     )
-                    .await
-                    .map_err(|e| failed(&format!("create service {}", s.name), dk::message(&e)))?;
-                created.push(name.clone());
+                    .await;
+                let made = match made {
+                    Ok(made) => made,
+                    // Made meanwhile under the same name by someone else.
+                    Err(e) if dk::status_of(&e) == Some(409) => {
+                        self.owned_container(&name, &owner).await?;
+                        return Err(failed(
+                            &format!("create service {}", s.name),
+                            dk::message(&e),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(failed(
+                            &format!("create service {}", s.name),
+                            dk::message(&e),
+                        ));
+                    }
+                };
+                created.push(made.id);
                 for (net, aliases) in s.networks.iter().skip(1) {
                     self.docker
                         .connect_network(
@@ -1162,7 +1567,7 @@ impl Stacks {
             }
             self.wait_condition(project, &s.name, Condition::Started, deadline, log)
                 .await?;
-            if s.has_healthcheck() {
+            if prepared[&s.name].healthcheck {
                 self.wait_condition(project, &s.name, Condition::Healthy, deadline, log)
                     .await?;
             }
@@ -1316,6 +1721,7 @@ impl Stacks {
             binds: (!binds.is_empty()).then_some(binds),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
             restart_policy: Some(restart),
+            ipc_mode: s.ipc.clone(),
             network_mode,
             extra_hosts: (!s.extra_hosts.is_empty()).then(|| s.extra_hosts.clone()),
             cap_add: (!s.cap_add.is_empty()).then(|| s.cap_add.clone()),
@@ -1371,21 +1777,6 @@ impl Stacks {
         log: &LogBuf,
     ) -> Result<(), StackError> {
         let name = plan::container_name(&project.name, service);
-        let has_hc = project
-            .service(service)
-            .is_some_and(Service::has_healthcheck);
-        if cond == Condition::Healthy && !has_hc {
-            return Err(StackError::Rejected {
-                message: format!(
-                    "service {service} has no healthcheck but a dependent waits for service_healthy"
-                ),
-                details: vec![ErrorDetail {
-                    service: Some(service.to_owned()),
-                    field: format!("services.{service}.healthcheck"),
-                    reason: "needed by a depends_on condition service_healthy".to_owned(),
-                }],
-            });
-        }
         loop {
             let c = self.docker.inspect_container(&name, None).await?;
             let state = c.state.unwrap_or_default();
@@ -1493,34 +1884,32 @@ impl Stacks {
 
     // ---- stop ------------------------------------------------------------------------------
 
-    async fn stop_all(&self, project: &Project, id: &ValidName) {
+    /// Stops the stack's containers, found by label (never by name: a name may be another's):
+    /// orphans first, then the services in reverse start order, each with its grace period.
+    async fn stop_all(&self, project: Option<&Project>, id: &ValidName) -> Result<(), StackError> {
         let long = dk::long(&self.docker, Duration::from_secs(300));
-        let mut order: Vec<&Service> =
-            plan::start_order(project).unwrap_or_else(|_| project.services.iter().collect());
-        order.reverse();
-        for s in order {
-            let name = plan::container_name(&project.name, &s.name);
-            let grace = s.stop_grace_period.map_or(10, |d| d.as_secs() as i32);
-            if let Err(e) = idempotent(
-                long.stop_container(
-                    &name,
-                    Some(StopContainerOptionsBuilder::default().t(grace).build()),
-                )
-                .await,
-            ) {
-                tracing::warn!(instance = %id, container = %name, cause = %e, "stop failed");
+        let order: Vec<&Service> = project
+            .map(|p| plan::start_order(p).unwrap_or_else(|_| p.services.iter().collect()))
+            .unwrap_or_default();
+        let rank = |c: &ContainerSummary| {
+            let service = c.labels.as_ref()?.get(plan::LABEL_SERVICE)?;
+            order.iter().position(|s| &s.name == service)
+        };
+        let mut containers = self.containers_of(id).await?;
+        containers.sort_by_key(|c| std::cmp::Reverse(rank(c).unwrap_or(usize::MAX)));
+        for c in containers {
+            let Some(cid) = c.id.as_deref() else { continue };
+            let grace = rank(&c).and_then(|i| order[i].stop_grace_period);
+            let opts = grace.map(|d| {
+                StopContainerOptionsBuilder::default()
+                    .t(i32::try_from(d.as_secs()).unwrap_or(i32::MAX))
+                    .build()
+            });
+            if let Err(e) = idempotent(long.stop_container(cid, opts).await) {
+                tracing::warn!(instance = %id, container = cid, cause = %e, "stop failed");
             }
         }
-        // Containers of services no longer in the file (orphans) stop too.
-        if let Ok(rest) = self.containers_of(id).await {
-            for c in rest {
-                if c.state.map(|s| s.to_string()).as_deref() == Some("running")
-                    && let Some(cid) = c.id
-                {
-                    let _ = long.stop_container(&cid, None).await;
-                }
-            }
-        }
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(instance = %id), err)]
@@ -1533,16 +1922,9 @@ impl Stacks {
         let _active = self.begin(id, "stop");
         record.state = StackState::Stopping;
         self.write_record(&record)?;
-        match self.load_project(id) {
-            Ok(project) => self.stop_all(&project, id).await,
-            Err(_) => {
-                for c in self.containers_of(id).await? {
-                    if let Some(cid) = c.id {
-                        idempotent(self.docker.stop_container(&cid, None).await)?;
-                    }
-                }
-            }
-        }
+        let _unfinished = Unfinished::new(self, id, StackState::Stopping, "stop");
+        let project = self.load_project(id).ok();
+        self.stop_all(project.as_ref(), id).await?;
         record.state = StackState::Stopped;
         self.write_record(&record)?;
         self.changed.notify_one();
@@ -1551,6 +1933,8 @@ impl Stacks {
 
     // ---- delete ----------------------------------------------------------------------------
 
+    /// Removes everything of the stack it can find by label and goes on past failures: what it
+    /// could not remove is listed in `not_removed` (and the log) instead of failing half-way.
     #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn delete(
         &self,
@@ -1560,6 +1944,7 @@ impl Stacks {
         let lock = self.lock(id);
         let _guard = lock.lock().await;
         let _active = self.begin(id, "delete");
+        let log = self.log(id);
         let instance = [
             (plan::LABEL_BERTH_INSTANCE, id.as_str()),
             (plan::LABEL_BERTH_NODE, self.settings.node.as_str()),
@@ -1572,101 +1957,240 @@ impl Stacks {
             removed_images: 0,
             removed_volumes: 0,
             removed_networks: 0,
+            not_removed: Vec::new(),
         };
+        let mut left = Vec::new();
         let long = dk::long(&self.docker, Duration::from_secs(300));
-        for c in self.containers_of(id).await? {
-            let Some(cid) = c.id else { continue };
-            if idempotent(
-                long.remove_container(
-                    &cid,
-                    Some(
-                        RemoveContainerOptionsBuilder::default()
-                            .force(true)
-                            .v(true)
-                            .build(),
-                    ),
-                )
-                .await,
-            )? {
-                resp.removed_containers += 1;
+        match self.containers_of(id).await {
+            Ok(containers) => {
+                for c in containers {
+                    let Some(cid) = c.id else { continue };
+                    let removed = long
+                        .remove_container(
+                            &cid,
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
+                        )
+                        .await;
+                    match idempotent(removed) {
+                        Ok(true) => resp.removed_containers += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            let name = c.names.and_then(|n| n.into_iter().next());
+                            let name = name
+                                .as_deref()
+                                .map_or(cid.as_str(), |n| n.trim_start_matches('/'));
+                            left.push(format!("container {name}: {}", dk::message(&e)));
+                        }
+                    }
+                }
             }
+            Err(e) => left.push(format!("containers: cannot list them: {e}")),
         }
         let filters = label_filter(&instance);
         if !keep_volumes {
-            let volumes = self
+            let listed = self
                 .docker
                 .list_volumes(Some(
                     ListVolumesOptionsBuilder::default()
                         .filters(&filters)
                         .build(),
                 ))
-                .await?;
-            for v in volumes.volumes.unwrap_or_default() {
-                if idempotent(
-                    self.docker
-                        .remove_volume(
-                            &v.name,
-                            Some(RemoveVolumeOptionsBuilder::default().force(true).build()),
-                        )
-                        .await,
-                )? {
-                    resp.removed_volumes += 1;
+                .await;
+            match listed {
+                Ok(volumes) => {
+                    for v in volumes.volumes.unwrap_or_default() {
+                        let removed = self
+                            .docker
+                            .remove_volume(
+                                &v.name,
+                                Some(RemoveVolumeOptionsBuilder::default().force(true).build()),
+                            )
+                            .await;
+                        match idempotent(removed) {
+                            Ok(true) => resp.removed_volumes += 1,
+                            Ok(false) => {}
+                            Err(e) => left.push(format!("volume {}: {}", v.name, dk::message(&e))),
+                        }
+                    }
                 }
+                Err(e) => left.push(format!("volumes: cannot list them: {}", dk::message(&e))),
             }
         }
-        let images = self
-            .docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .all(false)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await?;
-        for image in images {
-            if idempotent(
-                self.docker
-                    .remove_image(
-                        &image.id,
-                        Some(RemoveImageOptionsBuilder::default().force(true).build()),
-                        None,
-                    )
-                    .await,
-            )? {
-                resp.removed_images += 1;
-            }
-        }
-        let networks = self
+        resp.removed_images = self.remove_images(&filters, &mut left).await;
+        let listed = self
             .docker
             .list_networks(Some(
                 ListNetworksOptionsBuilder::default()
                     .filters(&filters)
                     .build(),
             ))
-            .await?;
-        for n in networks {
-            let Some(nid) = n.id else { continue };
-            if idempotent(self.docker.remove_network(&nid).await)? {
-                resp.removed_networks += 1;
+            .await;
+        match listed {
+            Ok(networks) => {
+                for n in networks {
+                    let Some(nid) = n.id else { continue };
+                    match idempotent(self.docker.remove_network(&nid).await) {
+                        Ok(true) => resp.removed_networks += 1,
+                        Ok(false) => {}
+                        Err(e) => left.push(format!(
+                            "network {}: {}",
+                            n.name.unwrap_or(nid),
+                            dk::message(&e)
+                        )),
+                    }
+                }
             }
+            Err(e) => left.push(format!("networks: cannot list them: {}", dk::message(&e))),
         }
         resp.existed |= resp.removed_containers
             + resp.removed_images
             + resp.removed_networks
             + resp.removed_volumes
             > 0;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(instance = %id, cause = %e, path = %dir.display(), "cannot remove the stack directory");
+            left.push(format!("the stack's directory on the worker: {e}"));
         }
         if let Some(agent) = &self.agent
             && let Err(e) = agent.kv_delete_tree(&format!("instance/{id}/")).await
         {
             tracing::warn!(instance = %id, cause = %e, "cannot remove the instance's KV keys");
+            left.push(format!("KV keys instance/{id}/: {e}"));
         }
-        resp.removed_networks += self.prune_networks().await?;
+        match self.prune_networks().await {
+            Ok(n) => resp.removed_networks += n,
+            Err(e) => tracing::warn!(cause = %e, "cannot prune networks"),
+        }
+        self.prune_images().await;
+        for what in &left {
+            log.line(&format!("not removed: {what}"));
+            tracing::warn!(instance = %id, what = %what, "delete could not remove");
+        }
+        resp.not_removed = left;
         self.logs.lock().expect("logs").remove(id.as_str());
         self.changed.notify_one();
         Ok(resp)
+    }
+
+    /// Removes the images matching `filters`. An image Docker refuses to remove (a child image
+    /// or a container of someone else builds on it) loses its tags, so nothing can start from
+    /// its name, and is reported in `left`; [`Self::prune_images`] removes it once it is free.
+    async fn remove_images(
+        &self,
+        filters: &HashMap<String, Vec<String>>,
+        left: &mut Vec<String>,
+    ) -> u32 {
+        let listed = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .all(false)
+                    .filters(filters)
+                    .build(),
+            ))
+            .await;
+        let images = match listed {
+            Ok(images) => images,
+            Err(e) => {
+                left.push(format!("images: cannot list them: {}", dk::message(&e)));
+                return 0;
+            }
+        };
+        let mut removed = 0;
+        for image in images {
+            let result = self
+                .docker
+                .remove_image(
+                    &image.id,
+                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                    None,
+                )
+                .await;
+            match idempotent(result) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    let tags: Vec<&String> = image
+                        .repo_tags
+                        .iter()
+                        .filter(|t| !t.ends_with(":<none>"))
+                        .collect();
+                    for tag in &tags {
+                        let _ = self
+                            .docker
+                            .remove_image(
+                                tag,
+                                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                                None,
+                            )
+                            .await;
+                    }
+                    let short = image.id.trim_start_matches("sha256:");
+                    let tags = if tags.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (untagged {})",
+                            tags.iter()
+                                .map(|t| t.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    left.push(format!(
+                        "image {}{tags}: {}",
+                        &short[..short.len().min(12)],
+                        dk::message(&e)
+                    ));
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes this node's untagged berth images whose stack is gone: what a delete could only
+    /// untag because something still used the image. Docker refuses while it is in use.
+    async fn prune_images(&self) {
+        let filters = HashMap::from([
+            ("dangling".to_owned(), vec!["true".to_owned()]),
+            (
+                "label".to_owned(),
+                vec![format!("{}={}", plan::LABEL_BERTH_NODE, self.settings.node)],
+            ),
+        ]);
+        let Ok(images) = self
+            .docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+        else {
+            return;
+        };
+        for image in images {
+            let live = image
+                .labels
+                .get(plan::LABEL_BERTH_INSTANCE)
+                .and_then(|i| ValidName::parse("id", i).ok())
+                .is_some_and(|i| self.stack_dir(&i).exists());
+            if !live
+                && let Err(e) = self
+                    .docker
+                    .remove_image(&image.id, None::<RemoveImageOptions>, None)
+                    .await
+            {
+                tracing::debug!(image = %image.id, cause = %e, "leftover image still in use");
+            }
+        }
     }
 
     /// Removes this node's berth-labelled networks that have no endpoints and whose stack is
@@ -1788,5 +2312,55 @@ fn allocate_port(proto: &str) -> std::io::Result<PortHold> {
     match proto {
         "udp" => Ok(PortHold::Udp(UdpSocket::bind(("0.0.0.0", 0))?)),
         _ => Ok(PortHold::Tcp(TcpListener::bind(("0.0.0.0", 0))?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfinished_operation_leaves_the_stack_failed() {
+        let data = tempfile::tempdir().unwrap();
+        let stacks = Stacks::new(
+            Docker::connect_with_local_defaults().unwrap(),
+            Settings {
+                data_dir: data.path().to_path_buf(),
+                node: "n1".into(),
+                advertise: "127.0.0.1".into(),
+                policy: Policy::default(),
+                build_timeout: Duration::from_secs(1),
+                start_timeout: Duration::from_secs(1),
+            },
+            None,
+        );
+        let id = ValidName::parse("id", "s1").unwrap();
+        let record = |state| Record {
+            id: id.clone(),
+            state,
+            commit: None,
+            error: None,
+            ports: BTreeMap::new(),
+        };
+        // A panic while starting (the audit's `timeout_secs` overflow was one).
+        stacks.write_record(&record(StackState::Starting)).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _unfinished = Unfinished::new(&stacks, &id, StackState::Starting, "start");
+            panic!("overflow when adding duration to instant");
+        }));
+        assert!(panicked.is_err());
+        let after = stacks.read_record(&id).unwrap().unwrap();
+        assert_eq!(after.state, StackState::Failed);
+        assert_eq!(
+            after.error.as_deref(),
+            Some("the start did not finish (internal error)")
+        );
+        // An operation that recorded its outcome is left alone.
+        stacks.write_record(&record(StackState::Running)).unwrap();
+        drop(Unfinished::new(&stacks, &id, StackState::Starting, "start"));
+        assert_eq!(
+            stacks.read_record(&id).unwrap().unwrap().state,
+            StackState::Running
+        );
     }
 }

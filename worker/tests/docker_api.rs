@@ -149,6 +149,14 @@ async fn docker_router_auth_and_input_errors() {
             "conflict",
         ),
         (
+            "POST",
+            "/v1/stacks/x/start",
+            Some(&auth),
+            "{\"timeout_secs\":18446744073709551615}".into(),
+            400,
+            "timeout_secs 18446744073709551615 is above the maximum",
+        ),
+        (
             "DELETE",
             "/v1/stacks/x",
             Some(&auth),
@@ -734,5 +742,394 @@ async fn docker_rebuild_keeps_runtime_data_and_git_out_of_reach() {
     assert!(!git_in_checkout, "no git metadata in the checkout");
     assert!(w.stack_git(sid.as_str()).join("HEAD").exists());
     w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+/// Runs the docker CLI, returning trimmed stdout (empty when the command failed).
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    } else {
+        String::new()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_colliding_names_are_a_conflict_and_leave_the_owner_intact() {
+    let w = worker("collide", |_| {}).await;
+    let base = format!("cl{}", std::process::id());
+    // `<base>_x` owns the volume `<base>_x_data` and the network `<base>_x_default`.
+    let a = id(&format!("{base}_x"));
+    let (repo_a, commit_a) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  web:\n    image: berth-base:latest\n    command: [sh, -c, 'echo tenant-a-private > /data/db.txt; exec sleep 600']\n    volumes: [data:/data]\nvolumes:\n  data: {}\n",
+    )]);
+    w.client
+        .build(&a, &build_request(repo_a.path(), &commit_a))
+        .await
+        .unwrap();
+    w.client.start(&a, &StartRequest::default()).await.unwrap();
+    // `<base>-x` owns the container `<base>-x-web-1` and the image `<base>-x-web`.
+    let c = id(&format!("{base}-x"));
+    let (repo_c, commit_c) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  web:\n    build: .\n    command: [sleep, '600']\n",
+        ),
+        ("Dockerfile", "FROM berth-base:latest\nENV OWNER=c\n"),
+    ]);
+    w.client
+        .build(&c, &build_request(repo_c.path(), &commit_c))
+        .await
+        .unwrap();
+    w.client.start(&c, &StartRequest::default()).await.unwrap();
+    let c_container = format!("{base}-x-web-1");
+    let c_id = docker(&["inspect", "-f", "{{.Id}}", &c_container]);
+    assert!(!c_id.is_empty());
+    let a_network = format!("{base}_x_default");
+    let members = || {
+        docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .Containers}}{{.Name}} {{end}}",
+            &a_network,
+        ])
+    };
+    let a_members = members();
+    assert_eq!(a_members, format!("{base}_x-web-1"));
+
+    // `<base>` names each of those objects through its own keys and service names.
+    let b = id(&base);
+    let cases = [
+        (
+            "services:\n  spy:\n    image: berth-base:latest\n    command: [sleep, '600']\n    volumes: [x_data:/steal]\nvolumes:\n  x_data: {}\n",
+            format!("volume {base}_x_data already exists and belongs to berth instance {a}"),
+        ),
+        (
+            "services:\n  spy:\n    image: berth-base:latest\n    command: [sleep, '600']\n    networks: [x_default]\nnetworks:\n  x_default: {}\n",
+            format!("network {a_network} already exists and belongs to berth instance {a}"),
+        ),
+        (
+            "services:\n  x-web:\n    image: berth-base:latest\n    command: [sleep, '600']\n",
+            format!("container {c_container} already exists and belongs to berth instance {c}"),
+        ),
+    ];
+    for (compose, want) in &cases {
+        let (repo, commit) = git_repo(&[("compose.yaml", compose)]);
+        w.client
+            .build(&b, &build_request(repo.path(), &commit))
+            .await
+            .unwrap();
+        let (status, body) = api_error(
+            w.client
+                .start(&b, &StartRequest::default())
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 409, "{compose}: {body:?}");
+        assert!(body.error.message.contains(want), "{}", body.error.message);
+        let st = w.client.status(&b).await.unwrap().unwrap();
+        assert_eq!(st.state, StackState::Built, "nothing changed: {st:?}");
+        assert!(st.services.is_empty(), "{st:?}");
+    }
+    // Building `x-web` would move the tag `<base>-x-web:latest` off `<base>-x`'s image.
+    let (repo, commit) = git_repo(&[
+        ("compose.yaml", "services:\n  x-web:\n    build: .\n"),
+        ("Dockerfile", "FROM berth-base:latest\nENV OWNER=b\n"),
+    ]);
+    let (status, body) = api_error(
+        w.client
+            .build(&b, &build_request(repo.path(), &commit))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409, "{body:?}");
+    assert!(
+        body.error.message.contains(&format!("image {base}-x-web:"))
+            && body
+                .error
+                .message
+                .contains(&format!("belongs to berth instance {c}")),
+        "{}",
+        body.error.message
+    );
+    // An object berth did not make counts as another's (the node label only lets this test's
+    // cleanup find it; it has no instance label).
+    let unmanaged = format!("{base}2_data");
+    docker(&[
+        "volume",
+        "create",
+        "--label",
+        &format!("org.berth.node={}", w.node),
+        &unmanaged,
+    ]);
+    let d = id(&format!("{base}2"));
+    let (repo, commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    volumes: [data:/data]\nvolumes:\n  data: {}\n",
+    )]);
+    w.client
+        .build(&d, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let (status, body) = api_error(
+        w.client
+            .start(&d, &StartRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 409, "{body:?}");
+    assert!(
+        body.error.message.contains(&format!(
+            "volume {unmanaged} already exists and was not created by berth"
+        )),
+        "{}",
+        body.error.message
+    );
+    w.client.delete(&b, false).await.unwrap();
+    w.client.delete(&d, false).await.unwrap();
+
+    // The owners' objects are untouched: same container, same network members, same data.
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &c_container]), c_id);
+    assert_eq!(members(), a_members);
+    assert_eq!(
+        docker(&["exec", &format!("{base}_x-web-1"), "cat", "/data/db.txt"]),
+        "tenant-a-private"
+    );
+    assert_eq!(
+        docker(&["volume", "inspect", "-f", "{{.Name}}", &unmanaged]),
+        unmanaged
+    );
+    for owner in [&a, &c] {
+        let st = w.client.status(owner).await.unwrap().unwrap();
+        assert_eq!(st.state, StackState::Running);
+        assert_eq!(st.services.len(), 1, "{st:?}");
+        assert_eq!(st.services[0].state, "running", "{st:?}");
+    }
+    w.client.delete(&a, false).await.unwrap();
+    w.client.delete(&c, false).await.unwrap();
+    docker(&["volume", "rm", &unmanaged]);
+    let (c, n, v, i) = w.cleanup.leftovers();
+    assert!(
+        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
+        "left: {c:?} {n:?} {v:?} {i:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_other_instances_images_are_refused_and_delete_goes_on() {
+    let w = worker("foreign", |_| {}).await;
+    let owner = id(&format!("b1-{}", w.node));
+    let (repo, commit) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  web:\n    build: .\n    command: [sleep, '600']\n",
+        ),
+        (
+            "Dockerfile",
+            "FROM berth-base:latest\nRUN echo b1-secret > /greeting\n",
+        ),
+    ]);
+    w.client
+        .build(&owner, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    w.client
+        .start(&owner, &StartRequest::default())
+        .await
+        .unwrap();
+    let theirs = format!("{owner}-web:latest");
+
+    let child = id(&format!("ch-{}", w.node));
+    let peek = format!("services:\n  peek:\n    image: {theirs}\n    command: [cat, /greeting]\n");
+    let from = format!("FROM {theirs}\nRUN cat /greeting > /stolen\n");
+    let copy = format!("FROM berth-base:latest\nCOPY --from={theirs} /greeting /g\n");
+    // (files, service, field)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: [Case<'_>; 3] = [
+        (vec![("compose.yaml", &peek)], "peek", "services.peek.image"),
+        (
+            vec![
+                ("compose.yaml", "services:\n  app:\n    build: .\n"),
+                ("Dockerfile", &from),
+            ],
+            "app",
+            "services.app.build",
+        ),
+        (
+            vec![
+                ("compose.yaml", "services:\n  app:\n    build: .\n"),
+                ("Dockerfile", &copy),
+            ],
+            "app",
+            "services.app.build",
+        ),
+    ];
+    for (files, service, field) in &cases {
+        let (repo, commit) = git_repo(files);
+        let (status, body) = api_error(
+            w.client
+                .build(&child, &build_request(repo.path(), &commit))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(status, 422, "{files:?}: {body:?}");
+        let d = &body.error.details[0];
+        assert_eq!(d.service.as_deref(), Some(*service));
+        assert_eq!(d.field, *field);
+        assert!(
+            d.reason.contains(&theirs)
+                && d.reason
+                    .contains(&format!("belongs to berth instance {owner}")),
+            "{}",
+            d.reason
+        );
+    }
+    w.client.delete(&child, false).await.unwrap();
+
+    // A container someone else runs from the owner's image: Docker refuses to remove the image.
+    let foreign = docker(&[
+        "run",
+        "-d",
+        "--label",
+        &format!("org.berth.instance=other-{}", w.node),
+        "--label",
+        &format!("org.berth.node={}", w.node),
+        &theirs,
+        "sleep",
+        "600",
+    ]);
+    assert!(!foreign.is_empty());
+    let deleted = w.client.delete(&owner, false).await.unwrap();
+    assert_eq!(deleted.removed_containers, 1, "{deleted:?}");
+    assert!(deleted.removed_networks >= 1, "{deleted:?}");
+    assert_eq!(deleted.removed_images, 0, "{deleted:?}");
+    assert_eq!(deleted.not_removed.len(), 1, "{deleted:?}");
+    assert!(
+        deleted.not_removed[0].starts_with("image ")
+            && deleted.not_removed[0].contains(&format!("untagged {owner}-web:"))
+            && deleted.not_removed[0].contains("being used by running container"),
+        "{deleted:?}"
+    );
+    assert!(!w.data.path().join("stacks").join(owner.as_str()).exists());
+    assert!(
+        docker(&["image", "inspect", &theirs]).is_empty(),
+        "untagged"
+    );
+    // Once the image is free, deleting again removes it.
+    docker(&["rm", "-f", &foreign]);
+    let again = w.client.delete(&owner, false).await.unwrap();
+    assert_eq!(again.removed_images, 1, "{again:?}");
+    assert!(again.not_removed.is_empty(), "{again:?}");
+    let (c, n, v, i) = w.cleanup.leftovers();
+    assert!(
+        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
+        "left: {c:?} {n:?} {v:?} {i:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_image_healthcheck_counts_and_missing_one_is_refused_up_front() {
+    let w = worker("imagehc", |_| {}).await;
+    let sid = id(&format!("hc-{}", w.node));
+    // `db` has no healthcheck in the file, only its image's HEALTHCHECK; `ipc` and an `expose`
+    // range are applied too.
+    let (repo, commit) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  db:\n    build: .\n    ipc: shareable\n    expose: ['7000-7002']\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    depends_on: {db: {condition: service_healthy}}\n",
+        ),
+        (
+            "Dockerfile",
+            "FROM berth-base:latest\nHEALTHCHECK --interval=1s CMD true\nCMD [\"sleep\", \"600\"]\n",
+        ),
+    ]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    let db = st.services.iter().find(|s| s.name == "db").unwrap();
+    assert_eq!(db.health.as_deref(), Some("healthy"), "{st:?}");
+    let container = db.container.clone().unwrap();
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.HostConfig.IpcMode}}", &container]),
+        "shareable"
+    );
+    let exposed = docker(&["inspect", "-f", "{{json .Config.ExposedPorts}}", &container]);
+    for port in ["7000/tcp", "7001/tcp", "7002/tcp"] {
+        assert!(exposed.contains(port), "{exposed}");
+    }
+    assert!(!exposed.contains("7000-7002"), "{exposed}");
+    w.client.delete(&sid, false).await.unwrap();
+
+    // A `service_healthy` dependency on a service with no healthcheck anywhere: 422 before any
+    // container exists, and the stack stays as it was.
+    let (repo, commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  db:\n    image: berth-base:latest\n    command: [sleep, '600']\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    depends_on: {db: {condition: service_healthy}}\n",
+    )]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let (status, body) = api_error(
+        w.client
+            .start(&sid, &StartRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 422, "{body:?}");
+    assert_eq!(body.error.details[0].field, "services.db.healthcheck");
+    let st = w.client.status(&sid).await.unwrap().unwrap();
+    assert_eq!(st.state, StackState::Built);
+    let logs: Vec<u8> =
+        futures::StreamExt::collect::<Vec<_>>(w.client.logs(&sid, false).await.unwrap())
+            .await
+            .into_iter()
+            .flat_map(|c| c.unwrap().to_vec())
+            .collect();
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(!logs.contains("created "), "{logs}");
+    w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_ids_and_service_names_outside_the_reference_grammar_build() {
+    let w = worker("refname", |_| {}).await;
+    let sid = id(&format!("odd{}_", std::process::id()));
+    let (repo, commit) = git_repo(&[
+        (
+            "compose.yaml",
+            "services:\n  web.:\n    build: .\n    command: [sleep, '600']\n",
+        ),
+        ("Dockerfile", "FROM berth-base:latest\nENV A=1\n"),
+    ]);
+    let built = w
+        .client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    assert_eq!(built.state, StackState::Built);
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(st.state, StackState::Running);
+    let del = w.client.delete(&sid, false).await.unwrap();
+    assert_eq!(del.removed_images, 1, "{del:?}");
     w.stop().await;
 }

@@ -150,6 +150,134 @@ async fn docker_fixture_stack_lifecycle() {
     w.stop().await;
 }
 
+/// The images a multi-stage build and a failed build made, and the anonymous volume of a
+/// recreated container, are gone after delete (none of them carries a berth label).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_builds_and_recreates_leave_nothing_behind() {
+    let w = worker("leftovers", |_| {}).await;
+    let sid = id(&format!("lo-{}", w.node));
+    // A nonce keeps these steps out of every other build's cache.
+    let nonce = format!("{}-{}", std::process::id(), rand_suffix());
+    let compose = |v: &str| {
+        format!(
+            "services:\n  app:\n    build: .\n  anon:\n    image: berth-base:latest\n    command: [sleep, '600']\n    volumes: [/anon]\n    environment: {{V: '{v}'}}\n"
+        )
+    };
+    let multi_stage = format!(
+        "FROM berth-base:latest AS stage1\nRUN echo {nonce} stage1 > /s1\nFROM berth-base:latest\nCOPY --from=stage1 /s1 /s1\nRUN echo {nonce} final > /f\nCMD [\"sleep\", \"600\"]\n"
+    );
+    let anon_volume = |project: &str| {
+        let out = Command::new("docker")
+            .args([
+                "inspect",
+                "-f",
+                "{{range .Mounts}}{{.Name}}{{end}}",
+                &format!("{project}-anon-1"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let exists = |kind: &str, name: &str| {
+        Command::new("docker")
+            .args([kind, "inspect", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+
+    let (repo, commit) = git_repo(&[
+        ("compose.yaml", &compose("1")),
+        ("Dockerfile", &multi_stage),
+    ]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    let first = anon_volume(&st.project_name);
+    assert!(exists("volume", &first), "{first}");
+    // A changed environment recreates `anon`: its old anonymous volume goes with it.
+    let (repo, commit) = git_repo(&[
+        ("compose.yaml", &compose("2")),
+        ("Dockerfile", &multi_stage),
+    ]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    w.client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    let second = anon_volume(&st.project_name);
+    assert_ne!(first, second);
+    assert!(!exists("volume", &first), "{first} is left behind");
+
+    // A failed build: the answer carries the last build lines, its step images go.
+    let failing = format!(
+        "FROM berth-base:latest\nRUN echo {nonce} ok > /ok\nRUN echo {nonce}-before-failure && false\n"
+    );
+    let (repo, commit) = git_repo(&[("compose.yaml", &compose("2")), ("Dockerfile", &failing)]);
+    let err = w
+        .client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap_err();
+    let message = match err {
+        berth_worker_api::WorkerClientError::Api { status, body } => {
+            assert_eq!(status.as_u16(), 500, "{body:?}");
+            body.error.message
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        message.contains("returned a non-zero code")
+            && message.contains("last log lines")
+            && message.contains(&format!("{nonce}-before-failure")),
+        "{message}"
+    );
+
+    // Every image id the builds reported (bar the base) is gone after delete.
+    let logs = w.client.logs(&sid, false).await.unwrap();
+    let logs: Vec<u8> = futures::StreamExt::collect::<Vec<_>>(logs)
+        .await
+        .into_iter()
+        .flat_map(|c| c.unwrap().to_vec())
+        .collect();
+    let logs = String::from_utf8_lossy(&logs);
+    let base = Command::new("docker")
+        .args(["inspect", "-f", "{{.Id}}", "berth-base:latest"])
+        .output()
+        .unwrap();
+    let base = String::from_utf8_lossy(&base.stdout).trim().to_owned();
+    let mut reported: Vec<String> = logs
+        .lines()
+        .filter_map(|l| l.split_once("---> ").map(|(_, id)| id.trim().to_owned()))
+        .filter(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|id| !base.trim_start_matches("sha256:").starts_with(id.as_str()))
+        .collect();
+    reported.sort();
+    reported.dedup();
+    assert!(reported.len() >= 4, "{reported:?}\n{logs}");
+    let deleted = w.client.delete(&sid, false).await.unwrap();
+    assert!(deleted.not_removed.is_empty(), "{deleted:?}");
+    let left: Vec<&String> = reported.iter().filter(|id| exists("image", id)).collect();
+    assert!(left.is_empty(), "images left behind: {left:?}\n{logs}");
+    assert!(!exists("volume", &second), "{second} is left behind");
+    let (c, n, v, i) = w.cleanup.leftovers();
+    assert!(
+        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
+        "left: {c:?} {n:?} {v:?} {i:?}"
+    );
+    w.stop().await;
+}
+
 /// Build and start times of the fixture, cold and warm. Not part of the normal run:
 /// `cargo test -p berth-worker --test docker_stack -- --ignored --nocapture docker_measure`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -378,7 +378,10 @@ impl Cluster {
         ]);
     }
 
-    /// Kills a worker host (the worker and its in-process agent), as a machine dying would.
+    /// Kills a worker host (the worker and its in-process agent), as a machine dying would. A
+    /// dead machine takes its stacks along; on the shared engine its objects are removed, since
+    /// they would otherwise keep running under the names the instance's next worker uses (and a
+    /// worker never touches another node's objects).
     pub fn kill_worker(&self, node: &str) {
         let w = self
             .workers
@@ -386,6 +389,7 @@ impl Cluster {
             .find(|w| w.node == node)
             .expect("a worker of this cluster");
         docker(&["kill", &w.container]);
+        remove_objects_of(node);
     }
 
     /// The host port a container port is published on.
@@ -573,8 +577,7 @@ impl Cluster {
         self.stack_objects_except(&[])
     }
 
-    /// As [`Cluster::stack_objects`], leaving out what the workers `skip` made (a dead host's
-    /// objects stay on the shared engine, where a real dead host would have taken them along).
+    /// As [`Cluster::stack_objects`], leaving out what the workers `skip` made.
     pub fn stack_objects_except(&self, skip: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
         for w in self
@@ -601,6 +604,23 @@ impl Cluster {
     }
 }
 
+/// Removes every container, network, volume and image labelled with `node`.
+fn remove_objects_of(node: &str) {
+    let filter = format!("label=org.berth.node={node}");
+    for id in docker_quiet(&["ps", "-aq", "--filter", &filter]).lines() {
+        docker_quiet(&["rm", "-f", "-v", id]);
+    }
+    for id in docker_quiet(&["network", "ls", "-q", "--filter", &filter]).lines() {
+        docker_quiet(&["network", "rm", id]);
+    }
+    for id in docker_quiet(&["volume", "ls", "-q", "--filter", &filter]).lines() {
+        docker_quiet(&["volume", "rm", "-f", id]);
+    }
+    for id in docker_quiet(&["image", "ls", "-q", "--filter", &filter]).lines() {
+        docker_quiet(&["rmi", "-f", id]);
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let own = format!("label=org.berth.test={}", self.id);
@@ -608,19 +628,7 @@ impl Drop for Cluster {
             docker_quiet(&["rm", "-f", "-v", id]);
         }
         for w in &self.workers {
-            let filter = format!("label=org.berth.node={}", w.node);
-            for id in docker_quiet(&["ps", "-aq", "--filter", &filter]).lines() {
-                docker_quiet(&["rm", "-f", "-v", id]);
-            }
-            for id in docker_quiet(&["network", "ls", "-q", "--filter", &filter]).lines() {
-                docker_quiet(&["network", "rm", id]);
-            }
-            for id in docker_quiet(&["volume", "ls", "-q", "--filter", &filter]).lines() {
-                docker_quiet(&["volume", "rm", "-f", id]);
-            }
-            for id in docker_quiet(&["image", "ls", "-q", "--filter", &filter]).lines() {
-                docker_quiet(&["rmi", "-f", id]);
-            }
+            remove_objects_of(&w.node);
         }
         docker_quiet(&["network", "rm", &self.network]);
         docker_quiet(&["network", "rm", &self.link]);

@@ -425,6 +425,7 @@ async fn delete(
         removed_images: u32::from(existed),
         removed_volumes: 0,
         removed_networks: u32::from(existed),
+        not_removed: Vec::new(),
     })
     .into_response()
 }

@@ -14,9 +14,12 @@
 //! | `GET /healthz` | none | [`WorkerHealth`] |
 //!
 //! Errors answer [`ErrorBody`] with these statuses: 400 bad input, 401 unknown token, 404 unknown
-//! stack, 409 an operation that the stack's state does not allow, 422 rejected by policy or a bad
-//! compose file ([`ErrorDetail`]s name service, field and reason), 500 build or start failure
-//! (the message carries the failing step and the last log lines), 504 readiness timed out.
+//! stack, 409 an operation that the stack's state does not allow or a Docker object under one of
+//! the stack's names that is not the stack's own (the message names it and its owner), 422
+//! rejected by policy or a bad compose file ([`ErrorDetail`]s name service, field and reason), 500
+//! build or start failure (the message carries the failing step and the last log lines), 504
+//! readiness timed out. Delete answers 200 even when it could not remove everything
+//! ([`DeleteResponse::not_removed`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +54,7 @@ pub struct StartRequest {
     /// The commit the master believes is built; the worker answers 409 if it holds another.
     #[serde(default)]
     pub commit: Option<String>,
-    /// Readiness timeout in seconds (worker default when absent).
+    /// Readiness timeout in seconds (worker default when absent; at most 86400, else 400).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
 }
@@ -133,6 +136,11 @@ pub struct DeleteResponse {
     pub removed_images: u32,
     pub removed_volumes: u32,
     pub removed_networks: u32,
+    /// What the worker could not remove, one line each (`image 8d34bccd9769 (untagged
+    /// b1-web:latest): ... image is being used by running container ...`). Delete goes on past
+    /// such failures; a later delete of the same id tries again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_removed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -164,7 +164,7 @@ pub fn load(dir: &Path, name: &str) -> Result<Project, ComposeError> {
         });
     }
     let root = merged.unwrap_or(Value::Null);
-    model::Parser::new(dir)
+    model::Parser::new(dir, &vars)
         .project(&root, name, files)
         .map_err(ComposeError::Invalid)
 }

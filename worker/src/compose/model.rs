@@ -10,7 +10,7 @@ use berth_worker_api::ErrorDetail;
 use serde::Serialize;
 use serde_yaml_ng::{Mapping, Value};
 
-use super::interpolate::parse_env_file;
+use super::interpolate::{Vars, parse_env_file};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Project {
@@ -98,9 +98,10 @@ pub struct Service {
     pub build: Option<Build>,
     pub image: Option<String>,
     pub ports: Vec<PortSpec>,
-    /// `port/proto` strings.
+    /// `port/proto` strings, ranges expanded.
     pub expose: Vec<String>,
-    /// `env_file` contents first, then `environment` on top; `None` value = unset.
+    /// `env_file` contents first, then `environment` on top; a key without a value takes it
+    /// from `.env` (the interpolation source) and is `None` (unset) when `.env` lacks it.
     pub environment: BTreeMap<String, Option<String>>,
     pub volumes: Vec<Mount>,
     /// Network key -> aliases.
@@ -172,16 +173,19 @@ pub(crate) struct Parser<'a> {
     dir: &'a Path,
     /// `dir` with symlinks resolved: files the project reads must stay below it.
     root: PathBuf,
+    /// The interpolation source, where keys without a value look theirs up.
+    vars: &'a Vars,
     errors: Vec<ErrorDetail>,
 }
 
 const TOP_KEYS: &[&str] = &["version", "name", "services", "networks", "volumes"];
 
 impl<'a> Parser<'a> {
-    pub(crate) fn new(dir: &'a Path) -> Self {
+    pub(crate) fn new(dir: &'a Path, vars: &'a Vars) -> Self {
         Self {
             dir,
             root: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
+            vars,
             errors: Vec::new(),
         }
     }
@@ -346,16 +350,18 @@ impl<'a> Parser<'a> {
                 "ports" => s.ports = self.ports(name, &field, v),
                 "expose" => {
                     for item in self.list(name, &field, v) {
-                        let p = if item.contains('/') {
-                            item
-                        } else {
-                            format!("{item}/tcp")
-                        };
-                        s.expose.push(p);
+                        let (ports, proto) = item.rsplit_once('/').unwrap_or((&item, "tcp"));
+                        match check_protocol(proto).and_then(|()| parse_range(ports)) {
+                            Ok((first, last)) => s
+                                .expose
+                                .extend((first..=last).map(|p| format!("{p}/{proto}"))),
+                            Err(reason) => self.err(Some(name), &field, reason),
+                        }
                     }
                 }
                 "environment" => {
                     for (k, val) in self.dict(name, &field, v, '=') {
+                        let val = val.or_else(|| self.vars.get(&k).cloned());
                         s.environment.insert(k, val);
                     }
                 }
@@ -548,6 +554,14 @@ impl<'a> Parser<'a> {
                 .iter()
                 .filter_map(|(k, val)| {
                     let k = Self::scalar(k)?;
+                    if !val.is_null() && Self::scalar(val).is_none() {
+                        self.err(
+                            Some(service),
+                            format!("{field}.{k}"),
+                            "must be a string, a number, a boolean or empty",
+                        );
+                        return None;
+                    }
                     Some((k, Self::scalar(val)))
                 })
                 .collect(),
@@ -592,9 +606,10 @@ impl<'a> Parser<'a> {
                         }
                         "args" => {
                             for (name, value) in self.dict(service, &f, val, '=') {
-                                // An arg without a value takes it from the environment in compose;
-                                // the worker exposes no environment, so it stays unset.
-                                if let Some(value) = value {
+                                // An arg without a value takes it from `.env` (the only
+                                // environment a stack sees), else it stays unset.
+                                if let Some(value) = value.or_else(|| self.vars.get(&name).cloned())
+                                {
                                     b.args.insert(name, value);
                                 }
                             }

@@ -1,7 +1,9 @@
 //! Planning a project: dependency order (a DAG, cycles rejected), Docker Compose names and
-//! labels, berth's labels on top, and the config hash that decides whether to recreate.
+//! labels, berth's labels on top, who owns an object found by name, and the config hash that
+//! decides whether to recreate.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 use berth_worker_api::ErrorDetail;
 use serde::Serialize;
@@ -45,6 +47,54 @@ impl Owner {
             (LABEL_BERTH_NODE.to_owned(), self.node.clone()),
         ])
     }
+
+    /// Whether an object found by name is this owner's: its `org.berth.instance` and
+    /// `org.berth.node` labels must both be this owner's. Names of different instances can
+    /// collide (`col_x` + `data` and `col` + `x_data` are both the volume `col_x_data`), so a
+    /// name alone never proves ownership.
+    pub fn check(&self, labels: Option<&HashMap<String, String>>) -> Result<(), Holder> {
+        let get = |key| labels.and_then(|l| l.get(key)).cloned();
+        match (get(LABEL_BERTH_INSTANCE), get(LABEL_BERTH_NODE)) {
+            (Some(instance), Some(node)) if instance == self.instance && node == self.node => {
+                Ok(())
+            }
+            (Some(instance), node) => Err(Holder::Instance {
+                instance,
+                node: node.unwrap_or_default(),
+            }),
+            (None, _) => Err(Holder::Unmanaged),
+        }
+    }
+}
+
+/// Who holds an object that is not the stack's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Another berth instance, or the same instance id of another node.
+    Instance { instance: String, node: String },
+    /// An object without berth's labels (made by hand or by another tool).
+    Unmanaged,
+}
+
+impl Holder {
+    /// The instance named by the object's labels, if any.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Self::Instance { instance, .. } => Some(instance),
+            Self::Unmanaged => None,
+        }
+    }
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Instance { instance, node } => {
+                write!(f, "belongs to berth instance {instance} (node {node})")
+            }
+            Self::Unmanaged => f.write_str("was not created by berth (it has no org.berth labels)"),
+        }
+    }
 }
 
 /// Services in an order where every service comes after its dependencies; ties keep file order.
@@ -77,8 +127,52 @@ pub fn container_name(project: &str, service: &str) -> String {
     format!("{project}-{service}-1")
 }
 
+/// Repository name of a service's built image: `<project>-<service>` as Compose names it when
+/// that is a valid Docker reference. Ids and service names may hold sequences the reference
+/// grammar forbids (`badid_`, `web.`, `a_-b`, `a..b`); those map to their alphanumeric runs
+/// joined by `-` plus the first 8 hex digits of SHA-256 of `<project>-<service>`, which keeps
+/// mapped names apart from each other.
 pub fn image_name(project: &str, service: &str) -> String {
-    format!("{project}-{service}")
+    let raw = format!("{project}-{service}");
+    if raw.len() <= MAX_REPOSITORY && valid_repository(&raw) {
+        return raw;
+    }
+    let mut clean = raw
+        .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+        .filter(|run| !run.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    clean.truncate(MAX_REPOSITORY - 9);
+    let clean = clean.trim_end_matches('-');
+    let digest = hex::encode(Sha256::digest(raw.as_bytes()));
+    format!("{clean}-{}", &digest[..8])
+}
+
+/// Longest repository name berth uses (Docker allows 255 for the whole name).
+const MAX_REPOSITORY: usize = 128;
+
+/// Docker's grammar for a one-component repository name:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+pub fn valid_repository(name: &str) -> bool {
+    let mut separator = String::new();
+    let mut started = false;
+    for c in name.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            let ok = separator.is_empty()
+                || matches!(separator.as_str(), "." | "_" | "__")
+                || separator.chars().all(|s| s == '-');
+            if !ok {
+                return false;
+            }
+            separator.clear();
+            started = true;
+        } else if started && matches!(c, '.' | '_' | '-') {
+            separator.push(c);
+        } else {
+            return false;
+        }
+    }
+    started && separator.is_empty()
 }
 
 /// Image tag of one build: `<project>-<service>:<commit12>`.

@@ -564,3 +564,198 @@ fn long_volume_read_only_takes_every_boolean_form() {
     );
     assert_eq!(errs, ["services.web.volumes.read_only: must be a boolean"]);
 }
+
+#[test]
+fn keys_without_a_value_come_from_dotenv() {
+    let p = project_from(&[
+        (
+            "compose.yaml",
+            r#"
+services:
+  map:
+    image: x
+    environment: {FOO: bar, FROM_DOTENV: , MISSING: }
+  list:
+    build:
+      context: .
+      args: [FROM_DOTENV, MISSING, SET=1]
+    environment: [FROM_DOTENV, MISSING]
+"#,
+        ),
+        (".env", "FROM_DOTENV=x\n"),
+    ])
+    .unwrap();
+    let env = |s: &str| -> Vec<(String, Option<String>)> {
+        p.service(s)
+            .unwrap()
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let some = |k: &str, v: &str| (k.to_owned(), Some(v.to_owned()));
+    assert_eq!(
+        env("map"),
+        [
+            some("FOO", "bar"),
+            some("FROM_DOTENV", "x"),
+            ("MISSING".to_owned(), None)
+        ]
+    );
+    assert_eq!(
+        env("list"),
+        [some("FROM_DOTENV", "x"), ("MISSING".to_owned(), None)]
+    );
+    let args = &p.service("list").unwrap().build.as_ref().unwrap().args;
+    assert_eq!(
+        args.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        [("FROM_DOTENV", "x"), ("SET", "1")]
+    );
+}
+
+#[test]
+fn expose_ranges_are_expanded() {
+    let p = project_from(&[(
+        "compose.yaml",
+        "services: {web: {image: x, expose: [\"7000-7002\", 53/udp, 8080, \"9000-9001/udp\"]}}",
+    )])
+    .unwrap();
+    assert_eq!(
+        p.service("web").unwrap().expose,
+        [
+            "7000/tcp", "7001/tcp", "7002/tcp", "53/udp", "8080/tcp", "9000/udp", "9001/udp"
+        ]
+    );
+    for (compose, expected) in [
+        (
+            "services: {web: {image: x, expose: [\"7002-7000\"]}}",
+            "services.web.expose: invalid port range",
+        ),
+        (
+            "services: {web: {image: x, expose: [80/sctp]}}",
+            "services.web.expose: unsupported protocol",
+        ),
+        (
+            "services: {web: {image: x, expose: [http]}}",
+            "services.web.expose: invalid port",
+        ),
+    ] {
+        let errs = errors(compose);
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "{compose}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn non_scalar_map_values_are_rejected_by_key() {
+    for (compose, expected) in [
+        (
+            "services: {web: {image: x, environment: {FOO: [a, b], OK: 1}}}",
+            "services.web.environment.FOO: must be a string",
+        ),
+        (
+            "services: {web: {image: x, labels: {a.b: {c: d}}}}",
+            "services.web.labels.a.b: must be a string",
+        ),
+        (
+            "services: {web: {build: {context: ., args: {A: [1]}}}}",
+            "services.web.build.args.A: must be a string",
+        ),
+    ] {
+        let errs = errors(compose);
+        assert_eq!(errs.len(), 1, "{compose}: {errs:?}");
+        assert!(errs[0].starts_with(expected), "{compose}: {errs:?}");
+    }
+}
+
+#[test]
+fn ownership_needs_both_berth_labels() {
+    let owner = Owner {
+        instance: "col".into(),
+        node: "n1".into(),
+    };
+    let labels = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let ours = labels(&[("org.berth.instance", "col"), ("org.berth.node", "n1")]);
+    assert_eq!(owner.check(Some(&ours)), Ok(()));
+    let cases = [
+        (
+            labels(&[("org.berth.instance", "col_x"), ("org.berth.node", "n1")]),
+            "belongs to berth instance col_x (node n1)",
+        ),
+        (
+            labels(&[("org.berth.instance", "col"), ("org.berth.node", "n2")]),
+            "belongs to berth instance col (node n2)",
+        ),
+        (
+            labels(&[("org.berth.instance", "col")]),
+            "belongs to berth instance col (node )",
+        ),
+        (
+            labels(&[
+                ("org.berth.node", "n1"),
+                ("com.docker.compose.project", "col"),
+            ]),
+            "was not created by berth",
+        ),
+        (labels(&[]), "was not created by berth"),
+    ];
+    for (l, want) in cases {
+        let holder = owner.check(Some(&l)).unwrap_err();
+        assert!(holder.to_string().starts_with(want), "{l:?}: {holder}");
+    }
+    assert_eq!(owner.check(None), Err(plan::Holder::Unmanaged));
+}
+
+#[test]
+fn image_names_are_valid_references() {
+    for (name, ok) in [
+        ("a", true),
+        ("a-b", true),
+        ("a--b", true),
+        ("a.b", true),
+        ("a_b", true),
+        ("a__b", true),
+        ("a___b", false),
+        ("a..b", false),
+        ("a_-b", false),
+        ("a-", false),
+        ("a_", false),
+        ("_a", false),
+        ("", false),
+        ("A", false),
+    ] {
+        assert_eq!(plan::valid_repository(name), ok, "{name:?}");
+    }
+    // Valid Compose names stay as Compose makes them.
+    assert_eq!(plan::image_name("shop-1", "web"), "shop-1-web");
+    assert_eq!(plan::image_name("a_b", "web.v2"), "a_b-web.v2");
+    // Invalid ones map onto the grammar, with a hash that keeps them apart.
+    let cases = [
+        ("badid_", "web"),
+        ("badid", "_web"),
+        ("p", "web."),
+        ("p", "web-."),
+        ("p", "a..b"),
+        ("p", &"s".repeat(300)),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (project, service) in cases {
+        let name = plan::image_name(project, service);
+        assert!(plan::valid_repository(&name), "{project} {service}: {name}");
+        assert!(name.len() <= 128, "{name}");
+        assert!(seen.insert(name.clone()), "{name} is not unique");
+        assert!(
+            plan::image_tag(project, service, &"ab".repeat(20)).starts_with(&format!("{name}:"))
+        );
+    }
+    assert!(plan::image_name("badid_", "web").starts_with("badid-web-"));
+}

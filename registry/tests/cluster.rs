@@ -336,3 +336,70 @@ async fn agents_join_fail_and_return() {
     assert_eq!(host3["Status"], 3, "left");
     drop(app_port);
 }
+
+/// A request forwarded by an agent whose server is gone answers 502, and the agent's log line
+/// about it names the path but never the `?token=` it carried.
+#[tokio::test]
+async fn forwarding_failures_do_not_log_query_tokens() {
+    const SECRET: &str = "SUPERSECRET-QUERY-TOKEN";
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sport = free_port("127.0.0.1");
+    let server = format!("http://127.0.0.1:{sport}");
+    let srv = spawn(&[
+        "server",
+        "--dev",
+        "--http-addr",
+        &format!("127.0.0.1:{sport}"),
+        "--node-name",
+        "srv",
+    ]);
+    http.ready(&server).await;
+    let ip = "127.0.0.7";
+    let port = free_port(ip);
+    let agent_url = format!("http://{ip}:{port}");
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _agent = Proc(
+        Command::new(BIN)
+            .args([
+                "agent",
+                "--join",
+                &server,
+                "--http-addr",
+                &format!("{ip}:{port}"),
+                "--node-name",
+                "tokhost",
+            ])
+            .env("RUST_LOG", "debug")
+            .stdout(log)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth-registry agent"),
+    );
+    http.ready(&agent_url).await;
+    drop(srv);
+    let (status, body, _) = http
+        .call(
+            "GET",
+            &format!("{agent_url}/v1/kv/foo?token={SECRET}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log_path).unwrap();
+        if text.contains("forwarding to the server failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("forwarding to the server failed") && text.contains("/v1/kv/foo"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET), "the token reached the log:\n{text}");
+}

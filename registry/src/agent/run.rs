@@ -317,7 +317,10 @@ async fn internal(s: &AgentShared, path: &str) -> Result<(), String> {
     if let Some(t) = &s.proxy.token {
         req = req.header("X-Consul-Token", t);
     }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| crate::client::redact_url(e).to_string())?;
     if resp.status().is_success() {
         Ok(())
     } else {
@@ -448,7 +451,9 @@ async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Respons
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
         }
         Err(e) => {
-            tracing::warn!(cause = %e, "forwarding to the server failed");
+            // The error's text includes the URL, whose query may hold `?token=`.
+            let cause = crate::client::redact_url(e);
+            tracing::warn!(cause = %cause, path = %parts.uri.path(), "forwarding to the server failed");
             crate::api::plain(
                 StatusCode::BAD_GATEWAY,
                 "registry server unreachable".to_owned(),

@@ -222,8 +222,15 @@ pub(crate) async fn build(
     };
     let members = Members::new(Duration::from_millis(config.failure_timeout_ms));
     let now = tokio::time::Instant::now();
+    // Only agents' nodes are members (they carry the server-owned `serfHealth`); nodes
+    // registered straight into the catalog have no agent and must not fail for lack of one.
     store.read(|s| {
-        for n in s.nodes.values().filter(|n| n.name != config.node_name) {
+        let agent_nodes = s.nodes.values().filter(|n| {
+            n.name != config.node_name
+                && s.checks
+                    .contains_key(&(n.name.clone(), sync::SERF_HEALTH.to_owned()))
+        });
+        for n in agent_nodes {
             members.seed(&n.name, &n.id, &n.address, now);
         }
     });

@@ -448,6 +448,71 @@ async fn silent_nodes_fail_their_sessions_end_and_leave_removes_them() {
     .await;
 }
 
+/// A durable server restart seeds only agents' nodes as members: a node registered straight
+/// into the catalog (no agent, no `serfHealth`) stays passing, an agent that does not come back
+/// fails.
+#[tokio::test(start_paused = true)]
+async fn restart_seeds_only_agent_nodes_as_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev("node1");
+    config.dev = false;
+    config.data_dir = Some(dir.path().to_owned());
+    config.failure_timeout_ms = 3_000;
+    let beat = r#"{"Node":"w1","ID":"11111111-2222-3333-4444-555555555555","Address":"127.0.0.9","Port":8500}"#;
+    let external =
+        r#"{"Node":"extdb","Address":"10.1.1.1","Service":{"Service":"postgres","Port":5432}}"#;
+    for round in 0..2 {
+        let stop = CancellationToken::new();
+        let (app, writer) = build(
+            &config,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            8500,
+            stop.clone(),
+            stop.clone(),
+        )
+        .await
+        .expect("durable server builds");
+        let h = H {
+            app,
+            stop: stop.clone(),
+        };
+        if round == 0 {
+            h.table(
+                None,
+                &[
+                    ("PUT", "/v1/catalog/register", external, 200, "true"),
+                    ("PUT", "/v1/internal/berth/heartbeat", beat, 200, "true"),
+                    (
+                        "GET",
+                        "/v1/health/service/postgres?passing",
+                        "",
+                        200,
+                        r#"~"Node":"extdb""#,
+                    ),
+                ],
+            )
+            .await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            h.table(None, &[
+                ("GET", "/v1/health/service/postgres?passing", "", 200, r#"~"Node":"extdb""#),
+                ("GET", "/v1/health/node/extdb", "", 200, "[]"),
+                ("GET", "/v1/health/node/w1", "", 200, r#"~"Status":"critical","Notes":"","Output":"Agent not live or unreachable""#),
+            ]).await;
+            let members = h.json("/v1/agent/members").await;
+            let names: Vec<&str> = members
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["Name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["node1", "w1"], "{members}");
+        }
+        drop(h);
+        writer.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn acl_rules() {
     let disabled = H::new().await;

@@ -187,6 +187,39 @@ async fn agent_service_and_check_rules() {
     .await;
 }
 
+/// TTL checks ignore `FailuresBeforeCritical` and `SuccessBeforePassing` (Consul's CheckTTL has
+/// no StatusHandler): an update applies at once and expiry is critical at once.
+#[tokio::test(start_paused = true)]
+async fn ttl_checks_ignore_thresholds() {
+    let h = H::new().await;
+    let reg = r#"{"Name":"ttlfbc","Check":{"TTL":"2s","FailuresBeforeCritical":3,"SuccessBeforePassing":3}}"#;
+    h.table(
+        None,
+        &[
+            ("PUT", "/v1/agent/service/register", reg, 200, ""),
+            (
+                "PUT",
+                "/v1/agent/check/pass/service:ttlfbc?note=ok",
+                "",
+                200,
+                "",
+            ),
+            (
+                "GET",
+                "/v1/agent/checks",
+                "",
+                200,
+                r#"~"Status":"passing","Notes":"","Output":"ok""#,
+            ),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.table(None, &[
+        ("GET", "/v1/agent/checks", "", 200, r#"~"Status":"critical","Notes":"","Output":"TTL expired (last output before timeout follows): ok""#),
+    ]).await;
+}
+
 #[tokio::test]
 async fn catalog_and_health_rules() {
     let h = H::new().await;

@@ -140,8 +140,12 @@ impl CheckRunner {
     pub fn start(&self, spec: CheckSpec) -> Result<(), CheckError> {
         self.validate(&spec.kind)?;
         let cancel = self.shutdown.child_token();
-        let handler =
-            StatusHandler::new(spec.success_before_passing, spec.failures_before_critical);
+        // Consul's CheckTTL has no StatusHandler: a TTL check's status is what its client last
+        // set, and expiry turns it critical at once, whatever the thresholds say.
+        let handler = match spec.kind {
+            CheckKind::Ttl(_) => StatusHandler::default(),
+            _ => StatusHandler::new(spec.success_before_passing, spec.failures_before_critical),
+        };
         let reporter = Reporter {
             id: spec.id.clone(),
             tx: self.results.clone(),
@@ -337,15 +341,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn ttl_thresholds_and_errors() {
+    async fn ttl_checks_ignore_thresholds_and_reject_errors() {
         let (runner, mut rx) = CheckRunner::new(false, CancellationToken::new());
         let mut spec = ttl_spec("t", 30);
         spec.success_before_passing = 2;
+        spec.failures_before_critical = 3;
         runner.start(spec).unwrap();
+        let start = Instant::now();
         runner.ttl_update("t", Health::Passing, "1".into()).unwrap();
-        runner.ttl_update("t", Health::Passing, "2".into()).unwrap();
         let r = rx.recv().await.unwrap();
-        assert_eq!(r.output, "2");
+        assert_eq!((r.status, r.output.as_str()), (Health::Passing, "1"));
+        // Expiry is critical at once: FailuresBeforeCritical does not delay it.
+        let expired = tokio::time::timeout(Duration::from_secs(3600), rx.recv())
+            .await
+            .expect("the TTL expiry is reported")
+            .unwrap();
+        assert_eq!(
+            (expired.status, expired.output.as_str()),
+            (
+                Health::Critical,
+                "TTL expired (last output before timeout follows): 1"
+            )
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
         assert_eq!(
             runner.ttl_update("nope", Health::Passing, String::new()),
             Err(CheckError::Unknown("nope".into()))

@@ -546,7 +546,8 @@ impl LocalAgent {
                 node: self.node.clone(),
                 id: check_id.clone(),
                 name: "Service Maintenance Mode".into(),
-                status: CheckStatus::Maintenance,
+                // Consul's check is critical; `maintenance` is only an aggregated status.
+                status: CheckStatus::Critical,
                 notes,
                 service_id: service.id.clone(),
                 service_name: service.name.clone(),
@@ -583,7 +584,9 @@ impl LocalAgent {
         )
     }
 
-    /// Aggregated status of the services matching `pick`, or `None` if none match.
+    /// Aggregated status of the services matching `pick`, or `None` if none match. As in
+    /// Consul's `AggregatedStatus`, a maintenance check (told by its id) makes it `maintenance`;
+    /// otherwise it is the worst status of the service's and the node's checks.
     pub(crate) fn service_health(
         &self,
         pick: impl Fn(&Service) -> bool,
@@ -598,7 +601,13 @@ impl LocalAgent {
                     .checks
                     .values()
                     .filter(|c| c.check.service_id == s.id || c.check.service_id.is_empty())
-                    .map(|c| c.check.status)
+                    .map(|c| {
+                        if is_maintenance_check(&c.check.id) {
+                            CheckStatus::Maintenance
+                        } else {
+                            c.check.status
+                        }
+                    })
                     .fold(CheckStatus::Passing, worst);
                 (s.clone(), worst)
             })
@@ -636,6 +645,12 @@ impl LocalAgent {
     pub async fn close(&self) {
         self.runner.close().await;
     }
+}
+
+/// Consul's node (`_node_maintenance`) and service (`_service_maintenance:<id>`) maintenance
+/// check ids.
+fn is_maintenance_check(id: &str) -> bool {
+    id == "_node_maintenance" || id.starts_with("_service_maintenance:")
 }
 
 /// Orders statuses by badness: maintenance and critical are worst.

@@ -147,7 +147,7 @@ async fn agent_service_and_check_rules() {
         ("PUT", "/v1/agent/check/pass/service:db1:1", "", 500, r#"CheckID "service:db1:1" does not have associated TTL"#),
         ("PUT", "/v1/agent/service/maintenance/web?enable=true&reason=upgrade", "", 200, ""),
         ("GET", "/v1/agent/health/service/id/web", "", 503, r#"~"AggregatedStatus":"maintenance""#),
-        ("GET", "/v1/agent/checks", "", 200, r#"~"_service_maintenance:web":{"Node":"node1","CheckID":"_service_maintenance:web","Name":"Service Maintenance Mode","Status":"maintenance","Notes":"upgrade""#),
+        ("GET", "/v1/agent/checks", "", 200, r#"~"_service_maintenance:web":{"Node":"node1","CheckID":"_service_maintenance:web","Name":"Service Maintenance Mode","Status":"critical","Notes":"upgrade""#),
         ("PUT", "/v1/agent/service/maintenance/web?enable=false", "", 200, ""),
         ("GET", "/v1/agent/health/service/id/web", "", 200, r#"~"AggregatedStatus":"passing""#),
         ("PUT", "/v1/agent/service/maintenance/web", "", 400, "Missing value for enable"),
@@ -218,6 +218,35 @@ async fn ttl_checks_ignore_thresholds() {
     h.table(None, &[
         ("GET", "/v1/agent/checks", "", 200, r#"~"Status":"critical","Notes":"","Output":"TTL expired (last output before timeout follows): ok""#),
     ]).await;
+}
+
+/// A service in maintenance has a critical `_service_maintenance:<id>` check (Consul's); only
+/// the agent's aggregated status says `maintenance`, and the catalog takes no such status.
+#[tokio::test]
+async fn maintenance_checks_are_critical() {
+    let h = H::new().await;
+    h.table(None, &[
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"web","Check":{"TTL":"1h","Status":"passing"}}"#, 200, ""),
+        ("PUT", "/v1/agent/service/maintenance/web?enable=true&reason=upgrade", "", 200, ""),
+        ("GET", "/v1/agent/health/service/id/web", "", 503, r#"~"AggregatedStatus":"maintenance""#),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"n1","Address":"10.0.0.1","Check":{"CheckID":"m","Status":"maintenance"}}"#, 400, "Invalid check status"),
+    ]).await;
+    let critical = h
+        .until("/v1/health/state/critical", |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|c| c["CheckID"] == "_service_maintenance:web"))
+        })
+        .await;
+    let check = critical
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["CheckID"] == "_service_maintenance:web")
+        .unwrap();
+    assert_eq!(
+        (&check["Status"], &check["Notes"], &check["ServiceID"]),
+        (&"critical".into(), &"upgrade".into(), &"web".into())
+    );
 }
 
 #[tokio::test]

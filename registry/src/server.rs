@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::acl::SecretId;
-use crate::agent::LocalAgent;
 use crate::agent::sync;
+use crate::agent::{LocalAgent, LocalOptions};
 use crate::api::acl::AclStore;
 use crate::api::{self, AppState};
 use crate::members::Members;
@@ -64,6 +64,9 @@ pub struct Config {
     pub failure_timeout_ms: u64,
     /// Run script checks (`Args`) registered with this server's own agent.
     pub enable_script_checks: bool,
+    /// Milliseconds between syncs of output-only check changes of the server's own agent
+    /// (Consul's `check_update_interval`, default 5 min; status changes sync at once).
+    pub check_update_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             acl_master_token: None,
             failure_timeout_ms: 10_000,
             enable_script_checks: false,
+            check_update_interval_ms: 300_000,
         }
     }
 }
@@ -234,9 +238,13 @@ pub(crate) async fn build(
             members.seed(&n.name, &n.id, &n.address, now);
         }
     });
-    let agent = LocalAgent::new(
+    let agent = LocalAgent::with_options(
         &config.node_name,
-        config.enable_script_checks,
+        LocalOptions {
+            enable_script_checks: config.enable_script_checks,
+            check_update_interval: Duration::from_millis(config.check_update_interval_ms),
+            file: None,
+        },
         shutdown.clone(),
     );
     let state = Arc::new(AppState {

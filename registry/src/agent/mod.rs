@@ -10,5 +10,5 @@ mod run;
 pub(crate) mod sync;
 
 pub(crate) use local::worst;
-pub use local::{AgentError, LocalAgent};
+pub use local::{AgentError, DEFAULT_CHECK_UPDATE_INTERVAL, LocalAgent, LocalOptions};
 pub use run::{AgentConfig, AgentRunError, run_agent};

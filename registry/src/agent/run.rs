@@ -15,7 +15,7 @@ use futures::TryStreamExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::local::LocalAgent;
+use super::local::{LocalAgent, LocalOptions};
 use super::sync::{self, NodeSpec, Target};
 use crate::api::agent_local::{self, AgentApi};
 use crate::api::internal::{Heartbeat, agent_node};
@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub sync_interval: Duration,
     /// Period of heartbeats to the server.
     pub heartbeat_interval: Duration,
+    /// Output-only check changes are synced at most this often (status changes at once).
+    pub check_update_interval: Duration,
     /// Where registered services and checks are kept across restarts (`None`: memory only).
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -57,6 +59,7 @@ impl AgentConfig {
             enable_script_checks: false,
             sync_interval: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
+            check_update_interval: super::local::DEFAULT_CHECK_UPDATE_INTERVAL,
             data_dir: None,
         }
     }
@@ -152,15 +155,15 @@ pub async fn run_agent(
     if let Some(dir) = &config.data_dir {
         std::fs::create_dir_all(dir)?;
     }
-    let local = LocalAgent::with_file(
-        &config.node_name,
-        config.enable_script_checks,
-        tasks.clone(),
-        config
+    let options = LocalOptions {
+        enable_script_checks: config.enable_script_checks,
+        check_update_interval: config.check_update_interval,
+        file: config
             .data_dir
             .as_ref()
             .map(|d| d.join("agent-services.json")),
-    );
+    };
+    let local = LocalAgent::with_options(&config.node_name, options, tasks.clone());
     let shared = Arc::new(AgentShared {
         proxy: Proxy {
             http: reqwest::Client::builder()

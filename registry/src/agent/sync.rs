@@ -5,7 +5,7 @@
 //! register what is missing or different, deregister what the catalog has and the agent does
 //! not. It runs after every local change and every `interval` to repair drift both ways.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,22 +218,15 @@ fn same_service(a: &Service, b: &Service) -> bool {
     )
 }
 
-fn same_check(a: &Check, b: &Check) -> bool {
-    (
-        &a.name,
-        a.status,
-        &a.output,
-        &a.notes,
-        &a.service_id,
-        &a.check_type,
-    ) == (
-        &b.name,
-        b.status,
-        &b.output,
-        &b.notes,
-        &b.service_id,
-        &b.check_type,
-    )
+/// Whether the catalog's check `a` matches the local `b`; the output is left out while an
+/// output-only change waits for `check_update_interval`.
+fn same_check(a: &Check, b: &Check, deferred: &BTreeSet<String>) -> bool {
+    (deferred.contains(&b.id) || a.output == b.output) && same_check_but_output(a, b)
+}
+
+fn same_check_but_output(a: &Check, b: &Check) -> bool {
+    (&a.name, a.status, &a.notes, &a.service_id, &a.check_type)
+        == (&b.name, b.status, &b.notes, &b.service_id, &b.check_type)
 }
 
 /// How this agent's node should look in the catalog.
@@ -379,7 +372,7 @@ pub(crate) async fn sync_once(
     full: bool,
 ) -> Result<Round, SyncError> {
     let name = spec.node.name.clone();
-    let (services, checks) = local.snapshot();
+    let (services, checks, deferred) = local.sync_snapshot();
     let remote = target.read(&name).await?;
     let node_ok = spec.skip_node_update
         || remote.node.as_ref().is_some_and(|n| {
@@ -410,9 +403,11 @@ pub(crate) async fn sync_once(
         let service_same = rservices
             .get(s.id.as_str())
             .is_some_and(|r| same_service(r, s));
-        let checks_same = own
-            .iter()
-            .all(|c| rchecks.get(c.id.as_str()).is_some_and(|r| same_check(r, c)));
+        let checks_same = own.iter().all(|c| {
+            rchecks
+                .get(c.id.as_str())
+                .is_some_and(|r| same_check(r, c, &deferred))
+        });
         if node_ok && service_same && checks_same {
             continue;
         }
@@ -430,9 +425,11 @@ pub(crate) async fn sync_once(
         .filter(|c| c.service_id.is_empty())
         .cloned()
         .collect();
-    let node_checks_same = node_checks
-        .iter()
-        .all(|c| rchecks.get(c.id.as_str()).is_some_and(|r| same_check(r, c)));
+    let node_checks_same = node_checks.iter().all(|c| {
+        rchecks
+            .get(c.id.as_str())
+            .is_some_and(|r| same_check(r, c, &deferred))
+    });
     if !node_checks_same || (!node_ok && !node_written) {
         let reg = registration(None, node_checks);
         pending.push(Item::Node);
@@ -657,6 +654,71 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(done, Round::default());
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_only_changes_wait_for_the_check_update_interval() {
+        use crate::agent::LocalOptions;
+        use crate::checks::Health;
+        let stop = CancellationToken::new();
+        let (store, _writer) = Store::open(None, stop.clone()).unwrap();
+        let target = Target::Store(store.clone());
+        let options = LocalOptions {
+            check_update_interval: Duration::from_secs(60),
+            ..LocalOptions::default()
+        };
+        let local = LocalAgent::with_options("n1", options, stop.clone());
+        let reg = serde_json::json!({"Name": "web", "Check": {"TTL": "1h"}});
+        local
+            .register_service(serde_json::from_value(reg).unwrap(), false)
+            .unwrap();
+        let spec = NodeSpec {
+            node: agent_node("n1", &uuid::Uuid::new_v4().to_string(), "127.0.0.1", "dc1"),
+            protected_services: vec![],
+            skip_node_update: false,
+        };
+        let mut refused = Refused::default();
+        let mut sync = async || {
+            sync_once(&local, &target, &spec, &mut refused, true)
+                .await
+                .unwrap()
+                .writes
+        };
+        let catalog = || {
+            store.read(|s| {
+                let c = &s.checks[&("n1".to_owned(), "service:web".to_owned())];
+                (c.status.as_str(), c.output.clone())
+            })
+        };
+        let id = "service:web";
+        let mut changes = local.subscribe();
+        assert_eq!(sync().await, 1);
+        changes.borrow_and_update();
+        // A status change syncs at once.
+        local.update_ttl(id, Health::Passing, "a".into()).unwrap();
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(sync().await, 1);
+        assert_eq!(catalog(), ("passing", "a".to_owned()));
+        changes.borrow_and_update();
+        // Output alone: no trigger, and even a full round leaves the catalog's output alone.
+        local.update_ttl(id, Health::Passing, "b".into()).unwrap();
+        assert!(!changes.has_changed().unwrap());
+        assert_eq!(sync().await, 0);
+        assert_eq!(catalog(), ("passing", "a".to_owned()));
+        // A status change in the meantime goes out at once, with the current output.
+        local.update_ttl(id, Health::Warning, "c".into()).unwrap();
+        assert_eq!(sync().await, 1);
+        assert_eq!(catalog(), ("warning", "c".to_owned()));
+        changes.borrow_and_update();
+        local.update_ttl(id, Health::Warning, "d".into()).unwrap();
+        assert!(!changes.has_changed().unwrap());
+        // The interval (counted from the first deferred change) ends: the output goes out.
+        let start = tokio::time::Instant::now();
+        changes.changed().await.unwrap();
+        assert!(start.elapsed() <= Duration::from_secs(60));
+        assert_eq!(sync().await, 1);
+        assert_eq!(catalog(), ("warning", "d".to_owned()));
         stop.cancel();
     }
 

@@ -271,6 +271,8 @@ pub(crate) async fn build(
         sync::Target::Store(store),
         spec,
         Duration::from_secs(60),
+        // The server's own node is always its member.
+        tokio::sync::watch::Sender::new(true).subscribe(),
         shutdown.clone(),
     ));
     tokio::spawn(sync::run_reaper(agent, shutdown.clone()));

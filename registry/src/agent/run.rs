@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures::TryStreamExt as _;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::local::{LocalAgent, LocalOptions};
@@ -43,7 +45,8 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// Output-only check changes are synced at most this often (status changes at once).
     pub check_update_interval: Duration,
-    /// Where registered services and checks are kept across restarts (`None`: memory only).
+    /// Where the node ID and registered services and checks are kept across restarts
+    /// (`None`: memory only, a new node ID at each start).
     pub data_dir: Option<std::path::PathBuf>,
 }
 
@@ -85,6 +88,9 @@ pub enum AgentRunError {
     /// Serving failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    /// The node ID cannot be kept in the data directory.
+    #[error(transparent)]
+    NodeId(#[from] super::node_id::NodeIdError),
 }
 
 struct Proxy {
@@ -102,6 +108,10 @@ struct AgentShared {
     advertise: String,
     port: u16,
     shutdown: CancellationToken,
+    /// Whether the server took this agent's last heartbeat (false while another live agent
+    /// holds the node name); anti-entropy and the leave wait for it.
+    admitted: watch::Sender<bool>,
+    in_conflict: AtomicBool,
 }
 
 /// Runs an agent on `listener` until `shutdown`; on shutdown it leaves the cluster gracefully.
@@ -121,20 +131,11 @@ pub async fn run_agent(
         } else {
             local_addr.ip()
         });
-    // First contact: the server's datacenter and any node id this node had before.
-    let (datacenter, node_id) = loop {
-        let attempt = async {
-            let me = client.agent_self().await?;
-            let known = client.catalog_node(&config.node_name).await?;
-            Ok::<_, crate::client::ClientError>((me.config.datacenter, known.map(|n| n.node.id)))
-        };
-        match attempt.await {
-            Ok((dc, id)) => {
-                let id = id
-                    .filter(|i| !i.is_empty())
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                break (dc, id);
-            }
+    let node_id = super::node_id::load_or_create(config.data_dir.as_deref())?;
+    // First contact: the server's datacenter.
+    let datacenter = loop {
+        match client.agent_self().await {
+            Ok(me) => break me.config.datacenter,
             Err(e) if config.retry_join => {
                 tracing::warn!(server = %server, cause = %e, "join failed; retrying");
                 tokio::select! {
@@ -150,7 +151,7 @@ pub async fn run_agent(
             }
         }
     };
-    tracing::info!(server = %server, node = %config.node_name, "joined");
+    tracing::info!(server = %server, node = %config.node_name, node_id = %node_id, "server reached");
     let tasks = CancellationToken::new();
     if let Some(dir) = &config.data_dir {
         std::fs::create_dir_all(dir)?;
@@ -180,6 +181,8 @@ pub async fn run_agent(
         advertise: advertise.to_string(),
         port: local_addr.port(),
         shutdown: shutdown.clone(),
+        admitted: watch::Sender::new(false),
+        in_conflict: AtomicBool::new(false),
     });
     heartbeat(&shared).await;
     let spec = NodeSpec {
@@ -197,6 +200,7 @@ pub async fn run_agent(
         Target::Remote(client),
         spec,
         config.sync_interval,
+        shared.admitted.subscribe(),
         tasks.clone(),
     ));
     let reaper = tokio::spawn(sync::run_reaper(local.clone(), tasks.clone()));
@@ -210,7 +214,10 @@ pub async fn run_agent(
     tasks.cancel();
     let _ = tokio::join!(sync_task, reaper, beats);
     local.close().await;
-    leave(&shared).await;
+    // A refused duplicate must not deregister the live agent's node.
+    if *shared.admitted.borrow() {
+        leave(&shared).await;
+    }
     served?;
     Ok(())
 }
@@ -310,7 +317,23 @@ fn beat_body(s: &AgentShared) -> Heartbeat {
     }
 }
 
-async fn internal(s: &AgentShared, path: &str) -> Result<(), String> {
+/// Why the server did not take a heartbeat or leave.
+enum Refused {
+    /// 409: another live agent has this node name.
+    Conflict(String),
+    /// Anything else (unreachable, ACLs, ...).
+    Failed(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conflict(text) | Self::Failed(text) => f.write_str(text),
+        }
+    }
+}
+
+async fn internal(s: &AgentShared, path: &str) -> Result<(), Refused> {
     let mut req = s
         .proxy
         .http
@@ -323,21 +346,41 @@ async fn internal(s: &AgentShared, path: &str) -> Result<(), String> {
     let resp = req
         .send()
         .await
-        .map_err(|e| crate::client::redact_url(e).to_string())?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        ))
+        .map_err(|e| Refused::Failed(crate::client::redact_url(e).to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
     }
+    let text = format!("{status}: {}", resp.text().await.unwrap_or_default());
+    Err(if status == StatusCode::CONFLICT {
+        Refused::Conflict(text)
+    } else {
+        Refused::Failed(text)
+    })
 }
 
+/// One heartbeat. A name conflict is logged when it starts and when it ends; the agent keeps
+/// heartbeating and is let in once the other agent with its node name leaves or fails.
 async fn heartbeat(s: &AgentShared) {
-    if let Err(e) = internal(s, "/v1/internal/berth/heartbeat").await {
-        tracing::warn!(cause = %e, "heartbeat failed");
+    match internal(s, "/v1/internal/berth/heartbeat").await {
+        Ok(()) => {
+            if !s.admitted.send_replace(true) {
+                tracing::info!(node = %s.config.node_name, "joined");
+            }
+            s.in_conflict.store(false, Ordering::Relaxed);
+        }
+        Err(Refused::Conflict(text)) => {
+            s.admitted.send_replace(false);
+            if !s.in_conflict.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    node = %s.config.node_name,
+                    cause = %text,
+                    "node name conflict: another live agent uses this node name; not syncing \
+                     until it leaves or fails (retrying every heartbeat)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(cause = %e, "heartbeat failed"),
     }
 }
 

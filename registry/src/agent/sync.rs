@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::local::LocalAgent;
@@ -491,11 +492,14 @@ fn backoff(failures: u32, cap: Duration) -> Duration {
 
 /// Runs anti-entropy until `shutdown`: after each local change and every `interval` (a full
 /// round, which also retries refused writes); a failed round is retried with a doubling delay.
+/// Rounds run only while `admitted` holds (the server took the agent's heartbeat; another live
+/// agent with the same node name must not have its services replaced).
 pub(crate) async fn run(
     local: Arc<LocalAgent>,
     target: Target,
     spec: NodeSpec,
     interval: Duration,
+    mut admitted: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     let mut changes = local.subscribe();
@@ -503,6 +507,13 @@ pub(crate) async fn run(
     let mut failures = 0u32;
     let mut full = true;
     loop {
+        if !*admitted.borrow_and_update() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                ok = admitted.wait_for(|a| *a) => if ok.is_err() { return },
+            }
+            full = true;
+        }
         changes.borrow_and_update();
         let wait = match sync_once(&local, &target, &spec, &mut refused, full).await {
             Ok(_) => {

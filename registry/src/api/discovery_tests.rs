@@ -510,6 +510,31 @@ async fn silent_nodes_fail_their_sessions_end_and_leave_removes_them() {
     .await;
 }
 
+/// A second agent with a live member's node name but another node ID is refused (409) until
+/// the first fails; its leave cannot remove the live node.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_node_name_is_refused_while_the_first_lives() {
+    let mut config = Config::dev("node1");
+    config.failure_timeout_ms = 5_000;
+    let h = H::with(config).await;
+    let first = r#"{"Node":"w1","ID":"11111111-2222-3333-4444-555555555555","Address":"127.0.0.9","Port":8500}"#;
+    let second = r#"{"Node":"w1","ID":"66666666-7777-8888-9999-000000000000","Address":"127.0.0.10","Port":8500}"#;
+    h.table(None, &[
+        ("PUT", "/v1/internal/berth/heartbeat", first, 200, "true"),
+        ("PUT", "/v1/internal/berth/heartbeat", second, 409, r#"node name "w1" is in use by a live agent at 127.0.0.9 with another node ID; stop one of the two agents or give this one another node name (it is let in once the other leaves or fails)"#),
+        ("PUT", "/v1/internal/berth/leave", second, 409, "~is in use by a live agent"),
+        ("GET", "/v1/catalog/node/w1", "", 200, r#"~"Address":"127.0.0.9""#),
+        ("GET", "/v1/health/node/w1", "", 200, r#"~"Status":"passing""#),
+    ]).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    h.table(None, &[
+        ("GET", "/v1/health/node/w1", "", 200, r#"~"Status":"critical""#),
+        ("PUT", "/v1/internal/berth/heartbeat", second, 200, "true"),
+        ("GET", "/v1/catalog/node/w1", "", 200, r#"~"ID":"66666666-7777-8888-9999-000000000000","Node":"w1","Address":"127.0.0.10""#),
+        ("GET", "/v1/health/node/w1", "", 200, r#"~"Status":"passing""#),
+    ]).await;
+}
+
 /// A durable server restart seeds only agents' nodes as members: a node registered straight
 /// into the catalog (no agent, no `serfHealth`) stays passing, an agent that does not come back
 /// fails.

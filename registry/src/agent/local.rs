@@ -455,6 +455,8 @@ impl LocalAgent {
                     .unwrap_or_else(|| "GET".into()),
                 headers,
                 body: def.body.clone().unwrap_or_default(),
+                tls_skip_verify: def.tls_skip_verify.unwrap_or(false),
+                tls_server_name: def.tls_server_name.clone().filter(|n| !n.is_empty()),
             };
             (
                 Some(CheckKind::Http {

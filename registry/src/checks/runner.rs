@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::probe::{self, HttpProbe};
+use super::probe::{self, HttpClient, HttpProbe};
 use super::{CheckError, Health, StatusHandler};
 
 /// Shortest interval Consul allows; shorter ones are raised to it.
@@ -91,7 +91,6 @@ struct Running {
 pub struct CheckRunner {
     running: Arc<Mutex<HashMap<String, Running>>>,
     results: mpsc::UnboundedSender<CheckResult>,
-    http: reqwest::Client,
     enable_script_checks: bool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -108,7 +107,6 @@ impl CheckRunner {
         let runner = Self {
             running: Arc::default(),
             results: tx,
-            http: reqwest::Client::new(),
             enable_script_checks,
             shutdown,
             tasks: TaskTracker::new(),
@@ -159,7 +157,12 @@ impl CheckRunner {
                 Some(tx)
             }
             kind => {
-                let http = self.http.clone();
+                let http = match &kind {
+                    CheckKind::Http { probe, .. } => {
+                        Some(HttpClient::new(probe).map_err(CheckError::Invalid)?)
+                    }
+                    _ => None,
+                };
                 self.tasks
                     .spawn(interval_task(kind, http, reporter, cancel.clone()));
                 None
@@ -259,7 +262,7 @@ async fn ttl_task(
 
 async fn interval_task(
     kind: CheckKind,
-    http: reqwest::Client,
+    http: Option<HttpClient>,
     mut reporter: Reporter,
     cancel: CancellationToken,
 ) {
@@ -280,7 +283,10 @@ async fn interval_task(
     loop {
         let run = async {
             match &kind {
-                CheckKind::Http { probe, .. } => probe::http(&http, probe, timeout).await,
+                CheckKind::Http { probe, .. } => match &http {
+                    Some(client) => probe::http(client, probe, timeout).await,
+                    None => unreachable!("http checks get a client in start"),
+                },
                 CheckKind::Tcp { addr, .. } => probe::tcp(addr, timeout).await,
                 CheckKind::Script { args, .. } => probe::script(args, timeout).await,
                 CheckKind::Ttl(_) => unreachable!("ttl checks run in ttl_task"),

@@ -108,8 +108,9 @@ struct AgentShared {
     advertise: String,
     port: u16,
     shutdown: CancellationToken,
-    /// Whether the server took this agent's last heartbeat (false while another live agent
-    /// holds the node name); anti-entropy and the leave wait for it.
+    /// False while the server refuses this agent's heartbeats because another live agent holds
+    /// the node name (other heartbeat failures leave it alone); anti-entropy and the leave wait
+    /// for it. The first heartbeat is answered before anti-entropy starts.
     admitted: watch::Sender<bool>,
     in_conflict: AtomicBool,
 }
@@ -151,7 +152,7 @@ pub async fn run_agent(
             }
         }
     };
-    tracing::info!(server = %server, node = %config.node_name, node_id = %node_id, "server reached");
+    tracing::info!(server = %server, node = %config.node_name, node_id = %node_id, "joined");
     let tasks = CancellationToken::new();
     if let Some(dir) = &config.data_dir {
         std::fs::create_dir_all(dir)?;
@@ -181,7 +182,7 @@ pub async fn run_agent(
         advertise: advertise.to_string(),
         port: local_addr.port(),
         shutdown: shutdown.clone(),
-        admitted: watch::Sender::new(false),
+        admitted: watch::Sender::new(true),
         in_conflict: AtomicBool::new(false),
     });
     heartbeat(&shared).await;
@@ -364,10 +365,10 @@ async fn internal(s: &AgentShared, path: &str) -> Result<(), Refused> {
 async fn heartbeat(s: &AgentShared) {
     match internal(s, "/v1/internal/berth/heartbeat").await {
         Ok(()) => {
-            if !s.admitted.send_replace(true) {
-                tracing::info!(node = %s.config.node_name, "joined");
+            s.admitted.send_replace(true);
+            if s.in_conflict.swap(false, Ordering::Relaxed) {
+                tracing::info!(node = %s.config.node_name, "node name conflict over; syncing");
             }
-            s.in_conflict.store(false, Ordering::Relaxed);
         }
         Err(Refused::Conflict(text)) => {
             s.admitted.send_replace(false);

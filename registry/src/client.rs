@@ -322,7 +322,7 @@ impl Client {
             .pool_max_idle_per_host(128)
             .tcp_nodelay(true)
             .build()
-            .map_err(ClientError::Unreachable)?;
+            .map_err(|err| ClientError::Unreachable(redact_url(err)))?;
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
@@ -351,7 +351,10 @@ impl Client {
     }
 
     async fn send(builder: RequestBuilder) -> Result<Response, ClientError> {
-        builder.send().await.map_err(ClientError::Unreachable)
+        builder
+            .send()
+            .await
+            .map_err(|err| ClientError::Unreachable(redact_url(err)))
     }
 
     /// Sends and returns the response if 2xx, else a `Status` error.
@@ -831,6 +834,18 @@ fn index_of(response: &Response) -> u64 {
         .unwrap_or(0)
 }
 
+/// Drops the query string and any user info from the URL a `reqwest::Error` carries (its
+/// `Display` prints the URL): a `?token=` or a password must never reach a log line.
+pub(crate) fn redact_url(mut err: reqwest::Error) -> reqwest::Error {
+    if let Some(url) = err.url_mut() {
+        url.set_query(None);
+        // Both only fail for URLs that cannot carry user info, which then have none.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    err
+}
+
 async fn status_error(response: Response) -> ClientError {
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();
@@ -838,6 +853,32 @@ async fn status_error(response: Response) -> ClientError {
 }
 
 async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ClientError> {
-    let bytes = response.bytes().await.map_err(ClientError::Unreachable)?;
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|err| ClientError::Unreachable(redact_url(err)))?;
     serde_json::from_slice(&bytes).map_err(|err| ClientError::Decode(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unreachable_errors_name_no_query_or_password() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let err = reqwest::Client::new()
+            .get(format!(
+                "http://user:pw@{addr}/v1/kv/a?token=s3cret&recurse"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("s3cret"), "premise: {err}");
+        let text = ClientError::Unreachable(redact_url(err)).to_string();
+        assert!(text.contains(&format!("{addr}/v1/kv/a")), "{text}");
+        assert!(!text.contains("s3cret") && !text.contains("pw@"), "{text}");
+    }
 }

@@ -450,6 +450,12 @@ pub struct AgentCheckRegistration {
         skip_serializing_if = "Option::is_none"
     )]
     pub tls_skip_verify: Option<bool>,
+    #[serde(
+        default,
+        rename = "TLSServerName",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_server_name: Option<String>,
     #[serde(default, rename = "TCP", skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

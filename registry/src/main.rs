@@ -76,6 +76,10 @@ struct AgentArgs {
     /// Period of heartbeats to the server.
     #[arg(long, env = "BERTH_AGENT_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat_interval: std::time::Duration,
+    /// A check whose output changes but not its status is synced at most this often (status
+    /// changes sync at once); 0s syncs every output change.
+    #[arg(long, env = "BERTH_AGENT_CHECK_UPDATE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    check_update_interval: std::time::Duration,
 }
 
 impl AgentArgs {
@@ -89,6 +93,7 @@ impl AgentArgs {
         config.enable_script_checks = self.enable_script_checks;
         config.sync_interval = self.sync_interval;
         config.heartbeat_interval = self.heartbeat_interval;
+        config.check_update_interval = self.check_update_interval;
         config.data_dir = self.data_dir;
         config.token = secret(self.token, self.token_file)?;
         config.default_token = secret(self.default_token, self.default_token_file)?;
@@ -148,6 +153,9 @@ struct ServerArgs {
     /// Allow script checks (`Args`) on the server's own agent.
     #[arg(long, env = "BERTH_REGISTRY_ENABLE_SCRIPT_CHECKS")]
     enable_script_checks: bool,
+    /// The server's own agent syncs output-only check changes at most this often [default: 5m].
+    #[arg(long, env = "BERTH_REGISTRY_CHECK_UPDATE_INTERVAL", value_parser = humantime::parse_duration)]
+    check_update_interval: Option<std::time::Duration>,
 }
 
 impl ServerArgs {
@@ -177,6 +185,10 @@ impl ServerArgs {
         config.enable_script_checks |= self.enable_script_checks;
         if let Some(timeout) = self.failure_timeout {
             config.failure_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        }
+        if let Some(interval) = self.check_update_interval {
+            config.check_update_interval_ms =
+                u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         }
         if let Some(token) = self.acl_master_token {
             config.acl_master_token = Some(AclToken::new(token));

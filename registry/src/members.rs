@@ -39,6 +39,19 @@ pub(crate) struct Members {
     pub(crate) failure_timeout: Duration,
 }
 
+/// A heartbeat or leave naming a live member with another node id: a second agent started
+/// with the same node name (Serf's name conflict). Refused until that member fails or leaves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "node name {name:?} is in use by a live agent at {addr} with another node ID; stop one of \
+     the two agents or give this one another node name (it is let in once the other leaves or \
+     fails)"
+)]
+pub(crate) struct NameConflict {
+    pub(crate) name: String,
+    pub(crate) addr: String,
+}
+
 /// What a heartbeat changed.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Beat {
@@ -60,7 +73,7 @@ impl Members {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a heartbeat.
+    /// Records a heartbeat; refuses one from another node id while the member is alive.
     pub(crate) fn heartbeat(
         &self,
         name: &str,
@@ -68,8 +81,11 @@ impl Members {
         addr: &str,
         port: u16,
         now: Instant,
-    ) -> Beat {
+    ) -> Result<Beat, NameConflict> {
         let mut members = self.lock();
+        if let Some(m) = members.get(name) {
+            conflict(m, id)?;
+        }
         let entry = members.entry(name.to_owned()).or_insert_with(|| Member {
             name: name.to_owned(),
             id: id.to_owned(),
@@ -84,7 +100,7 @@ impl Members {
         entry.addr = addr.to_owned();
         entry.id = id.to_owned();
         entry.port = port;
-        if revived { Beat::Revived } else { Beat::Steady }
+        Ok(if revived { Beat::Revived } else { Beat::Steady })
     }
 
     /// Adds a node known from the catalog (after a server restart) as alive from `now`, so it
@@ -102,11 +118,13 @@ impl Members {
             });
     }
 
-    /// Marks a member left.
-    pub(crate) fn leave(&self, name: &str) {
+    /// Marks a member left; refuses a leave from another node id while the member is alive.
+    pub(crate) fn leave(&self, name: &str, id: &str) -> Result<(), NameConflict> {
         if let Some(m) = self.lock().get_mut(name) {
+            conflict(m, id)?;
             m.status = MemberStatus::Left;
         }
+        Ok(())
     }
 
     /// Alive members silent for longer than the failure timeout become failed; returns them.
@@ -128,6 +146,16 @@ impl Members {
     }
 }
 
+fn conflict(member: &Member, id: &str) -> Result<(), NameConflict> {
+    if member.status == MemberStatus::Alive && member.id != id {
+        return Err(NameConflict {
+            name: member.name.clone(),
+            addr: member.addr.clone(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,8 +164,14 @@ mod tests {
     async fn silent_members_fail_and_come_back() {
         let m = Members::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        assert_eq!(m.heartbeat("a", "id", "127.0.0.2", 8500, t0), Beat::Revived);
-        assert_eq!(m.heartbeat("a", "id", "127.0.0.2", 8500, t0), Beat::Steady);
+        assert_eq!(
+            m.heartbeat("a", "id", "127.0.0.2", 8500, t0),
+            Ok(Beat::Revived)
+        );
+        assert_eq!(
+            m.heartbeat("a", "id", "127.0.0.2", 8500, t0),
+            Ok(Beat::Steady)
+        );
         assert!(m.expire(t0 + Duration::from_secs(10)).is_empty());
         let failed = m.expire(t0 + Duration::from_secs(11));
         assert_eq!(failed.len(), 1);
@@ -145,10 +179,45 @@ mod tests {
         assert!(m.expire(t0 + Duration::from_secs(30)).is_empty());
         assert_eq!(
             m.heartbeat("a", "id", "127.0.0.2", 8500, t0 + Duration::from_secs(31)),
-            Beat::Revived
+            Ok(Beat::Revived)
         );
-        m.leave("a");
+        m.leave("a", "id").unwrap();
         assert_eq!(m.list()[0].status, MemberStatus::Left);
         assert!(m.expire(t0 + Duration::from_secs(100)).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_node_id_is_refused_while_the_member_lives() {
+        let m = Members::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(
+            m.heartbeat("a", "one", "127.0.0.2", 1, t0),
+            Ok(Beat::Revived)
+        );
+        let refused = m.heartbeat("a", "two", "127.0.0.3", 1, t0).unwrap_err();
+        assert_eq!(
+            (refused.name.as_str(), refused.addr.as_str()),
+            ("a", "127.0.0.2")
+        );
+        assert!(m.leave("a", "two").is_err());
+        assert_eq!(m.list()[0].status, MemberStatus::Alive);
+        // The same agent may move; the other is let in once the first has failed.
+        assert_eq!(
+            m.heartbeat("a", "one", "127.0.0.4", 1, t0),
+            Ok(Beat::Revived)
+        );
+        m.expire(t0 + Duration::from_secs(11));
+        let t1 = t0 + Duration::from_secs(12);
+        assert_eq!(
+            m.heartbeat("a", "two", "127.0.0.3", 1, t1),
+            Ok(Beat::Revived)
+        );
+        assert_eq!(m.list()[0].id, "two");
+        // ... or has left.
+        m.leave("a", "two").unwrap();
+        assert_eq!(
+            m.heartbeat("a", "three", "127.0.0.5", 1, t1),
+            Ok(Beat::Revived)
+        );
     }
 }

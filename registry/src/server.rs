@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::acl::SecretId;
-use crate::agent::LocalAgent;
 use crate::agent::sync;
+use crate::agent::{LocalAgent, LocalOptions};
 use crate::api::acl::AclStore;
 use crate::api::{self, AppState};
 use crate::members::Members;
@@ -64,6 +64,9 @@ pub struct Config {
     pub failure_timeout_ms: u64,
     /// Run script checks (`Args`) registered with this server's own agent.
     pub enable_script_checks: bool,
+    /// Milliseconds between syncs of output-only check changes of the server's own agent
+    /// (Consul's `check_update_interval`, default 5 min; status changes sync at once).
+    pub check_update_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             acl_master_token: None,
             failure_timeout_ms: 10_000,
             enable_script_checks: false,
+            check_update_interval_ms: 300_000,
         }
     }
 }
@@ -222,14 +226,25 @@ pub(crate) async fn build(
     };
     let members = Members::new(Duration::from_millis(config.failure_timeout_ms));
     let now = tokio::time::Instant::now();
+    // Only agents' nodes are members (they carry the server-owned `serfHealth`); nodes
+    // registered straight into the catalog have no agent and must not fail for lack of one.
     store.read(|s| {
-        for n in s.nodes.values().filter(|n| n.name != config.node_name) {
+        let agent_nodes = s.nodes.values().filter(|n| {
+            n.name != config.node_name
+                && s.checks
+                    .contains_key(&(n.name.clone(), sync::SERF_HEALTH.to_owned()))
+        });
+        for n in agent_nodes {
             members.seed(&n.name, &n.id, &n.address, now);
         }
     });
-    let agent = LocalAgent::new(
+    let agent = LocalAgent::with_options(
         &config.node_name,
-        config.enable_script_checks,
+        LocalOptions {
+            enable_script_checks: config.enable_script_checks,
+            check_update_interval: Duration::from_millis(config.check_update_interval_ms),
+            file: None,
+        },
         shutdown.clone(),
     );
     let state = Arc::new(AppState {
@@ -256,6 +271,8 @@ pub(crate) async fn build(
         sync::Target::Store(store),
         spec,
         Duration::from_secs(60),
+        // The server's own node is always its member.
+        tokio::sync::watch::Sender::new(true).subscribe(),
         shutdown.clone(),
     ));
     tokio::spawn(sync::run_reaper(agent, shutdown.clone()));

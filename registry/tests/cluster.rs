@@ -317,7 +317,11 @@ async fn agents_join_fail_and_return() {
         .await;
     assert!(lock[0].get("Session").is_none(), "lock released: {lock}");
 
-    // Restart host2 on the same address and data dir: everything returns, once.
+    // Restart host2 on the same address and data dir: everything returns, once, under the
+    // node ID kept in its data dir.
+    let (_, before, _) = http
+        .call("GET", &format!("{server}/v1/catalog/node/host2"), None)
+        .await;
     agents[1] = Some(start_agent(2, urls[1].1, &server, dir.path()));
     http.until(
         &format!("{server}/v1/health/service/api?passing"),
@@ -336,6 +340,10 @@ async fn agents_join_fail_and_return() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, ["api-1", "api-2", "api-3"]);
+    let (_, after, _) = http
+        .call("GET", &format!("{server}/v1/catalog/node/host2"), None)
+        .await;
+    assert_eq!(after["Node"]["ID"], before["Node"]["ID"]);
     let (_, nodes, _) = http
         .call("GET", &format!("{server}/v1/catalog/nodes"), None)
         .await;
@@ -712,4 +720,188 @@ async fn agents_of_a_server_without_acls_serve_while_it_is_down() {
         .call_as(None, "GET", &format!("{agent}/v1/agent/services"), None)
         .await;
     assert!(a.body.get("web").is_some(), "{}", a.body);
+}
+
+/// A request forwarded by an agent whose server is gone answers 502, and the agent's log line
+/// about it names the path but never the `?token=` it carried.
+#[tokio::test]
+async fn forwarding_failures_do_not_log_query_tokens() {
+    const SECRET: &str = "SUPERSECRET-QUERY-TOKEN";
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sport = free_port("127.0.0.1");
+    let server = format!("http://127.0.0.1:{sport}");
+    let srv = spawn(&[
+        "server",
+        "--dev",
+        "--http-addr",
+        &format!("127.0.0.1:{sport}"),
+        "--node-name",
+        "srv",
+    ]);
+    http.ready(&server).await;
+    let ip = "127.0.0.7";
+    let port = free_port(ip);
+    let agent_url = format!("http://{ip}:{port}");
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _agent = Proc(
+        Command::new(BIN)
+            .args([
+                "agent",
+                "--join",
+                &server,
+                "--http-addr",
+                &format!("{ip}:{port}"),
+                "--node-name",
+                "tokhost",
+            ])
+            .env("RUST_LOG", "debug")
+            .stdout(log)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth-registry agent"),
+    );
+    http.ready(&agent_url).await;
+    drop(srv);
+    let (status, body, _) = http
+        .call(
+            "GET",
+            &format!("{agent_url}/v1/kv/foo?token={SECRET}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_to_string(&log_path).unwrap();
+        if text.contains("forwarding to the server failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("forwarding to the server failed") && text.contains("/v1/kv/foo"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET), "the token reached the log:\n{text}");
+}
+
+/// A second agent started with a node name a live agent already uses is refused: it logs the
+/// conflict and does not sync, the first agent's address and services stay, and the
+/// duplicate's graceful leave does not remove the node.
+#[tokio::test]
+async fn a_second_agent_with_a_live_node_name_is_refused() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sport = free_port("127.0.0.1");
+    let server = format!("http://127.0.0.1:{sport}");
+    let _srv = spawn(&[
+        "server",
+        "--dev",
+        "--http-addr",
+        &format!("127.0.0.1:{sport}"),
+        "--node-name",
+        "srv",
+    ]);
+    http.ready(&server).await;
+    let agent = |ip: &str, port: u16, data: &str, log: Stdio| {
+        Proc(
+            Command::new(BIN)
+                .args([
+                    "agent",
+                    "--join",
+                    &server,
+                    "--http-addr",
+                    &format!("{ip}:{port}"),
+                    "--node-name",
+                    "dup",
+                    "--data-dir",
+                    dir.path().join(data).to_str().unwrap(),
+                    "--heartbeat-interval",
+                    "200ms",
+                    "--sync-interval",
+                    "1s",
+                ])
+                .env("RUST_LOG", "info")
+                .stdout(log)
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn berth-registry agent"),
+        )
+    };
+    let a_port = free_port("127.0.0.8");
+    let a_url = format!("http://127.0.0.8:{a_port}");
+    let _a = agent("127.0.0.8", a_port, "a", Stdio::null());
+    http.ready(&a_url).await;
+    let (status, body, _) = http
+        .call(
+            "PUT",
+            &format!("{a_url}/v1/agent/service/register"),
+            Some(json!({"Name": "svc-a", "Port": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let node_url = format!("{server}/v1/catalog/node/dup");
+    http.until(&node_url, "svc-a synced", |v| {
+        v["Services"].get("svc-a").is_some()
+    })
+    .await;
+
+    let b_port = free_port("127.0.0.9");
+    let b_url = format!("http://127.0.0.9:{b_port}");
+    let log_path = dir.path().join("b.log");
+    let mut b = agent(
+        "127.0.0.9",
+        b_port,
+        "b",
+        Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
+    http.ready(&b_url).await;
+    let mut log = String::new();
+    for _ in 0..400 {
+        log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("node name conflict") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(log.contains("node name conflict"), "{log}");
+    assert!(log.contains("127.0.0.8"), "names the live agent: {log}");
+    let (_, node, _) = http.call("GET", &node_url, None).await;
+    assert_eq!(node["Node"]["Address"], "127.0.0.8", "{node}");
+    assert!(node["Services"].get("svc-a").is_some(), "{node}");
+
+    // The duplicate's graceful leave does not take the live node out.
+    let (status, _, _) = http
+        .call("PUT", &format!("{b_url}/v1/agent/leave"), None)
+        .await;
+    assert_eq!(status, 200);
+    for _ in 0..400 {
+        if b.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.0.try_wait().unwrap().is_some(), "the duplicate exited");
+    let (_, node, _) = http.call("GET", &node_url, None).await;
+    assert_eq!(node["Node"]["Address"], "127.0.0.8", "{node}");
+    assert!(node["Services"].get("svc-a").is_some(), "{node}");
+    let (_, members, _) = http
+        .call("GET", &format!("{server}/v1/agent/members"), None)
+        .await;
+    let dup = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Name"] == "dup")
+        .unwrap();
+    assert_eq!(
+        (&dup["Addr"], &dup["Status"]),
+        (&json!("127.0.0.8"), &json!(1))
+    );
 }

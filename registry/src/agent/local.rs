@@ -1,9 +1,9 @@
 //! The agent's local state: the services and checks registered through `/v1/agent/*` on this
 //! host, their check runners, and what anti-entropy pushes into the catalog.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -18,6 +18,8 @@ use crate::store::state::{Check, CheckStatus, Service};
 
 /// Shortest `DeregisterCriticalServiceAfter` (Consul: one minute).
 const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+/// Consul's default `check_update_interval`.
+pub const DEFAULT_CHECK_UPDATE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Failures of agent operations; texts are Consul's.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub(crate) struct LocalCheck {
     pub(crate) critical_since: Option<Instant>,
     pub(crate) success_before_passing: u32,
     pub(crate) failures_before_critical: u32,
+    /// An output-only change is waiting for `check_update_interval` before it is synced.
+    pub(crate) output_deferred: bool,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +76,28 @@ struct Saved {
     checks: BTreeMap<String, AgentCheckRegistration>,
 }
 
+/// How a [`LocalAgent`] runs its checks and keeps its registrations.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Run script checks (`Args`).
+    pub enable_script_checks: bool,
+    /// A check whose output changes but not its status is synced at most this often
+    /// (Consul's `check_update_interval`; zero: at once). Status changes sync at once.
+    pub check_update_interval: Duration,
+    /// Where registrations are kept across restarts (`None`: memory only).
+    pub file: Option<PathBuf>,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        Self {
+            enable_script_checks: false,
+            check_update_interval: DEFAULT_CHECK_UPDATE_INTERVAL,
+            file: None,
+        }
+    }
+}
+
 /// Services and checks of this agent; cheap to share.
 pub struct LocalAgent {
     node: String,
@@ -80,6 +106,9 @@ pub struct LocalAgent {
     version: watch::Sender<u64>,
     saved: Mutex<Saved>,
     file: Option<PathBuf>,
+    check_update_interval: Duration,
+    me: Weak<LocalAgent>,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for LocalAgent {
@@ -106,24 +135,32 @@ impl LocalAgent {
     /// A new agent for `node`; check tasks stop when `shutdown` is cancelled. Results are
     /// applied by a task spawned here.
     pub fn new(node: &str, enable_script_checks: bool, shutdown: CancellationToken) -> Arc<Self> {
-        Self::with_file(node, enable_script_checks, shutdown, None)
+        let options = LocalOptions {
+            enable_script_checks,
+            ..LocalOptions::default()
+        };
+        Self::with_options(node, options, shutdown)
     }
 
-    /// Like [`LocalAgent::new`], keeping registrations in `file` and restoring them from it.
-    pub fn with_file(
+    /// Like [`LocalAgent::new`] with every option; registrations are restored from
+    /// `options.file` when it exists.
+    pub fn with_options(
         node: &str,
-        enable_script_checks: bool,
+        options: LocalOptions,
         shutdown: CancellationToken,
-        file: Option<PathBuf>,
     ) -> Arc<Self> {
-        let (runner, mut results) = CheckRunner::new(enable_script_checks, shutdown);
-        let agent = Arc::new(Self {
+        let (runner, mut results) =
+            CheckRunner::new(options.enable_script_checks, shutdown.clone());
+        let agent = Arc::new_cyclic(|me| Self {
             node: node.to_owned(),
             state: Mutex::default(),
             runner,
             version: watch::Sender::new(0),
             saved: Mutex::default(),
-            file,
+            file: options.file,
+            check_update_interval: options.check_update_interval,
+            me: me.clone(),
+            shutdown,
         });
         agent.restore();
         let weak = Arc::downgrade(&agent);
@@ -198,7 +235,43 @@ impl LocalAgent {
         let Some(local) = state.checks.get_mut(&result.id) else {
             return;
         };
-        if set_status(local, health_status(result.status), result.output) {
+        let change = set_status(local, health_status(result.status), result.output);
+        self.changed(local, change);
+    }
+
+    /// Makes a check change visible to anti-entropy: a status change at once, an output-only
+    /// change after `check_update_interval` (one timer per check; the output keeps updating
+    /// locally meanwhile, and anti-entropy ignores it until the timer fires).
+    fn changed(&self, local: &mut LocalCheck, change: Change) {
+        match change {
+            Change::None => {}
+            Change::Status => self.bump(),
+            Change::Output if self.check_update_interval.is_zero() => self.bump(),
+            Change::Output if local.output_deferred => {}
+            Change::Output => {
+                local.output_deferred = true;
+                let id = local.check.id.clone();
+                let me = self.me.clone();
+                let after = self.check_update_interval;
+                let stop = self.shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(after) => {
+                            if let Some(agent) = me.upgrade() {
+                                agent.release_output(&id);
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn release_output(&self, id: &str) {
+        let mut state = self.lock();
+        if let Some(local) = state.checks.get_mut(id) {
+            local.output_deferred = false;
             drop(state);
             self.bump();
         }
@@ -382,6 +455,8 @@ impl LocalAgent {
                     .unwrap_or_else(|| "GET".into()),
                 headers,
                 body: def.body.clone().unwrap_or_default(),
+                tls_skip_verify: def.tls_skip_verify.unwrap_or(false),
+                tls_server_name: def.tls_server_name.clone().filter(|n| !n.is_empty()),
             };
             (
                 Some(CheckKind::Http {
@@ -453,6 +528,7 @@ impl LocalAgent {
             critical_since: None,
             success_before_passing: def.success_before_passing.unwrap_or(0),
             failures_before_critical: def.failures_before_critical.unwrap_or(0),
+            output_deferred: false,
         };
         if status == CheckStatus::Critical {
             local.critical_since = Some(Instant::now());
@@ -513,11 +589,8 @@ impl LocalAgent {
             return Err(AgentError::NotTtl(id.to_owned()));
         }
         self.runner.ttl_update(id, status, output.clone())?;
-        let changed = set_status(local, health_status(status), output);
-        drop(state);
-        if changed {
-            self.bump();
-        }
+        let change = set_status(local, health_status(status), output);
+        self.changed(local, change);
         Ok(())
     }
 
@@ -546,7 +619,8 @@ impl LocalAgent {
                 node: self.node.clone(),
                 id: check_id.clone(),
                 name: "Service Maintenance Mode".into(),
-                status: CheckStatus::Maintenance,
+                // Consul's check is critical; `maintenance` is only an aggregated status.
+                status: CheckStatus::Critical,
                 notes,
                 service_id: service.id.clone(),
                 service_name: service.name.clone(),
@@ -564,6 +638,7 @@ impl LocalAgent {
                     critical_since: None,
                     success_before_passing: 0,
                     failures_before_critical: 0,
+                    output_deferred: false,
                 },
             );
         } else {
@@ -583,7 +658,25 @@ impl LocalAgent {
         )
     }
 
-    /// Aggregated status of the services matching `pick`, or `None` if none match.
+    /// Like [`LocalAgent::snapshot`], with the ids of checks whose output is not to be synced
+    /// yet (`check_update_interval`).
+    pub(crate) fn sync_snapshot(&self) -> (Vec<Service>, Vec<Check>, BTreeSet<String>) {
+        let state = self.lock();
+        (
+            state.services.values().cloned().collect(),
+            state.checks.values().map(|c| c.check.clone()).collect(),
+            state
+                .checks
+                .values()
+                .filter(|c| c.output_deferred)
+                .map(|c| c.check.id.clone())
+                .collect(),
+        )
+    }
+
+    /// Aggregated status of the services matching `pick`, or `None` if none match. As in
+    /// Consul's `AggregatedStatus`, a maintenance check (told by its id) makes it `maintenance`;
+    /// otherwise it is the worst status of the service's and the node's checks.
     pub(crate) fn service_health(
         &self,
         pick: impl Fn(&Service) -> bool,
@@ -598,7 +691,13 @@ impl LocalAgent {
                     .checks
                     .values()
                     .filter(|c| c.check.service_id == s.id || c.check.service_id.is_empty())
-                    .map(|c| c.check.status)
+                    .map(|c| {
+                        if is_maintenance_check(&c.check.id) {
+                            CheckStatus::Maintenance
+                        } else {
+                            c.check.status
+                        }
+                    })
                     .fold(CheckStatus::Passing, worst);
                 (s.clone(), worst)
             })
@@ -638,6 +737,12 @@ impl LocalAgent {
     }
 }
 
+/// Consul's node (`_node_maintenance`) and service (`_service_maintenance:<id>`) maintenance
+/// check ids.
+fn is_maintenance_check(id: &str) -> bool {
+    id == "_node_maintenance" || id.starts_with("_service_maintenance:")
+}
+
 /// Orders statuses by badness: maintenance and critical are worst.
 pub(crate) fn worst(a: CheckStatus, b: CheckStatus) -> CheckStatus {
     let rank = |s: CheckStatus| match s {
@@ -666,16 +771,28 @@ fn health_status(h: Health) -> CheckStatus {
     }
 }
 
-fn set_status(local: &mut LocalCheck, status: CheckStatus, output: String) -> bool {
+/// What a check update changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    None,
+    Output,
+    Status,
+}
+
+fn set_status(local: &mut LocalCheck, status: CheckStatus, output: String) -> Change {
     if status == CheckStatus::Critical {
         local.critical_since.get_or_insert_with(Instant::now);
     } else {
         local.critical_since = None;
     }
-    if local.check.status == status && local.check.output == output {
-        return false;
-    }
+    let change = if local.check.status != status {
+        Change::Status
+    } else if local.check.output != output {
+        Change::Output
+    } else {
+        Change::None
+    };
     local.check.status = status;
     local.check.output = output;
-    true
+    change
 }

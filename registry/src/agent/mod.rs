@@ -7,9 +7,11 @@
 
 mod acl;
 mod local;
+mod node_id;
 mod run;
 pub(crate) mod sync;
 
 pub(crate) use local::worst;
-pub use local::{AgentError, LocalAgent};
+pub use local::{AgentError, DEFAULT_CHECK_UPDATE_INTERVAL, LocalAgent, LocalOptions};
+pub use node_id::NodeIdError;
 pub use run::{AgentConfig, AgentRunError, run_agent};

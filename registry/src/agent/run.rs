@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,10 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use futures::TryStreamExt as _;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::RemoteAcl;
-use super::local::LocalAgent;
+use super::local::{LocalAgent, LocalOptions};
 use super::sync::{self, NodeSpec, Target};
 use crate::acl::{Need, Resource};
 use crate::api::ApiError;
@@ -49,7 +51,10 @@ pub struct AgentConfig {
     pub sync_interval: Duration,
     /// Period of heartbeats to the server.
     pub heartbeat_interval: Duration,
-    /// Where registered services and checks are kept across restarts (`None`: memory only).
+    /// Output-only check changes are synced at most this often (status changes at once).
+    pub check_update_interval: Duration,
+    /// Where the node ID and registered services and checks are kept across restarts
+    /// (`None`: memory only, a new node ID at each start).
     pub data_dir: Option<std::path::PathBuf>,
 }
 
@@ -66,6 +71,7 @@ impl AgentConfig {
             enable_script_checks: false,
             sync_interval: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
+            check_update_interval: super::local::DEFAULT_CHECK_UPDATE_INTERVAL,
             data_dir: None,
         }
     }
@@ -91,6 +97,9 @@ pub enum AgentRunError {
     /// Serving failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    /// The node ID cannot be kept in the data directory.
+    #[error(transparent)]
+    NodeId(#[from] super::node_id::NodeIdError),
 }
 
 struct Proxy {
@@ -111,6 +120,11 @@ struct AgentShared {
     advertise: String,
     port: u16,
     shutdown: CancellationToken,
+    /// False while the server refuses this agent's heartbeats because another live agent holds
+    /// the node name (other heartbeat failures leave it alone); anti-entropy and the leave wait
+    /// for it. The first heartbeat is answered before anti-entropy starts.
+    admitted: watch::Sender<bool>,
+    in_conflict: AtomicBool,
 }
 
 /// Runs an agent on `listener` until `shutdown`; on shutdown it leaves the cluster gracefully.
@@ -130,20 +144,11 @@ pub async fn run_agent(
         } else {
             local_addr.ip()
         });
-    // First contact: the server's datacenter and any node id this node had before.
-    let (datacenter, node_id) = loop {
-        let attempt = async {
-            let datacenter = client.catalog_datacenter().await?;
-            let known = client.catalog_node(&config.node_name).await?;
-            Ok::<_, crate::client::ClientError>((datacenter, known.map(|n| n.node.id)))
-        };
-        match attempt.await {
-            Ok((dc, id)) => {
-                let id = id
-                    .filter(|i| !i.is_empty())
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                break (dc, id);
-            }
+    let node_id = super::node_id::load_or_create(config.data_dir.as_deref())?;
+    // First contact: the server's datacenter.
+    let datacenter = loop {
+        match client.catalog_datacenter().await {
+            Ok(dc) => break dc,
             Err(e) if config.retry_join => {
                 tracing::warn!(server = %server, cause = %e, "join failed; retrying");
                 tokio::select! {
@@ -159,20 +164,20 @@ pub async fn run_agent(
             }
         }
     };
-    tracing::info!(server = %server, node = %config.node_name, "joined");
+    tracing::info!(server = %server, node = %config.node_name, node_id = %node_id, "joined");
     let tasks = CancellationToken::new();
     if let Some(dir) = &config.data_dir {
         std::fs::create_dir_all(dir)?;
     }
-    let local = LocalAgent::with_file(
-        &config.node_name,
-        config.enable_script_checks,
-        tasks.clone(),
-        config
+    let options = LocalOptions {
+        enable_script_checks: config.enable_script_checks,
+        check_update_interval: config.check_update_interval,
+        file: config
             .data_dir
             .as_ref()
             .map(|d| d.join("agent-services.json")),
-    );
+    };
+    let local = LocalAgent::with_options(&config.node_name, options, tasks.clone());
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()
@@ -198,6 +203,8 @@ pub async fn run_agent(
         advertise: advertise.to_string(),
         port: local_addr.port(),
         shutdown: shutdown.clone(),
+        admitted: watch::Sender::new(true),
+        in_conflict: AtomicBool::new(false),
     });
     heartbeat(&shared).await;
     acl.warm().await;
@@ -216,6 +223,7 @@ pub async fn run_agent(
         Target::Remote(client),
         spec,
         config.sync_interval,
+        shared.admitted.subscribe(),
         tasks.clone(),
     ));
     let reaper = tokio::spawn(sync::run_reaper(local.clone(), tasks.clone()));
@@ -229,7 +237,10 @@ pub async fn run_agent(
     tasks.cancel();
     let _ = tokio::join!(sync_task, reaper, beats);
     local.close().await;
-    leave(&shared).await;
+    // A refused duplicate must not deregister the live agent's node.
+    if *shared.admitted.borrow() {
+        leave(&shared).await;
+    }
     served?;
     Ok(())
 }
@@ -344,7 +355,23 @@ fn beat_body(s: &AgentShared) -> Heartbeat {
     }
 }
 
-async fn internal(s: &AgentShared, path: &str) -> Result<(), String> {
+/// Why the server did not take a heartbeat or leave.
+enum Refused {
+    /// 409: another live agent has this node name.
+    Conflict(String),
+    /// Anything else (unreachable, ACLs, ...).
+    Failed(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conflict(text) | Self::Failed(text) => f.write_str(text),
+        }
+    }
+}
+
+async fn internal(s: &AgentShared, path: &str) -> Result<(), Refused> {
     let mut req = s
         .proxy
         .http
@@ -354,21 +381,44 @@ async fn internal(s: &AgentShared, path: &str) -> Result<(), String> {
     if let Some(t) = &s.proxy.agent_token {
         req = req.header("X-Consul-Token", t);
     }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        ))
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Refused::Failed(crate::client::redact_url(e).to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
     }
+    let text = format!("{status}: {}", resp.text().await.unwrap_or_default());
+    Err(if status == StatusCode::CONFLICT {
+        Refused::Conflict(text)
+    } else {
+        Refused::Failed(text)
+    })
 }
 
+/// One heartbeat. A name conflict is logged when it starts and when it ends; the agent keeps
+/// heartbeating and is let in once the other agent with its node name leaves or fails.
 async fn heartbeat(s: &AgentShared) {
-    if let Err(e) = internal(s, "/v1/internal/berth/heartbeat").await {
-        tracing::warn!(cause = %e, "heartbeat failed");
+    match internal(s, "/v1/internal/berth/heartbeat").await {
+        Ok(()) => {
+            s.admitted.send_replace(true);
+            if s.in_conflict.swap(false, Ordering::Relaxed) {
+                tracing::info!(node = %s.config.node_name, "node name conflict over; syncing");
+            }
+        }
+        Err(Refused::Conflict(text)) => {
+            s.admitted.send_replace(false);
+            if !s.in_conflict.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    node = %s.config.node_name,
+                    cause = %text,
+                    "node name conflict: another live agent uses this node name; not syncing \
+                     until it leaves or fails (retrying every heartbeat)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(cause = %e, "heartbeat failed"),
     }
 }
 
@@ -482,7 +532,9 @@ async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Respons
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
         }
         Err(e) => {
-            tracing::warn!(cause = %e, "forwarding to the server failed");
+            // The error's text includes the URL, whose query may hold `?token=`.
+            let cause = crate::client::redact_url(e);
+            tracing::warn!(cause = %cause, path = %parts.uri.path(), "forwarding to the server failed");
             crate::api::plain(
                 StatusCode::BAD_GATEWAY,
                 "registry server unreachable".to_owned(),

@@ -5,10 +5,11 @@
 //! register what is missing or different, deregister what the catalog has and the agent does
 //! not. It runs after every local change and every `interval` to repair drift both ways.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::local::LocalAgent;
@@ -218,22 +219,15 @@ fn same_service(a: &Service, b: &Service) -> bool {
     )
 }
 
-fn same_check(a: &Check, b: &Check) -> bool {
-    (
-        &a.name,
-        a.status,
-        &a.output,
-        &a.notes,
-        &a.service_id,
-        &a.check_type,
-    ) == (
-        &b.name,
-        b.status,
-        &b.output,
-        &b.notes,
-        &b.service_id,
-        &b.check_type,
-    )
+/// Whether the catalog's check `a` matches the local `b`; the output is left out while an
+/// output-only change waits for `check_update_interval`.
+fn same_check(a: &Check, b: &Check, deferred: &BTreeSet<String>) -> bool {
+    (deferred.contains(&b.id) || a.output == b.output) && same_check_but_output(a, b)
+}
+
+fn same_check_but_output(a: &Check, b: &Check) -> bool {
+    (&a.name, a.status, &a.notes, &a.service_id, &a.check_type)
+        == (&b.name, b.status, &b.notes, &b.service_id, &b.check_type)
 }
 
 /// How this agent's node should look in the catalog.
@@ -246,14 +240,140 @@ pub(crate) struct NodeSpec {
     pub(crate) skip_node_update: bool,
 }
 
-/// One anti-entropy round; returns how many catalog writes it made.
+/// One catalog write anti-entropy makes, named for refusal bookkeeping and logs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Item {
+    /// A service with its checks.
+    Service(String),
+    /// The node record with its node-level checks.
+    Node,
+    /// Removing a service the agent does not have.
+    RemoveService(String),
+    /// Removing a check the agent does not have.
+    RemoveCheck(String),
+}
+
+impl Item {
+    fn what(&self) -> &'static str {
+        match self {
+            Self::Service(_) => "service registration",
+            Self::Node => "node registration",
+            Self::RemoveService(_) => "service deregistration",
+            Self::RemoveCheck(_) => "check deregistration",
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Self::Service(id) | Self::RemoveService(id) | Self::RemoveCheck(id) => id,
+            Self::Node => "",
+        }
+    }
+}
+
+/// Why the server turned one write down while the others may go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// 403: the agent's token may not make this write.
+    Acl,
+    /// 400: the server rejects the registration itself.
+    Invalid,
+}
+
+impl SyncError {
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::Client(ClientError::Status { status: 403, .. }) => Some(Refusal::Acl),
+            Self::Client(ClientError::Status { status: 400, .. })
+            | Self::Store(StoreError::Rejected(_)) => Some(Refusal::Invalid),
+            _ => None,
+        }
+    }
+}
+
+/// Writes the server refused, with what was attempted (Consul marks such items in sync): they
+/// are retried when the attempted content changes or at the next full round, not on every
+/// change, and logged once.
+#[derive(Debug, Default)]
+pub(crate) struct Refused {
+    items: BTreeMap<Item, Option<Registration>>,
+}
+
+/// What one round did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Round {
+    /// Catalog writes made.
+    pub(crate) writes: usize,
+    /// Writes the server refused in this round.
+    pub(crate) refused: usize,
+    /// Writes left out because they were refused before with the same content.
+    pub(crate) held: usize,
+}
+
+impl Round {
+    /// Runs `write` for `item` unless it was refused before with the same `attempt` (and this is
+    /// not a full round); a refusal is recorded and the round goes on, other errors end it.
+    async fn write<F>(
+        &mut self,
+        refused: &mut Refused,
+        full: bool,
+        item: Item,
+        attempt: Option<Registration>,
+        write: F,
+    ) -> Result<(), SyncError>
+    where
+        F: std::future::Future<Output = Result<(), SyncError>>,
+    {
+        let before = refused.items.get(&item);
+        if !full && before == Some(&attempt) {
+            self.held += 1;
+            return Ok(());
+        }
+        match write.await {
+            Ok(()) => {
+                refused.items.remove(&item);
+                self.writes += 1;
+                Ok(())
+            }
+            Err(err) => {
+                let Some(why) = err.refusal() else {
+                    return Err(err);
+                };
+                if before != Some(&attempt) {
+                    let what = item.what();
+                    match why {
+                        Refusal::Acl => tracing::warn!(
+                            id = %item.id(), cause = %err,
+                            "{what} blocked by ACLs; retried when it changes or at the next full sync"
+                        ),
+                        Refusal::Invalid => tracing::warn!(
+                            id = %item.id(), cause = %err,
+                            "{what} rejected by the server; retried when it changes or at the next full sync"
+                        ),
+                    }
+                } else {
+                    tracing::debug!(id = %item.id(), cause = %err, "{} still refused", item.what());
+                }
+                refused.items.insert(item, attempt);
+                self.refused += 1;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One anti-entropy round. Each service, the node's checks and each removal are written
+/// separately: a write the server refuses (ACLs, validation) is recorded in `refused` and the
+/// round goes on; any other failure ends the round. A `full` round also retries refused writes.
 pub(crate) async fn sync_once(
     local: &LocalAgent,
     target: &Target,
     spec: &NodeSpec,
-) -> Result<usize, SyncError> {
+    refused: &mut Refused,
+    full: bool,
+) -> Result<Round, SyncError> {
     let name = spec.node.name.clone();
-    let (services, checks) = local.snapshot();
+    let (services, checks, deferred) = local.sync_snapshot();
     let remote = target.read(&name).await?;
     let node_ok = spec.skip_node_update
         || remote.node.as_ref().is_some_and(|n| {
@@ -272,7 +392,8 @@ pub(crate) async fn sync_once(
         checks,
         skip_node_update: spec.skip_node_update,
     };
-    let mut writes = 0;
+    let mut round = Round::default();
+    let mut pending: Vec<Item> = Vec::new();
     let mut node_written = false;
     for s in &services {
         let own: Vec<Check> = checks
@@ -283,34 +404,54 @@ pub(crate) async fn sync_once(
         let service_same = rservices
             .get(s.id.as_str())
             .is_some_and(|r| same_service(r, s));
-        let checks_same = own
-            .iter()
-            .all(|c| rchecks.get(c.id.as_str()).is_some_and(|r| same_check(r, c)));
+        let checks_same = own.iter().all(|c| {
+            rchecks
+                .get(c.id.as_str())
+                .is_some_and(|r| same_check(r, c, &deferred))
+        });
         if node_ok && service_same && checks_same {
             continue;
         }
-        target.register(registration(Some(s.clone()), own)).await?;
-        writes += 1;
-        node_written = true;
+        let reg = registration(Some(s.clone()), own);
+        let item = Item::Service(s.id.clone());
+        pending.push(item.clone());
+        let writes = round.writes;
+        round
+            .write(refused, full, item, attempt_of(&reg), target.register(reg))
+            .await?;
+        node_written |= round.writes > writes;
     }
     let node_checks: Vec<Check> = checks
         .iter()
         .filter(|c| c.service_id.is_empty())
         .cloned()
         .collect();
-    let node_checks_same = node_checks
-        .iter()
-        .all(|c| rchecks.get(c.id.as_str()).is_some_and(|r| same_check(r, c)));
+    let node_checks_same = node_checks.iter().all(|c| {
+        rchecks
+            .get(c.id.as_str())
+            .is_some_and(|r| same_check(r, c, &deferred))
+    });
     if !node_checks_same || (!node_ok && !node_written) {
-        target.register(registration(None, node_checks)).await?;
-        writes += 1;
+        let reg = registration(None, node_checks);
+        pending.push(Item::Node);
+        round
+            .write(
+                refused,
+                full,
+                Item::Node,
+                attempt_of(&reg),
+                target.register(reg),
+            )
+            .await?;
     }
     for r in &remote.services {
         if spec.protected_services.contains(&r.id) || services.iter().any(|s| s.id == r.id) {
             continue;
         }
-        target.deregister(&name, Some(r.id.clone()), None).await?;
-        writes += 1;
+        let item = Item::RemoveService(r.id.clone());
+        pending.push(item.clone());
+        let write = target.deregister(&name, Some(r.id.clone()), None);
+        round.write(refused, full, item, None, write).await?;
     }
     for r in &remote.checks {
         let removed_with_service =
@@ -322,36 +463,80 @@ pub(crate) async fn sync_once(
         {
             continue;
         }
-        target.deregister(&name, None, Some(r.id.clone())).await?;
-        writes += 1;
+        let item = Item::RemoveCheck(r.id.clone());
+        pending.push(item.clone());
+        let write = target.deregister(&name, None, Some(r.id.clone()));
+        round.write(refused, full, item, None, write).await?;
     }
-    Ok(writes)
+    // A refusal of something that no longer needs writing is over.
+    refused.items.retain(|item, _| pending.contains(item));
+    Ok(round)
 }
 
-/// Runs anti-entropy until `shutdown`: after each local change and every `interval`; retries
-/// failed rounds after a second.
+/// What a registration would change, minus check output (which changes on its own and must not
+/// make a refused write look new).
+fn attempt_of(reg: &Registration) -> Option<Registration> {
+    let mut reg = reg.clone();
+    for c in &mut reg.checks {
+        c.output.clear();
+    }
+    Some(reg)
+}
+
+/// Delay before retrying after the `failures`-th failed round in a row: 1 s, doubling, at most
+/// `cap` (the full-sync interval).
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exp).min(cap.max(Duration::from_secs(1)))
+}
+
+/// Runs anti-entropy until `shutdown`: after each local change and every `interval` (a full
+/// round, which also retries refused writes); a failed round is retried with a doubling delay.
+/// Rounds run only while `admitted` holds (the server took the agent's heartbeat; another live
+/// agent with the same node name must not have its services replaced).
 pub(crate) async fn run(
     local: Arc<LocalAgent>,
     target: Target,
     spec: NodeSpec,
     interval: Duration,
+    mut admitted: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     let mut changes = local.subscribe();
+    let mut refused = Refused::default();
+    let mut failures = 0u32;
+    let mut full = true;
     loop {
+        if !*admitted.borrow_and_update() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                ok = admitted.wait_for(|a| *a) => if ok.is_err() { return },
+            }
+            full = true;
+        }
         changes.borrow_and_update();
-        let wait = match sync_once(&local, &target, &spec).await {
-            Ok(_) => interval,
+        let wait = match sync_once(&local, &target, &spec, &mut refused, full).await {
+            Ok(_) => {
+                failures = 0;
+                interval
+            }
             Err(err) => {
-                tracing::warn!(cause = %err, node = %spec.node.name, "anti-entropy sync failed");
-                Duration::from_secs(1)
+                failures = failures.saturating_add(1);
+                let wait = backoff(failures, interval);
+                tracing::warn!(cause = %err, node = %spec.node.name, retry_in = ?wait, "anti-entropy sync failed");
+                wait
             }
         };
-        tokio::select! {
+        full = tokio::select! {
             () = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(wait) => {}
-        }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                false
+            }
+            () = tokio::time::sleep(wait) => true,
+        };
     }
 }
 
@@ -363,5 +548,196 @@ pub(crate) async fn run_reaper(local: Arc<LocalAgent>, shutdown: CancellationTok
             () = shutdown.cancelled() => return,
             _ = tick.tick() => { local.reap(tokio::time::Instant::now()); }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::internal::agent_node;
+    use crate::dto::AgentServiceRegistration;
+    use crate::server::{self, AclToken, Config};
+
+    const MASTER: &str = "root-secret";
+
+    /// A server with ACLs on, and a token that may write service `web` and every node.
+    async fn server_and_web_token(stop: &CancellationToken) -> (String, String) {
+        let mut config = Config::dev("srv");
+        config.acl_master_token = Some(AclToken::new(MASTER));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(server::run(config, listener, stop.clone()));
+        let http = reqwest::Client::new();
+        let rules =
+            "service \"web\" { policy = \"write\" }\nnode_prefix \"\" { policy = \"write\" }";
+        let put = |path: &str, body: serde_json::Value| {
+            http.put(format!("{url}{path}"))
+                .header("X-Consul-Token", MASTER)
+                .json(&body)
+                .send()
+        };
+        let mut policy = None;
+        for _ in 0..200 {
+            if let Ok(r) = put(
+                "/v1/acl/policy",
+                serde_json::json!({"Name": "webw", "Rules": rules}),
+            )
+            .await
+            {
+                policy = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(policy.expect("server up").status().is_success());
+        let token: serde_json::Value = put(
+            "/v1/acl/token",
+            serde_json::json!({"Policies": [{"Name": "webw"}]}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        (url, token["SecretID"].as_str().unwrap().to_owned())
+    }
+
+    fn service(name: &str) -> AgentServiceRegistration {
+        serde_json::from_value(serde_json::json!({"Name": name, "Port": 80})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_service_does_not_stop_the_others() {
+        let stop = CancellationToken::new();
+        let (url, token) = server_and_web_token(&stop).await;
+        let target = Target::Remote(Client::new(&url, Some(token)).unwrap());
+        let local = LocalAgent::new("ag3", false, stop.clone());
+        local.register_service(service("aaa"), false).unwrap();
+        local.register_service(service("web"), false).unwrap();
+        let spec = NodeSpec {
+            node: agent_node("ag3", &uuid::Uuid::new_v4().to_string(), "127.0.0.4", "dc1"),
+            protected_services: vec![],
+            skip_node_update: false,
+        };
+        let mut refused = Refused::default();
+        let round = sync_once(&local, &target, &spec, &mut refused, true)
+            .await
+            .unwrap();
+        assert_eq!(
+            round,
+            Round {
+                writes: 1,
+                refused: 1,
+                held: 0
+            }
+        );
+        let Target::Remote(client) = &target else {
+            unreachable!()
+        };
+        let node = client.catalog_node("ag3").await.unwrap().unwrap();
+        assert_eq!(node.services.keys().collect::<Vec<_>>(), ["web"]);
+        // Change-driven rounds leave the refused write alone; a full round retries it.
+        let quiet = sync_once(&local, &target, &spec, &mut refused, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            quiet,
+            Round {
+                writes: 0,
+                refused: 0,
+                held: 1
+            }
+        );
+        let full = sync_once(&local, &target, &spec, &mut refused, true)
+            .await
+            .unwrap();
+        assert_eq!(
+            full,
+            Round {
+                writes: 0,
+                refused: 1,
+                held: 0
+            }
+        );
+        // Once the service is gone locally, nothing is left to refuse.
+        local.deregister_service("aaa").unwrap();
+        let done = sync_once(&local, &target, &spec, &mut refused, false)
+            .await
+            .unwrap();
+        assert_eq!(done, Round::default());
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_only_changes_wait_for_the_check_update_interval() {
+        use crate::agent::LocalOptions;
+        use crate::checks::Health;
+        let stop = CancellationToken::new();
+        let (store, _writer) = Store::open(None, stop.clone()).unwrap();
+        let target = Target::Store(store.clone());
+        let options = LocalOptions {
+            check_update_interval: Duration::from_secs(60),
+            ..LocalOptions::default()
+        };
+        let local = LocalAgent::with_options("n1", options, stop.clone());
+        let reg = serde_json::json!({"Name": "web", "Check": {"TTL": "1h"}});
+        local
+            .register_service(serde_json::from_value(reg).unwrap(), false)
+            .unwrap();
+        let spec = NodeSpec {
+            node: agent_node("n1", &uuid::Uuid::new_v4().to_string(), "127.0.0.1", "dc1"),
+            protected_services: vec![],
+            skip_node_update: false,
+        };
+        let mut refused = Refused::default();
+        let mut sync = async || {
+            sync_once(&local, &target, &spec, &mut refused, true)
+                .await
+                .unwrap()
+                .writes
+        };
+        let catalog = || {
+            store.read(|s| {
+                let c = &s.checks[&("n1".to_owned(), "service:web".to_owned())];
+                (c.status.as_str(), c.output.clone())
+            })
+        };
+        let id = "service:web";
+        let mut changes = local.subscribe();
+        assert_eq!(sync().await, 1);
+        changes.borrow_and_update();
+        // A status change syncs at once.
+        local.update_ttl(id, Health::Passing, "a".into()).unwrap();
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(sync().await, 1);
+        assert_eq!(catalog(), ("passing", "a".to_owned()));
+        changes.borrow_and_update();
+        // Output alone: no trigger, and even a full round leaves the catalog's output alone.
+        local.update_ttl(id, Health::Passing, "b".into()).unwrap();
+        assert!(!changes.has_changed().unwrap());
+        assert_eq!(sync().await, 0);
+        assert_eq!(catalog(), ("passing", "a".to_owned()));
+        // A status change in the meantime goes out at once, with the current output.
+        local.update_ttl(id, Health::Warning, "c".into()).unwrap();
+        assert_eq!(sync().await, 1);
+        assert_eq!(catalog(), ("warning", "c".to_owned()));
+        changes.borrow_and_update();
+        local.update_ttl(id, Health::Warning, "d".into()).unwrap();
+        assert!(!changes.has_changed().unwrap());
+        // The interval (counted from the first deferred change) ends: the output goes out.
+        let start = tokio::time::Instant::now();
+        changes.changed().await.unwrap();
+        assert!(start.elapsed() <= Duration::from_secs(60));
+        assert_eq!(sync().await, 1);
+        assert_eq!(catalog(), ("warning", "d".to_owned()));
+        stop.cancel();
+    }
+
+    #[test]
+    fn failed_rounds_back_off_to_the_sync_interval() {
+        let cap = Duration::from_secs(30);
+        let waits: Vec<u64> = (1..=7).map(|n| backoff(n, cap).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(backoff(u32::MAX, cap), cap);
     }
 }

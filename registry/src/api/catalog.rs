@@ -84,7 +84,10 @@ fn registration(app: &AppState, body: CatalogRegistration) -> Result<Registratio
         }
         let status = match c.status.as_str() {
             "" => CheckStatus::Critical,
-            text => CheckStatus::parse(text).ok_or_else(|| bad("Invalid check status"))?,
+            // `maintenance` is an aggregated status of Consul's agent, never a check's.
+            text => CheckStatus::parse(text)
+                .filter(|s| *s != CheckStatus::Maintenance)
+                .ok_or_else(|| bad("Invalid check status"))?,
         };
         checks.push(Check {
             node: body.node.clone(),

@@ -147,7 +147,7 @@ async fn agent_service_and_check_rules() {
         ("PUT", "/v1/agent/check/pass/service:db1:1", "", 500, r#"CheckID "service:db1:1" does not have associated TTL"#),
         ("PUT", "/v1/agent/service/maintenance/web?enable=true&reason=upgrade", "", 200, ""),
         ("GET", "/v1/agent/health/service/id/web", "", 503, r#"~"AggregatedStatus":"maintenance""#),
-        ("GET", "/v1/agent/checks", "", 200, r#"~"_service_maintenance:web":{"Node":"node1","CheckID":"_service_maintenance:web","Name":"Service Maintenance Mode","Status":"maintenance","Notes":"upgrade""#),
+        ("GET", "/v1/agent/checks", "", 200, r#"~"_service_maintenance:web":{"Node":"node1","CheckID":"_service_maintenance:web","Name":"Service Maintenance Mode","Status":"critical","Notes":"upgrade""#),
         ("PUT", "/v1/agent/service/maintenance/web?enable=false", "", 200, ""),
         ("GET", "/v1/agent/health/service/id/web", "", 200, r#"~"AggregatedStatus":"passing""#),
         ("PUT", "/v1/agent/service/maintenance/web", "", 400, "Missing value for enable"),
@@ -185,6 +185,68 @@ async fn agent_service_and_check_rules() {
         v.as_array().is_some_and(Vec::is_empty)
     })
     .await;
+}
+
+/// TTL checks ignore `FailuresBeforeCritical` and `SuccessBeforePassing` (Consul's CheckTTL has
+/// no StatusHandler): an update applies at once and expiry is critical at once.
+#[tokio::test(start_paused = true)]
+async fn ttl_checks_ignore_thresholds() {
+    let h = H::new().await;
+    let reg = r#"{"Name":"ttlfbc","Check":{"TTL":"2s","FailuresBeforeCritical":3,"SuccessBeforePassing":3}}"#;
+    h.table(
+        None,
+        &[
+            ("PUT", "/v1/agent/service/register", reg, 200, ""),
+            (
+                "PUT",
+                "/v1/agent/check/pass/service:ttlfbc?note=ok",
+                "",
+                200,
+                "",
+            ),
+            (
+                "GET",
+                "/v1/agent/checks",
+                "",
+                200,
+                r#"~"Status":"passing","Notes":"","Output":"ok""#,
+            ),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.table(None, &[
+        ("GET", "/v1/agent/checks", "", 200, r#"~"Status":"critical","Notes":"","Output":"TTL expired (last output before timeout follows): ok""#),
+    ]).await;
+}
+
+/// A service in maintenance has a critical `_service_maintenance:<id>` check (Consul's); only
+/// the agent's aggregated status says `maintenance`, and the catalog takes no such status.
+#[tokio::test]
+async fn maintenance_checks_are_critical() {
+    let h = H::new().await;
+    h.table(None, &[
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"web","Check":{"TTL":"1h","Status":"passing"}}"#, 200, ""),
+        ("PUT", "/v1/agent/service/maintenance/web?enable=true&reason=upgrade", "", 200, ""),
+        ("GET", "/v1/agent/health/service/id/web", "", 503, r#"~"AggregatedStatus":"maintenance""#),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"n1","Address":"10.0.0.1","Check":{"CheckID":"m","Status":"maintenance"}}"#, 400, "Invalid check status"),
+    ]).await;
+    let critical = h
+        .until("/v1/health/state/critical", |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|c| c["CheckID"] == "_service_maintenance:web"))
+        })
+        .await;
+    let check = critical
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["CheckID"] == "_service_maintenance:web")
+        .unwrap();
+    assert_eq!(
+        (&check["Status"], &check["Notes"], &check["ServiceID"]),
+        (&"critical".into(), &"upgrade".into(), &"web".into())
+    );
 }
 
 #[tokio::test]
@@ -446,6 +508,96 @@ async fn silent_nodes_fail_their_sessions_end_and_leave_removes_them() {
         ],
     )
     .await;
+}
+
+/// A second agent with a live member's node name but another node ID is refused (409) until
+/// the first fails; its leave cannot remove the live node.
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_node_name_is_refused_while_the_first_lives() {
+    let mut config = Config::dev("node1");
+    config.failure_timeout_ms = 5_000;
+    let h = H::with(config).await;
+    let first = r#"{"Node":"w1","ID":"11111111-2222-3333-4444-555555555555","Address":"127.0.0.9","Port":8500}"#;
+    let second = r#"{"Node":"w1","ID":"66666666-7777-8888-9999-000000000000","Address":"127.0.0.10","Port":8500}"#;
+    h.table(None, &[
+        ("PUT", "/v1/internal/berth/heartbeat", first, 200, "true"),
+        ("PUT", "/v1/internal/berth/heartbeat", second, 409, r#"node name "w1" is in use by a live agent at 127.0.0.9 with another node ID; stop one of the two agents or give this one another node name (it is let in once the other leaves or fails)"#),
+        ("PUT", "/v1/internal/berth/leave", second, 409, "~is in use by a live agent"),
+        ("GET", "/v1/catalog/node/w1", "", 200, r#"~"Address":"127.0.0.9""#),
+        ("GET", "/v1/health/node/w1", "", 200, r#"~"Status":"passing""#),
+    ]).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    h.table(None, &[
+        ("GET", "/v1/health/node/w1", "", 200, r#"~"Status":"critical""#),
+        ("PUT", "/v1/internal/berth/heartbeat", second, 200, "true"),
+        ("GET", "/v1/catalog/node/w1", "", 200, r#"~"ID":"66666666-7777-8888-9999-000000000000","Node":"w1","Address":"127.0.0.10""#),
+        ("GET", "/v1/health/node/w1", "", 200, r#"~"Status":"passing""#),
+    ]).await;
+}
+
+/// A durable server restart seeds only agents' nodes as members: a node registered straight
+/// into the catalog (no agent, no `serfHealth`) stays passing, an agent that does not come back
+/// fails.
+#[tokio::test(start_paused = true)]
+async fn restart_seeds_only_agent_nodes_as_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::dev("node1");
+    config.dev = false;
+    config.data_dir = Some(dir.path().to_owned());
+    config.failure_timeout_ms = 3_000;
+    let beat = r#"{"Node":"w1","ID":"11111111-2222-3333-4444-555555555555","Address":"127.0.0.9","Port":8500}"#;
+    let external =
+        r#"{"Node":"extdb","Address":"10.1.1.1","Service":{"Service":"postgres","Port":5432}}"#;
+    for round in 0..2 {
+        let stop = CancellationToken::new();
+        let (app, writer) = build(
+            &config,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            8500,
+            stop.clone(),
+            stop.clone(),
+        )
+        .await
+        .expect("durable server builds");
+        let h = H {
+            app,
+            stop: stop.clone(),
+        };
+        if round == 0 {
+            h.table(
+                None,
+                &[
+                    ("PUT", "/v1/catalog/register", external, 200, "true"),
+                    ("PUT", "/v1/internal/berth/heartbeat", beat, 200, "true"),
+                    (
+                        "GET",
+                        "/v1/health/service/postgres?passing",
+                        "",
+                        200,
+                        r#"~"Node":"extdb""#,
+                    ),
+                ],
+            )
+            .await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            h.table(None, &[
+                ("GET", "/v1/health/service/postgres?passing", "", 200, r#"~"Node":"extdb""#),
+                ("GET", "/v1/health/node/extdb", "", 200, "[]"),
+                ("GET", "/v1/health/node/w1", "", 200, r#"~"Status":"critical","Notes":"","Output":"Agent not live or unreachable""#),
+            ]).await;
+            let members = h.json("/v1/agent/members").await;
+            let names: Vec<&str> = members
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["Name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names, ["node1", "w1"], "{members}");
+        }
+        drop(h);
+        writer.await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -86,13 +86,19 @@ pub(crate) async fn heartbeat(
     if beat.node == app.node_name {
         return Err(ApiError::BadRequest("node name is the server's own".into()));
     }
-    let outcome = app.members.heartbeat(
-        &beat.node,
-        &beat.id,
-        &beat.address,
-        beat.port,
-        tokio::time::Instant::now(),
-    );
+    let outcome = app
+        .members
+        .heartbeat(
+            &beat.node,
+            &beat.id,
+            &beat.address,
+            beat.port,
+            tokio::time::Instant::now(),
+        )
+        .map_err(|conflict| {
+            tracing::debug!(node = %beat.node, addr = %beat.address, live_addr = %conflict.addr, "heartbeat refused: node name in use by another live agent");
+            ApiError::Conflict(conflict.to_string())
+        })?;
     let healthy = app.store.read(|s| {
         s.nodes.contains_key(&beat.node)
             && s.checks
@@ -121,7 +127,9 @@ pub(crate) async fn leave(
 ) -> Result<Response, ApiError> {
     let beat = decode(&headers, body).await?;
     authz.require(Resource::Node, &beat.node, Need::Write)?;
-    app.members.leave(&beat.node);
+    app.members
+        .leave(&beat.node, &beat.id)
+        .map_err(|conflict| ApiError::Conflict(conflict.to_string()))?;
     tracing::info!(node = %beat.node, "member left");
     app.store.catalog_deregister(beat.node, None, None).await?;
     Ok(json(&true))

@@ -183,6 +183,9 @@ pub(crate) enum ApiError {
     /// 401 `ACL support disabled`.
     #[error("{0}")]
     Unauthorized(String),
+    /// 409: the request clashes with what exists (an agent's node name in use).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -196,6 +199,7 @@ impl IntoResponse for ApiError {
             Self::Internal(text) => (StatusCode::INTERNAL_SERVER_ERROR, text),
             Self::Forbidden(text) => (StatusCode::FORBIDDEN, text),
             Self::Unauthorized(text) => (StatusCode::UNAUTHORIZED, text),
+            Self::Conflict(text) => (StatusCode::CONFLICT, text),
             Self::Store(StoreError::Rejected(text)) => (StatusCode::INTERNAL_SERVER_ERROR, text),
             Self::Store(StoreError::Closed) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1,7 +1,8 @@
 //! The check runner: runs an agent's TTL, HTTP, TCP and script checks and reports results.
 //!
-//! Each check is one task. Results pass through a [`StatusHandler`] (Consul's
-//! `SuccessBeforePassing` / `FailuresBeforeCritical` thresholds) and are sent on a channel as
+//! Each check is one task. Results of HTTP, TCP and script checks pass through a
+//! [`StatusHandler`] (Consul's `SuccessBeforePassing` / `FailuresBeforeCritical` thresholds; TTL
+//! checks ignore them, as Consul's `CheckTTL` does) and are sent on a channel as
 //! [`CheckResult`]s; the owner of the checks (the agent's local state) applies them. The runner
 //! knows nothing of services, the catalog or HTTP APIs.
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::probe::{self, HttpProbe};
+use super::probe::{self, HttpClient, HttpProbe};
 use super::{CheckError, Health, StatusHandler};
 
 /// Shortest interval Consul allows; shorter ones are raised to it.
@@ -91,7 +91,6 @@ struct Running {
 pub struct CheckRunner {
     running: Arc<Mutex<HashMap<String, Running>>>,
     results: mpsc::UnboundedSender<CheckResult>,
-    http: reqwest::Client,
     enable_script_checks: bool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -108,7 +107,6 @@ impl CheckRunner {
         let runner = Self {
             running: Arc::default(),
             results: tx,
-            http: reqwest::Client::new(),
             enable_script_checks,
             shutdown,
             tasks: TaskTracker::new(),
@@ -140,8 +138,12 @@ impl CheckRunner {
     pub fn start(&self, spec: CheckSpec) -> Result<(), CheckError> {
         self.validate(&spec.kind)?;
         let cancel = self.shutdown.child_token();
-        let handler =
-            StatusHandler::new(spec.success_before_passing, spec.failures_before_critical);
+        // Consul's CheckTTL has no StatusHandler: a TTL check's status is what its client last
+        // set, and expiry turns it critical at once, whatever the thresholds say.
+        let handler = match spec.kind {
+            CheckKind::Ttl(_) => StatusHandler::default(),
+            _ => StatusHandler::new(spec.success_before_passing, spec.failures_before_critical),
+        };
         let reporter = Reporter {
             id: spec.id.clone(),
             tx: self.results.clone(),
@@ -155,7 +157,12 @@ impl CheckRunner {
                 Some(tx)
             }
             kind => {
-                let http = self.http.clone();
+                let http = match &kind {
+                    CheckKind::Http { probe, .. } => {
+                        Some(HttpClient::new(probe).map_err(CheckError::Invalid)?)
+                    }
+                    _ => None,
+                };
                 self.tasks
                     .spawn(interval_task(kind, http, reporter, cancel.clone()));
                 None
@@ -255,7 +262,7 @@ async fn ttl_task(
 
 async fn interval_task(
     kind: CheckKind,
-    http: reqwest::Client,
+    http: Option<HttpClient>,
     mut reporter: Reporter,
     cancel: CancellationToken,
 ) {
@@ -276,7 +283,10 @@ async fn interval_task(
     loop {
         let run = async {
             match &kind {
-                CheckKind::Http { probe, .. } => probe::http(&http, probe, timeout).await,
+                CheckKind::Http { probe, .. } => match &http {
+                    Some(client) => probe::http(client, probe, timeout).await,
+                    None => unreachable!("http checks get a client in start"),
+                },
                 CheckKind::Tcp { addr, .. } => probe::tcp(addr, timeout).await,
                 CheckKind::Script { args, .. } => probe::script(args, timeout).await,
                 CheckKind::Ttl(_) => unreachable!("ttl checks run in ttl_task"),
@@ -337,15 +347,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn ttl_thresholds_and_errors() {
+    async fn ttl_checks_ignore_thresholds_and_reject_errors() {
         let (runner, mut rx) = CheckRunner::new(false, CancellationToken::new());
         let mut spec = ttl_spec("t", 30);
         spec.success_before_passing = 2;
+        spec.failures_before_critical = 3;
         runner.start(spec).unwrap();
+        let start = Instant::now();
         runner.ttl_update("t", Health::Passing, "1".into()).unwrap();
-        runner.ttl_update("t", Health::Passing, "2".into()).unwrap();
         let r = rx.recv().await.unwrap();
-        assert_eq!(r.output, "2");
+        assert_eq!((r.status, r.output.as_str()), (Health::Passing, "1"));
+        // Expiry is critical at once: FailuresBeforeCritical does not delay it.
+        let expired = tokio::time::timeout(Duration::from_secs(3600), rx.recv())
+            .await
+            .expect("the TTL expiry is reported")
+            .unwrap();
+        assert_eq!(
+            (expired.status, expired.output.as_str()),
+            (
+                Health::Critical,
+                "TTL expired (last output before timeout follows): 1"
+            )
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
         assert_eq!(
             runner.ttl_update("nope", Health::Passing, String::new()),
             Err(CheckError::Unknown("nope".into()))

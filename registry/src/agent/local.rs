@@ -63,6 +63,21 @@ pub(crate) struct LocalCheck {
     pub(crate) output_deferred: bool,
 }
 
+impl LocalCheck {
+    /// A check nobody runs (maintenance): no thresholds, no reaping.
+    fn plain(check: Check) -> Self {
+        Self {
+            check,
+            kind: None,
+            deregister_after: None,
+            critical_since: None,
+            success_before_passing: 0,
+            failures_before_critical: 0,
+            output_deferred: false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct LocalState {
     pub(crate) services: BTreeMap<String, Service>,
@@ -610,43 +625,61 @@ impl LocalAgent {
             .ok_or_else(|| AgentError::UnknownService(service_id.to_owned()))?;
         let check_id = format!("_service_maintenance:{service_id}");
         if enable {
-            let notes = if reason.is_empty() {
-                "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.".to_owned()
-            } else {
-                reason.to_owned()
-            };
             let check = Check {
-                node: self.node.clone(),
-                id: check_id.clone(),
-                name: "Service Maintenance Mode".into(),
-                // Consul's check is critical; `maintenance` is only an aggregated status.
-                status: CheckStatus::Critical,
-                notes,
                 service_id: service.id.clone(),
                 service_name: service.name.clone(),
                 service_tags: service.tags.clone(),
-                check_type: "maintenance".into(),
-                definition: serde_json::json!({}),
-                ..Check::default()
+                ..self.maintenance_check(&check_id, "Service Maintenance Mode", "service", reason)
             };
-            state.checks.insert(
-                check_id,
-                LocalCheck {
-                    check,
-                    kind: None,
-                    deregister_after: None,
-                    critical_since: None,
-                    success_before_passing: 0,
-                    failures_before_critical: 0,
-                    output_deferred: false,
-                },
-            );
+            state.checks.insert(check_id, LocalCheck::plain(check));
         } else {
             state.checks.remove(&check_id);
         }
         drop(state);
         self.bump();
         Ok(())
+    }
+
+    /// Consul's node maintenance: a critical `_node_maintenance` check on the node, so every
+    /// service of the node fails `?passing` until it is disabled.
+    pub fn node_maintenance(&self, enable: bool, reason: &str) {
+        let mut state = self.lock();
+        if enable {
+            let check = self.maintenance_check(
+                NODE_MAINTENANCE_CHECK,
+                "Node Maintenance Mode",
+                "node",
+                reason,
+            );
+            state
+                .checks
+                .insert(NODE_MAINTENANCE_CHECK.to_owned(), LocalCheck::plain(check));
+        } else {
+            state.checks.remove(NODE_MAINTENANCE_CHECK);
+        }
+        drop(state);
+        self.bump();
+    }
+
+    fn maintenance_check(&self, id: &str, name: &str, of: &str, reason: &str) -> Check {
+        let notes = if reason.is_empty() {
+            format!(
+                "Maintenance mode is enabled for this {of}, but no reason was provided. This is a default message."
+            )
+        } else {
+            reason.to_owned()
+        };
+        Check {
+            node: self.node.clone(),
+            id: id.to_owned(),
+            name: name.to_owned(),
+            // Consul's check is critical; `maintenance` is only an aggregated status.
+            status: CheckStatus::Critical,
+            notes,
+            check_type: "maintenance".into(),
+            definition: serde_json::json!({}),
+            ..Check::default()
+        }
     }
 
     /// Copies of the services and checks (for answers and anti-entropy).
@@ -737,10 +770,12 @@ impl LocalAgent {
     }
 }
 
+const NODE_MAINTENANCE_CHECK: &str = "_node_maintenance";
+
 /// Consul's node (`_node_maintenance`) and service (`_service_maintenance:<id>`) maintenance
 /// check ids.
 fn is_maintenance_check(id: &str) -> bool {
-    id == "_node_maintenance" || id.starts_with("_service_maintenance:")
+    id == NODE_MAINTENANCE_CHECK || id.starts_with("_service_maintenance:")
 }
 
 /// Orders statuses by badness: maintenance and critical are worst.

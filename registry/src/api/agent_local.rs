@@ -34,6 +34,7 @@ pub(crate) fn routes(api: Arc<AgentApi>) -> Router {
         .route("/v1/agent/service/register", put(register_service))
         .route("/v1/agent/service/deregister/{id}", put(deregister_service))
         .route("/v1/agent/service/maintenance/{id}", put(maintenance))
+        .route("/v1/agent/maintenance", put(node_maintenance))
         .route("/v1/agent/services", get(services))
         .route("/v1/agent/service/{id}", get(service))
         .route("/v1/agent/checks", get(checks))
@@ -145,6 +146,29 @@ async fn deregister_service(
     Ok(StatusCode::OK.into_response())
 }
 
+/// `?enable=` of the maintenance endpoints, as Consul parses it.
+fn enable_param(params: &Params) -> Result<bool, ApiError> {
+    match params.get("enable") {
+        None => Err(ApiError::BadRequest("Missing value for enable".into())),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(_) => Err(ApiError::BadRequest("Invalid value for enable".into())),
+    }
+}
+
+async fn node_maintenance(
+    State(api): State<Arc<AgentApi>>,
+    authz: Authz,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(&uri);
+    let enable = enable_param(&params)?;
+    authz.require(Resource::Node, api.local.node(), Need::Write)?;
+    api.local
+        .node_maintenance(enable, params.get("reason").unwrap_or(""));
+    Ok(StatusCode::OK.into_response())
+}
+
 async fn maintenance(
     State(api): State<Arc<AgentApi>>,
     authz: Authz,
@@ -152,12 +176,7 @@ async fn maintenance(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(&uri);
-    let enable = match params.get("enable") {
-        None => return Err(ApiError::BadRequest("Missing value for enable".into())),
-        Some("true") => true,
-        Some("false") => false,
-        Some(_) => return Err(ApiError::BadRequest("Invalid value for enable".into())),
-    };
+    let enable = enable_param(&params)?;
     if let Some(name) = service_name_of(&api, &id) {
         authz.require(Resource::Service, &name, Need::Write)?;
     }

@@ -109,7 +109,8 @@ async fn deliver(http: &reqwest::Client, url: &str, secret: &Secret, body: Vec<u
         match result {
             Ok(resp) if resp.status().is_success() => return true,
             Ok(resp) => tracing::warn!(attempt, status = %resp.status(), "webhook refused"),
-            Err(err) => tracing::warn!(attempt, cause = %err, "webhook unreachable"),
+            // Without the URL: its query may carry a secret of the main system's.
+            Err(err) => tracing::warn!(attempt, cause = %err.without_url(), "webhook unreachable"),
         }
         if attempt < ATTEMPTS {
             tokio::time::sleep(backoff).await;

@@ -199,6 +199,9 @@ pub async fn run(
             let url = format!("http://{}", agent_listener.local_addr()?);
             let mut agent_config = berth_registry::agent::AgentConfig::new(server, &node);
             agent_config.retry_join = true;
+            // Its node ID and registrations survive a restart, so a restarted worker is the same
+            // node to the server at once (not a name conflict until the old one times out).
+            agent_config.data_dir = Some(config.data_dir.join("agent"));
             agent_config.advertise = advertise.parse().ok();
             agent_config.token = config
                 .registry_token

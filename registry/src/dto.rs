@@ -456,6 +456,8 @@ pub struct AgentCheckRegistration {
         skip_serializing_if = "Option::is_none"
     )]
     pub tls_server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_redirects: Option<bool>,
     #[serde(default, rename = "TCP", skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -60,6 +60,9 @@ impl From<&Registration> for AgentServiceRegistration {
                 http: c.http.clone(),
                 tcp: c.tcp.clone(),
                 ttl: c.ttl.clone(),
+                // A check URL the worker confined to the container must stay there: a redirect
+                // could send the agent anywhere and show the answer in the check output.
+                disable_redirects: c.http.as_ref().map(|_| true),
                 interval: c.interval.clone(),
                 timeout: c.timeout.clone(),
                 deregister_critical_service_after: c.deregister_after.clone(),

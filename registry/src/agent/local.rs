@@ -472,6 +472,7 @@ impl LocalAgent {
                 body: def.body.clone().unwrap_or_default(),
                 tls_skip_verify: def.tls_skip_verify.unwrap_or(false),
                 tls_server_name: def.tls_server_name.clone().filter(|n| !n.is_empty()),
+                disable_redirects: def.disable_redirects.unwrap_or(false),
             };
             (
                 Some(CheckKind::Http {

@@ -35,6 +35,8 @@ pub struct HttpProbe {
     pub tls_skip_verify: bool,
     /// `TLSServerName`: the name to send (SNI) and verify instead of the URL's host.
     pub tls_server_name: Option<String>,
+    /// `DisableRedirects`: a 3xx answer is the result (critical), not followed.
+    pub disable_redirects: bool,
 }
 
 /// Redirects followed before giving up (Go's default, which Consul's checks use).
@@ -183,8 +185,8 @@ pub(crate) async fn http(
     (health, output)
 }
 
-/// Sends the request, following redirects (301/302/303 turn into a body-less GET unless the
-/// method is HEAD, 307/308 resend as they are), and reads up to [`OUTPUT_MAX`] bytes of the
+/// Sends the request, following redirects unless `DisableRedirects` (301/302/303 turn into a
+/// body-less GET unless the method is HEAD, 307/308 resend as they are), and reads up to [`OUTPUT_MAX`] bytes of the
 /// final body.
 async fn exchange(
     client: &HttpClient,
@@ -221,7 +223,7 @@ async fn exchange(
             .and_then(|l| l.to_str().ok())
             .map(str::to_owned);
         match (status.as_u16(), location) {
-            (301..=303 | 307 | 308, Some(location)) => {
+            (301..=303 | 307 | 308, Some(location)) if !probe.disable_redirects => {
                 url = url
                     .join(&location)
                     .map_err(|e| format!("invalid redirect to {location:?}: {e}"))?;
@@ -320,6 +322,7 @@ mod tests {
             body: String::new(),
             tls_skip_verify: false,
             tls_server_name: None,
+            disable_redirects: false,
         }
     }
 
@@ -415,6 +418,17 @@ mod tests {
             (
                 Health::Passing,
                 format!("HTTP POST {url}: 200 OK Output: at /new?x=1")
+            )
+        );
+        let kept = HttpProbe {
+            disable_redirects: true,
+            ..moved
+        };
+        assert_eq!(
+            run(&kept).await,
+            (
+                Health::Critical,
+                format!("HTTP POST {url}: 302 Found Output: moved")
             )
         );
     }

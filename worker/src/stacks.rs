@@ -1206,15 +1206,7 @@ impl Stacks {
                 ));
                 idempotent(
                     self.docker
-                        .remove_container(
-                            &cid,
-                            Some(
-                                RemoveContainerOptionsBuilder::default()
-                                    .force(true)
-                                    .v(true)
-                                    .build(),
-                            ),
-                        )
+                        .remove_container(&cid, force_with_volumes())
                         .await,
                 )?;
             }
@@ -1227,15 +1219,7 @@ impl Stacks {
         for cid in created.drain(..) {
             let _ = self
                 .docker
-                .remove_container(
-                    &cid,
-                    Some(
-                        RemoveContainerOptionsBuilder::default()
-                            .force(true)
-                            .v(true)
-                            .build(),
-                    ),
-                )
+                .remove_container(&cid, force_with_volumes())
                 .await;
         }
     }
@@ -1388,15 +1372,7 @@ impl Stacks {
                 log.line(&format!("removing orphan container {cid}"));
                 idempotent(
                     self.docker
-                        .remove_container(
-                            &cid,
-                            Some(
-                                RemoveContainerOptionsBuilder::default()
-                                    .force(true)
-                                    .v(true)
-                                    .build(),
-                            ),
-                        )
+                        .remove_container(&cid, force_with_volumes())
                         .await,
                 )?;
             }
@@ -1491,15 +1467,7 @@ impl Stacks {
                 // them: Docker labels them with nothing).
                 log.line(&format!("recreating {name} (configuration changed)"));
                 self.docker
-                    .remove_container(
-                        old,
-                        Some(
-                            RemoveContainerOptionsBuilder::default()
-                                .force(true)
-                                .v(true)
-                                .build(),
-                        ),
-                    )
+                    .remove_container(old, force_with_volumes())
                     .await?;
             }
             if current.is_none() || current_hash.as_deref() != Some(hash.as_str()) {
@@ -1965,17 +1933,7 @@ impl Stacks {
             Ok(containers) => {
                 for c in containers {
                     let Some(cid) = c.id else { continue };
-                    let removed = long
-                        .remove_container(
-                            &cid,
-                            Some(
-                                RemoveContainerOptionsBuilder::default()
-                                    .force(true)
-                                    .v(true)
-                                    .build(),
-                            ),
-                        )
-                        .await;
+                    let removed = long.remove_container(&cid, force_with_volumes()).await;
                     match idempotent(removed) {
                         Ok(true) => resp.removed_containers += 1,
                         Ok(false) => {}
@@ -2313,6 +2271,17 @@ fn allocate_port(proto: &str) -> std::io::Result<PortHold> {
         "udp" => Ok(PortHold::Udp(UdpSocket::bind(("0.0.0.0", 0))?)),
         _ => Ok(PortHold::Tcp(TcpListener::bind(("0.0.0.0", 0))?)),
     }
+}
+
+/// Removal of a container even while it runs, with its anonymous volumes (which nothing else
+/// would ever find again).
+fn force_with_volumes() -> Option<bollard::query_parameters::RemoveContainerOptions> {
+    Some(
+        RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build(),
+    )
 }
 
 #[cfg(test)]

@@ -431,15 +431,7 @@ async fn docker_concurrent_calls_are_serialised_and_orphans_removed() {
 
     // A new commit without `extra`: its container is an orphan and goes on start.
     let (repo2, commit2) = git_repo(&[("compose.yaml", TINY)]);
-    w.client
-        .build(&sid, &build_request(repo2.path(), &commit2))
-        .await
-        .unwrap();
-    let st = w
-        .client
-        .start(&sid, &StartRequest::default())
-        .await
-        .unwrap();
+    let st = w.build_and_start(&sid, repo2.path(), &commit2).await;
     assert_eq!(st.services.len(), 1, "{st:?}");
     assert_eq!(st.commit.as_deref(), Some(commit2.as_str()));
     assert_eq!(w.cleanup.leftovers().0.len(), 1);
@@ -571,15 +563,7 @@ async fn docker_failed_rebuild_blocks_start_until_built_again() {
         "{}",
         body.error.message
     );
-    w.client
-        .build(&sid, &build_request(good.path(), &good_commit))
-        .await
-        .unwrap();
-    let st = w
-        .client
-        .start(&sid, &StartRequest::default())
-        .await
-        .unwrap();
+    let st = w.build_and_start(&sid, good.path(), &good_commit).await;
     assert_eq!(st.state, StackState::Running);
     w.client.delete(&sid, false).await.unwrap();
     w.stop().await;
@@ -651,15 +635,7 @@ async fn docker_binds_below_a_writable_bind_answer_422() {
     ]);
     std::os::unix::fs::symlink("d", repo.path().join("link")).unwrap();
     let commit = git_commit(repo.path(), &[]);
-    w.client
-        .build(&sid, &build_request(repo.path(), &commit))
-        .await
-        .unwrap();
-    let st = w
-        .client
-        .start(&sid, &StartRequest::default())
-        .await
-        .unwrap();
+    let st = w.build_and_start(&sid, repo.path(), &commit).await;
     assert_eq!(st.state, StackState::Running);
     let src = w.stack_src(sid.as_str()).canonicalize().unwrap();
     let binds = docker_out(&[
@@ -768,11 +744,7 @@ async fn docker_colliding_names_are_a_conflict_and_leave_the_owner_intact() {
         "compose.yaml",
         "services:\n  web:\n    image: berth-base:latest\n    command: [sh, -c, 'echo tenant-a-private > /data/db.txt; exec sleep 600']\n    volumes: [data:/data]\nvolumes:\n  data: {}\n",
     )]);
-    w.client
-        .build(&a, &build_request(repo_a.path(), &commit_a))
-        .await
-        .unwrap();
-    w.client.start(&a, &StartRequest::default()).await.unwrap();
+    w.build_and_start(&a, repo_a.path(), &commit_a).await;
     // `<base>-x` owns the container `<base>-x-web-1` and the image `<base>-x-web`.
     let c = id(&format!("{base}-x"));
     let (repo_c, commit_c) = git_repo(&[
@@ -782,11 +754,7 @@ async fn docker_colliding_names_are_a_conflict_and_leave_the_owner_intact() {
         ),
         ("Dockerfile", "FROM berth-base:latest\nENV OWNER=c\n"),
     ]);
-    w.client
-        .build(&c, &build_request(repo_c.path(), &commit_c))
-        .await
-        .unwrap();
-    w.client.start(&c, &StartRequest::default()).await.unwrap();
+    w.build_and_start(&c, repo_c.path(), &commit_c).await;
     let c_container = format!("{base}-x-web-1");
     let c_id = docker(&["inspect", "-f", "{{.Id}}", &c_container]);
     assert!(!c_id.is_empty());
@@ -936,14 +904,7 @@ async fn docker_other_instances_images_are_refused_and_delete_goes_on() {
             "FROM berth-base:latest\nRUN echo b1-secret > /greeting\n",
         ),
     ]);
-    w.client
-        .build(&owner, &build_request(repo.path(), &commit))
-        .await
-        .unwrap();
-    w.client
-        .start(&owner, &StartRequest::default())
-        .await
-        .unwrap();
+    w.build_and_start(&owner, repo.path(), &commit).await;
     let theirs = format!("{owner}-web:latest");
 
     let child = id(&format!("ch-{}", w.node));
@@ -1051,15 +1012,7 @@ async fn docker_image_healthcheck_counts_and_missing_one_is_refused_up_front() {
             "FROM berth-base:latest\nHEALTHCHECK --interval=1s CMD true\nCMD [\"sleep\", \"600\"]\n",
         ),
     ]);
-    w.client
-        .build(&sid, &build_request(repo.path(), &commit))
-        .await
-        .unwrap();
-    let st = w
-        .client
-        .start(&sid, &StartRequest::default())
-        .await
-        .unwrap();
+    let st = w.build_and_start(&sid, repo.path(), &commit).await;
     let db = st.services.iter().find(|s| s.name == "db").unwrap();
     assert_eq!(db.health.as_deref(), Some("healthy"), "{st:?}");
     let container = db.container.clone().unwrap();

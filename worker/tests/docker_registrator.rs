@@ -379,15 +379,7 @@ async fn docker_reserved_names_and_check_urls_are_refused() {
         ),
     ]);
     let sid = id(&format!("spoofimg-{node}"));
-    w.client
-        .build(&sid, &build_request(repo.path(), &commit))
-        .await
-        .unwrap();
-    let st = w
-        .client
-        .start(&sid, &StartRequest::default())
-        .await
-        .unwrap();
+    let st = w.build_and_start(&sid, repo.path(), &commit).await;
     let project = st.project_name.clone();
     let log = eventually("both refusals in the instance log", || async {
         let log = instance_log(&w.client, &sid).await;

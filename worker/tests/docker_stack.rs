@@ -191,15 +191,7 @@ async fn docker_builds_and_recreates_leave_nothing_behind() {
         ("compose.yaml", &compose("1")),
         ("Dockerfile", &multi_stage),
     ]);
-    w.client
-        .build(&sid, &build_request(repo.path(), &commit))
-        .await
-        .unwrap();
-    let st = w
-        .client
-        .start(&sid, &StartRequest::default())
-        .await
-        .unwrap();
+    let st = w.build_and_start(&sid, repo.path(), &commit).await;
     let first = anon_volume(&st.project_name);
     assert!(exists("volume", &first), "{first}");
     // A changed environment recreates `anon`: its old anonymous volume goes with it.
@@ -207,14 +199,7 @@ async fn docker_builds_and_recreates_leave_nothing_behind() {
         ("compose.yaml", &compose("2")),
         ("Dockerfile", &multi_stage),
     ]);
-    w.client
-        .build(&sid, &build_request(repo.path(), &commit))
-        .await
-        .unwrap();
-    w.client
-        .start(&sid, &StartRequest::default())
-        .await
-        .unwrap();
+    w.build_and_start(&sid, repo.path(), &commit).await;
     let second = anon_volume(&st.project_name);
     assert_ne!(first, second);
     assert!(!exists("volume", &first), "{first} is left behind");

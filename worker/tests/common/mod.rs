@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use berth_worker::Config;
-use berth_worker_api::{BuildRequest, RepoSource, Secret, ValidName, WorkerClient};
+use berth_worker_api::{
+    BuildRequest, RepoSource, Secret, StackStatus, StartRequest, ValidName, WorkerClient,
+};
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-cluster-token";
@@ -143,6 +145,18 @@ impl TestWorker {
     /// Where the stack's git metadata lives (beside, never inside, the checkout).
     pub fn stack_git(&self, id: &str) -> PathBuf {
         self.data.path().join("stacks").join(id).join("git")
+    }
+
+    /// Builds `commit` of `repo` as stack `id` and starts it; both must succeed.
+    pub async fn build_and_start(&self, id: &ValidName, repo: &Path, commit: &str) -> StackStatus {
+        self.client
+            .build(id, &build_request(repo, commit))
+            .await
+            .unwrap();
+        self.client
+            .start(id, &StartRequest::default())
+            .await
+            .unwrap()
     }
 
     pub async fn stop(self) {

@@ -170,8 +170,9 @@ impl Target {
     }
 
     /// One wake-up sample: a watcher waits on `key`; the time from just before the PUT is sent
-    /// to the watcher's return, and from the PUT's acknowledgement to the watcher's return (zero
-    /// when the watcher returned first).
+    /// to the watcher's return, from the PUT's acknowledgement to the watcher's return (zero
+    /// when the watcher returned first), and the PUT's own round trip (sent after the watcher's
+    /// 20 ms head start, so on an idle server).
     async fn wakeup(
         &self,
         watch_http: &reqwest::Client,
@@ -179,7 +180,7 @@ impl Target {
         key: &str,
         index: &mut u64,
         n: usize,
-    ) -> anyhow::Result<(Duration, Duration)> {
+    ) -> anyhow::Result<(Duration, Duration, Duration)> {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let watcher = {
             let target = self.clone();
@@ -200,6 +201,7 @@ impl Target {
         Ok((
             returned_at.saturating_duration_since(start),
             returned_at.saturating_duration_since(acked),
+            acked - start,
         ))
     }
 
@@ -356,7 +358,7 @@ async fn load(
     Ok(Stats::from_samples(all, errors, start.elapsed()))
 }
 
-async fn wakeups(target: &Target, n: usize) -> anyhow::Result<(Stats, Stats)> {
+async fn wakeups(target: &Target, n: usize) -> anyhow::Result<(Stats, Stats, Stats)> {
     let watch_http = client()?;
     let put_http = client()?;
     let key = "bench/wake";
@@ -378,17 +380,20 @@ async fn wakeups(target: &Target, n: usize) -> anyhow::Result<(Stats, Stats)> {
     let start = Instant::now();
     let mut from_put = Vec::with_capacity(n);
     let mut from_ack = Vec::with_capacity(n);
+    let mut round_trips = Vec::with_capacity(n);
     for i in 0..n {
-        let (put, ack) = target
+        let (put, ack, round_trip) = target
             .wakeup(&watch_http, &put_http, key, &mut index, i)
             .await?;
         from_put.push(put);
         from_ack.push(ack);
+        round_trips.push(round_trip);
     }
     let elapsed = start.elapsed();
     Ok((
         Stats::from_samples(from_put, 0, elapsed),
         Stats::from_samples(from_ack, 0, elapsed),
+        Stats::from_samples(round_trips, 0, elapsed),
     ))
 }
 
@@ -471,12 +476,13 @@ async fn main() -> anyhow::Result<()> {
             report.rows.push((label, cells));
         }
     }
-    let (mut from_put, mut from_ack) = (Vec::new(), Vec::new());
+    let (mut from_put, mut from_ack, mut idle_puts) = (Vec::new(), Vec::new(), Vec::new());
     for target in &targets {
         eprintln!("{}: {} wake-ups", target.system.name(), args.wakeups);
-        let (put, ack) = wakeups(target, args.wakeups).await?;
+        let (put, ack, idle_put) = wakeups(target, args.wakeups).await?;
         from_put.push(Some(put));
         from_ack.push(Some(ack));
+        idle_puts.push(Some(idle_put));
     }
     report
         .rows
@@ -484,6 +490,10 @@ async fn main() -> anyhow::Result<()> {
     report
         .rows
         .push(("wake-up (PUT acked -> watcher returns)".into(), from_ack));
+    report.rows.push((
+        "wake-up's PUT (sent -> acked, server idle 20 ms)".into(),
+        idle_puts,
+    ));
 
     println!();
     let mut header = String::from("| workload |");

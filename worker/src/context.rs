@@ -12,6 +12,38 @@ pub enum ContextError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Dockerfile {name}: {reason}")]
+    Dockerfile { name: String, reason: String },
+}
+
+/// Largest Dockerfile read (Docker's own parser has no limit; real ones are a few KiB).
+const DOCKERFILE_MAX: u64 = 1024 * 1024;
+
+/// Reads the Dockerfile `dockerfile` (relative to the context `dir`): a regular file of at most
+/// 1 MiB whose path, symlinks resolved, stays inside the context.
+pub fn read_dockerfile(dir: &Path, dockerfile: &str) -> Result<String, ContextError> {
+    let bad = |reason: String| ContextError::Dockerfile {
+        name: dockerfile.to_owned(),
+        reason,
+    };
+    let root = dir
+        .canonicalize()
+        .map_err(|e| bad(format!("context: {e}")))?;
+    let path = dir
+        .join(dockerfile)
+        .canonicalize()
+        .map_err(|e| bad(e.to_string()))?;
+    if !path.starts_with(&root) {
+        return Err(bad("resolves outside the build context".to_owned()));
+    }
+    let meta = std::fs::metadata(&path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("is not a regular file".to_owned()));
+    }
+    if meta.len() > DOCKERFILE_MAX {
+        return Err(bad(format!("is larger than {DOCKERFILE_MAX} bytes")));
+    }
+    std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))
 }
 
 #[derive(Debug, Clone)]
@@ -128,8 +160,13 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 }
 
 /// Tars the context directory `dir` (deterministic headers, sorted entries, symlinks kept as
-/// links). `dockerfile` is the Dockerfile's path relative to `dir`.
-pub fn tar_context(dir: &Path, dockerfile: &str) -> Result<Vec<u8>, ContextError> {
+/// links). `dockerfile` is the Dockerfile's path relative to `dir`; its entry holds
+/// `dockerfile_text` (what the worker read and amended, see [`crate::images::with_labels`]).
+pub fn tar_context(
+    dir: &Path,
+    dockerfile: &str,
+    dockerfile_text: &str,
+) -> Result<Vec<u8>, ContextError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ContextError::Io { path, source }
@@ -170,13 +207,21 @@ pub fn tar_context(dir: &Path, dockerfile: &str) -> Result<Vec<u8>, ContextError
                     }
                     stack.push(rel);
                 }
-            } else if !ignored {
+            } else if !ignored && rel_str != dockerfile {
                 builder
                     .append_path_with_name(entry.path(), &rel)
                     .map_err(io(&entry.path()))?;
             }
         }
     }
+    // The Dockerfile goes last, whatever the walk met at its path (even an ignored folder).
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(dockerfile_text.len() as u64);
+    builder
+        .append_data(&mut header, &dockerfile, dockerfile_text.as_bytes())
+        .map_err(io(dir))?;
     builder.into_inner().map_err(io(dir))
 }
 
@@ -229,7 +274,7 @@ mod tests {
         std::fs::write(d.join("debug.log"), "x").unwrap();
         std::fs::write(d.join(".dockerignore"), "node_modules\n*.log\nDockerfile\n").unwrap();
         std::os::unix::fs::symlink("src/main.sh", d.join("link")).unwrap();
-        let bytes = tar_context(d, "Dockerfile").unwrap();
+        let bytes = tar_context(d, "Dockerfile", "FROM x\nLABEL a=b\n").unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());
         let mut names: Vec<String> = archive
             .entries()
@@ -241,10 +286,42 @@ mod tests {
             names,
             [".dockerignore", "Dockerfile", "link", "src", "src/main.sh"]
         );
+        let mut sent = String::new();
+        for entry in tar::Archive::new(bytes.as_slice()).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().to_str() == Some("Dockerfile") {
+                std::io::Read::read_to_string(&mut entry, &mut sent).unwrap();
+            }
+        }
+        assert_eq!(sent, "FROM x\nLABEL a=b\n", "the amended text is what is sent");
         assert_eq!(
             bytes,
-            tar_context(d, "Dockerfile").unwrap(),
+            tar_context(d, "Dockerfile", "FROM x\nLABEL a=b\n").unwrap(),
             "deterministic"
         );
+    }
+
+    #[test]
+    fn dockerfiles_stay_in_the_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(outside.path().join("secret"), "host secret").unwrap();
+        std::fs::write(d.join("Dockerfile"), "FROM x\n").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/Dockerfile.dev"), "FROM y\n").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), d.join("Leak")).unwrap();
+        std::os::unix::fs::symlink("sub/Dockerfile.dev", d.join("Inside")).unwrap();
+        assert_eq!(read_dockerfile(d, "Dockerfile").unwrap(), "FROM x\n");
+        assert_eq!(read_dockerfile(d, "Inside").unwrap(), "FROM y\n");
+        for (name, want) in [
+            ("Leak", "Dockerfile Leak: resolves outside the build context"),
+            ("sub", "Dockerfile sub: is not a regular file"),
+            ("../x", "Dockerfile ../x: No such file or directory (os error 2)"),
+        ] {
+            let err = read_dockerfile(d, name).unwrap_err().to_string();
+            assert_eq!(err, want);
+            assert!(!err.contains("host secret"));
+        }
     }
 }

@@ -21,7 +21,7 @@ pub fn image_refs(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Ve
             refs.push(r);
         }
     };
-    for line in logical_lines(dockerfile) {
+    for (_, line) in logical_lines(dockerfile) {
         let mut words = line.split_whitespace();
         let Some(instruction) = words.next() else {
             continue;
@@ -71,12 +71,84 @@ pub fn image_refs(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Ve
     refs
 }
 
-/// Instructions with continuations joined, comments and blank lines dropped.
-fn logical_lines(text: &str) -> Vec<String> {
+/// `dockerfile` with one `LABEL` instruction carrying `labels` at the end of the stage the build
+/// stops at (`target`, else the last). Docker's `labels` build option makes one LABEL step per
+/// label instead, each a container created and committed (about a second each here), and such
+/// steps, instance-specific, never come from another instance's cache. `None` when the file
+/// ends inside a continuation, where an added line would join the last instruction.
+pub fn with_labels(
+    dockerfile: &str,
+    target: Option<&str>,
+    labels: &BTreeMap<String, String>,
+) -> Option<String> {
+    let label = labels
+        .iter()
+        .map(|(k, v)| format!("{} {}", quoted(k), quoted(v)))
+        .map(|kv| kv.replacen(' ', "=", 1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let label = format!("LABEL {label}");
+    // Physical lines where each stage (`FROM`) starts, and the stages' names.
+    let stages: Vec<(usize, String)> = logical_lines(dockerfile)
+        .into_iter()
+        .filter_map(|(at, line)| {
+            let mut words = line.split_whitespace();
+            if !words.next()?.eq_ignore_ascii_case("FROM") {
+                return None;
+            }
+            let rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+            let name = match rest.as_slice() {
+                [_, as_, name, ..] if as_.eq_ignore_ascii_case("as") => name.to_lowercase(),
+                _ => String::new(),
+            };
+            Some((at, name))
+        })
+        .collect();
+    let target = target.map(str::to_lowercase);
+    let stop = target
+        .and_then(|t| stages.iter().position(|(_, name)| *name == t))
+        .unwrap_or(stages.len().saturating_sub(1));
+    let lines: Vec<&str> = dockerfile.lines().collect();
+    let insert_at = stages.get(stop + 1).map_or(lines.len(), |(at, _)| *at);
+    let dangling = insert_at == lines.len()
+        && lines
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .is_some_and(|l| l.ends_with('\\') || l.ends_with('`'));
+    if dangling {
+        return None;
+    }
+    let mut out: Vec<&str> = lines[..insert_at].to_vec();
+    out.push(&label);
+    out.extend_from_slice(&lines[insert_at..]);
+    let mut text = out.join("\n");
+    text.push('\n');
+    Some(text)
+}
+
+/// A Dockerfile string literal: double quotes, with `"` and the escape characters escaped (the
+/// labels are validated names, so this never has much to do).
+fn quoted(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | '`' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Instructions with continuations joined, comments and blank lines dropped, each with the
+/// index of the physical line it starts on.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
     let mut escape = '\\';
-    let mut lines = text.lines().peekable();
+    let mut lines = text.lines().enumerate().peekable();
     // Parser directives (`# escape=`` ` ``) come first, before any other line.
-    while let Some(line) = lines.peek() {
+    while let Some((_, line)) = lines.peek() {
         let Some((key, value)) = line
             .trim()
             .strip_prefix('#')
@@ -91,10 +163,14 @@ fn logical_lines(text: &str) -> Vec<String> {
     }
     let mut out = Vec::new();
     let mut current = String::new();
-    for raw in lines {
+    let mut start = None;
+    for (at, raw) in lines {
         let line = raw.trim();
         if line.starts_with('#') {
             continue;
+        }
+        if start.is_none() && !line.is_empty() {
+            start = Some(at);
         }
         match line.strip_suffix(escape) {
             Some(body) => {
@@ -104,14 +180,15 @@ fn logical_lines(text: &str) -> Vec<String> {
             None => {
                 current.push_str(line);
                 if !current.trim().is_empty() {
-                    out.push(std::mem::take(&mut current));
+                    out.push((start.unwrap_or(at), std::mem::take(&mut current)));
                 }
                 current.clear();
+                start = None;
             }
         }
     }
     if !current.trim().is_empty() {
-        out.push(current);
+        out.push((start.unwrap_or(0), current));
     }
     out
 }
@@ -232,6 +309,42 @@ impl BuildIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_label_instruction_ends_the_built_stage() {
+        let labels = BTreeMap::from([
+            ("org.berth.instance".to_owned(), "shop".to_owned()),
+            ("org.berth.node".to_owned(), "n1".to_owned()),
+        ]);
+        let label = r#"LABEL "org.berth.instance"="shop" "org.berth.node"="n1""#;
+        let cases: &[(&str, Option<&str>, Option<String>)] = &[
+            (
+                "FROM a\nRUN x\n",
+                None,
+                Some(format!("FROM a\nRUN x\n{label}\n")),
+            ),
+            // The target stage ends before the next FROM, comments and all.
+            (
+                "FROM a AS Build\nRUN x \\\n  && y\n# next\nFROM b\nCOPY --from=build / /\n",
+                Some("build"),
+                Some(format!(
+                    "FROM a AS Build\nRUN x \\\n  && y\n# next\n{label}\nFROM b\nCOPY --from=build / /\n"
+                )),
+            ),
+            // No such target (Docker will say so): the last stage, as without one.
+            (
+                "FROM a AS one\nFROM b\n",
+                Some("nope"),
+                Some(format!("FROM a AS one\nFROM b\n{label}\n")),
+            ),
+            // A file ending in a continuation would swallow the line.
+            ("FROM a\nRUN x \\\n", None, None),
+            ("# escape=`\nFROM a\nRUN x `\n\n# c\n", None, None),
+        ];
+        for (file, target, want) in cases {
+            assert_eq!(&with_labels(file, *target, &labels), want, "{file:?}");
+        }
+    }
 
     #[test]
     fn image_refs_table() {

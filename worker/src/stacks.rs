@@ -868,15 +868,33 @@ impl Stacks {
         let step = format!("build of service {}", s.name);
         let context = build.context.clone();
         let dockerfile = build.dockerfile.clone();
+        let target = build.target.clone();
+        let labels: BTreeMap<String, String> = plan::image_labels(owner).into_iter().collect();
+        let to_label = labels.clone();
+        // The Dockerfile is read, amended and tarred with the context in one go while the
+        // stack's writers are paused: the text checked below is the text Docker builds.
         let frozen = self.freeze_writers(id, log).await?;
-        let tar =
-            tokio::task::spawn_blocking(move || crate::context::tar_context(&context, &dockerfile))
-                .await;
+        let read = tokio::task::spawn_blocking(move || {
+            let text = crate::context::read_dockerfile(&context, &dockerfile)?;
+            let labelled = images::with_labels(&text, target.as_deref(), &to_label);
+            let tar = crate::context::tar_context(
+                &context,
+                &dockerfile,
+                labelled.as_deref().unwrap_or(&text),
+            )?;
+            Ok::<_, crate::context::ContextError>((text, labelled.is_some(), tar))
+        })
+        .await;
         self.thaw(frozen).await;
-        let tar = tar
+        let (text, labelled, tar) = read
             .map_err(|e| failed("build context", e.to_string()))?
-            .map_err(|e| failed("build context", e.to_string()))?;
-        let labels = plan::image_labels(owner);
+            .map_err(|e| failed(&step, e.to_string()))?;
+        self.check_bases(owner, s, build, &text).await?;
+        let build_labels: HashMap<String, String> = if labelled {
+            HashMap::new()
+        } else {
+            labels.into_iter().collect()
+        };
         let args: HashMap<String, String> = build.args.clone().into_iter().collect();
         let mut opts = BuildImageOptionsBuilder::default()
             .dockerfile(&build.dockerfile)
@@ -884,7 +902,7 @@ impl Stacks {
             .rm(true)
             .forcerm(true)
             .buildargs(&args)
-            .labels(&labels);
+            .labels(&build_labels);
         if let Some(target) = &build.target {
             opts = opts.target(target);
         }
@@ -1004,12 +1022,22 @@ impl Stacks {
         s: &Service,
         build: &compose::model::Build,
     ) -> Result<(), StackError> {
-        let path = build.context.join(&build.dockerfile);
-        // A missing or unreadable Dockerfile fails the build itself, with Docker's message.
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        // A missing or unreadable Dockerfile fails the build itself, with a message saying why.
+        let Ok(text) = crate::context::read_dockerfile(&build.context, &build.dockerfile) else {
             return Ok(());
         };
-        for image in images::image_refs(&text, &build.args) {
+        self.check_bases(owner, s, build, &text).await
+    }
+
+    /// Refuses a Dockerfile `text` that builds on another berth instance's image.
+    async fn check_bases(
+        &self,
+        owner: &Owner,
+        s: &Service,
+        build: &compose::model::Build,
+        text: &str,
+    ) -> Result<(), StackError> {
+        for image in images::image_refs(text, &build.args) {
             let Ok(inspect) = self.docker.inspect_image(&image).await else {
                 continue;
             };

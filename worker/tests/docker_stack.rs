@@ -263,26 +263,44 @@ async fn docker_builds_and_recreates_leave_nothing_behind() {
     w.stop().await;
 }
 
-/// Build and start times of the fixture, cold and warm. Not part of the normal run:
+/// Build and start times of the fixture, cold and warm, beside Debian's docker-compose (the
+/// tool the seed system ran) doing the same steps on the same files. Not part of the normal run:
 /// `cargo test -p berth-worker --test docker_stack -- --ignored --nocapture docker_measure`.
+/// A start is timed to "the published port answers HTTP" on both sides (berth's start answers
+/// when the stack is ready; after `docker-compose up -d` the port is polled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, run by hand"]
 async fn docker_measure_fixture_times() {
     let w = worker("measure", |_| {}).await;
     // A greeting nobody built before makes the RUN layer miss the build cache: a cold build.
-    let nonce = format!(
-        "GREETING=measure-{}-{}\n",
-        std::process::id(),
-        rand_suffix()
-    );
-    let mut files = fixture_files();
-    files.retain(|(n, _)| *n != ".env");
-    files.push((".env", Box::leak(nonce.into_boxed_str())));
-    let (repo, commit) = git_repo(&files);
+    let with_nonce = |who: &str| {
+        let mut files = fixture_files();
+        files.retain(|(n, _)| *n != ".env");
+        let nonce = format!(
+            "GREETING=measure-{who}-{}-{}\n",
+            std::process::id(),
+            rand_suffix()
+        );
+        files.push((".env", Box::leak(nonce.into_boxed_str())));
+        files
+    };
+    let (repo, commit) = git_repo(&with_nonce("berth"));
     let req = build_request(repo.path(), &commit);
     let a = id(&format!("ma-{}", w.node));
     let b = id(&format!("mb-{}", w.node));
     let timed = |t: Instant| t.elapsed().as_secs_f64();
+    let answers = |endpoint: String| async move {
+        for _ in 0..600 {
+            if reqwest::get(format!("http://{endpoint}/api.txt"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("{endpoint} never answered");
+    };
 
     let t = Instant::now();
     w.client.build(&a, &req).await.unwrap();
@@ -294,11 +312,13 @@ async fn docker_measure_fixture_times() {
     w.client.build(&a, &req).await.unwrap();
     let build_noop = timed(t);
     let t = Instant::now();
-    w.client.start(&a, &StartRequest::default()).await.unwrap();
+    let st = w.client.start(&a, &StartRequest::default()).await.unwrap();
+    answers(st.endpoints[0].address()).await;
     let start_cold = timed(t);
     w.client.stop(&a).await.unwrap();
     let t = Instant::now();
-    w.client.start(&a, &StartRequest::default()).await.unwrap();
+    let st = w.client.start(&a, &StartRequest::default()).await.unwrap();
+    answers(st.endpoints[0].address()).await;
     let start_warm = timed(t);
     let t = Instant::now();
     w.client.start(&a, &StartRequest::default()).await.unwrap();
@@ -307,14 +327,85 @@ async fn docker_measure_fixture_times() {
     w.client.delete(&a, false).await.unwrap();
     let delete = timed(t);
     w.client.delete(&b, false).await.unwrap();
-    println!("fixture build cold (no cached layers):   {build_cold:6.2} s");
-    println!("fixture build warm (cached layers):      {build_warm:6.2} s");
-    println!("fixture rebuild of a built commit:       {build_noop:6.2} s");
-    println!("fixture start cold (new containers):     {start_cold:6.2} s");
-    println!("fixture start warm (after stop):         {start_warm:6.2} s");
-    println!("fixture start of a running stack:        {start_running:6.2} s");
-    println!("fixture delete:                          {delete:6.2} s");
     w.stop().await;
+
+    // The same steps with docker-compose in a plain copy of the files.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in with_nonce("compose") {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.path().join("web/start.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let project = format!("mc{}", std::process::id());
+    let compose = |args: &[&str]| {
+        let out = Command::new("docker-compose")
+            .arg("-p")
+            .arg(&project)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("docker-compose runs");
+        assert!(out.status.success(), "docker-compose {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let port = || compose(&["port", "web", "8080"]).replace("0.0.0.0", "127.0.0.1");
+    let t = Instant::now();
+    compose(&["build", "-q"]);
+    let c_build_cold = timed(t);
+    let t = Instant::now();
+    compose(&["build", "-q"]);
+    let c_build_warm = timed(t);
+    let t = Instant::now();
+    compose(&["up", "-d"]);
+    answers(port()).await;
+    let c_start_cold = timed(t);
+    compose(&["stop"]);
+    let t = Instant::now();
+    compose(&["up", "-d"]);
+    answers(port()).await;
+    let c_start_warm = timed(t);
+    let t = Instant::now();
+    compose(&["up", "-d"]);
+    let c_start_running = timed(t);
+    let t = Instant::now();
+    compose(&["down", "-v", "--rmi", "local"]);
+    let c_delete = timed(t);
+
+    println!("| fixture step | berth-worker | docker-compose 1.29 |");
+    println!("|---|---|---|");
+    for (step, ours, theirs) in [
+        ("build, cold (no cached layers)", build_cold, c_build_cold),
+        ("build, warm (cached layers)", build_warm, c_build_warm),
+        ("build of an already built commit", build_noop, f64::NAN),
+        (
+            "start, cold, to the port answering",
+            start_cold,
+            c_start_cold,
+        ),
+        (
+            "start after stop, to the port answering",
+            start_warm,
+            c_start_warm,
+        ),
+        ("start of a running stack", start_running, c_start_running),
+        (
+            "delete (containers, volumes, images, network)",
+            delete,
+            c_delete,
+        ),
+    ] {
+        let theirs = if theirs.is_nan() {
+            "(no such step)".to_owned()
+        } else {
+            format!("{theirs:.2} s")
+        };
+        println!("| {step} | {ours:.2} s | {theirs} |");
+    }
 }
 
 fn rand_suffix() -> u128 {

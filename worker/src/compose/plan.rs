@@ -208,9 +208,10 @@ pub fn volume_labels(project: &str, key: &str, owner: &Owner) -> HashMap<String,
     l
 }
 
-/// Labels of a built image: only what delete finds it by. The classic builder turns every
-/// build label into its own LABEL step (about a second each on a busy engine), so project,
-/// service and commit travel in the tag (`<project>-<service>:<commit12>`) instead.
+/// Labels of a built image: only what delete finds it by. Every LABEL step costs a container
+/// created and committed (about a second each here), so the worker adds these as one LABEL
+/// instruction at the end of the built stage (`images::with_labels`), and project, service and
+/// commit travel in the tag (`<project>-<service>:<commit12>`) instead.
 pub fn image_labels(owner: &Owner) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_BERTH_INSTANCE.to_owned(), owner.instance.clone()),

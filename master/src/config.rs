@@ -164,6 +164,7 @@ impl Config {
             l.max_files,
             l.max_file_bytes,
             l.max_ratio,
+            l.max_concurrent,
         ]
         .contains(&0)
         {

@@ -84,6 +84,9 @@ struct Cli {
     /// Cap on decompressed/compressed size past 1 MiB [default: 100].
     #[arg(long, env = "BERTH_MASTER_MAX_RATIO")]
     max_ratio: Option<u64>,
+    /// Uploads handled at once; more wait before their body is read [default: 2].
+    #[arg(long, env = "BERTH_MASTER_MAX_CONCURRENT_UPLOADS")]
+    max_concurrent_uploads: Option<u64>,
     /// How long an operation waits for a busy instance before answering 409 [default: 30].
     #[arg(long, env = "BERTH_MASTER_LOCK_WAIT_SECS")]
     lock_wait_secs: Option<u64>,
@@ -152,6 +155,9 @@ impl Cli {
         }
         if let Some(v) = self.max_ratio {
             c.limits.max_ratio = v;
+        }
+        if let Some(v) = self.max_concurrent_uploads {
+            c.limits.max_concurrent = v;
         }
         let pairs = [
             (

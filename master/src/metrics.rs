@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -25,6 +26,7 @@ pub struct Metrics {
     upload_bytes: Counter,
     git_fetches: Family<Labels, Counter>,
     webhook_deliveries: Family<Labels, Counter>,
+    uploads_waiting: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -49,6 +51,7 @@ impl Metrics {
         let upload_bytes = Counter::default();
         let git_fetches = Family::<Labels, Counter>::default();
         let webhook_deliveries = Family::<Labels, Counter>::default();
+        let uploads_waiting = Gauge::default();
         registry.register(
             "operations",
             "Instance operations (upload, build, start, stop, delete) by result",
@@ -74,6 +77,11 @@ impl Metrics {
             "Webhook deliveries by result",
             webhook_deliveries.clone(),
         );
+        registry.register(
+            "uploads_waiting",
+            "Uploads waiting for an upload slot (--max-concurrent-uploads)",
+            uploads_waiting.clone(),
+        );
         Self {
             registry,
             operations,
@@ -81,6 +89,7 @@ impl Metrics {
             upload_bytes,
             git_fetches,
             webhook_deliveries,
+            uploads_waiting,
         }
     }
 
@@ -100,6 +109,15 @@ impl Metrics {
 
     pub fn uploaded(&self, bytes: u64) {
         self.upload_bytes.inc_by(bytes);
+    }
+
+    /// One more (`true`) or one less (`false`) upload waiting for a slot.
+    pub fn upload_waiting(&self, waiting: bool) {
+        if waiting {
+            self.uploads_waiting.inc();
+        } else {
+            self.uploads_waiting.dec();
+        }
     }
 
     pub fn git_fetch(&self, ok: bool) {

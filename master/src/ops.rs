@@ -94,6 +94,14 @@ pub struct DeleteOutcome {
     pub note: Option<String>,
 }
 
+/// An upload's body, read while holding one of the master's upload slots; the slot is given
+/// back once the upload is committed or refused.
+#[derive(Debug)]
+pub struct UploadBody {
+    pub bytes: Bytes,
+    pub slot: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// The master's shared state: code store, registry, settings, background tasks.
 #[derive(Debug)]
 pub struct Master {
@@ -104,6 +112,8 @@ pub struct Master {
     webhook: Option<Webhook>,
     rr: AtomicUsize,
     worker_http: reqwest::Client,
+    /// Upload slots (`limits.max_concurrent`), taken before an upload's body is read.
+    upload_slots: Arc<tokio::sync::Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -173,6 +183,9 @@ impl Master {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("reqwest client without TLS always builds");
+        let slots = usize::try_from(settings.limits.max_concurrent)
+            .unwrap_or(usize::MAX)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             settings,
             codestore,
@@ -181,9 +194,21 @@ impl Master {
             webhook,
             rr: AtomicUsize::new(0),
             worker_http,
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             tasks,
             shutdown,
         }
+    }
+
+    /// Waits for an upload slot; hold it until the upload is committed.
+    pub async fn upload_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(permit) = self.upload_slots.clone().try_acquire_owned() {
+            return permit;
+        }
+        self.metrics.upload_waiting(true);
+        let permit = self.upload_slots.clone().acquire_owned().await;
+        self.metrics.upload_waiting(false);
+        permit.expect("the upload semaphore is never closed")
     }
 
     /// Clone URL of an instance (no credentials): the forge's when one is configured.
@@ -306,12 +331,13 @@ impl Master {
         id: ValidName,
         user: ValidName,
         project: ValidName,
-        body: Bytes,
+        body: UploadBody,
         build: bool,
         wait: Option<Duration>,
     ) -> Result<InstanceRecord, OpError> {
         let started = Instant::now();
         let limits = self.settings.limits;
+        let UploadBody { bytes: body, slot } = body;
         let size = body.len() as u64;
         let tree = match blocking(move || read_upload(&body, &limits)).await {
             Ok(Ok(tree)) => tree,
@@ -324,6 +350,8 @@ impl Master {
         };
         let lock = self.lock(&id).await?;
         let result = self.upload_locked(&lock, &id, &user, &project, tree).await;
+        // Committed (or refused): the tree is no longer held, the next upload may be read.
+        drop(slot);
         self.finish(Op::Upload, started, &result);
         let (rec, changed) = match result {
             Ok(ok) => ok,

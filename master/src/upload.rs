@@ -42,6 +42,9 @@ pub struct Limits {
     /// Decompressed stream size divided by compressed size; only checked once the decompressed
     /// stream passes [`RATIO_FLOOR_BYTES`], so small, very compressible uploads are fine.
     pub max_ratio: u64,
+    /// Uploads read, checked and committed at once; more wait for a slot before their body is
+    /// read, so the master's memory stays within this many times the two size caps.
+    pub max_concurrent: u64,
 }
 
 /// Decompressed size below which the compression ratio is not checked.
@@ -55,6 +58,7 @@ impl Default for Limits {
             max_files: 10_000,
             max_file_bytes: 64 * 1024 * 1024,
             max_ratio: 100,
+            max_concurrent: 2,
         }
     }
 }

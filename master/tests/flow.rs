@@ -794,3 +794,50 @@ async fn a_retried_upload_builds_what_was_not_built() {
     assert_eq!(builds(&w), 2);
     m.stop().await;
 }
+
+/// With one upload slot, a second upload waits (the gauge says so) until the first, whose body
+/// is still arriving, has been read and committed; then it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_beyond_the_slots_wait_for_one() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&reg, dir.path());
+    cfg.limits.max_concurrent = 1;
+    let m = master(cfg).await;
+
+    let body = app("v1");
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    tx.unbounded_send(Ok(body[..10].to_vec())).unwrap();
+    let first = m
+        .req(
+            reqwest::Method::PUT,
+            "/v1/instances/slow/code?user=alice&project=proj&build=false",
+        )
+        .body(reqwest::Body::wrap_stream(rx))
+        .send();
+    let first = tokio::spawn(first);
+    // The first holds the slot while its body trickles in; the second waits for it.
+    let second = tokio::spawn({
+        let req = m
+            .req(
+                reqwest::Method::PUT,
+                "/v1/instances/quick/code?user=alice&project=proj&build=false",
+            )
+            .body(app("v1"));
+        async move { req.send().await }
+    });
+    eventually("the second upload waits for a slot", || async {
+        metrics(&m).await.contains("berth_master_uploads_waiting 1")
+    })
+    .await;
+    assert!(!second.is_finished(), "the second upload waited");
+    tx.unbounded_send(Ok(body[10..].to_vec())).unwrap();
+    drop(tx);
+    let (status, rec) = json(first.await.unwrap().unwrap()).await;
+    assert_eq!(status, 200, "{rec}");
+    let (status, rec) = json(second.await.unwrap().unwrap()).await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["state"], "uploaded");
+    assert!(metrics(&m).await.contains("berth_master_uploads_waiting 0"));
+    m.stop().await;
+}

@@ -293,7 +293,10 @@ mod tests {
                 std::io::Read::read_to_string(&mut entry, &mut sent).unwrap();
             }
         }
-        assert_eq!(sent, "FROM x\nLABEL a=b\n", "the amended text is what is sent");
+        assert_eq!(
+            sent, "FROM x\nLABEL a=b\n",
+            "the amended text is what is sent"
+        );
         assert_eq!(
             bytes,
             tar_context(d, "Dockerfile", "FROM x\nLABEL a=b\n").unwrap(),
@@ -315,9 +318,15 @@ mod tests {
         assert_eq!(read_dockerfile(d, "Dockerfile").unwrap(), "FROM x\n");
         assert_eq!(read_dockerfile(d, "Inside").unwrap(), "FROM y\n");
         for (name, want) in [
-            ("Leak", "Dockerfile Leak: resolves outside the build context"),
+            (
+                "Leak",
+                "Dockerfile Leak: resolves outside the build context",
+            ),
             ("sub", "Dockerfile sub: is not a regular file"),
-            ("../x", "Dockerfile ../x: No such file or directory (os error 2)"),
+            (
+                "../x",
+                "Dockerfile ../x: No such file or directory (os error 2)",
+            ),
         ] {
             let err = read_dockerfile(d, name).unwrap_err().to_string();
             assert_eq!(err, want);

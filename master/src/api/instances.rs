@@ -94,6 +94,8 @@ pub async fn upload(
     let user = valid("user", required("user", &q.user)?)?;
     let project = valid("project", required("project", &q.project)?)?;
     let wait = parse_wait(q.wait.as_deref())?;
+    // The body is read only with a slot, so at most `max_concurrent` uploads are in memory.
+    let slot = master.upload_slot().await;
     let cap = master.settings.limits.max_compressed_bytes;
     let bytes = Limited::new(body, usize::try_from(cap).unwrap_or(usize::MAX))
         .collect()
@@ -107,7 +109,14 @@ pub async fn upload(
         })?
         .to_bytes();
     let record = master
-        .upload(id, user, project, bytes, q.build.unwrap_or(true), wait)
+        .upload(
+            id,
+            user,
+            project,
+            crate::ops::UploadBody { bytes, slot },
+            q.build.unwrap_or(true),
+            wait,
+        )
         .await?;
     Ok(Json(record))
 }

@@ -102,6 +102,25 @@ impl Http {
         req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"))
     }
 
+    /// A `--dev` server named `srv` on a free loopback port, with `extra` flags, once it
+    /// answers; and its URL.
+    async fn dev_server(&self, extra: &[&str]) -> (Proc, String) {
+        let addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+        let mut args = vec![
+            "server",
+            "--dev",
+            "--http-addr",
+            &addr,
+            "--node-name",
+            "srv",
+        ];
+        args.extend_from_slice(extra);
+        let server = spawn(&args);
+        let url = format!("http://{addr}");
+        self.ready(&url).await;
+        (server, url)
+    }
+
     /// Waits until `base` answers `/v1/agent/self` (403 counts: ACLs are on).
     async fn ready(&self, base: &str) {
         for _ in 0..200 {
@@ -181,19 +200,7 @@ async fn agents_join_fail_and_return() {
         client: reqwest::Client::new(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let sport = free_port("127.0.0.1");
-    let server = format!("http://127.0.0.1:{sport}");
-    let _srv = spawn(&[
-        "server",
-        "--dev",
-        "--http-addr",
-        &format!("127.0.0.1:{sport}"),
-        "--node-name",
-        "srv",
-        "--failure-timeout",
-        "2s",
-    ]);
-    http.ready(&server).await;
+    let (_srv, server) = http.dev_server(&["--failure-timeout", "2s"]).await;
     let app_port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_addr = app_port.local_addr().unwrap().to_string();
     let mut agents = Vec::new();
@@ -407,19 +414,7 @@ async fn agents_enforce_acls_with_tokens_the_server_resolves() {
     let http = Http {
         client: reqwest::Client::new(),
     };
-    let sport = free_port("127.0.0.1");
-    let server = format!("http://127.0.0.1:{sport}");
-    let srv = spawn(&[
-        "server",
-        "--dev",
-        "--http-addr",
-        &format!("127.0.0.1:{sport}"),
-        "--node-name",
-        "srv",
-        "--acl-master-token",
-        "root",
-    ]);
-    http.ready(&server).await;
+    let (srv, server) = http.dev_server(&["--acl-master-token", "root"]).await;
     let root = Some("root");
     let policies = [
         (
@@ -587,7 +582,7 @@ async fn agents_enforce_acls_with_tokens_the_server_resolves() {
         (
             None,
             "PUT",
-            &format!("/v1/agent/join/127.0.0.1:{sport}"),
+            &format!("/v1/agent/join/{}", server.trim_start_matches("http://")),
             None,
             403,
             "Permission denied",
@@ -682,17 +677,7 @@ async fn agents_of_a_server_without_acls_serve_while_it_is_down() {
     let http = Http {
         client: reqwest::Client::new(),
     };
-    let sport = free_port("127.0.0.1");
-    let server = format!("http://127.0.0.1:{sport}");
-    let srv = spawn(&[
-        "server",
-        "--dev",
-        "--http-addr",
-        &format!("127.0.0.1:{sport}"),
-        "--node-name",
-        "srv",
-    ]);
-    http.ready(&server).await;
+    let (srv, server) = http.dev_server(&[]).await;
     let ip = "127.0.0.10";
     let port = free_port(ip);
     let agent = format!("http://{ip}:{port}");
@@ -731,17 +716,7 @@ async fn forwarding_failures_do_not_log_query_tokens() {
         client: reqwest::Client::new(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let sport = free_port("127.0.0.1");
-    let server = format!("http://127.0.0.1:{sport}");
-    let srv = spawn(&[
-        "server",
-        "--dev",
-        "--http-addr",
-        &format!("127.0.0.1:{sport}"),
-        "--node-name",
-        "srv",
-    ]);
-    http.ready(&server).await;
+    let (srv, server) = http.dev_server(&[]).await;
     let ip = "127.0.0.7";
     let port = free_port(ip);
     let agent_url = format!("http://{ip}:{port}");
@@ -798,17 +773,7 @@ async fn a_second_agent_with_a_live_node_name_is_refused() {
         client: reqwest::Client::new(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let sport = free_port("127.0.0.1");
-    let server = format!("http://127.0.0.1:{sport}");
-    let _srv = spawn(&[
-        "server",
-        "--dev",
-        "--http-addr",
-        &format!("127.0.0.1:{sport}"),
-        "--node-name",
-        "srv",
-    ]);
-    http.ready(&server).await;
+    let (_srv, server) = http.dev_server(&[]).await;
     let agent = |ip: &str, port: u16, data: &str, log: Stdio| {
         Proc(
             Command::new(BIN)

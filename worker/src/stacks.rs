@@ -1055,6 +1055,18 @@ impl Stacks {
         Ok(())
     }
 
+    /// The images (tagged or dangling, no intermediate layers) matching `filters`.
+    async fn images_matching(
+        &self,
+        filters: &HashMap<String, Vec<String>>,
+    ) -> Result<Vec<bollard::models::ImageSummary>, bollard::errors::Error> {
+        self.docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::default().filters(filters).build(),
+            ))
+            .await
+    }
+
     /// Removes this instance's images of earlier commits. Images still used by a container stay
     /// (Docker refuses) and go with the stack's delete, which finds them by label.
     async fn remove_stale_images(&self, id: &ValidName, keep: &[String]) {
@@ -1062,15 +1074,7 @@ impl Stacks {
             (plan::LABEL_BERTH_INSTANCE, id.as_str()),
             (plan::LABEL_BERTH_NODE, &self.settings.node),
         ]);
-        let Ok(images) = self
-            .docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-        else {
+        let Ok(images) = self.images_matching(&filters).await else {
             return;
         };
         for image in images {
@@ -2073,15 +2077,7 @@ impl Stacks {
         filters: &HashMap<String, Vec<String>>,
         left: &mut Vec<String>,
     ) -> u32 {
-        let listed = self
-            .docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .all(false)
-                    .filters(filters)
-                    .build(),
-            ))
-            .await;
+        let listed = self.images_matching(filters).await;
         let images = match listed {
             Ok(images) => images,
             Err(e) => {
@@ -2151,15 +2147,7 @@ impl Stacks {
                 vec![format!("{}={}", plan::LABEL_BERTH_NODE, self.settings.node)],
             ),
         ]);
-        let Ok(images) = self
-            .docker
-            .list_images(Some(
-                ListImagesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-        else {
+        let Ok(images) = self.images_matching(&filters).await else {
             return;
         };
         for image in images {

@@ -400,11 +400,7 @@ async fn docker_thirty_five_stacks_leave_no_network() {
         let del = w.client.delete(&sid, false).await.unwrap();
         assert_eq!(del.removed_networks, 1, "stack {n}");
     }
-    let (c, n, v, i) = w.cleanup.leftovers();
-    assert!(
-        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
-        "left: {c:?} {n:?} {v:?} {i:?}"
-    );
+    w.cleanup.assert_nothing_left();
     w.stop().await;
 }
 
@@ -882,11 +878,7 @@ async fn docker_colliding_names_are_a_conflict_and_leave_the_owner_intact() {
     w.client.delete(&a, false).await.unwrap();
     w.client.delete(&c, false).await.unwrap();
     docker(&["volume", "rm", &unmanaged]);
-    let (c, n, v, i) = w.cleanup.leftovers();
-    assert!(
-        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
-        "left: {c:?} {n:?} {v:?} {i:?}"
-    );
+    w.cleanup.assert_nothing_left();
     w.stop().await;
 }
 
@@ -988,11 +980,7 @@ async fn docker_other_instances_images_are_refused_and_delete_goes_on() {
     let again = w.client.delete(&owner, false).await.unwrap();
     assert_eq!(again.removed_images, 1, "{again:?}");
     assert!(again.not_removed.is_empty(), "{again:?}");
-    let (c, n, v, i) = w.cleanup.leftovers();
-    assert!(
-        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
-        "left: {c:?} {n:?} {v:?} {i:?}"
-    );
+    w.cleanup.assert_nothing_left();
     w.stop().await;
 }
 

@@ -138,11 +138,7 @@ async fn docker_fixture_stack_lifecycle() {
     assert_eq!(deleted.removed_volumes, 1);
     assert_eq!(deleted.removed_images, 2);
     assert!(deleted.removed_networks >= 1);
-    let (c, n, v, i) = w.cleanup.leftovers();
-    assert!(
-        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
-        "left: {c:?} {n:?} {v:?} {i:?}"
-    );
+    w.cleanup.assert_nothing_left();
     assert!(!w.data.path().join("stacks").join(sid.as_str()).exists());
     let again = w.client.delete(&sid, false).await.unwrap();
     assert!(!again.existed);
@@ -255,11 +251,7 @@ async fn docker_builds_and_recreates_leave_nothing_behind() {
     let left: Vec<&String> = reported.iter().filter(|id| exists("image", id)).collect();
     assert!(left.is_empty(), "images left behind: {left:?}\n{logs}");
     assert!(!exists("volume", &second), "{second} is left behind");
-    let (c, n, v, i) = w.cleanup.leftovers();
-    assert!(
-        c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
-        "left: {c:?} {n:?} {v:?} {i:?}"
-    );
+    w.cleanup.assert_nothing_left();
     w.stop().await;
 }
 

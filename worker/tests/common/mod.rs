@@ -109,6 +109,15 @@ impl Cleanup {
             self.ids(&["images", "-q", "--filter", &f]),
         )
     }
+
+    /// Fails the test if anything carrying this node's label is left.
+    pub fn assert_nothing_left(&self) {
+        let (c, n, v, i) = self.leftovers();
+        assert!(
+            c.is_empty() && n.is_empty() && v.is_empty() && i.is_empty(),
+            "left: {c:?} {n:?} {v:?} {i:?}"
+        );
+    }
 }
 
 impl Drop for Cleanup {

@@ -1,0 +1,221 @@
+//! The container spec: what `create_container` gets for one service (environment with the
+//! stack's public addresses, ports, mounts, restart policy, healthcheck, limits, networks) and
+//! the config hash that tells start whether an existing container still matches.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkingConfig, PortBinding,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use serde::Serialize;
+
+use super::Stacks;
+use super::ports::port_key;
+use crate::compose::plan::{self, Owner};
+use crate::compose::{MountSource, Project, Restart, Service};
+
+/// The variables every container of the stack gets: `BERTH_ADVERTISE_HOST` and one
+/// `BERTH_PUBLIC_ADDR_<SERVICE>_<port>` per published port of every service.
+pub(super) fn public_env(
+    project: &Project,
+    ports: &BTreeMap<String, u16>,
+    advertise: &str,
+) -> Vec<String> {
+    let mut public_env = Vec::new();
+    public_env.push(format!("BERTH_ADVERTISE_HOST={advertise}"));
+    for s in &project.services {
+        for p in &s.ports {
+            let port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
+            public_env.push(format!(
+                "BERTH_PUBLIC_ADDR_{}_{}={advertise}:{port}",
+                env_name(&s.name),
+                p.container_port,
+            ));
+        }
+    }
+    public_env
+}
+
+impl Stacks {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn container_spec(
+        &self,
+        project: &Project,
+        s: &Service,
+        image: &str,
+        image_id: &str,
+        ports: &BTreeMap<String, u16>,
+        public_env: &[String],
+        commit: &str,
+        owner: &Owner,
+    ) -> (ContainerCreateBody, String) {
+        let name = plan::container_name(&project.name, &s.name);
+        let policy = &self.settings.policy;
+        let mut env: Vec<String> = s
+            .environment
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect();
+        env.extend(public_env.iter().cloned());
+        let mut exposed: Vec<String> = s.expose.clone();
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &s.ports {
+            let key = format!("{}/{}", p.container_port, p.protocol);
+            let host_port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
+            env.push(format!(
+                "BERTH_PUBLIC_ADDR_{}={}:{host_port}",
+                p.container_port, self.settings.advertise
+            ));
+            exposed.push(key.clone());
+            bindings
+                .entry(key)
+                .or_default()
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: p.host_ip.clone(),
+                    host_port: Some(host_port.to_string()),
+                });
+        }
+        exposed.sort();
+        exposed.dedup();
+        let mut binds = Vec::new();
+        let mut anonymous = Vec::new();
+        for m in &s.volumes {
+            let mode = if m.read_only { ":ro" } else { "" };
+            match &m.source {
+                // The path the policy resolved and admitted, rechecked right before create.
+                MountSource::Bind(src) => {
+                    binds.push(format!("{}:{}{mode}", src.display(), m.target))
+                }
+                MountSource::Named(v) => binds.push(format!(
+                    "{}:{}{mode}",
+                    plan::volume_name(&project.name, v),
+                    m.target
+                )),
+                MountSource::Anonymous => anonymous.push(m.target.clone()),
+            }
+        }
+        let restart = match &s.restart {
+            Restart::No => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            },
+            Restart::Always => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ALWAYS),
+                maximum_retry_count: None,
+            },
+            Restart::UnlessStopped => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            },
+            Restart::OnFailure(n) => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                maximum_retry_count: *n,
+            },
+        };
+        let healthcheck = s.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: h.interval.map(|d| d.as_nanos() as i64),
+            timeout: h.timeout.map(|d| d.as_nanos() as i64),
+            retries: h.retries,
+            start_period: h.start_period.map(|d| d.as_nanos() as i64),
+            start_interval: None,
+        });
+        let user = policy.user_for(s.user.as_deref());
+        let network_mode = match s.network_mode.as_deref() {
+            Some("none") => Some("none".to_owned()),
+            _ => s
+                .networks
+                .keys()
+                .next()
+                .map(|n| plan::network_name(&project.name, n)),
+        };
+        let networking_config = s
+            .networks
+            .iter()
+            .next()
+            .map(|(net, aliases)| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    plan::network_name(&project.name, net),
+                    endpoint(s, &name, aliases),
+                )])),
+            });
+        let host_config = HostConfig {
+            binds: (!binds.is_empty()).then_some(binds),
+            port_bindings: (!bindings.is_empty()).then_some(bindings),
+            restart_policy: Some(restart),
+            ipc_mode: s.ipc.clone(),
+            network_mode,
+            extra_hosts: (!s.extra_hosts.is_empty()).then(|| s.extra_hosts.clone()),
+            cap_add: (!s.cap_add.is_empty()).then(|| s.cap_add.clone()),
+            cap_drop: (!s.cap_drop.is_empty()).then(|| s.cap_drop.clone()),
+            memory: (policy.memory_bytes > 0).then_some(policy.memory_bytes),
+            nano_cpus: (policy.nano_cpus > 0).then_some(policy.nano_cpus),
+            pids_limit: (policy.pids_limit > 0).then_some(policy.pids_limit),
+            ..Default::default()
+        };
+        #[derive(Serialize)]
+        struct Extra<'a> {
+            image_id: &'a str,
+            env: &'a [String],
+            user: &'a Option<String>,
+            limits: (i64, i64, i64),
+        }
+        let hash = plan::config_hash(
+            s,
+            &Extra {
+                image_id,
+                env: &env,
+                user: &user,
+                limits: (policy.memory_bytes, policy.nano_cpus, policy.pids_limit),
+            },
+        );
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            env: Some(env),
+            cmd: s.command.clone(),
+            entrypoint: s.entrypoint.clone(),
+            working_dir: s.working_dir.clone(),
+            user,
+            labels: Some(plan::container_labels(project, s, &hash, owner, commit)),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            healthcheck,
+            volumes: (!anonymous.is_empty()).then_some(anonymous),
+            stop_timeout: s.stop_grace_period.map(|d| d.as_secs() as i64),
+            hostname: None,
+            host_config: Some(host_config),
+            networking_config,
+            ..Default::default()
+        };
+        (body, hash)
+    }
+}
+
+/// The container's endpoint on one network: reachable there by its service name, its container
+/// name, its `container_name` and the network's aliases.
+pub(super) fn endpoint(s: &Service, container: &str, aliases: &[String]) -> EndpointSettings {
+    let mut all = vec![s.name.clone(), container.to_owned()];
+    if let Some(cn) = &s.container_name {
+        all.push(cn.clone());
+    }
+    all.extend(aliases.iter().cloned());
+    all.dedup();
+    EndpointSettings {
+        aliases: Some(all),
+        ..Default::default()
+    }
+}
+
+/// `web-api.v2` -> `WEB_API_V2`.
+fn env_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,298 @@
+//! Start orchestration: check everything first (`prepare`: images, healthchecks, names), then
+//! converge Docker to the project service by service in dependency order, waiting for each
+//! dependency's condition, and answer once the stack is ready. A host port taken meanwhile gets
+//! one more try with fresh ports; any other failure leaves nothing half-started.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use berth_worker_api::{StackState, StackStatus, StartRequest, ValidName};
+
+use super::ports::{choose_ports, port_taken};
+use super::record::{Record, Unfinished};
+use super::spec::public_env;
+use super::{MAX_START_TIMEOUT, StackError, Stacks, failed, force_with_volumes, io, rejected};
+use crate::compose::plan;
+use crate::compose::{Condition, Project};
+use crate::logbuf::LogBuf;
+use crate::policy;
+
+/// What start knows of a service once its checks passed.
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// The image reference the container is created from, and its id.
+    image: String,
+    image_id: String,
+    /// Whether Docker runs a healthcheck: the file's, else the image's own `HEALTHCHECK`.
+    healthcheck: bool,
+}
+
+impl Stacks {
+    #[tracing::instrument(skip_all, fields(instance = %id), err)]
+    pub async fn start(
+        &self,
+        id: &ValidName,
+        req: &StartRequest,
+    ) -> Result<StackStatus, StackError> {
+        let timeout = match req.timeout_secs {
+            Some(secs) if secs > MAX_START_TIMEOUT.as_secs() => {
+                return Err(StackError::BadRequest(format!(
+                    "timeout_secs {secs} is above the maximum of {} (one day)",
+                    MAX_START_TIMEOUT.as_secs()
+                )));
+            }
+            Some(secs) => Duration::from_secs(secs),
+            None => self.settings.start_timeout,
+        };
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let Some(mut record) = self.read_record(id)? else {
+            return Err(StackError::NotFound(id.to_string()));
+        };
+        let Some(commit) = record.commit.clone() else {
+            return Err(StackError::Conflict(format!(
+                "stack {id} has no built commit"
+            )));
+        };
+        if record.state == StackState::Building {
+            return Err(StackError::Conflict(format!("stack {id} is building")));
+        }
+        if let Some(want) = &req.commit
+            && want != &commit
+        {
+            return Err(StackError::Conflict(format!(
+                "stack {id} holds commit {commit}, not {want}: build it first"
+            )));
+        }
+        if self.checkout(id).commit().as_deref() != Some(commit.as_str()) {
+            return Err(StackError::Conflict(format!(
+                "the checkout of stack {id} is not at its built commit {commit} (a later build failed): build again"
+            )));
+        }
+        let _active = self.begin(id, "start");
+        let log = self.log(id);
+        let frozen = self.freeze_writers(id, &log).await?;
+        let project = self.load_project(id);
+        self.thaw(frozen).await;
+        let project = project?;
+        // Refusals (another's object under one of the stack's names, another instance's image, a
+        // `service_healthy` dependency without a healthcheck) come before anything changes.
+        let prepared = self.prepare(id, &project, &commit).await?;
+        record.state = StackState::Starting;
+        record.error = None;
+        self.write_record(&record)?;
+        let _unfinished = Unfinished::new(self, id, StackState::Starting, "start");
+        let deadline = Instant::now() + timeout.min(MAX_START_TIMEOUT);
+        let mut created = Vec::new();
+        let mut result = self
+            .start_inner(
+                id,
+                &project,
+                &prepared,
+                &commit,
+                &mut record,
+                deadline,
+                &log,
+                &mut created,
+            )
+            .await;
+        if result.as_ref().is_err_and(port_taken) {
+            // Someone bound a host port between choosing and publishing it: drop what this call
+            // made, choose every port afresh (all containers see all addresses) and try once more.
+            log.line("a chosen host port was taken meanwhile; choosing new ports");
+            if let Err(e) = self.stop_all(Some(&project), id).await {
+                tracing::warn!(instance = %id, cause = %e, "cannot stop the stack");
+            }
+            self.remove_created(&mut created).await;
+            record.ports.clear();
+            result = self
+                .start_inner(
+                    id,
+                    &project,
+                    &prepared,
+                    &commit,
+                    &mut record,
+                    deadline,
+                    &log,
+                    &mut created,
+                )
+                .await;
+        }
+        match result {
+            Ok(()) => {
+                record.state = StackState::Running;
+                self.write_record(&record)?;
+                log.line("stack ready");
+                self.changed.notify_one();
+                self.status(id).await
+            }
+            Err(e) => {
+                log.line(&format!("start failed: {e}"));
+                // Leave nothing half-started: stop the stack, remove what this call created.
+                if let Err(e) = self.stop_all(Some(&project), id).await {
+                    tracing::warn!(instance = %id, cause = %e, "cannot stop the stack");
+                }
+                self.remove_created(&mut created).await;
+                record.state = StackState::Failed;
+                record.error = Some(e.to_string());
+                self.write_record(&record)?;
+                self.changed.notify_one();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the containers (by id) this start created, with their anonymous volumes.
+    async fn remove_created(&self, created: &mut Vec<String>) {
+        for cid in created.drain(..) {
+            let _ = self
+                .docker
+                .remove_container(&cid, force_with_volumes())
+                .await;
+        }
+    }
+
+    /// Everything start checks before it changes anything: each service's image (its own build,
+    /// or an `image:` that no other berth instance made) and whether it has a healthcheck (the
+    /// file's, else the image's `HEALTHCHECK`), `service_healthy` dependencies on services
+    /// without one, and every network, volume and container name the stack uses, which must be
+    /// free or the stack's own.
+    async fn prepare(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        commit: &str,
+    ) -> Result<HashMap<String, Prepared>, StackError> {
+        let owner = self.owner(id);
+        let mut prepared = HashMap::new();
+        for s in &project.services {
+            let (image, inspect) = match &s.build {
+                Some(_) => {
+                    let tag = plan::image_tag(&project.name, &s.name, commit);
+                    let Some(inspect) = self.owned_image(&tag, &owner).await? else {
+                        return Err(failed(
+                            &format!("image of service {}", s.name),
+                            format!("image {tag} is missing: build again"),
+                        ));
+                    };
+                    (tag, inspect)
+                }
+                None => (
+                    s.image.clone().unwrap_or_default(),
+                    self.service_image(&owner, s).await?,
+                ),
+            };
+            let healthcheck = match &s.healthcheck {
+                Some(_) => s.has_healthcheck(),
+                None => inspect
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.healthcheck.as_ref()?.test.as_ref()?.first().cloned())
+                    .is_some_and(|t| t != "NONE"),
+            };
+            prepared.insert(
+                s.name.clone(),
+                Prepared {
+                    image,
+                    image_id: inspect.id.unwrap_or_default(),
+                    healthcheck,
+                },
+            );
+        }
+        for s in &project.services {
+            for (dep, cond) in &s.depends_on {
+                if *cond == Condition::Healthy && prepared.get(dep).is_some_and(|p| !p.healthcheck)
+                {
+                    return Err(rejected(
+                        dep,
+                        format!("services.{dep}.healthcheck"),
+                        format!(
+                            "service {dep} has no healthcheck (in the file or its image) but {} waits for service_healthy",
+                            s.name
+                        ),
+                    ));
+                }
+            }
+        }
+        for key in &project.networks {
+            self.owned_network(&plan::network_name(&project.name, key), &owner)
+                .await?;
+        }
+        for key in &project.volumes {
+            self.owned_volume(&plan::volume_name(&project.name, key), &owner)
+                .await?;
+        }
+        for s in &project.services {
+            self.owned_container(&plan::container_name(&project.name, &s.name), &owner)
+                .await?;
+        }
+        Ok(prepared)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_inner(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        prepared: &HashMap<String, Prepared>,
+        commit: &str,
+        record: &mut Record,
+        deadline: Instant,
+        log: &LogBuf,
+        created: &mut Vec<String>,
+    ) -> Result<(), StackError> {
+        let owner = self.owner(id);
+        // Networks and volumes: the stack's own are reused, others' are never touched.
+        self.ensure_networks(project, &owner, log).await?;
+        self.ensure_volumes(project, &owner, log).await?;
+        self.remove_orphans(project, id, log).await?;
+        self.remove_stale_writers(project, id, log).await?;
+        // Host ports first, so every container knows every public address before it starts.
+        let existing = self.existing_containers(project, &owner).await?;
+        let ports = choose_ports(project, &existing, &record.ports)
+            .map_err(io("allocating a host port"))?;
+        record.ports = ports.clone();
+        self.write_record(record)?;
+        let public_env = public_env(project, &ports, &self.settings.advertise);
+        let order = plan::start_order(project).map_err(|d| StackError::Rejected {
+            message: d.reason.clone(),
+            details: vec![d],
+        })?;
+        for s in order {
+            for (dep, cond) in &s.depends_on {
+                self.wait_condition(project, dep, *cond, deadline, log)
+                    .await?;
+            }
+            let Prepared {
+                image, image_id, ..
+            } = &prepared[&s.name];
+            let (body, hash) = self.container_spec(
+                project,
+                s,
+                image,
+                image_id,
+                &ports,
+                &public_env,
+                commit,
+                &owner,
+            );
+            policy::recheck_binds(s, &self.src_dir(id)).map_err(|d| StackError::Rejected {
+                message: format!("rejected by policy: {}: {}", d.field, d.reason),
+                details: vec![d],
+            })?;
+            self.converge_service(
+                project,
+                s,
+                body,
+                &hash,
+                existing.get(&s.name),
+                &owner,
+                log,
+                created,
+            )
+            .await?;
+        }
+        self.wait_ready(project, |s| prepared[s].healthcheck, &ports, deadline, log)
+            .await
+    }
+}

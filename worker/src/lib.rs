@@ -22,6 +22,7 @@ use berth_worker_api::Secret;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::logbuf::LogBook;
 use crate::policy::Policy;
 use crate::registry::Agent;
 use crate::stacks::{Settings, Stacks};
@@ -242,7 +243,13 @@ pub async fn run(
         start_timeout: config.start_timeout,
     };
     std::fs::create_dir_all(config.data_dir.join("stacks"))?;
-    let stacks = Arc::new(Stacks::new(docker.clone(), settings, agent.clone()));
+    let logs = LogBook::default();
+    let stacks = Arc::new(Stacks::new(
+        docker.clone(),
+        settings,
+        agent.clone(),
+        logs.clone(),
+    ));
     let adopted = stacks.adopt().await?;
     tracing::info!(node, %local, advertise, adopted, "worker starting");
     if let Some(agent) = agent {
@@ -254,7 +261,8 @@ pub async fn run(
         let registrator = registrator::Registrator {
             docker: docker.clone(),
             agent,
-            stacks: stacks.clone(),
+            logs,
+            stack_count: stacks.watch_count(),
             node: node.clone(),
             advertise: advertise.clone(),
             api_port: local.port(),

@@ -1,8 +1,11 @@
 //! Per-stack operation log: build and start output kept in memory (bounded) and streamable to
-//! followers until the current operation ends.
+//! followers until the current operation ends. The [`LogBook`] holds every stack's log; the stack
+//! manager and the registrator share it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use berth_worker_api::ValidName;
 use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::Notify;
@@ -101,6 +104,28 @@ impl LogBuf {
                 }
             },
         )
+    }
+}
+
+/// The log of every stack, by id, shared by the stack manager (each operation's output) and the
+/// registrator (the `SERVICE_*` variables it refused).
+#[derive(Debug, Clone, Default)]
+pub struct LogBook(Arc<Mutex<HashMap<String, Arc<LogBuf>>>>);
+
+impl LogBook {
+    /// The log of stack `id`, empty when new.
+    pub fn get(&self, id: &ValidName) -> Arc<LogBuf> {
+        self.0
+            .lock()
+            .expect("logs")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets the log of stack `id` (once the stack is deleted).
+    pub fn remove(&self, id: &ValidName) {
+        self.0.lock().expect("logs").remove(id.as_str());
     }
 }
 

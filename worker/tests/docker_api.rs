@@ -37,6 +37,7 @@ async fn docker_router_auth_and_input_errors() {
             start_timeout: std::time::Duration::from_secs(60),
         },
         None,
+        berth_worker::logbuf::LogBook::default(),
     );
     let app = router(AppState {
         stacks: Arc::new(stacks),

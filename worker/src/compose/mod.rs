@@ -11,6 +11,7 @@
 pub mod interpolate;
 pub mod model;
 pub mod plan;
+pub mod service_env;
 
 use std::path::{Path, PathBuf};
 

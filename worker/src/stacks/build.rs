@@ -63,6 +63,7 @@ impl Stacks {
         record.state = StackState::Building;
         record.error = None;
         self.write_record(&record)?;
+        self.recount();
         let _unfinished = Unfinished::new(self, id, StackState::Building, "build");
         match self.build_inner(id, req, &log).await {
             Ok(()) => {

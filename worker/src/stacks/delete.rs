@@ -148,8 +148,8 @@ impl Stacks {
             tracing::warn!(instance = %id, what = %what, "delete could not remove");
         }
         resp.not_removed = left;
-        self.logs.lock().expect("logs").remove(id.as_str());
-        self.changed.notify_one();
+        self.logs.remove(id);
+        self.changed();
         Ok(resp)
     }
 

@@ -33,12 +33,12 @@ use bollard::Docker;
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::compose::plan::{self, Owner};
-use crate::compose::{self, Project};
+use crate::compose::{self, Project, service_env};
 use crate::docker::label_filter;
-use crate::logbuf::LogBuf;
+use crate::logbuf::{LogBook, LogBuf};
 use crate::policy::Policy;
 use crate::registry::Agent;
 use crate::source;
@@ -116,9 +116,10 @@ pub struct Stacks {
     settings: Settings,
     agent: Option<Agent>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    logs: Mutex<HashMap<String, Arc<LogBuf>>>,
-    /// Poked after each operation so the registrator resyncs at once.
-    pub changed: Arc<Notify>,
+    logs: LogBook,
+    /// The number of stacks held, sent again after each operation so the registrator resyncs at
+    /// once.
+    count: watch::Sender<usize>,
 }
 
 /// Marks the log of an operation as active for its lifetime.
@@ -131,15 +132,17 @@ impl Drop for Active {
 }
 
 impl Stacks {
-    pub fn new(docker: Docker, settings: Settings, agent: Option<Agent>) -> Self {
-        Self {
+    pub fn new(docker: Docker, settings: Settings, agent: Option<Agent>, logs: LogBook) -> Self {
+        let stacks = Self {
             docker,
             settings,
             agent,
             locks: Mutex::new(HashMap::new()),
-            logs: Mutex::new(HashMap::new()),
-            changed: Arc::new(Notify::new()),
-        }
+            logs,
+            count: watch::Sender::new(0),
+        };
+        stacks.count.send_replace(stacks.count());
+        stacks
     }
 
     pub fn settings(&self) -> &Settings {
@@ -183,12 +186,7 @@ impl Stacks {
     }
 
     pub fn log(&self, id: &ValidName) -> Arc<LogBuf> {
-        self.logs
-            .lock()
-            .expect("logs")
-            .entry(id.to_string())
-            .or_default()
-            .clone()
+        self.logs.get(id)
     }
 
     fn begin(&self, id: &ValidName, what: &str) -> Active {
@@ -281,6 +279,7 @@ impl Stacks {
             }
             self.write_record(&record)?;
         }
+        self.changed();
         Ok(ids.len())
     }
 
@@ -320,7 +319,7 @@ impl Stacks {
         self.settings
             .policy
             .check(&mut project, &src)
-            .and_then(|()| crate::registrator::check_project(&project))
+            .and_then(|()| service_env::check_project(&project))
             .map_err(|details| StackError::Rejected {
                 message: format!("rejected by policy: {}", compose::summary(&details)),
                 details,
@@ -419,6 +418,26 @@ impl Stacks {
             }
         }
         Ok(out)
+    }
+
+    /// The number of stacks held, now and after every operation: a new value (also the same
+    /// number again, after a start, stop or delete) means the stack's containers may have
+    /// changed.
+    pub fn watch_count(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+
+    /// Sends the stack count to [`Self::watch_count`]'s receivers after an operation that
+    /// changed the stack's containers.
+    fn changed(&self) {
+        self.count.send_replace(self.count());
+    }
+
+    /// Sends the stack count only if it is new (the first build of a stack).
+    fn recount(&self) {
+        let count = self.count();
+        self.count
+            .send_if_modified(|n| std::mem::replace(n, count) != count);
     }
 
     /// Number of stacks held (for health and self-registration).

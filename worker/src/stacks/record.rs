@@ -94,6 +94,7 @@ mod tests {
     use bollard::Docker;
 
     use super::*;
+    use crate::logbuf::LogBook;
     use crate::policy::Policy;
     use crate::stacks::Settings;
 
@@ -111,6 +112,7 @@ mod tests {
                 start_timeout: Duration::from_secs(1),
             },
             None,
+            LogBook::default(),
         );
         let id = ValidName::parse("id", "s1").unwrap();
         let record = |state| Record {

@@ -123,7 +123,7 @@ impl Stacks {
                 record.state = StackState::Running;
                 self.write_record(&record)?;
                 log.line("stack ready");
-                self.changed.notify_one();
+                self.changed();
                 self.status(id).await
             }
             Err(e) => {
@@ -136,7 +136,7 @@ impl Stacks {
                 record.state = StackState::Failed;
                 record.error = Some(e.to_string());
                 self.write_record(&record)?;
-                self.changed.notify_one();
+                self.changed();
                 Err(e)
             }
         }

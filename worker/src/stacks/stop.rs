@@ -61,7 +61,7 @@ impl Stacks {
         self.stop_all(project.as_ref(), id).await?;
         record.state = StackState::Stopped;
         self.write_record(&record)?;
-        self.changed.notify_one();
+        self.changed();
         self.status(id).await
     }
 }

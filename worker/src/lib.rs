@@ -244,12 +244,7 @@ pub async fn run(
     };
     std::fs::create_dir_all(config.data_dir.join("stacks"))?;
     let logs = LogBook::default();
-    let stacks = Arc::new(Stacks::new(
-        docker.clone(),
-        settings,
-        agent.clone(),
-        logs.clone(),
-    ));
+    let stacks = Arc::new(Stacks::new(docker.clone(), settings, logs.clone()));
     let adopted = stacks.adopt().await?;
     tracing::info!(node, %local, advertise, adopted, "worker starting");
     if let Some(agent) = agent {

@@ -1,5 +1,5 @@
 //! The worker's side of the registry, through `berth_registry::client::Client`: services and
-//! checks with the local agent (berth agent or real Consul agent), KV writes. Domain types here
+//! checks with the local agent (berth agent or real Consul agent). Domain types here
 //! are plain Rust; the Consul-shaped DTOs stay in `berth_registry::dto`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -130,16 +130,5 @@ impl Agent {
             "warning" => self.client.agent_check_warn(check_id, None).await,
             _ => self.client.agent_check_fail(check_id, None).await,
         }
-    }
-
-    pub async fn kv_put(&self, key: &str, value: &str) -> Result<(), RegistryError> {
-        self.client
-            .kv_put(key, value.as_bytes().to_vec())
-            .await
-            .map(drop)
-    }
-
-    pub async fn kv_delete_tree(&self, prefix: &str) -> Result<(), RegistryError> {
-        self.client.kv_delete_tree(prefix).await
     }
 }

@@ -36,7 +36,6 @@ async fn docker_router_auth_and_input_errors() {
             build_timeout: std::time::Duration::from_secs(60),
             start_timeout: std::time::Duration::from_secs(60),
         },
-        None,
         berth_worker::logbuf::LogBook::default(),
     );
     let app = router(AppState {

@@ -1,6 +1,7 @@
-//! The worker against a real in-process berth registry: the seed-compatible
-//! `instance/<id>/ip` key appears on build and the instance's KV tree goes on delete, without
-//! touching a neighbour whose id shares the prefix.
+//! The worker against a real in-process berth registry: it leaves the master's keys alone (the
+//! seed-compatible `instance/<id>/ip` is written and deleted by the master, under the instance
+//! lock; see `master/tests/flow.rs` and the cluster tests), and `--join` runs the registry agent
+//! in-process.
 
 mod common;
 
@@ -10,7 +11,7 @@ use common::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_registry_kv_keys_follow_build_and_delete() {
+async fn docker_registry_the_worker_leaves_the_masters_kv_keys_alone() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let registry_url = format!("http://{}", listener.local_addr().unwrap());
     let stop_registry = CancellationToken::new();
@@ -27,34 +28,30 @@ async fn docker_registry_kv_keys_follow_build_and_delete() {
         "services:\n  app:\n    image: berth-base:latest\n    command: [httpd, -f, -p, \"8080\", -h, /]\n",
     )]);
     let sid = id(&format!("kv-{}", w.node));
-    let neighbour = format!("instance/{sid}x/ip");
-    kv.kv_put(&neighbour, b"keep".to_vec()).await.unwrap();
+    // What the master wrote before asking for the build (an address other than the worker's
+    // 127.0.0.1), and a key of someone else under the same prefix.
+    let ip_key = format!("instance/{sid}/ip");
+    let other_key = format!("instance/{sid}/extra/deep");
+    kv.kv_put(&ip_key, b"10.9.9.9".to_vec()).await.unwrap();
+    kv.kv_put(&other_key, b"x".to_vec()).await.unwrap();
 
     w.client
         .build(&sid, &build_request(repo.path(), &commit))
         .await
         .unwrap();
-    let ip = kv
-        .kv_get(&format!("instance/{sid}/ip"))
-        .await
-        .unwrap()
-        .expect("ip key written");
-    assert_eq!(ip.value, b"127.0.0.1");
-    kv.kv_put(&format!("instance/{sid}/extra/deep"), b"x".to_vec())
-        .await
-        .unwrap();
+    let ip = kv.kv_get(&ip_key).await.unwrap().expect("ip key stays");
+    assert_eq!(ip.value, b"10.9.9.9", "the worker does not write the key");
 
     w.client.delete(&sid, false).await.unwrap();
-    assert!(
-        kv.kv_list(&format!("instance/{sid}/"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        kv.kv_get(&neighbour).await.unwrap().is_some(),
-        "a neighbour's key stays"
-    );
+    let mut left: Vec<String> = kv
+        .kv_list(&format!("instance/{sid}/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    left.sort();
+    assert_eq!(left, [other_key, ip_key], "the worker deletes no key");
     w.stop().await;
     stop_registry.cancel();
     registry.await.unwrap().unwrap();

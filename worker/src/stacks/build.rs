@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use berth_worker_api::ids::compose_project_name;
-use berth_worker_api::{BuildRequest, StackState, StackStatus, ValidName, seed_ip_key};
+use berth_worker_api::{BuildRequest, StackState, StackStatus, ValidName};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, RemoveImageOptions, TagImageOptionsBuilder,
 };
@@ -76,13 +76,6 @@ impl Stacks {
                 record.commit = Some(req.commit.clone());
                 self.write_record(&record)?;
                 log.line("build finished");
-                if let Some(agent) = &self.agent
-                    && let Err(e) = agent
-                        .kv_put(&seed_ip_key(id), &self.settings.advertise)
-                        .await
-                {
-                    tracing::warn!(instance = %id, cause = %e, "cannot record the instance address");
-                }
                 self.status(id).await
             }
             Err(e) => {

@@ -132,12 +132,6 @@ impl Stacks {
             tracing::warn!(instance = %id, cause = %e, path = %dir.display(), "cannot remove the stack directory");
             left.push(format!("the stack's directory on the worker: {e}"));
         }
-        if let Some(agent) = &self.agent
-            && let Err(e) = agent.kv_delete_tree(&format!("instance/{id}/")).await
-        {
-            tracing::warn!(instance = %id, cause = %e, "cannot remove the instance's KV keys");
-            left.push(format!("KV keys instance/{id}/: {e}"));
-        }
         match self.prune_networks().await {
             Ok(n) => resp.removed_networks += n,
             Err(e) => tracing::warn!(cause = %e, "cannot prune networks"),

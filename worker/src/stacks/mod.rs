@@ -40,7 +40,6 @@ use crate::compose::{self, Project, service_env};
 use crate::docker::label_filter;
 use crate::logbuf::{LogBook, LogBuf};
 use crate::policy::Policy;
-use crate::registry::Agent;
 use crate::source;
 
 pub use record::Record;
@@ -114,7 +113,6 @@ pub const MAX_START_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub struct Stacks {
     docker: Docker,
     settings: Settings,
-    agent: Option<Agent>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     logs: LogBook,
     /// The number of stacks held, sent again after each operation so the registrator resyncs at
@@ -132,11 +130,10 @@ impl Drop for Active {
 }
 
 impl Stacks {
-    pub fn new(docker: Docker, settings: Settings, agent: Option<Agent>, logs: LogBook) -> Self {
+    pub fn new(docker: Docker, settings: Settings, logs: LogBook) -> Self {
         let stacks = Self {
             docker,
             settings,
-            agent,
             locks: Mutex::new(HashMap::new()),
             logs,
             count: watch::Sender::new(0),

@@ -111,7 +111,6 @@ mod tests {
                 build_timeout: Duration::from_secs(1),
                 start_timeout: Duration::from_secs(1),
             },
-            None,
             LogBook::default(),
         );
         let id = ValidName::parse("id", "s1").unwrap();

@@ -11,7 +11,7 @@ use super::go::null_default;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AgentService {
-    #[serde(rename = "ID")]
+    #[serde(default, rename = "ID")]
     pub id: String,
     pub service: String,
     #[serde(default, deserialize_with = "null_default")]

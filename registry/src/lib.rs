@@ -1,8 +1,10 @@
 //! berth-registry: Consul-compatible registry: KV, sessions, catalog, health, agent, ACL and web UI.
 //!
-//! `server` runs the HTTP API over the durable `store`; `client` is the typed client the master
-//! and the worker use; `dto` holds the Consul-shaped wire types both share. `acl` and `checks`
-//! are the domain halves of ACL enforcement and the agent's check runner.
+//! `server` runs the HTTP API over the durable `store`. The typed client and the Consul-shaped
+//! wire types live in `berth-consul` (which the master, the front door and the worker use
+//! without this crate); `client` and `dto` re-export them, `dto` adds the server's request
+//! decoder. `acl` and `checks` are the domain halves of ACL enforcement and the agent's check
+//! runner.
 
 pub mod acl;
 pub mod agent;

@@ -9,7 +9,7 @@
 //! all problems of a file at once, which is what the master hands back as a 422.
 
 pub mod interpolate;
-pub mod model;
+pub mod parse;
 pub mod plan;
 pub mod service_env;
 
@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 
 use berth_worker_api::ErrorDetail;
 use serde_yaml_ng::Value;
+
+/// The model's old path, kept while the types move out of the parser.
+pub use parse as model;
 
 pub use model::{Condition, Healthcheck, Mount, MountSource, PortSpec, Project, Restart, Service};
 

@@ -40,7 +40,7 @@ pub struct Build {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct PortSpec {
     pub host_ip: Option<String>,
-    /// Host port the file asked for; the worker allocates its own host ports (see README).
+    /// Host port the file asked for; the worker allocates its own host ports (see docs/WORKER.md).
     pub requested_host_port: Option<u16>,
     pub container_port: u16,
     pub protocol: String,

@@ -69,8 +69,7 @@ impl Ignore {
                     Some(rest) => (true, rest.trim()),
                     None => (false, line),
                 };
-                let clean =
-                    crate::compose::model::normalize(Path::new(pat.trim_start_matches('/')));
+                let clean = crate::compose::normalize(Path::new(pat.trim_start_matches('/')));
                 let segments: Vec<String> = clean
                     .to_string_lossy()
                     .split('/')
@@ -175,7 +174,7 @@ pub fn tar_context(
         Ok(text) => Ignore::parse(&text),
         Err(_) => Ignore::default(),
     };
-    let dockerfile = crate::compose::model::normalize(Path::new(dockerfile))
+    let dockerfile = crate::compose::normalize(Path::new(dockerfile))
         .to_string_lossy()
         .into_owned();
     let mut builder = tar::Builder::new(Vec::new());

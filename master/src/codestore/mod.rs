@@ -745,4 +745,93 @@ mod tests {
         );
         assert!(!store.repo_path(&u, &other).exists());
     }
+
+    #[test]
+    fn uploads_are_packs_of_new_objects_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path().join("git"));
+        let (u, i) = (name("alice"), name("shop-1"));
+        let big = vec![9u8; 200_000];
+        let mut t = tree(&[("compose.yaml", "a", false)]);
+        t.entries.insert(
+            "big".into(),
+            TreeEntry::File {
+                data: big,
+                executable: false,
+            },
+        );
+        store.commit(&u, &i, &t, "one").unwrap();
+        let objects = store.repo_path(&u, &i).join("objects");
+        assert!(!pack::has_loose_objects(&objects));
+        let packs = pack::packs(&objects);
+        assert_eq!(packs.len(), 1);
+        let first = std::fs::metadata(&packs[0]).unwrap().len();
+        t.entries.insert(
+            "compose.yaml".into(),
+            TreeEntry::File {
+                data: b"b".to_vec(),
+                executable: false,
+            },
+        );
+        let c2 = store.commit(&u, &i, &t, "two").unwrap();
+        let packs = pack::packs(&objects);
+        assert_eq!(packs.len(), 2);
+        assert!(!pack::has_loose_objects(&objects));
+        // The second pack holds the new blob, root tree and commit; the big blob is reused.
+        let second = packs
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .find(|&len| len != first)
+            .unwrap();
+        assert!(second < 1000, "{second} bytes");
+        let (joined, count) = pack::joined(&objects).unwrap();
+        // Blob, big blob, tree, commit; then blob, tree, commit.
+        assert_eq!(count, 7);
+        assert!(joined.len() as u64 > first);
+        let repo = store.open(&u, &i).unwrap();
+        let head = repo
+            .find_commit(Oid::from_str(&c2.commit).unwrap())
+            .unwrap();
+        assert_eq!(head.author().name().ok(), Some(AUTHOR_NAME));
+        assert_eq!(head.message().ok(), Some("two"));
+        assert_eq!(head.tree_id(), tree_oid(&t).unwrap());
+    }
+
+    #[test]
+    fn a_repository_without_main_is_absent_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path().join("git"));
+        let (u, i) = (name("alice"), name("wedged"));
+        // What a master killed during a first commit left: an initialised repository without
+        // `main`, plus a temporary one from the atomic creation.
+        let path = store.repo_path(&u, &i);
+        let mut opts = RepositoryInitOptions::new();
+        opts.bare(true).initial_head("main").mkpath(true);
+        Repository::init_opts(&path, &opts).unwrap();
+        let tmp = path.with_file_name(".wedged.git.tmp-1-2");
+        std::fs::create_dir_all(tmp.join("objects")).unwrap();
+        assert!(!store.exists(&u, &i));
+        assert_eq!(store.head(&u, &i).unwrap(), None);
+        assert!(matches!(
+            store.open(&u, &i),
+            Err(CodeStoreError::NotFound { .. })
+        ));
+        let t = tree(&[("compose.yaml", "a", false)]);
+        let c = store.commit(&u, &i, &t, "upload").unwrap();
+        assert_eq!(store.head(&u, &i).unwrap(), Some(c.commit));
+        assert!(!tmp.exists());
+        // Only non-live leftovers are removed by id.
+        assert_eq!(store.remove_wedged(&i).unwrap(), 0);
+        assert!(store.exists(&u, &i));
+        let other = name("other");
+        std::fs::create_dir_all(store.repo_path(&u, &other)).unwrap();
+        assert_eq!(store.remove_wedged(&other).unwrap(), 1);
+        assert!(!store.repo_path(&u, &other).exists());
+        // Nothing but the repository itself is left in the user's directory.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["wedged.git"]);
+    }
 }

@@ -455,7 +455,19 @@ fn write_commit(
     let body = commit_body(tree_id, parent.as_ref().map(|p| p.id()), &sig, message);
     let oid = Oid::hash_object(ObjectType::Commit, &body)?;
     pack.add(ObjectType::Commit, oid, &body).map_err(io)?;
-    pack::store(&repo.path().join("objects").join("pack"), &pack.finish())?;
+    // Loose objects (a repository written before uploads were packs) join this pack, so later
+    // clones can be served from the stored packs.
+    let objects = repo.path().join("objects");
+    let loose = pack::loose_objects(&objects);
+    for (loose_oid, _) in &loose {
+        let object = odb.read(*loose_oid)?;
+        pack.add(object.kind(), *loose_oid, object.data())
+            .map_err(io)?;
+    }
+    pack::store(&objects.join("pack"), &pack.finish())?;
+    for (_, file) in &loose {
+        let _ = std::fs::remove_file(file);
+    }
     odb.refresh()?;
     match &parent {
         Some(parent) => {
@@ -833,5 +845,38 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["wedged.git"]);
+    }
+
+    #[test]
+    fn loose_objects_of_an_older_store_move_into_the_next_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path().join("git"));
+        let (u, i) = (name("alice"), name("old"));
+        // An older master wrote loose objects with libgit2.
+        let path = store.repo_path(&u, &i);
+        let mut opts = RepositoryInitOptions::new();
+        opts.bare(true).initial_head("main").mkpath(true);
+        let repo = Repository::init_opts(&path, &opts).unwrap();
+        let t1 = tree(&[("compose.yaml", "a", false), ("keep", "kept", false)]);
+        let tree_id = write_tree(&repo, &t1).unwrap();
+        let sig = Signature::now("berth", "berth@localhost").unwrap();
+        let tree1 = repo.find_tree(tree_id).unwrap();
+        let c1 = repo
+            .commit(Some(MAIN_REF), &sig, &sig, "old", &tree1, &[])
+            .unwrap();
+        let objects = path.join("objects");
+        assert!(pack::has_loose_objects(&objects));
+        let t2 = tree(&[("compose.yaml", "b", false), ("keep", "kept", false)]);
+        let c2 = store.commit(&u, &i, &t2, "new").unwrap();
+        assert!(!pack::has_loose_objects(&objects));
+        let repo = store.open(&u, &i).unwrap();
+        let head = repo
+            .find_commit(Oid::from_str(&c2.commit).unwrap())
+            .unwrap();
+        assert_eq!(head.parent_id(0).unwrap(), c1);
+        assert!(repo.find_commit(c1).is_ok());
+        let (_, count) = pack::joined(&objects).unwrap();
+        // Old: 2 blobs, tree, commit; new: blob, tree, commit.
+        assert_eq!(count, 7);
     }
 }

@@ -104,6 +104,31 @@ pub fn has_loose_objects(objects: &Path) -> bool {
     })
 }
 
+/// The loose objects under `objects/` (written by berth before uploads were packs), with their
+/// files.
+pub fn loose_objects(objects: &Path) -> Vec<(Oid, PathBuf)> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(objects).into_iter().flatten().flatten() {
+        let prefix = dir.file_name().to_string_lossy().into_owned();
+        if prefix.len() != 2 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        for file in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let rest = file.file_name().to_string_lossy().into_owned();
+            if let Ok(oid) = Oid::from_str(&format!("{prefix}{rest}"))
+                && rest.len() == 38
+            {
+                out.push((oid, file.path()));
+            }
+        }
+    }
+    out
+}
+
 /// The packs of `objects/pack` that have an index, sorted by name.
 pub fn packs(objects: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(objects.join("pack"))

@@ -61,6 +61,9 @@ async fn commit_all(co: &Path, message: &str) -> String {
     ok(co, &["rev-parse", "HEAD"]).await.trim().to_owned()
 }
 
+/// A change made to the clone's files.
+type Change = dyn Fn(&Path);
+
 async fn remote_main(co: &Path) -> String {
     let out = ok(co, &["ls-remote", "origin", "refs/heads/main"]).await;
     out.split_whitespace().next().unwrap_or_default().to_owned()
@@ -97,7 +100,7 @@ async fn stock_git_push_is_an_upload_and_refusals_move_nothing() {
     assert_eq!(remote_main(&co).await, pushed);
 
     // Each refused push names its rule, and main stays where it was.
-    let refused: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let refused: Vec<(&str, Box<Change>)> = vec![
         (
             "leaves the tree",
             Box::new(|co: &Path| {

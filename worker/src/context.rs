@@ -241,7 +241,7 @@ pub fn finish_context(
     dockerfile: &str,
     dockerfile_text: &str,
 ) -> std::io::Result<Vec<u8>> {
-    let dockerfile = crate::compose::model::normalize(Path::new(dockerfile))
+    let dockerfile = crate::compose::normalize(Path::new(dockerfile))
         .to_string_lossy()
         .into_owned();
     let mut builder = tar::Builder::new(files);

@@ -6,11 +6,10 @@
 
 pub mod acl;
 pub mod agent;
-mod api;
 pub mod checks;
 pub mod client;
 pub mod dto;
+mod http;
 mod members;
 pub mod server;
 mod store;
-mod ui;

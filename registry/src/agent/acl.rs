@@ -19,8 +19,8 @@ use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use crate::acl::Authorizer;
-use crate::api::acl::{Authz, ResolveAnswer, ResolveRequest, presented_token};
-use crate::api::{ApiError, plain};
+use crate::http::acl::{Authz, ResolveAnswer, ResolveRequest, presented_token};
+use crate::http::{ApiError, plain};
 
 /// How long a resolved token is trusted before the server is asked again (Consul's
 /// `token_ttl` is 30 s; shorter here, so revocations reach agents sooner).

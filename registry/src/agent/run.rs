@@ -21,12 +21,12 @@ use super::acl::RemoteAcl;
 use super::local::{LocalAgent, LocalOptions};
 use super::sync::{self, NodeSpec, Target};
 use crate::acl::{Need, Resource};
-use crate::api::ApiError;
-use crate::api::acl::{Authz, presented_token};
-use crate::api::agent_local::{self, AgentApi};
-use crate::api::internal::{Heartbeat, agent_node};
 use crate::client::Client;
 use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
+use crate::http::ApiError;
+use crate::http::acl::{Authz, presented_token};
+use crate::http::agent_local::{self, AgentApi};
+use crate::http::internal::{Heartbeat, agent_node};
 
 /// How an agent joins and serves.
 #[derive(Debug, Clone)]
@@ -229,7 +229,8 @@ pub async fn run_agent(
     let reaper = tokio::spawn(sync::run_reaper(local.clone(), tasks.clone()));
     let beats = tokio::spawn(heartbeat_loop(shared.clone(), tasks.clone()));
     let app = router(shared.clone(), acl).layer(
-        tower_http::trace::TraceLayer::new_for_http().make_span_with(crate::api::acl::request_span),
+        tower_http::trace::TraceLayer::new_for_http()
+            .make_span_with(crate::http::acl::request_span),
     );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -265,7 +266,7 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         .with_state(shared)
         .merge(own)
         // The web UI is served by the agent itself; its API calls go through `forward`.
-        .merge(crate::ui::routes())
+        .merge(crate::http::ui::routes())
 }
 
 fn member(s: &AgentShared) -> AgentMember {
@@ -318,7 +319,7 @@ async fn agent_self(State(s): State<Arc<AgentShared>>, authz: Authz) -> Result<R
         )]
         .into(),
     };
-    Ok(crate::api::json(&answer))
+    Ok(crate::http::json(&answer))
 }
 
 async fn join(
@@ -443,7 +444,7 @@ async fn leave(s: &AgentShared) {
 async fn session_create(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
-        return crate::api::plain(
+        return crate::http::plain(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Request body too large".into(),
         );
@@ -535,7 +536,7 @@ async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Respons
             // The error's text includes the URL, whose query may hold `?token=`.
             let cause = crate::client::redact_url(e);
             tracing::warn!(cause = %cause, path = %parts.uri.path(), "forwarding to the server failed");
-            crate::api::plain(
+            crate::http::plain(
                 StatusCode::BAD_GATEWAY,
                 "registry server unreachable".to_owned(),
             )

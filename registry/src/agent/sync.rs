@@ -554,8 +554,8 @@ pub(crate) async fn run_reaper(local: Arc<LocalAgent>, shutdown: CancellationTok
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::internal::agent_node;
     use crate::dto::AgentServiceRegistration;
+    use crate::http::internal::agent_node;
     use crate::server::{self, AclToken, Config};
 
     const MASTER: &str = "root-secret";

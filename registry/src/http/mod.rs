@@ -11,6 +11,7 @@ mod kv;
 mod session;
 mod status;
 mod txn;
+pub(crate) mod ui;
 
 use std::sync::Arc;
 
@@ -117,7 +118,7 @@ fn routes(state: Arc<AppState>) -> Router {
         ))
         // The web UI: `/`, `/ui` and `/ui/*` (static files embedded in the binary). Added after
         // the ACL layer: the files are public, the API calls they make carry the token.
-        .merge(crate::ui::routes())
+        .merge(ui::routes())
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::disable())
 }
@@ -367,6 +368,3 @@ pub(crate) fn path_tail(uri: &Uri, prefix: &str) -> Result<String, ApiError> {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod discovery_tests;

@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod agent;
+mod agent_mode;
 pub mod checks;
 pub mod client;
 pub mod dto;

@@ -5,13 +5,11 @@
 //! `berth-registry agent` process: local agent API, anti-entropy, heartbeats and a reverse proxy
 //! of every other request to the server.
 
-mod acl;
-mod local;
-mod node_id;
-mod run;
+pub(crate) mod local;
+pub(crate) mod node_id;
 pub(crate) mod sync;
 
+pub use crate::agent_mode::{AgentConfig, AgentRunError, run_agent};
 pub(crate) use local::worst;
 pub use local::{AgentError, DEFAULT_CHECK_UPDATE_INTERVAL, LocalAgent, LocalOptions};
 pub use node_id::NodeIdError;
-pub use run::{AgentConfig, AgentRunError, run_agent};

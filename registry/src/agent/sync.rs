@@ -555,7 +555,7 @@ pub(crate) async fn run_reaper(local: Arc<LocalAgent>, shutdown: CancellationTok
 mod tests {
     use super::*;
     use crate::dto::AgentServiceRegistration;
-    use crate::http::internal::agent_node;
+    use crate::http::v1::internal::agent_node;
     use crate::server::{self, AclToken, Config};
 
     const MASTER: &str = "root-secret";

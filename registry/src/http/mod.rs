@@ -1,17 +1,11 @@
 //! HTTP layer: Consul's `/v1` routes in one table, request parsing helpers and the one error type.
 
-pub(crate) mod acl;
-mod agent;
-pub(crate) mod agent_local;
+pub(crate) mod authz;
 mod blocking;
-mod catalog;
-mod health;
-pub(crate) mod internal;
-mod kv;
-mod session;
-mod status;
-mod txn;
 pub(crate) mod ui;
+pub(crate) mod v1;
+
+use v1::{acl, agent, agent_local, catalog, health, internal, kv, session, status, txn};
 
 use std::sync::Arc;
 

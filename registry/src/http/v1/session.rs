@@ -9,10 +9,10 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
 use super::acl::{Authz, filtered};
-use super::blocking::{QueryOptions, block, with_meta};
-use super::{ApiError, AppState, Params, json, read_json};
 use crate::acl::{Need, Resource};
 use crate::dto::{self, IdResponse, ServiceCheckRef, SessionCreateRequest, SessionEntry};
+use crate::http::blocking::{QueryOptions, block, with_meta};
+use crate::http::{ApiError, AppState, Params, json, read_json};
 use crate::store::NewSession;
 use crate::store::StoreError;
 use crate::store::state::{Behavior, Session, Topic};

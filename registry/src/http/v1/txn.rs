@@ -9,9 +9,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::acl::Authz;
-use super::{ApiError, AppState, MAX_VALUE_SIZE, json, kv, read_body};
+use super::kv;
 use crate::acl::{Need, Resource};
 use crate::dto::{self, TxnErrorEntry, TxnResponse, TxnResultEntry};
+use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, json, read_body};
 use crate::store::{TxnOp, TxnOutcome};
 
 /// Most operations in one transaction, as Consul.

@@ -8,10 +8,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::acl::{Authz, filtered};
-use super::blocking::{QueryOptions, block, with_meta};
-use super::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
 use crate::acl::{Need, Resource};
 use crate::dto;
+use crate::http::blocking::{QueryOptions, block, with_meta};
+use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
 use crate::store::SetMode;
 use crate::store::state::{KvEntry, Topic};
 

@@ -7,11 +7,11 @@ use axum::http::Uri;
 use axum::response::Response;
 
 use super::acl::{Authz, filtered};
-use super::blocking::{QueryOptions, block, with_meta};
 use super::catalog::{meta_matches, node_dto, node_meta_filter, reject_filter};
-use super::{ApiError, AppState, Params, json};
 use crate::acl::{Need, Resource};
 use crate::dto::{AgentService, HealthCheck, ServiceAddress, ServiceEntry, Weights};
+use crate::http::blocking::{QueryOptions, block, with_meta};
+use crate::http::{ApiError, AppState, Params, json};
 use crate::store::state::{Check, CheckStatus, Service, State as StoreState, Topic};
 
 pub(crate) fn check_dto(c: &Check) -> HealthCheck {

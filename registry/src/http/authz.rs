@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use crate::acl::Authorizer;
-use crate::http::acl::{Authz, ResolveAnswer, ResolveRequest, presented_token};
+use crate::http::v1::acl::{Authz, ResolveAnswer, ResolveRequest, presented_token};
 use crate::http::{ApiError, plain};
 
 /// How long a resolved token is trusted before the server is asked again (Consul's

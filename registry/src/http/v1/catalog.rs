@@ -9,14 +9,14 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
 use super::acl::{Authz, filtered};
-use super::blocking::{QueryOptions, block, with_meta};
 use super::health::service_dto;
-use super::{ApiError, AppState, Params, json, read_json};
 use crate::acl::{Need, Resource};
 use crate::dto::{
     self, CatalogDeregistration, CatalogNode, CatalogNodeServices, CatalogRegistration,
     CatalogService, Weights,
 };
+use crate::http::blocking::{QueryOptions, block, with_meta};
+use crate::http::{ApiError, AppState, Params, json, read_json};
 use crate::store::Registration;
 use crate::store::state::{Check, CheckStatus, Node, Service, Topic};
 

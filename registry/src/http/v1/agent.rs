@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::acl::{Authz, filtered};
-use super::{ApiError, AppState, json};
 use crate::acl::{Need, Resource};
 use crate::dto::{AgentConfig, AgentMember, AgentSelf};
+use crate::http::{ApiError, AppState, json};
 
 /// The Consul API level berth implements, reported as `Config.Version`.
 pub(crate) const CONSUL_API_VERSION: &str = "1.22.0";

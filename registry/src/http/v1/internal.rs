@@ -12,8 +12,8 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::acl::Authz;
-use super::{ApiError, AppState, json, read_body};
 use crate::acl::{Need, Resource};
+use crate::http::{ApiError, AppState, json, read_body};
 use crate::members::Beat;
 use crate::store::Registration;
 use crate::store::state::{Check, CheckStatus, Node};

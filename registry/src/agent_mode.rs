@@ -17,16 +17,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::acl::RemoteAcl;
-use super::local::{LocalAgent, LocalOptions};
-use super::sync::{self, NodeSpec, Target};
 use crate::acl::{Need, Resource};
+use crate::agent::local::{LocalAgent, LocalOptions};
+use crate::agent::sync::{self, NodeSpec, Target};
 use crate::client::Client;
 use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
 use crate::http::ApiError;
-use crate::http::acl::{Authz, presented_token};
-use crate::http::agent_local::{self, AgentApi};
-use crate::http::internal::{Heartbeat, agent_node};
+use crate::http::authz::RemoteAcl;
+use crate::http::v1::acl::{Authz, presented_token};
+use crate::http::v1::agent_local::{self, AgentApi};
+use crate::http::v1::internal::{Heartbeat, agent_node};
 
 /// How an agent joins and serves.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl AgentConfig {
             enable_script_checks: false,
             sync_interval: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
-            check_update_interval: super::local::DEFAULT_CHECK_UPDATE_INTERVAL,
+            check_update_interval: crate::agent::local::DEFAULT_CHECK_UPDATE_INTERVAL,
             data_dir: None,
         }
     }
@@ -99,7 +99,7 @@ pub enum AgentRunError {
     Io(#[from] std::io::Error),
     /// The node ID cannot be kept in the data directory.
     #[error(transparent)]
-    NodeId(#[from] super::node_id::NodeIdError),
+    NodeId(#[from] crate::agent::node_id::NodeIdError),
 }
 
 struct Proxy {
@@ -144,7 +144,7 @@ pub async fn run_agent(
         } else {
             local_addr.ip()
         });
-    let node_id = super::node_id::load_or_create(config.data_dir.as_deref())?;
+    let node_id = crate::agent::node_id::load_or_create(config.data_dir.as_deref())?;
     // First contact: the server's datacenter.
     let datacenter = loop {
         match client.catalog_datacenter().await {
@@ -230,7 +230,7 @@ pub async fn run_agent(
     let beats = tokio::spawn(heartbeat_loop(shared.clone(), tasks.clone()));
     let app = router(shared.clone(), acl).layer(
         tower_http::trace::TraceLayer::new_for_http()
-            .make_span_with(crate::http::acl::request_span),
+            .make_span_with(crate::http::v1::acl::request_span),
     );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -259,7 +259,10 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         .route("/v1/agent/leave", put(leave_handler))
         .with_state(shared.clone())
         .merge(agent_local::routes(api))
-        .layer(axum::middleware::from_fn_with_state(acl, super::acl::layer));
+        .layer(axum::middleware::from_fn_with_state(
+            acl,
+            crate::http::authz::layer,
+        ));
     Router::new()
         .route("/v1/session/create", put(session_create))
         .fallback(forward)

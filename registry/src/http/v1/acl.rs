@@ -17,12 +17,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, Params, json};
 use crate::acl::{
     ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclError, AclResolver, Authorizer,
     MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, Need, Policy, PolicyLink, Resource, SecretId,
     Token, parse_rules,
 };
+use crate::http::{ApiError, Params, json};
 
 /// The resolved authorizer of the request (everything allowed when ACLs are off), put in the
 /// request's extensions by the ACL middleware.
@@ -552,7 +552,7 @@ async fn decode<T: serde::de::DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = super::read_body(headers, body, 1024 * 1024).await?;
+    let bytes = crate::http::read_body(headers, body, 1024 * 1024).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

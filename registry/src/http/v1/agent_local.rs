@@ -13,11 +13,11 @@ use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
 
 use super::health::{check_dto, service_dto};
-use super::{ApiError, Params, json, plain, read_json};
 use crate::acl::{Need, Resource};
 use crate::agent::{AgentError, LocalAgent, worst};
 use crate::checks::Health;
 use crate::dto::{AgentCheckRegistration, AgentService, AgentServiceRegistration, HealthCheck};
+use crate::http::{ApiError, Params, json, plain, read_json};
 use crate::store::state::CheckStatus;
 
 use super::acl::{Authz, filtered};

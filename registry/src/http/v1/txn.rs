@@ -40,7 +40,8 @@ pub(crate) async fn apply(
             "get" | "get-or-empty" | "check-index" | "check-session" | "check-not-exists" => {
                 authz.allows(Resource::Key, &op.kv.key, Need::Read)
             }
-            "get-tree" => authz.allows(Resource::Key, &op.kv.key, Need::List),
+            // As Consul: no check up front; every entry is filtered by read below.
+            "get-tree" => true,
             "delete-tree" => authz.0.key_write_prefix(&op.kv.key),
             _ => authz.allows(Resource::Key, &op.kv.key, Need::Write),
         };
@@ -58,10 +59,13 @@ pub(crate) async fn apply(
         })
         .collect();
     let answer = match app.store.txn(ops).await? {
+        // Consul's `FilterTxnResults`: a result whose key the token may not read is left out,
+        // whatever the verb (a `get-tree` under a readable prefix may reach denied keys).
         TxnOutcome::Applied(entries) => json(&TxnResponse {
             results: Some(
                 entries
                     .iter()
+                    .filter(|e| authz.allows(Resource::Key, &e.key, Need::Read))
                     .map(|e| TxnResultEntry { kv: kv::to_dto(e) })
                     .collect(),
             ),

@@ -1,7 +1,7 @@
 //! HTTP layer: Consul's `/v1` routes in one table, request parsing helpers and the one error type.
 
 pub(crate) mod authz;
-mod blocking;
+pub(crate) mod query;
 pub(crate) mod ui;
 pub(crate) mod v1;
 
@@ -108,7 +108,7 @@ fn routes(state: Arc<AppState>) -> Router {
         // Outside the ACL layer: Consul checks these parameters before it resolves the token.
         .layer(axum::middleware::from_fn_with_state(
             state,
-            blocking::query_rules,
+            query::query_rules,
         ))
         // The web UI: `/`, `/ui` and `/ui/*` (static files embedded in the binary). Added after
         // the ACL layer: the files are public, the API calls they make carry the token.

@@ -15,7 +15,7 @@ use crate::dto::{
     self, CatalogDeregistration, CatalogNode, CatalogNodeServices, CatalogRegistration,
     CatalogService, Weights,
 };
-use crate::http::blocking::{QueryOptions, block, with_meta};
+use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json, read_json};
 use crate::store::Registration;
 use crate::store::state::{Check, CheckStatus, Node, Service, Topic};

@@ -10,7 +10,7 @@ use super::acl::{Authz, filtered};
 use super::catalog::{meta_matches, node_dto, node_meta_filter, reject_filter};
 use crate::acl::{Need, Resource};
 use crate::dto::{AgentService, HealthCheck, ServiceAddress, ServiceEntry, Weights};
-use crate::http::blocking::{QueryOptions, block, with_meta};
+use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json};
 use crate::store::state::{Check, CheckStatus, Service, State as StoreState, Topic};
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::acl::{Authz, filtered};
 use crate::acl::{Need, Resource};
 use crate::dto;
-use crate::http::blocking::{QueryOptions, block, with_meta};
+use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
 use crate::store::SetMode;
 use crate::store::state::{KvEntry, Topic};

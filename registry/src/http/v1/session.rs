@@ -11,7 +11,7 @@ use axum::response::Response;
 use super::acl::{Authz, filtered};
 use crate::acl::{Need, Resource};
 use crate::dto::{self, IdResponse, ServiceCheckRef, SessionCreateRequest, SessionEntry};
-use crate::http::blocking::{QueryOptions, block, with_meta};
+use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json, read_json};
 use crate::store::NewSession;
 use crate::store::StoreError;

@@ -10,8 +10,76 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 
-use super::{ApiError, AppState, Params};
+use axum::http::Uri;
+use percent_encoding::percent_decode_str;
+
+use super::{ApiError, AppState};
 use crate::store::state::{State, Topic};
+
+/// Query parameters, decoded; flags count by presence.
+#[derive(Debug, Default)]
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub(crate) fn parse(uri: &Uri) -> Self {
+        let Some(query) = uri.query() else {
+            return Self::default();
+        };
+        let decode = |s: &str| {
+            percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        Self(
+            query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, v)) => (decode(k), decode(v)),
+                    None => (decode(pair), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A `u64` parameter; `Err(message)` when present but unparsable.
+    pub(crate) fn u64(&self, name: &str, message: &str) -> Result<Option<u64>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::BadRequest(message.to_owned())),
+        }
+    }
+}
+
+/// The percent-decoded path after `prefix` (e.g. the KV key after `/v1/kv/`).
+pub(crate) fn path_tail(uri: &Uri, prefix: &str) -> Result<String, ApiError> {
+    let raw = uri.path().strip_prefix(prefix).unwrap_or("");
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::BadRequest("Invalid key name: not valid UTF-8".to_owned()))
+}
 
 /// Default wait of a blocking query (Consul: 5 minutes).
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);

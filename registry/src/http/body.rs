@@ -58,7 +58,7 @@ pub(crate) async fn read_body(
     }
 }
 
-/// Reads and decodes a JSON request body the way Consul does (see [`crate::dto::decode_request`]).
+/// Reads and decodes a JSON request body the way Consul does (see [`crate::http::decode::decode_request`]).
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     headers: &axum::http::HeaderMap,
     body: Body,
@@ -67,7 +67,7 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    crate::dto::decode_request(&bytes)
+    crate::http::decode::decode_request(&bytes)
         .map(Some)
         .map_err(ApiError::BadRequest)
 }

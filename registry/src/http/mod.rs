@@ -6,6 +6,7 @@
 
 pub(crate) mod authz;
 pub(crate) mod body;
+pub(crate) mod decode;
 mod error;
 pub(crate) mod query;
 pub(crate) mod ui;

@@ -25,7 +25,7 @@ pub(crate) async fn apply(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(&headers, body, MAX_VALUE_SIZE).await?;
-    let ops: Vec<dto::TxnOp> = dto::decode_request(&body).map_err(|text| {
+    let ops: Vec<dto::TxnOp> = crate::http::decode::decode_request(&body).map_err(|text| {
         ApiError::BadRequest(text.replacen("Request decode failed", "Failed to parse body", 1))
     })?;
     if ops.len() > MAX_OPS {

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 pub(crate) fn decode_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let mut value: serde_json::Value =
         serde_json::from_slice(body).map_err(|err| format!("Request decode failed: {err}"))?;
-    normalise_keys(&mut value);
+    normalise_keys(&mut value, &REQUEST);
     T::deserialize(strict::Strict(value)).map_err(|err| {
         let text = err.to_string();
         match text
@@ -243,29 +243,84 @@ const FREE_FORM_FIELDS: &[&str] = &[
     "Definition",
 ];
 
-fn canonical(key: &str) -> Option<&'static str> {
-    let folded: String = key.chars().filter(|c| *c != '_').collect();
-    CANONICAL_FIELDS
-        .iter()
-        .copied()
-        .find(|name| name.eq_ignore_ascii_case(&folded))
+/// Field names of the ACL bodies (tokens, policies); clients such as py-consul send some in
+/// lowercase.
+const ACL_FIELDS: &[&str] = &[
+    "AccessorID",
+    "SecretID",
+    "Description",
+    "Policies",
+    "Local",
+    "CreateTime",
+    "Hash",
+    "CreateIndex",
+    "ModifyIndex",
+    "ID",
+    "Name",
+    "Rules",
+    "Datacenters",
+];
+
+/// How one family of request bodies spells its fields.
+struct Fields {
+    /// Canonical field names; a key matching one case-insensitively (underscores ignored) is
+    /// renamed to it.
+    names: &'static [&'static str],
+    /// Fields whose values are free-form maps, left as sent.
+    free_form: &'static [&'static str],
+    /// Whether a `null` counts as absent (dropped) rather than as a value.
+    drop_nulls: bool,
 }
 
-fn normalise_keys(value: &mut serde_json::Value) {
+const REQUEST: Fields = Fields {
+    names: CANONICAL_FIELDS,
+    free_form: FREE_FORM_FIELDS,
+    drop_nulls: false,
+};
+
+const ACL: Fields = Fields {
+    names: ACL_FIELDS,
+    free_form: &[],
+    drop_nulls: true,
+};
+
+/// The one key canonicalizer: renames every object key to its canonical spelling in `fields`.
+fn normalise_keys(value: &mut serde_json::Value, fields: &Fields) {
     match value {
         serde_json::Value::Object(map) => {
             let entries = std::mem::take(map);
             for (key, mut inner) in entries {
-                let name = canonical(&key).map(str::to_owned).unwrap_or(key);
-                if !FREE_FORM_FIELDS.contains(&name.as_str()) {
-                    normalise_keys(&mut inner);
+                if fields.drop_nulls && inner.is_null() {
+                    continue;
+                }
+                let folded: String = key.chars().filter(|c| *c != '_').collect();
+                let name = fields
+                    .names
+                    .iter()
+                    .find(|name| name.eq_ignore_ascii_case(&folded))
+                    .map_or(key, |name| (*name).to_owned());
+                if !fields.free_form.contains(&name.as_str()) {
+                    normalise_keys(&mut inner, fields);
                 }
                 map.insert(name, inner);
             }
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(normalise_keys),
+        serde_json::Value::Array(items) => {
+            items
+                .iter_mut()
+                .for_each(|item| normalise_keys(item, fields));
+        }
         _ => {}
     }
+}
+
+/// Decodes an ACL body (token, policy) as Consul does: keys canonicalized, a `null` counts as
+/// absent; unknown fields are ignored.
+pub(crate) fn decode_acl<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("Request decode failed: {e}"))?;
+    normalise_keys(&mut value, &ACL);
+    serde_json::from_value(value).map_err(|e| format!("Request decode failed: {e}"))
 }
 
 #[cfg(test)]

@@ -556,48 +556,7 @@ async fn decode<T: serde::de::DeserializeOwned + Default>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    let mut value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))?;
-    canonical_keys(&mut value);
-    serde_json::from_value(value)
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
-}
-
-/// Field names of ACL bodies; clients such as py-consul send some in lowercase.
-const ACL_FIELDS: &[&str] = &[
-    "AccessorID",
-    "SecretID",
-    "Description",
-    "Policies",
-    "Local",
-    "CreateTime",
-    "Hash",
-    "CreateIndex",
-    "ModifyIndex",
-    "ID",
-    "Name",
-    "Rules",
-    "Datacenters",
-];
-
-fn canonical_keys(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            let entries = std::mem::take(map);
-            // A null counts as absent, as in Consul's decoder.
-            for (key, mut inner) in entries.into_iter().filter(|(_, v)| !v.is_null()) {
-                let folded: String = key.chars().filter(|c| *c != '_').collect();
-                let name = ACL_FIELDS
-                    .iter()
-                    .find(|f| f.eq_ignore_ascii_case(&folded))
-                    .map_or(key, |f| (*f).to_owned());
-                canonical_keys(&mut inner);
-                map.insert(name, inner);
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(canonical_keys),
-        _ => {}
-    }
+    crate::http::decode::decode_acl(&bytes).map_err(ApiError::BadRequest)
 }
 
 /// `PUT /v1/acl/bootstrap`: ACLs are only on with a configured master token, which bootstraps

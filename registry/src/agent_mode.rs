@@ -24,7 +24,7 @@ use crate::client::Client;
 use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
 use crate::http::ApiError;
 use crate::http::authz::RemoteAcl;
-use crate::http::v1::acl::{Authz, presented_token};
+use crate::http::authz::{Authz, presented_token};
 use crate::http::v1::agent_local::{self, AgentApi};
 use crate::http::v1::internal::{Heartbeat, agent_node};
 
@@ -230,7 +230,7 @@ pub async fn run_agent(
     let beats = tokio::spawn(heartbeat_loop(shared.clone(), tasks.clone()));
     let app = router(shared.clone(), acl).layer(
         tower_http::trace::TraceLayer::new_for_http()
-            .make_span_with(crate::http::v1::acl::request_span),
+            .make_span_with(crate::http::authz::request_span),
     );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -261,7 +261,7 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         .merge(agent_local::routes(api))
         .layer(axum::middleware::from_fn_with_state(
             acl,
-            crate::http::authz::layer,
+            crate::http::authz::agent_layer,
         ));
     Router::new()
         .route("/v1/session/create", put(session_create))

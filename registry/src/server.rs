@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::acl::SecretId;
+use crate::acl::store::AclStore;
 use crate::agent::sync;
 use crate::agent::{LocalAgent, LocalOptions};
-use crate::http::v1::acl::AclStore;
 use crate::http::{self, AppState};
 use crate::members::Members;
 use crate::store::state::{Check, CheckStatus, Node, Service};
@@ -178,7 +178,7 @@ pub async fn run(
     tracing::info!(addr = %local, node = %config.node_name, dev = config.dev, "registry listening");
     let app = app.layer(
         tower_http::trace::TraceLayer::new_for_http()
-            .make_span_with(crate::http::v1::acl::request_span),
+            .make_span_with(crate::http::authz::request_span),
     );
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {

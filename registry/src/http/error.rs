@@ -32,6 +32,12 @@ pub(crate) enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl From<crate::acl::store::PersistError> for ApiError {
+    fn from(err: crate::acl::store::PersistError) -> Self {
+        Self::Internal(err.0)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, text) = match self {

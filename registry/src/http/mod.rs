@@ -44,7 +44,7 @@ pub(crate) struct AppState {
     /// Joined agents and their liveness.
     pub(crate) members: Arc<crate::members::Members>,
     /// ACL tokens and policies.
-    pub(crate) acl: Arc<acl::AclStore>,
+    pub(crate) acl: Arc<crate::acl::store::AclStore>,
 }
 
 /// Every route of the registry API.
@@ -101,7 +101,7 @@ fn routes(state: Arc<AppState>) -> Router {
         .merge(acl::routes(state.acl.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.acl.clone(),
-            acl::layer,
+            authz::server_layer,
         ))
         // Outside the ACL layer: Consul checks these parameters before it resolves the token.
         .layer(axum::middleware::from_fn_with_state(

@@ -1,350 +1,23 @@
-//! ACLs over HTTP: the token extractor every handler uses ([`Authz`]), the middleware that
-//! resolves it, and `/v1/acl/*` (bootstrap, tokens, policies).
-//!
-//! Tokens and policies are kept in [`AclStore`]: in memory, and in `acl.json` in the data
-//! directory (written to a temporary file, fsynced, renamed) when the server is durable.
+//! `/v1/acl/*`: bootstrap, tokens, policies, and the token resolution agents ask for. The
+//! tokens and policies live in [`AclStore`]; the extractor and middleware in `http::authz`.
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, Request, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
 
+use crate::acl::store::{AclStore, Persisted, now_rfc3339};
 use crate::acl::{
-    ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclError, AclResolver, Authorizer,
-    MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, Need, Policy, PolicyLink, Resource, SecretId,
-    Token, parse_rules,
+    ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclError, MANAGEMENT_POLICY_ID,
+    MANAGEMENT_POLICY_NAME, Need, Policy, PolicyLink, Resource, SecretId, Token, parse_rules,
 };
-use crate::http::{ApiError, Params, json};
-
-/// The resolved authorizer of the request (everything allowed when ACLs are off), put in the
-/// request's extensions by the ACL middleware.
-#[derive(Clone)]
-pub(crate) struct Authz(pub(crate) Arc<Authorizer>);
-
-impl Authz {
-    pub(crate) fn allows(&self, resource: Resource, name: &str, need: Need) -> bool {
-        self.0.allows(resource, name, need)
-    }
-
-    pub(crate) fn require(
-        &self,
-        resource: Resource,
-        name: &str,
-        need: Need,
-    ) -> Result<(), ApiError> {
-        if self.allows(resource, name, need) {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("Permission denied".into()))
-        }
-    }
-
-    pub(crate) fn require_ok(&self, ok: bool) -> Result<(), ApiError> {
-        if ok {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("Permission denied".into()))
-        }
-    }
-}
-
-/// Fails closed: a route whose router lacks the resolving middleware answers 500 instead of
-/// running without ACLs (the server's [`layer`], or the agent's, must wrap every route that
-/// takes an `Authz`).
-impl<S: Send + Sync> FromRequestParts<S> for Authz {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Authz>().cloned().ok_or_else(|| {
-            tracing::error!(path = %parts.uri.path(), "route without ACL resolution refused");
-            ApiError::Internal("ACL resolution missing for this route".into())
-        })
-    }
-}
-
-/// The secret presented with the request: `?token=`, then `X-Consul-Token`, then
-/// `Authorization: Bearer`; empty values count as absent.
-pub(crate) fn presented_token(parts: &Parts) -> Option<String> {
-    let from_query = parts
-        .uri
-        .query()
-        .map(|_| Params::parse(&parts.uri))
-        .and_then(|p| p.get("token").map(str::to_owned));
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let bearer = header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_owned()));
-    [from_query, header("x-consul-token"), bearer]
-        .into_iter()
-        .flatten()
-        .find(|t| !t.is_empty())
-}
-
-/// Request span without the query string, which may carry `?token=`: tokens never reach logs.
-pub(crate) fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
-    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
-}
-
-/// Sets `X-Consul-Results-Filtered-By-ACLs: true` when something was dropped.
-pub(crate) fn filtered(mut response: Response, dropped: bool) -> Response {
-    if dropped {
-        response.headers_mut().insert(
-            HeaderName::from_static("x-consul-results-filtered-by-acls"),
-            HeaderValue::from_static("true"),
-        );
-    }
-    response
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct Persisted {
-    bootstrapped: bool,
-    /// Index at which the ACL system was bootstrapped (Consul's "reset index").
-    bootstrap_index: u64,
-    index: u64,
-    /// Accessor of the stored record of the configured master token.
-    master_accessor: Option<String>,
-    tokens: Vec<Token>,
-    policies: Vec<Policy>,
-}
-
-impl Persisted {
-    /// Makes the configured master token and the anonymous token real tokens, and marks the
-    /// ACL system bootstrapped, as Consul's leader does for `initial_management`. Returns
-    /// whether anything changed.
-    fn seed(&mut self, master: &SecretId) -> bool {
-        let before = (
-            self.bootstrapped,
-            self.index,
-            self.master_accessor.clone(),
-            self.tokens.clone(),
-        );
-        if !self.bootstrapped {
-            self.index += 1;
-            self.bootstrapped = true;
-            self.bootstrap_index = self.index;
-        }
-        let now = now_rfc3339();
-        if !self
-            .tokens
-            .iter()
-            .any(|t| t.accessor_id == ANONYMOUS_ACCESSOR_ID)
-        {
-            self.index += 1;
-            // A token made with the literal secret `anonymous` already acted as the anonymous
-            // token: it becomes the real one, policies kept.
-            match self
-                .tokens
-                .iter_mut()
-                .find(|t| t.secret_id.matches(ANONYMOUS_SECRET))
-            {
-                Some(t) => {
-                    t.accessor_id = ANONYMOUS_ACCESSOR_ID.to_owned();
-                    t.modify_index = self.index;
-                }
-                None => self.tokens.push(Token {
-                    accessor_id: ANONYMOUS_ACCESSOR_ID.to_owned(),
-                    secret_id: SecretId::new(ANONYMOUS_SECRET),
-                    description: "Anonymous Token".to_owned(),
-                    policies: vec![],
-                    local: false,
-                    create_time: now.clone(),
-                    create_index: self.index,
-                    modify_index: self.index,
-                }),
-            }
-        }
-        let by_secret = self
-            .tokens
-            .iter()
-            .find(|t| t.secret_id.matches(master.expose()))
-            .map(|t| t.accessor_id.clone());
-        let recorded = self
-            .master_accessor
-            .clone()
-            .filter(|a| self.tokens.iter().any(|t| t.accessor_id == *a));
-        match (by_secret, recorded) {
-            (Some(accessor), _) => self.master_accessor = Some(accessor),
-            // The configured master token changed: the record follows it (rotation).
-            (None, Some(accessor)) => {
-                self.index += 1;
-                let index = self.index;
-                if let Some(t) = self.tokens.iter_mut().find(|t| t.accessor_id == accessor) {
-                    t.secret_id = master.clone();
-                    t.modify_index = index;
-                }
-            }
-            (None, None) => {
-                self.index += 1;
-                let accessor = uuid::Uuid::new_v4().to_string();
-                self.tokens.push(Token {
-                    accessor_id: accessor.clone(),
-                    secret_id: master.clone(),
-                    description: "Initial Management Token".to_owned(),
-                    policies: vec![PolicyLink {
-                        id: MANAGEMENT_POLICY_ID.into(),
-                        name: MANAGEMENT_POLICY_NAME.into(),
-                    }],
-                    local: false,
-                    create_time: now,
-                    create_index: self.index,
-                    modify_index: self.index,
-                });
-                self.master_accessor = Some(accessor);
-            }
-        }
-        before
-            != (
-                self.bootstrapped,
-                self.index,
-                self.master_accessor.clone(),
-                self.tokens.clone(),
-            )
-    }
-}
-
-/// Tokens, policies and the resolver built from them.
-pub(crate) struct AclStore {
-    resolver: RwLock<AclResolver>,
-    data: RwLock<Persisted>,
-    file: Option<PathBuf>,
-}
-
-impl AclStore {
-    /// ACLs off.
-    pub(crate) fn disabled() -> Self {
-        Self {
-            resolver: RwLock::new(AclResolver::disabled()),
-            data: RwLock::default(),
-            file: None,
-        }
-    }
-
-    /// ACLs on with `master` as the management token, loading `dir/acl.json` if present. The
-    /// master and anonymous tokens are stored as real tokens, and the system counts as
-    /// bootstrapped: `/v1/acl/bootstrap` is refused.
-    pub(crate) fn enabled(master: SecretId, dir: Option<PathBuf>) -> std::io::Result<Self> {
-        let file = dir.map(|d| d.join("acl.json"));
-        let mut data: Persisted = match &file {
-            Some(f) if f.exists() => serde_json::from_slice(&std::fs::read(f)?)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
-            _ => Persisted::default(),
-        };
-        if data.seed(&master)
-            && let Some(f) = &file
-        {
-            let bytes = serde_json::to_vec(&data).map_err(std::io::Error::other)?;
-            write_atomic(f, &bytes)?;
-        }
-        let mut resolver = AclResolver::enabled(master);
-        resolver.load(data.tokens.clone(), data.policies.clone());
-        Ok(Self {
-            resolver: RwLock::new(resolver),
-            data: RwLock::new(data),
-            file,
-        })
-    }
-
-    pub(crate) fn is_enabled(&self) -> bool {
-        self.resolver
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_enabled()
-    }
-
-    fn resolve(&self, secret: Option<&str>) -> Result<Authorizer, AclError> {
-        self.resolver
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .resolve(secret)
-    }
-
-    fn rule_texts(&self, secret: Option<&str>) -> Result<Option<Vec<String>>, AclError> {
-        self.resolver
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .rule_texts(secret)
-    }
-
-    fn token_by_secret(&self, secret: &str) -> Option<Token> {
-        self.resolver
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .token_for(secret)
-            .cloned()
-    }
-
-    /// Applies `change` to the data, persists it, then reloads the resolver.
-    fn modify<T>(
-        &self,
-        change: impl FnOnce(&mut Persisted) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
-        let out = change(&mut data)?;
-        if let Some(file) = &self.file {
-            let bytes =
-                serde_json::to_vec(&*data).map_err(|e| ApiError::Internal(e.to_string()))?;
-            write_atomic(file, &bytes).map_err(|e| {
-                tracing::error!(cause = %e, "persisting ACL data failed");
-                ApiError::Internal("failed to persist ACL data".into())
-            })?;
-        }
-        self.resolver
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .load(data.tokens.clone(), data.policies.clone());
-        Ok(out)
-    }
-
-    fn read<T>(&self, f: impl FnOnce(&Persisted) -> T) -> T {
-        f(&self.data.read().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Middleware: resolves the request's token once and stores the [`Authz`] in its extensions.
-/// Unknown tokens get 403 `ACL not found`.
-pub(crate) async fn layer(
-    State(acl): State<Arc<AclStore>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let secret = presented_token(&parts);
-    match acl.resolve(secret.as_deref()) {
-        Ok(authorizer) => {
-            parts.extensions.insert(Authz(Arc::new(authorizer)));
-            next.run(Request::from_parts(parts, body)).await
-        }
-        Err(err) => ApiError::Forbidden(err.to_string()).into_response(),
-    }
-}
+use crate::http::authz::{Authz, presented_token};
+use crate::http::{ApiError, json};
 
 /// `/v1/acl/*` routes.
 pub(crate) fn routes(acl: Arc<AclStore>) -> Router {
@@ -428,6 +101,14 @@ async fn resolve_for_agent(
         Err(err) => return Err(ApiError::Forbidden(err.to_string())),
     };
     Ok(json(&answer))
+}
+
+/// [`AclStore::modify`] with the handlers' error type.
+fn modify<T>(
+    acl: &AclStore,
+    change: impl FnOnce(&mut Persisted) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    acl.modify(change)
 }
 
 fn ensure_enabled(acl: &AclStore) -> Result<(), ApiError> {
@@ -544,10 +225,6 @@ fn management_policy() -> Policy {
     }
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
 async fn decode<T: serde::de::DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Body,
@@ -611,7 +288,7 @@ async fn token_create(
 ) -> Result<Response, ApiError> {
     acl_need(&acl, &authz, Need::Write)?;
     let req: TokenDto = decode(&headers, body).await?;
-    let token = acl.modify(|d| {
+    let token = modify(&acl, |d| {
         let policies = resolve_links(d, &req.policies)?;
         let secret = if req.secret_id.is_empty() {
             SecretId::generate()
@@ -704,7 +381,7 @@ async fn token_update(
 ) -> Result<Response, ApiError> {
     acl_need(&acl, &authz, Need::Write)?;
     let req: TokenDto = decode(&headers, body).await?;
-    let token = acl.modify(|d| {
+    let token = modify(&acl, |d| {
         let policies = resolve_links(d, &req.policies)?;
         d.index += 1;
         let index = d.index;
@@ -728,7 +405,7 @@ async fn token_delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     acl_need(&acl, &authz, Need::Write)?;
-    acl.modify(|d| {
+    modify(&acl, |d| {
         if id == ANONYMOUS_ACCESSOR_ID {
             return Err(ApiError::BadRequest(
                 "Delete operation not permitted on the anonymous token".into(),
@@ -767,7 +444,7 @@ async fn policy_create(
         ));
     }
     parse_rules(&req.rules).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let policy = acl.modify(|d| {
+    let policy = modify(&acl, |d| {
         if req.name == MANAGEMENT_POLICY_NAME || d.policies.iter().any(|p| p.name == req.name) {
             return Err(ApiError::BadRequest(format!(
                 "Invalid Policy: A Policy with Name {:?} already exists",
@@ -830,7 +507,7 @@ async fn policy_update(
     acl_need(&acl, &authz, Need::Write)?;
     let req: PolicyDto = decode(&headers, body).await?;
     parse_rules(&req.rules).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let policy = acl.modify(|d| {
+    let policy = modify(&acl, |d| {
         d.index += 1;
         let index = d.index;
         let p = d
@@ -861,7 +538,7 @@ async fn policy_delete(
             "Cannot delete the builtin global-management policy".into(),
         ));
     }
-    acl.modify(|d| {
+    modify(&acl, |d| {
         d.policies.retain(|p| p.id != id);
         for t in &mut d.tokens {
             t.policies.retain(|l| l.id != id);
@@ -881,79 +558,4 @@ async fn policy_list(State(acl): State<Arc<AclStore>>, authz: Authz) -> Result<R
             .collect()
     });
     Ok(json(&list))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store(master: &str, dir: &std::path::Path) -> AclStore {
-        AclStore::enabled(SecretId::new(master), Some(dir.to_owned())).unwrap()
-    }
-
-    #[test]
-    fn seeded_tokens_survive_restarts_and_follow_the_configured_master() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = store("root", dir.path());
-        let (accessor, index) = first.read(|d| {
-            assert!(d.bootstrapped);
-            (d.master_accessor.clone().unwrap(), d.bootstrap_index)
-        });
-        assert_eq!(first.token_by_secret("root").unwrap().accessor_id, accessor);
-        assert_eq!(
-            first.token_by_secret(ANONYMOUS_SECRET).unwrap().accessor_id,
-            ANONYMOUS_ACCESSOR_ID
-        );
-        drop(first);
-        // A restart with the same master token changes nothing.
-        let again = store("root", dir.path());
-        again.read(|d| {
-            assert_eq!(d.master_accessor.as_deref(), Some(accessor.as_str()));
-            assert_eq!(d.bootstrap_index, index);
-            assert_eq!(d.tokens.len(), 2);
-        });
-        drop(again);
-        // A new master token replaces the old one's secret: the old one stops working.
-        let rotated = store("root-2", dir.path());
-        assert!(rotated.token_by_secret("root").is_none());
-        assert_eq!(
-            rotated.token_by_secret("root-2").unwrap().accessor_id,
-            accessor
-        );
-        assert!(rotated.resolve(Some("root")).is_err());
-        assert!(rotated.resolve(Some("root-2")).unwrap().is_management());
-    }
-
-    #[test]
-    fn a_token_with_the_anonymous_secret_becomes_the_anonymous_token() {
-        let mut data = Persisted {
-            tokens: vec![Token {
-                accessor_id: "custom".into(),
-                secret_id: SecretId::new(ANONYMOUS_SECRET),
-                description: "made before the anonymous token was seeded".into(),
-                policies: vec![PolicyLink {
-                    id: "p1".into(),
-                    name: "dns".into(),
-                }],
-                local: false,
-                create_time: String::new(),
-                create_index: 1,
-                modify_index: 1,
-            }],
-            ..Persisted::default()
-        };
-        assert!(data.seed(&SecretId::new("root")));
-        let anon: Vec<&Token> = data
-            .tokens
-            .iter()
-            .filter(|t| t.secret_id.matches(ANONYMOUS_SECRET))
-            .collect();
-        assert_eq!(anon.len(), 1);
-        assert_eq!(anon[0].accessor_id, ANONYMOUS_ACCESSOR_ID);
-        assert_eq!(anon[0].policies[0].name, "dns");
-        assert!(
-            !data.seed(&SecretId::new("root")),
-            "seeding twice is a no-op"
-        );
-    }
 }

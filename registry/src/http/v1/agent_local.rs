@@ -20,7 +20,7 @@ use crate::dto::{AgentCheckRegistration, AgentService, AgentServiceRegistration,
 use crate::http::{ApiError, Params, json, plain, read_json};
 use crate::store::state::CheckStatus;
 
-use super::acl::{Authz, filtered};
+use crate::http::authz::{Authz, filtered};
 
 /// What the local agent endpoints share.
 pub(crate) struct AgentApi {

@@ -8,13 +8,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
-use super::acl::{Authz, filtered};
 use super::health::service_dto;
 use crate::acl::{Need, Resource};
 use crate::dto::{
     self, CatalogDeregistration, CatalogNode, CatalogNodeServices, CatalogRegistration,
     CatalogService, Weights,
 };
+use crate::http::authz::{Authz, filtered};
 use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json, read_json};
 use crate::store::Registration;

@@ -6,10 +6,10 @@ use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::response::Response;
 
-use super::acl::{Authz, filtered};
 use super::catalog::{meta_matches, node_dto, node_meta_filter, reject_filter};
 use crate::acl::{Need, Resource};
 use crate::dto::{AgentService, HealthCheck, ServiceAddress, ServiceEntry, Weights};
+use crate::http::authz::{Authz, filtered};
 use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json};
 use crate::store::state::{Check, CheckStatus, Service, State as StoreState, Topic};

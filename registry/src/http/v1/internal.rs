@@ -11,8 +11,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::acl::Authz;
 use crate::acl::{Need, Resource};
+use crate::http::authz::Authz;
 use crate::http::{ApiError, AppState, json, read_body};
 use crate::members::Beat;
 use crate::store::Registration;

@@ -7,9 +7,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::acl::{Authz, filtered};
 use crate::acl::{Need, Resource};
 use crate::dto;
+use crate::http::authz::{Authz, filtered};
 use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
 use crate::store::SetMode;

@@ -8,9 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
-use super::acl::{Authz, filtered};
 use crate::acl::{Need, Resource};
 use crate::dto::{self, IdResponse, ServiceCheckRef, SessionCreateRequest, SessionEntry};
+use crate::http::authz::{Authz, filtered};
 use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json, read_json};
 use crate::store::NewSession;

@@ -8,10 +8,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::acl::Authz;
 use super::kv;
 use crate::acl::{Need, Resource};
 use crate::dto::{self, TxnErrorEntry, TxnResponse, TxnResultEntry};
+use crate::http::authz::Authz;
 use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, json, read_body};
 use crate::store::{TxnOp, TxnOutcome};
 

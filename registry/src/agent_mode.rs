@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acl::{Need, Resource};
 use crate::agent::local::{LocalAgent, LocalOptions};
+use crate::agent::sync::agent_node;
 use crate::agent::sync::{self, NodeSpec, Target};
 use crate::client::Client;
 use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
@@ -26,7 +27,7 @@ use crate::http::ApiError;
 use crate::http::authz::RemoteAcl;
 use crate::http::authz::{Authz, presented_token};
 use crate::http::v1::agent_local::{self, AgentApi};
-use crate::http::v1::internal::{Heartbeat, agent_node};
+use crate::http::v1::internal::Heartbeat;
 
 /// How an agent joins and serves.
 #[derive(Debug, Clone)]

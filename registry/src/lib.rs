@@ -9,6 +9,7 @@ pub mod agent;
 mod agent_mode;
 pub mod checks;
 pub mod client;
+mod convert;
 pub mod dto;
 mod http;
 mod members;

@@ -1,13 +1,15 @@
 //! HTTP layer, above the domain modules (store, acl, agent, checks), which never import it:
 //! Consul's `/v1` routes in one table and the Consul-wide method rules. `query` parses Consul's
-//! query parameters once and answers blocking reads, `body` reads request bodies, `decode` is the
-//! Go-compatible JSON decoder, `convert` holds every state-to-wire conversion, `authz` resolves
-//! ACL tokens, `v1/` holds the handlers.
+//! query parameters and answers blocking reads, `filter` the listing filters, `body` reads
+//! request bodies, `decode` is the Go-compatible JSON decoder, `authz` resolves ACL tokens,
+//! `v1/` holds the handlers. State-to-wire conversions are in `crate::convert`, below both this
+//! layer and the agent.
 
 pub(crate) mod authz;
 pub(crate) mod body;
 pub(crate) mod decode;
 mod error;
+pub(crate) mod filter;
 pub(crate) mod query;
 pub(crate) mod ui;
 pub(crate) mod v1;

@@ -8,13 +8,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
-use super::health::service_dto;
 use crate::acl::{Need, Resource};
+use crate::convert::{agent_service, catalog_node};
 use crate::dto::{
     self, CatalogDeregistration, CatalogNode, CatalogNodeServices, CatalogRegistration,
     CatalogService, Weights,
 };
 use crate::http::authz::{Authz, filtered};
+use crate::http::filter::{meta_matches, node_meta_filter, reject_filter};
 use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json, read_json};
 use crate::store::Registration;
@@ -191,46 +192,6 @@ pub(crate) async fn datacenters(State(app): State<Arc<AppState>>) -> Response {
     json(&[&app.datacenter])
 }
 
-pub(crate) fn node_dto(n: &Node) -> CatalogNode {
-    CatalogNode {
-        id: n.id.clone(),
-        node: n.name.clone(),
-        address: n.address.clone(),
-        datacenter: n.datacenter.clone(),
-        tagged_addresses: n.tagged_addresses.clone(),
-        meta: n.meta.clone(),
-        create_index: n.create_index,
-        modify_index: n.modify_index,
-    }
-}
-
-/// `node-meta=key:value` filters (all must match).
-pub(crate) fn node_meta_filter(params: &Params) -> Vec<(String, String)> {
-    params
-        .all("node-meta")
-        .map(|kv| match kv.split_once(':') {
-            Some((k, v)) => (k.to_owned(), v.to_owned()),
-            None => (kv.to_owned(), String::new()),
-        })
-        .collect()
-}
-
-pub(crate) fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
-    filter
-        .iter()
-        .all(|(k, v)| node.meta.get(k).is_some_and(|m| m == v))
-}
-
-/// Consul's `filter` expressions are not implemented: refuse them rather than ignore them.
-pub(crate) fn reject_filter(params: &Params) -> Result<(), ApiError> {
-    if params.has("filter") {
-        return Err(bad(
-            "filter expressions are not supported by berth; use tag and node-meta",
-        ));
-    }
-    Ok(())
-}
-
 pub(crate) async fn nodes(
     State(app): State<Arc<AppState>>,
     authz: Authz,
@@ -249,7 +210,7 @@ pub(crate) async fn nodes(
         let list: Vec<CatalogNode> = matching
             .iter()
             .filter(|n| authz.allows(Resource::Node, &n.name, Need::Read))
-            .map(|n| node_dto(n))
+            .map(|n| catalog_node(n))
             .collect();
         let dropped = list.len() != matching.len();
         ((list, dropped), state.tables.nodes)
@@ -284,10 +245,10 @@ pub(crate) async fn node(
                 dropped |= !ok;
                 ok
             })
-            .map(|s| (s.id.clone(), service_dto(s, &n.datacenter)))
+            .map(|s| (s.id.clone(), agent_service(s, &n.datacenter)))
             .collect();
         let answer = CatalogNodeServices {
-            node: node_dto(n),
+            node: catalog_node(n),
             services,
         };
         ((Some(answer), dropped), state.tables.catalog())

@@ -6,64 +6,14 @@ use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::response::Response;
 
-use super::catalog::{meta_matches, node_dto, node_meta_filter, reject_filter};
 use crate::acl::{Need, Resource};
-use crate::dto::{AgentService, HealthCheck, ServiceAddress, ServiceEntry, Weights};
+use crate::convert::{agent_service, catalog_node, health_check};
+use crate::dto::{HealthCheck, ServiceEntry};
 use crate::http::authz::{Authz, filtered};
+use crate::http::filter::{meta_matches, node_meta_filter, reject_filter};
 use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json};
-use crate::store::state::{Check, CheckStatus, Service, State as StoreState, Topic};
-
-pub(crate) fn check_dto(c: &Check) -> HealthCheck {
-    HealthCheck {
-        node: c.node.clone(),
-        check_id: c.id.clone(),
-        name: c.name.clone(),
-        status: c.status.as_str().to_owned(),
-        notes: c.notes.clone(),
-        output: c.output.clone(),
-        service_id: c.service_id.clone(),
-        service_name: c.service_name.clone(),
-        service_tags: c.service_tags.clone(),
-        check_type: c.check_type.clone(),
-        definition: c.definition.clone(),
-        create_index: c.create_index,
-        modify_index: c.modify_index,
-    }
-}
-
-pub(crate) fn service_dto(s: &Service, datacenter: &str) -> AgentService {
-    AgentService {
-        id: s.id.clone(),
-        service: s.name.clone(),
-        tags: s.tags.clone(),
-        meta: s.meta.clone(),
-        port: s.port,
-        address: s.address.clone(),
-        tagged_addresses: s
-            .tagged_addresses
-            .iter()
-            .map(|(k, (a, p))| {
-                (
-                    k.clone(),
-                    ServiceAddress {
-                        address: a.clone(),
-                        port: *p,
-                    },
-                )
-            })
-            .collect(),
-        weights: Weights {
-            passing: s.weights.0,
-            warning: s.weights.1,
-        },
-        enable_tag_override: s.enable_tag_override,
-        kind: s.kind.clone(),
-        datacenter: datacenter.to_owned(),
-        create_index: Some(s.create_index),
-        modify_index: Some(s.modify_index),
-    }
-}
+use crate::store::state::{Check, CheckStatus, State as StoreState, Topic};
 
 /// Entries of service `name`: node-level checks and the service's own checks.
 fn entries(
@@ -89,9 +39,9 @@ fn entries(
                 return None;
             }
             Some(ServiceEntry {
-                node: node_dto(node),
-                service: service_dto(s, &node.datacenter),
-                checks: checks.into_iter().map(check_dto).collect(),
+                node: catalog_node(node),
+                service: agent_service(s, &node.datacenter),
+                checks: checks.into_iter().map(health_check).collect(),
             })
         })
         .collect()
@@ -149,7 +99,7 @@ fn readable_checks<'a>(
             dropped |= !ok;
             ok
         })
-        .map(check_dto)
+        .map(health_check)
         .collect();
     (list, dropped)
 }

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::acl::{Need, Resource};
-use crate::dto;
+use crate::convert;
 use crate::http::authz::{Authz, filtered};
 use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
@@ -31,18 +31,6 @@ fn key_of(uri: &Uri) -> Result<String, ApiError> {
     let key = path_tail(uri, PREFIX)?;
     validate_key(&key)?;
     Ok(key)
-}
-
-pub(crate) fn to_dto(entry: &KvEntry) -> dto::KvEntry {
-    dto::KvEntry {
-        lock_index: entry.lock_index,
-        key: entry.key.clone(),
-        flags: entry.flags,
-        value: Some(entry.value.to_vec()),
-        create_index: entry.create_index,
-        modify_index: entry.modify_index,
-        session: entry.session.clone(),
-    }
 }
 
 enum Found {
@@ -112,10 +100,10 @@ pub(crate) async fn get(
         Found::Keys(names) if names.is_empty() && !key.is_empty() => not_found(),
         Found::Keys(names) => json(&names),
         Found::Many(entries) if entries.is_empty() => not_found(),
-        Found::Many(entries) => json(&entries.iter().map(to_dto).collect::<Vec<_>>()),
+        Found::Many(entries) => json(&entries.iter().map(convert::kv_entry).collect::<Vec<_>>()),
         Found::One(None) => not_found(),
         Found::One(Some(entry)) if params.has("raw") => raw(entry),
-        Found::One(Some(entry)) => json(&[to_dto(&entry)]),
+        Found::One(Some(entry)) => json(&[convert::kv_entry(&entry)]),
     };
     Ok(filtered(with_meta(response, index), dropped))
 }

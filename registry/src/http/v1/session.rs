@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 
 use crate::acl::{Need, Resource};
-use crate::dto::{self, IdResponse, ServiceCheckRef, SessionCreateRequest, SessionEntry};
+use crate::convert;
+use crate::dto::{self, IdResponse, SessionCreateRequest, SessionEntry};
 use crate::http::authz::{Authz, filtered};
 use crate::http::query::{QueryOptions, block, with_meta};
 use crate::http::{ApiError, AppState, Params, json, read_json};
@@ -21,32 +22,6 @@ const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(86_400);
-
-pub(crate) fn to_dto(s: &Session) -> SessionEntry {
-    SessionEntry {
-        id: s.id.clone(),
-        name: s.name.clone(),
-        node: s.node.clone(),
-        lock_delay: u64::try_from(s.lock_delay.as_nanos()).unwrap_or(u64::MAX),
-        behavior: s.behavior.as_str().to_owned(),
-        ttl: match s.ttl {
-            Some(_) if !s.ttl_text.is_empty() => s.ttl_text.clone(),
-            Some(ttl) => dto::go_duration(ttl),
-            None => String::new(),
-        },
-        node_checks: s.node_checks.clone(),
-        service_checks: s
-            .service_checks
-            .iter()
-            .map(|id| ServiceCheckRef {
-                id: id.clone(),
-                namespace: None,
-            })
-            .collect(),
-        create_index: s.create_index,
-        modify_index: s.modify_index,
-    }
-}
 
 /// A 500 with Consul's text for a session the request describes badly.
 fn rejected(text: String) -> ApiError {
@@ -171,7 +146,7 @@ pub(crate) async fn renew(
         authz.require(Resource::Session, &node, Need::Write)?;
     }
     match app.store.session_renew(id.clone()).await? {
-        Some(session) => Ok(json(&[to_dto(&session)])),
+        Some(session) => Ok(json(&[convert::session_entry(&session)])),
         None => Err(ApiError::NotFound(format!("Session id '{id}' not found"))),
     }
 }
@@ -188,7 +163,7 @@ async fn sessions(
         let list: Vec<SessionEntry> = selected
             .iter()
             .filter(|s| authz.allows(Resource::Session, &s.node, Need::Read))
-            .map(|s| to_dto(s))
+            .map(|s| convert::session_entry(s))
             .collect();
         let dropped = list.len() != selected.len();
         ((list, dropped), state.tables.sessions)

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::kv;
 use crate::acl::{Need, Resource};
+use crate::convert;
 use crate::dto::{self, TxnErrorEntry, TxnResponse, TxnResultEntry};
 use crate::http::authz::Authz;
 use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, json, read_body};
@@ -66,7 +67,9 @@ pub(crate) async fn apply(
                 entries
                     .iter()
                     .filter(|e| authz.allows(Resource::Key, &e.key, Need::Read))
-                    .map(|e| TxnResultEntry { kv: kv::to_dto(e) })
+                    .map(|e| TxnResultEntry {
+                        kv: convert::kv_entry(e),
+                    })
                     .collect(),
             ),
             errors: None,

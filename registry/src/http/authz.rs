@@ -25,8 +25,9 @@ use tokio::time::Instant;
 
 use crate::acl::store::AclStore;
 use crate::acl::{Authorizer, Need, Resource};
+use crate::http::query::ConsulQuery;
 use crate::http::v1::acl::{ResolveAnswer, ResolveRequest};
-use crate::http::{ApiError, Params, plain};
+use crate::http::{ApiError, plain};
 
 /// The resolved authorizer of the request (everything allowed when ACLs are off), put in the
 /// request's extensions by the ACL middleware.
@@ -80,8 +81,7 @@ pub(crate) fn presented_token(parts: &Parts) -> Option<String> {
     let from_query = parts
         .uri
         .query()
-        .map(|_| Params::parse(&parts.uri))
-        .and_then(|p| p.get("token").map(str::to_owned));
+        .and_then(|_| ConsulQuery::parse(&parts.uri).token);
     let header = |name: &str| {
         parts
             .headers

@@ -22,8 +22,8 @@ pub(crate) fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
 }
 
 /// Consul's `filter` expressions are not implemented: refuse them rather than ignore them.
-pub(crate) fn reject_filter(params: &Params) -> Result<(), ApiError> {
-    if params.has("filter") {
+pub(crate) fn reject_filter(given: bool) -> Result<(), ApiError> {
+    if given {
         return Err(ApiError::BadRequest(
             "filter expressions are not supported by berth; use tag and node-meta".to_owned(),
         ));

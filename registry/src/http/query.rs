@@ -1,17 +1,20 @@
-//! Blocking queries: `index` / `wait` parsing, waiting for a change without polling, and the
-//! `X-Consul-*` headers every blocking-capable GET carries.
+//! Consul's query handling, once: the parameters ([`Params`]), the one extractor every read
+//! handler takes ([`ConsulQuery`]: `dc`, `index` / `wait`, consistency flags, `filter`, the
+//! `?token`), the middleware for the rules Consul checks before any endpoint runs, blocking
+//! without polling, and the one response type of a read ([`Blocking`]: `X-Consul-Index`,
+//! `-KnownLeader`, `-LastContact` and `X-Consul-Results-Filtered-By-ACLs`).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{self, Request};
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::extract::{self, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::Next;
-use axum::response::{IntoResponse as _, Response};
-
-use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
+use serde::Serialize;
 
 use super::{ApiError, AppState};
 use crate::store::state::{State, Topic};
@@ -124,6 +127,125 @@ impl QueryOptions {
     }
 }
 
+/// The Consul query parameters of a request, parsed once. As an extractor it refuses a request
+/// whose `index` or `wait` cannot be parsed (400, Consul's texts); the `dc` and consistency
+/// rules are checked earlier, by [`query_rules`], for every route that takes them.
+#[derive(Debug)]
+pub(crate) struct ConsulQuery {
+    /// Every parameter, for the endpoint's own (`recurse`, `tag`, `node-meta`, ...).
+    pub(crate) params: Params,
+    /// `?dc=`, when given and not empty.
+    pub(crate) dc: Option<String>,
+    /// `?consistent`, `?stale`, `?cached` (presence).
+    pub(crate) consistent: bool,
+    pub(crate) stale: bool,
+    pub(crate) cached: bool,
+    /// `?filter=` given (berth refuses filter expressions where Consul takes them).
+    pub(crate) filter: bool,
+    /// `?token=`, when given and not empty (the ACL middleware resolves it).
+    pub(crate) token: Option<String>,
+    /// `index` / `wait`, or the 400 text they earn.
+    blocking: Result<QueryOptions, String>,
+}
+
+impl ConsulQuery {
+    pub(crate) fn parse(uri: &Uri) -> Self {
+        let params = Params::parse(uri);
+        let non_empty = |name: &str| {
+            params
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let blocking = QueryOptions::parse(&params).map_err(|err| err.to_string());
+        Self {
+            dc: non_empty("dc"),
+            consistent: params.has("consistent"),
+            stale: params.has("stale"),
+            cached: params.has("cached"),
+            filter: params.has("filter"),
+            token: non_empty("token"),
+            blocking,
+            params,
+        }
+    }
+
+    /// `index` and `wait`.
+    pub(crate) fn blocking(&self) -> QueryOptions {
+        // Extraction refused the request otherwise.
+        self.blocking.clone().unwrap_or(QueryOptions {
+            index: 0,
+            wait: DEFAULT_WAIT,
+        })
+    }
+
+    /// Refuses `?filter=`: berth does not evaluate Consul's filter expressions, and ignoring one
+    /// would answer more than the client asked for.
+    pub(crate) fn reject_filter(&self) -> Result<(), ApiError> {
+        super::filter::reject_filter(self.filter)
+    }
+
+    /// Evaluates `query` now, or, for a blocking request, once the state is past its index
+    /// (see [`block`]).
+    pub(crate) async fn block<T>(
+        &self,
+        app: &AppState,
+        topic: Topic,
+        query: impl Fn(&State) -> (T, u64),
+    ) -> (T, u64) {
+        block(app, topic, self.blocking(), query).await
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ConsulQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = Self::parse(&parts.uri);
+        match &query.blocking {
+            Ok(_) => Ok(query),
+            Err(text) => Err(ApiError::BadRequest(text.clone())),
+        }
+    }
+}
+
+/// The answer of a read: a response (JSON, raw, or a bare 404) with the index it reflects and
+/// whether ACLs left anything out. Sets `X-Consul-Index` (never 0), `X-Consul-KnownLeader`,
+/// `X-Consul-LastContact` and, when something was dropped,
+/// `X-Consul-Results-Filtered-By-ACLs: true`.
+pub(crate) struct Blocking {
+    response: Response,
+    index: u64,
+    filtered: bool,
+}
+
+impl Blocking {
+    pub(crate) fn new(response: Response, index: u64) -> Self {
+        Self {
+            response,
+            index,
+            filtered: false,
+        }
+    }
+
+    /// A JSON body.
+    pub(crate) fn json<T: Serialize>(value: &T, index: u64) -> Self {
+        Self::new(super::json(value), index)
+    }
+
+    /// Marks the answer filtered by ACLs when `dropped`.
+    pub(crate) fn filtered(mut self, dropped: bool) -> Self {
+        self.filtered |= dropped;
+        self
+    }
+}
+
+impl IntoResponse for Blocking {
+    fn into_response(self) -> Response {
+        super::authz::filtered(with_meta(self.response, self.index), self.filtered)
+    }
+}
+
 /// Whether the route at `path` takes Consul's `dc` and, on reads, its consistency modes.
 fn dc_aware(path: &str) -> bool {
     path == "/v1/kv"
@@ -144,23 +266,20 @@ pub(crate) async fn query_rules(
     if !dc_aware(request.uri().path()) {
         return next.run(request).await;
     }
-    let params = Params::parse(request.uri());
-    if let Err(err) = check_query(&params, request.method(), &app.datacenter) {
+    let query = ConsulQuery::parse(request.uri());
+    if let Err(err) = check_query(&query, request.method(), &app.datacenter) {
         return err.into_response();
     }
     next.run(request).await
 }
 
-fn check_query(params: &Params, method: &Method, datacenter: &str) -> Result<(), ApiError> {
-    if params
-        .get("dc")
-        .is_some_and(|dc| !dc.is_empty() && dc != datacenter)
-    {
+fn check_query(query: &ConsulQuery, method: &Method, datacenter: &str) -> Result<(), ApiError> {
+    if query.dc.as_deref().is_some_and(|dc| dc != datacenter) {
         return Err(ApiError::Internal("No path to datacenter".to_owned()));
     }
-    if matches!(*method, Method::GET | Method::HEAD) && params.has("consistent") {
-        for other in ["stale", "cached"] {
-            if params.has(other) {
+    if matches!(*method, Method::GET | Method::HEAD) && query.consistent {
+        for (other, given) in [("stale", query.stale), ("cached", query.cached)] {
+            if given {
                 return Err(ApiError::BadRequest(format!(
                     "Cannot specify ?{other} with ?consistent, conflicting semantics."
                 )));

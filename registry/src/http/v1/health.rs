@@ -3,16 +3,14 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::Uri;
-use axum::response::Response;
 
 use crate::acl::{Need, Resource};
 use crate::convert::{agent_service, catalog_node, health_check};
 use crate::dto::{HealthCheck, ServiceEntry};
-use crate::http::authz::{Authz, filtered};
-use crate::http::filter::{meta_matches, node_meta_filter, reject_filter};
-use crate::http::query::{QueryOptions, block, with_meta};
-use crate::http::{ApiError, AppState, Params, json};
+use crate::http::authz::Authz;
+use crate::http::filter::{meta_matches, node_meta_filter};
+use crate::http::query::{Blocking, ConsulQuery};
+use crate::http::{ApiError, AppState};
 use crate::store::state::{Check, CheckStatus, State as StoreState, Topic};
 
 /// Entries of service `name`: node-level checks and the service's own checks.
@@ -51,13 +49,12 @@ pub(crate) async fn service(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(name): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(&uri);
-    reject_filter(&params)?;
-    let opts = QueryOptions::parse(&params)?;
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
+    query.reject_filter()?;
+    let params = &query.params;
     let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
-    let meta = node_meta_filter(&params);
+    let meta = node_meta_filter(params);
     let readable = authz.allows(Resource::Service, &name, Need::Read);
     let passing_only = match params.get("passing") {
         None => false,
@@ -69,19 +66,20 @@ pub(crate) async fn service(
             ));
         }
     };
-    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
-        if !readable {
-            return ((Vec::new(), true), state.tables.catalog());
-        }
-        // Consul's filterCheckServiceNodes: an entry needs read on its node too.
-        let mut list = entries(state, &name, passing_only, &tags, &meta);
-        let total = list.len();
-        list.retain(|e| authz.allows(Resource::Node, &e.node.node, Need::Read));
-        let dropped = list.len() != total;
-        ((list, dropped), state.tables.catalog())
-    })
-    .await;
-    Ok(filtered(with_meta(json(&list), index), dropped))
+    let ((list, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            if !readable {
+                return ((Vec::new(), true), state.tables.catalog());
+            }
+            // Consul's filterCheckServiceNodes: an entry needs read on its node too.
+            let mut list = entries(state, &name, passing_only, &tags, &meta);
+            let total = list.len();
+            list.retain(|e| authz.allows(Resource::Node, &e.node.node, Need::Read));
+            let dropped = list.len() != total;
+            ((list, dropped), state.tables.catalog())
+        })
+        .await;
+    Ok(Blocking::json(&list, index).filtered(dropped))
 }
 
 /// Checks readable by `authz`, and whether any were dropped. As Consul's filterHealthChecks, a
@@ -109,24 +107,24 @@ pub(crate) async fn checks(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(name): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(&uri);
-    reject_filter(&params)?;
-    let opts = QueryOptions::parse(&params)?;
-    let meta = node_meta_filter(&params);
-    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
-        let checks = state.checks.values().filter(|c| {
-            c.service_name == name
-                && state
-                    .nodes
-                    .get(&c.node)
-                    .is_some_and(|n| meta_matches(n, &meta))
-        });
-        (readable_checks(&authz, checks), state.tables.catalog())
-    })
-    .await;
-    Ok(filtered(with_meta(json(&list), index), dropped))
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
+    query.reject_filter()?;
+    let params = &query.params;
+    let meta = node_meta_filter(params);
+    let ((list, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            let checks = state.checks.values().filter(|c| {
+                c.service_name == name
+                    && state
+                        .nodes
+                        .get(&c.node)
+                        .is_some_and(|n| meta_matches(n, &meta))
+            });
+            (readable_checks(&authz, checks), state.tables.catalog())
+        })
+        .await;
+    Ok(Blocking::json(&list, index).filtered(dropped))
 }
 
 /// `GET /v1/health/node/<node>`.
@@ -134,19 +132,18 @@ pub(crate) async fn node(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(name): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(&uri);
-    reject_filter(&params)?;
-    let opts = QueryOptions::parse(&params)?;
-    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
-        (
-            readable_checks(&authz, state.node_checks(&name)),
-            state.tables.catalog(),
-        )
-    })
-    .await;
-    Ok(filtered(with_meta(json(&list), index), dropped))
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
+    query.reject_filter()?;
+    let ((list, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            (
+                readable_checks(&authz, state.node_checks(&name)),
+                state.tables.catalog(),
+            )
+        })
+        .await;
+    Ok(Blocking::json(&list, index).filtered(dropped))
 }
 
 /// `GET /v1/health/state/<any|passing|warning|critical>`.
@@ -154,12 +151,11 @@ pub(crate) async fn state(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(wanted): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(&uri);
-    reject_filter(&params)?;
-    let opts = QueryOptions::parse(&params)?;
-    let meta = node_meta_filter(&params);
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
+    query.reject_filter()?;
+    let params = &query.params;
+    let meta = node_meta_filter(params);
     let pick: Option<CheckStatus> = match wanted.as_str() {
         "any" => None,
         "passing" | "warning" | "critical" => CheckStatus::parse(&wanted),
@@ -169,16 +165,17 @@ pub(crate) async fn state(
             )));
         }
     };
-    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
-        let checks = state.checks.values().filter(|c| {
-            pick.is_none_or(|p| c.status == p)
-                && state
-                    .nodes
-                    .get(&c.node)
-                    .is_some_and(|n| meta_matches(n, &meta))
-        });
-        (readable_checks(&authz, checks), state.tables.catalog())
-    })
-    .await;
-    Ok(filtered(with_meta(json(&list), index), dropped))
+    let ((list, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            let checks = state.checks.values().filter(|c| {
+                pick.is_none_or(|p| c.status == p)
+                    && state
+                        .nodes
+                        .get(&c.node)
+                        .is_some_and(|n| meta_matches(n, &meta))
+            });
+            (readable_checks(&authz, checks), state.tables.catalog())
+        })
+        .await;
+    Ok(Blocking::json(&list, index).filtered(dropped))
 }

@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 use crate::acl::{Need, Resource};
 use crate::convert;
 use crate::dto::{self, IdResponse, SessionCreateRequest, SessionEntry};
-use crate::http::authz::{Authz, filtered};
-use crate::http::query::{QueryOptions, block, with_meta};
-use crate::http::{ApiError, AppState, Params, json, read_json};
+use crate::http::authz::Authz;
+use crate::http::query::{Blocking, ConsulQuery};
+use crate::http::{ApiError, AppState, json, read_json};
 use crate::store::NewSession;
 use crate::store::StoreError;
 use crate::store::state::{Behavior, Session, Topic};
@@ -154,48 +154,48 @@ pub(crate) async fn renew(
 async fn sessions(
     app: &AppState,
     authz: &Authz,
-    uri: &Uri,
+    query: &ConsulQuery,
     select: impl Fn(&Session) -> bool,
-) -> Result<Response, ApiError> {
-    let opts = QueryOptions::parse(&Params::parse(uri))?;
-    let ((list, dropped), index) = block(app, Topic::Sessions, opts, |state| {
-        let selected: Vec<&Session> = state.sessions.values().filter(|s| select(s)).collect();
-        let list: Vec<SessionEntry> = selected
-            .iter()
-            .filter(|s| authz.allows(Resource::Session, &s.node, Need::Read))
-            .map(|s| convert::session_entry(s))
-            .collect();
-        let dropped = list.len() != selected.len();
-        ((list, dropped), state.tables.sessions)
-    })
-    .await;
-    Ok(filtered(with_meta(json(&list), index), dropped))
+) -> Blocking {
+    let ((list, dropped), index) = query
+        .block(app, Topic::Sessions, |state| {
+            let selected: Vec<&Session> = state.sessions.values().filter(|s| select(s)).collect();
+            let list: Vec<SessionEntry> = selected
+                .iter()
+                .filter(|s| authz.allows(Resource::Session, &s.node, Need::Read))
+                .map(|s| convert::session_entry(s))
+                .collect();
+            let dropped = list.len() != selected.len();
+            ((list, dropped), state.tables.sessions)
+        })
+        .await;
+    Blocking::json(&list, index).filtered(dropped)
 }
 
 pub(crate) async fn info(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(id): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    sessions(&app, &authz, &uri, |s| s.id == id).await
+    query: ConsulQuery,
+) -> Blocking {
+    sessions(&app, &authz, &query, |s| s.id == id).await
 }
 
 pub(crate) async fn node(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(node): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    sessions(&app, &authz, &uri, |s| s.node == node).await
+    query: ConsulQuery,
+) -> Blocking {
+    sessions(&app, &authz, &query, |s| s.node == node).await
 }
 
 pub(crate) async fn list(
     State(app): State<Arc<AppState>>,
     authz: Authz,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    sessions(&app, &authz, &uri, |_| true).await
+    query: ConsulQuery,
+) -> Blocking {
+    sessions(&app, &authz, &query, |_| true).await
 }
 
 pub(crate) async fn missing_id() -> ApiError {

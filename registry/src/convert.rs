@@ -1,8 +1,12 @@
 //! Every conversion between the store's state and Consul's wire types, in one place: what the
-//! HTTP handlers answer with, what the agent's anti-entropy sends to a remote server, and how
-//! it reads the remote catalog back. A leaf: it knows the state and the wire types, nothing else,
+//! HTTP handlers answer with (KV, sessions, catalog, health, agent, ACL tokens and policies),
+//! what the agent's anti-entropy sends to a remote server, and how it reads the remote catalog
+//! back. A leaf: it knows the state and the wire types, nothing else,
 //! so both `http` and `agent` use it without importing each other.
 
+use serde::{Deserialize, Serialize};
+
+use crate::acl::{Policy, Token};
 use crate::dto::{
     self, AgentService, CatalogCheckRegistration, CatalogNode, CatalogRegistration,
     CatalogServiceRegistration, HealthCheck, ServiceAddress, ServiceCheckRef, SessionEntry,
@@ -216,5 +220,96 @@ pub(crate) fn check_from_wire(c: HealthCheck) -> Check {
         definition: c.definition,
         create_index: c.create_index,
         modify_index: c.modify_index,
+    }
+}
+
+/// An ACL token on the wire (answers, and the body of create and update).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct TokenDto {
+    #[serde(rename = "AccessorID", default)]
+    pub(crate) accessor_id: String,
+    #[serde(rename = "SecretID", default)]
+    pub(crate) secret_id: String,
+    #[serde(default)]
+    pub(crate) description: String,
+    #[serde(default)]
+    pub(crate) policies: Vec<LinkDto>,
+    #[serde(default)]
+    pub(crate) local: bool,
+    #[serde(default)]
+    pub(crate) create_time: String,
+    #[serde(default)]
+    pub(crate) hash: String,
+    #[serde(default)]
+    pub(crate) create_index: u64,
+    #[serde(default)]
+    pub(crate) modify_index: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct LinkDto {
+    #[serde(rename = "ID", default)]
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) name: String,
+}
+
+/// An ACL policy on the wire (answers, and the body of create and update).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct PolicyDto {
+    #[serde(rename = "ID", default)]
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) description: String,
+    #[serde(default)]
+    pub(crate) rules: String,
+    #[serde(default)]
+    pub(crate) datacenters: Vec<String>,
+    #[serde(default)]
+    pub(crate) hash: String,
+    #[serde(default)]
+    pub(crate) create_index: u64,
+    #[serde(default)]
+    pub(crate) modify_index: u64,
+}
+
+/// A token as `/v1/acl/token*` answers it (the secret shown; callers redact).
+pub(crate) fn token_dto(t: &Token) -> TokenDto {
+    TokenDto {
+        accessor_id: t.accessor_id.clone(),
+        secret_id: t.secret_id.expose().to_owned(),
+        description: t.description.clone(),
+        policies: t
+            .policies
+            .iter()
+            .map(|p| LinkDto {
+                id: p.id.clone(),
+                name: p.name.clone(),
+            })
+            .collect(),
+        local: t.local,
+        create_time: t.create_time.clone(),
+        hash: String::new(),
+        create_index: t.create_index,
+        modify_index: t.modify_index,
+    }
+}
+
+/// A policy as `/v1/acl/polic*` answers it.
+pub(crate) fn policy_dto(p: &Policy) -> PolicyDto {
+    PolicyDto {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        description: p.description.clone(),
+        rules: p.rules.clone(),
+        datacenters: p.datacenters.clone(),
+        hash: String::new(),
+        create_index: p.create_index,
+        modify_index: p.modify_index,
     }
 }

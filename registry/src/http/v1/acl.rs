@@ -16,6 +16,7 @@ use crate::acl::{
     ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclError, MANAGEMENT_POLICY_ID,
     MANAGEMENT_POLICY_NAME, Need, Policy, PolicyLink, Resource, SecretId, Token, parse_rules,
 };
+use crate::convert::{LinkDto, PolicyDto, TokenDto, policy_dto, token_dto};
 use crate::http::authz::{Authz, presented_token};
 use crate::http::{ApiError, json};
 
@@ -122,95 +123,6 @@ fn ensure_enabled(acl: &AclStore) -> Result<(), ApiError> {
 fn acl_need(acl: &AclStore, authz: &Authz, need: Need) -> Result<(), ApiError> {
     ensure_enabled(acl)?;
     authz.require_ok(authz.0.acl(need))
-}
-
-/// Token on the wire.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct TokenDto {
-    #[serde(rename = "AccessorID", default)]
-    accessor_id: String,
-    #[serde(rename = "SecretID", default)]
-    secret_id: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    policies: Vec<LinkDto>,
-    #[serde(default)]
-    local: bool,
-    #[serde(default)]
-    create_time: String,
-    #[serde(default)]
-    hash: String,
-    #[serde(default)]
-    create_index: u64,
-    #[serde(default)]
-    modify_index: u64,
-}
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct LinkDto {
-    #[serde(rename = "ID", default)]
-    id: String,
-    #[serde(default)]
-    name: String,
-}
-
-/// Policy on the wire.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct PolicyDto {
-    #[serde(rename = "ID", default)]
-    id: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    rules: String,
-    #[serde(default)]
-    datacenters: Vec<String>,
-    #[serde(default)]
-    hash: String,
-    #[serde(default)]
-    create_index: u64,
-    #[serde(default)]
-    modify_index: u64,
-}
-
-fn token_dto(t: &Token) -> TokenDto {
-    TokenDto {
-        accessor_id: t.accessor_id.clone(),
-        secret_id: t.secret_id.expose().to_owned(),
-        description: t.description.clone(),
-        policies: t
-            .policies
-            .iter()
-            .map(|p| LinkDto {
-                id: p.id.clone(),
-                name: p.name.clone(),
-            })
-            .collect(),
-        local: t.local,
-        create_time: t.create_time.clone(),
-        hash: String::new(),
-        create_index: t.create_index,
-        modify_index: t.modify_index,
-    }
-}
-
-fn policy_dto(p: &Policy) -> PolicyDto {
-    PolicyDto {
-        id: p.id.clone(),
-        name: p.name.clone(),
-        description: p.description.clone(),
-        rules: p.rules.clone(),
-        datacenters: p.datacenters.clone(),
-        hash: String::new(),
-        create_index: p.create_index,
-        modify_index: p.modify_index,
-    }
 }
 
 fn management_policy() -> Policy {

@@ -1,8 +1,8 @@
 //! Every conversion between the store's state and Consul's wire types, in one place: what the
 //! HTTP handlers answer with (KV, sessions, catalog, health, agent, ACL tokens and policies),
 //! what the agent's anti-entropy sends to a remote server, and how it reads the remote catalog
-//! back. A leaf: it knows the state and the wire types, nothing else,
-//! so both `http` and `agent` use it without importing each other.
+//! back. A leaf: it knows the state and the wire types, nothing else, so both `http` and
+//! `agent` use it without importing each other.
 
 use serde::{Deserialize, Serialize};
 

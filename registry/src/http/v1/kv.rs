@@ -7,11 +7,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::acl::{Authz, filtered};
-use super::blocking::{QueryOptions, block, with_meta};
-use super::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
 use crate::acl::{Need, Resource};
-use crate::dto;
+use crate::convert;
+use crate::http::authz::Authz;
+use crate::http::query::{Blocking, ConsulQuery};
+use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, Params, json, path_tail, read_body};
 use crate::store::SetMode;
 use crate::store::state::{KvEntry, Topic};
 
@@ -33,18 +33,6 @@ fn key_of(uri: &Uri) -> Result<String, ApiError> {
     Ok(key)
 }
 
-pub(crate) fn to_dto(entry: &KvEntry) -> dto::KvEntry {
-    dto::KvEntry {
-        lock_index: entry.lock_index,
-        key: entry.key.clone(),
-        flags: entry.flags,
-        value: Some(entry.value.to_vec()),
-        create_index: entry.create_index,
-        modify_index: entry.modify_index,
-        session: entry.session.clone(),
-    }
-}
-
 enum Found {
     One(Option<KvEntry>),
     Many(Vec<KvEntry>),
@@ -55,10 +43,10 @@ pub(crate) async fn get(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     uri: Uri,
-) -> Result<Response, ApiError> {
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
     let key = key_of(&uri)?;
-    let params = Params::parse(&uri);
-    let opts = QueryOptions::parse(&params)?;
+    let params = &query.params;
     let keys = params.has("keys");
     let recurse = params.has("recurse");
     if key.is_empty() && !keys && !recurse {
@@ -72,52 +60,53 @@ pub(crate) async fn get(
     if !keys && !recurse {
         authz.require(Resource::Key, &key, Need::Read)?;
     }
-    let ((found, dropped), index) = block(&app, Topic::Kv, opts, |state| {
-        let mut dropped = false;
-        let mut visible = |k: &str, need: Need| {
-            let ok = authz.allows(Resource::Key, k, need);
-            dropped |= !ok;
-            ok
-        };
-        let found = if keys {
-            let mut names: Vec<String> = state
-                .kv_prefix(&key)
-                .filter(|e| visible(&e.key, Need::List))
-                .map(|e| cut_at_separator(&e.key, key.len(), &separator))
-                .collect();
-            names.dedup();
-            (Found::Keys(names), state.kv_prefix_index(&key))
-        } else if recurse {
-            (
-                Found::Many(
-                    state
-                        .kv_prefix(&key)
-                        .filter(|e| visible(&e.key, Need::Read))
-                        .cloned()
-                        .collect(),
-                ),
-                state.kv_prefix_index(&key),
-            )
-        } else {
-            (
-                Found::One(state.kv.get(&key).cloned()),
-                state.kv_key_index(&key),
-            )
-        };
-        ((found.0, dropped), found.1)
-    })
-    .await;
-    let not_found = || with_meta(StatusCode::NOT_FOUND.into_response(), index);
+    let ((found, dropped), index) = query
+        .block(&app, Topic::Kv, |state| {
+            let mut dropped = false;
+            let mut visible = |k: &str, need: Need| {
+                let ok = authz.allows(Resource::Key, k, need);
+                dropped |= !ok;
+                ok
+            };
+            let found = if keys {
+                let mut names: Vec<String> = state
+                    .kv_prefix(&key)
+                    .filter(|e| visible(&e.key, Need::List))
+                    .map(|e| cut_at_separator(&e.key, key.len(), &separator))
+                    .collect();
+                names.dedup();
+                (Found::Keys(names), state.kv_prefix_index(&key))
+            } else if recurse {
+                (
+                    Found::Many(
+                        state
+                            .kv_prefix(&key)
+                            .filter(|e| visible(&e.key, Need::Read))
+                            .cloned()
+                            .collect(),
+                    ),
+                    state.kv_prefix_index(&key),
+                )
+            } else {
+                (
+                    Found::One(state.kv.get(&key).cloned()),
+                    state.kv_key_index(&key),
+                )
+            };
+            ((found.0, dropped), found.1)
+        })
+        .await;
+    let not_found = || StatusCode::NOT_FOUND.into_response();
     let response = match found {
         Found::Keys(names) if names.is_empty() && !key.is_empty() => not_found(),
         Found::Keys(names) => json(&names),
         Found::Many(entries) if entries.is_empty() => not_found(),
-        Found::Many(entries) => json(&entries.iter().map(to_dto).collect::<Vec<_>>()),
+        Found::Many(entries) => json(&entries.iter().map(convert::kv_entry).collect::<Vec<_>>()),
         Found::One(None) => not_found(),
         Found::One(Some(entry)) if params.has("raw") => raw(entry),
-        Found::One(Some(entry)) => json(&[to_dto(&entry)]),
+        Found::One(Some(entry)) => json(&[convert::kv_entry(&entry)]),
     };
-    Ok(filtered(with_meta(response, index), dropped))
+    Ok(Blocking::new(response, index).filtered(dropped))
 }
 
 /// Cuts `key` just after the first `separator` following the prefix (of length `from`).

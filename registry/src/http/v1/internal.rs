@@ -11,12 +11,13 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::acl::Authz;
-use super::{ApiError, AppState, json, read_body};
 use crate::acl::{Need, Resource};
+use crate::agent::sync::agent_node;
+use crate::http::authz::Authz;
+use crate::http::{ApiError, AppState, json, read_body};
 use crate::members::Beat;
 use crate::store::Registration;
-use crate::store::state::{Check, CheckStatus, Node};
+use crate::store::state::{Check, CheckStatus};
 
 /// Output of a live node's `serfHealth`.
 pub(crate) const ALIVE_OUTPUT: &str = "Agent alive and reachable";
@@ -46,22 +47,6 @@ pub(crate) fn serf_health(status: CheckStatus, output: &str) -> Check {
         output: output.to_owned(),
         definition: serde_json::json!({}),
         ..Check::default()
-    }
-}
-
-/// The node record an agent's heartbeat and its anti-entropy both write.
-pub(crate) fn agent_node(name: &str, id: &str, address: &str, datacenter: &str) -> Node {
-    Node {
-        name: name.to_owned(),
-        id: id.to_owned(),
-        address: address.to_owned(),
-        datacenter: datacenter.to_owned(),
-        tagged_addresses: [
-            ("lan".to_owned(), address.to_owned()),
-            ("wan".to_owned(), address.to_owned()),
-        ]
-        .into(),
-        ..Node::default()
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::Response;
 
-use super::{AppState, json};
+use crate::http::{AppState, json};
 
 pub(crate) async fn leader(State(app): State<Arc<AppState>>) -> Response {
     json(&app.leader_addr)

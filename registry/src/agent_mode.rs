@@ -17,16 +17,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::acl::RemoteAcl;
-use super::local::{LocalAgent, LocalOptions};
-use super::sync::{self, NodeSpec, Target};
 use crate::acl::{Need, Resource};
-use crate::api::ApiError;
-use crate::api::acl::{Authz, presented_token};
-use crate::api::agent_local::{self, AgentApi};
-use crate::api::internal::{Heartbeat, agent_node};
+use crate::agent::local::{LocalAgent, LocalOptions};
+use crate::agent::sync::agent_node;
+use crate::agent::sync::{self, NodeSpec, Target};
 use crate::client::Client;
 use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
+use crate::http::ApiError;
+use crate::http::authz::RemoteAcl;
+use crate::http::authz::{Authz, presented_token};
+use crate::http::v1::agent_local::{self, AgentApi};
+use crate::http::v1::internal::Heartbeat;
 
 /// How an agent joins and serves.
 #[derive(Debug, Clone)]
@@ -71,7 +72,7 @@ impl AgentConfig {
             enable_script_checks: false,
             sync_interval: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
-            check_update_interval: super::local::DEFAULT_CHECK_UPDATE_INTERVAL,
+            check_update_interval: crate::agent::local::DEFAULT_CHECK_UPDATE_INTERVAL,
             data_dir: None,
         }
     }
@@ -99,7 +100,7 @@ pub enum AgentRunError {
     Io(#[from] std::io::Error),
     /// The node ID cannot be kept in the data directory.
     #[error(transparent)]
-    NodeId(#[from] super::node_id::NodeIdError),
+    NodeId(#[from] crate::agent::node_id::NodeIdError),
 }
 
 struct Proxy {
@@ -144,7 +145,7 @@ pub async fn run_agent(
         } else {
             local_addr.ip()
         });
-    let node_id = super::node_id::load_or_create(config.data_dir.as_deref())?;
+    let node_id = crate::agent::node_id::load_or_create(config.data_dir.as_deref())?;
     // First contact: the server's datacenter.
     let datacenter = loop {
         match client.catalog_datacenter().await {
@@ -229,7 +230,8 @@ pub async fn run_agent(
     let reaper = tokio::spawn(sync::run_reaper(local.clone(), tasks.clone()));
     let beats = tokio::spawn(heartbeat_loop(shared.clone(), tasks.clone()));
     let app = router(shared.clone(), acl).layer(
-        tower_http::trace::TraceLayer::new_for_http().make_span_with(crate::api::acl::request_span),
+        tower_http::trace::TraceLayer::new_for_http()
+            .make_span_with(crate::http::authz::request_span),
     );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -258,14 +260,17 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         .route("/v1/agent/leave", put(leave_handler))
         .with_state(shared.clone())
         .merge(agent_local::routes(api))
-        .layer(axum::middleware::from_fn_with_state(acl, super::acl::layer));
+        .layer(axum::middleware::from_fn_with_state(
+            acl,
+            crate::http::authz::agent_layer,
+        ));
     Router::new()
         .route("/v1/session/create", put(session_create))
         .fallback(forward)
         .with_state(shared)
         .merge(own)
         // The web UI is served by the agent itself; its API calls go through `forward`.
-        .merge(crate::ui::routes())
+        .merge(crate::http::ui::routes())
 }
 
 fn member(s: &AgentShared) -> AgentMember {
@@ -318,7 +323,7 @@ async fn agent_self(State(s): State<Arc<AgentShared>>, authz: Authz) -> Result<R
         )]
         .into(),
     };
-    Ok(crate::api::json(&answer))
+    Ok(crate::http::json(&answer))
 }
 
 async fn join(
@@ -443,7 +448,7 @@ async fn leave(s: &AgentShared) {
 async fn session_create(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
-        return crate::api::plain(
+        return crate::http::plain(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Request body too large".into(),
         );
@@ -535,7 +540,7 @@ async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Respons
             // The error's text includes the URL, whose query may hold `?token=`.
             let cause = crate::client::redact_url(e);
             tracing::warn!(cause = %cause, path = %parts.uri.path(), "forwarding to the server failed");
-            crate::api::plain(
+            crate::http::plain(
                 StatusCode::BAD_GATEWAY,
                 "registry server unreachable".to_owned(),
             )

@@ -8,10 +8,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::acl::Authz;
-use super::{ApiError, AppState, MAX_VALUE_SIZE, json, kv, read_body};
+use super::kv;
 use crate::acl::{Need, Resource};
+use crate::convert;
 use crate::dto::{self, TxnErrorEntry, TxnResponse, TxnResultEntry};
+use crate::http::authz::Authz;
+use crate::http::{ApiError, AppState, MAX_VALUE_SIZE, json, read_body};
 use crate::store::{TxnOp, TxnOutcome};
 
 /// Most operations in one transaction, as Consul.
@@ -24,7 +26,7 @@ pub(crate) async fn apply(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(&headers, body, MAX_VALUE_SIZE).await?;
-    let ops: Vec<dto::TxnOp> = dto::decode_request(&body).map_err(|text| {
+    let ops: Vec<dto::TxnOp> = crate::http::decode::decode_request(&body).map_err(|text| {
         ApiError::BadRequest(text.replacen("Request decode failed", "Failed to parse body", 1))
     })?;
     if ops.len() > MAX_OPS {
@@ -39,7 +41,8 @@ pub(crate) async fn apply(
             "get" | "get-or-empty" | "check-index" | "check-session" | "check-not-exists" => {
                 authz.allows(Resource::Key, &op.kv.key, Need::Read)
             }
-            "get-tree" => authz.allows(Resource::Key, &op.kv.key, Need::List),
+            // As Consul: no check up front; every entry is filtered by read below.
+            "get-tree" => true,
             "delete-tree" => authz.0.key_write_prefix(&op.kv.key),
             _ => authz.allows(Resource::Key, &op.kv.key, Need::Write),
         };
@@ -57,11 +60,16 @@ pub(crate) async fn apply(
         })
         .collect();
     let answer = match app.store.txn(ops).await? {
+        // Consul's `FilterTxnResults`: a result whose key the token may not read is left out,
+        // whatever the verb (a `get-tree` under a readable prefix may reach denied keys).
         TxnOutcome::Applied(entries) => json(&TxnResponse {
             results: Some(
                 entries
                     .iter()
-                    .map(|e| TxnResultEntry { kv: kv::to_dto(e) })
+                    .filter(|e| authz.allows(Resource::Key, &e.key, Need::Read))
+                    .map(|e| TxnResultEntry {
+                        kv: convert::kv_entry(e),
+                    })
                     .collect(),
             ),
             errors: None,

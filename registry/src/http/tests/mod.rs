@@ -1242,3 +1242,5 @@ async fn random_requests_never_crash_or_corrupt() {
     h.check("PUT", "/v1/kv/after", "ok", 200, "true").await;
     h.check("GET", "/v1/kv/after?raw", "", 200, "ok").await;
 }
+
+mod discovery;

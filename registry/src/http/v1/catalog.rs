@@ -5,18 +5,19 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::acl::{Authz, filtered};
-use super::blocking::{QueryOptions, block, with_meta};
-use super::health::service_dto;
-use super::{ApiError, AppState, Params, json, read_json};
 use crate::acl::{Need, Resource};
+use crate::convert::{agent_service, catalog_node};
 use crate::dto::{
     self, CatalogDeregistration, CatalogNode, CatalogNodeServices, CatalogRegistration,
     CatalogService, Weights,
 };
+use crate::http::authz::Authz;
+use crate::http::filter::{meta_matches, node_meta_filter};
+use crate::http::query::{Blocking, ConsulQuery};
+use crate::http::{ApiError, AppState, json, read_json};
 use crate::store::Registration;
 use crate::store::state::{Check, CheckStatus, Node, Service, Topic};
 
@@ -191,210 +192,169 @@ pub(crate) async fn datacenters(State(app): State<Arc<AppState>>) -> Response {
     json(&[&app.datacenter])
 }
 
-pub(crate) fn node_dto(n: &Node) -> CatalogNode {
-    CatalogNode {
-        id: n.id.clone(),
-        node: n.name.clone(),
-        address: n.address.clone(),
-        datacenter: n.datacenter.clone(),
-        tagged_addresses: n.tagged_addresses.clone(),
-        meta: n.meta.clone(),
-        create_index: n.create_index,
-        modify_index: n.modify_index,
-    }
-}
-
-/// `node-meta=key:value` filters (all must match).
-pub(crate) fn node_meta_filter(params: &Params) -> Vec<(String, String)> {
-    params
-        .all("node-meta")
-        .map(|kv| match kv.split_once(':') {
-            Some((k, v)) => (k.to_owned(), v.to_owned()),
-            None => (kv.to_owned(), String::new()),
-        })
-        .collect()
-}
-
-pub(crate) fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
-    filter
-        .iter()
-        .all(|(k, v)| node.meta.get(k).is_some_and(|m| m == v))
-}
-
-/// Consul's `filter` expressions are not implemented: refuse them rather than ignore them.
-pub(crate) fn reject_filter(params: &Params) -> Result<(), ApiError> {
-    if params.has("filter") {
-        return Err(bad(
-            "filter expressions are not supported by berth; use tag and node-meta",
-        ));
-    }
-    Ok(())
-}
-
 pub(crate) async fn nodes(
     State(app): State<Arc<AppState>>,
     authz: Authz,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(&uri);
-    reject_filter(&params)?;
-    let opts = QueryOptions::parse(&params)?;
-    let meta = node_meta_filter(&params);
-    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
-        let matching: Vec<&Node> = state
-            .nodes
-            .values()
-            .filter(|n| meta_matches(n, &meta))
-            .collect();
-        let list: Vec<CatalogNode> = matching
-            .iter()
-            .filter(|n| authz.allows(Resource::Node, &n.name, Need::Read))
-            .map(|n| node_dto(n))
-            .collect();
-        let dropped = list.len() != matching.len();
-        ((list, dropped), state.tables.nodes)
-    })
-    .await;
-    Ok(filtered(with_meta(json(&list), index), dropped))
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
+    query.reject_filter()?;
+    let params = &query.params;
+    let meta = node_meta_filter(params);
+    let ((list, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            let matching: Vec<&Node> = state
+                .nodes
+                .values()
+                .filter(|n| meta_matches(n, &meta))
+                .collect();
+            let list: Vec<CatalogNode> = matching
+                .iter()
+                .filter(|n| authz.allows(Resource::Node, &n.name, Need::Read))
+                .map(|n| catalog_node(n))
+                .collect();
+            let dropped = list.len() != matching.len();
+            ((list, dropped), state.tables.nodes)
+        })
+        .await;
+    Ok(Blocking::json(&list, index).filtered(dropped))
 }
 
 pub(crate) async fn node(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(name): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(&uri);
-    let opts = QueryOptions::parse(&params)?;
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
     // Consul's filterNodeServices: a node the token may not read is `null` (filtered), and
     // services it may not read are dropped.
     let node_readable = authz.allows(Resource::Node, &name, Need::Read);
-    let ((answer, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
-        let Some(n) = state.nodes.get(&name) else {
-            return ((None, false), state.tables.catalog());
-        };
-        if !node_readable {
-            return ((None, true), state.tables.catalog());
-        }
-        let mut dropped = false;
-        let services = state
-            .node_services(&name)
-            .filter(|s| {
-                let ok = authz.allows(Resource::Service, &s.name, Need::Read);
-                dropped |= !ok;
-                ok
-            })
-            .map(|s| (s.id.clone(), service_dto(s, &n.datacenter)))
-            .collect();
-        let answer = CatalogNodeServices {
-            node: node_dto(n),
-            services,
-        };
-        ((Some(answer), dropped), state.tables.catalog())
-    })
-    .await;
-    Ok(filtered(with_meta(json(&answer), index), dropped))
+    let ((answer, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            let Some(n) = state.nodes.get(&name) else {
+                return ((None, false), state.tables.catalog());
+            };
+            if !node_readable {
+                return ((None, true), state.tables.catalog());
+            }
+            let mut dropped = false;
+            let services = state
+                .node_services(&name)
+                .filter(|s| {
+                    let ok = authz.allows(Resource::Service, &s.name, Need::Read);
+                    dropped |= !ok;
+                    ok
+                })
+                .map(|s| (s.id.clone(), agent_service(s, &n.datacenter)))
+                .collect();
+            let answer = CatalogNodeServices {
+                node: catalog_node(n),
+                services,
+            };
+            ((Some(answer), dropped), state.tables.catalog())
+        })
+        .await;
+    Ok(Blocking::json(&answer, index).filtered(dropped))
 }
 
 pub(crate) async fn services(
     State(app): State<Arc<AppState>>,
     authz: Authz,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(&uri);
-    reject_filter(&params)?;
-    let opts = QueryOptions::parse(&params)?;
-    let meta = node_meta_filter(&params);
-    let ((map, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
-        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut dropped = false;
-        for service in state.services.values() {
-            if !meta.is_empty()
-                && !state
-                    .nodes
-                    .get(&service.node)
-                    .is_some_and(|n| meta_matches(n, &meta))
-            {
-                continue;
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
+    query.reject_filter()?;
+    let params = &query.params;
+    let meta = node_meta_filter(params);
+    let ((map, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut dropped = false;
+            for service in state.services.values() {
+                if !meta.is_empty()
+                    && !state
+                        .nodes
+                        .get(&service.node)
+                        .is_some_and(|n| meta_matches(n, &meta))
+                {
+                    continue;
+                }
+                if !authz.allows(Resource::Service, &service.name, Need::Read) {
+                    dropped = true;
+                    continue;
+                }
+                map.entry(service.name.clone())
+                    .or_default()
+                    .extend(service.tags.iter().cloned());
             }
-            if !authz.allows(Resource::Service, &service.name, Need::Read) {
-                dropped = true;
-                continue;
-            }
-            map.entry(service.name.clone())
-                .or_default()
-                .extend(service.tags.iter().cloned());
-        }
-        ((map, dropped), state.tables.services)
-    })
-    .await;
-    Ok(filtered(with_meta(json(&map), index), dropped))
+            ((map, dropped), state.tables.services)
+        })
+        .await;
+    Ok(Blocking::json(&map, index).filtered(dropped))
 }
 
 pub(crate) async fn service(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(name): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(&uri);
-    reject_filter(&params)?;
-    let opts = QueryOptions::parse(&params)?;
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
+    query.reject_filter()?;
+    let params = &query.params;
     let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
-    let meta = node_meta_filter(&params);
+    let meta = node_meta_filter(params);
     // Consul's filterServiceNodes: an entry needs read on both its service and its node.
     let readable = authz.allows(Resource::Service, &name, Need::Read);
-    let ((list, dropped), index) = block(&app, Topic::Catalog, opts, |state| {
-        let mut dropped = !readable;
-        let list: Vec<CatalogService> = state
-            .services_named(&name)
-            .filter(|_| readable)
-            .filter(|s| tags.iter().all(|t| s.tags.contains(t)))
-            .filter_map(|s| state.nodes.get(&s.node).map(|n| (n, s)))
-            .filter(|(n, _)| meta_matches(n, &meta))
-            .filter(|(n, _)| {
-                let ok = authz.allows(Resource::Node, &n.name, Need::Read);
-                dropped |= !ok;
-                ok
-            })
-            .map(|(n, s)| CatalogService {
-                id: n.id.clone(),
-                node: n.name.clone(),
-                address: n.address.clone(),
-                datacenter: n.datacenter.clone(),
-                tagged_addresses: n.tagged_addresses.clone(),
-                node_meta: n.meta.clone(),
-                service_id: s.id.clone(),
-                service_name: s.name.clone(),
-                service_tags: s.tags.clone(),
-                service_address: s.address.clone(),
-                service_tagged_addresses: s
-                    .tagged_addresses
-                    .iter()
-                    .map(|(k, (a, p))| {
-                        (
-                            k.clone(),
-                            dto::ServiceAddress {
-                                address: a.clone(),
-                                port: *p,
-                            },
-                        )
-                    })
-                    .collect(),
-                service_meta: s.meta.clone(),
-                service_port: s.port,
-                service_kind: s.kind.clone(),
-                service_enable_tag_override: s.enable_tag_override,
-                service_weights: Weights {
-                    passing: s.weights.0,
-                    warning: s.weights.1,
-                },
-                create_index: s.create_index,
-                modify_index: s.modify_index,
-            })
-            .collect();
-        ((list, dropped), state.tables.catalog())
-    })
-    .await;
-    Ok(filtered(with_meta(json(&list), index), dropped))
+    let ((list, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            let mut dropped = !readable;
+            let list: Vec<CatalogService> = state
+                .services_named(&name)
+                .filter(|_| readable)
+                .filter(|s| tags.iter().all(|t| s.tags.contains(t)))
+                .filter_map(|s| state.nodes.get(&s.node).map(|n| (n, s)))
+                .filter(|(n, _)| meta_matches(n, &meta))
+                .filter(|(n, _)| {
+                    let ok = authz.allows(Resource::Node, &n.name, Need::Read);
+                    dropped |= !ok;
+                    ok
+                })
+                .map(|(n, s)| CatalogService {
+                    id: n.id.clone(),
+                    node: n.name.clone(),
+                    address: n.address.clone(),
+                    datacenter: n.datacenter.clone(),
+                    tagged_addresses: n.tagged_addresses.clone(),
+                    node_meta: n.meta.clone(),
+                    service_id: s.id.clone(),
+                    service_name: s.name.clone(),
+                    service_tags: s.tags.clone(),
+                    service_address: s.address.clone(),
+                    service_tagged_addresses: s
+                        .tagged_addresses
+                        .iter()
+                        .map(|(k, (a, p))| {
+                            (
+                                k.clone(),
+                                dto::ServiceAddress {
+                                    address: a.clone(),
+                                    port: *p,
+                                },
+                            )
+                        })
+                        .collect(),
+                    service_meta: s.meta.clone(),
+                    service_port: s.port,
+                    service_kind: s.kind.clone(),
+                    service_enable_tag_override: s.enable_tag_override,
+                    service_weights: Weights {
+                        passing: s.weights.0,
+                        warning: s.weights.1,
+                    },
+                    create_index: s.create_index,
+                    modify_index: s.modify_index,
+                })
+                .collect();
+            ((list, dropped), state.tables.catalog())
+        })
+        .await;
+    Ok(Blocking::json(&list, index).filtered(dropped))
 }

@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::acl::{Authz, filtered};
-use super::blocking::{QueryOptions, block, with_meta};
-use super::{ApiError, AppState, Params, json, read_json};
 use crate::acl::{Need, Resource};
-use crate::dto::{self, IdResponse, ServiceCheckRef, SessionCreateRequest, SessionEntry};
+use crate::convert;
+use crate::dto::{self, IdResponse, SessionCreateRequest, SessionEntry};
+use crate::http::authz::Authz;
+use crate::http::query::{Blocking, ConsulQuery};
+use crate::http::{ApiError, AppState, json, read_json};
 use crate::store::NewSession;
 use crate::store::StoreError;
 use crate::store::state::{Behavior, Session, Topic};
@@ -21,32 +22,6 @@ const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
 const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 const MIN_TTL: Duration = Duration::from_secs(10);
 const MAX_TTL: Duration = Duration::from_secs(86_400);
-
-pub(crate) fn to_dto(s: &Session) -> SessionEntry {
-    SessionEntry {
-        id: s.id.clone(),
-        name: s.name.clone(),
-        node: s.node.clone(),
-        lock_delay: u64::try_from(s.lock_delay.as_nanos()).unwrap_or(u64::MAX),
-        behavior: s.behavior.as_str().to_owned(),
-        ttl: match s.ttl {
-            Some(_) if !s.ttl_text.is_empty() => s.ttl_text.clone(),
-            Some(ttl) => dto::go_duration(ttl),
-            None => String::new(),
-        },
-        node_checks: s.node_checks.clone(),
-        service_checks: s
-            .service_checks
-            .iter()
-            .map(|id| ServiceCheckRef {
-                id: id.clone(),
-                namespace: None,
-            })
-            .collect(),
-        create_index: s.create_index,
-        modify_index: s.modify_index,
-    }
-}
 
 /// A 500 with Consul's text for a session the request describes badly.
 fn rejected(text: String) -> ApiError {
@@ -171,7 +146,7 @@ pub(crate) async fn renew(
         authz.require(Resource::Session, &node, Need::Write)?;
     }
     match app.store.session_renew(id.clone()).await? {
-        Some(session) => Ok(json(&[to_dto(&session)])),
+        Some(session) => Ok(json(&[convert::session_entry(&session)])),
         None => Err(ApiError::NotFound(format!("Session id '{id}' not found"))),
     }
 }
@@ -179,48 +154,48 @@ pub(crate) async fn renew(
 async fn sessions(
     app: &AppState,
     authz: &Authz,
-    uri: &Uri,
+    query: &ConsulQuery,
     select: impl Fn(&Session) -> bool,
-) -> Result<Response, ApiError> {
-    let opts = QueryOptions::parse(&Params::parse(uri))?;
-    let ((list, dropped), index) = block(app, Topic::Sessions, opts, |state| {
-        let selected: Vec<&Session> = state.sessions.values().filter(|s| select(s)).collect();
-        let list: Vec<SessionEntry> = selected
-            .iter()
-            .filter(|s| authz.allows(Resource::Session, &s.node, Need::Read))
-            .map(|s| to_dto(s))
-            .collect();
-        let dropped = list.len() != selected.len();
-        ((list, dropped), state.tables.sessions)
-    })
-    .await;
-    Ok(filtered(with_meta(json(&list), index), dropped))
+) -> Blocking {
+    let ((list, dropped), index) = query
+        .block(app, Topic::Sessions, |state| {
+            let selected: Vec<&Session> = state.sessions.values().filter(|s| select(s)).collect();
+            let list: Vec<SessionEntry> = selected
+                .iter()
+                .filter(|s| authz.allows(Resource::Session, &s.node, Need::Read))
+                .map(|s| convert::session_entry(s))
+                .collect();
+            let dropped = list.len() != selected.len();
+            ((list, dropped), state.tables.sessions)
+        })
+        .await;
+    Blocking::json(&list, index).filtered(dropped)
 }
 
 pub(crate) async fn info(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(id): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    sessions(&app, &authz, &uri, |s| s.id == id).await
+    query: ConsulQuery,
+) -> Blocking {
+    sessions(&app, &authz, &query, |s| s.id == id).await
 }
 
 pub(crate) async fn node(
     State(app): State<Arc<AppState>>,
     authz: Authz,
     Path(node): Path<String>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    sessions(&app, &authz, &uri, |s| s.node == node).await
+    query: ConsulQuery,
+) -> Blocking {
+    sessions(&app, &authz, &query, |s| s.node == node).await
 }
 
 pub(crate) async fn list(
     State(app): State<Arc<AppState>>,
     authz: Authz,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    sessions(&app, &authz, &uri, |_| true).await
+    query: ConsulQuery,
+) -> Blocking {
+    sessions(&app, &authz, &query, |_| true).await
 }
 
 pub(crate) async fn missing_id() -> ApiError {

@@ -12,15 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
 
-use super::health::{check_dto, service_dto};
-use super::{ApiError, Params, json, plain, read_json};
 use crate::acl::{Need, Resource};
 use crate::agent::{AgentError, LocalAgent, worst};
 use crate::checks::Health;
+use crate::convert::{agent_service, health_check};
 use crate::dto::{AgentCheckRegistration, AgentService, AgentServiceRegistration, HealthCheck};
+use crate::http::{ApiError, Params, json, plain, read_json};
 use crate::store::state::CheckStatus;
 
-use super::acl::{Authz, filtered};
+use crate::http::authz::{Authz, filtered};
 
 /// What the local agent endpoints share.
 pub(crate) struct AgentApi {
@@ -192,7 +192,7 @@ fn agent_services(api: &AgentApi, authz: &Authz) -> (BTreeMap<String, AgentServi
         .iter()
         .filter(|s| authz.allows(Resource::Service, &s.name, Need::Read))
         .map(|s| {
-            let mut dto = service_dto(s, &api.datacenter);
+            let mut dto = agent_service(s, &api.datacenter);
             dto.create_index = None;
             dto.modify_index = None;
             (s.id.clone(), dto)
@@ -235,7 +235,7 @@ async fn checks(State(api): State<Arc<AgentApi>>, authz: Authz) -> Response {
                 authz.allows(Resource::Service, name, Need::Read)
             }
         })
-        .map(|c| (c.id.clone(), check_dto(c)))
+        .map(|c| (c.id.clone(), health_check(c)))
         .collect();
     let dropped = map.len() != total;
     filtered(json(&map), dropped)
@@ -373,11 +373,11 @@ fn health_entries(
             overall = worst(overall, status);
             AgentHealth {
                 aggregated_status: status.as_str().to_owned(),
-                service: service_dto(&s, &api.datacenter),
+                service: agent_service(&s, &api.datacenter),
                 checks: checks
                     .iter()
                     .filter(|c| c.service_id == s.id)
-                    .map(check_dto)
+                    .map(health_check)
                     .collect(),
             }
         })

@@ -1,3 +1,6 @@
+//! ACLs over HTTP: the [`Authz`] extractor every handler takes and the server's middleware
+//! ([`layer`]) that resolves the request's token through the [`AclStore`].
+//!
 //! ACLs on an agent: the agent's own endpoints are checked exactly as on the server, with
 //! tokens resolved by the server (`PUT /v1/internal/berth/acl/resolve`, authenticated with the
 //! agent's own token) and cached for [`TOKEN_TTL`].
@@ -12,15 +15,121 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
-use crate::acl::Authorizer;
-use crate::api::acl::{Authz, ResolveAnswer, ResolveRequest, presented_token};
-use crate::api::{ApiError, plain};
+use crate::acl::store::AclStore;
+use crate::acl::{Authorizer, Need, Resource};
+use crate::http::query::ConsulQuery;
+use crate::http::v1::acl::{ResolveAnswer, ResolveRequest};
+use crate::http::{ApiError, plain};
+
+/// The resolved authorizer of the request (everything allowed when ACLs are off), put in the
+/// request's extensions by the ACL middleware.
+#[derive(Clone)]
+pub(crate) struct Authz(pub(crate) Arc<Authorizer>);
+
+impl Authz {
+    pub(crate) fn allows(&self, resource: Resource, name: &str, need: Need) -> bool {
+        self.0.allows(resource, name, need)
+    }
+
+    pub(crate) fn require(
+        &self,
+        resource: Resource,
+        name: &str,
+        need: Need,
+    ) -> Result<(), ApiError> {
+        if self.allows(resource, name, need) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("Permission denied".into()))
+        }
+    }
+
+    pub(crate) fn require_ok(&self, ok: bool) -> Result<(), ApiError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("Permission denied".into()))
+        }
+    }
+}
+
+/// Fails closed: a route whose router lacks the resolving middleware answers 500 instead of
+/// running without ACLs (the server's [`layer`], or the agent's, must wrap every route that
+/// takes an `Authz`).
+impl<S: Send + Sync> FromRequestParts<S> for Authz {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Authz>().cloned().ok_or_else(|| {
+            tracing::error!(path = %parts.uri.path(), "route without ACL resolution refused");
+            ApiError::Internal("ACL resolution missing for this route".into())
+        })
+    }
+}
+
+/// The secret presented with the request: `?token=`, then `X-Consul-Token`, then
+/// `Authorization: Bearer`; empty values count as absent.
+pub(crate) fn presented_token(parts: &Parts) -> Option<String> {
+    let from_query = parts
+        .uri
+        .query()
+        .and_then(|_| ConsulQuery::parse(&parts.uri).token);
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let bearer = header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_owned()));
+    [from_query, header("x-consul-token"), bearer]
+        .into_iter()
+        .flatten()
+        .find(|t| !t.is_empty())
+}
+
+/// Request span without the query string, which may carry `?token=`: tokens never reach logs.
+pub(crate) fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+}
+
+/// Sets `X-Consul-Results-Filtered-By-ACLs: true` when something was dropped.
+pub(crate) fn filtered(mut response: Response, dropped: bool) -> Response {
+    if dropped {
+        response.headers_mut().insert(
+            HeaderName::from_static("x-consul-results-filtered-by-acls"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// Middleware: resolves the request's token once and stores the [`Authz`] in its extensions.
+/// Unknown tokens get 403 `ACL not found`.
+pub(crate) async fn server_layer(
+    State(acl): State<Arc<AclStore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let secret = presented_token(&parts);
+    match acl.resolve(secret.as_deref()) {
+        Ok(authorizer) => {
+            parts.extensions.insert(Authz(Arc::new(authorizer)));
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(err) => ApiError::Forbidden(err.to_string()).into_response(),
+    }
+}
 
 /// How long a resolved token is trusted before the server is asked again (Consul's
 /// `token_ttl` is 30 s; shorter here, so revocations reach agents sooner).
@@ -206,7 +315,7 @@ fn known(outcome: Outcome) -> Result<Arc<Authorizer>, ResolveError> {
 
 /// Middleware of the agent's own endpoints: resolves the request's token and stores the
 /// [`Authz`] the handlers check, as the server's middleware does.
-pub(crate) async fn layer(
+pub(crate) async fn agent_layer(
     State(acl): State<Arc<RemoteAcl>>,
     request: Request,
     next: Next,

@@ -21,7 +21,7 @@ macro_rules! asset {
         Asset {
             name: $name,
             content_type: $content_type,
-            body: include_bytes!(concat!("../ui/", $name)),
+            body: include_bytes!(concat!("../../ui/", $name)),
         }
     };
 }

@@ -1217,7 +1217,7 @@ async fn server_agent_self_members_and_join_are_acl_checked() {
 
 #[tokio::test]
 async fn routes_without_acl_resolution_fail_closed() {
-    use super::acl::Authz;
+    use crate::http::authz::Authz;
     // A handler taking `Authz` on a router without the resolving middleware must not run.
     let app = Router::new().route(
         "/v1/agent/services",

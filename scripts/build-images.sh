@@ -32,7 +32,7 @@ if [ "$mode" = release ]; then
   # git2 builds the vendored libgit2 with the musl C compiler.
   export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-musl-gcc}
   nice -n 19 cargo build --release --locked --target "$musl" \
-    -p berth-registry -p berth-master -p berth-worker --bins
+    -p berth-registry -p berth-master -p berth-frontdoor -p berth-worker --bins
   bindir=$target_dir/$musl/release
 else
   # The same build as scripts/test.sh's, so nothing is rebuilt when it ran first.

@@ -48,7 +48,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error("registry client: {0}")]
-    Registry(#[from] berth_registry::client::ClientError),
+    Registry(#[from] berth_consul::client::ClientError),
     #[error("serving: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -105,7 +105,7 @@ pub fn build_master(
     })?;
     let api_token = token_or_file(config.api_token, &config.data_dir.join("api-token"), "api")?;
     let git_token = token_or_file(config.git_token, &config.data_dir.join("git-token"), "git")?;
-    let client = berth_registry::client::Client::new(
+    let client = berth_consul::client::Client::new(
         &config.registry,
         config.registry_token.map(|t| t.expose().to_owned()),
     )?;

@@ -104,13 +104,10 @@ fn secret(
     file: Option<PathBuf>,
     what: &str,
 ) -> anyhow::Result<Option<Secret>> {
-    match (value, file) {
-        (Some(v), _) => Ok(Some(Secret::new(v))),
-        (None, Some(path)) => Secret::from_file(&path)
-            .map(Some)
-            .with_context(|| format!("reading {what} from {}", path.display())),
-        (None, None) => Ok(None),
-    }
+    Secret::from_value_or_file(value, file.as_deref()).with_context(|| {
+        let path = file.as_ref().map(|p| p.display().to_string());
+        format!("reading {what} from {}", path.unwrap_or_default())
+    })
 }
 
 impl Cli {
@@ -207,38 +204,21 @@ impl Cli {
     }
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested");
-    token.cancel();
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Cli::parse().into_config()?;
-    init_tracing(config.log_json);
+    berth_kit::init_tracing(config.log_json);
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(shutdown_signal(shutdown.clone()));
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        berth_kit::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
     berth_master::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_registry::client::{
+use berth_consul::client::{
     Behavior, Client, ClientError, PutOptions, SessionRequest, TxnError, TxnOp,
 };
 use berth_worker_api::{META_CAPACITY, META_INSTANCES, META_VERSION, ValidName, WORKER_SERVICE};

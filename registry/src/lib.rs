@@ -8,8 +8,9 @@
 //! - Domain: `store` (durable state and its write rules), `acl` (rules, authorizer, token
 //!   store), `agent` (one host's services and checks, anti-entropy), `checks` (the runner),
 //!   `members` (agent liveness). None of them imports `http`.
-//! - `dto` (Consul-shaped wire types) and `client` (the typed client the master and the worker
-//!   use) at the bottom.
+//! - `dto` (Consul-shaped wire types) and `client` (the typed client) at the bottom: both
+//!   re-export `berth-consul`, which the master, the front door and the worker use without this
+//!   crate.
 
 pub mod acl;
 pub mod agent;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use berth_kit::Secret;
 use berth_registry::agent::{AgentConfig, run_agent};
 use berth_registry::server::{self, AclToken, Config};
 use clap::{Parser, Subcommand};
@@ -101,18 +102,13 @@ impl AgentArgs {
     }
 }
 
-/// A secret given directly or in a file (trailing newline dropped).
+/// A secret given directly or in a file (one trailing newline dropped).
 fn secret(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
-    Ok(match (value, file) {
-        (Some(t), _) => Some(t),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .trim_end_matches('\n')
-                .to_owned(),
-        ),
-        (None, None) => None,
-    })
+    let secret = Secret::from_value_or_file(value, file.as_deref()).with_context(|| {
+        let path = file.as_ref().map(|p| p.display().to_string());
+        format!("reading {}", path.unwrap_or_default())
+    })?;
+    Ok(secret.map(|s| s.expose().to_owned()))
 }
 
 /// Precedence: flags, then `BERTH_REGISTRY_*` environment variables, then the `--config` file,
@@ -190,56 +186,18 @@ impl ServerArgs {
             config.check_update_interval_ms =
                 u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         }
-        if let Some(token) = self.acl_master_token {
+        if let Some(token) = secret(self.acl_master_token, self.acl_master_token_file)? {
             config.acl_master_token = Some(AclToken::new(token));
-        }
-        if let Some(path) = self.acl_master_token_file {
-            let raw = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            config.acl_master_token = Some(AclToken::new(raw.trim_end_matches('\n')));
         }
         config.validate()?;
         Ok(config)
     }
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    berth_kit::init_tracing(cli.log_json);
     match cli.command {
         Command::Server(args) => {
             let config = args.into_config()?;
@@ -249,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                berth_kit::shutdown_signal().await;
                 tracing::info!("shutdown signal received");
                 trigger.cancel();
             });
@@ -264,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                berth_kit::shutdown_signal().await;
                 tracing::info!("shutdown signal received");
                 trigger.cancel();
             });

@@ -1,6 +1,5 @@
 //! The registry server: configuration and `run`, which serves the API until shutdown.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,26 +24,7 @@ use crate::store::{Registration, Store, StoreError};
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The ACL master token (reserved for ACL support); never printed.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct AclToken(String);
-
-impl AclToken {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The token itself, for the few places that compare or send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for AclToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AclToken(<redacted>)")
-    }
-}
+pub use berth_kit::Secret as AclToken;
 
 /// Server configuration: file, then environment, then flags (see `main.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

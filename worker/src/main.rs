@@ -85,13 +85,10 @@ struct Cli {
 }
 
 fn secret(value: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<Secret>> {
-    match (value, file) {
-        (Some(v), _) => Ok(Some(Secret::new(v))),
-        (None, Some(path)) => Secret::from_file(&path)
-            .map(Some)
-            .with_context(|| format!("reading {}", path.display())),
-        (None, None) => Ok(None),
-    }
+    Secret::from_value_or_file(value, file.as_deref()).with_context(|| {
+        let path = file.as_ref().map(|p| p.display().to_string());
+        format!("reading {}", path.unwrap_or_default())
+    })
 }
 
 fn config(cli: Cli) -> anyhow::Result<Config> {
@@ -157,16 +154,7 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if cli.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    berth_kit::init_tracing(cli.log_json);
     let config = config(cli)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -174,12 +162,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        berth_kit::shutdown_signal().await;
         tracing::info!("shutting down");
         signal.cancel();
     });

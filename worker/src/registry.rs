@@ -1,14 +1,14 @@
-//! The worker's side of the registry, through `berth_registry::client::Client`: services and
+//! The worker's side of the registry, through `berth_consul::client::Client`: services and
 //! checks with the local agent (berth agent or real Consul agent). Domain types here
-//! are plain Rust; the Consul-shaped DTOs stay in `berth_registry::dto`.
+//! are plain Rust; the Consul-shaped DTOs stay in `berth_consul::types`.
 
 use std::collections::{BTreeMap, HashMap};
 
-use berth_registry::client::{Client, ClientError};
-use berth_registry::dto::{AgentCheckRegistration, AgentServiceRegistration};
+use berth_consul::client::{Client, ClientError};
+use berth_consul::types::{AgentCheckRegistration, AgentServiceRegistration};
 use berth_worker_api::Secret;
 
-pub use berth_registry::client::ClientError as RegistryError;
+pub use berth_consul::client::ClientError as RegistryError;
 
 /// A check the agent runs (HTTP or TCP) or expects to be told about (TTL).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! ([`check_project`], a 422 beside the policy's) and a container's environment at registration
 //! (the registrator), so the two can never disagree.
 
-use berth_registry::dto::parse_go_duration;
+use berth_consul::parse_go_duration;
 use berth_worker_api::{ErrorDetail, META_CAPACITY, META_INSTANCES, META_VERSION};
 
 use crate::compose::Project;

@@ -247,7 +247,7 @@ mod tests {
         );
         let reg = &registrations(&view(&[], &[(80, "tcp", 1)], false), "n", "h").0[0];
         let json =
-            serde_json::to_value(berth_registry::dto::AgentServiceRegistration::from(reg)).unwrap();
+            serde_json::to_value(berth_consul::types::AgentServiceRegistration::from(reg)).unwrap();
         assert_eq!(json["ID"], "n:shop-web-1:80");
         assert_eq!(json["Check"]["TCP"], "h:1");
     }

@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(c.timeout.as_deref(), Some("1s"));
         assert_eq!(c.deregister_after.as_deref(), Some("1m"));
         assert_eq!(r.address, "10.0.0.5");
-        let sent = berth_registry::dto::AgentServiceRegistration::from(r);
+        let sent = berth_consul::types::AgentServiceRegistration::from(r);
         assert_eq!(sent.check.unwrap().disable_redirects, Some(true));
     }
 

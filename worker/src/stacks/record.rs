@@ -1,6 +1,6 @@
 //! The record of a stack: what the worker remembers between operations and restarts, in
-//! `<data>/stacks/<id>/state.json` (written to a temporary file, then renamed), and the guard
-//! that marks a stack failed when an operation ends without recording its outcome.
+//! `<data>/stacks/<id>/state.json` (written atomically and fsynced, `berth_kit::fs::write_atomic`),
+//! and the guard that marks a stack failed when an operation ends without recording its outcome.
 
 use std::collections::BTreeMap;
 
@@ -80,10 +80,8 @@ impl Stacks {
     pub(super) fn write_record(&self, record: &Record) -> Result<(), StackError> {
         let dir = self.stack_dir(&record.id);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let tmp = dir.join("state.json.tmp");
         let json = serde_json::to_vec_pretty(record).expect("record serialises");
-        std::fs::write(&tmp, json).map_err(io("writing state"))?;
-        std::fs::rename(&tmp, dir.join("state.json")).map_err(io("writing state"))
+        berth_kit::fs::write_atomic(&dir.join("state.json"), &json).map_err(io("writing state"))
     }
 }
 

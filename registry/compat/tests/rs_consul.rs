@@ -1,5 +1,5 @@
-//! Compatibility: the `rs-consul` crate (crates.io, third party) drives the real binary: KV read
-//! (which always sends `recurse=<bool>`, so it reads a tree), put with flags / cas, delete,
+//! Compatibility: the `rs-consul` crate (crates.io, third party) drives the registry server: KV
+//! read (which always sends `recurse=<bool>`, so it reads a tree), put with flags / cas, delete,
 //! blocking reads, and its session-based distributed lock.
 
 mod common;

@@ -1,5 +1,6 @@
 //! A secret string: redacted in `Debug` and `Display`, compared in constant time, loadable from a
-//! value, an environment variable or a `*_FILE` path.
+//! value, an environment variable or a `*_FILE` path. The one secret type of every berth crate
+//! (tokens of the master, the worker, the registry and the front door).
 
 use std::fmt;
 use std::path::Path;
@@ -18,6 +19,19 @@ impl Secret {
     pub fn from_file(path: &Path) -> std::io::Result<Self> {
         let raw = std::fs::read_to_string(path)?;
         Ok(Self(raw.strip_suffix('\n').unwrap_or(&raw).to_owned()))
+    }
+
+    /// A secret given as a value or in a file (a `--x` / `--x-file` flag pair, or `X` / `X_FILE`
+    /// variables): the value wins; neither is `None`.
+    pub fn from_value_or_file(
+        value: Option<String>,
+        file: Option<&Path>,
+    ) -> std::io::Result<Option<Self>> {
+        match (value, file) {
+            (Some(value), _) => Ok(Some(Self(value))),
+            (None, Some(path)) => Self::from_file(path).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The secret itself, for the few places that must send it.
@@ -40,6 +54,8 @@ impl PartialEq for Secret {
         self.matches(other.expose()) || (self.is_empty() && other.is_empty())
     }
 }
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -85,5 +101,20 @@ mod tests {
         std::fs::write(&dir, "tok\n").unwrap();
         assert_eq!(Secret::from_file(&dir).unwrap().expose(), "tok");
         std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_value_wins_over_the_file() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "from-file\n").unwrap();
+        let pick = |v: Option<&str>, f: Option<&Path>| {
+            Secret::from_value_or_file(v.map(str::to_owned), f)
+                .unwrap()
+                .map(|s| s.expose().to_owned())
+        };
+        assert_eq!(pick(Some("v"), Some(file.path())).as_deref(), Some("v"));
+        assert_eq!(pick(None, Some(file.path())).as_deref(), Some("from-file"));
+        assert_eq!(pick(None, None), None);
+        assert!(Secret::from_value_or_file(None, Some(Path::new("/no/such/file"))).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// The template shipped in `nginx/`, compiled in so the binary works on its own.
-pub(crate) const DEFAULT_TEMPLATE: &str = include_str!("../../../../nginx/nginx.conf.tmpl");
+pub(crate) const DEFAULT_TEMPLATE: &str = include_str!("../../../nginx/nginx.conf.tmpl");
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum RenderError {

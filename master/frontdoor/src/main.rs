@@ -198,49 +198,23 @@ async fn resolve(addr: &str) -> Option<String> {
 /// How often names are re-resolved even when the registry reports no change.
 const RERESOLVE_EVERY: Duration = Duration::from_secs(10);
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    berth_kit::init_tracing_to_stderr(cli.log_json);
 
-    let token = match (&cli.registry_token, &cli.registry_token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .trim_end()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
+    let token = berth_kit::Secret::from_value_or_file(
+        cli.registry_token.clone(),
+        cli.registry_token_file.as_deref(),
+    )
+    .with_context(|| {
+        let path = cli
+            .registry_token_file
+            .as_ref()
+            .map(|p| p.display().to_string());
+        format!("reading {}", path.unwrap_or_default())
+    })?
+    .map(|s| s.expose().to_owned());
     let template = match &cli.template {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading template {}", path.display()))?,
@@ -356,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(mode = ?cli.mode, conf = %cli.output.display(), "front door running");
 
-    let signal = shutdown_signal();
+    let signal = berth_kit::shutdown_signal();
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(RERESOLVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,6 +1,6 @@
-//! Compatibility: the `consulrs` crate (crates.io, third party) drives the real binary: KV get,
-//! raw, keys with separator, recurse, put with flags / cas / acquire / release, delete with cas
-//! and recurse, sessions and blocking reads.
+//! Compatibility: the `consulrs` crate (crates.io, third party) drives the registry server: KV get,
+//! raw, keys with separator, recurse, put with flags / cas / acquire / release, delete with cas and
+//! recurse, sessions and blocking reads.
 
 mod common;
 

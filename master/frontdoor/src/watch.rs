@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
+use berth_consul::types::{KvEntry, ServiceEntry};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -105,32 +105,10 @@ pub(crate) fn next_index(previous: u64, returned: u64) -> u64 {
     if returned < previous { 0 } else { returned }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthEntry {
-    node: HealthNode,
-    service: HealthService,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthNode {
-    #[serde(default)]
-    address: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthService {
-    #[serde(default)]
-    address: String,
-    port: u16,
-}
-
 /// `host:port` of every entry of `/v1/health/service/<name>?passing` (service address, else the
 /// node's, as Consul's DNS interface does).
 pub(crate) fn parse_masters(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
-    let entries: Vec<HealthEntry> = serde_json::from_slice(body)?;
+    let entries: Vec<ServiceEntry> = serde_json::from_slice(body)?;
     let mut out: Vec<String> = entries
         .into_iter()
         .filter(|e| e.service.port != 0)
@@ -150,13 +128,6 @@ pub(crate) fn parse_masters(body: &[u8]) -> Result<Vec<String>, serde_json::Erro
     out.sort();
     out.dedup();
     Ok(out)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct KvEntry {
-    key: String,
-    value: Option<String>,
 }
 
 /// The fields of an instance record (`berth/instances/<id>`) the front door needs.
@@ -188,11 +159,7 @@ pub(crate) fn parse_apps(body: &[u8]) -> Result<(Vec<AppRoute>, Vec<String>), se
     let mut apps = Vec::new();
     let mut skipped = Vec::new();
     for entry in entries {
-        let Some(value) = entry.value else { continue };
-        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(value) else {
-            skipped.push(format!("{}: value is not base64", entry.key));
-            continue;
-        };
+        let Some(raw) = entry.value else { continue };
         let record: InstanceRecord = match serde_json::from_slice(&raw) {
             Ok(r) => r,
             Err(err) => {
@@ -279,6 +246,8 @@ pub(crate) async fn run<T, F>(
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+
     use super::*;
 
     #[test]

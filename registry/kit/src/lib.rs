@@ -1,0 +1,13 @@
+//! berth-kit: the plumbing each berth binary needs once: [`Secret`] (a redacted, constant-time
+//! compared string, given as a value or in a `*_FILE`), [`fs::write_atomic`] (temp file, fsync,
+//! rename, fsync of the directory) and, with the `cli` feature, [`init_tracing`] and
+//! [`shutdown_signal`].
+
+#[cfg(feature = "cli")]
+mod cli;
+pub mod fs;
+pub mod secret;
+
+#[cfg(feature = "cli")]
+pub use cli::{init_tracing, init_tracing_to_stderr, shutdown_signal};
+pub use secret::Secret;

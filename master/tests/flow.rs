@@ -841,3 +841,42 @@ async fn uploads_beyond_the_slots_wait_for_one() {
     assert!(metrics(&m).await.contains("berth_master_uploads_waiting 0"));
     m.stop().await;
 }
+
+/// Issue 14 item 2: a ~300-byte upload holding one path of ~3,000 components used to overflow
+/// the stack while the tree was built and abort the whole master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deep_path_upload_is_a_clean_400_and_the_master_keeps_answering() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let with_path = |path: &str| {
+        targz(&[
+            ("compose.yaml", &b"services: {}\n"[..], 0o644),
+            (path, &b"x"[..], 0o644),
+        ])
+    };
+    let deep = format!("{}f", "a/".repeat(3000));
+    let body = with_path(&deep);
+    assert!(body.len() < 400, "the probe is {} bytes", body.len());
+    let (status, err) = m.upload("deep", "mallory", "", body).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_upload", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("a/a/a/a/") && message.contains("4096"),
+        "{message}"
+    );
+    assert!(!m.data.join("git/mallory/deep.git").exists());
+    let (status, _) = m.call(Method::GET, "/healthz").await;
+    assert_eq!(status, 200);
+
+    // The deepest path Linux takes (2,047 directories) is stored, and the master still answers.
+    let longest = format!("{}f", "a/".repeat(2047));
+    let (status, rec) = m
+        .upload("deep", "mallory", "&build=false", with_path(&longest))
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    let (status, _) = m.call(Method::GET, "/v1/instances/deep").await;
+    assert_eq!(status, 200);
+    m.stop().await;
+}

@@ -11,6 +11,15 @@ pub(super) fn check_symlink(target: &str) -> Result<(), &'static str> {
     if target.is_empty() {
         return Err("symbolic link without a target");
     }
+    if target.len() > super::MAX_PATH_BYTES {
+        return Err("link target is longer than 4096 bytes (PATH_MAX)");
+    }
+    if target
+        .split('/')
+        .any(|part| part.len() > super::MAX_NAME_BYTES)
+    {
+        return Err("a link target component is longer than 255 bytes (NAME_MAX)");
+    }
     if target.starts_with('/') {
         return Err("symbolic link leaves the tree (absolute target)");
     }

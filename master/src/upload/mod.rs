@@ -356,7 +356,16 @@ fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadErr
 }
 
 /// Normalises an archive path to `a/b/c`; `None` for the root itself (`.` or `./`).
+/// Longest path accepted, in bytes (Linux's `PATH_MAX`): a longer one could not be checked out,
+/// and its thousands of components would make every later walk of the tree deep.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest path component accepted, in bytes (Linux's `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+
 fn normalise_path(raw: &[u8]) -> Result<Option<String>, &'static str> {
+    if raw.len() > MAX_PATH_BYTES {
+        return Err("path is longer than 4096 bytes (PATH_MAX)");
+    }
     let s = std::str::from_utf8(raw).map_err(|_| "path is not UTF-8")?;
     if s.starts_with('/') {
         return Err("absolute paths are not allowed");
@@ -369,6 +378,9 @@ fn normalise_path(raw: &[u8]) -> Result<Option<String>, &'static str> {
         match part {
             "" | "." => {}
             ".." => return Err("`..` is not allowed in paths"),
+            p if p.len() > MAX_NAME_BYTES => {
+                return Err("a path component is longer than 255 bytes (NAME_MAX)");
+            }
             p if p.eq_ignore_ascii_case(".git") => return Err("`.git` is not allowed in paths"),
             p => parts.push(p),
         }

@@ -357,3 +357,45 @@ fn every_gzip_member_is_read_and_trailing_bytes_rejected() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A tar.gz of compose.yaml plus `path`, written with the GNU long-name extension as tar does.
+fn with_long_path(path: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+    for (p, data) in [("compose.yaml", &b"services: {}\n"[..]), (path, &b"x"[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, p, data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn paths_past_path_max_and_names_past_name_max_are_refused() {
+    // Issue 14's probe: one path of ~3,000 components in a few hundred bytes of gzip.
+    let deep = format!("{}f", "a/".repeat(3000));
+    let body = with_long_path(&deep);
+    assert!(body.len() < 1024, "{} bytes", body.len());
+    match read_upload(&body, &Limits::default()) {
+        Err(UploadError::Hostile { entry, reason }) => {
+            assert!(deep.starts_with(&entry) && entry.len() == 200, "{entry}");
+            assert!(reason.contains("4096"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The longest path Linux takes is accepted.
+    let longest = format!("{}f", "a/".repeat((MAX_PATH_BYTES - 1) / 2));
+    assert_eq!(longest.len(), MAX_PATH_BYTES - 1);
+    assert!(read_upload(&with_long_path(&longest), &Limits::default()).is_ok());
+
+    let name = format!("dir/{}", "n".repeat(MAX_NAME_BYTES + 1));
+    let (entry, reason) = match read_upload(&with_long_path(&name), &Limits::default()) {
+        Err(UploadError::Hostile { entry, reason }) => (entry, reason),
+        other => panic!("{other:?}"),
+    };
+    assert!(name.starts_with(&entry), "{entry}");
+    assert!(reason.contains("255"), "{reason}");
+    let ok = format!("dir/{}", "n".repeat(MAX_NAME_BYTES));
+    assert!(read_upload(&with_long_path(&ok), &Limits::default()).is_ok());
+}

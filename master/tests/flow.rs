@@ -880,3 +880,29 @@ async fn deep_path_upload_is_a_clean_400_and_the_master_keeps_answering() {
     assert_eq!(status, 200);
     m.stop().await;
 }
+
+/// The master owns the whole `instance/{id}/` folder (the worker no longer deletes it): delete
+/// leaves nothing under it, and a neighbour whose id merely starts the same is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_leaves_nothing_under_the_instance_prefix() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (status, rec) = m.upload("tree-1", "alice", "&build=false", app("v1")).await;
+    assert_eq!(status, 200, "{rec}");
+    for key in [
+        "instance/tree-1/ip",
+        "instance/tree-1/extra",
+        "instance/tree-1/nested/key",
+        "instance/tree-10/ip",
+    ] {
+        reg.client.kv_put(key, b"x".to_vec()).await.unwrap();
+    }
+    let (status, deleted) = m.call(Method::DELETE, "/v1/instances/tree-1").await;
+    assert_eq!(status, 200, "{deleted}");
+    let left = reg.client.kv_keys("instance/tree-1/", None).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let kept = reg.client.kv_keys("instance/", None).await.unwrap();
+    assert_eq!(kept, ["instance/tree-10/ip"]);
+    m.stop().await;
+}

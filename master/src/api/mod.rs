@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
 use crate::ops::{Master, OpError};
-use crate::store::StoreError;
+use crate::records::RecordsError;
 use crate::upload::UploadError;
 
 /// Largest JSON or other non-upload request body.
@@ -227,17 +227,17 @@ impl From<OpError> for ApiError {
                 code: "forge_error",
                 message: e.to_string(),
             },
-            OpError::Store(StoreError::Registry(e)) => {
+            OpError::Records(RecordsError::Registry(e)) => {
                 tracing::error!(cause = %e, "registry call failed");
                 ApiError::Unavailable {
                     code: "registry_unavailable",
                     message: "the registry did not answer; retry later".into(),
                 }
             }
-            OpError::Store(e @ StoreError::LockLost { .. }) => ApiError::Conflict(format!(
+            OpError::Records(e @ RecordsError::LockLost { .. }) => ApiError::Conflict(format!(
                 "{e}; another operation may have taken over: read the record and retry"
             )),
-            OpError::Store(e) => ApiError::Internal(e.to_string()),
+            OpError::Records(e) => ApiError::Internal(e.to_string()),
             OpError::CodeStore(e) => ApiError::Internal(e.to_string()),
             OpError::Internal(m) => ApiError::Internal(m),
         }

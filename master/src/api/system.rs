@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::ApiError;
-use crate::ops::{DeleteOutcome, Master};
+use crate::ops::Master;
 use crate::placement::WorkerInfo;
 use crate::record::{
     EndpointDoc, InstanceRecord, PlacementMove, RecordError, State as InstanceState, WorkerRef,
@@ -87,7 +87,7 @@ impl Modify for BearerAuth {
         metrics,
         openapi,
     ),
-    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, EndpointDoc, DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody)),
+    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, EndpointDoc, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

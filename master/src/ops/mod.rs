@@ -3,30 +3,34 @@
 //! lock free was interrupted and is recorded as such; every state change is written to the
 //! registry before it is answered and announced to the webhook.
 
+mod build;
+mod delete;
+mod start;
+mod stop;
+mod upload;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use berth_worker_api::{
-    BuildRequest, DeleteResponse, ErrorDetail, RepoSource, Secret, StackState, StartRequest,
-    ValidName, WorkerClient, WorkerClientError,
+    ErrorDetail, RepoSource, Secret, ValidName, WorkerClient, WorkerClientError,
 };
 use bytes::Bytes;
 use futures::Stream;
 use reqwest::StatusCode;
-use serde::Serialize;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use utoipa::ToSchema;
+
+pub use delete::Deleted;
 
 use crate::codestore::forge::{Forge, ForgeError};
 use crate::codestore::{CodeStore, CodeStoreError};
 use crate::metrics::Metrics;
 use crate::placement::{self, Strategy, WorkerInfo};
 use crate::record::{InstanceRecord, Op, State};
-use crate::store::{InstanceLock, Store, StoreError};
-use crate::upload::{Limits, UploadError, UploadTree, read_upload};
+use crate::records::{InstanceLock, Records, RecordsError};
+use crate::upload::{Limits, UploadError};
 use crate::webhook::{Event, Webhook};
 
 /// Basic-auth user name the master hands to workers for its own code store.
@@ -59,7 +63,7 @@ pub enum OpError {
     #[error(transparent)]
     Forge(#[from] ForgeError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Records(#[from] RecordsError),
     #[error(transparent)]
     CodeStore(#[from] CodeStoreError),
     #[error("{0}")]
@@ -81,19 +85,6 @@ pub struct Settings {
     pub start_timeout_secs: Option<u64>,
 }
 
-/// What a delete did.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct DeleteOutcome {
-    pub id: String,
-    pub deleted: bool,
-    pub code_kept: bool,
-    /// What the worker removed; absent when the instance was never placed or its worker is gone.
-    #[schema(value_type = Option<Object>)]
-    pub worker: Option<DeleteResponse>,
-    /// Why the worker was not asked, when it was not.
-    pub note: Option<String>,
-}
-
 /// An upload's body, read while holding one of the master's upload slots; the slot is given
 /// back once the upload is committed or refused.
 #[derive(Debug)]
@@ -107,7 +98,7 @@ pub struct UploadBody {
 pub struct Master {
     pub settings: Settings,
     pub codestore: CodeStore,
-    pub store: Store,
+    pub records: Records,
     pub metrics: Arc<Metrics>,
     webhook: Option<Webhook>,
     rr: AtomicUsize,
@@ -173,7 +164,7 @@ impl Master {
     pub fn new(
         settings: Settings,
         codestore: CodeStore,
-        store: Store,
+        records: Records,
         metrics: Arc<Metrics>,
         webhook: Option<Webhook>,
         tasks: TaskTracker,
@@ -189,7 +180,7 @@ impl Master {
         Self {
             settings,
             codestore,
-            store,
+            records,
             metrics,
             webhook,
             rr: AtomicUsize::new(0),
@@ -254,7 +245,7 @@ impl Master {
         previous: Option<State>,
     ) -> Result<(), OpError> {
         rec.touch();
-        self.store.put(lock, rec).await?;
+        self.records.put(lock, rec).await?;
         if previous != Some(rec.state) {
             tracing::info!(id = %rec.id, from = ?previous.map(State::as_str), to = %rec.state, "state change");
             if let Some(hook) = &self.webhook {
@@ -272,10 +263,10 @@ impl Master {
     }
 
     async fn lock(&self, id: &ValidName) -> Result<InstanceLock, OpError> {
-        match self.store.lock(id).await? {
+        match self.records.lock(id).await? {
             Some(lock) => Ok(lock),
             None => {
-                let state = self.store.get(id).await.ok().flatten().map(|r| r.state);
+                let state = self.records.get(id).await.ok().flatten().map(|r| r.state);
                 let state = state.map(|s| format!(" (state {s})")).unwrap_or_default();
                 Err(OpError::Conflict(format!(
                     "instance {id} is busy with another operation{state}; retry later"
@@ -285,7 +276,7 @@ impl Master {
     }
 
     async fn get_or_404(&self, id: &ValidName) -> Result<InstanceRecord, OpError> {
-        self.store
+        self.records
             .get(id)
             .await?
             .ok_or_else(|| OpError::NotFound(id.to_string()))
@@ -311,7 +302,7 @@ impl Master {
             .operation(op, result.is_ok(), started.elapsed());
         if let Err(err) = result {
             match err {
-                OpError::Store(_)
+                OpError::Records(_)
                 | OpError::CodeStore(_)
                 | OpError::Internal(_)
                 | OpError::Forge(_) => {
@@ -322,274 +313,35 @@ impl Master {
         }
     }
 
-    // ---- upload ----
-
-    /// Validates and commits an upload, then (with `build`) starts a build of a new commit.
-    #[tracing::instrument(skip_all, fields(%id))]
-    pub async fn upload(
-        self: &Arc<Self>,
-        id: ValidName,
-        user: ValidName,
-        project: ValidName,
-        body: UploadBody,
-        build: bool,
-        wait: Option<Duration>,
-    ) -> Result<InstanceRecord, OpError> {
-        let started = Instant::now();
-        let limits = self.settings.limits;
-        let UploadBody { bytes: body, slot } = body;
-        let size = body.len() as u64;
-        let tree = match blocking(move || read_upload(&body, &limits)).await {
-            Ok(Ok(tree)) => tree,
-            Ok(Err(err)) => {
-                let result = Err(OpError::from(err));
-                self.finish(Op::Upload, started, &result);
-                return result;
-            }
-            Err(err) => return Err(err),
-        };
-        let lock = self.lock(&id).await?;
-        let result = self.upload_locked(&lock, &id, &user, &project, tree).await;
-        // Committed (or refused): the tree is no longer held, the next upload may be read.
-        drop(slot);
-        self.finish(Op::Upload, started, &result);
-        let (rec, changed) = match result {
-            Ok(ok) => ok,
-            Err(err) => {
-                lock.release().await;
-                return Err(err);
-            }
-        };
-        self.metrics.uploaded(size);
-        // New code is built; so is code a previous upload stored without getting it built (no
-        // healthy worker then, or its build failed), so retrying that upload does the build.
-        let unbuilt = rec.state == State::Uploaded
-            || (rec.state == State::Failed
-                && rec.error.as_ref().is_some_and(|e| e.step == "build"));
-        match (build, changed || unbuilt, rec.commit.clone()) {
-            (true, true, Some(commit)) => {
-                let state = rec.state;
-                self.start_build(lock, rec, commit.clone(), wait, Instant::now())
-                    .await
-                    .map_err(|err| match err {
-                        OpError::NoWorker(m) => OpError::NoWorker(format!(
-                            "{m}; the code was stored as commit {commit} (instance {id} is {state}): \
-                             retry the upload, or POST /v1/instances/{id}/build, once a worker is \
-                             healthy"
-                        )),
-                        other => other,
-                    })
-            }
-            _ => {
-                lock.release().await;
-                Ok(rec)
-            }
-        }
-    }
-
-    async fn upload_locked(
+    /// Runs `f` under the instance lock of `id`, then releases the lock and records the outcome
+    /// of `op` (metrics and log). Answers 409 (`Conflict`) when the lock stays busy.
+    async fn with_lock<T>(
         &self,
-        lock: &InstanceLock,
+        op: Op,
         id: &ValidName,
-        user: &ValidName,
-        project: &ValidName,
-        tree: UploadTree,
-    ) -> Result<(InstanceRecord, bool), OpError> {
-        let mut existing = self.store.get(id).await?;
-        if let Some(rec) = &existing
-            && (rec.user != user.as_str() || rec.project != project.as_str())
-        {
-            return Err(OpError::Conflict(format!(
-                "instance {id} belongs to user {} and project {}",
-                rec.user, rec.project
-            )));
-        }
-        if let Some(rec) = existing.as_mut() {
-            self.recover(lock, rec).await?;
-        }
-        let state = existing.as_ref().map(|r| r.state);
-        let allow_change = state.is_none_or(|s| Op::Upload.allows(s));
-        let (store, u, i) = (self.codestore.clone(), user.clone(), id.clone());
-        let message = format!("upload of {user}/{project} instance {id}");
-        let (previous_head, committed) = blocking(move || {
-            let previous = store.head(&u, &i)?;
-            let committed = store.commit_checked(&u, &i, &tree, &message, allow_change)?;
-            Ok::<_, CodeStoreError>((previous, committed))
-        })
-        .await??;
-        let Some(committed) = committed else {
-            let state = state.unwrap_or(State::Uploaded);
-            return Err(OpError::Conflict(format!(
-                "{}; upload new code after stopping it",
-                Op::Upload.explain(state)
-            )));
-        };
-        if let Some(forge) = self.settings.forge.clone() {
-            let path = self.codestore.repo_path(user, id);
-            let (u, i) = (user.clone(), id.clone());
-            if let Err(err) = blocking(move || forge.push(&path, &u, &i)).await? {
-                // Workers clone from the forge, which does not have this commit: undo it, so the
-                // code store and the record keep agreeing and a retry pushes again.
-                if committed.changed {
-                    let (store, u, i) = (self.codestore.clone(), user.clone(), id.clone());
-                    let commit = committed.commit.clone();
-                    blocking(move || store.roll_back(&u, &i, &commit, previous_head.as_deref()))
-                        .await??;
-                }
-                return Err(err.into());
-            }
-        }
-        match existing {
-            Some(rec) if rec.commit.as_deref() == Some(committed.commit.as_str()) => {
-                Ok((rec, false))
-            }
-            Some(mut rec) => {
-                let previous = rec.state;
-                rec.commit = Some(committed.commit);
-                rec.repo = self.repo_url(user, id);
-                rec.state = State::Uploaded;
-                rec.error = None;
-                self.save(lock, &mut rec, Some(previous)).await?;
-                Ok((rec, true))
-            }
-            None => {
-                let mut rec = InstanceRecord::new(
-                    id.as_str(),
-                    user.as_str(),
-                    project.as_str(),
-                    self.repo_url(user, id),
-                );
-                rec.commit = Some(committed.commit);
-                self.save(lock, &mut rec, None).await?;
-                Ok((rec, true))
-            }
-        }
-    }
-
-    // ---- build ----
-
-    /// Builds `commit` (default: the latest upload) on the instance's worker, or a newly chosen
-    /// one. Returns at once in `building`, or the final record when `wait` is given.
-    #[tracing::instrument(skip_all, fields(%id))]
-    pub async fn build(
-        self: &Arc<Self>,
-        id: ValidName,
-        commit: Option<String>,
-        wait: Option<Duration>,
-    ) -> Result<InstanceRecord, OpError> {
+        f: impl AsyncFnOnce(&InstanceLock) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
         let started = Instant::now();
-        let lock = self.lock(&id).await?;
-        let prepared = async {
-            let mut rec = self.get_or_404(&id).await?;
-            self.recover(&lock, &mut rec).await?;
-            if !Op::Build.allows(rec.state) {
-                return Err(OpError::Conflict(Op::Build.explain(rec.state)));
-            }
-            let commit = match commit {
-                Some(c) => {
-                    let (store, u, i) =
-                        (self.codestore.clone(), name("user", &rec.user)?, id.clone());
-                    blocking(move || store.resolve_commit(&u, &i, &c))
-                        .await?
-                        .map_err(|e| match e {
-                            CodeStoreError::UnknownCommit(_) | CodeStoreError::NotFound { .. } => {
-                                OpError::Invalid {
-                                    field: "commit",
-                                    message: format!("invalid commit: {e}"),
-                                }
-                            }
-                            other => other.into(),
-                        })?
-                }
-                None => rec.commit.clone().ok_or_else(|| {
-                    OpError::Conflict(format!("instance {id} has no uploaded code"))
-                })?,
-            };
-            Ok((rec, commit))
-        }
-        .await;
-        match prepared {
-            Ok((rec, commit)) => self.start_build(lock, rec, commit, wait, started).await,
-            Err(err) => {
-                lock.release().await;
-                let result = Err(err);
-                self.finish(Op::Build, started, &result);
-                result
-            }
-        }
+        let lock = self.lock(id).await?;
+        let result = f(&lock).await;
+        lock.release().await;
+        self.finish(op, started, &result);
+        result
     }
 
-    /// With the lock held and the state checked: chooses the worker, records `building` and hands
-    /// lock and record to a background build.
-    async fn start_build(
-        self: &Arc<Self>,
-        lock: InstanceLock,
-        mut rec: InstanceRecord,
-        commit: String,
-        wait: Option<Duration>,
+    /// Ends an operation that fails while it holds the lock but before handing it on: releases
+    /// it and records the failure.
+    async fn fail_released<T>(
+        &self,
+        op: Op,
         started: Instant,
-    ) -> Result<InstanceRecord, OpError> {
-        let prepared = async {
-            let workers = self.store.workers().await?;
-            let current = self.current_worker(&rec, &workers);
-            if rec.state == State::Built
-                && rec.built_commit.as_deref() == Some(commit.as_str())
-                && current.is_some()
-            {
-                return Ok(None);
-            }
-            let worker = match current {
-                Some(w) => w,
-                None => self.place(&mut rec, &workers)?,
-            };
-            self.mark_building(&lock, &mut rec, &worker).await?;
-            Ok(Some(worker))
-        }
-        .await;
-        let worker = match prepared {
-            Ok(Some(worker)) => worker,
-            Ok(None) => {
-                lock.release().await;
-                self.finish(Op::Build, started, &Ok::<(), OpError>(()));
-                return Ok(rec);
-            }
-            Err(err) => {
-                lock.release().await;
-                let result = Err(err);
-                self.finish(Op::Build, started, &result);
-                return result;
-            }
-        };
-        let snapshot = rec.clone();
-        let (tx, rx) = oneshot::channel();
-        let this = Arc::clone(self);
-        self.tasks.spawn(async move {
-            let result = tokio::select! {
-                r = this.finish_build(&lock, &mut rec, &worker, &commit) => r.map(|()| rec),
-                () = this.shutdown.cancelled() => {
-                    // Leave `building` in the record: the next operation sees it interrupted.
-                    Err(OpError::Internal("master shutting down".into()))
-                }
-            };
-            lock.release().await;
-            this.finish(Op::Build, started, &result);
-            let _ = tx.send(result);
-        });
-        let Some(wait) = wait else {
-            return Ok(snapshot);
-        };
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(OpError::Internal(
-                "build task ended without an answer".into(),
-            )),
-            Err(_) => Err(OpError::Timeout(format!(
-                "build of {} still running after {}; GET /v1/instances/{} shows its state",
-                snapshot.id,
-                humantime::format_duration(wait),
-                snapshot.id
-            ))),
-        }
+        lock: InstanceLock,
+        err: OpError,
+    ) -> Result<T, OpError> {
+        lock.release().await;
+        let result = Err(err);
+        self.finish(op, started, &result);
+        result
     }
 
     /// The record's worker if it is still registered and healthy.
@@ -628,291 +380,6 @@ impl Master {
         Ok(chosen)
     }
 
-    async fn mark_building(
-        &self,
-        lock: &InstanceLock,
-        rec: &mut InstanceRecord,
-        worker: &WorkerInfo,
-    ) -> Result<(), OpError> {
-        let previous = rec.state;
-        rec.state = State::Building;
-        rec.error = None;
-        rec.endpoints.clear();
-        self.save(lock, rec, Some(previous)).await?;
-        self.store
-            .put_seed_ip(lock, &name("id", &rec.id)?, &worker.address)
-            .await?;
-        Ok(())
-    }
-
-    /// Runs the build on the worker and records `built` or `failed`.
-    async fn finish_build(
-        &self,
-        lock: &InstanceLock,
-        rec: &mut InstanceRecord,
-        worker: &WorkerInfo,
-        commit: &str,
-    ) -> Result<(), OpError> {
-        let (id, user) = (name("id", &rec.id)?, name("user", &rec.user)?);
-        let request = BuildRequest {
-            user: user.clone(),
-            project: name("project", &rec.project)?,
-            commit: commit.to_owned(),
-            repo: self.repo_source(&user, &id),
-        };
-        let outcome = match self.worker_client(&worker.url).build(&id, &request).await {
-            Ok(status) if status.state == StackState::Failed => Err(OpError::Worker(format!(
-                "worker {}: build failed: {}",
-                worker.id,
-                status.error.unwrap_or_default()
-            ))),
-            Ok(status) => Ok(status.commit.unwrap_or_else(|| commit.to_owned())),
-            Err(err) => Err(worker_error(&worker.id, err)),
-        };
-        let previous = rec.state;
-        match outcome {
-            Ok(built) => {
-                rec.state = State::Built;
-                rec.built_commit = Some(built);
-                rec.error = None;
-                self.save(lock, rec, Some(previous)).await
-            }
-            Err(err) => {
-                rec.fail("build", err.to_string());
-                self.save(lock, rec, Some(previous)).await?;
-                Err(err)
-            }
-        }
-    }
-
-    // ---- start ----
-
-    /// Starts the stack and answers once it runs, with its endpoints. A worker that is gone or
-    /// critical is replaced: the instance is rebuilt from the code store on a healthy one.
-    #[tracing::instrument(skip_all, fields(%id))]
-    pub async fn start(self: &Arc<Self>, id: ValidName) -> Result<InstanceRecord, OpError> {
-        let started = Instant::now();
-        let lock = self.lock(&id).await?;
-        let result = self.start_locked(&lock, &id).await;
-        lock.release().await;
-        self.finish(Op::Start, started, &result);
-        result
-    }
-
-    async fn start_locked(
-        &self,
-        lock: &InstanceLock,
-        id: &ValidName,
-    ) -> Result<InstanceRecord, OpError> {
-        let mut rec = self.get_or_404(id).await?;
-        self.recover(lock, &mut rec).await?;
-        if !Op::Start.allows(rec.state) {
-            return Err(OpError::Conflict(Op::Start.explain(rec.state)));
-        }
-        let workers = self.store.workers().await?;
-        let current = self.current_worker(&rec, &workers);
-        if rec.state == State::Running && current.is_some() {
-            return Ok(rec);
-        }
-        let (worker, mut need_build) = match current {
-            Some(w) => (w, rec.built_commit.is_none()),
-            None => (self.place(&mut rec, &workers)?, true),
-        };
-        let mut retried = false;
-        loop {
-            if need_build {
-                let commit = rec
-                    .built_commit
-                    .clone()
-                    .or_else(|| rec.commit.clone())
-                    .ok_or_else(|| {
-                        OpError::Conflict(format!("instance {id} has no uploaded code"))
-                    })?;
-                self.mark_building(lock, &mut rec, &worker).await?;
-                let started = Instant::now();
-                let built = self.finish_build(lock, &mut rec, &worker, &commit).await;
-                self.finish(Op::Build, started, &built);
-                built?;
-            }
-            let previous = rec.state;
-            rec.state = State::Starting;
-            self.save(lock, &mut rec, Some(previous)).await?;
-            let request = StartRequest {
-                commit: rec.built_commit.clone(),
-                timeout_secs: self.settings.start_timeout_secs,
-            };
-            let outcome = self.worker_client(&worker.url).start(id, &request).await;
-            let err = match outcome {
-                Ok(status) if status.state != StackState::Failed => {
-                    rec.state = State::Running;
-                    rec.endpoints = status.endpoints;
-                    rec.error = None;
-                    self.save(lock, &mut rec, Some(State::Starting)).await?;
-                    return Ok(rec);
-                }
-                Ok(status) => OpError::Worker(format!(
-                    "worker {}: start failed: {}",
-                    worker.id,
-                    status.error.unwrap_or_default()
-                )),
-                Err(err) if is_not_found(&err) && !retried => {
-                    // The worker lost the stack (e.g. it was reinstalled): build it there again.
-                    tracing::warn!(%id, worker = %worker.id, "worker holds no stack; rebuilding");
-                    retried = true;
-                    need_build = true;
-                    continue;
-                }
-                Err(err) => worker_error(&worker.id, err),
-            };
-            rec.fail("start", err.to_string());
-            self.save(lock, &mut rec, Some(State::Starting)).await?;
-            return Err(err);
-        }
-    }
-
-    // ---- stop ----
-
-    #[tracing::instrument(skip_all, fields(%id))]
-    pub async fn stop(self: &Arc<Self>, id: ValidName) -> Result<InstanceRecord, OpError> {
-        let started = Instant::now();
-        let lock = self.lock(&id).await?;
-        let result = self.stop_locked(&lock, &id).await;
-        lock.release().await;
-        self.finish(Op::Stop, started, &result);
-        result
-    }
-
-    async fn stop_locked(
-        &self,
-        lock: &InstanceLock,
-        id: &ValidName,
-    ) -> Result<InstanceRecord, OpError> {
-        let mut rec = self.get_or_404(id).await?;
-        self.recover(lock, &mut rec).await?;
-        if !Op::Stop.allows(rec.state) {
-            return Err(OpError::Conflict(Op::Stop.explain(rec.state)));
-        }
-        if rec.state == State::Stopped {
-            return Ok(rec);
-        }
-        let previous = rec.state;
-        let Some(worker) = rec.worker.clone() else {
-            rec.state = State::Stopped;
-            rec.endpoints.clear();
-            self.save(lock, &mut rec, Some(previous)).await?;
-            return Ok(rec);
-        };
-        rec.state = State::Stopping;
-        self.save(lock, &mut rec, Some(previous)).await?;
-        let workers = self.store.workers().await?;
-        let alive = self.current_worker(&rec, &workers).is_some();
-        match self.worker_client(&worker.url).stop(id).await {
-            Ok(_) => rec.error = None,
-            Err(err) if is_not_found(&err) => rec.error = None,
-            Err(err) if !alive => {
-                rec.error = Some(crate::record::RecordError {
-                    step: "stop".into(),
-                    message: format!(
-                        "worker {} is gone or critical ({err}); its stack is presumed stopped",
-                        worker.id
-                    ),
-                });
-            }
-            Err(err) => {
-                let err = worker_error(&worker.id, err);
-                rec.fail("stop", err.to_string());
-                self.save(lock, &mut rec, Some(State::Stopping)).await?;
-                return Err(err);
-            }
-        }
-        rec.state = State::Stopped;
-        rec.endpoints.clear();
-        self.save(lock, &mut rec, Some(State::Stopping)).await?;
-        Ok(rec)
-    }
-
-    // ---- delete ----
-
-    /// Removes the stack from its worker, the KV records and (unless `keep_code`) the repository.
-    /// An unknown id answers `NotFound`.
-    #[tracing::instrument(skip_all, fields(%id))]
-    pub async fn delete(
-        self: &Arc<Self>,
-        id: ValidName,
-        keep_code: bool,
-    ) -> Result<DeleteOutcome, OpError> {
-        let started = Instant::now();
-        let lock = self.lock(&id).await?;
-        let result = self.delete_locked(&lock, &id, keep_code).await;
-        lock.release().await;
-        self.finish(Op::Delete, started, &result);
-        result
-    }
-
-    async fn delete_locked(
-        &self,
-        lock: &InstanceLock,
-        id: &ValidName,
-        keep_code: bool,
-    ) -> Result<DeleteOutcome, OpError> {
-        let mut rec = self.get_or_404(id).await?;
-        self.recover(lock, &mut rec).await?;
-        if !Op::Delete.allows(rec.state) {
-            return Err(OpError::Conflict(Op::Delete.explain(rec.state)));
-        }
-        let previous = rec.state;
-        rec.state = State::Deleting;
-        self.save(lock, &mut rec, Some(previous)).await?;
-        let mut outcome = DeleteOutcome {
-            id: id.to_string(),
-            deleted: true,
-            code_kept: keep_code,
-            worker: None,
-            note: None,
-        };
-        if let Some(worker) = rec.worker.clone() {
-            let workers = self.store.workers().await?;
-            let alive = self.current_worker(&rec, &workers).is_some();
-            match self.worker_client(&worker.url).delete(id, false).await {
-                Ok(resp) => outcome.worker = Some(resp),
-                Err(err) if !alive => {
-                    outcome.note = Some(format!(
-                        "worker {} is gone or critical ({err}); nothing removed there",
-                        worker.id
-                    ));
-                }
-                Err(err) => {
-                    let err = worker_error(&worker.id, err);
-                    rec.fail("delete", err.to_string());
-                    self.save(lock, &mut rec, Some(State::Deleting)).await?;
-                    return Err(err);
-                }
-            }
-        } else {
-            outcome.note = Some("instance was never placed on a worker".into());
-        }
-        if !keep_code {
-            self.store
-                .ensure_held(lock, id, "removing its repository")
-                .await?;
-            let (store, u, i) = (self.codestore.clone(), name("user", &rec.user)?, id.clone());
-            blocking(move || store.delete(&u, &i)).await??;
-        }
-        self.store.delete(lock, id).await?;
-        tracing::info!(%id, keep_code, "instance deleted");
-        if let Some(hook) = &self.webhook {
-            hook.notify(&Event {
-                event: "deleted",
-                id: id.to_string(),
-                previous_state: Some(previous.as_str().to_owned()),
-                state: None,
-                record: None,
-                at: crate::record::now(),
-            });
-        }
-        Ok(outcome)
-    }
-
     // ---- reads ----
 
     pub async fn get(&self, id: &ValidName) -> Result<InstanceRecord, OpError> {
@@ -925,7 +392,7 @@ impl Master {
         state: Option<State>,
     ) -> Result<Vec<InstanceRecord>, OpError> {
         Ok(self
-            .store
+            .records
             .list()
             .await?
             .into_iter()
@@ -935,7 +402,7 @@ impl Master {
     }
 
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, OpError> {
-        Ok(self.store.workers().await?)
+        Ok(self.records.workers().await?)
     }
 
     /// The worker's build and start log stream of the instance.

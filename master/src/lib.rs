@@ -9,8 +9,10 @@ pub mod config;
 pub mod metrics;
 pub mod ops;
 pub mod placement;
-pub mod record;
 pub mod records;
+
+/// The instance record and its states (defined in `berth-model`, shared with the front door).
+pub use berth_model::record;
 pub mod upload;
 pub mod webhook;
 

@@ -11,21 +11,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_model::ValidName;
+pub use berth_model::keys::is_worker_registration;
+use berth_model::keys::{
+    META_CAPACITY, META_INSTANCES, META_VERSION, RECORD_PREFIX, WORKER_SERVICE,
+    instance_record_key, instance_tree_prefix, lock_key, seed_ip_key,
+};
 use berth_registry::client::{
     Behavior, Client, ClientError, PutOptions, SessionRequest, TxnError, TxnOp,
 };
-use berth_worker_api::{META_CAPACITY, META_INSTANCES, META_VERSION, ValidName, WORKER_SERVICE};
-use berth_worker_api::{instance_record_key, seed_ip_key};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::placement::WorkerInfo;
 use crate::record::InstanceRecord;
-
-/// KV prefix of instance records.
-pub const RECORD_PREFIX: &str = "berth/instances/";
-/// KV prefix of instance locks.
-pub const LOCK_PREFIX: &str = "berth/locks/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -350,27 +349,6 @@ impl Records {
     }
 }
 
-/// The KV folder of an instance's seed-compatible keys, `instance/{id}/`; the master removes all
-/// of it on delete.
-pub fn instance_tree_prefix(id: &ValidName) -> String {
-    format!("instance/{id}/")
-}
-
-/// The instance's lock key, `berth/locks/{id}`.
-pub fn lock_key(id: &ValidName) -> String {
-    format!("{LOCK_PREFIX}{id}")
-}
-
-/// True for the id a worker registers itself under on its own node, `berth-worker:<node>`. A
-/// container of a stack that registers a `berth-worker` service (under another id, or for
-/// another node) would otherwise receive builds and the cluster token.
-pub fn is_worker_registration(node: &str, service_id: &str) -> bool {
-    service_id
-        .strip_prefix(WORKER_SERVICE)
-        .and_then(|rest| rest.strip_prefix(':'))
-        .is_some_and(|n| !n.is_empty() && n == node)
-}
-
 /// `[v6]` in URLs, a bare host otherwise.
 fn host_for_url(address: &str) -> String {
     if address.contains(':') && !address.starts_with('[') {
@@ -522,26 +500,6 @@ impl Drop for InstanceLock {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             handle.spawn(held.release());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_workers_own_registration_is_a_worker() {
-        for (node, id, expected) in [
-            ("n1", "berth-worker:n1", true),
-            ("n1", "berth-worker", false),
-            ("n1", "berth-worker:n2", false),
-            ("n1", "berth-worker:n1:80", false),
-            ("n1", "x:berth-worker:n1", false),
-            ("", "berth-worker:", false),
-            ("n1", "web.shop:n1", false),
-        ] {
-            assert_eq!(is_worker_registration(node, id), expected, "{node} {id}");
         }
     }
 }

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use berth_worker_api::{ValidName, instance_record_key, seed_ip_key};
+use berth_model::ValidName;
+use berth_model::keys::{instance_record_key, seed_ip_key};
 use common::*;
 use reqwest::Method;
 

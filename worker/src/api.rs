@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_worker_api::{
-    BuildRequest, DeleteResponse, ErrorBody, ErrorInfo, Secret, StackStatus, StartRequest,
+    BuildRequest, DeleteResponse, ErrorBody, ErrorCode, Secret, StackStatus, StartRequest,
     ValidName, WorkerHealth,
 };
 use serde::Deserialize;
@@ -76,66 +76,75 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, details) = match self {
-            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, Vec::new()),
+            Self::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                m,
+                Vec::new(),
+            ),
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 self.to_string(),
                 Vec::new(),
             ),
-            Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, Vec::new()),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, m, Vec::new()),
             e @ Self::Task(_) => {
                 tracing::error!(cause = %e, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "internal error".to_owned(),
                     Vec::new(),
                 )
             }
             Self::Stack(e) => match e {
-                StackError::BadRequest(m) => {
-                    (StatusCode::BAD_REQUEST, "bad_request", m, Vec::new())
-                }
+                StackError::BadRequest(m) => (
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    m,
+                    Vec::new(),
+                ),
                 e @ StackError::NotFound(_) => (
                     StatusCode::NOT_FOUND,
-                    "not_found",
+                    ErrorCode::NotFound,
                     e.to_string(),
                     Vec::new(),
                 ),
-                StackError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, Vec::new()),
+                StackError::Conflict(m) => {
+                    (StatusCode::CONFLICT, ErrorCode::Conflict, m, Vec::new())
+                }
                 StackError::Rejected { message, details } => (
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "rejected",
+                    ErrorCode::PolicyRejected,
                     message,
                     details,
                 ),
                 e @ StackError::Failed { .. } => (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "failed",
+                    ErrorCode::Failed,
                     e.to_string(),
                     Vec::new(),
                 ),
-                StackError::Timeout(m) => (StatusCode::GATEWAY_TIMEOUT, "timeout", m, Vec::new()),
+                StackError::Timeout(m) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ErrorCode::Timeout,
+                    m,
+                    Vec::new(),
+                ),
                 e @ (StackError::Docker(_) | StackError::Io { .. }) => {
                     // Internals are logged, not answered.
                     tracing::error!(cause = %e, "internal error");
                     (
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
+                        ErrorCode::Internal,
                         "internal error".to_owned(),
                         Vec::new(),
                     )
                 }
             },
         };
-        let body = ErrorBody {
-            error: ErrorInfo {
-                code: code.to_owned(),
-                message,
-                details,
-            },
-        };
+        let body = ErrorBody::new(code, message, details);
         (status, Json(body)).into_response()
     }
 }

@@ -14,7 +14,7 @@ use super::ApiError;
 use crate::ops::Master;
 use crate::placement::WorkerInfo;
 use crate::record::{
-    EndpointDoc, InstanceRecord, PlacementMove, RecordError, State as InstanceState, WorkerRef,
+    Endpoint, InstanceRecord, PlacementMove, RecordError, State as InstanceState, WorkerRef,
 };
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -87,7 +87,7 @@ impl Modify for BearerAuth {
         metrics,
         openapi,
     ),
-    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, EndpointDoc, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody)),
+    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -22,7 +22,7 @@ use berth_registry::dto::{
     CatalogCheckRegistration, CatalogRegistration, CatalogServiceRegistration,
 };
 use berth_worker_api::{
-    BuildRequest, DeleteResponse, Endpoint, ErrorBody, ErrorDetail, ErrorInfo, META_CAPACITY,
+    BuildRequest, DeleteResponse, Endpoint, ErrorBody, ErrorCode, ErrorDetail, META_CAPACITY,
     META_INSTANCES, Secret, StackState, StackStatus, ValidName, WORKER_SERVICE, WorkerHealth,
 };
 use flate2::Compression;
@@ -214,18 +214,8 @@ impl Drop for StandIn {
     }
 }
 
-fn err(status: StatusCode, code: &str, message: &str, details: Vec<ErrorDetail>) -> Response {
-    (
-        status,
-        axum::Json(ErrorBody {
-            error: ErrorInfo {
-                code: code.into(),
-                message: message.into(),
-                details,
-            },
-        }),
-    )
-        .into_response()
+fn err(status: StatusCode, code: ErrorCode, message: &str, details: Vec<ErrorDetail>) -> Response {
+    (status, axum::Json(ErrorBody::new(code, message, details))).into_response()
 }
 
 fn authorised(headers: &HeaderMap) -> bool {
@@ -245,7 +235,7 @@ async fn build(
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -261,7 +251,7 @@ async fn build(
         event(&state, format!("build:{id}:exit")).await;
         return err(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "policy_rejected",
+            ErrorCode::PolicyRejected,
             "compose file rejected by policy",
             vec![ErrorDetail {
                 service: Some("web".into()),
@@ -307,7 +297,7 @@ async fn build(
     match cloned {
         Err(e) => err(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "build_failed",
+            ErrorCode::Failed,
             &format!("clone: {e}"),
             vec![],
         ),
@@ -340,7 +330,7 @@ async fn start(
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -353,7 +343,7 @@ async fn start(
         match stacks.get_mut(&id) {
             None => Err(err(
                 StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 "no such stack",
                 vec![],
             )),
@@ -385,7 +375,7 @@ async fn stop(
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -393,7 +383,12 @@ async fn stop(
     event(&state, format!("stop:{id}:enter")).await;
     let mut stacks = state.stacks.lock().unwrap();
     match stacks.get_mut(&id) {
-        None => err(StatusCode::NOT_FOUND, "not_found", "no such stack", vec![]),
+        None => err(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such stack",
+            vec![],
+        ),
         Some(s) => {
             s.state = StackState::Stopped;
             s.endpoints.clear();
@@ -411,7 +406,7 @@ async fn delete(
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -433,7 +428,12 @@ async fn delete(
 async fn status(State(state): State<Arc<WorkerState>>, UrlPath(id): UrlPath<String>) -> Response {
     match state.stacks.lock().unwrap().get(&id) {
         Some(s) => axum::Json(s.clone()).into_response(),
-        None => err(StatusCode::NOT_FOUND, "not_found", "no such stack", vec![]),
+        None => err(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such stack",
+            vec![],
+        ),
     }
 }
 
@@ -446,7 +446,7 @@ async fn logs(UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );

@@ -1,11 +1,15 @@
 //! The contract between `berth-master` and `berth-worker`, defined once and used by both sides:
-//! id rules, wire types of the worker API, the worker client and the secret wrapper.
+//! wire types of the worker API, the worker client and the secret wrapper. The id rule, the
+//! endpoint and the error body come from `berth-model`, re-exported here.
 
 pub mod client;
-pub mod ids;
 pub mod secret;
 pub mod types;
 
+/// The id rule, shared with the master (defined in `berth-model`).
+pub use berth_model::ids;
+/// Catalog names and meta keys of a worker (defined in `berth-model`).
+pub use berth_model::keys::{META_CAPACITY, META_INSTANCES, META_VERSION, WORKER_SERVICE};
 pub use client::{WorkerClient, WorkerClientError};
 pub use ids::{IdError, ValidName};
 pub use secret::Secret;

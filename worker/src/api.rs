@@ -1,4 +1,4 @@
-//! The worker API: one router listing every route of `berth_worker_api::types`, the cluster
+//! The worker API: one router serving every route of `berth_worker_api::routes`, the cluster
 //! token check, handlers that call the stack manager, and the one `ApiError`.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_worker_api::{
     BuildRequest, DeleteResponse, ErrorBody, ErrorCode, Secret, StackStatus, StartRequest,
-    ValidName, WorkerHealth,
+    ValidName, WorkerHealth, routes,
 };
 use serde::Deserialize;
 
@@ -29,15 +29,15 @@ pub struct AppState {
 /// Every route of the worker API.
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
-        .route("/v1/stacks", get(list))
-        .route("/v1/stacks/{id}", get(status).delete(delete))
-        .route("/v1/stacks/{id}/build", post(build))
-        .route("/v1/stacks/{id}/start", post(start))
-        .route("/v1/stacks/{id}/stop", post(stop))
-        .route("/v1/stacks/{id}/logs", get(logs))
+        .route(routes::STACKS, get(list))
+        .route(routes::STACK, get(status).delete(delete))
+        .route(routes::STACK_BUILD, post(build))
+        .route(routes::STACK_START, post(start))
+        .route(routes::STACK_STOP, post(stop))
+        .route(routes::STACK_LOGS, get(logs))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(healthz))
+        .route(routes::HEALTHZ, get(healthz))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(tower_http::trace::TraceLayer::new_for_http())

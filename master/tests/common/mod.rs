@@ -1,5 +1,5 @@
 //! Test harness: an in-process registry, masters on 127.0.0.1:0, tar.gz builders and a stand-in
-//! worker serving the worker route table of `berth_worker_api::types` (the real worker is tested
+//! worker serving the worker route table of `berth_worker_api::routes` (the real worker is tested
 //! end to end in its own and the cluster issues). The stand-in really clones the commit it is
 //! asked to build, with the credentials the master hands it.
 
@@ -24,6 +24,7 @@ use berth_registry::dto::{
 use berth_worker_api::{
     BuildRequest, DeleteResponse, Endpoint, ErrorBody, ErrorCode, ErrorDetail, META_CAPACITY,
     META_INSTANCES, Secret, StackState, StackStatus, ValidName, WORKER_SERVICE, WorkerHealth,
+    routes,
 };
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -475,13 +476,13 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
         ..WorkerState::default()
     });
     let app = Router::new()
-        .route("/v1/stacks", get(list))
-        .route("/v1/stacks/{id}", get(status).delete(delete))
-        .route("/v1/stacks/{id}/build", post(build))
-        .route("/v1/stacks/{id}/start", post(start))
-        .route("/v1/stacks/{id}/stop", post(stop))
-        .route("/v1/stacks/{id}/logs", get(logs))
-        .route("/healthz", get(health))
+        .route(routes::STACKS, get(list))
+        .route(routes::STACK, get(status).delete(delete))
+        .route(routes::STACK_BUILD, post(build))
+        .route(routes::STACK_START, post(start))
+        .route(routes::STACK_STOP, post(stop))
+        .route(routes::STACK_LOGS, get(logs))
+        .route(routes::HEALTHZ, get(health))
         .with_state(state.clone());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

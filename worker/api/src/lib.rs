@@ -3,6 +3,7 @@
 //! endpoint and the error body come from `berth-model`, re-exported here.
 
 pub mod client;
+pub mod routes;
 pub mod secret;
 pub mod types;
 

@@ -1,6 +1,7 @@
 //! Wire types of the worker API (`/v1/stacks/...`), serialised as JSON by both sides.
 //!
-//! Routes (all but `/healthz` need `Authorization: Bearer <cluster token>`):
+//! Routes (patterns and builders in [`crate::routes`]; all but `/healthz` need `Authorization:
+//! Bearer <cluster token>`):
 //!
 //! | method and path | body | answer |
 //! |---|---|---|

@@ -504,7 +504,7 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
 
 /// The id a worker registers its `berth-worker` service under, as the real worker does.
 pub fn worker_service_id(node: &str) -> String {
-    format!("{WORKER_SERVICE}:{node}")
+    berth_model::keys::worker_service_id(node)
 }
 
 /// (Re-)registers the stand-in's `berth-worker` service with its check in `status`.

@@ -69,8 +69,7 @@ impl Ignore {
                     Some(rest) => (true, rest.trim()),
                     None => (false, line),
                 };
-                let clean =
-                    crate::compose::model::normalize(Path::new(pat.trim_start_matches('/')));
+                let clean = crate::compose::normalize(Path::new(pat.trim_start_matches('/')));
                 let segments: Vec<String> = clean
                     .to_string_lossy()
                     .split('/')
@@ -167,6 +166,21 @@ pub fn tar_context(
     dockerfile: &str,
     dockerfile_text: &str,
 ) -> Result<Vec<u8>, ContextError> {
+    finish_context(
+        tar_context_files(dir, dockerfile)?,
+        dockerfile,
+        dockerfile_text,
+    )
+    .map_err(|source| ContextError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// The entries of the context directory `dir` but the Dockerfile (at `dockerfile`), as a tar
+/// stream without its end marker: the same files give the same bytes, so their digest says
+/// whether a context changed, and [`finish_context`] adds the Dockerfile later.
+pub fn tar_context_files(dir: &Path, dockerfile: &str) -> Result<Vec<u8>, ContextError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ContextError::Io { path, source }
@@ -175,7 +189,7 @@ pub fn tar_context(
         Ok(text) => Ignore::parse(&text),
         Err(_) => Ignore::default(),
     };
-    let dockerfile = crate::compose::model::normalize(Path::new(dockerfile))
+    let dockerfile = crate::compose::normalize(Path::new(dockerfile))
         .to_string_lossy()
         .into_owned();
     let mut builder = tar::Builder::new(Vec::new());
@@ -214,15 +228,31 @@ pub fn tar_context(
             }
         }
     }
+    let mut bytes = builder.into_inner().map_err(io(dir))?;
+    // `into_inner` ends the archive with two zero blocks; [`finish_context`] writes them anew.
+    bytes.truncate(bytes.len().saturating_sub(1024));
+    Ok(bytes)
+}
+
+/// Ends the entries `files` of [`tar_context_files`] with the Dockerfile entry (at
+/// `dockerfile`, holding `dockerfile_text`) and the archive's end marker.
+pub fn finish_context(
+    files: Vec<u8>,
+    dockerfile: &str,
+    dockerfile_text: &str,
+) -> std::io::Result<Vec<u8>> {
+    let dockerfile = crate::compose::normalize(Path::new(dockerfile))
+        .to_string_lossy()
+        .into_owned();
+    let mut builder = tar::Builder::new(files);
+    builder.mode(tar::HeaderMode::Deterministic);
     // The Dockerfile goes last, whatever the walk met at its path (even an ignored folder).
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
     header.set_mode(0o644);
     header.set_size(dockerfile_text.len() as u64);
-    builder
-        .append_data(&mut header, &dockerfile, dockerfile_text.as_bytes())
-        .map_err(io(dir))?;
-    builder.into_inner().map_err(io(dir))
+    builder.append_data(&mut header, &dockerfile, dockerfile_text.as_bytes())?;
+    builder.into_inner()
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::logbuf::LogBook;
 use crate::policy::Policy;
 use crate::registry::Agent;
+pub use crate::stacks::BuilderChoice;
 use crate::stacks::{Settings, Stacks};
 
 /// The worker's configuration (a JSON file via `--config`, then flags and `BERTH_WORKER_*`).
@@ -57,6 +58,11 @@ pub struct Config {
     pub build_timeout: Duration,
     #[serde(with = "humantime_serde_opt")]
     pub start_timeout: Duration,
+    /// How many services of one stack build at the same time (at least 1).
+    pub build_parallelism: usize,
+    /// Which image builder to use: `auto` (BuildKit through the Engine API, else the classic
+    /// builder), `buildkit` or `classic`.
+    pub builder: BuilderChoice,
     pub run_as_user: Option<String>,
     pub allowed_caps: Vec<String>,
 }
@@ -90,10 +96,20 @@ impl Default for Config {
             pids_limit: 512,
             build_timeout: Duration::from_secs(15 * 60),
             start_timeout: Duration::from_secs(120),
+            build_parallelism: default_build_parallelism(),
+            builder: BuilderChoice::Auto,
             run_as_user: None,
             allowed_caps: Vec::new(),
         }
     }
+}
+
+/// The cores of the machine, at most 4: builds are mostly disk and CPU bound, and more at once
+/// only makes each slower.
+pub fn default_build_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +257,8 @@ pub async fn run(
         policy: config.policy()?,
         build_timeout: config.build_timeout,
         start_timeout: config.start_timeout,
+        build_parallelism: config.build_parallelism.max(1),
+        builder: config.builder,
     };
     std::fs::create_dir_all(config.data_dir.join("stacks"))?;
     let logs = LogBook::default();

@@ -66,6 +66,13 @@ struct Cli {
     /// Default readiness timeout of a start, e.g. `2m` [default: 2m].
     #[arg(long, env = "BERTH_WORKER_START_TIMEOUT", value_parser = humantime::parse_duration)]
     start_timeout: Option<Duration>,
+    /// Services of one stack built at the same time [default: the cores, at most 4].
+    #[arg(long, env = "BERTH_BUILD_PARALLELISM", value_parser = clap::value_parser!(u64).range(1..=64))]
+    build_parallelism: Option<u64>,
+    /// Image builder: `auto` (BuildKit through the Engine API, falling back to the classic
+    /// builder), `buildkit` or `classic` [default: auto].
+    #[arg(long, env = "BERTH_WORKER_BUILDER", value_enum)]
+    builder: Option<berth_worker::BuilderChoice>,
     /// Run every container as this user (services asking for root are rejected).
     #[arg(long, env = "BERTH_WORKER_RUN_AS_USER")]
     run_as_user: Option<String>,
@@ -110,6 +117,12 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
         start_timeout,
         allowed_caps
     );
+    if let Some(n) = cli.build_parallelism {
+        c.build_parallelism = usize::try_from(n).unwrap_or(1);
+    }
+    if let Some(b) = cli.builder {
+        c.builder = b;
+    }
     if cli.join.is_some() {
         c.join = cli.join;
     }

@@ -35,6 +35,8 @@ async fn docker_router_auth_and_input_errors() {
             policy: Default::default(),
             build_timeout: std::time::Duration::from_secs(60),
             start_timeout: std::time::Duration::from_secs(60),
+            build_parallelism: 2,
+            builder: Default::default(),
         },
         berth_worker::logbuf::LogBook::default(),
     );

@@ -150,7 +150,12 @@ async fn docker_fixture_stack_lifecycle() {
 /// recreated container, are gone after delete (none of them carries a berth label).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_builds_and_recreates_leave_nothing_behind() {
-    let w = worker("leftovers", |_| {}).await;
+    // The classic builder: its step images are what this test follows (BuildKit makes none,
+    // see docker_build.rs).
+    let w = worker("leftovers", |c| {
+        c.builder = berth_worker::BuilderChoice::Classic;
+    })
+    .await;
     let sid = id(&format!("lo-{}", w.node));
     // A nonce keeps these steps out of every other build's cache.
     let nonce = format!("{}-{}", std::process::id(), rand_suffix());

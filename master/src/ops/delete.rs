@@ -30,7 +30,13 @@ impl Master {
         keep_code: bool,
     ) -> Result<Deleted, OpError> {
         self.with_lock(Op::Delete, &id, async |lock| {
-            self.delete_locked(lock, &id, keep_code).await
+            let result = self.delete_locked(lock, &id, keep_code).await;
+            if matches!(result, Err(OpError::NotFound(_))) {
+                // No record, but maybe a repository a stopped first upload left: remove it.
+                let (store, i) = (self.codestore.clone(), id.clone());
+                blocking(move || store.remove_wedged(&i)).await??;
+            }
+            result
         })
         .await
     }

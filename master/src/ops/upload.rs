@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use berth_worker_api::ValidName;
 
 use super::{Master, OpError, UploadBody, blocking};
-use crate::codestore::CodeStoreError;
+use crate::codestore::{Code, CodeStoreError};
 use crate::record::{InstanceRecord, Op, State};
 use crate::records::InstanceLock;
-use crate::upload::{UploadTree, read_upload};
+use crate::upload::read_upload;
 
 impl Master {
     /// Validates and commits an upload, then (with `build`) starts a build of a new commit.
@@ -37,8 +37,36 @@ impl Master {
             }
             Err(err) => return Err(err),
         };
+        self.upload_code(
+            id,
+            user,
+            project,
+            Code::Tree(tree),
+            size,
+            slot,
+            started,
+            build,
+            wait,
+        )
+        .await
+    }
+
+    /// [`Master::upload`] once the code is read and checked: a tree, or a pushed commit.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_code(
+        self: &Arc<Self>,
+        id: ValidName,
+        user: ValidName,
+        project: ValidName,
+        code: Code,
+        size: u64,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        started: Instant,
+        build: bool,
+        wait: Option<Duration>,
+    ) -> Result<InstanceRecord, OpError> {
         let lock = self.lock(&id).await?;
-        let result = self.upload_locked(&lock, &id, &user, &project, tree).await;
+        let result = self.upload_locked(&lock, &id, &user, &project, code).await;
         // Committed (or refused): the tree is no longer held, the next upload may be read.
         drop(slot);
         self.finish(Op::Upload, started, &result);
@@ -82,7 +110,7 @@ impl Master {
         id: &ValidName,
         user: &ValidName,
         project: &ValidName,
-        tree: UploadTree,
+        code: Code,
     ) -> Result<(InstanceRecord, bool), OpError> {
         let mut existing = self.records.get(id).await?;
         if let Some(rec) = &existing
@@ -102,7 +130,7 @@ impl Master {
         let message = format!("upload of {user}/{project} instance {id}");
         let (previous_head, committed) = blocking(move || {
             let previous = store.head(&u, &i)?;
-            let committed = store.commit_checked(&u, &i, &tree, &message, allow_change)?;
+            let committed = store.commit_code(&u, &i, &code, &message, allow_change)?;
             Ok::<_, CodeStoreError>((previous, committed))
         })
         .await??;

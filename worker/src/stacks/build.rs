@@ -4,7 +4,9 @@
 //! (intermediate images, this instance's images of earlier commits).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use berth_worker_api::ids::compose_project_name;
 use berth_worker_api::{BuildRequest, StackState, StackStatus, ValidName};
@@ -12,7 +14,9 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, RemoveImageOptions, TagImageOptionsBuilder,
 };
 use futures::StreamExt;
+use sha2::{Digest, Sha256};
 
+use super::buildkit::{self, BuildKitError, BuilderChoice};
 use super::ownership::{foreign_berth_image, image_labels};
 use super::record::{Record, Unfinished};
 use super::{StackError, Stacks, failed, rejected};
@@ -22,6 +26,55 @@ use crate::docker::{self as dk, label_filter};
 use crate::images::{self, BuildIds};
 use crate::logbuf::LogBuf;
 use crate::source;
+
+/// Image label holding the digest of everything a service's image is built from (see
+/// [`build_digest`]): a later build with the same digest keeps the image instead of building.
+pub const LABEL_BUILD_DIGEST: &str = "org.berth.build-digest";
+
+/// One service's build, read while the stack's writers were paused: its Dockerfile text, the
+/// tarred context without the Dockerfile, the image tag, and the build digest.
+struct Job<'a> {
+    service: &'a Service,
+    build: &'a compose::model::Build,
+    text: String,
+    files: Vec<u8>,
+    tag: String,
+    digest: String,
+}
+
+/// The digest of everything a build reads: the context's files (a deterministic tar), the
+/// Dockerfile's path and text, build args, target, the ids of the images it builds on, and the
+/// owner labels the image gets. The same digest builds the same image.
+fn build_digest(
+    build: &compose::model::Build,
+    text: &str,
+    files: &[u8],
+    bases: &[String],
+    owner: &Owner,
+) -> String {
+    let mut h = Sha256::new();
+    let mut part = |name: &str, bytes: &[u8]| {
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part("files", files);
+    part("dockerfile", build.dockerfile.as_bytes());
+    part("text", text.as_bytes());
+    for (k, v) in &build.args {
+        part("arg", format!("{k}={v}").as_bytes());
+    }
+    part(
+        "target",
+        build.target.as_deref().unwrap_or_default().as_bytes(),
+    );
+    for base in bases {
+        part("base", base.as_bytes());
+    }
+    part("instance", owner.instance.as_bytes());
+    part("node", owner.node.as_bytes());
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
 
 impl Stacks {
     #[tracing::instrument(skip_all, fields(instance = %id), err)]
@@ -144,100 +197,303 @@ impl Stacks {
                 self.owned_image(&tag, &owner).await?;
             }
         }
+        // Every context is read and tarred in one go while the stack's writers are paused: the
+        // Dockerfile text checked below is the text Docker builds.
+        let wanted: Vec<(&Service, &compose::model::Build)> = project
+            .services
+            .iter()
+            .filter_map(|s| s.build.as_ref().map(|b| (s, b)))
+            .collect();
+        let paths: Vec<(PathBuf, String)> = wanted
+            .iter()
+            .map(|(_, b)| (b.context.clone(), b.dockerfile.clone()))
+            .collect();
+        let frozen = self.freeze_writers(id, log).await?;
+        let read = tokio::task::spawn_blocking(move || {
+            paths
+                .into_iter()
+                .map(|(context, dockerfile)| {
+                    let text = crate::context::read_dockerfile(&context, &dockerfile)?;
+                    let files = crate::context::tar_context_files(&context, &dockerfile)?;
+                    Ok::<_, crate::context::ContextError>((text, files))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        self.thaw(frozen).await;
+        let read = read.map_err(|e| failed("build context", e.to_string()))?;
+        let mut jobs = Vec::new();
+        for ((s, build), read) in wanted.into_iter().zip(read) {
+            let (text, files) =
+                read.map_err(|e| failed(&format!("build of service {}", s.name), e.to_string()))?;
+            let bases = self.check_bases(&owner, s, build, &text).await?;
+            let digest = build_digest(build, &text, &files, &bases, &owner);
+            jobs.push(Job {
+                service: s,
+                build,
+                text,
+                files,
+                tag: plan::image_tag(&project.name, &s.name, &req.commit),
+                digest,
+            });
+        }
+        // Independent images build side by side, at most `build_parallelism` at once; after a
+        // failure no new build begins, and those running finish (and clean up after
+        // themselves) before the build answers.
+        let parallel = self.settings.build_parallelism.max(1);
+        if jobs.len() > 1 {
+            log.line(&format!(
+                "building {} services, up to {parallel} at a time",
+                jobs.len()
+            ));
+        }
+        let stop = AtomicBool::new(false);
+        // The futures are made first (no closure in the stream keeps the future `Send`).
+        let runs: Vec<_> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, job)| self.job_unless_stopped(i, id, &project, job, &owner, log, &stop))
+            .collect();
+        let results: Vec<(usize, Result<(), StackError>)> = futures::stream::iter(runs)
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+        let mut results = results;
+        results.sort_by_key(|(i, _)| *i);
+        if let Some((_, Err(_))) = results.iter().find(|(_, r)| r.is_err()) {
+            let (_, first) = results
+                .into_iter()
+                .find(|(_, r)| r.is_err())
+                .expect("an error");
+            return first;
+        }
         let mut built_tags = Vec::new();
-        for s in &project.services {
-            let Some(build) = &s.build else { continue };
-            let tag = plan::image_tag(&project.name, &s.name, &req.commit);
-            log.line(&format!("building service {} as {tag}", s.name));
-            let mut ids = BuildIds::default();
-            let result = self
-                .build_service(id, s, build, &tag, &owner, log, &mut ids)
-                .await;
-            let image_id = match &result {
-                Ok(()) => self
-                    .docker
-                    .inspect_image(&tag)
-                    .await
-                    .ok()
-                    .and_then(|i| i.id),
-                Err(_) => None,
-            };
-            self.remove_intermediates(&ids, image_id.as_deref()).await;
-            result?;
-            if image_id.is_none() {
-                return Err(failed(
-                    &format!("build of service {}", s.name),
-                    format!(
-                        "image {tag} missing after build; last log lines:\n{}",
-                        log.tail(20)
-                    ),
-                ));
-            }
-            let latest = plan::image_name(&project.name, &s.name);
-            built_tags.push(tag.clone());
-            built_tags.push(format!("{latest}:latest"));
-            self.docker
-                .tag_image(
-                    &tag,
-                    Some(
-                        TagImageOptionsBuilder::default()
-                            .repo(&latest)
-                            .tag("latest")
-                            .build(),
-                    ),
-                )
-                .await?;
+        for job in &jobs {
+            built_tags.push(job.tag.clone());
+            built_tags.push(format!(
+                "{}:latest",
+                plan::image_name(&project.name, &job.service.name)
+            ));
         }
         self.remove_stale_images(id, &built_tags).await;
         Ok(())
     }
 
-    /// Builds one service's image as `tag`, noting the image ids the build reports in `ids`.
+    /// [`Self::build_job`] unless `stop` says that another service's build failed.
     #[allow(clippy::too_many_arguments)]
-    async fn build_service(
+    async fn job_unless_stopped(
+        &self,
+        i: usize,
+        id: &ValidName,
+        project: &compose::Project,
+        job: &Job<'_>,
+        owner: &Owner,
+        log: &LogBuf,
+        stop: &AtomicBool,
+    ) -> (usize, Result<(), StackError>) {
+        if stop.load(Ordering::SeqCst) {
+            log.line(&format!(
+                "service {}: not built (another service failed)",
+                job.service.name
+            ));
+            return (i, Ok(()));
+        }
+        let result = self.build_job(id, project, job, owner, log).await;
+        if let Err(e) = &result {
+            stop.store(true, Ordering::SeqCst);
+            log.line(&format!("service {}: build failed: {e}", job.service.name));
+        }
+        (i, result)
+    }
+
+    /// Which builder the next build uses: BuildKit (through the engine's socket) unless the
+    /// worker is told to use the classic one or BuildKit failed to run here before.
+    fn buildkit_socket(&self) -> Option<PathBuf> {
+        match self.settings.builder {
+            BuilderChoice::Classic => None,
+            BuilderChoice::Auto if self.buildkit_off.load(Ordering::SeqCst) => None,
+            _ => buildkit::engine_socket(),
+        }
+    }
+
+    /// Makes `job`'s image: the image of the service's last build when its digest is the same
+    /// (tagged for this commit too, nothing built), else a build; either way the image ends
+    /// tagged for the commit and `:latest`.
+    async fn build_job(
         &self,
         id: &ValidName,
-        s: &Service,
-        build: &compose::model::Build,
-        tag: &str,
+        project: &compose::Project,
+        job: &Job<'_>,
+        owner: &Owner,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        let s = job.service;
+        let repo = plan::image_name(&project.name, &s.name);
+        let latest = format!("{repo}:latest");
+        let (_, commit_tag) = job.tag.rsplit_once(':').unwrap_or((&repo, "latest"));
+        if let Ok(image) = self.docker.inspect_image(&latest).await
+            && owner.check(image_labels(&image)).is_ok()
+            && image_labels(&image).and_then(|l| l.get(LABEL_BUILD_DIGEST)) == Some(&job.digest)
+        {
+            self.docker
+                .tag_image(
+                    &latest,
+                    Some(
+                        TagImageOptionsBuilder::default()
+                            .repo(&repo)
+                            .tag(commit_tag)
+                            .build(),
+                    ),
+                )
+                .await?;
+            let short: String = image
+                .id
+                .unwrap_or_default()
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect();
+            log.line(&format!(
+                "service {}: unchanged, image {short} kept as {} (nothing built)",
+                s.name, job.tag
+            ));
+            return Ok(());
+        }
+        let started = Instant::now();
+        log.line(&format!("building service {} as {}", s.name, job.tag));
+        let mut ids = BuildIds::default();
+        let result = self.build_service(id, job, owner, log, &mut ids).await;
+        let image_id = match &result {
+            Ok(_) => self
+                .docker
+                .inspect_image(&job.tag)
+                .await
+                .ok()
+                .and_then(|i| i.id),
+            Err(_) => None,
+        };
+        self.remove_intermediates(&ids, image_id.as_deref()).await;
+        let how = result?;
+        if image_id.is_none() {
+            return Err(failed(
+                &format!("build of service {}", s.name),
+                format!(
+                    "image {} missing after build; last log lines:\n{}",
+                    job.tag,
+                    log.tail(20)
+                ),
+            ));
+        }
+        self.docker
+            .tag_image(
+                &job.tag,
+                Some(
+                    TagImageOptionsBuilder::default()
+                        .repo(&repo)
+                        .tag("latest")
+                        .build(),
+                ),
+            )
+            .await?;
+        log.line(&format!(
+            "service {}: built as {} in {:.2} s ({how})",
+            s.name,
+            job.tag,
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// Builds one service's image as `job.tag` with BuildKit or the classic builder, noting the
+    /// image ids the classic builder reports in `ids`; answers which builder ran.
+    async fn build_service(
+        &self,
+        _id: &ValidName,
+        job: &Job<'_>,
         owner: &Owner,
         log: &LogBuf,
         ids: &mut BuildIds,
-    ) -> Result<(), StackError> {
+    ) -> Result<&'static str, StackError> {
+        let s = job.service;
+        let build = job.build;
         let step = format!("build of service {}", s.name);
-        let context = build.context.clone();
-        let dockerfile = build.dockerfile.clone();
-        let target = build.target.clone();
-        let labels: BTreeMap<String, String> = plan::image_labels(owner).into_iter().collect();
-        let to_label = labels.clone();
-        // The Dockerfile is read, amended and tarred with the context in one go while the
-        // stack's writers are paused: the text checked below is the text Docker builds.
-        let frozen = self.freeze_writers(id, log).await?;
-        let read = tokio::task::spawn_blocking(move || {
-            let text = crate::context::read_dockerfile(&context, &dockerfile)?;
-            let labelled = images::with_labels(&text, target.as_deref(), &to_label);
-            let tar = crate::context::tar_context(
-                &context,
-                &dockerfile,
-                labelled.as_deref().unwrap_or(&text),
-            )?;
-            Ok::<_, crate::context::ContextError>((text, labelled.is_some(), tar))
-        })
-        .await;
-        self.thaw(frozen).await;
-        let (text, labelled, tar) = read
-            .map_err(|e| failed("build context", e.to_string()))?
-            .map_err(|e| failed(&step, e.to_string()))?;
-        self.check_bases(owner, s, build, &text).await?;
-        let build_labels: HashMap<String, String> = if labelled {
+        let prefix = format!("[{}] ", s.name);
+        let mut labels: BTreeMap<String, String> = plan::image_labels(owner).into_iter().collect();
+        labels.insert(LABEL_BUILD_DIGEST.to_owned(), job.digest.clone());
+        let run = async {
+            if let Some(socket) = self.buildkit_socket() {
+                let tar =
+                    crate::context::finish_context(job.files.clone(), &build.dockerfile, &job.text)
+                        .map_err(|e| failed(&step, e.to_string()))?;
+                let request = buildkit::BuildKitRequest {
+                    dockerfile: &build.dockerfile,
+                    tag: &job.tag,
+                    target: build.target.as_deref(),
+                    args: &build.args,
+                    labels: &labels,
+                };
+                let version = self.docker.client_version().to_string();
+                match buildkit::build(&socket, &version, &request, tar, log, &prefix).await {
+                    Ok(_) => return Ok("BuildKit"),
+                    Err(BuildKitError::Failed(message)) => {
+                        let tail = log.tail(20);
+                        return Err(failed(&step, format!("{message}; last log lines:\n{tail}")));
+                    }
+                    Err(BuildKitError::Unsupported(why))
+                        if self.settings.builder == BuilderChoice::Auto =>
+                    {
+                        log.line(&format!(
+                            "BuildKit is not available ({why}); using the classic builder"
+                        ));
+                        self.buildkit_off.store(true, Ordering::SeqCst);
+                    }
+                    Err(BuildKitError::Unsupported(why)) => {
+                        return Err(failed(&step, format!("BuildKit is not available: {why}")));
+                    }
+                }
+            }
+            self.build_classic(job, &labels, log, &prefix, ids)
+                .await
+                .map(|()| "classic builder")
+        };
+        match tokio::time::timeout(self.settings.build_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StackError::Timeout(format!(
+                "build of service {} timed out after {}",
+                s.name,
+                humantime::format_duration(self.settings.build_timeout)
+            ))),
+        }
+    }
+
+    /// The classic builder: berth's labels go in as one `LABEL` instruction at the end of the
+    /// built stage (see [`images::with_labels`]), else as the `labels` option.
+    async fn build_classic(
+        &self,
+        job: &Job<'_>,
+        labels: &BTreeMap<String, String>,
+        log: &LogBuf,
+        prefix: &str,
+        ids: &mut BuildIds,
+    ) -> Result<(), StackError> {
+        let build = job.build;
+        let step = format!("build of service {}", job.service.name);
+        let labelled = images::with_labels(&job.text, build.target.as_deref(), labels);
+        let tar = crate::context::finish_context(
+            job.files.clone(),
+            &build.dockerfile,
+            labelled.as_deref().unwrap_or(&job.text),
+        )
+        .map_err(|e| failed(&step, e.to_string()))?;
+        let build_labels: HashMap<String, String> = if labelled.is_some() {
             HashMap::new()
         } else {
-            labels.into_iter().collect()
+            labels.clone().into_iter().collect()
         };
         let args: HashMap<String, String> = build.args.clone().into_iter().collect();
         let mut opts = BuildImageOptionsBuilder::default()
             .dockerfile(&build.dockerfile)
-            .t(tag)
+            .t(&job.tag)
             .rm(true)
             .forcerm(true)
             .buildargs(&args)
@@ -250,41 +506,31 @@ impl Stacks {
             self.settings.build_timeout + Duration::from_secs(30),
         );
         let mut stream = long.build_image(opts.build(), None, Some(bollard::body_full(tar.into())));
-        let run = async {
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(info) => {
-                        if let Some(text) = info.stream.as_deref() {
-                            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                                ids.observe(line);
-                                log.line(line);
-                            }
-                        }
-                        if let Some(status) = info.status.as_deref() {
-                            log.line(status);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = info.stream.as_deref() {
+                        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                            ids.observe(line);
+                            log.line(&format!("{prefix}{line}"));
                         }
                     }
-                    Err(e) if e.to_string().contains("bytes remaining on stream") => break,
-                    // A failing step arrives as an error (bollard turns `errorDetail` into one);
-                    // the answer carries the build's last lines like any other failure.
-                    Err(e) => {
-                        let tail = log.tail(20);
-                        let message = dk::message(&e);
-                        log.line(&message);
-                        return Err(failed(&step, format!("{message}; last log lines:\n{tail}")));
+                    if let Some(status) = info.status.as_deref() {
+                        log.line(&format!("{prefix}{status}"));
                     }
                 }
+                Err(e) if e.to_string().contains("bytes remaining on stream") => break,
+                // A failing step arrives as an error (bollard turns `errorDetail` into one);
+                // the answer carries the build's last lines like any other failure.
+                Err(e) => {
+                    let tail = log.tail(20);
+                    let message = dk::message(&e);
+                    log.line(&format!("{prefix}{message}"));
+                    return Err(failed(&step, format!("{message}; last log lines:\n{tail}")));
+                }
             }
-            Ok(())
-        };
-        match tokio::time::timeout(self.settings.build_timeout, run).await {
-            Ok(result) => result,
-            Err(_) => Err(StackError::Timeout(format!(
-                "build of service {} timed out after {}",
-                s.name,
-                humantime::format_duration(self.settings.build_timeout)
-            ))),
         }
+        Ok(())
     }
 
     /// Removes the images a build made that its final image does not build on: stage images of
@@ -337,19 +583,22 @@ impl Stacks {
         let Ok(text) = crate::context::read_dockerfile(&build.context, &build.dockerfile) else {
             return Ok(());
         };
-        self.check_bases(owner, s, build, &text).await
+        self.check_bases(owner, s, build, &text).await.map(drop)
     }
 
-    /// Refuses a Dockerfile `text` that builds on another berth instance's image.
+    /// Refuses a Dockerfile `text` that builds on another berth instance's image; answers the
+    /// images it builds on as `reference=id` (`reference=` when there is no such image yet).
     async fn check_bases(
         &self,
         owner: &Owner,
         s: &Service,
         build: &compose::model::Build,
         text: &str,
-    ) -> Result<(), StackError> {
+    ) -> Result<Vec<String>, StackError> {
+        let mut bases = Vec::new();
         for image in images::image_refs(text, &build.args) {
             let Ok(inspect) = self.docker.inspect_image(&image).await else {
+                bases.push(format!("{image}="));
                 continue;
             };
             if let Some(holder) = foreign_berth_image(owner, &inspect) {
@@ -362,8 +611,9 @@ impl Stacks {
                     ),
                 ));
             }
+            bases.push(format!("{image}={}", inspect.id.unwrap_or_default()));
         }
-        Ok(())
+        Ok(bases)
     }
 
     /// Removes this instance's images of earlier commits. Images still used by a container stay

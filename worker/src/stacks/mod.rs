@@ -11,6 +11,7 @@
 //! status and list.
 
 mod build;
+mod buildkit;
 mod converge;
 mod delete;
 mod freeze;
@@ -42,6 +43,8 @@ use crate::logbuf::{LogBook, LogBuf};
 use crate::policy::Policy;
 use crate::source;
 
+pub use build::LABEL_BUILD_DIGEST;
+pub use buildkit::BuilderChoice;
 pub use record::Record;
 
 /// What the stack manager needs to know about its host.
@@ -54,6 +57,9 @@ pub struct Settings {
     pub policy: Policy,
     pub build_timeout: Duration,
     pub start_timeout: Duration,
+    /// How many services of one stack build at the same time (at least 1).
+    pub build_parallelism: usize,
+    pub builder: BuilderChoice,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +124,9 @@ pub struct Stacks {
     /// The number of stacks held, sent again after each operation so the registrator resyncs at
     /// once.
     count: watch::Sender<usize>,
+    /// Set once a BuildKit build found that the engine cannot run BuildKit (with the `auto`
+    /// builder): later builds go to the classic builder at once.
+    buildkit_off: std::sync::atomic::AtomicBool,
 }
 
 /// Marks the log of an operation as active for its lifetime.
@@ -137,6 +146,7 @@ impl Stacks {
             locks: Mutex::new(HashMap::new()),
             logs,
             count: watch::Sender::new(0),
+            buildkit_off: Default::default(),
         };
         stacks.count.send_replace(stacks.count());
         stacks

@@ -110,6 +110,8 @@ mod tests {
                 policy: Policy::default(),
                 build_timeout: Duration::from_secs(1),
                 start_timeout: Duration::from_secs(1),
+                build_parallelism: 1,
+                builder: Default::default(),
             },
             LogBook::default(),
         );

@@ -871,8 +871,25 @@ async fn deep_path_upload_is_a_clean_400_and_the_master_keeps_answering() {
     let (status, _) = m.call(Method::GET, "/healthz").await;
     assert_eq!(status, 200);
 
-    // The deepest path Linux takes (2,047 directories) is stored, and the master still answers.
-    let longest = format!("{}f", "a/".repeat(2047));
+    // Within PATH_MAX but 2,047 directories deep: refused by the depth cap, not a crash.
+    let (status, err) = m
+        .upload(
+            "deep",
+            "mallory",
+            "",
+            with_path(&format!("{}f", "a/".repeat(2047))),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("256 components"),
+        "{err}"
+    );
+    // The deepest path accepted is stored, and the master still answers.
+    let longest = format!("{}f", "a/".repeat(berth_master::upload::MAX_PATH_DEPTH - 1));
     let (status, rec) = m
         .upload("deep", "mallory", "&build=false", with_path(&longest))
         .await;

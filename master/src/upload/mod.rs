@@ -361,6 +361,10 @@ fn read_tar<R: Read>(reader: R, limits: &Limits) -> Result<UploadTree, UploadErr
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest path component accepted, in bytes (Linux's `NAME_MAX`).
 pub const MAX_NAME_BYTES: usize = 255;
+/// Most components in one path. Within `PATH_MAX` a path can still nest about 2,000
+/// directories, and the code store's tree writing recurses once per level: a debug-built master
+/// overflowed its 2 MiB stack at about 1,000, so berth keeps a wide margin below that.
+pub const MAX_PATH_DEPTH: usize = 256;
 
 fn normalise_path(raw: &[u8]) -> Result<Option<String>, &'static str> {
     if raw.len() > MAX_PATH_BYTES {
@@ -384,6 +388,9 @@ fn normalise_path(raw: &[u8]) -> Result<Option<String>, &'static str> {
             p if p.eq_ignore_ascii_case(".git") => return Err("`.git` is not allowed in paths"),
             p => parts.push(p),
         }
+    }
+    if parts.len() > MAX_PATH_DEPTH {
+        return Err("path has more than 256 components");
     }
     if parts.is_empty() {
         Ok(None)

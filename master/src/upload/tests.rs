@@ -384,10 +384,23 @@ fn paths_past_path_max_and_names_past_name_max_are_refused() {
         }
         other => panic!("{other:?}"),
     }
-    // The longest path Linux takes is accepted.
-    let longest = format!("{}f", "a/".repeat((MAX_PATH_BYTES - 1) / 2));
-    assert_eq!(longest.len(), MAX_PATH_BYTES - 1);
+    // Under PATH_MAX but deeper than the depth cap.
+    let deep = format!("{}f", "a/".repeat(MAX_PATH_DEPTH));
+    let (entry, reason) = match read_upload(&with_long_path(&deep), &Limits::default()) {
+        Err(UploadError::Hostile { entry, reason }) => (entry, reason),
+        other => panic!("{other:?}"),
+    };
+    assert!(deep.starts_with(&entry), "{entry}");
+    assert!(reason.contains("256 components"), "{reason}");
+    // The longest and the deepest paths accepted.
+    let longest = format!(
+        "{}f",
+        format!("{}/", "d".repeat(15)).repeat(MAX_PATH_DEPTH - 1)
+    );
+    assert!(longest.len() < MAX_PATH_BYTES, "{}", longest.len());
     assert!(read_upload(&with_long_path(&longest), &Limits::default()).is_ok());
+    let deepest = format!("{}f", "a/".repeat(MAX_PATH_DEPTH - 1));
+    assert!(read_upload(&with_long_path(&deepest), &Limits::default()).is_ok());
 
     let name = format!("dir/{}", "n".repeat(MAX_NAME_BYTES + 1));
     let (entry, reason) = match read_upload(&with_long_path(&name), &Limits::default()) {

@@ -10,7 +10,9 @@ pub mod types;
 /// The id rule, shared with the master (defined in `berth-model`).
 pub use berth_model::ids;
 /// Catalog names and meta keys of a worker (defined in `berth-model`).
-pub use berth_model::keys::{META_CAPACITY, META_INSTANCES, META_VERSION, WORKER_SERVICE};
+pub use berth_model::keys::{
+    META_CAPACITY, META_INSTANCES, META_VERSION, WORKER_SERVICE, worker_service_id,
+};
 pub use client::{WorkerClient, WorkerClientError};
 pub use ids::{IdError, ValidName};
 pub use secret::Secret;

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use berth_worker::api::{AppState, router};
 use berth_worker::stacks::{Settings, Stacks};
-use berth_worker_api::{ErrorBody, Secret, StackState, StartRequest, WorkerClientError};
+use berth_worker_api::{ErrorBody, ErrorCode, Secret, StackState, StartRequest, WorkerClientError};
 use common::*;
 use tower::ServiceExt;
 
@@ -230,6 +230,7 @@ async fn docker_policy_rejections_answer_422_with_details() {
             .unwrap_err(),
     );
     assert_eq!(status, 422);
+    assert_eq!(body.error.code, ErrorCode::PolicyRejected);
     let mut got: Vec<(String, String)> = body
         .error
         .details

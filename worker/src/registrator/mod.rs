@@ -37,7 +37,7 @@ pub fn self_registration(
     capacity: u32,
 ) -> Registration {
     Registration {
-        id: format!("{WORKER_SERVICE}:{node}"),
+        id: berth_worker_api::worker_service_id(node),
         name: WORKER_SERVICE.to_owned(),
         tags: Vec::new(),
         address: advertise.to_owned(),

@@ -252,7 +252,7 @@ impl Stacks {
         let runs: Vec<_> = jobs
             .iter()
             .enumerate()
-            .map(|(i, job)| self.job_unless_stopped(i, id, &project, job, &owner, log, &stop))
+            .map(|(i, job)| self.job_unless_stopped(i, &project, job, &owner, log, &stop))
             .collect();
         let results: Vec<(usize, Result<(), StackError>)> = futures::stream::iter(runs)
             .buffer_unordered(parallel)
@@ -284,7 +284,6 @@ impl Stacks {
     async fn job_unless_stopped(
         &self,
         i: usize,
-        id: &ValidName,
         project: &compose::Project,
         job: &Job<'_>,
         owner: &Owner,
@@ -298,7 +297,7 @@ impl Stacks {
             ));
             return (i, Ok(()));
         }
-        let result = self.build_job(id, project, job, owner, log).await;
+        let result = self.build_job(project, job, owner, log).await;
         if let Err(e) = &result {
             stop.store(true, Ordering::SeqCst);
             log.line(&format!("service {}: build failed: {e}", job.service.name));
@@ -321,7 +320,6 @@ impl Stacks {
     /// tagged for the commit and `:latest`.
     async fn build_job(
         &self,
-        id: &ValidName,
         project: &compose::Project,
         job: &Job<'_>,
         owner: &Owner,
@@ -362,7 +360,7 @@ impl Stacks {
         let started = Instant::now();
         log.line(&format!("building service {} as {}", s.name, job.tag));
         let mut ids = BuildIds::default();
-        let result = self.build_service(id, job, owner, log, &mut ids).await;
+        let result = self.build_service(job, owner, log, &mut ids).await;
         let image_id = match &result {
             Ok(_) => self
                 .docker
@@ -408,7 +406,6 @@ impl Stacks {
     /// image ids the classic builder reports in `ids`; answers which builder ran.
     async fn build_service(
         &self,
-        _id: &ValidName,
         job: &Job<'_>,
         owner: &Owner,
         log: &LogBuf,

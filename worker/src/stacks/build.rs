@@ -636,3 +636,58 @@ impl Stacks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::build_digest;
+    use crate::compose::model::Build;
+    use crate::compose::plan::Owner;
+
+    #[test]
+    fn the_build_digest_follows_every_input() {
+        let build = Build {
+            context: PathBuf::from("/src/app"),
+            dockerfile: "Dockerfile".into(),
+            args: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+            target: None,
+        };
+        let owner = Owner {
+            instance: "shop".into(),
+            node: "n1".into(),
+        };
+        let bases = vec!["berth-base:latest=sha256:aa".to_owned()];
+        let digest = |b: &Build, text: &str, files: &[u8], bases: &[String], o: &Owner| {
+            build_digest(b, text, files, bases, o)
+        };
+        let first = digest(&build, "FROM x\n", b"files", &bases, &owner);
+        assert_eq!(first, digest(&build, "FROM x\n", b"files", &bases, &owner));
+        assert!(first.starts_with("sha256:") && first.len() == 71, "{first}");
+        let mut other_args = build.clone();
+        other_args.args.insert("A".into(), "2".into());
+        let mut other_target = build.clone();
+        other_target.target = Some("t".into());
+        let other_owner = Owner {
+            instance: "shop2".into(),
+            node: "n1".into(),
+        };
+        for changed in [
+            digest(&build, "FROM y\n", b"files", &bases, &owner),
+            digest(&build, "FROM x\n", b"files2", &bases, &owner),
+            digest(
+                &build,
+                "FROM x\n",
+                b"files",
+                &["berth-base:latest=sha256:bb".to_owned()],
+                &owner,
+            ),
+            digest(&other_args, "FROM x\n", b"files", &bases, &owner),
+            digest(&other_target, "FROM x\n", b"files", &bases, &owner),
+            digest(&build, "FROM x\n", b"files", &bases, &other_owner),
+        ] {
+            assert_ne!(first, changed);
+        }
+    }
+}

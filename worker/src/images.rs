@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 /// Images a Dockerfile reads: `FROM` images that are neither `scratch` nor an earlier stage, and
-/// `COPY --from=` images that are neither a stage name nor a stage index. `ARG`s before the first
+/// `COPY --from=` and `RUN --mount=...,from=` images that are neither a stage
+/// name nor a stage index. `ARG`s before the first
 /// `FROM` (their defaults, overridden by `build_args`) are substituted the way Docker does
 /// (`$A`, `${A}`, `${A:-word}`, `${A:+word}`; unset is empty).
 ///
@@ -53,6 +54,21 @@ pub fn image_refs(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Ve
                     _ => String::new(),
                 };
                 stages.push(name);
+            }
+            // BuildKit's `RUN --mount=...,from=<image>` reads an image as well.
+            "RUN" => {
+                for flag in words.take_while(|w| w.starts_with("--")) {
+                    let Some(mount) = flag.strip_prefix("--mount=") else {
+                        continue;
+                    };
+                    for from in mount.split(',').filter_map(|kv| kv.strip_prefix("from=")) {
+                        let from = substitute(from, &vars);
+                        let lower = from.to_ascii_lowercase();
+                        if from.parse::<usize>().is_err() && !stages.contains(&lower) {
+                            push(&mut refs, from);
+                        }
+                    }
+                }
             }
             "COPY" => {
                 for flag in words.take_while(|w| w.starts_with("--")) {
@@ -373,6 +389,11 @@ mod tests {
             ("# escape=`\nFROM `\n  b5-web\n", &["b5-web"]),
             ("# a comment\nFROM b6-web\n# FROM not-this\n", &["b6-web"]),
             ("FROM b7-web AS Stage\nFROM stage\n", &["b7-web"]),
+            // BuildKit reads images in RUN mounts too; stages are fine.
+            (
+                "FROM berth-base AS s\nRUN --mount=type=bind,from=b8-web,target=/x --mount=type=cache,target=/c --mount=from=s,target=/s true\n",
+                &["berth-base", "b8-web"],
+            ),
         ];
         for (dockerfile, want) in cases {
             assert_eq!(image_refs(dockerfile, &args), *want, "{dockerfile}");

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 /// Images a Dockerfile reads: `FROM` images that are neither `scratch` nor an earlier stage, and
-/// `COPY --from=` and `RUN --mount=...,from=` images that are neither a stage
-/// name nor a stage index. `ARG`s before the first
+/// `COPY --from=` and `RUN --mount=...,from=` images that are neither a stage name nor a stage
+/// index. `ARG`s before the first
 /// `FROM` (their defaults, overridden by `build_args`) are substituted the way Docker does
 /// (`$A`, `${A}`, `${A:-word}`, `${A:+word}`; unset is empty).
 ///
@@ -85,6 +85,20 @@ pub fn image_refs(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Ve
         }
     }
     refs
+}
+
+/// Whether a Dockerfile has a `RUN --mount=type=cache`: BuildKit keys cache mounts by id for
+/// the whole engine, so two instances naming the same id would share (and could read) one
+/// cache.
+pub fn has_cache_mount(dockerfile: &str) -> bool {
+    logical_lines(dockerfile).iter().any(|(_, line)| {
+        let mut words = line.split_whitespace();
+        words.next().is_some_and(|i| i.eq_ignore_ascii_case("RUN"))
+            && words
+                .take_while(|w| w.starts_with("--"))
+                .filter_map(|w| w.strip_prefix("--mount="))
+                .any(|m| m.split(',').any(|kv| kv == "type=cache"))
+    })
 }
 
 /// `dockerfile` with one `LABEL` instruction carrying `labels` at the end of the stage the build
@@ -360,6 +374,20 @@ mod tests {
         for (file, target, want) in cases {
             assert_eq!(&with_labels(file, *target, &labels), want, "{file:?}");
         }
+    }
+
+    #[test]
+    fn cache_mounts_are_found() {
+        assert!(has_cache_mount(
+            "FROM a\nRUN --mount=type=cache,target=/root/.cache \\\n  make\n"
+        ));
+        assert!(has_cache_mount(
+            "FROM a\nrun --mount=target=/c,type=cache make\n"
+        ));
+        assert!(!has_cache_mount(
+            "FROM a\nRUN --mount=type=bind,target=/x make\n# RUN --mount=type=cache x\n"
+        ));
+        assert!(!has_cache_mount("FROM a\nRUN echo --mount=type=cache\n"));
     }
 
     #[test]

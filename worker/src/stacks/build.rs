@@ -592,6 +592,16 @@ impl Stacks {
         build: &compose::model::Build,
         text: &str,
     ) -> Result<Vec<String>, StackError> {
+        if images::has_cache_mount(text) {
+            return Err(rejected(
+                &s.name,
+                format!("services.{}.build", s.name),
+                format!(
+                    "{} uses RUN --mount=type=cache, which berth does not support: BuildKit shares cache mounts between every build on the worker",
+                    build.dockerfile
+                ),
+            ));
+        }
         let mut bases = Vec::new();
         for image in images::image_refs(text, &build.args) {
             let Ok(inspect) = self.docker.inspect_image(&image).await else {

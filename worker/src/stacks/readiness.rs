@@ -4,8 +4,9 @@
 //! (`wait_ports_accept`); `wait_condition` also serves the `depends_on` waits in between. A
 //! service that exits or turns unhealthy fails at once with its last log lines, and the
 //! deadline ends every wait. Waits look again after a short backoff (10 ms doubling to 250 ms),
-//! and a starting service's healthcheck is also run by the worker itself, so a quick service is
-//! not held until Docker's first check one `interval` after its start.
+//! and a `service_healthy` dependency's healthcheck is also run by the worker itself
+//! (`wait_dependency`), so its dependents are not held until Docker's first check one
+//! `interval` after its start.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -128,7 +129,7 @@ impl Stacks {
         Ok(())
     }
 
-    /// Waits until `service` meets `cond`; fails early when it never can.
+    /// Waits until `service` meets `cond` as Docker reports it; fails early when it never can.
     pub(super) async fn wait_condition(
         &self,
         project: &Project,
@@ -136,6 +137,37 @@ impl Stacks {
         cond: Condition,
         deadline: Instant,
         log: &LogBuf,
+    ) -> Result<(), StackError> {
+        self.wait_for(project, service, cond, deadline, log, false)
+            .await
+    }
+
+    /// Waits until the dependency `service` meets `cond` before a dependent starts: as
+    /// [`Self::wait_condition`], and a `service_healthy` dependency whose Docker health is still
+    /// `starting` also counts once its own healthcheck test passes when the worker runs it.
+    /// Docker runs the first check only one `interval` after the start (Docker 20.10 has no
+    /// `start_interval`), so a dependent would wait that long for a service ready at once. The
+    /// answer of a start still waits for Docker's `healthy` ([`Self::wait_ready`]).
+    pub(super) async fn wait_dependency(
+        &self,
+        project: &Project,
+        service: &str,
+        cond: Condition,
+        deadline: Instant,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        self.wait_for(project, service, cond, deadline, log, true)
+            .await
+    }
+
+    async fn wait_for(
+        &self,
+        project: &Project,
+        service: &str,
+        cond: Condition,
+        deadline: Instant,
+        log: &LogBuf,
+        probe: bool,
     ) -> Result<(), StackError> {
         let name = plan::container_name(&project.name, service);
         let mut pause = Backoff::default();
@@ -158,12 +190,12 @@ impl Stacks {
             match cond {
                 Condition::Started if running => return Ok(()),
                 Condition::Healthy if health == Some(HealthStatusEnum::HEALTHY) => return Ok(()),
-                // Docker runs the first check only one `interval` after the start: until then
-                // the worker runs the same test itself as soon as the container runs, a few
-                // times (a pass is what Docker's first check would find; after failures the
-                // wait is Docker's).
+                // Until Docker's first check, the worker runs the same test itself as soon as
+                // the container runs, a few times (a pass is what Docker's first check would
+                // find; after failures the wait is Docker's).
                 Condition::Healthy
-                    if running
+                    if probe
+                        && running
                         && probes < MAX_PROBES
                         && health == Some(HealthStatusEnum::STARTING)
                         && let Some((test, timeout)) = &test =>

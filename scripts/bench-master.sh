@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Measures the master's code store (issue 4 figures) beside the alternative a user would pick,
-# stock git pushing to `git daemon`: folder to commit (berth: tar.gz + PUT), `git clone`, a
-# second upload with one file changed, and the incremental fetch.
+# Measures the master's code store (issue 4 and 15 figures) beside the alternative a user would
+# pick, stock git pushing to `git daemon`: folder to commit (berth: tar.gz + PUT), `git clone`, a
+# second upload with one file changed, the incremental fetch, and a one-file change sent with
+# `git push` to the master's smart HTTP (receive-pack) instead of a tarball.
 # Runs the real binaries (release build) against an in-memory registry on 127.0.0.1.
 # Usage: scripts/bench-master.sh [size-MiB]   (default 10)
 set -euo pipefail
@@ -54,6 +55,16 @@ t3=$(now); upload; t4=$(now)
 git -C "$work/clone" fetch -q origin
 t5=$(now)
 echo "commit: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["commit"])' "$work/record.json")"
+# The same one-file change pushed with stock git to the master (checked like an upload).
+git -C "$work/clone" reset -q --hard origin/main
+echo push >>"$work/clone/compose.yaml"
+t6=$(now)
+git -C "$work/clone" add -A
+git -C "$work/clone" -c user.name=bench -c user.email=bench@localhost commit -qm push
+git -C "$work/clone" push -q origin HEAD:refs/heads/main 2>/dev/null
+t7=$(now)
+[ "$(git -C "$work/clone" ls-remote origin refs/heads/main | cut -f1)" = "$(git -C "$work/clone" rev-parse HEAD)" ] \
+  && echo "push recorded as the latest upload"
 
 # The alternative: stock git pushing the same folder to `git daemon` (receive-pack on), as the
 # seed system pushed to a forge, and cloning and fetching from it over git://.
@@ -78,7 +89,7 @@ s3=$(now); commit_push; s4=$(now)
 git -C "$work/stock-clone" fetch -q origin
 s5=$(now)
 
-awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v e="$t4" -v f="$t5" \
+awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v e="$t4" -v f="$t5" -v m="$t6" -v n="$t7" \
     -v g="$s0" -v h="$s1" -v i="$s2" -v j="$s3" -v k="$s4" -v l="$s5" 'BEGIN {
   printf "\n| step (%s MiB of incompressible files) | berth-master (tar.gz PUT, smart HTTP) | stock git (commit + push, git daemon) |\n", "'"$size_mib"'"
   printf "|---|---|---|\n"
@@ -86,4 +97,5 @@ awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v e="$t4" -v f="$t5" \
   printf "| git clone | %.3f s | %.3f s |\n", c-b, i-h
   printf "| second upload (one file changed) | %.3f s | %.3f s |\n", e-d, k-j
   printf "| incremental fetch | %.3f s | %.3f s |\n", f-e, l-k
+  printf "| one file changed, by git push | %.3f s | %.3f s |\n", n-m, k-j
 }'

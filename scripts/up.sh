@@ -8,7 +8,7 @@
 #   BERTH_PROFILE     cargo profile: dev (the build scripts/test.sh shares, the quickest
 #                     first start) or release (for long-running use)        [dev]
 #   BERTH_REGISTRY    registry listen address                 [127.0.0.1:8500]
-#   BERTH_MASTER      master listen address                   [127.0.0.1:8080]
+#   BERTH_MASTER      master listen address (the CLI reads it too) [127.0.0.1:8080]
 #   BERTH_WORKER      worker listen address                   [127.0.0.1:8833]
 #   BERTH_ADVERTISE   address apps are published at           [127.0.0.1]
 #
@@ -31,7 +31,24 @@ die() {
 }
 
 command -v cargo >/dev/null || die "cargo is needed (https://rustup.rs)"
-command -v curl >/dev/null || die "curl is needed (apt-get install -y curl)"
+
+# Debian packages this script and the base image need: curl, and a static busybox at
+# /bin/busybox (the base image is made of it) with `file` to tell that it is static. Installed
+# here when missing and running as root; otherwise named.
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v file >/dev/null || missing+=(file)
+file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || missing+=(busybox-static)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    die "needs ${missing[*]}: sudo apt-get install -y ${missing[*]} (then run scripts/up.sh again)"
+  fi
+fi
 docker info >/dev/null 2>&1 || die "the Docker engine is not reachable by $(id -un) (is it running? is $(id -un) in the docker group?)"
 
 started=$(date +%s)
@@ -39,7 +56,8 @@ say "building the binaries (cargo, $profile profile)"
 if [ "$profile" = dev ]; then
   cargo build --locked --workspace --bins
 else
-  cargo build --locked --profile "$profile" -p berth-registry -p berth-master -p berth-worker --bins
+  cargo build --locked --profile "$profile" -p berth-registry -p berth-master -p berth-worker \
+    -p berth-cli --bins
 fi
 target_dir=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 if [ "$profile" = dev ]; then bin=$target_dir/debug; else bin=$target_dir/$profile; fi
@@ -91,6 +109,8 @@ start master "$bin/berth-master" \
   --listen "$master" --data-dir "$home/master" --registry "http://$registry" \
   --cluster-token-file "$home/cluster-token" --public-url "http://$master"
 wait_for master "http://$master/healthz"
+# Where the berth CLI finds this master (its token is $home/master/api-token).
+printf 'http://%s\n' "$master" >"$home/master-url"
 
 start worker "$bin/berth-worker" \
   --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" --node-name "$node" \
@@ -117,5 +137,7 @@ berth is up ($(($(date +%s) - started)) s).
   registry UI    http://$registry/ui/
   API token      $home/master/api-token
   logs           $home/logs/
-Try it:          scripts/demo.sh        Stop:  scripts/down.sh
+  CLI            $bin/berth (finds this master and its token by itself)
+Try it:          $bin/berth deploy scripts/sample-app
+                 (or scripts/demo.sh, the same with curl)        Stop:  scripts/down.sh
 EOF

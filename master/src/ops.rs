@@ -21,12 +21,12 @@ use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
 use crate::codestore::forge::{Forge, ForgeError};
-use crate::codestore::{CodeStore, CodeStoreError};
+use crate::codestore::{Code, CodeStore, CodeStoreError};
 use crate::metrics::Metrics;
 use crate::placement::{self, Strategy, WorkerInfo};
 use crate::record::{InstanceRecord, Op, State};
 use crate::store::{InstanceLock, Store, StoreError};
-use crate::upload::{Limits, UploadError, UploadTree, read_upload};
+use crate::upload::{Limits, UploadError, read_upload};
 use crate::webhook::{Event, Webhook};
 
 /// Basic-auth user name the master hands to workers for its own code store.
@@ -348,8 +348,36 @@ impl Master {
             }
             Err(err) => return Err(err),
         };
+        self.upload_code(
+            id,
+            user,
+            project,
+            Code::Tree(tree),
+            size,
+            slot,
+            started,
+            build,
+            wait,
+        )
+        .await
+    }
+
+    /// [`Master::upload`] once the code is read and checked: a tree, or a pushed commit.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_code(
+        self: &Arc<Self>,
+        id: ValidName,
+        user: ValidName,
+        project: ValidName,
+        code: Code,
+        size: u64,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        started: Instant,
+        build: bool,
+        wait: Option<Duration>,
+    ) -> Result<InstanceRecord, OpError> {
         let lock = self.lock(&id).await?;
-        let result = self.upload_locked(&lock, &id, &user, &project, tree).await;
+        let result = self.upload_locked(&lock, &id, &user, &project, code).await;
         // Committed (or refused): the tree is no longer held, the next upload may be read.
         drop(slot);
         self.finish(Op::Upload, started, &result);
@@ -393,7 +421,7 @@ impl Master {
         id: &ValidName,
         user: &ValidName,
         project: &ValidName,
-        tree: UploadTree,
+        code: Code,
     ) -> Result<(InstanceRecord, bool), OpError> {
         let mut existing = self.store.get(id).await?;
         if let Some(rec) = &existing
@@ -413,7 +441,7 @@ impl Master {
         let message = format!("upload of {user}/{project} instance {id}");
         let (previous_head, committed) = blocking(move || {
             let previous = store.head(&u, &i)?;
-            let committed = store.commit_checked(&u, &i, &tree, &message, allow_change)?;
+            let committed = store.commit_code(&u, &i, &code, &message, allow_change)?;
             Ok::<_, CodeStoreError>((previous, committed))
         })
         .await??;
@@ -844,6 +872,11 @@ impl Master {
         let started = Instant::now();
         let lock = self.lock(&id).await?;
         let result = self.delete_locked(&lock, &id, keep_code).await;
+        if matches!(result, Err(OpError::NotFound(_))) {
+            // No record, but maybe a repository a stopped first upload left: remove it.
+            let (store, i) = (self.codestore.clone(), id.clone());
+            blocking(move || store.remove_wedged(&i)).await??;
+        }
         lock.release().await;
         self.finish(Op::Delete, started, &result);
         result

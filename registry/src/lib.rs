@@ -1,16 +1,24 @@
 //! berth-registry: Consul-compatible registry: KV, sessions, catalog, health, agent, ACL and web UI.
 //!
-//! `server` runs the HTTP API over the durable `store`; `client` is the typed client the master
-//! and the worker use; `dto` holds the Consul-shaped wire types both share. `acl` and `checks`
-//! are the domain halves of ACL enforcement and the agent's check runner.
+//! Layers, top down (a module imports only from below it):
+//! - `server` (the `berth-registry` server process) and `agent_mode` (the `berth-registry agent`
+//!   process) wire the HTTP layer to the domain.
+//! - `http`: Consul's `/v1` API over the domain (router, query extractor, decoder, handlers).
+//! - `convert`: every state <-> wire conversion, shared by `http` and `agent`.
+//! - Domain: `store` (durable state and its write rules), `acl` (rules, authorizer, token
+//!   store), `agent` (one host's services and checks, anti-entropy), `checks` (the runner),
+//!   `members` (agent liveness). None of them imports `http`.
+//! - `dto` (Consul-shaped wire types) and `client` (the typed client the master and the worker
+//!   use) at the bottom.
 
 pub mod acl;
 pub mod agent;
-mod api;
+mod agent_mode;
 pub mod checks;
 pub mod client;
+mod convert;
 pub mod dto;
+mod http;
 mod members;
 pub mod server;
 mod store;
-mod ui;

@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::acl::SecretId;
+use crate::acl::store::AclStore;
 use crate::agent::sync;
 use crate::agent::{LocalAgent, LocalOptions};
-use crate::api::acl::AclStore;
-use crate::api::{self, AppState};
+use crate::http::{self, AppState};
 use crate::members::Members;
 use crate::store::state::{Check, CheckStatus, Node, Service};
 use crate::store::{Registration, Store, StoreError};
@@ -177,7 +177,8 @@ pub async fn run(
     .await?;
     tracing::info!(addr = %local, node = %config.node_name, dev = config.dev, "registry listening");
     let app = app.layer(
-        tower_http::trace::TraceLayer::new_for_http().make_span_with(crate::api::acl::request_span),
+        tower_http::trace::TraceLayer::new_for_http()
+            .make_span_with(crate::http::authz::request_span),
     );
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {
@@ -276,8 +277,11 @@ pub(crate) async fn build(
         shutdown.clone(),
     ));
     tokio::spawn(sync::run_reaper(agent, shutdown.clone()));
-    tokio::spawn(crate::api::internal::run_liveness(state.clone(), shutdown));
-    Ok((api::router(state), writer))
+    tokio::spawn(crate::http::v1::internal::run_liveness(
+        state.clone(),
+        shutdown,
+    ));
+    Ok((http::router(state), writer))
 }
 
 /// Puts this server's node in the catalog with a passing `serfHealth` check and the `consul`

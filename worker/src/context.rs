@@ -69,8 +69,7 @@ impl Ignore {
                     Some(rest) => (true, rest.trim()),
                     None => (false, line),
                 };
-                let clean =
-                    crate::compose::model::normalize(Path::new(pat.trim_start_matches('/')));
+                let clean = crate::compose::normalize(Path::new(pat.trim_start_matches('/')));
                 let segments: Vec<String> = clean
                     .to_string_lossy()
                     .split('/')
@@ -190,7 +189,7 @@ pub fn tar_context_files(dir: &Path, dockerfile: &str) -> Result<Vec<u8>, Contex
         Ok(text) => Ignore::parse(&text),
         Err(_) => Ignore::default(),
     };
-    let dockerfile = crate::compose::model::normalize(Path::new(dockerfile))
+    let dockerfile = crate::compose::normalize(Path::new(dockerfile))
         .to_string_lossy()
         .into_owned();
     let mut builder = tar::Builder::new(Vec::new());
@@ -242,7 +241,7 @@ pub fn finish_context(
     dockerfile: &str,
     dockerfile_text: &str,
 ) -> std::io::Result<Vec<u8>> {
-    let dockerfile = crate::compose::model::normalize(Path::new(dockerfile))
+    let dockerfile = crate::compose::normalize(Path::new(dockerfile))
         .to_string_lossy()
         .into_owned();
     let mut builder = tar::Builder::new(files);

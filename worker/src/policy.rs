@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use berth_worker_api::ErrorDetail;
 
-use crate::compose::model::normalize;
+use crate::compose::normalize;
 use crate::compose::{MountSource, Project, Service};
 
 /// Limits and allowances applied to every container of every stack.

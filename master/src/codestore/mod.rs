@@ -1,14 +1,19 @@
-//! The code store: one bare git repository per instance at `<root>/<user>/<id>.git`, written with
-//! git2 straight into the object database (no working tree, no index).
+//! The code store: one bare git repository per instance at `<root>/<user>/<id>.git`, written
+//! natively: each upload is hashed in memory and the objects the repository lacks are written as
+//! one pack (see [`pack`]), no working tree, no index, no loose objects.
 //!
 //! Invariants: a repository exists only once it holds a commit on `refs/heads/main` (HEAD points
-//! there); each upload is one commit whose parent is the previous head; an upload whose tree equals
-//! the head's tree answers the head commit and writes nothing; an upload that may not change the
-//! head is compared by hashing it in memory, so a refused one writes no object either. Every function here is blocking
-//! (git2); callers run it on a blocking thread.
+//! there): it is created under a temporary name and renamed into place after its first commit, and
+//! a directory without `main` (left by an older master stopped mid-commit) counts as absent and is
+//! replaced. Each upload is one commit whose parent is the previous head; an upload whose tree
+//! equals the head's tree answers the head commit and writes nothing; an upload that may not
+//! change the head is compared by hashing it in memory, so a refused one writes no object either.
+//! Every function here is blocking (git2); callers run it on a blocking thread.
 
 pub mod forge;
+pub mod pack;
 pub mod protocol;
+pub mod receive;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +22,7 @@ use berth_worker_api::ValidName;
 use git2::{ObjectType, Oid, Repository, RepositoryInitOptions, Signature};
 
 use crate::upload::{TreeEntry, UploadTree};
+use pack::PackWriter;
 
 /// The branch every upload commits to.
 pub const MAIN_REF: &str = "refs/heads/main";
@@ -41,6 +47,8 @@ pub enum CodeStoreError {
     NotFound { user: String, id: String },
     #[error("commit {0} is not in the repository")]
     UnknownCommit(String),
+    #[error("{0}")]
+    Push(String),
 }
 
 /// Result of committing an upload.
@@ -52,9 +60,25 @@ pub struct Committed {
     pub changed: bool,
 }
 
+/// New code for an instance: an uploaded tree (committed by berth), or a commit received by
+/// `git push` and already checked (see [`receive`]).
+#[derive(Debug)]
+pub enum Code {
+    Tree(UploadTree),
+    Pushed(receive::Pushed),
+}
+
 #[derive(Debug, Clone)]
 pub struct CodeStore {
     root: PathBuf,
+}
+
+/// What an instance's directory holds.
+enum RepoState {
+    Absent,
+    /// A directory without a commit on `main`: a first commit was interrupted.
+    Wedged,
+    Live(Repository),
 }
 
 impl CodeStore {
@@ -73,32 +97,100 @@ impl CodeStore {
         self.root.join(user.as_str()).join(format!("{id}.git"))
     }
 
+    /// True when the instance has a repository holding a commit on `main`. A directory left by
+    /// a master that stopped while creating it (no `main`) counts as absent.
     pub fn exists(&self, user: &ValidName, id: &ValidName) -> bool {
-        self.repo_path(user, id).join("HEAD").is_file()
+        matches!(self.state(user, id), Ok(RepoState::Live(_)))
+    }
+
+    /// What is on disk for the instance.
+    fn state(&self, user: &ValidName, id: &ValidName) -> Result<RepoState, CodeStoreError> {
+        let path = self.repo_path(user, id);
+        if !path.exists() {
+            return Ok(RepoState::Absent);
+        }
+        if !path.join("HEAD").is_file() {
+            return Ok(RepoState::Wedged);
+        }
+        let repo = match Repository::open_bare(&path) {
+            Ok(repo) => repo,
+            // No `objects/` or `refs/`: init itself was cut short.
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(RepoState::Wedged),
+            Err(source) => return Err(CodeStoreError::Git { repo: path, source }),
+        };
+        match repo.refname_to_id(MAIN_REF) {
+            Ok(_) => Ok(RepoState::Live(repo)),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(RepoState::Wedged),
+            Err(source) => Err(CodeStoreError::Git { repo: path, source }),
+        }
     }
 
     pub fn open(&self, user: &ValidName, id: &ValidName) -> Result<Repository, CodeStoreError> {
-        let path = self.repo_path(user, id);
-        if !path.join("HEAD").is_file() {
-            return Err(CodeStoreError::NotFound {
+        match self.state(user, id)? {
+            RepoState::Live(repo) => Ok(repo),
+            RepoState::Absent | RepoState::Wedged => Err(CodeStoreError::NotFound {
                 user: user.to_string(),
                 id: id.to_string(),
-            });
+            }),
         }
-        Repository::open_bare(&path).map_err(|source| CodeStoreError::Git { repo: path, source })
     }
 
     /// The head commit of `main`, `None` if the instance has no repository.
     pub fn head(&self, user: &ValidName, id: &ValidName) -> Result<Option<String>, CodeStoreError> {
-        if !self.exists(user, id) {
+        let RepoState::Live(repo) = self.state(user, id)? else {
             return Ok(None);
-        }
-        let repo = self.open(user, id)?;
+        };
         let path = self.repo_path(user, id);
         let head = repo
             .refname_to_id(MAIN_REF)
             .map_err(|source| CodeStoreError::Git { repo: path, source })?;
         Ok(Some(head.to_string()))
+    }
+
+    /// Removes what an interrupted first commit of `id` left under any user (a repository
+    /// without `main`, or a half-built temporary one); answers how many were removed. Live
+    /// repositories are left alone.
+    pub fn remove_wedged(&self, id: &ValidName) -> Result<usize, CodeStoreError> {
+        let mut removed = 0;
+        let Ok(users) = std::fs::read_dir(&self.root) else {
+            return Ok(0);
+        };
+        for user in users.flatten() {
+            let Some(user) = user
+                .file_name()
+                .to_str()
+                .and_then(|u| ValidName::parse("user", u).ok())
+            else {
+                continue;
+            };
+            removed += self.remove_temporaries(&user, id)?;
+            if matches!(self.state(&user, id)?, RepoState::Wedged) {
+                tracing::warn!(%user, %id, "removing a repository left without a commit");
+                self.delete(&user, id)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the temporary repositories a stopped first commit of `id` left behind.
+    fn remove_temporaries(
+        &self,
+        user: &ValidName,
+        id: &ValidName,
+    ) -> Result<usize, CodeStoreError> {
+        let dir = self.root.join(user.as_str());
+        let prefix = format!(".{id}.git.tmp-");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let path = entry.path();
+                std::fs::remove_dir_all(&path)
+                    .map_err(|source| CodeStoreError::Io { path, source })?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Checks that `commit` is a commit of the instance's repository; answers its full id.
@@ -130,6 +222,21 @@ impl CodeStore {
             .map(|c| c.expect("a commit is always allowed to change the head"))
     }
 
+    /// [`CodeStore::commit_checked`] for either kind of new code.
+    pub fn commit_code(
+        &self,
+        user: &ValidName,
+        id: &ValidName,
+        code: &Code,
+        message: &str,
+        allow_change: bool,
+    ) -> Result<Option<Committed>, CodeStoreError> {
+        match code {
+            Code::Tree(tree) => self.commit_checked(user, id, tree, message, allow_change),
+            Code::Pushed(pushed) => self.accept_push(user, id, pushed, allow_change),
+        }
+    }
+
     /// Like [`CodeStore::commit`], but when `allow_change` is false only an upload equal to the
     /// head is accepted (answering the head); a different one writes nothing at all (not even its
     /// objects) and answers `None`.
@@ -150,25 +257,102 @@ impl CodeStore {
         if !allow_change {
             return self.head_if_equal(user, id, tree).map_err(git);
         }
-        let created = !path.join("HEAD").is_file();
-        let repo = if created {
-            let parent = path.parent().unwrap_or(&self.root);
-            std::fs::create_dir_all(parent).map_err(|source| CodeStoreError::Io {
-                path: parent.to_owned(),
+        match self.state(user, id)? {
+            RepoState::Live(repo) => write_commit(&repo, tree, message).map(Some).map_err(git),
+            state => {
+                if matches!(state, RepoState::Wedged) {
+                    tracing::warn!(%user, %id, "replacing a repository left without a commit");
+                    self.delete(user, id)?;
+                }
+                self.create(user, id, |repo| write_commit(repo, tree, message))
+                    .map(Some)
+            }
+        }
+    }
+
+    /// Moves `main` to a pushed commit whose objects [`receive`] checked and kept aside: they are
+    /// moved into the repository, then the ref, only if `main` is still where the push saw it.
+    /// When `allow_change` is false only a push of the head itself is accepted.
+    #[tracing::instrument(skip_all, fields(%user, %id), err)]
+    pub fn accept_push(
+        &self,
+        user: &ValidName,
+        id: &ValidName,
+        pushed: &receive::Pushed,
+        allow_change: bool,
+    ) -> Result<Option<Committed>, CodeStoreError> {
+        let path = self.repo_path(user, id);
+        let git = |source| CodeStoreError::Git {
+            repo: path.clone(),
+            source,
+        };
+        let repo = self.open(user, id)?;
+        let head = repo.refname_to_id(MAIN_REF).map_err(git)?;
+        if head == pushed.commit {
+            return Ok(Some(Committed {
+                commit: head.to_string(),
+                changed: false,
+            }));
+        }
+        if !allow_change {
+            return Ok(None);
+        }
+        if head != pushed.old {
+            return Err(CodeStoreError::Push(format!(
+                "main moved to {head} since the push began (it expected {}); fetch and push again",
+                pushed.old
+            )));
+        }
+        pushed.move_into(&repo).map_err(git)?;
+        repo.reference_matching(MAIN_REF, pushed.commit, true, head, "push")
+            .map_err(git)?;
+        Ok(Some(Committed {
+            commit: pushed.commit.to_string(),
+            changed: true,
+        }))
+    }
+
+    /// Creates the instance's repository atomically: it is built under a temporary name next to
+    /// its place and renamed there once `fill` has committed to it, so a master stopped half way
+    /// leaves no repository (only a temporary one, removed by the next attempt).
+    fn create(
+        &self,
+        user: &ValidName,
+        id: &ValidName,
+        fill: impl FnOnce(&Repository) -> Result<Committed, git2::Error>,
+    ) -> Result<Committed, CodeStoreError> {
+        let path = self.repo_path(user, id);
+        let parent = path.parent().unwrap_or(&self.root).to_owned();
+        std::fs::create_dir_all(&parent).map_err(|source| CodeStoreError::Io {
+            path: parent.clone(),
+            source,
+        })?;
+        self.remove_temporaries(user, id)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let tmp = parent.join(format!(".{id}.git.tmp-{}-{nanos}", std::process::id()));
+        let result = (|| {
+            let git = |source| CodeStoreError::Git {
+                repo: tmp.clone(),
                 source,
-            })?;
+            };
             let mut opts = RepositoryInitOptions::new();
             opts.bare(true).initial_head("main").mkpath(true);
-            Repository::init_opts(&path, &opts).map_err(git)?
-        } else {
-            Repository::open_bare(&path).map_err(git)?
-        };
-        let result = write_commit(&repo, tree, message).map_err(git);
-        if result.is_err() && created {
-            // The repository was born with this upload; leave nothing behind.
-            let _ = std::fs::remove_dir_all(&path);
+            let repo = Repository::init_opts(&tmp, &opts).map_err(git)?;
+            let committed = fill(&repo).map_err(git)?;
+            drop(repo);
+            std::fs::rename(&tmp, &path).map_err(|source| CodeStoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(committed)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
         }
-        result.map(Some)
+        result
     }
 
     /// The head, unchanged, when `tree` equals its tree; `None` otherwise (or without a
@@ -179,16 +363,13 @@ impl CodeStore {
         id: &ValidName,
         tree: &UploadTree,
     ) -> Result<Option<Committed>, git2::Error> {
-        let path = self.repo_path(user, id);
-        if !path.join("HEAD").is_file() {
-            return Ok(None);
-        }
-        let repo = Repository::open_bare(&path)?;
-        let head = match repo.refname_to_id(MAIN_REF) {
-            Ok(oid) => repo.find_commit(oid)?,
-            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let repo = match self.state(user, id) {
+            Ok(RepoState::Live(repo)) => repo,
+            Ok(_) => return Ok(None),
+            Err(CodeStoreError::Git { source, .. }) => return Err(source),
+            Err(other) => return Err(git2::Error::from_str(&other.to_string())),
         };
+        let head = repo.find_commit(repo.refname_to_id(MAIN_REF)?)?;
         Ok((head.tree_id() == tree_oid(tree)?).then(|| Committed {
             commit: head.id().to_string(),
             changed: false,
@@ -240,12 +421,23 @@ impl CodeStore {
     }
 }
 
+/// Writes `tree` and a commit of it (parent: the current head) as one pack of the objects the
+/// repository lacks (each is hashed first and looked up, so an unchanged file costs a hash),
+/// then moves `main` to it, only if `main` did not move meanwhile.
 fn write_commit(
     repo: &Repository,
     tree: &UploadTree,
     message: &str,
 ) -> Result<Committed, git2::Error> {
-    let tree_id = write_tree(repo, tree)?;
+    let odb = repo.odb()?;
+    let mut pack = PackWriter::default();
+    let io = |e: std::io::Error| git2::Error::from_str(&format!("writing a pack: {e}"));
+    let tree_id = tree_objects(tree, &mut |kind, oid, data| {
+        if !odb.exists(oid) {
+            pack.add(kind, oid, data).map_err(io)?;
+        }
+        Ok(())
+    })?;
     let parent = match repo.refname_to_id(MAIN_REF) {
         Ok(oid) => Some(repo.find_commit(oid)?),
         Err(e) if e.code() == git2::ErrorCode::NotFound => None,
@@ -260,42 +452,90 @@ fn write_commit(
         });
     }
     let sig = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL)?;
-    let tree = repo.find_tree(tree_id)?;
-    let parents: Vec<_> = parent.iter().collect();
-    let oid = repo.commit(Some(MAIN_REF), &sig, &sig, message, &tree, &parents)?;
+    let body = commit_body(tree_id, parent.as_ref().map(|p| p.id()), &sig, message);
+    let oid = Oid::hash_object(ObjectType::Commit, &body)?;
+    pack.add(ObjectType::Commit, oid, &body).map_err(io)?;
+    // Loose objects (a repository written before uploads were packs) join this pack, so later
+    // clones can be served from the stored packs.
+    let objects = repo.path().join("objects");
+    let loose = pack::loose_objects(&objects);
+    for (loose_oid, _) in &loose {
+        let object = odb.read(*loose_oid)?;
+        pack.add(object.kind(), *loose_oid, object.data())
+            .map_err(io)?;
+    }
+    pack::store(&objects.join("pack"), &pack.finish())?;
+    for (_, file) in &loose {
+        let _ = std::fs::remove_file(file);
+    }
+    odb.refresh()?;
+    match &parent {
+        Some(parent) => {
+            repo.reference_matching(MAIN_REF, oid, true, parent.id(), "upload")?;
+        }
+        None => {
+            repo.reference(MAIN_REF, oid, false, "upload")?;
+        }
+    }
     Ok(Committed {
         commit: oid.to_string(),
         changed: true,
     })
 }
 
-/// The git tree id `tree` would get, computed in memory (nothing is written): each tree object
-/// is `<mode> <name>\0<20-byte id>` per entry, entries in git's order (a directory sorts as if
-/// its name ended in `/`).
-fn tree_oid(tree: &UploadTree) -> Result<Oid, git2::Error> {
-    let mut root = Dir::default();
-    for (path, entry) in &tree.entries {
-        let (oid, mode) = match entry {
-            TreeEntry::File { data, executable } => (
-                Oid::hash_object(ObjectType::Blob, data)?,
-                if *executable { 0o100755 } else { 0o100644 },
-            ),
-            TreeEntry::Symlink { target } => (
-                Oid::hash_object(ObjectType::Blob, target.as_bytes())?,
-                0o120000,
-            ),
-        };
-        root.insert(path, oid, mode)?;
+/// A commit object's bytes, as git writes them.
+fn commit_body(tree: Oid, parent: Option<Oid>, sig: &Signature<'_>, message: &str) -> Vec<u8> {
+    let when = sig.when();
+    let offset = when.offset_minutes();
+    let stamp = format!(
+        "{} <{}> {} {}{:02}{:02}",
+        sig.name().unwrap_or(AUTHOR_NAME),
+        sig.email().unwrap_or(AUTHOR_EMAIL),
+        when.seconds(),
+        if offset < 0 { '-' } else { '+' },
+        offset.abs() / 60,
+        offset.abs() % 60
+    );
+    let mut out = format!("tree {tree}\n");
+    if let Some(parent) = parent {
+        out.push_str(&format!("parent {parent}\n"));
     }
-    hash_dir(&root)
+    out.push_str(&format!("author {stamp}\ncommitter {stamp}\n\n{message}"));
+    out.into_bytes()
 }
 
-fn hash_dir(dir: &Dir) -> Result<Oid, git2::Error> {
+/// The git tree id `tree` would get, computed in memory (nothing is written).
+pub(crate) fn tree_oid(tree: &UploadTree) -> Result<Oid, git2::Error> {
+    tree_objects(tree, &mut |_, _, _| Ok(()))
+}
+
+type Sink<'a> = dyn FnMut(ObjectType, Oid, &[u8]) -> Result<(), git2::Error> + 'a;
+
+/// Hashes every object of `tree` (each blob, then each directory's tree object), handing each
+/// to `sink`; answers the root tree id. A tree object is `<mode> <name>\0<20-byte id>` per
+/// entry, entries in git's order (a directory sorts as if its name ended in `/`).
+fn tree_objects(tree: &UploadTree, sink: &mut Sink<'_>) -> Result<Oid, git2::Error> {
+    let mut root = Dir::default();
+    for (path, entry) in &tree.entries {
+        let (data, mode) = match entry {
+            TreeEntry::File { data, executable } => {
+                (&data[..], if *executable { 0o100755 } else { 0o100644 })
+            }
+            TreeEntry::Symlink { target } => (target.as_bytes(), 0o120000),
+        };
+        let oid = Oid::hash_object(ObjectType::Blob, data)?;
+        sink(ObjectType::Blob, oid, data)?;
+        root.insert(path, oid, mode)?;
+    }
+    hash_dir(&root, sink)
+}
+
+fn hash_dir(dir: &Dir, sink: &mut Sink<'_>) -> Result<Oid, git2::Error> {
     let mut entries: Vec<(Vec<u8>, &str, Oid, i32)> = Vec::new();
     for (name, node) in &dir.children {
         let (oid, mode, key) = match node {
             Node::Leaf(oid, mode) => (*oid, *mode, name.clone()),
-            Node::Dir(sub) => (hash_dir(sub)?, 0o040000, format!("{name}/")),
+            Node::Dir(sub) => (hash_dir(sub, sink)?, 0o040000, format!("{name}/")),
         };
         entries.push((key.into_bytes(), name, oid, mode));
     }
@@ -305,7 +545,9 @@ fn hash_dir(dir: &Dir) -> Result<Oid, git2::Error> {
         body.extend_from_slice(format!("{mode:o} {name}\0").as_bytes());
         body.extend_from_slice(oid.as_bytes());
     }
-    Oid::hash_object(ObjectType::Tree, &body)
+    let oid = Oid::hash_object(ObjectType::Tree, &body)?;
+    sink(ObjectType::Tree, oid, &body)?;
+    Ok(oid)
 }
 
 /// A directory being assembled: name -> child.
@@ -341,32 +583,6 @@ impl Dir {
         }
         Ok(())
     }
-}
-
-fn write_tree(repo: &Repository, tree: &UploadTree) -> Result<Oid, git2::Error> {
-    let mut root = Dir::default();
-    for (path, entry) in &tree.entries {
-        let (oid, mode) = match entry {
-            TreeEntry::File { data, executable } => (
-                repo.blob(data)?,
-                if *executable { 0o100755 } else { 0o100644 },
-            ),
-            TreeEntry::Symlink { target } => (repo.blob(target.as_bytes())?, 0o120000),
-        };
-        root.insert(path, oid, mode)?;
-    }
-    write_dir(repo, &root)
-}
-
-fn write_dir(repo: &Repository, dir: &Dir) -> Result<Oid, git2::Error> {
-    let mut builder = repo.treebuilder(None)?;
-    for (name, node) in &dir.children {
-        match node {
-            Node::Leaf(oid, mode) => builder.insert(name, *oid, *mode)?,
-            Node::Dir(sub) => builder.insert(name, write_dir(repo, sub)?, 0o040000)?,
-        };
-    }
-    builder.write()
 }
 
 /// Number of objects (commits, trees, blobs) reachable from `want` but not from `have`; used by
@@ -456,6 +672,32 @@ mod tests {
             .sum()
     }
 
+    /// The tree as libgit2 writes it (blob by blob, tree builders), to check the hashing.
+    fn write_tree(repo: &Repository, tree: &UploadTree) -> Result<Oid, git2::Error> {
+        fn write_dir(repo: &Repository, dir: &Dir) -> Result<Oid, git2::Error> {
+            let mut builder = repo.treebuilder(None)?;
+            for (name, node) in &dir.children {
+                match node {
+                    Node::Leaf(oid, mode) => builder.insert(name, *oid, *mode)?,
+                    Node::Dir(sub) => builder.insert(name, write_dir(repo, sub)?, 0o040000)?,
+                };
+            }
+            builder.write()
+        }
+        let mut root = Dir::default();
+        for (path, entry) in &tree.entries {
+            let (oid, mode) = match entry {
+                TreeEntry::File { data, executable } => (
+                    repo.blob(data)?,
+                    if *executable { 0o100755 } else { 0o100644 },
+                ),
+                TreeEntry::Symlink { target } => (repo.blob(target.as_bytes())?, 0o120000),
+            };
+            root.insert(path, oid, mode)?;
+        }
+        write_dir(repo, &root)
+    }
+
     #[test]
     fn hashed_tree_id_equals_the_written_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -514,5 +756,127 @@ mod tests {
             None
         );
         assert!(!store.repo_path(&u, &other).exists());
+    }
+
+    #[test]
+    fn uploads_are_packs_of_new_objects_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path().join("git"));
+        let (u, i) = (name("alice"), name("shop-1"));
+        let big = vec![9u8; 200_000];
+        let mut t = tree(&[("compose.yaml", "a", false)]);
+        t.entries.insert(
+            "big".into(),
+            TreeEntry::File {
+                data: big,
+                executable: false,
+            },
+        );
+        store.commit(&u, &i, &t, "one").unwrap();
+        let objects = store.repo_path(&u, &i).join("objects");
+        assert!(!pack::has_loose_objects(&objects));
+        let packs = pack::packs(&objects);
+        assert_eq!(packs.len(), 1);
+        let first = std::fs::metadata(&packs[0]).unwrap().len();
+        t.entries.insert(
+            "compose.yaml".into(),
+            TreeEntry::File {
+                data: b"b".to_vec(),
+                executable: false,
+            },
+        );
+        let c2 = store.commit(&u, &i, &t, "two").unwrap();
+        let packs = pack::packs(&objects);
+        assert_eq!(packs.len(), 2);
+        assert!(!pack::has_loose_objects(&objects));
+        // The second pack holds the new blob, root tree and commit; the big blob is reused.
+        let second = packs
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .find(|&len| len != first)
+            .unwrap();
+        assert!(second < 1000, "{second} bytes");
+        let (joined, count) = pack::joined(&objects).unwrap();
+        // Blob, big blob, tree, commit; then blob, tree, commit.
+        assert_eq!(count, 7);
+        assert!(joined.len() as u64 > first);
+        let repo = store.open(&u, &i).unwrap();
+        let head = repo
+            .find_commit(Oid::from_str(&c2.commit).unwrap())
+            .unwrap();
+        assert_eq!(head.author().name().ok(), Some(AUTHOR_NAME));
+        assert_eq!(head.message().ok(), Some("two"));
+        assert_eq!(head.tree_id(), tree_oid(&t).unwrap());
+    }
+
+    #[test]
+    fn a_repository_without_main_is_absent_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path().join("git"));
+        let (u, i) = (name("alice"), name("wedged"));
+        // What a master killed during a first commit left: an initialised repository without
+        // `main`, plus a temporary one from the atomic creation.
+        let path = store.repo_path(&u, &i);
+        let mut opts = RepositoryInitOptions::new();
+        opts.bare(true).initial_head("main").mkpath(true);
+        Repository::init_opts(&path, &opts).unwrap();
+        let tmp = path.with_file_name(".wedged.git.tmp-1-2");
+        std::fs::create_dir_all(tmp.join("objects")).unwrap();
+        assert!(!store.exists(&u, &i));
+        assert_eq!(store.head(&u, &i).unwrap(), None);
+        assert!(matches!(
+            store.open(&u, &i),
+            Err(CodeStoreError::NotFound { .. })
+        ));
+        let t = tree(&[("compose.yaml", "a", false)]);
+        let c = store.commit(&u, &i, &t, "upload").unwrap();
+        assert_eq!(store.head(&u, &i).unwrap(), Some(c.commit));
+        assert!(!tmp.exists());
+        // Only non-live leftovers are removed by id.
+        assert_eq!(store.remove_wedged(&i).unwrap(), 0);
+        assert!(store.exists(&u, &i));
+        let other = name("other");
+        std::fs::create_dir_all(store.repo_path(&u, &other)).unwrap();
+        assert_eq!(store.remove_wedged(&other).unwrap(), 1);
+        assert!(!store.repo_path(&u, &other).exists());
+        // Nothing but the repository itself is left in the user's directory.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["wedged.git"]);
+    }
+
+    #[test]
+    fn loose_objects_of_an_older_store_move_into_the_next_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path().join("git"));
+        let (u, i) = (name("alice"), name("old"));
+        // An older master wrote loose objects with libgit2.
+        let path = store.repo_path(&u, &i);
+        let mut opts = RepositoryInitOptions::new();
+        opts.bare(true).initial_head("main").mkpath(true);
+        let repo = Repository::init_opts(&path, &opts).unwrap();
+        let t1 = tree(&[("compose.yaml", "a", false), ("keep", "kept", false)]);
+        let tree_id = write_tree(&repo, &t1).unwrap();
+        let sig = Signature::now("berth", "berth@localhost").unwrap();
+        let tree1 = repo.find_tree(tree_id).unwrap();
+        let c1 = repo
+            .commit(Some(MAIN_REF), &sig, &sig, "old", &tree1, &[])
+            .unwrap();
+        let objects = path.join("objects");
+        assert!(pack::has_loose_objects(&objects));
+        let t2 = tree(&[("compose.yaml", "b", false), ("keep", "kept", false)]);
+        let c2 = store.commit(&u, &i, &t2, "new").unwrap();
+        assert!(!pack::has_loose_objects(&objects));
+        let repo = store.open(&u, &i).unwrap();
+        let head = repo
+            .find_commit(Oid::from_str(&c2.commit).unwrap())
+            .unwrap();
+        assert_eq!(head.parent_id(0).unwrap(), c1);
+        assert!(repo.find_commit(c1).is_ok());
+        let (_, count) = pack::joined(&objects).unwrap();
+        // Old: 2 blobs, tree, commit; new: blob, tree, commit.
+        assert_eq!(count, 7);
     }
 }

@@ -1,6 +1,7 @@
 //! The read side of git's smart protocol (v0/v1, stateless RPC as used over HTTP), natively:
 //! pkt-lines, the ref advertisement, want/have negotiation with `multi_ack_detailed` and
-//! `no-done`, and a pack built by git2's `PackBuilder` holding only what the client lacks.
+//! `no-done`, and a pack holding what the client lacks: for a clone, the repository's stored
+//! packs joined as they are; for a fetch, one built by git2's `PackBuilder`.
 //!
 //! This module knows bytes, not HTTP: [`advertise`] answers `info/refs?service=git-upload-pack`
 //! and [`upload_pack`] answers one `POST .../git-upload-pack` body. A client asking for protocol
@@ -277,7 +278,16 @@ pub fn upload_pack(
             }
         }
     }
-    let pack = build_pack(repo, &wants, &common)?;
+    // A clone gets the stored packs as they are; a fetch gets a pack of what it lacks.
+    let joined = if common.is_empty() {
+        super::pack::joined(&repo.path().join("objects"))
+    } else {
+        None
+    };
+    let pack = match joined {
+        Some(pack) => pack,
+        None => build_pack(repo, &wants, &common)?,
+    };
     let stats = PackStats {
         objects: Some(pack.1),
         pack_bytes: pack.0.len(),

@@ -1,10 +1,12 @@
-//! Consul-style ACLs: rule parsing (HCL and JSON), token and policy types, and the authorizer.
+//! Consul-style ACLs: rule parsing (HCL and JSON), token and policy types, the authorizer, and
+//! the store that persists tokens and policies.
 //!
 //! Nothing here knows HTTP. The API layer resolves the request's token to an [`Authorizer`]
 //! through [`AclResolver`] and asks it one question per resource touched.
 
 mod authorizer;
 mod rules;
+pub(crate) mod store;
 mod token;
 
 pub use authorizer::{Authorizer, Need};

@@ -14,11 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::local::LocalAgent;
 use crate::client::{Client, ClientError};
-use crate::dto::{
-    CatalogCheckRegistration, CatalogDeregistration, CatalogRegistration,
-    CatalogServiceRegistration, ServiceAddress, Weights,
-};
-use crate::store::state::{Check, CheckStatus, Node, Service};
+use crate::convert;
+use crate::dto::CatalogDeregistration;
+use crate::store::state::{Check, Node, Service};
 use crate::store::{Registration, Store, StoreError};
 
 /// The check every node has that anti-entropy never touches (the server owns it).
@@ -63,59 +61,14 @@ impl Target {
                     return Ok(Remote::default());
                 };
                 let checks = client.health_node(node).await?;
-                let n = entry.node;
                 Ok(Remote {
-                    node: Some(Node {
-                        name: n.node,
-                        id: n.id,
-                        address: n.address,
-                        datacenter: n.datacenter,
-                        tagged_addresses: n.tagged_addresses,
-                        meta: n.meta,
-                        create_index: n.create_index,
-                        modify_index: n.modify_index,
-                    }),
+                    node: Some(convert::node_from_wire(entry.node)),
                     services: entry
                         .services
                         .into_values()
-                        .map(|s| Service {
-                            node: node.to_owned(),
-                            id: s.id,
-                            name: s.service,
-                            tags: s.tags,
-                            address: s.address,
-                            port: s.port,
-                            meta: s.meta,
-                            tagged_addresses: s
-                                .tagged_addresses
-                                .into_iter()
-                                .map(|(k, v)| (k, (v.address, v.port)))
-                                .collect(),
-                            kind: s.kind,
-                            enable_tag_override: s.enable_tag_override,
-                            weights: (s.weights.passing, s.weights.warning),
-                            create_index: 0,
-                            modify_index: 0,
-                        })
+                        .map(|s| convert::service_from_wire(node, s))
                         .collect(),
-                    checks: checks
-                        .into_iter()
-                        .map(|c| Check {
-                            node: c.node,
-                            id: c.check_id,
-                            name: c.name,
-                            status: CheckStatus::parse(&c.status).unwrap_or_default(),
-                            notes: c.notes,
-                            output: c.output,
-                            service_id: c.service_id,
-                            service_name: c.service_name,
-                            service_tags: c.service_tags,
-                            check_type: c.check_type,
-                            definition: c.definition,
-                            create_index: c.create_index,
-                            modify_index: c.modify_index,
-                        })
-                        .collect(),
+                    checks: checks.into_iter().map(convert::check_from_wire).collect(),
                 })
             }
         }
@@ -124,7 +77,9 @@ impl Target {
     pub(crate) async fn register(&self, reg: Registration) -> Result<(), SyncError> {
         match self {
             Self::Store(store) => Ok(store.catalog_register(reg).await?),
-            Self::Remote(client) => Ok(client.catalog_register(&registration_dto(reg)).await?),
+            Self::Remote(client) => Ok(client
+                .catalog_register(&convert::catalog_registration(reg))
+                .await?),
         }
     }
 
@@ -150,48 +105,19 @@ impl Target {
     }
 }
 
-/// A registration as the catalog's HTTP API takes it.
-pub(crate) fn registration_dto(reg: Registration) -> CatalogRegistration {
-    let check = |c: Check| CatalogCheckRegistration {
-        node: c.node,
-        check_id: c.id,
-        name: c.name,
-        status: c.status.as_str().to_owned(),
-        notes: c.notes,
-        output: c.output,
-        service_id: c.service_id,
-        check_type: c.check_type,
-        definition: Some(c.definition),
-    };
-    CatalogRegistration {
-        id: reg.node.id,
-        node: reg.node.name,
-        address: reg.node.address,
-        datacenter: reg.node.datacenter,
-        tagged_addresses: reg.node.tagged_addresses,
-        node_meta: reg.node.meta,
-        service: reg.service.map(|s| CatalogServiceRegistration {
-            id: s.id,
-            service: s.name,
-            tags: s.tags,
-            address: s.address,
-            tagged_addresses: s
-                .tagged_addresses
-                .into_iter()
-                .map(|(k, (address, port))| (k, ServiceAddress { address, port }))
-                .collect(),
-            meta: s.meta,
-            port: s.port,
-            kind: s.kind,
-            enable_tag_override: s.enable_tag_override,
-            weights: Some(Weights {
-                passing: s.weights.0,
-                warning: s.weights.1,
-            }),
-        }),
-        check: None,
-        checks: reg.checks.into_iter().map(check).collect(),
-        skip_node_update: reg.skip_node_update,
+/// The node record an agent's heartbeat and its anti-entropy both write.
+pub(crate) fn agent_node(name: &str, id: &str, address: &str, datacenter: &str) -> Node {
+    Node {
+        name: name.to_owned(),
+        id: id.to_owned(),
+        address: address.to_owned(),
+        datacenter: datacenter.to_owned(),
+        tagged_addresses: [
+            ("lan".to_owned(), address.to_owned()),
+            ("wan".to_owned(), address.to_owned()),
+        ]
+        .into(),
+        ..Node::default()
     }
 }
 
@@ -554,7 +480,6 @@ pub(crate) async fn run_reaper(local: Arc<LocalAgent>, shutdown: CancellationTok
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::internal::agent_node;
     use crate::dto::AgentServiceRegistration;
     use crate::server::{self, AclToken, Config};
 

@@ -47,7 +47,7 @@ def _free_port() -> int:
 class Registry:
     """A berth-registry child process on a free loopback port with a temporary data dir."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_args: list[str] | None = None) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="berth-pytest-")
         self.port = _free_port()
         self.log_path = Path(self.dir.name) / "server.log"
@@ -62,6 +62,7 @@ class Registry:
                 str(Path(self.dir.name) / "data"),
                 "--node-name",
                 NODE,
+                *(extra_args or []),
             ],
             env={k: v for k, v in os.environ.items() if not k.startswith("BERTH_REGISTRY_")},
             stdin=subprocess.DEVNULL,

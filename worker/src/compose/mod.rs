@@ -8,10 +8,13 @@
 //! `serde_yaml_ng::Value` lets every rejection name its path (`services.web.deploy`) and collect
 //! all problems of a file at once, which is what the master hands back as a 422.
 
+mod duration;
 pub mod interpolate;
 pub mod model;
+mod parse;
 pub mod plan;
 pub mod service_env;
+mod shell_words;
 
 use std::path::{Path, PathBuf};
 
@@ -81,6 +84,26 @@ pub fn find_files(dir: &Path) -> Result<Vec<PathBuf>, ComposeError> {
         }
     }
     Err(ComposeError::NoFile)
+}
+
+/// `a/./b/../c` -> `a/c` without touching the file system.
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn lexically_inside(path: &Path, dir: &Path) -> bool {
+    normalize(path).starts_with(normalize(dir))
 }
 
 /// Largest compose, `.env` or `env_file` file the worker reads.
@@ -165,7 +188,7 @@ pub fn load(dir: &Path, name: &str) -> Result<Project, ComposeError> {
         });
     }
     let root = merged.unwrap_or(Value::Null);
-    model::Parser::new(dir, &vars)
+    parse::Parser::new(dir, &vars)
         .project(&root, name, files)
         .map_err(ComposeError::Invalid)
 }

@@ -3,8 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::model::{parse_duration, parse_short_port, split_shell_words};
+use super::duration::parse_duration;
+use super::parse::ports::parse_short_port;
 use super::plan::{self, Owner};
+use super::shell_words::split_shell_words;
 use super::*;
 
 fn project_from(files: &[(&str, &str)]) -> Result<Project, ComposeError> {

@@ -1,0 +1,170 @@
+//! The command line: every command, flag and environment variable, and the help text that
+//! documents configuration and exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Configuration (the first that is set wins):
+  --master / BERTH_MASTER and --token / BERTH_TOKEN (or --token-file / BERTH_TOKEN_FILE)
+  the config file: --config / BERTH_CONFIG, else $XDG_CONFIG_HOME/berth/config.toml
+    (~/.config/berth/config.toml), with keys master, token or token_file, and user
+  the cluster scripts/up.sh started on this machine: its .berth/ folder (BERTH_HOME, else
+    found from the current folder or from this binary upwards) holds the master's address
+    and its API token
+
+Exit codes:
+  0  done
+  1  your app failed: the master refused it (bad input, policy, state, size caps, token), or
+     its build or start failed or timed out
+  2  usage: bad arguments, no master configured, or a flag this master does not support yet
+  3  berth failed: the master is unreachable, or a worker or the registry failed (5xx)
+
+Output: tables and progress for people; --json prints one JSON document on stdout (JSON
+lines for logs). Colour only on a terminal, never with NO_COLOR set.";
+
+/// Deploy and manage apps on a berth cluster.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Master API base URL (`http://host:port`; a bare `host:port` means http).
+    #[arg(long, global = true, env = "BERTH_MASTER")]
+    pub master: Option<String>,
+    /// API bearer token.
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the API bearer token.
+    #[arg(long, global = true, env = "BERTH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Config file (TOML: master, token, token_file, user).
+    #[arg(long, global = true, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print JSON on stdout instead of text (one object per line for logs).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pack a folder, upload it, build it and start it; prints the app's URLs. Run it again
+    /// on a changed folder to deploy the change.
+    Deploy(DeployArgs),
+    /// List instances.
+    Ps(PsArgs),
+    /// One instance: state, worker, endpoints, last error.
+    Status(IdArg),
+    /// Build and start output of an instance.
+    Logs(LogsArgs),
+    /// Start an instance (building it first when needed); prints its URLs.
+    Start(IdArg),
+    /// Stop an instance.
+    Stop(IdArg),
+    /// Delete an instance: its stack, images, volumes, records and (unless kept) its code.
+    Rm(RmArgs),
+    /// Workers in the registry, healthy or not, with their load.
+    Workers,
+    /// Print the URL of an instance's published port(s).
+    Open(OpenArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Folder holding the app, with its compose file at the root.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Instance id (default: the folder's name, lowercased).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Owner of a new instance (default: the config file's user, else $USER).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Project of a new instance (default: the instance id).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Seconds to wait for the build.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub build_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Only the instances of this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only the instances in this state (running, failed, stopped, ...).
+    #[arg(long)]
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// Instance id.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Instance id.
+    pub id: String,
+    /// Keep following new output until the current operation ends.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this service's output. Needs the app-log API of issue 12 on the master (the
+    /// logs endpoint's `service` parameter); refused on a master without it.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only berth's own output (build, start, deploy), not the app's. Today's logs endpoint
+    /// carries nothing else, so on a master without the `source` parameter this is the default.
+    #[arg(long)]
+    pub ops: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Instance id.
+    pub id: String,
+    /// Keep the instance's git repository in the code store.
+    #[arg(long)]
+    pub keep_code: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// Instance id.
+    pub id: String,
+    /// Only this service's URL.
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to complete in.
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent_and_help_names_exit_codes() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for needle in ["Exit codes:", "BERTH_MASTER", "NO_COLOR", "config.toml"] {
+            assert!(help.contains(needle), "help lacks {needle}");
+        }
+    }
+}

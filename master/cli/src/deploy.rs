@@ -1,0 +1,397 @@
+//! `berth deploy`: pack the folder (refusing before sending what the master would refuse),
+//! upload it with a byte progress bar, build it showing one progress line per service, start it
+//! and print its URLs. On an instance that runs, the change is deployed by stopping it first:
+//! rollouts without downtime come with the release API (issue 11).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Cursor, Read};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_worker_api::ids;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::blocking::Body;
+use serde_json::{Value, json};
+
+use crate::archive::{self, Caps, PackError};
+use crate::cli::DeployArgs;
+use crate::client::{Client, Record, url_of};
+use crate::commands::{print_urls, valid_id};
+use crate::failure::{Exit, Failure};
+use crate::output::{Out, Tone, short, size};
+
+/// Log lines shown when a build or start fails.
+const TAIL_LINES: usize = 25;
+
+pub fn deploy(
+    client: &Client,
+    out: &Out,
+    default_user: Option<&str>,
+    args: &DeployArgs,
+) -> Result<(), Failure> {
+    let id = match &args.id {
+        Some(id) => id.clone(),
+        None => default_id(&args.dir)?,
+    };
+    valid_id(&id)?;
+    let existing = client.record(&id)?.map(|v| Record::parse(&v)).transpose()?;
+    let user = args
+        .user
+        .clone()
+        .or_else(|| existing.as_ref().map(|r| r.user.clone()))
+        .or_else(|| default_user.map(str::to_owned))
+        .or_else(login_name)
+        .unwrap_or_else(|| "berth".into());
+    let project = args
+        .project
+        .clone()
+        .or_else(|| existing.as_ref().map(|r| r.project.clone()))
+        .unwrap_or_else(|| id.clone());
+    for (field, value) in [("user", &user), ("project", &project)] {
+        ids::validate(field, value).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+
+    let packed = archive::pack(&args.dir, &Caps::default()).map_err(refused)?;
+    out.note(&format!(
+        "packed {} ({}): {} files, {} ({} compressed)",
+        args.dir.display(),
+        packed.compose,
+        packed.entries,
+        size(packed.bytes),
+        size(packed.body.len() as u64)
+    ));
+
+    if let Some(r) = existing.as_ref().filter(|r| r.state == "running") {
+        let spinner = out.spinner(&format!(
+            "stopping {} to deploy the change (rollouts without downtime come with issue 11)",
+            r.id
+        ));
+        let stopped = client.post(&format!("/v1/instances/{id}/stop"));
+        spinner.finish_and_clear();
+        stopped?;
+    }
+
+    let total = packed.body.len() as u64;
+    let bar = out.bytes_bar(&format!("uploading {id}"), total);
+    let body = Body::sized(
+        Counting {
+            inner: Cursor::new(packed.body),
+            bar: bar.clone(),
+        },
+        total,
+    );
+    let uploaded = client.upload(&id, &user, &project, body);
+    bar.finish_and_clear();
+    let uploaded = Record::parse(&uploaded?)?;
+    out.done(
+        &bar,
+        &format!(
+            "uploaded {} as commit {}",
+            size(total),
+            short(uploaded.commit.as_deref())
+        ),
+    );
+
+    let built = build(client, out, &id, Duration::from_secs(args.build_timeout))?;
+    out.note(&format!(
+        "built commit {}",
+        short(built.built_commit.as_deref())
+    ));
+
+    let spinner = out.spinner(&format!("starting {id}"));
+    let started = client.post(&format!("/v1/instances/{id}/start"));
+    spinner.finish_and_clear();
+    let started = match started {
+        Ok(v) => v,
+        Err(f) => return Err(with_log_tail(client, out, &id, f)),
+    };
+    let record = Record::parse(&started)?;
+    if out.json {
+        let urls: Vec<Value> = record
+            .endpoints
+            .iter()
+            .map(|e| json!({ "service": e.service, "url": url_of(e) }))
+            .collect();
+        out.print_json(&json!({ "instance": started, "urls": urls }));
+        return Ok(());
+    }
+    println!(
+        "{} is {}",
+        record.id,
+        out.paint(Tone::of_state(&record.state), &record.state)
+    );
+    print_urls(out, &record, Some("URLs"));
+    Ok(())
+}
+
+/// The default instance id: the folder's name, lowercased, with what the name rule does not
+/// allow turned into `-`.
+fn default_id(dir: &Path) -> Result<String, Failure> {
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| Failure::usage(format!("{}: {e}", dir.display())))?;
+    let name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let id: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches(['-', '_', '.'])
+        .chars()
+        .take(63)
+        .collect();
+    if id.is_empty() {
+        return Err(Failure::usage(format!(
+            "cannot make an instance id from the folder name {name:?}: pass --id"
+        )));
+    }
+    Ok(id)
+}
+
+/// `$USER` (or `$LOGNAME`) when it passes the name rule.
+fn login_name() -> Option<String> {
+    ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .map(|u| u.to_lowercase())
+        .find(|u| ids::validate("user", u).is_ok())
+}
+
+fn refused(err: PackError) -> Failure {
+    let code = match err {
+        PackError::TooLarge { .. } => "too_large",
+        PackError::Io { .. } | PackError::NotAFolder(_) => "unreadable",
+        _ => "invalid_upload",
+    };
+    let exit = match err {
+        PackError::NotAFolder(_) => Exit::Usage,
+        _ => Exit::App,
+    };
+    Failure::new(exit, code, err.to_string())
+        .with_hint("nothing was sent; fix the folder and deploy again")
+}
+
+/// Counts the bytes the upload reads into its progress bar.
+struct Counting<R> {
+    inner: R,
+    bar: ProgressBar,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+/// Starts the build and waits for its end, following the worker's log meanwhile: one spinner
+/// line per service (the worker logs `building service NAME as TAG` as each one starts) showing
+/// its latest output.
+fn build(client: &Client, out: &Out, id: &str, limit: Duration) -> Result<Record, Failure> {
+    let seen = log_lines(client, id);
+    let value = client.post(&format!("/v1/instances/{id}/build"))?;
+    let mut record = Record::parse(&value)?;
+    let mut progress = Progress::new(out, id);
+    let deadline = Instant::now() + limit;
+    let mut seen = seen;
+    while record.state == "building" {
+        if Instant::now() > deadline {
+            progress.clear();
+            return Err(Failure::new(
+                Exit::App,
+                "timeout",
+                format!(
+                    "the build of {id} still runs after {} s; berth status {id} shows when it ends",
+                    limit.as_secs()
+                ),
+            ));
+        }
+        if out.progress() {
+            seen = progress.follow(client, id, seen);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        record = Record::parse(&client.get(&format!("/v1/instances/{id}"))?)?;
+    }
+    progress.finish(record.state == "built");
+    if record.state == "built" {
+        return Ok(record);
+    }
+    let message = record
+        .error
+        .as_ref()
+        .map(|e| format!("{} failed: {}", e.step, e.message))
+        .unwrap_or_else(|| format!("the build ended in state {}", record.state));
+    Err(with_log_tail(
+        client,
+        out,
+        id,
+        Failure::new(Exit::App, "build_failed", message),
+    ))
+}
+
+/// Lines in the instance's log now (0 when it has none yet).
+fn log_lines(client: &Client, id: &str) -> usize {
+    client
+        .logs(id, &[("follow", "false".into())])
+        .ok()
+        .and_then(|r| r.text().ok())
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Adds the last log lines to a failed build or start, on stderr.
+fn with_log_tail(client: &Client, out: &Out, id: &str, failure: Failure) -> Failure {
+    if out.json {
+        return failure;
+    }
+    let text = client
+        .logs(id, &[("follow", "false".into())])
+        .ok()
+        .and_then(|r| r.text().ok())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if !lines.is_empty() {
+        eprintln!("last log lines of {id}:");
+        for line in &lines[lines.len().saturating_sub(TAIL_LINES)..] {
+            eprintln!("  {line}");
+        }
+    }
+    failure.with_hint(format!("berth logs {id} shows the whole log"))
+}
+
+/// The build's spinners: one for the build, one per service.
+struct Progress {
+    multi: MultiProgress,
+    main: ProgressBar,
+    services: BTreeMap<String, ProgressBar>,
+    current: Option<String>,
+    visible: bool,
+    out: Out,
+}
+
+impl Progress {
+    fn new(out: &Out, id: &str) -> Progress {
+        let visible = out.progress();
+        let target = if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let main = multi.add(spinner_bar());
+        main.set_message(format!("building {id}"));
+        if !visible {
+            out.note(&format!("building {id}"));
+        }
+        Progress {
+            multi,
+            main,
+            services: BTreeMap::new(),
+            current: None,
+            visible,
+            out: *out,
+        }
+    }
+
+    /// Follows the log until the operation ends (or the stream breaks), from line `seen` on;
+    /// returns the lines seen.
+    fn follow(&mut self, client: &Client, id: &str, mut seen: usize) -> usize {
+        let Ok(resp) = client.logs(id, &[("follow", "true".into())]) else {
+            return seen;
+        };
+        for (n, line) in BufReader::new(resp).lines().enumerate() {
+            let Ok(line) = line else { break };
+            if n < seen {
+                continue;
+            }
+            seen = n + 1;
+            self.line(&line);
+        }
+        seen
+    }
+
+    fn line(&mut self, line: &str) {
+        // Worker lines carry the time since the operation began: `[   1.23s] text`.
+        let text = match line.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+            Some((_, rest)) => rest,
+            None => line,
+        }
+        .trim();
+        if text.is_empty() {
+            return;
+        }
+        if let Some(name) = text
+            .strip_prefix("building service ")
+            .and_then(|r| r.split(' ').next())
+        {
+            let multi = &self.multi;
+            let bar = self.services.entry(name.to_owned()).or_insert_with(|| {
+                let bar = multi.add(spinner_bar());
+                bar.set_prefix(name.to_owned());
+                bar
+            });
+            bar.set_message("building");
+            self.current = Some(name.to_owned());
+            return;
+        }
+        let shown: String = text.chars().take(100).collect();
+        match self.current.as_ref().and_then(|c| self.services.get(c)) {
+            Some(bar) => bar.set_message(shown),
+            None => self.main.set_message(shown),
+        }
+    }
+
+    fn finish(&self, ok: bool) {
+        self.clear();
+        if ok && self.visible {
+            for name in self.services.keys() {
+                eprintln!("{} built {name}", self.out.paint_err(Tone::Good, "✓"));
+            }
+        }
+    }
+
+    fn clear(&self) {
+        for bar in self.services.values() {
+            bar.finish_and_clear();
+        }
+        self.main.finish_and_clear();
+        let _ = self.multi.clear();
+    }
+}
+
+fn spinner_bar() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_id_follows_the_name_rule() {
+        let base = tempfile::tempdir().unwrap();
+        for (name, want) in [
+            ("sample-app", "sample-app"),
+            ("My App!", "my-app-"),
+            ("_x", "x"),
+        ] {
+            let dir = base.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            assert_eq!(default_id(&dir).unwrap(), want);
+        }
+    }
+}

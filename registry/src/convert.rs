@@ -1,0 +1,315 @@
+//! Every conversion between the store's state and Consul's wire types, in one place: what the
+//! HTTP handlers answer with (KV, sessions, catalog, health, agent, ACL tokens and policies),
+//! what the agent's anti-entropy sends to a remote server, and how it reads the remote catalog
+//! back. A leaf: it knows the state and the wire types, nothing else, so both `http` and
+//! `agent` use it without importing each other.
+
+use serde::{Deserialize, Serialize};
+
+use crate::acl::{Policy, Token};
+use crate::dto::{
+    self, AgentService, CatalogCheckRegistration, CatalogNode, CatalogRegistration,
+    CatalogServiceRegistration, HealthCheck, ServiceAddress, ServiceCheckRef, SessionEntry,
+    Weights,
+};
+use crate::store::Registration;
+use crate::store::state::{Check, CheckStatus, KvEntry, Node, Service, Session};
+
+/// A KV entry as `GET /v1/kv` and txn results carry it.
+pub(crate) fn kv_entry(entry: &KvEntry) -> dto::KvEntry {
+    dto::KvEntry {
+        lock_index: entry.lock_index,
+        key: entry.key.clone(),
+        flags: entry.flags,
+        value: Some(entry.value.to_vec()),
+        create_index: entry.create_index,
+        modify_index: entry.modify_index,
+        session: entry.session.clone(),
+    }
+}
+
+/// A session as `/v1/session/*` answers it.
+pub(crate) fn session_entry(s: &Session) -> SessionEntry {
+    SessionEntry {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        node: s.node.clone(),
+        lock_delay: u64::try_from(s.lock_delay.as_nanos()).unwrap_or(u64::MAX),
+        behavior: s.behavior.as_str().to_owned(),
+        ttl: match s.ttl {
+            Some(_) if !s.ttl_text.is_empty() => s.ttl_text.clone(),
+            Some(ttl) => dto::go_duration(ttl),
+            None => String::new(),
+        },
+        node_checks: s.node_checks.clone(),
+        service_checks: s
+            .service_checks
+            .iter()
+            .map(|id| ServiceCheckRef {
+                id: id.clone(),
+                namespace: None,
+            })
+            .collect(),
+        create_index: s.create_index,
+        modify_index: s.modify_index,
+    }
+}
+
+/// A check as the health endpoints and `/v1/agent/checks` answer it.
+pub(crate) fn health_check(c: &Check) -> HealthCheck {
+    HealthCheck {
+        node: c.node.clone(),
+        check_id: c.id.clone(),
+        name: c.name.clone(),
+        status: c.status.as_str().to_owned(),
+        notes: c.notes.clone(),
+        output: c.output.clone(),
+        service_id: c.service_id.clone(),
+        service_name: c.service_name.clone(),
+        service_tags: c.service_tags.clone(),
+        check_type: c.check_type.clone(),
+        definition: c.definition.clone(),
+        create_index: c.create_index,
+        modify_index: c.modify_index,
+    }
+}
+
+/// A service instance as the catalog, health and agent endpoints answer it.
+pub(crate) fn agent_service(s: &Service, datacenter: &str) -> AgentService {
+    AgentService {
+        id: s.id.clone(),
+        service: s.name.clone(),
+        tags: s.tags.clone(),
+        meta: s.meta.clone(),
+        port: s.port,
+        address: s.address.clone(),
+        tagged_addresses: s
+            .tagged_addresses
+            .iter()
+            .map(|(k, (a, p))| {
+                (
+                    k.clone(),
+                    ServiceAddress {
+                        address: a.clone(),
+                        port: *p,
+                    },
+                )
+            })
+            .collect(),
+        weights: Weights {
+            passing: s.weights.0,
+            warning: s.weights.1,
+        },
+        enable_tag_override: s.enable_tag_override,
+        kind: s.kind.clone(),
+        datacenter: datacenter.to_owned(),
+        create_index: Some(s.create_index),
+        modify_index: Some(s.modify_index),
+    }
+}
+
+/// A node as the catalog and health endpoints answer it.
+pub(crate) fn catalog_node(n: &Node) -> CatalogNode {
+    CatalogNode {
+        id: n.id.clone(),
+        node: n.name.clone(),
+        address: n.address.clone(),
+        datacenter: n.datacenter.clone(),
+        tagged_addresses: n.tagged_addresses.clone(),
+        meta: n.meta.clone(),
+        create_index: n.create_index,
+        modify_index: n.modify_index,
+    }
+}
+
+/// A registration as the catalog's HTTP API takes it.
+pub(crate) fn catalog_registration(reg: Registration) -> CatalogRegistration {
+    let check = |c: Check| CatalogCheckRegistration {
+        node: c.node,
+        check_id: c.id,
+        name: c.name,
+        status: c.status.as_str().to_owned(),
+        notes: c.notes,
+        output: c.output,
+        service_id: c.service_id,
+        check_type: c.check_type,
+        definition: Some(c.definition),
+    };
+    CatalogRegistration {
+        id: reg.node.id,
+        node: reg.node.name,
+        address: reg.node.address,
+        datacenter: reg.node.datacenter,
+        tagged_addresses: reg.node.tagged_addresses,
+        node_meta: reg.node.meta,
+        service: reg.service.map(|s| CatalogServiceRegistration {
+            id: s.id,
+            service: s.name,
+            tags: s.tags,
+            address: s.address,
+            tagged_addresses: s
+                .tagged_addresses
+                .into_iter()
+                .map(|(k, (address, port))| (k, ServiceAddress { address, port }))
+                .collect(),
+            meta: s.meta,
+            port: s.port,
+            kind: s.kind,
+            enable_tag_override: s.enable_tag_override,
+            weights: Some(Weights {
+                passing: s.weights.0,
+                warning: s.weights.1,
+            }),
+        }),
+        check: None,
+        checks: reg.checks.into_iter().map(check).collect(),
+        skip_node_update: reg.skip_node_update,
+    }
+}
+
+/// A node read back from a remote server's catalog.
+pub(crate) fn node_from_wire(n: CatalogNode) -> Node {
+    Node {
+        name: n.node,
+        id: n.id,
+        address: n.address,
+        datacenter: n.datacenter,
+        tagged_addresses: n.tagged_addresses,
+        meta: n.meta,
+        create_index: n.create_index,
+        modify_index: n.modify_index,
+    }
+}
+
+/// A service of `node` read back from a remote server's catalog.
+pub(crate) fn service_from_wire(node: &str, s: AgentService) -> Service {
+    Service {
+        node: node.to_owned(),
+        id: s.id,
+        name: s.service,
+        tags: s.tags,
+        address: s.address,
+        port: s.port,
+        meta: s.meta,
+        tagged_addresses: s
+            .tagged_addresses
+            .into_iter()
+            .map(|(k, v)| (k, (v.address, v.port)))
+            .collect(),
+        kind: s.kind,
+        enable_tag_override: s.enable_tag_override,
+        weights: (s.weights.passing, s.weights.warning),
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// A check read back from a remote server's health endpoint.
+pub(crate) fn check_from_wire(c: HealthCheck) -> Check {
+    Check {
+        node: c.node,
+        id: c.check_id,
+        name: c.name,
+        status: CheckStatus::parse(&c.status).unwrap_or_default(),
+        notes: c.notes,
+        output: c.output,
+        service_id: c.service_id,
+        service_name: c.service_name,
+        service_tags: c.service_tags,
+        check_type: c.check_type,
+        definition: c.definition,
+        create_index: c.create_index,
+        modify_index: c.modify_index,
+    }
+}
+
+/// An ACL token on the wire (answers, and the body of create and update).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct TokenDto {
+    #[serde(rename = "AccessorID", default)]
+    pub(crate) accessor_id: String,
+    #[serde(rename = "SecretID", default)]
+    pub(crate) secret_id: String,
+    #[serde(default)]
+    pub(crate) description: String,
+    #[serde(default)]
+    pub(crate) policies: Vec<LinkDto>,
+    #[serde(default)]
+    pub(crate) local: bool,
+    #[serde(default)]
+    pub(crate) create_time: String,
+    #[serde(default)]
+    pub(crate) hash: String,
+    #[serde(default)]
+    pub(crate) create_index: u64,
+    #[serde(default)]
+    pub(crate) modify_index: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct LinkDto {
+    #[serde(rename = "ID", default)]
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) name: String,
+}
+
+/// An ACL policy on the wire (answers, and the body of create and update).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct PolicyDto {
+    #[serde(rename = "ID", default)]
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) description: String,
+    #[serde(default)]
+    pub(crate) rules: String,
+    #[serde(default)]
+    pub(crate) datacenters: Vec<String>,
+    #[serde(default)]
+    pub(crate) hash: String,
+    #[serde(default)]
+    pub(crate) create_index: u64,
+    #[serde(default)]
+    pub(crate) modify_index: u64,
+}
+
+/// A token as `/v1/acl/token*` answers it (the secret shown; callers redact).
+pub(crate) fn token_dto(t: &Token) -> TokenDto {
+    TokenDto {
+        accessor_id: t.accessor_id.clone(),
+        secret_id: t.secret_id.expose().to_owned(),
+        description: t.description.clone(),
+        policies: t
+            .policies
+            .iter()
+            .map(|p| LinkDto {
+                id: p.id.clone(),
+                name: p.name.clone(),
+            })
+            .collect(),
+        local: t.local,
+        create_time: t.create_time.clone(),
+        hash: String::new(),
+        create_index: t.create_index,
+        modify_index: t.modify_index,
+    }
+}
+
+/// A policy as `/v1/acl/polic*` answers it.
+pub(crate) fn policy_dto(p: &Policy) -> PolicyDto {
+    PolicyDto {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        description: p.description.clone(),
+        rules: p.rules.clone(),
+        datacenters: p.datacenters.clone(),
+        hash: String::new(),
+        create_index: p.create_index,
+        modify_index: p.modify_index,
+    }
+}

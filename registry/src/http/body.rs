@@ -1,0 +1,73 @@
+//! Request bodies: size limits with Consul's 413 text, and Consul-compatible JSON decoding.
+
+use axum::body::Body;
+use axum::http::header;
+use bytes::Bytes;
+use futures::StreamExt as _;
+
+use super::ApiError;
+
+/// Largest KV value and txn body, as Consul (512 KiB).
+pub(crate) const MAX_VALUE_SIZE: usize = 512 * 1024;
+/// Largest JSON body of other requests.
+pub(crate) const MAX_JSON_BODY: usize = 1024 * 1024;
+/// How much of a too-large body is read and dropped before the 413 is sent.
+const MAX_DRAIN: usize = 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes; larger ones get Consul's 413 text, a body that cannot
+/// be read (broken chunked encoding, a connection cut mid-body) a 400.
+pub(crate) async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = |n: String| {
+        ApiError::TooLarge(format!(
+            "Request body({n} bytes) too large, max size: {limit} bytes"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut chunks = body.into_data_stream();
+    let mut read = Vec::new();
+    let mut total = 0usize;
+    // Past the limit the rest is read and dropped (up to MAX_DRAIN) before answering, so a
+    // client still sending its body reads the 413 instead of a connection reset, as with Go's
+    // net/http.
+    let mut cut_short = false;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk
+            .map_err(|err| ApiError::BadRequest(format!("Failed to read request body: {err}")))?;
+        total = total.saturating_add(chunk.len());
+        if total > limit.saturating_add(MAX_DRAIN) {
+            cut_short = true;
+            break;
+        }
+        if total <= limit && declared.is_none_or(|n| n <= limit) {
+            read.extend_from_slice(&chunk);
+        }
+    }
+    match declared {
+        Some(n) if n > limit => Err(too_large(n.to_string())),
+        // A body without Content-Length is only counted up to the drain limit.
+        _ if cut_short => Err(too_large(format!("at least {total}"))),
+        _ if total > limit => Err(too_large(total.to_string())),
+        _ => Ok(Bytes::from(read)),
+    }
+}
+
+/// Reads and decodes a JSON request body the way Consul does (see [`crate::http::decode::decode_request`]).
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<Option<T>, ApiError> {
+    let bytes = read_body(headers, body, MAX_JSON_BODY).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    crate::http::decode::decode_request(&bytes)
+        .map(Some)
+        .map_err(ApiError::BadRequest)
+}

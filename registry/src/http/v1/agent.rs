@@ -1,0 +1,138 @@
+//! `/v1/agent/*`: this server's own description (`self`, `members`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::acl::{Need, Resource};
+use crate::dto::{AgentConfig, AgentMember, AgentSelf};
+use crate::http::authz::{Authz, filtered};
+use crate::http::{ApiError, AppState, json};
+
+/// The Consul API level berth implements, reported as `Config.Version`.
+pub(crate) const CONSUL_API_VERSION: &str = "1.22.0";
+
+fn member(app: &AppState) -> AgentMember {
+    let (addr, port) = match app.leader_addr.rsplit_once(':') {
+        Some((addr, port)) => (addr.to_owned(), port.parse().unwrap_or(0)),
+        None => (app.leader_addr.clone(), 0),
+    };
+    let tags = BTreeMap::from([
+        ("role".to_owned(), "consul".to_owned()),
+        ("dc".to_owned(), app.datacenter.clone()),
+        ("id".to_owned(), app.node_id.clone()),
+        (
+            "build".to_owned(),
+            format!("{CONSUL_API_VERSION}:berth-{}", env!("CARGO_PKG_VERSION")),
+        ),
+        ("bootstrap".to_owned(), "1".to_owned()),
+        ("port".to_owned(), port.to_string()),
+    ]);
+    AgentMember {
+        name: app.node_name.clone(),
+        addr,
+        port,
+        tags,
+        status: 1,
+        protocol_min: 1,
+        protocol_max: 5,
+        protocol_cur: 2,
+        delegate_min: 2,
+        delegate_max: 5,
+        delegate_cur: 4,
+    }
+}
+
+/// `GET /v1/agent/self`: needs `agent:read` on this server's node, as in Consul.
+pub(crate) async fn self_info(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &app.node_name, Need::Read)?;
+    let consul_stats = BTreeMap::from([
+        ("server".to_owned(), "true".to_owned()),
+        ("leader".to_owned(), "true".to_owned()),
+        ("leader_addr".to_owned(), app.leader_addr.clone()),
+        ("bootstrap".to_owned(), "true".to_owned()),
+        ("known_datacenters".to_owned(), "1".to_owned()),
+    ]);
+    let berth_stats = BTreeMap::from([
+        ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        ("index".to_owned(), app.store.read(|s| s.index).to_string()),
+    ]);
+    let answer = AgentSelf {
+        config: AgentConfig {
+            datacenter: app.datacenter.clone(),
+            primary_datacenter: app.datacenter.clone(),
+            node_name: app.node_name.clone(),
+            node_id: app.node_id.clone(),
+            server: true,
+            revision: "berth".to_owned(),
+            version: CONSUL_API_VERSION.to_owned(),
+        },
+        coord: None,
+        member: member(&app),
+        stats: BTreeMap::from([
+            ("consul".to_owned(), consul_stats),
+            ("berth".to_owned(), berth_stats),
+        ]),
+        meta: BTreeMap::from([(
+            "berth-version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )]),
+    };
+    Ok(json(&answer))
+}
+
+/// The server, then every agent that ever heartbeated (alive, failed or left); only the members
+/// whose node the token may read (Consul's filterMembers).
+pub(crate) async fn members(State(app): State<Arc<AppState>>, authz: Authz) -> Response {
+    let mut list = vec![member(&app)];
+    for m in app.members.list() {
+        let mut entry = member(&app);
+        entry.name = m.name;
+        entry.addr = m.addr;
+        entry.port = m.port;
+        entry.status = m.status as u8;
+        entry.tags.insert("role".to_owned(), "node".to_owned());
+        entry.tags.insert("id".to_owned(), m.id);
+        entry.tags.remove("bootstrap");
+        entry.tags.insert("port".to_owned(), m.port.to_string());
+        list.push(entry);
+    }
+    let total = list.len();
+    list.retain(|m| authz.allows(Resource::Node, &m.name, Need::Read));
+    let dropped = list.len() != total;
+    filtered(json(&list), dropped)
+}
+
+/// `PUT /v1/agent/join/<addr>`: a single server has no peers to join; joining itself succeeds.
+/// Needs `agent:write`, as in Consul.
+pub(crate) async fn join(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    Path(addr): Path<String>,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &app.node_name, Need::Write)?;
+    let own_host = app.leader_addr.rsplit_once(':').map_or("", |(h, _)| h);
+    if addr == app.leader_addr || addr == own_host {
+        return Ok(StatusCode::OK.into_response());
+    }
+    Err(ApiError::Internal(format!(
+        "berth servers do not join other servers (asked to join {addr}); run `berth-registry agent --join` on other hosts"
+    )))
+}
+
+/// `PUT /v1/agent/leave`: the server leaves by shutting down gracefully, as Consul's does.
+pub(crate) async fn leave(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &app.node_name, Need::Write)?;
+    tracing::info!("leave requested: shutting down");
+    app.shutdown.cancel();
+    Ok(StatusCode::OK.into_response())
+}

@@ -1,14 +1,19 @@
 //! Readiness: what a start waits for before it answers, and the errors when that never comes.
 //! `wait_ready` is the wait itself: every service that is not a one-shot dependency runs, is
 //! healthy where it has a healthcheck, and its published TCP ports accept connections
-//! (`wait_ports_accept`); `wait_condition` also serves the `depends_on` waits in between. A service that exits or turns unhealthy fails at once with its last log
-//! lines, and the deadline ends every wait.
+//! (`wait_ports_accept`); `wait_condition` also serves the `depends_on` waits in between. A
+//! service that exits or turns unhealthy fails at once with its last log lines, and the
+//! deadline ends every wait. Waits look again after a short backoff (10 ms doubling to 250 ms),
+//! and a `service_healthy` dependency's healthcheck is also run by the worker itself
+//! (`wait_dependency`), so its dependents are not held until Docker's first check one
+//! `interval` after its start.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bollard::models::HealthStatusEnum;
+use bollard::exec::StartExecOptions;
+use bollard::models::{ExecConfig, HealthStatusEnum};
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures::StreamExt;
 
@@ -17,6 +22,29 @@ use super::{StackError, Stacks, failed};
 use crate::compose::plan;
 use crate::compose::{Condition, Project, Service};
 use crate::logbuf::LogBuf;
+
+/// How often a start runs a starting service's healthcheck itself before it leaves the checks
+/// to Docker.
+const MAX_PROBES: u32 = 5;
+
+/// The pause between two looks at something a start waits for: 10 ms at first, doubling up to
+/// 250 ms, so a container that is quick to come up is seen at once and a slow one costs few
+/// requests.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(10))
+    }
+}
+
+impl Backoff {
+    async fn sleep(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_millis(250));
+    }
+}
 
 impl Stacks {
     /// Waits until the started stack is ready: each service running (except those another
@@ -72,6 +100,7 @@ impl Stacks {
                 .parse()
                 .or_else(|_| format!("[{ip}]:{port}").parse())
                 .map_err(|_| failed("readiness", format!("bad host ip {ip:?}")))?;
+            let mut pause = Backoff::default();
             loop {
                 // Docker's userland proxy accepts on the host port before the app listens, so
                 // the container's own address must accept too.
@@ -94,13 +123,13 @@ impl Stacks {
                         )
                         .await);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                pause.sleep().await;
             }
         }
         Ok(())
     }
 
-    /// Waits until `service` meets `cond`; fails early when it never can.
+    /// Waits until `service` meets `cond` as Docker reports it; fails early when it never can.
     pub(super) async fn wait_condition(
         &self,
         project: &Project,
@@ -109,9 +138,47 @@ impl Stacks {
         deadline: Instant,
         log: &LogBuf,
     ) -> Result<(), StackError> {
+        self.wait_for(project, service, cond, deadline, log, false)
+            .await
+    }
+
+    /// Waits until the dependency `service` meets `cond` before a dependent starts: as
+    /// [`Self::wait_condition`], and a `service_healthy` dependency whose Docker health is still
+    /// `starting` also counts once its own healthcheck test passes when the worker runs it.
+    /// Docker runs the first check only one `interval` after the start (Docker 20.10 has no
+    /// `start_interval`), so a dependent would wait that long for a service ready at once. The
+    /// answer of a start still waits for Docker's `healthy` ([`Self::wait_ready`]).
+    pub(super) async fn wait_dependency(
+        &self,
+        project: &Project,
+        service: &str,
+        cond: Condition,
+        deadline: Instant,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        self.wait_for(project, service, cond, deadline, log, true)
+            .await
+    }
+
+    async fn wait_for(
+        &self,
+        project: &Project,
+        service: &str,
+        cond: Condition,
+        deadline: Instant,
+        log: &LogBuf,
+        probe: bool,
+    ) -> Result<(), StackError> {
         let name = plan::container_name(&project.name, service);
+        let mut pause = Backoff::default();
+        let mut probes = 0;
         loop {
             let c = self.docker.inspect_container(&name, None).await?;
+            let test = c
+                .config
+                .as_ref()
+                .and_then(|c| c.healthcheck.as_ref())
+                .and_then(|h| Some((h.test.clone()?, h.timeout)));
             let state = c.state.unwrap_or_default();
             let running = state.running == Some(true);
             let exited = !running
@@ -123,6 +190,34 @@ impl Stacks {
             match cond {
                 Condition::Started if running => return Ok(()),
                 Condition::Healthy if health == Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                // Until Docker's first check, the worker runs the same test itself as soon as
+                // the container runs, a few times (a pass is what Docker's first check would
+                // find; after failures the wait is Docker's).
+                Condition::Healthy
+                    if probe
+                        && running
+                        && probes < MAX_PROBES
+                        && health == Some(HealthStatusEnum::STARTING)
+                        && let Some((test, timeout)) = &test =>
+                {
+                    probes += 1;
+                    let timeout = timeout
+                        .filter(|t| *t > 0)
+                        .map_or(Duration::from_secs(30), |ns| {
+                            Duration::from_nanos(ns.unsigned_abs())
+                        });
+                    if self
+                        .probe(
+                            &name,
+                            test,
+                            timeout.min(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await
+                    {
+                        log.line(&format!("{service} passed its healthcheck"));
+                        return Ok(());
+                    }
+                }
                 Condition::Healthy if health == Some(HealthStatusEnum::UNHEALTHY) => {
                     return Err(self.failure(project, service, "became unhealthy").await);
                 }
@@ -158,8 +253,54 @@ impl Stacks {
                 log.line(&format!("timed out waiting for {service} to be {what}"));
                 return Err(self.timeout_error(project, service, what).await);
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            pause.sleep().await;
         }
+    }
+
+    /// Runs a healthcheck `test` (`CMD ...` or `CMD-SHELL ...`) in container `name` the way
+    /// Docker does (as the container's user, within `timeout`); true when it exits 0.
+    async fn probe(&self, name: &str, test: &[String], timeout: Duration) -> bool {
+        let cmd: Vec<String> = match test.split_first() {
+            Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+            Some((kind, rest)) if kind == "CMD-SHELL" && !rest.is_empty() => {
+                vec!["/bin/sh".into(), "-c".into(), rest.join(" ")]
+            }
+            _ => return false,
+        };
+        let run = async {
+            let exec = self
+                .docker
+                .create_exec(
+                    name,
+                    ExecConfig {
+                        cmd: Some(cmd),
+                        attach_stdout: Some(false),
+                        attach_stderr: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .ok()?;
+            self.docker
+                .start_exec(
+                    &exec.id,
+                    Some(StartExecOptions {
+                        detach: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .ok()?;
+            let mut pause = Backoff::default();
+            loop {
+                let e = self.docker.inspect_exec(&exec.id).await.ok()?;
+                if e.running != Some(true) {
+                    return e.exit_code;
+                }
+                pause.sleep().await;
+            }
+        };
+        matches!(tokio::time::timeout(timeout, run).await, Ok(Some(0)))
     }
 
     /// The container's address on its first network, failing if it no longer runs.

@@ -327,6 +327,12 @@ impl CodeStore {
         std::fs::write(&file, text).map_err(|source| CodeStoreError::Io { path: file, source })?;
         repo.reference_matching(MAIN_REF, pushed.commit, true, head, "push")
             .map_err(git)?;
+        let objects = path.join("objects");
+        if pack::packs(&objects).len() > pack::MAX_PACKS
+            && let Err(err) = pack::consolidate(&objects)
+        {
+            tracing::warn!(repo = %path.display(), %err, "could not join the packs");
+        }
         Ok(Some(Committed {
             commit: pushed.commit.to_string(),
             changed: true,
@@ -500,6 +506,11 @@ fn write_commit(
     pack::store(&objects.join("pack"), &pack.finish())?;
     for (_, file) in &loose {
         let _ = std::fs::remove_file(file);
+    }
+    if pack::packs(&objects).len() > pack::MAX_PACKS
+        && let Err(err) = pack::consolidate(&objects)
+    {
+        tracing::warn!(repo = %repo.path().display(), %err, "could not join the packs");
     }
     odb.refresh()?;
     match &parent {

@@ -207,6 +207,12 @@ impl CodeStore {
         }
         let oid = Oid::from_str(commit).map_err(|_| unknown())?;
         repo.find_commit(oid).map_err(|_| unknown())?;
+        if unchecked(&repo).contains(&oid) {
+            // History that came with a push: only pushed tips were held to the upload rules.
+            return Err(CodeStoreError::UnknownCommit(format!(
+                "{oid} (received by git push as history, never checked as an upload)"
+            )));
+        }
         Ok(oid.to_string())
     }
 
@@ -304,8 +310,29 @@ impl CodeStore {
             )));
         }
         pushed.move_into(&repo).map_err(git)?;
+        // The commits under the pushed tip were not checked: they may not be built by id.
+        let mut list = unchecked(&repo);
+        let mut walk = repo.revwalk().map_err(git)?;
+        walk.push(pushed.commit).map_err(git)?;
+        walk.hide(head).map_err(git)?;
+        for oid in walk {
+            let oid = oid.map_err(git)?;
+            if oid != pushed.commit {
+                list.insert(oid);
+            }
+        }
+        list.remove(&pushed.commit);
+        let text: String = list.iter().map(|oid| format!("{oid}\n")).collect();
+        let file = path.join(UNCHECKED_FILE);
+        std::fs::write(&file, text).map_err(|source| CodeStoreError::Io { path: file, source })?;
         repo.reference_matching(MAIN_REF, pushed.commit, true, head, "push")
             .map_err(git)?;
+        let objects = path.join("objects");
+        if pack::packs(&objects).len() > pack::MAX_PACKS
+            && let Err(err) = pack::consolidate(&objects)
+        {
+            tracing::warn!(repo = %path.display(), %err, "could not join the packs");
+        }
         Ok(Some(Committed {
             commit: pushed.commit.to_string(),
             changed: true,
@@ -421,6 +448,18 @@ impl CodeStore {
     }
 }
 
+/// File of a repository listing the commits received by `git push` below its tip, one id a line.
+const UNCHECKED_FILE: &str = "berth-unchecked";
+
+/// The commits of `repo` that came with a push as history and were never checked.
+fn unchecked(repo: &Repository) -> std::collections::BTreeSet<Oid> {
+    std::fs::read_to_string(repo.path().join(UNCHECKED_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| Oid::from_str(l.trim()).ok())
+        .collect()
+}
+
 /// Writes `tree` and a commit of it (parent: the current head) as one pack of the objects the
 /// repository lacks (each is hashed first and looked up, so an unchanged file costs a hash),
 /// then moves `main` to it, only if `main` did not move meanwhile.
@@ -467,6 +506,11 @@ fn write_commit(
     pack::store(&objects.join("pack"), &pack.finish())?;
     for (_, file) in &loose {
         let _ = std::fs::remove_file(file);
+    }
+    if pack::packs(&objects).len() > pack::MAX_PACKS
+        && let Err(err) = pack::consolidate(&objects)
+    {
+        tracing::warn!(repo = %repo.path().display(), %err, "could not join the packs");
     }
     odb.refresh()?;
     match &parent {

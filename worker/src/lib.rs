@@ -37,6 +37,9 @@ pub struct Config {
     /// Address published in endpoints and registrations; defaults to the listen IP, or
     /// 127.0.0.1 when listening on all interfaces.
     pub advertise: Option<String>,
+    /// IP address published ports are bound on; defaults to the advertise address (resolved
+    /// when it is a name). `0.0.0.0` or `::` binds all interfaces, only when asked.
+    pub publish_address: Option<String>,
     pub data_dir: PathBuf,
     pub node_name: Option<String>,
     /// Consul-compatible agent to register with; `None` disables registration.
@@ -83,6 +86,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8833".to_owned(),
             advertise: None,
+            publish_address: None,
             data_dir: PathBuf::from("/var/lib/berth-worker"),
             node_name: None,
             registry: Some("http://127.0.0.1:8500".to_owned()),
@@ -126,6 +130,14 @@ impl Config {
             return Err(ConfigError::NoToken);
         }
         self.policy()?;
+        if let Some(addr) = &self.publish_address
+            && addr.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                field: "publish-address",
+                reason: format!("{addr:?} is not an IP address"),
+            });
+        }
         if let Some(node) = &self.node_name {
             berth_worker_api::ids::validate("node name", node).map_err(|e| {
                 ConfigError::Invalid {
@@ -188,6 +200,36 @@ pub enum RunError {
     Agent(#[from] berth_registry::agent::AgentRunError),
 }
 
+/// The IP address published ports are bound on: `configured` (validated as an IP), else the
+/// advertise address, resolved when it is a host name.
+async fn publish_address(
+    configured: Option<&str>,
+    advertise: &str,
+) -> Result<std::net::IpAddr, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        field: "publish-address",
+        reason,
+    };
+    if let Some(addr) = configured {
+        return addr
+            .parse()
+            .map_err(|_| invalid(format!("{addr:?} is not an IP address")));
+    }
+    if let Ok(ip) = advertise.trim_matches(['[', ']']).parse() {
+        return Ok(ip);
+    }
+    tokio::net::lookup_host((advertise, 0))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(|a| a.ip())
+        .ok_or_else(|| {
+            invalid(format!(
+                "the advertise address {advertise:?} does not resolve; set --publish-address"
+            ))
+        })
+}
+
 /// How long running operations may continue after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -206,6 +248,13 @@ pub async fn run(
             local.ip().to_string()
         }
     });
+    let publish_address = publish_address(config.publish_address.as_deref(), &advertise).await?;
+    // What endpoints and registrations name: the advertise address, unless ports are bound on
+    // one specific other address (then only that one reaches them).
+    let public_host = match &config.publish_address {
+        Some(_) if !publish_address.is_unspecified() => publish_address.to_string(),
+        _ => advertise.clone(),
+    };
     let node = config.node();
     let docker = docker::connect().await?;
     let mut tasks = Vec::new();
@@ -253,7 +302,8 @@ pub async fn run(
     let settings = Settings {
         data_dir: config.data_dir.clone(),
         node: node.clone(),
-        advertise: advertise.clone(),
+        advertise: public_host.clone(),
+        publish_address: publish_address.to_string(),
         policy: config.policy()?,
         build_timeout: config.build_timeout,
         start_timeout: config.start_timeout,
@@ -278,6 +328,7 @@ pub async fn run(
             stack_count: stacks.watch_count(),
             node: node.clone(),
             advertise: advertise.clone(),
+            public_host: public_host.clone(),
             api_port: local.port(),
             check_url: format!("http://{check_host}:{}/healthz", local.port()),
             capacity: config.capacity,

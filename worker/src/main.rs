@@ -22,6 +22,10 @@ struct Cli {
     /// Address published in endpoints and registrations.
     #[arg(long, env = "BERTH_WORKER_ADVERTISE")]
     advertise: Option<String>,
+    /// IP address published ports are bound on [default: the advertise address]; `0.0.0.0`
+    /// binds every interface.
+    #[arg(long, env = "BERTH_WORKER_PUBLISH_ADDRESS")]
+    publish_address: Option<String>,
     /// Where checkouts and stack records live [default: /var/lib/berth-worker].
     #[arg(long, env = "BERTH_WORKER_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -131,6 +135,9 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
     }
     if cli.advertise.is_some() {
         c.advertise = cli.advertise;
+    }
+    if cli.publish_address.is_some() {
+        c.publish_address = cli.publish_address;
     }
     if cli.node_name.is_some() {
         c.node_name = cli.node_name;

@@ -54,6 +54,8 @@ pub struct Settings {
     pub node: String,
     /// Address published in endpoints and `BERTH_*` variables.
     pub advertise: String,
+    /// IP address published ports are bound on (`0.0.0.0` / `::` only when the operator asks).
+    pub publish_address: String,
     pub policy: Policy,
     pub build_timeout: Duration,
     pub start_timeout: Duration,

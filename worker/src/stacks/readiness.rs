@@ -63,11 +63,11 @@ impl Stacks {
     ) -> Result<(), StackError> {
         for p in s.ports.iter().filter(|p| p.protocol == "tcp") {
             let port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
-            let ip = p
-                .host_ip
-                .as_deref()
-                .filter(|ip| *ip != "0.0.0.0" && *ip != "::")
-                .unwrap_or("127.0.0.1");
+            let ip = match self.settings.publish_address.as_str() {
+                "0.0.0.0" => "127.0.0.1",
+                "::" => "::1",
+                ip => ip,
+            };
             let addr: SocketAddr = format!("{ip}:{port}")
                 .parse()
                 .or_else(|_| format!("[{ip}]:{port}").parse())

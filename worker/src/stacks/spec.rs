@@ -73,7 +73,8 @@ impl Stacks {
                 .or_default()
                 .get_or_insert_with(Vec::new)
                 .push(PortBinding {
-                    host_ip: p.host_ip.clone(),
+                    // The worker's choice, like the host port: never the file's.
+                    host_ip: Some(self.settings.publish_address.clone()),
                     host_port: Some(host_port.to_string()),
                 });
         }

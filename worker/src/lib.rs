@@ -52,11 +52,21 @@ pub struct Config {
     pub agent_listen: String,
     pub cluster_token: Secret,
     pub capacity: u32,
-    /// Per-container memory limit (`2g`, `512m`).
-    pub memory: String,
-    /// Per-container CPU limit (`1.5`).
-    pub cpus: String,
-    pub pids_limit: i64,
+    /// Memory limit of a container whose file sets none (`2g`, `512m`; empty = none).
+    #[serde(alias = "memory")]
+    pub default_memory: String,
+    /// CPU limit of a container whose file sets none (`1.5`; empty = none).
+    #[serde(alias = "cpus")]
+    pub default_cpus: String,
+    /// Process limit of a container whose file sets none (0 = none).
+    #[serde(alias = "pids_limit")]
+    pub default_pids: i64,
+    /// The most memory a compose file may ask for per container (empty = no cap).
+    pub max_memory: String,
+    /// The most CPUs a compose file may ask for per container (empty = no cap).
+    pub max_cpus: String,
+    /// The most processes a compose file may ask for per container (0 = no cap).
+    pub max_pids: i64,
     #[serde(with = "humantime_serde_opt")]
     pub build_timeout: Duration,
     #[serde(with = "humantime_serde_opt")]
@@ -95,9 +105,12 @@ impl Default for Config {
             agent_listen: "127.0.0.1:8500".to_owned(),
             cluster_token: Secret::default(),
             capacity: 20,
-            memory: "2g".to_owned(),
-            cpus: "1".to_owned(),
-            pids_limit: 512,
+            default_memory: "2g".to_owned(),
+            default_cpus: "1".to_owned(),
+            default_pids: 512,
+            max_memory: String::new(),
+            max_cpus: String::new(),
+            max_pids: 0,
             build_timeout: Duration::from_secs(15 * 60),
             start_timeout: Duration::from_secs(120),
             build_parallelism: default_build_parallelism(),
@@ -150,19 +163,34 @@ impl Config {
     }
 
     pub fn policy(&self) -> Result<Policy, ConfigError> {
+        fn value(
+            field: &'static str,
+            text: &str,
+            parse: fn(&str) -> Result<i64, String>,
+        ) -> Result<i64, ConfigError> {
+            if text.trim().is_empty() {
+                return Ok(0);
+            }
+            parse(text).map_err(|reason| ConfigError::Invalid { field, reason })
+        }
+        let count = |field: &'static str, n: i64| {
+            if n < 0 {
+                Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{n} is negative (0 means none)"),
+                })
+            } else {
+                Ok(n)
+            }
+        };
         Ok(Policy {
             allowed_caps: self.allowed_caps.clone(),
-            memory_bytes: policy::parse_size(&self.memory).map_err(|reason| {
-                ConfigError::Invalid {
-                    field: "memory",
-                    reason,
-                }
-            })?,
-            nano_cpus: policy::parse_cpus(&self.cpus).map_err(|reason| ConfigError::Invalid {
-                field: "cpus",
-                reason,
-            })?,
-            pids_limit: self.pids_limit,
+            memory_bytes: value("default-memory", &self.default_memory, policy::parse_size)?,
+            nano_cpus: value("default-cpus", &self.default_cpus, policy::parse_cpus)?,
+            pids_limit: count("default-pids", self.default_pids)?,
+            max_memory_bytes: value("max-memory", &self.max_memory, policy::parse_size)?,
+            max_nano_cpus: value("max-cpus", &self.max_cpus, policy::parse_cpus)?,
+            max_pids: count("max-pids", self.max_pids)?,
             run_as_user: self.run_as_user.clone(),
         })
     }
@@ -376,13 +404,43 @@ mod tests {
         let p = c.policy().unwrap();
         assert_eq!(p.memory_bytes, 512 << 20);
         assert_eq!(p.nano_cpus, 500_000_000);
+        assert_eq!((p.max_memory_bytes, p.max_nano_cpus, p.max_pids), (0, 0, 0));
+        let capped: Config = serde_json::from_str(
+            r#"{"cluster_token":"t","default_memory":"","max_memory":"1.5g","max_cpus":"2","max_pids":100}"#,
+        )
+        .unwrap();
+        let p = capped.policy().unwrap();
+        assert_eq!(
+            (
+                p.memory_bytes,
+                p.max_memory_bytes,
+                p.max_nano_cpus,
+                p.max_pids
+            ),
+            (0, 3 << 29, 2_000_000_000, 100)
+        );
         assert_eq!(c.node(), "w1");
         assert!(serde_json::from_str::<Config>(r#"{"bogus":1}"#).is_err());
 
         let cases: &[(&str, &str)] = &[
             (r#"{}"#, "a cluster token is required"),
-            (r#"{"cluster_token":"t","memory":"lots"}"#, "invalid memory"),
-            (r#"{"cluster_token":"t","cpus":"-2"}"#, "invalid cpus"),
+            (
+                r#"{"cluster_token":"t","memory":"lots"}"#,
+                "invalid default-memory",
+            ),
+            (
+                r#"{"cluster_token":"t","cpus":"-2"}"#,
+                "invalid default-cpus",
+            ),
+            (
+                r#"{"cluster_token":"t","max_memory":"1q"}"#,
+                "invalid max-memory",
+            ),
+            (r#"{"cluster_token":"t","max_pids":-1}"#, "invalid max-pids"),
+            (
+                r#"{"cluster_token":"t","publish_address":"here"}"#,
+                "invalid publish-address",
+            ),
             (
                 r#"{"cluster_token":"t","node_name":"Bad Name"}"#,
                 "invalid node-name",

@@ -165,3 +165,84 @@ async fn docker_resource_limits_are_applied_defaulted_and_capped() {
     w.cleanup.assert_nothing_left();
     w.stop().await;
 }
+
+const ONE_SHOTS: &str = r#"services:
+  migrate:
+    image: berth-base:latest
+    command: [sh, -c, "echo migrated"]
+  seed:
+    image: berth-base:latest
+    command: [sh, -c, "sleep 1; echo seeded; exit 0"]
+    restart: "no"
+  app:
+    image: berth-base:latest
+    command: [httpd, -f, -p, "8080", -h, /]
+    ports: ["8080"]
+    depends_on:
+      seed: {condition: service_completed_successfully}
+      migrate: {condition: service_started}
+"#;
+
+const CRASHER: &str = r#"services:
+  bad:
+    image: berth-base:latest
+    command: [sh, -c, "echo boom-line; sleep 1; exit 3"]
+    ports: ["8080"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_one_shot_services_complete_and_failures_name_the_exit_code() {
+    let w = worker("oneshot", |_| {}).await;
+    let (repo, commit) = git_repo(&[("compose.yaml", ONE_SHOTS)]);
+    let sid = id(&format!("one-{}", w.node));
+    let started = w.build_and_start(&sid, repo.path(), &commit).await;
+    assert_eq!(started.state, berth_worker_api::StackState::Running);
+    // migrate may still be finishing when start answers; the status settles on completed.
+    let mut states = Vec::new();
+    for _ in 0..50 {
+        let st = w.client.status(&sid).await.unwrap().unwrap();
+        states = st
+            .services
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.state))
+            .collect();
+        if states
+            .iter()
+            .all(|s| !s.ends_with("=running") || s == "app=running")
+            && states.contains(&"migrate=completed".to_owned())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    states.sort();
+    assert_eq!(
+        states,
+        ["app=running", "migrate=completed", "seed=completed"]
+    );
+    w.client.delete(&sid, false).await.unwrap();
+
+    // A non-zero exit is a failure naming the service, the exit code and the last log lines.
+    let (repo, commit) = git_repo(&[("compose.yaml", CRASHER)]);
+    let sid = id(&format!("crash-{}", w.node));
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let err = w
+        .client
+        .start(&sid, &berth_worker_api::StartRequest::default())
+        .await
+        .unwrap_err();
+    let WorkerClientError::Api { body, .. } = err else {
+        panic!("expected an API error, got {err:?}");
+    };
+    let msg = body.error.message;
+    assert!(
+        msg.contains("service bad") && msg.contains("code 3") && msg.contains("boom-line"),
+        "{msg}"
+    );
+    w.client.delete(&sid, false).await.unwrap();
+    w.cleanup.assert_nothing_left();
+    w.stop().await;
+}

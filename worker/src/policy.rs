@@ -160,7 +160,8 @@ impl Policy {
     /// The limits of `r` above this worker's caps, as `(field, reason)`: the key, the value as
     /// written and the cap (no limit at all is above any cap).
     fn above_caps(&self, service: &str, r: &Resources) -> Vec<(String, String)> {
-        let checks: [(&Option<Limit>, i64, &str, fn(i64) -> String); 3] = [
+        type Check<'a> = (&'a Option<Limit>, i64, &'static str, fn(i64) -> String);
+        let checks: [Check<'_>; 3] = [
             (
                 &r.memory,
                 self.max_memory_bytes,

@@ -114,18 +114,25 @@ async fn docker_resource_limits_are_applied_defaulted_and_capped() {
         )
     );
     // deploy.resources; the test worker's default memory (256m) and pids (512, capped to 100).
+    // Docker fills in MemorySwap (twice the memory) and ShmSize (64m) itself.
     assert_eq!(
         inspect(&container("db"), hc),
         format!(
-            "{} 0 {} 250000000 0  32 {}  ",
+            "{} {} {} 250000000 0  32 {}",
             128 << 20,
+            256 << 20,
             64 << 20,
             64 << 20
         )
     );
     assert_eq!(
         inspect(&container("plain"), hc),
-        format!("{} 0 0 1000000000 0  100 {}  ", 256 << 20, 64 << 20)
+        format!(
+            "{} {} 0 1000000000 0  100 {}",
+            256 << 20,
+            512 << 20,
+            64 << 20
+        )
     );
     // `links: [db:database]` is an alias of db on the network web shares with it.
     let aliases = inspect(

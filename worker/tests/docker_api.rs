@@ -32,6 +32,7 @@ async fn docker_router_auth_and_input_errors() {
             data_dir: data.path().to_path_buf(),
             node: "router-test".into(),
             advertise: "127.0.0.1".into(),
+            publish_address: "127.0.0.1".into(),
             policy: Default::default(),
             build_timeout: std::time::Duration::from_secs(60),
             start_timeout: std::time::Duration::from_secs(60),

@@ -2,9 +2,10 @@
 //! `wait_ready` is the wait itself: every service that is not a one-shot dependency runs, is
 //! healthy where it has a healthcheck, and its published TCP ports accept connections
 //! (`wait_ports_accept`); `wait_condition` also serves the `depends_on` waits in between. A
-//! service that exits or turns unhealthy fails at once with its last log lines, and the
-//! deadline ends every wait. Waits look again after a short backoff (10 ms doubling to 250 ms),
-//! and a `service_healthy` dependency's healthcheck is also run by the worker itself
+//! one-shot service that exits 0 (not restarted) is completed, never a failure; a service that
+//! exits otherwise or turns unhealthy fails at once with its exit code and last log lines, and
+//! the deadline ends every wait. Waits look again after a short backoff (10 ms doubling to
+//! 250 ms), and a `service_healthy` dependency's healthcheck is also run by the worker itself
 //! (`wait_dependency`), so its dependents are not held until Docker's first check one
 //! `interval` after its start.
 
@@ -20,7 +21,7 @@ use futures::StreamExt;
 use super::ports::port_key;
 use super::{StackError, Stacks, failed};
 use crate::compose::plan;
-use crate::compose::{Condition, Project, Service};
+use crate::compose::{Condition, Project, Restart, Service};
 use crate::logbuf::LogBuf;
 
 /// How often a start runs a starting service's healthcheck itself before it leaves the checks
@@ -71,6 +72,10 @@ impl Stacks {
             }
             self.wait_condition(project, &s.name, Condition::Started, deadline, log)
                 .await?;
+            if self.completed(project, &s.name).await? {
+                log.line(&format!("service {} completed", s.name));
+                continue;
+            }
             if healthcheck(&s.name) {
                 self.wait_condition(project, &s.name, Condition::Healthy, deadline, log)
                     .await?;
@@ -91,11 +96,11 @@ impl Stacks {
     ) -> Result<(), StackError> {
         for p in s.ports.iter().filter(|p| p.protocol == "tcp") {
             let port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
-            let ip = p
-                .host_ip
-                .as_deref()
-                .filter(|ip| *ip != "0.0.0.0" && *ip != "::")
-                .unwrap_or("127.0.0.1");
+            let ip = match self.settings.publish_address.as_str() {
+                "0.0.0.0" => "127.0.0.1",
+                "::" => "::1",
+                ip => ip,
+            };
             let addr: SocketAddr = format!("{ip}:{port}")
                 .parse()
                 .or_else(|_| format!("[{ip}]:{port}").parse())
@@ -104,7 +109,10 @@ impl Stacks {
             loop {
                 // Docker's userland proxy accepts on the host port before the app listens, so
                 // the container's own address must accept too.
-                let inner = self.running_ip(project, &s.name).await?;
+                let Some(inner) = self.running_ip(project, &s.name).await? else {
+                    // A one-shot that exited 0 meanwhile is done, not failed.
+                    return Ok(());
+                };
                 let inner_ok = match inner {
                     Some(ip) => tokio::net::TcpStream::connect((ip, p.container_port))
                         .await
@@ -233,6 +241,10 @@ impl Stacks {
                         )
                         .await);
                 }
+                // A one-shot that already ran to success was started (Compose semantics).
+                Condition::Started if exited && completes(project, service, state.exit_code) => {
+                    return Ok(());
+                }
                 Condition::Started | Condition::Healthy if exited => {
                     return Err(self
                         .failure(
@@ -303,23 +315,50 @@ impl Stacks {
         matches!(tokio::time::timeout(timeout, run).await, Ok(Some(0)))
     }
 
-    /// The container's address on its first network, failing if it no longer runs.
+    /// Whether `service` ran to completion: its container exited 0 and is not restarted.
+    async fn completed(&self, project: &Project, service: &str) -> Result<bool, StackError> {
+        let name = plan::container_name(&project.name, service);
+        let state = self
+            .docker
+            .inspect_container(&name, None)
+            .await?
+            .state
+            .unwrap_or_default();
+        Ok(state.running != Some(true)
+            && state.restarting != Some(true)
+            && state
+                .finished_at
+                .as_deref()
+                .is_some_and(|f| !f.starts_with("0001"))
+            && completes(project, service, state.exit_code))
+    }
+
+    /// The container's address on its first network (`Some(None)` without one), `None` when it
+    /// completed (exited 0, not restarted), failing if it stopped otherwise.
     async fn running_ip(
         &self,
         project: &Project,
         service: &str,
-    ) -> Result<Option<std::net::IpAddr>, StackError> {
+    ) -> Result<Option<Option<std::net::IpAddr>>, StackError> {
         let name = plan::container_name(&project.name, service);
         let c = self.docker.inspect_container(&name, None).await?;
-        if c.state.and_then(|s| s.running) != Some(true) {
-            return Err(self.failure(project, service, "stopped running").await);
+        let state = c.state.unwrap_or_default();
+        if state.running != Some(true) {
+            if state.restarting != Some(true) && completes(project, service, state.exit_code) {
+                return Ok(None);
+            }
+            let what = match state.exit_code {
+                Some(code) => format!("stopped running (exited with code {code})"),
+                None => "stopped running".to_owned(),
+            };
+            return Err(self.failure(project, service, &what).await);
         }
-        Ok(c.network_settings
-            .and_then(|n| n.networks)
-            .and_then(|nets| {
+        Ok(Some(c.network_settings.and_then(|n| n.networks).and_then(
+            |nets| {
                 nets.values()
                     .find_map(|e| e.ip_address.as_deref().and_then(|ip| ip.parse().ok()))
-            }))
+            },
+        )))
     }
 
     async fn last_lines(&self, project: &Project, service: &str) -> String {
@@ -355,4 +394,19 @@ impl Stacks {
             "timed out waiting for service {service} to be {what}; last log lines:\n{lines}"
         ))
     }
+}
+
+/// Whether an exit with `code` ends `service` for good and successfully: code 0 under a restart
+/// policy that does not restart it after success (`no`, `on-failure`), as Compose treats
+/// one-shot services (seeders, migrations).
+pub(super) fn completes(project: &Project, service: &str, code: Option<i64>) -> bool {
+    code == Some(0)
+        && project
+            .service(service)
+            .is_some_and(|s| one_shot_policy(&s.restart))
+}
+
+/// Whether a restart policy leaves a container that exited 0 alone.
+pub(super) fn one_shot_policy(restart: &Restart) -> bool {
+    matches!(restart, Restart::No | Restart::OnFailure(_))
 }

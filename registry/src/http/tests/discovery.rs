@@ -306,7 +306,7 @@ async fn catalog_and_health_rules() {
                 "/v1/catalog/service/web?filter=Service%20==%20web",
                 "",
                 400,
-                "~filter expressions are not supported",
+                "Failed to create boolean expression evaluator: Selector \"Service\" is not valid",
             ),
             (
                 "GET",
@@ -1279,4 +1279,223 @@ async fn agents_resolve_tokens_through_the_server_with_their_own_token() {
         )],
     )
     .await;
+}
+
+/// `?filter=` on every listing Consul filters: one row per endpoint (what it keeps), and the
+/// 400 with go-bexpr's text for a selector the element type lacks.
+#[tokio::test]
+async fn filter_expressions_per_endpoint() {
+    let h = H::new().await;
+    let n1 = r#"{"Node":"n1","Address":"10.0.0.1","NodeMeta":{"env":"prod"},"Service":{"ID":"web1","Service":"web","Tags":["a","b"],"Port":80,"Meta":{"v":"1"}},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"web1-http","ServiceID":"web1","Status":"passing"}]}"#;
+    let n2 = r#"{"Node":"n2","Address":"10.0.0.2","NodeMeta":{"env":"dev"},"Service":{"ID":"db2","Service":"db","Tags":["x"],"Port":5432},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"db2-tcp","ServiceID":"db2","Status":"critical"}]}"#;
+    let n3 = r#"{"Node":"n3","Address":"10.0.0.3","Service":{"ID":"web3","Service":"web","Tags":["a"],"Port":81},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"web3-http","ServiceID":"web3","Status":"warning"}]}"#;
+    for body in [n1, n2, n3] {
+        h.table(None, &[("PUT", "/v1/catalog/register", body, 200, "true")])
+            .await;
+    }
+    h.table(
+        None,
+        &[
+            ("PUT", "/v1/agent/service/register", r#"{"ID":"api1","Name":"api","Tags":["blue"],"Port":9000,"Check":{"TTL":"1h","Status":"passing"}}"#, 200, ""),
+            ("PUT", "/v1/agent/service/register", r#"{"ID":"api2","Name":"api","Tags":["green"],"Port":9001}"#, 200, ""),
+        ],
+    )
+    .await;
+    let q = |path: &str, expr: &str| {
+        format!(
+            "{path}?filter={}",
+            percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    let ids = |v: &serde_json::Value, key: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
+        let mut out: Vec<String> = match v {
+            serde_json::Value::Array(a) => a.iter().map(key).collect(),
+            serde_json::Value::Object(o) => o.values().map(key).collect(),
+            _ => vec![],
+        };
+        out.sort();
+        out
+    };
+    let field =
+        |name: &'static str| move |e: &serde_json::Value| e[name].as_str().unwrap_or("").to_owned();
+    let svc_id = |e: &serde_json::Value| e["Service"]["ID"].as_str().unwrap().to_owned();
+    // (uri, how to name an element, names expected)
+    type Name = Box<dyn Fn(&serde_json::Value) -> String>;
+    let rows: Vec<(String, Name, Vec<&str>)> = vec![
+        (
+            q("/v1/catalog/nodes", "Meta.env == prod"),
+            Box::new(field("Node")),
+            vec!["n1"],
+        ),
+        (
+            q(
+                "/v1/catalog/nodes",
+                "Address matches \"^10[.]0[.]0[.][23]$\"",
+            ),
+            Box::new(field("Node")),
+            vec!["n2", "n3"],
+        ),
+        (
+            q("/v1/catalog/service/web", "ServiceTags contains b"),
+            Box::new(field("ServiceID")),
+            vec!["web1"],
+        ),
+        (
+            q(
+                "/v1/catalog/service/web",
+                "ServiceMeta.v == \"1\" or NodeMeta is empty",
+            ),
+            Box::new(field("ServiceID")),
+            vec!["web1", "web3"],
+        ),
+        (
+            q("/v1/health/service/web", "Checks.Status == warning"),
+            Box::new(svc_id),
+            vec!["web3"],
+        ),
+        (
+            q(
+                "/v1/health/service/web",
+                "Service.Tags contains b and Node.Meta.env == prod",
+            ),
+            Box::new(svc_id),
+            vec!["web1"],
+        ),
+        (
+            q("/v1/health/service/web", "not Node.Node == n1"),
+            Box::new(svc_id),
+            vec!["web3"],
+        ),
+        (
+            q("/v1/health/checks/web", "Status != passing"),
+            Box::new(field("CheckID")),
+            vec!["web3-http"],
+        ),
+        (
+            q("/v1/health/node/n2", "ServiceName == db"),
+            Box::new(field("CheckID")),
+            vec!["db2-tcp"],
+        ),
+        (
+            q(
+                "/v1/health/state/any",
+                "CheckID == serfHealth and n2 in Node",
+            ),
+            Box::new(field("Node")),
+            vec!["n2"],
+        ),
+        (
+            q(
+                "/v1/health/state/passing",
+                "ServiceID == \"\" and Node != node1",
+            ),
+            Box::new(field("Node")),
+            vec!["n1", "n2", "n3"],
+        ),
+        (
+            q("/v1/agent/services", "green in Tags"),
+            Box::new(field("ID")),
+            vec!["api2"],
+        ),
+        (
+            q("/v1/agent/services", "Service == api and Port != 9000"),
+            Box::new(field("ID")),
+            vec!["api2"],
+        ),
+        (
+            q("/v1/agent/checks", "ServiceID == api1"),
+            Box::new(field("ServiceID")),
+            vec!["api1"],
+        ),
+    ];
+    for (uri, key, want) in &rows {
+        let v = h.json(uri).await;
+        assert_eq!(ids(&v, key.as_ref()), *want, "{uri}: {v}");
+    }
+    // `/v1/catalog/node/<n>` filters the node's services; `/v1/catalog/services` the instances.
+    let node = h.json(&q("/v1/catalog/node/n1", "Service == web")).await;
+    assert_eq!(node["Services"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        h.json(&q("/v1/catalog/services", "ServicePort == 5432"))
+            .await,
+        serde_json::json!({"db": ["x"]})
+    );
+    assert_eq!(
+        h.json(&q("/v1/catalog/services", "NodeMeta.env == prod"))
+            .await,
+        serde_json::json!({"web": ["a", "b"]})
+    );
+    // an empty expression filters nothing
+    assert_eq!(
+        h.json("/v1/catalog/nodes?filter=")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let prefix = "Failed to create boolean expression evaluator: ";
+    for (uri, text) in [
+        (
+            q("/v1/catalog/nodes", "ServiceName == web"),
+            "Selector \"ServiceName\" is not valid",
+        ),
+        (
+            q("/v1/catalog/services", "Service == web"),
+            "Selector \"Service\" is not valid",
+        ),
+        (
+            q("/v1/catalog/service/web", "Tags contains a"),
+            "Selector \"Tags\" is not valid",
+        ),
+        (
+            q("/v1/catalog/node/n1", "ServiceName == web"),
+            "Selector \"ServiceName\" is not valid",
+        ),
+        (
+            q("/v1/health/service/web", "Service.Nope == x"),
+            "Selector \"Service.Nope\" is not valid",
+        ),
+        (
+            q("/v1/health/checks/web", "Checks.Status == x"),
+            "Selector \"Checks\" is not valid",
+        ),
+        (
+            q("/v1/health/node/n1", "Status is empty"),
+            "Invalid match operator \"Is Empty\" for selector \"Status\"",
+        ),
+        (
+            q("/v1/health/state/any", "Nope == 1"),
+            "Selector \"Nope\" is not valid",
+        ),
+        (
+            q("/v1/agent/services", "ServiceName == api"),
+            "Selector \"ServiceName\" is not valid",
+        ),
+        (
+            q("/v1/agent/checks", "Port == 1"),
+            "Selector \"Port\" is not valid",
+        ),
+    ] {
+        let a = h.call("GET", &uri, "", None).await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (400, format!("{prefix}{text}").as_str()),
+            "{uri}"
+        );
+    }
+    let a = h
+        .call(
+            "GET",
+            &q("/v1/health/service/web", "Service.Service =="),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body.starts_with(prefix) && a.body.contains("no match found"),
+        "{}",
+        a.body
+    );
 }

@@ -453,6 +453,96 @@ mod tests {
     }
 
     #[test]
+    fn expired_tokens_do_not_exist_and_roles_and_identities_grant() {
+        let mut r = AclResolver::enabled(SecretId::new("root"));
+        r.set_datacenter("dc1");
+        let mut expired = token("old", &["kvread"]);
+        expired.expiration_time = Some("2000-01-01T00:00:00Z".into());
+        let mut later = token("later", &["kvread"]);
+        later.expiration_time = Some("2999-01-01T00:00:00Z".into());
+        let mut by_role = token("role", &[]);
+        by_role.roles = vec![PolicyLink {
+            id: "r1".into(),
+            name: "reader".into(),
+        }];
+        let mut by_mgmt_role = token("mgmt-role", &[]);
+        by_mgmt_role.roles = vec![PolicyLink {
+            id: "r2".into(),
+            name: "admin".into(),
+        }];
+        let mut svc = token("svc", &[]);
+        svc.service_identities = vec![ServiceIdentity {
+            service_name: "web".into(),
+            datacenters: vec![],
+        }];
+        let mut node = token("node", &[]);
+        node.node_identities = vec![
+            NodeIdentity {
+                node_name: "n1".into(),
+                datacenter: "dc1".into(),
+            },
+            NodeIdentity {
+                node_name: "n2".into(),
+                datacenter: "dc2".into(),
+            },
+        ];
+        r.load(
+            vec![expired, later, by_role, by_mgmt_role, svc, node],
+            vec![policy("kvread", r#"key_prefix "" { policy = "read" }"#)],
+        );
+        r.load_roles(vec![
+            Role {
+                id: "r1".into(),
+                name: "reader".into(),
+                policies: vec![PolicyLink {
+                    id: "kvread".into(),
+                    name: "p-kvread".into(),
+                }],
+                node_identities: vec![NodeIdentity {
+                    node_name: "rn".into(),
+                    datacenter: "dc1".into(),
+                }],
+                ..Role::default()
+            },
+            Role {
+                id: "r2".into(),
+                name: "admin".into(),
+                policies: vec![PolicyLink {
+                    id: MANAGEMENT_POLICY_ID.into(),
+                    name: MANAGEMENT_POLICY_NAME.into(),
+                }],
+                ..Role::default()
+            },
+        ]);
+        assert_eq!(r.resolve(Some("old")).unwrap_err(), AclError::NotFound);
+        assert!(r.token_for("old").is_none());
+        assert!(
+            r.resolve(Some("later"))
+                .unwrap()
+                .allows(Resource::Key, "k", Need::Read)
+        );
+        let role = r.resolve(Some("role")).unwrap();
+        assert!(role.allows(Resource::Key, "k", Need::Read));
+        assert!(role.allows(Resource::Node, "rn", Need::Write));
+        assert!(r.resolve(Some("mgmt-role")).unwrap().is_management());
+        let svc = r.resolve(Some("svc")).unwrap();
+        assert!(svc.allows(Resource::Service, "web", Need::Write));
+        assert!(svc.allows(Resource::Service, "web-sidecar-proxy", Need::Write));
+        assert!(!svc.allows(Resource::Service, "db", Need::Write));
+        assert!(svc.allows(Resource::Service, "db", Need::Read));
+        assert!(svc.allows(Resource::Node, "any", Need::Read));
+        assert!(!svc.allows(Resource::Key, "k", Need::Read));
+        let node = r.resolve(Some("node")).unwrap();
+        assert!(node.allows(Resource::Node, "n1", Need::Write));
+        assert!(
+            !node.allows(Resource::Node, "n2", Need::Write),
+            "other datacenter"
+        );
+        assert!(node.allows(Resource::Service, "x", Need::Read));
+        assert!(!node.allows(Resource::Node, "other", Need::Read));
+    }
+
+    #[test]
     fn secrets_never_print() {
         let t = token("very-secret", &[]);
         assert!(!format!("{t:?}").contains("very-secret"));

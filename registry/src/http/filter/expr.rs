@@ -432,7 +432,10 @@ impl<'a> Parser<'a> {
                 }
             }
             _ => {
-                self.expect(start, "[0-9]");
+                if at == start {
+                    self.expect(start, "\"-\"");
+                }
+                self.expect(at, "[0-9]");
                 return Ok(None);
             }
         }

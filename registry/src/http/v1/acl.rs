@@ -138,12 +138,17 @@ async fn resolve_for_agent(
     Ok(json(&answer))
 }
 
-/// [`AclStore::modify`] with the handlers' error type.
+/// [`AclStore::modify`] with the handlers' error type. Expired tokens are reaped on the way
+/// (they already count as gone everywhere), so they do not pile up in the store.
 fn modify<T>(
     acl: &AclStore,
     change: impl FnOnce(&mut Persisted) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    acl.modify(change)
+    acl.modify(|d| {
+        let now = std::time::SystemTime::now();
+        d.tokens.retain(|t| !t.is_expired(now));
+        change(d)
+    })
 }
 
 fn ensure_enabled(acl: &AclStore) -> Result<(), ApiError> {

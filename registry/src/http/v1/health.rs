@@ -8,7 +8,8 @@ use crate::acl::{Need, Resource};
 use crate::convert::{agent_service, catalog_node, health_check};
 use crate::dto::{HealthCheck, ServiceEntry};
 use crate::http::authz::Authz;
-use crate::http::filter::{meta_matches, node_meta_filter};
+use crate::http::filter::schema::{CHECK_SERVICE_NODE, HEALTH_CHECK};
+use crate::http::filter::{ListFilter, meta_matches, node_meta_filter, retain};
 use crate::http::query::{Blocking, ConsulQuery};
 use crate::http::{ApiError, AppState};
 use crate::store::state::{Check, CheckStatus, State as StoreState, Topic};
@@ -51,7 +52,7 @@ pub(crate) async fn service(
     Path(name): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(CHECK_SERVICE_NODE)?;
     let params = &query.params;
     let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
     let meta = node_meta_filter(params);
@@ -76,20 +77,22 @@ pub(crate) async fn service(
             let total = list.len();
             list.retain(|e| authz.allows(Resource::Node, &e.node.node, Need::Read));
             let dropped = list.len() != total;
+            retain(filter.as_ref(), &mut list);
             ((list, dropped), state.tables.catalog())
         })
         .await;
     Ok(Blocking::json(&list, index).filtered(dropped))
 }
 
-/// Checks readable by `authz`, and whether any were dropped. As Consul's filterHealthChecks, a
+/// Checks readable by `authz` that `filter` keeps, and whether ACLs dropped any. As Consul's filterHealthChecks, a
 /// check needs read on its node and, for a service check, on its service.
 fn readable_checks<'a>(
     authz: &Authz,
     checks: impl Iterator<Item = &'a Check>,
+    filter: Option<&ListFilter>,
 ) -> (Vec<HealthCheck>, bool) {
     let mut dropped = false;
-    let list = checks
+    let mut list: Vec<HealthCheck> = checks
         .filter(|c| {
             let ok = authz.allows(Resource::Node, &c.node, Need::Read)
                 && (c.service_id.is_empty()
@@ -99,6 +102,7 @@ fn readable_checks<'a>(
         })
         .map(health_check)
         .collect();
+    retain(filter, &mut list);
     (list, dropped)
 }
 
@@ -109,7 +113,7 @@ pub(crate) async fn checks(
     Path(name): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(HEALTH_CHECK)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
     let ((list, dropped), index) = query
@@ -121,7 +125,10 @@ pub(crate) async fn checks(
                         .get(&c.node)
                         .is_some_and(|n| meta_matches(n, &meta))
             });
-            (readable_checks(&authz, checks), state.tables.catalog())
+            (
+                readable_checks(&authz, checks, filter.as_ref()),
+                state.tables.catalog(),
+            )
         })
         .await;
     Ok(Blocking::json(&list, index).filtered(dropped))
@@ -134,11 +141,11 @@ pub(crate) async fn node(
     Path(name): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(HEALTH_CHECK)?;
     let ((list, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
             (
-                readable_checks(&authz, state.node_checks(&name)),
+                readable_checks(&authz, state.node_checks(&name), filter.as_ref()),
                 state.tables.catalog(),
             )
         })
@@ -153,7 +160,7 @@ pub(crate) async fn state(
     Path(wanted): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(HEALTH_CHECK)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
     let pick: Option<CheckStatus> = match wanted.as_str() {
@@ -174,7 +181,10 @@ pub(crate) async fn state(
                         .get(&c.node)
                         .is_some_and(|n| meta_matches(n, &meta))
             });
-            (readable_checks(&authz, checks), state.tables.catalog())
+            (
+                readable_checks(&authz, checks, filter.as_ref()),
+                state.tables.catalog(),
+            )
         })
         .await;
     Ok(Blocking::json(&list, index).filtered(dropped))

@@ -296,6 +296,19 @@ mod tests {
     }
 
     #[test]
+    fn records_without_release_fields_still_read() {
+        let old = serde_json::json!({
+            "id": "a", "user": "u", "project": "p", "commit": null, "repo": "r",
+            "worker": null, "state": "built", "error": null,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        });
+        let rec: InstanceRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(rec.running_commit, None);
+        assert_eq!(rec.built_at, None);
+        assert_eq!(rec.built_commit, None);
+    }
+
+    #[test]
     fn endpoint_address() {
         let mut e = Endpoint {
             service: "web".into(),

@@ -252,3 +252,50 @@ async fn rollback_errors() {
     assert_eq!(status, 400, "{body}");
     m.stop().await;
 }
+
+/// Runs the CLI (`--json`, so nothing but JSON on stdout) against `m`.
+async fn cli(m: &Master, args: &[&str]) -> Result<(), berth_cli::failure::Failure> {
+    use clap::Parser;
+    let mut argv = vec!["berth", "--master", &m.base, "--token", API, "--json"];
+    argv.extend_from_slice(args);
+    let cli = berth_cli::cli::Cli::parse_from(argv);
+    tokio::task::spawn_blocking(move || berth_cli::run(&cli, &berth_cli::output::Out::new(true)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_releases_and_rollback() {
+    let reg = registry().await;
+    let _worker = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (_, r1) = m.upload("rel-3", "alice", "&build=false", app("v1")).await;
+    let (status, r2) = m.upload("rel-3", "alice", "&wait=30s", app("v2")).await;
+    assert_eq!(status, 200, "{r2}");
+    let (status, rec) = m.call(Method::POST, "/v1/instances/rel-3/start").await;
+    assert_eq!(status, 200, "{rec}");
+
+    cli(&m, &["releases", "rel-3"]).await.unwrap();
+    cli(&m, &["rollback", "rel-3"]).await.unwrap();
+    let (_, rec) = m.call(Method::GET, "/v1/instances/rel-3").await;
+    assert_eq!(rec["running_commit"], commit_of(&r1).as_str(), "{rec}");
+    cli(&m, &["rollback", "rel-3", &commit_of(&r2)])
+        .await
+        .unwrap();
+    let (_, rec) = m.call(Method::GET, "/v1/instances/rel-3").await;
+    assert_eq!(rec["running_commit"], commit_of(&r2).as_str(), "{rec}");
+
+    // Refusals are the app's failures (exit 1) with the master's status.
+    let unknown = "0".repeat(40);
+    let f = cli(&m, &["rollback", "rel-3", &unknown]).await.unwrap_err();
+    assert_eq!(
+        (f.exit, f.status),
+        (berth_cli::failure::Exit::App, Some(404))
+    );
+    let f = cli(&m, &["rollback", "rel-3", "abc"]).await.unwrap_err();
+    assert_eq!(f.status, Some(400));
+    let f = cli(&m, &["releases", "nope"]).await.unwrap_err();
+    assert_eq!(f.status, Some(404));
+    m.stop().await;
+}

@@ -50,6 +50,18 @@ fn rfc3339(secs: i64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
+/// The commit the instance runs: `running_commit`, or for a record written before that field
+/// existed, the built commit (the only one a start runs).
+fn running(rec: &InstanceRecord) -> Option<&str> {
+    (rec.state == State::Running)
+        .then(|| {
+            rec.running_commit
+                .as_deref()
+                .or(rec.built_commit.as_deref())
+        })
+        .flatten()
+}
+
 /// The releases of `rec` from its code store history, newest first.
 fn releases_of(rec: &InstanceRecord, uploads: Vec<crate::codestore::Upload>) -> Vec<Release> {
     uploads
@@ -60,8 +72,7 @@ fn releases_of(rec: &InstanceRecord, uploads: Vec<crate::codestore::Upload>) -> 
                 uploaded_at: rfc3339(u.time),
                 built_at: built.then(|| rec.built_at.clone()).flatten(),
                 images_kept: built,
-                current: rec.state == State::Running
-                    && rec.running_commit.as_deref() == Some(u.commit.as_str()),
+                current: running(rec) == Some(u.commit.as_str()),
                 commit: u.commit,
                 message: u.message,
             }
@@ -122,9 +133,10 @@ impl Master {
             }
             None => {
                 let from = match rec.state {
-                    State::Running => rec.running_commit.clone(),
-                    _ => rec.built_commit.clone(),
+                    State::Running => running(&rec),
+                    _ => rec.built_commit.as_deref(),
                 }
+                .map(str::to_owned)
                 .ok_or_else(|| {
                     OpError::Conflict(format!(
                         "instance {id} has no running or built release to roll back from"
@@ -143,7 +155,7 @@ impl Master {
         };
         let previous = rec.state;
         let was_running = previous == State::Running;
-        if was_running && rec.running_commit.as_deref() == Some(target.as_str()) {
+        if running(&rec) == Some(target.as_str()) {
             return Ok(rec);
         }
         if was_running {
@@ -185,5 +197,28 @@ mod tests {
         assert!(!is_full_hex(&"g".repeat(40)));
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(-5), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_running_record_without_running_commit_runs_its_built_commit() {
+        let mut rec = InstanceRecord::new("a", "u", "p", "r".into());
+        rec.built_commit = Some("b".repeat(40));
+        let uploads = ["b", "a"].map(|c| crate::codestore::Upload {
+            commit: c.repeat(40),
+            time: 60,
+            message: "m".into(),
+        });
+        assert!(
+            releases_of(&rec, uploads.to_vec())
+                .iter()
+                .all(|r| !r.current)
+        );
+        rec.state = State::Running;
+        let list = releases_of(&rec, uploads.to_vec());
+        assert_eq!((list[0].current, list[0].images_kept), (true, true));
+        assert_eq!((list[1].current, list[1].images_kept), (false, false));
+        assert_eq!(list[0].uploaded_at, "1970-01-01T00:01:00Z");
+        rec.running_commit = Some("a".repeat(40));
+        assert!(releases_of(&rec, uploads.to_vec())[1].current);
     }
 }

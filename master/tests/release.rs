@@ -191,6 +191,10 @@ async fn releases_list_and_rollback_restarts_on_the_earlier_commit() {
     assert_eq!(rec["state"], "built", "{rec}");
     assert_eq!(rec["built_commit"], c3.as_str());
     assert!(rec["running_commit"].is_null(), "{rec}");
+    worker.state.events.lock().unwrap().clear();
+    let (status, same) = rollback(&m, "rel-1", Some(serde_json::json!({"commit": c3}))).await;
+    assert_eq!((status, &same), (200, &rec));
+    assert!(worker.state.events.lock().unwrap().is_empty());
     // Default from the built one (c3) when nothing runs: c2.
     let (status, rec) = rollback(&m, "rel-1", None).await;
     assert_eq!(status, 200, "{rec}");

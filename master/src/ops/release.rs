@@ -155,13 +155,14 @@ impl Master {
         };
         let previous = rec.state;
         let was_running = previous == State::Running;
-        if running(&rec) == Some(target.as_str()) {
+        let is_built = rec.built_commit.as_deref() == Some(target.as_str());
+        if running(&rec) == Some(target.as_str()) || (!was_running && is_built) {
             return Ok(rec);
         }
         if was_running {
             self.stop(id.clone()).await?;
         }
-        let mut done = if rec.built_commit.as_deref() == Some(target.as_str()) {
+        let mut done = if is_built {
             self.get_or_404(&id).await?
         } else {
             let wait = wait.unwrap_or(DEFAULT_ROLLBACK_WAIT);

@@ -28,7 +28,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// What is POSTed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    /// `state_changed` or `deleted`.
+    /// `state_changed`, `deleted` or `rolled_back`.
     pub event: &'static str,
     pub id: String,
     pub previous_state: Option<String>,

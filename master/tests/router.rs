@@ -498,6 +498,8 @@ async fn openapi_lists_every_route() {
         ("/v1/instances/{id}", "get"),
         ("/v1/instances", "get"),
         ("/v1/instances/{id}/logs", "get"),
+        ("/v1/instances/{id}/releases", "get"),
+        ("/v1/instances/{id}/rollback", "post"),
         ("/v1/workers", "get"),
         ("/healthz", "get"),
         ("/metrics", "get"),
@@ -509,6 +511,7 @@ async fn openapi_lists_every_route() {
         );
     }
     assert!(doc["components"]["schemas"]["InstanceRecord"].is_object());
+    assert!(doc["components"]["schemas"]["Release"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
 

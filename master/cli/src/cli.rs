@@ -68,6 +68,11 @@ pub enum Command {
     Start(IdArg),
     /// Stop an instance.
     Stop(IdArg),
+    /// An instance's releases (uploads), newest first: which one runs, which one is built.
+    Releases(IdArg),
+    /// Go back to an earlier release (default: the one before the running one). Builds it
+    /// unless it is the built one; a running instance is stopped and started again on it.
+    Rollback(RollbackArgs),
     /// Delete an instance: its stack, images, volumes, records and (unless kept) its code.
     Rm(RmArgs),
     /// Workers in the registry, healthy or not, with their load.
@@ -111,6 +116,17 @@ pub struct PsArgs {
 pub struct IdArg {
     /// Instance id.
     pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Instance id.
+    pub id: String,
+    /// Full commit id (40 hex) of the release to go back to (`berth releases ID` lists them).
+    pub commit: Option<String>,
+    /// Seconds to wait for the build.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub build_timeout: u64,
 }
 
 #[derive(Debug, Args)]

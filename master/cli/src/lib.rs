@@ -9,6 +9,7 @@ pub mod config;
 pub mod deploy;
 pub mod failure;
 pub mod output;
+pub mod releases;
 
 use clap::CommandFactory;
 
@@ -37,6 +38,8 @@ pub fn run(cli: &Cli, out: &Out) -> Result<(), Failure> {
         Command::Logs(args) => commands::logs(&client, out, args),
         Command::Start(args) => commands::lifecycle(&client, out, &args.id, "start"),
         Command::Stop(args) => commands::lifecycle(&client, out, &args.id, "stop"),
+        Command::Releases(args) => releases::releases(&client, out, &args.id),
+        Command::Rollback(args) => releases::rollback(&client, out, args),
         Command::Rm(args) => commands::rm(&client, out, args),
         Command::Workers => commands::workers(&client, out),
         Command::Open(args) => commands::open(&client, out, args),

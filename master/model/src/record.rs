@@ -167,6 +167,13 @@ pub struct InstanceRecord {
     /// Commit whose images the worker holds.
     #[serde(default)]
     pub built_commit: Option<String>,
+    /// When `built_commit` was built (RFC 3339).
+    #[serde(default)]
+    pub built_at: Option<String>,
+    /// Commit the running stack was started from; set by a successful start, cleared when the
+    /// stack stops, fails or is rebuilt.
+    #[serde(default)]
+    pub running_commit: Option<String>,
     /// Clone URL of the instance's repository (no credentials).
     pub repo: String,
     pub worker: Option<WorkerRef>,
@@ -217,6 +224,8 @@ impl InstanceRecord {
             project: project.to_owned(),
             commit: None,
             built_commit: None,
+            built_at: None,
+            running_commit: None,
             repo,
             worker: None,
             state: State::Uploaded,
@@ -234,6 +243,7 @@ impl InstanceRecord {
 
     pub fn fail(&mut self, step: &str, message: impl Into<String>) {
         self.state = State::Failed;
+        self.running_commit = None;
         self.error = Some(RecordError {
             step: step.to_owned(),
             message: message.into(),
@@ -283,6 +293,19 @@ mod tests {
             Op::Start.explain(State::Uploaded),
             "instance is uploaded; start is allowed in built, stopped, running, failed"
         );
+    }
+
+    #[test]
+    fn records_without_release_fields_still_read() {
+        let old = serde_json::json!({
+            "id": "a", "user": "u", "project": "p", "commit": null, "repo": "r",
+            "worker": null, "state": "built", "error": null,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+        });
+        let rec: InstanceRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(rec.running_commit, None);
+        assert_eq!(rec.built_at, None);
+        assert_eq!(rec.built_commit, None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `/v1/instances`: upload, build, start, stop, delete, read and log-stream handlers.
+//! `/v1/instances`: upload, build, start, stop, delete, read, log-stream, releases and rollback
+//! handlers.
 
 use std::sync::Arc;
 
@@ -289,4 +290,59 @@ pub async fn logs(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// The instance's releases (uploads), newest first, with which one is built and which runs.
+#[utoipa::path(get, path = "/v1/instances/{id}/releases", tag = "instances",
+    params(("id" = String, Path, description = "instance id")),
+    responses(
+        (status = 200, description = "releases, newest first (at most 100)", body = Vec<crate::ops::Release>),
+        (status = 400, description = "invalid id"), (status = 401, description = "no or unknown token"),
+        (status = 404, description = "unknown instance"),
+    ),
+    security(("bearer" = [])))]
+pub async fn releases(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<crate::ops::Release>>, ApiError> {
+    let id = valid("id", &id)?;
+    Ok(Json(master.releases(&id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    /// Full commit id (40 hex) of a release; default the release before the running one (or
+    /// before the built one when the instance does not run).
+    pub commit: Option<String>,
+}
+
+/// Roll back to an earlier release: stop (if running), build that commit unless it is the built
+/// one, start again (if it was running). Not yet zero-downtime: the stack is down in between.
+#[utoipa::path(post, path = "/v1/instances/{id}/rollback", tag = "instances",
+    params(("id" = String, Path, description = "instance id"), WaitQuery),
+    request_body(content = Option<RollbackBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "rolled back: the final record", body = InstanceRecord),
+        (status = 400, description = "bad input (e.g. a commit that is not 40 hex digits)"),
+        (status = 401, description = "no or unknown token"),
+        (status = 404, description = "unknown instance, or a commit that is not one of its releases"),
+        (status = 409, description = "no earlier release, the state does not allow it, or busy"),
+        (status = 422, description = "rejected by the worker's policy"),
+        (status = 502, description = "the worker failed"), (status = 503, description = "no healthy worker"),
+        (status = 504, description = "`wait` (default 10m) passed before the build ended"),
+    ),
+    security(("bearer" = [])))]
+pub async fn rollback(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+    OptionalJson(body): OptionalJson<RollbackBody>,
+) -> Result<Json<InstanceRecord>, ApiError> {
+    let id = valid("id", &id)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    let record = master
+        .rollback(id, body.and_then(|b| b.commit), wait)
+        .await?;
+    Ok(Json(record))
 }

@@ -40,6 +40,8 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/v1/instances/{id}/build", post(instances::build))
         .route("/v1/instances/{id}/start", post(instances::start))
         .route("/v1/instances/{id}/stop", post(instances::stop))
+        .route("/v1/instances/{id}/releases", get(instances::releases))
+        .route("/v1/instances/{id}/rollback", post(instances::rollback))
         .route("/v1/instances/{id}/logs", get(instances::logs))
         .route("/v1/workers", get(system::workers))
         .route_layer(middleware::from_fn_with_state(
@@ -211,6 +213,7 @@ impl From<OpError> for ApiError {
             OpError::NotFound(id) => ApiError::NotFound(format!(
                 "instance {id} not found (never created, or deleted)"
             )),
+            OpError::UnknownCommit(m) => ApiError::NotFound(m),
             OpError::Conflict(m) => ApiError::Conflict(m),
             OpError::Policy { message, details } => ApiError::Policy { message, details },
             OpError::NoWorker(m) => ApiError::Unavailable {

@@ -78,6 +78,8 @@ impl Modify for BearerAuth {
         super::instances::build,
         super::instances::start,
         super::instances::stop,
+        super::instances::releases,
+        super::instances::rollback,
         super::instances::delete,
         super::instances::show,
         super::instances::list,
@@ -87,7 +89,7 @@ impl Modify for BearerAuth {
         metrics,
         openapi,
     ),
-    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody)),
+    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody, super::instances::RollbackBody, crate::ops::Release)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

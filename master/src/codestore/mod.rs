@@ -60,6 +60,16 @@ pub struct Committed {
     pub changed: bool,
 }
 
+/// One upload in an instance's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// 40-hex commit id.
+    pub commit: String,
+    /// Commit time, seconds since the Unix epoch.
+    pub time: i64,
+    pub message: String,
+}
+
 /// New code for an instance: an uploaded tree (committed by berth), or a commit received by
 /// `git push` and already checked (see [`receive`]).
 #[derive(Debug)]
@@ -437,6 +447,48 @@ impl CodeStore {
         }
     }
 
+    /// The uploads of an instance, newest first: the first-parent history of `main` without the
+    /// commits that came with a push as unchecked history, at most `limit` of them. Empty when
+    /// the instance has no repository.
+    pub fn history(
+        &self,
+        user: &ValidName,
+        id: &ValidName,
+        limit: usize,
+    ) -> Result<Vec<Upload>, CodeStoreError> {
+        let RepoState::Live(repo) = self.state(user, id)? else {
+            return Ok(Vec::new());
+        };
+        let path = self.repo_path(user, id);
+        let git = |source| CodeStoreError::Git {
+            repo: path.clone(),
+            source,
+        };
+        let skip = unchecked(&repo);
+        let mut next = Some(repo.refname_to_id(MAIN_REF).map_err(git)?);
+        let mut uploads = Vec::new();
+        let mut walked = 0usize;
+        while let Some(oid) = next {
+            // Bounded even through a long pushed history that lists nothing.
+            if uploads.len() >= limit || walked >= HISTORY_WALK_MAX {
+                break;
+            }
+            walked += 1;
+            let commit = repo.find_commit(oid).map_err(git)?;
+            if !skip.contains(&oid) {
+                uploads.push(Upload {
+                    commit: oid.to_string(),
+                    time: commit.time().seconds(),
+                    message: String::from_utf8_lossy(commit.message_bytes())
+                        .trim_end()
+                        .to_owned(),
+                });
+            }
+            next = commit.parent_ids().next();
+        }
+        Ok(uploads)
+    }
+
     /// Removes the instance's repository; answers whether there was one.
     pub fn delete(&self, user: &ValidName, id: &ValidName) -> Result<bool, CodeStoreError> {
         let path = self.repo_path(user, id);
@@ -447,6 +499,9 @@ impl CodeStore {
         }
     }
 }
+
+/// Most commits [`CodeStore::history`] walks.
+const HISTORY_WALK_MAX: usize = 10_000;
 
 /// File of a repository listing the commits received by `git push` below its tip, one id a line.
 const UNCHECKED_FILE: &str = "berth-unchecked";

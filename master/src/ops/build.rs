@@ -137,6 +137,7 @@ impl Master {
         let previous = rec.state;
         rec.state = State::Building;
         rec.error = None;
+        rec.running_commit = None;
         rec.endpoints.clear();
         self.save(lock, rec, Some(previous)).await?;
         self.records
@@ -174,6 +175,7 @@ impl Master {
             Ok(built) => {
                 rec.state = State::Built;
                 rec.built_commit = Some(built);
+                rec.built_at = Some(crate::record::now());
                 rec.error = None;
                 self.save(lock, rec, Some(previous)).await
             }

@@ -5,6 +5,7 @@
 
 mod build;
 mod delete;
+mod release;
 mod start;
 mod stop;
 mod upload;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use delete::Deleted;
+pub use release::{DEFAULT_ROLLBACK_WAIT, MAX_RELEASES, Release};
 
 use crate::codestore::forge::{Forge, ForgeError};
 use crate::codestore::{CodeStore, CodeStoreError};
@@ -47,6 +49,9 @@ pub enum OpError {
     Upload(#[from] UploadError),
     #[error("instance {0} not found")]
     NotFound(String),
+    /// A commit that is not a release of the instance (the message names both).
+    #[error("{0}")]
+    UnknownCommit(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]

@@ -67,6 +67,7 @@ impl Master {
             let err = match outcome {
                 Ok(status) if status.state != StackState::Failed => {
                     rec.state = State::Running;
+                    rec.running_commit = rec.built_commit.clone();
                     rec.endpoints = status.endpoints;
                     rec.error = None;
                     self.save(lock, &mut rec, Some(State::Starting)).await?;

@@ -33,6 +33,7 @@ impl Master {
         let previous = rec.state;
         let Some(worker) = rec.worker.clone() else {
             rec.state = State::Stopped;
+            rec.running_commit = None;
             rec.endpoints.clear();
             self.save(lock, &mut rec, Some(previous)).await?;
             return Ok(rec);
@@ -61,6 +62,7 @@ impl Master {
             }
         }
         rec.state = State::Stopped;
+        rec.running_commit = None;
         rec.endpoints.clear();
         self.save(lock, &mut rec, Some(State::Stopping)).await?;
         Ok(rec)

@@ -1280,3 +1280,5 @@ async fn agents_resolve_tokens_through_the_server_with_their_own_token() {
     )
     .await;
 }
+
+mod go_wire;

@@ -397,8 +397,11 @@ mod tests {
         let ops: Vec<TxnOp> =
             decode_request(br#"[{"kv":{"verb":"set","key":"k","value":"YQ==","flags":7}}]"#)
                 .unwrap();
-        assert_eq!(ops[0].kv.value.as_deref(), Some(&b"a"[..]));
-        assert_eq!(ops[0].kv.flags, Some(7));
+        assert_eq!(
+            ops[0].kv.as_ref().unwrap().value.as_deref(),
+            Some(&b"a"[..])
+        );
+        assert_eq!(ops[0].kv.as_ref().unwrap().flags, Some(7));
         let req: SessionCreateRequest = decode_request(
             br#"{"LockDelay":15,"ServiceChecks":[{"ID":"c"}],"NodeChecks":null,"TTL":"10s"}"#,
         )

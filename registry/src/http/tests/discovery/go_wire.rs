@@ -98,3 +98,245 @@ async fn keys_match_in_any_case_at_any_depth_and_null_is_absent() {
         ("PUT", "/v1/session/create", r#"{"Name":"s","NodeChecks":null,"ServiceChecks":null,"LockDelay":null,"Behavior":null}"#, 200, "*"),
     ]).await;
 }
+
+/// Ops as HashiCorp's Go client encodes `api.TxnOp`: every kind present, the unused ones `null`,
+/// zero values written out.
+fn go_op(kind: &str, op: &str) -> String {
+    let mut fields = vec![];
+    for k in ["KV", "Node", "Service", "Check"] {
+        if k == kind {
+            fields.push(format!(r#""{k}":{op}"#));
+        } else {
+            fields.push(format!(r#""{k}":null"#));
+        }
+    }
+    format!("{{{}}}", fields.join(","))
+}
+
+fn go_node(verb: &str, index: u64) -> String {
+    go_op(
+        "Node",
+        &format!(
+            r#"{{"Verb":"{verb}","Node":{{"ID":"","Node":"n1","Address":"10.0.0.1","Datacenter":"","TaggedAddresses":null,"Meta":null,"CreateIndex":0,"ModifyIndex":{index}}}}}"#
+        ),
+    )
+}
+
+fn go_service(verb: &str, id: &str, index: u64) -> String {
+    go_op(
+        "Service",
+        &format!(
+            r#"{{"Verb":"{verb}","Node":"n1","Service":{{"ID":"{id}","Service":"web","Tags":null,"Meta":null,"Port":80,"Address":"","Weights":{{"Passing":1,"Warning":1}},"EnableTagOverride":false,"CreateIndex":0,"ModifyIndex":{index},"Datacenter":""}}}}"#
+        ),
+    )
+}
+
+fn go_check(verb: &str, index: u64) -> String {
+    go_op(
+        "Check",
+        &format!(
+            r#"{{"Verb":"{verb}","Check":{{"Node":"n1","CheckID":"c1","Name":"web alive","Status":"passing","Notes":"","Output":"ok","ServiceID":"s1","ServiceName":"web","ServiceTags":null,"Type":"","ExposedPort":0,"Definition":{{"Interval":"0s","Timeout":"0s","DeregisterCriticalServiceAfter":"0s","HTTP":"","Header":null,"Method":"","Body":"","TLSServerName":"","TLSSkipVerify":false,"TCP":"","TCPUseTLS":false,"UDP":"","GRPC":"","OSService":"","GRPCUseTLS":false}},"CreateIndex":0,"ModifyIndex":{index}}}}}"#
+        ),
+    )
+}
+
+fn txn(ops: &[String]) -> String {
+    format!("[{}]", ops.join(","))
+}
+
+#[tokio::test]
+async fn txn_takes_go_ops_and_has_consuls_catalog_verbs() {
+    let h = H::new().await;
+    let kv = go_op(
+        "KV",
+        r#"{"Verb":"set","Key":"k","Value":"YQ==","Flags":0,"Index":0,"Session":""}"#,
+    );
+    let ok_empty = r#"{"Results":[],"Errors":null}"#;
+    let rows: Vec<(String, u16, String)> = vec![
+        (txn(&[kv]), 200, r#"~{"Results":[{"KV":{"LockIndex":0,"Key":"k""#.into()),
+        // an op naming no kind is skipped, as Consul's convertOps does
+        (txn(&[go_op("", "")]), 200, ok_empty.into()),
+        // a service or check needs its node first
+        (txn(&[go_service("set", "s1", 0)]), 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"Missing node registration"}]}"#.into()),
+        (txn(&[go_node("set", 0), go_service("set", "s1", 0), go_check("set", 0)]), 200,
+            r#"~{"Results":[{"Node":{"ID":"","Node":"n1","Address":"10.0.0.1","Datacenter":"dc1","TaggedAddresses":{},"Meta":{},"#.into()),
+        (txn(&[go_node("get", 0)]), 200, r#"~{"Results":[{"Node":{"ID":"","Node":"n1""#.into()),
+        (txn(&[go_service("get", "s1", 0)]), 200, r#"~{"Results":[{"Service":{"ID":"s1","Service":"web","Tags":[],"Meta":{},"Port":80"#.into()),
+        (txn(&[go_check("get", 0)]), 200, r#"~"Check":{"Node":"n1","CheckID":"c1","Name":"web alive","Status":"passing","Notes":"","Output":"ok","ServiceID":"s1","ServiceName":"web","ServiceTags":[],"Type":"","Definition":{},"#.into()),
+        // cas: 0 only creates; a stale index is refused with Consul's text
+        (txn(&[go_node("cas", 0)]), 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to set node \"n1\", index is stale"}]}"#.into()),
+        (txn(&[go_service("cas", "s1", 1)]), 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to set service \"s1\" on node \"n1\", index is stale"}]}"#.into()),
+        (txn(&[go_check("delete-cas", 1)]), 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"failed to delete check \"c1\" on node \"n1\", index is stale"}]}"#.into()),
+        (txn(&[go_service("get", "nope", 0)]), 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"service \"nope\" on node \"n1\" doesn't exist"}]}"#.into()),
+        (txn(&[go_node("bogus", 0)]), 409, r#"{"Results":null,"Errors":[{"OpIndex":0,"What":"unknown Node verb \"bogus\""}]}"#.into()),
+        (txn(&[go_service("set", "s2", 0), go_check("bogus", 0)]), 409, r#"~"What":"unknown Check verb \"bogus\"""#.into()),
+    ];
+    for (body, status, expected) in &rows {
+        h.table(None, &[("PUT", "/v1/txn", body, *status, expected)])
+            .await;
+    }
+    // the rolled-back s2 left nothing; the applied ops are in the catalog and health
+    h.table(
+        None,
+        &[
+            (
+                "GET",
+                "/v1/catalog/service/web",
+                "",
+                200,
+                r#"~"ServiceID":"s1""#,
+            ),
+            (
+                "GET",
+                "/v1/health/service/web?passing",
+                "",
+                200,
+                r#"~"CheckID":"c1""#,
+            ),
+        ],
+    )
+    .await;
+    let web = h
+        .call("GET", "/v1/catalog/service/web", "", None)
+        .await
+        .body;
+    assert!(!web.contains("s2"), "{web}");
+    // cas with the stored index, then delete-cas with it
+    let v: serde_json::Value = serde_json::from_str(
+        &h.call("PUT", "/v1/txn", &txn(&[go_service("get", "s1", 0)]), None)
+            .await
+            .body,
+    )
+    .unwrap();
+    let index = v["Results"][0]["Service"]["ModifyIndex"].as_u64().unwrap();
+    h.table(
+        None,
+        &[
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[go_service("cas", "s1", index)]),
+                200,
+                r#"~"Service":{"ID":"s1""#,
+            ),
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[go_service("delete-cas", "s1", index + 1)]),
+                409,
+                "~index is stale",
+            ),
+        ],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(
+        &h.call("PUT", "/v1/txn", &txn(&[go_service("get", "s1", 0)]), None)
+            .await
+            .body,
+    )
+    .unwrap();
+    let index = v["Results"][0]["Service"]["ModifyIndex"].as_u64().unwrap();
+    h.table(
+        None,
+        &[
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[go_service("delete-cas", "s1", index)]),
+                200,
+                ok_empty,
+            ),
+            ("GET", "/v1/catalog/service/web", "", 200, "[]"),
+            // deleting the service took its check with it
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[go_check("get", 0)]),
+                409,
+                r#"~check \"c1\" on node \"n1\" doesn't exist"#,
+            ),
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[go_node("delete", 0)]),
+                200,
+                ok_empty,
+            ),
+            ("GET", "/v1/catalog/node/n1", "", 200, "null"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn txn_catalog_ops_are_acl_checked() {
+    let h = super::acl_server().await;
+    h.table(
+        Some("root"),
+        &[(
+            "PUT",
+            "/v1/txn",
+            &txn(&[go_node("set", 0), go_service("set", "s1", 0)]),
+            200,
+            "*",
+        )],
+    )
+    .await;
+    // "evil" writes nodes and the service "evil" only; "svcro" reads services only
+    let evil_takeover = go_op(
+        "Service",
+        r#"{"Verb":"set","Node":"n1","Service":{"ID":"s1","Service":"evil","Port":1}}"#,
+    );
+    let evil_check = go_op(
+        "Check",
+        r#"{"Verb":"set","Check":{"Node":"n1","CheckID":"c9","ServiceID":"s1","ServiceName":"evil","Status":"passing"}}"#,
+    );
+    h.table(
+        Some("evil"),
+        &[
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[go_service("set", "s1", 0)]),
+                403,
+                "Permission denied",
+            ),
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[evil_takeover]),
+                403,
+                "Permission denied",
+            ),
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[evil_check]),
+                403,
+                "Permission denied",
+            ),
+            ("PUT", "/v1/txn", &txn(&[go_node("set", 0)]), 200, "*"),
+        ],
+    )
+    .await;
+    h.table(
+        Some("svcro"),
+        &[
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[go_node("get", 0)]),
+                403,
+                "Permission denied",
+            ),
+            (
+                "PUT",
+                "/v1/txn",
+                &txn(&[go_service("get", "s1", 0)]),
+                403,
+                "Permission denied",
+            ),
+        ],
+    )
+    .await;
+}

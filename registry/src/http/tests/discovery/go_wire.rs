@@ -340,3 +340,30 @@ async fn txn_catalog_ops_are_acl_checked() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn agent_ids_take_the_rest_of_the_path() {
+    let h = H::new().await;
+    h.table(None, &[
+        ("PUT", "/v1/agent/service/register", r#"{"ID":"pg/1","Name":"pg","Port":5432,"Check":{"CheckID":"pg/1/alive","TTL":"1h"}}"#, 200, ""),
+        ("GET", "/v1/agent/service/pg/1", "", 200, r#"~"ID":"pg/1","Service":"pg""#),
+        ("GET", "/v1/agent/service/pg%2F1", "", 200, r#"~"ID":"pg/1""#),
+        ("PUT", "/v1/agent/check/pass/pg/1/alive?note=up", "", 200, ""),
+        ("GET", "/v1/agent/health/service/id/pg/1", "", 200, r#"~"AggregatedStatus":"passing""#),
+        ("GET", "/v1/agent/health/service/name/pg", "", 200, r#"~"AggregatedStatus":"passing""#),
+        ("PUT", "/v1/agent/check/warn/pg/1/alive", "", 200, ""),
+        ("PUT", "/v1/agent/check/fail/pg/1/alive", "", 200, ""),
+        ("PUT", "/v1/agent/check/update/pg/1/alive", r#"{"Status":"passing","Output":"ok"}"#, 200, ""),
+        ("PUT", "/v1/agent/service/maintenance/pg/1?enable=true&reason=r", "", 200, ""),
+        ("GET", "/v1/agent/health/service/id/pg/1", "", 503, r#"~"AggregatedStatus":"maintenance""#),
+        ("PUT", "/v1/agent/service/maintenance/pg/1?enable=false", "", 200, ""),
+        ("PUT", "/v1/agent/check/deregister/pg/1/alive", "", 200, ""),
+        ("PUT", "/v1/agent/check/pass/pg/1/alive", "", 404, r#"Unknown check ID "pg/1/alive""#),
+        ("PUT", "/v1/agent/service/deregister/pg/1", "", 200, ""),
+        ("GET", "/v1/agent/service/pg/1", "", 404, "*"),
+        ("PUT", "/v1/agent/service/deregister/pg/1", "", 404, "~Unknown service ID"),
+        // the fixed routes beside the catch-alls still answer as before
+        ("GET", "/v1/agent/service/register", "", 405, "method GET not allowed"),
+        ("PUT", "/v1/agent/service/x", "", 405, "method PUT not allowed"),
+    ]).await;
+}

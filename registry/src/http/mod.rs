@@ -54,7 +54,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let routes = routes(state);
     // Wrapped from outside: the `Allow` list is only on the response once it has left the
     // route's method dispatch, which a `Router::layer` middleware runs inside of.
-    Router::new().fallback_service(axum::middleware::from_fn(method_rules).layer(routes))
+    let routes = axum::middleware::from_fn(method_rules).layer(routes);
+    // Outermost: what a handler left of its request body is read after it answers.
+    Router::new().fallback_service(axum::middleware::from_fn(body::drain_unread).layer(routes))
 }
 
 fn routes(state: Arc<AppState>) -> Router {

@@ -7,6 +7,7 @@
 
 pub(crate) mod authz;
 pub(crate) mod body;
+pub(crate) mod cache;
 pub(crate) mod decode;
 mod error;
 pub(crate) mod filter;
@@ -47,6 +48,8 @@ pub(crate) struct AppState {
     pub(crate) members: Arc<crate::members::Members>,
     /// ACL tokens and policies.
     pub(crate) acl: Arc<crate::acl::store::AclStore>,
+    /// Encoded answers of the large discovery reads.
+    pub(crate) answers: cache::AnswerCache,
 }
 
 /// Every route of the registry API.

@@ -175,7 +175,11 @@ pub struct CatalogService {
     pub service_tags: Vec<String>,
     #[serde(default)]
     pub service_address: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_default"
+    )]
     pub service_tagged_addresses: BTreeMap<String, ServiceAddress>,
     #[serde(default, deserialize_with = "null_default")]
     pub service_meta: BTreeMap<String, String>,

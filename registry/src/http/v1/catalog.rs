@@ -15,6 +15,7 @@ use crate::dto::{
     CatalogService, Weights,
 };
 use crate::http::authz::Authz;
+use crate::http::cache::{Answer, keep};
 use crate::http::filter::{meta_matches, node_meta_filter};
 use crate::http::query::{Blocking, ConsulQuery};
 use crate::http::{ApiError, AppState, json, read_json};
@@ -303,8 +304,16 @@ pub(crate) async fn service(
     let meta = node_meta_filter(params);
     // Consul's filterServiceNodes: an entry needs read on both its service and its node.
     let readable = authz.allows(Resource::Service, &name, Need::Read);
-    let ((list, dropped), index) = query
+    let shape = format!("catalog\0{name}\0{tags:?}\0{meta:?}");
+    let (answer, index) = query
         .block(&app, Topic::Catalog, |state| {
+            let index = state.tables.catalog();
+            if readable
+                && let Some(kept) = app.answers.get(&shape, index)
+                && kept.readable_by(&authz)
+            {
+                return (Answer::Kept(kept), index);
+            }
             let mut dropped = !readable;
             let list: Vec<CatalogService> = state
                 .services_named(&name)
@@ -353,8 +362,15 @@ pub(crate) async fn service(
                     modify_index: s.modify_index,
                 })
                 .collect();
-            ((list, dropped), state.tables.catalog())
+            (Answer::Fresh(list, dropped), index)
         })
         .await;
-    Ok(Blocking::json(&list, index).filtered(dropped))
+    Ok(match answer {
+        Answer::Kept(kept) => Blocking::new(kept.response(), index),
+        Answer::Fresh(list, true) => Blocking::json(&list, index).filtered(true),
+        Answer::Fresh(list, false) => {
+            let nodes = list.iter().map(|e| e.node.clone()).collect();
+            keep(&app, shape, index, &name, nodes, &list)
+        }
+    })
 }

@@ -8,6 +8,7 @@ use crate::acl::{Need, Resource};
 use crate::convert::{agent_service, catalog_node, health_check};
 use crate::dto::{HealthCheck, ServiceEntry};
 use crate::http::authz::Authz;
+use crate::http::cache::{Answer, keep};
 use crate::http::filter::{meta_matches, node_meta_filter};
 use crate::http::query::{Blocking, ConsulQuery};
 use crate::http::{ApiError, AppState};
@@ -66,20 +67,35 @@ pub(crate) async fn service(
             ));
         }
     };
-    let ((list, dropped), index) = query
+    // The encoded answer is kept per query shape and catalog index (see `http::cache`).
+    let shape = format!("health\0{name}\0{passing_only}\0{tags:?}\0{meta:?}");
+    let (answer, index) = query
         .block(&app, Topic::Catalog, |state| {
+            let index = state.tables.catalog();
             if !readable {
-                return ((Vec::new(), true), state.tables.catalog());
+                return (Answer::Fresh(Vec::new(), true), index);
+            }
+            if let Some(kept) = app.answers.get(&shape, index)
+                && kept.readable_by(&authz)
+            {
+                return (Answer::Kept(kept), index);
             }
             // Consul's filterCheckServiceNodes: an entry needs read on its node too.
             let mut list = entries(state, &name, passing_only, &tags, &meta);
             let total = list.len();
             list.retain(|e| authz.allows(Resource::Node, &e.node.node, Need::Read));
             let dropped = list.len() != total;
-            ((list, dropped), state.tables.catalog())
+            (Answer::Fresh(list, dropped), index)
         })
         .await;
-    Ok(Blocking::json(&list, index).filtered(dropped))
+    Ok(match answer {
+        Answer::Kept(kept) => Blocking::new(kept.response(), index),
+        Answer::Fresh(list, true) => Blocking::json(&list, index).filtered(true),
+        Answer::Fresh(list, false) => {
+            let nodes = list.iter().map(|e| e.node.node.clone()).collect();
+            keep(&app, shape, index, &name, nodes, &list)
+        }
+    })
 }
 
 /// Checks readable by `authz`, and whether any were dropped. As Consul's filterHealthChecks, a

@@ -367,3 +367,57 @@ async fn agent_ids_take_the_rest_of_the_path() {
         ("PUT", "/v1/agent/service/x", "", 405, "method PUT not allowed"),
     ]).await;
 }
+
+fn entries(body: &str) -> usize {
+    serde_json::from_str::<Vec<serde_json::Value>>(body)
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn kept_discovery_answers_follow_the_index_and_the_token() {
+    let h = super::acl_server().await;
+    let reg = |node: &str| {
+        format!(
+            r#"{{"Node":"{node}","Address":"10.0.0.1","Service":{{"ID":"api1","Service":"api","Port":80}},"Check":{{"CheckID":"c","ServiceID":"api1","Status":"passing"}}}}"#
+        )
+    };
+    h.table(
+        Some("root"),
+        &[("PUT", "/v1/catalog/register", &reg("n1"), 200, "true")],
+    )
+    .await;
+    for _ in 0..2 {
+        for uri in ["/v1/health/service/api?passing", "/v1/catalog/service/api"] {
+            let a = h.call("GET", uri, "", Some("root")).await;
+            assert_eq!(a.status, 200);
+            assert_eq!(entries(&a.body), 1, "{uri}: {}", a.body);
+            assert_eq!(a.headers["content-type"], "application/json");
+            // a token that may read the service but no node gets nothing, never the kept answer
+            let a = h.call("GET", uri, "", Some("svcro")).await;
+            assert_eq!((a.status, a.body.as_str()), (200, "[]"), "{uri}");
+            assert_eq!(a.headers["x-consul-results-filtered-by-acls"], "true");
+        }
+    }
+    // a change moves the index: the next answer is built anew
+    h.table(
+        Some("root"),
+        &[("PUT", "/v1/catalog/register", &reg("n2"), 200, "true")],
+    )
+    .await;
+    for uri in ["/v1/health/service/api?passing", "/v1/catalog/service/api"] {
+        let a = h.call("GET", uri, "", Some("root")).await;
+        assert_eq!(entries(&a.body), 2, "{uri}: {}", a.body);
+    }
+    h.table(Some("root"), &[
+        ("PUT", "/v1/catalog/register", r#"{"Node":"n2","Address":"10.0.0.1","Check":{"CheckID":"c","ServiceID":"api1","Status":"critical"}}"#, 200, "true"),
+    ]).await;
+    let a = h
+        .call("GET", "/v1/health/service/api?passing", "", Some("root"))
+        .await;
+    assert_eq!(entries(&a.body), 1, "{}", a.body);
+    let a = h
+        .call("GET", "/v1/health/service/api", "", Some("root"))
+        .await;
+    assert_eq!(entries(&a.body), 2, "{}", a.body);
+}

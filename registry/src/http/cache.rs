@@ -17,8 +17,9 @@ use bytes::Bytes;
 use crate::acl::{Need, Resource};
 use crate::http::authz::Authz;
 
-/// Most query shapes kept; past it the cache starts over.
+/// Most query shapes kept, and most bytes kept in all; past either the cache starts over.
 const MAX_SHAPES: usize = 512;
+const MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// One encoded answer.
 pub(crate) struct Cached {
@@ -68,8 +69,14 @@ impl AnswerCache {
 
     /// Keeps `answer` for `shape`, replacing an older one.
     pub(crate) fn put(&self, shape: String, answer: Arc<Cached>) {
+        if answer.body.len() > MAX_BYTES {
+            return;
+        }
         let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
-        if shapes.len() >= MAX_SHAPES && !shapes.contains_key(&shape) {
+        let kept: usize = shapes.values().map(|c| c.body.len()).sum();
+        if (shapes.len() >= MAX_SHAPES && !shapes.contains_key(&shape))
+            || kept + answer.body.len() > MAX_BYTES
+        {
             shapes.clear();
         }
         match shapes.get(&shape) {
@@ -107,4 +114,39 @@ pub(crate) fn keep<T: serde::Serialize>(
     });
     app.answers.put(shape, kept.clone());
     crate::http::query::Blocking::new(kept.response(), index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(index: u64, size: usize) -> Arc<Cached> {
+        Arc::new(Cached {
+            index,
+            body: Bytes::from(vec![b' '; size]),
+            service: "web".into(),
+            nodes: vec![],
+        })
+    }
+
+    #[test]
+    fn answers_are_kept_per_shape_for_their_index_within_the_budget() {
+        let cache = AnswerCache::default();
+        cache.put("a".into(), answer(5, 10));
+        assert!(cache.get("a", 5).is_some());
+        assert!(cache.get("a", 6).is_none());
+        assert!(cache.get("b", 5).is_none());
+        // an older answer never replaces a newer one
+        cache.put("a".into(), answer(4, 10));
+        assert!(cache.get("a", 5).is_some());
+        cache.put("a".into(), answer(6, 10));
+        assert!(cache.get("a", 6).is_some());
+        // past the byte budget the cache starts over; a too-large answer is not kept
+        cache.put("b".into(), answer(6, MAX_BYTES - 5));
+        assert!(cache.get("a", 6).is_none());
+        assert!(cache.get("b", 6).is_some());
+        cache.put("c".into(), answer(6, MAX_BYTES + 1));
+        assert!(cache.get("c", 6).is_none());
+        assert!(cache.get("b", 6).is_some());
+    }
 }

@@ -85,7 +85,14 @@ pub(crate) fn check_definition(definition: &serde_json::Value) -> serde_json::Va
         return Value::Object(out);
     };
     for (key, value) in fields {
-        let value = match key.as_str() {
+        // Consul decodes a definition into its struct, keys in any case, and writes it back
+        // with the struct's names.
+        let folded: String = key.chars().filter(|c| *c != '_').collect();
+        let key = DEFINITION_FIELDS
+            .iter()
+            .find(|name| name.eq_ignore_ascii_case(&folded))
+            .map_or(key.as_str(), |name| *name);
+        let value = match key {
             "Interval" | "Timeout" | "DeregisterCriticalServiceAfter" => {
                 match definition_duration(value) {
                     Some(d) if !d.is_zero() => Value::String(dto::go_duration(d)),
@@ -101,10 +108,39 @@ pub(crate) fn check_definition(definition: &serde_json::Value) -> serde_json::Va
             _ if is_zero(value) => continue,
             _ => value.clone(),
         };
-        out.insert(key.clone(), value);
+        out.insert(key.to_owned(), value);
     }
     Value::Object(out)
 }
+
+/// The fields of Consul's `HealthCheckDefinition`.
+const DEFINITION_FIELDS: &[&str] = &[
+    "HTTP",
+    "Header",
+    "Method",
+    "Body",
+    "TLSServerName",
+    "TLSSkipVerify",
+    "DisableRedirects",
+    "TCP",
+    "TCPUseTLS",
+    "UDP",
+    "H2PING",
+    "H2PingUseTLS",
+    "OSService",
+    "Interval",
+    "OutputMaxSize",
+    "Timeout",
+    "DeregisterCriticalServiceAfter",
+    "ScriptArgs",
+    "DockerContainerID",
+    "Shell",
+    "GRPC",
+    "GRPCUseTLS",
+    "AliasNode",
+    "AliasService",
+    "TTL",
+];
 
 /// A duration in a stored definition: Go text or nanoseconds.
 fn definition_duration(value: &serde_json::Value) -> Option<std::time::Duration> {

@@ -30,6 +30,8 @@ async fn check_definitions_omit_zero_fields() {
         // catalog-registered checks: empty definitions stay empty
         ("PUT", "/v1/catalog/register", r#"{"Node":"n2","Address":"10.0.0.2","Service":{"Service":"api"},"Check":{"CheckID":"c1","ServiceID":"api","Definition":{"HTTP":"","Interval":"","TLSSkipVerify":false}}}"#, 200, "true"),
         ("GET", "/v1/health/checks/api", "", 200, r#"~"Definition":{}"#),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"n2","Address":"10.0.0.2","Check":{"CheckID":"c2","Definition":{"tcp":"10.0.0.2:80","interval":"10s","tls_skip_verify":true,"Timeout":5000000000}}}"#, 200, "true"),
+        ("GET", "/v1/health/node/n2", "", 200, r#"~"Definition":{"Interval":"10s","TCP":"10.0.0.2:80","TLSSkipVerify":true,"Timeout":"5s"}"#),
     ]).await;
     for uri in [
         "/v1/health/service/web",

@@ -83,7 +83,8 @@ pub struct AgentCheckRegistration {
     pub disable_redirects: Option<bool>,
     #[serde(default, rename = "TCP", skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `Args`; HashiCorp's Go client sends it as `ScriptArgs`.
+    #[serde(default, alias = "ScriptArgs", skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
     #[serde(
         default,

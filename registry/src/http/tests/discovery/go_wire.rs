@@ -12,6 +12,9 @@ async fn check_definitions_omit_zero_fields() {
         ("PUT", "/v1/agent/service/register", r#"{"Name":"web","Port":80,"Check":{"TTL":"10s"}}"#, 200, ""),
         ("PUT", "/v1/agent/service/register", r#"{"Name":"db","Port":5432,"Check":{"TCP":"127.0.0.1:9","Interval":5000000000,"timeout":1000000000,"DeregisterCriticalServiceAfter":60000000000}}"#, 200, ""),
         ("PUT", "/v1/agent/service/register", r#"{"Name":"bad","Check":{"TTL":true}}"#, 400, "~time.Duration"),
+        // Go's api.AgentServiceCheck names script arguments ScriptArgs
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"bad","Check":{"ScriptArgs":["/bin/true"],"Interval":"10s"}}"#, 400, "~Scripts are disabled"),
+        ("PUT", "/v1/agent/service/register", r#"{"Name":"bad","Check":{"scriptargs":["/bin/true"],"Interval":"10s"}}"#, 400, "~Scripts are disabled"),
     ]).await;
     h.until("/v1/health/service/db", |v| {
         v.as_array().is_some_and(|a| !a.is_empty())

@@ -226,6 +226,7 @@ pub(crate) fn catalog_registration(reg: Registration) -> CatalogRegistration {
         service_id: c.service_id,
         check_type: c.check_type,
         definition: Some(c.definition),
+        ..CatalogCheckRegistration::default()
     };
     CatalogRegistration {
         id: reg.node.id,
@@ -252,6 +253,7 @@ pub(crate) fn catalog_registration(reg: Registration) -> CatalogRegistration {
                 passing: s.weights.0,
                 warning: s.weights.1,
             }),
+            ..CatalogServiceRegistration::default()
         }),
         check: None,
         checks: reg.checks.into_iter().map(check).collect(),

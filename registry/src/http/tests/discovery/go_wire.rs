@@ -426,3 +426,39 @@ async fn kept_discovery_answers_follow_the_index_and_the_token() {
         .await;
     assert_eq!(entries(&a.body), 2, "{}", a.body);
 }
+
+#[tokio::test]
+async fn catalog_register_takes_what_gos_client_sends() {
+    let h = H::new().await;
+    // api.CatalogRegistration: the service is an api.AgentService, the check an
+    // api.AgentCheck, zero values written out
+    let body = r#"{"ID":"","Node":"ext1","Address":"10.0.0.9","Datacenter":"","TaggedAddresses":null,"NodeMeta":null,"Service":{"ID":"db1","Service":"db","Tags":null,"Meta":null,"Port":5432,"Address":"","Weights":{"Passing":1,"Warning":1},"EnableTagOverride":false,"Datacenter":"","ContentHash":"","Proxy":null,"Connect":null,"Namespace":""},"Check":{"Node":"ext1","CheckID":"db-alive","Name":"db","Status":"passing","Notes":"","Output":"","ServiceID":"db1","ServiceName":"db","ServiceTags":null,"Type":"","Definition":{"Interval":"0s","Timeout":"0s","DeregisterCriticalServiceAfter":"0s","HTTP":"","Header":null,"Method":"","TLSSkipVerify":false,"TCP":""},"CreateIndex":0,"ModifyIndex":0},"Checks":null,"SkipNodeUpdate":false}"#;
+    h.table(
+        None,
+        &[
+            ("PUT", "/v1/catalog/register", body, 200, "true"),
+            (
+                "GET",
+                "/v1/health/service/db?passing",
+                "",
+                200,
+                r#"~"CheckID":"db-alive","Name":"db","Status":"passing""#,
+            ),
+            (
+                "GET",
+                "/v1/health/checks/db",
+                "",
+                200,
+                r#"~"Definition":{}"#,
+            ),
+            (
+                "PUT",
+                "/v1/catalog/register",
+                r#"{"Node":"ext1","Address":"10.0.0.9","Service":{"Service":"x","Bogus":1}}"#,
+                400,
+                r#"Request decode failed: json: unknown field "Bogus""#,
+            ),
+        ],
+    )
+    .await;
+}

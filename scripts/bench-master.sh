@@ -61,7 +61,7 @@ echo push >>"$work/clone/compose.yaml"
 t6=$(now)
 git -C "$work/clone" add -A
 git -C "$work/clone" -c user.name=bench -c user.email=bench@localhost commit -qm push
-git -C "$work/clone" push -q origin HEAD:refs/heads/main 2>/dev/null
+git -C "$work/clone" push -q origin HEAD:refs/heads/main
 t7=$(now)
 [ "$(git -C "$work/clone" ls-remote origin refs/heads/main | cut -f1)" = "$(git -C "$work/clone" rev-parse HEAD)" ] \
   && echo "push recorded as the latest upload"

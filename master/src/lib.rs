@@ -9,8 +9,10 @@ pub mod config;
 pub mod metrics;
 pub mod ops;
 pub mod placement;
-pub mod record;
-pub mod store;
+pub mod records;
+
+/// The instance record and its states (defined in `berth-model`, shared with the front door).
+pub use berth_model::record;
 pub mod upload;
 pub mod webhook;
 
@@ -30,7 +32,7 @@ use crate::codestore::CodeStore;
 use crate::codestore::forge::Forge;
 use crate::metrics::Metrics;
 use crate::ops::{Master, Settings};
-use crate::store::{LockSettings, Store};
+use crate::records::{LockSettings, Records};
 use crate::webhook::Webhook;
 
 /// Time in-flight requests and background tasks get after shutdown is asked.
@@ -115,7 +117,7 @@ pub fn build_master(
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "berth-master".into())
     });
-    let store = Store::new(
+    let records = Records::new(
         client,
         LockSettings {
             ttl: Duration::from_secs(config.lock_ttl_secs),
@@ -152,7 +154,7 @@ pub fn build_master(
     };
     let codestore = CodeStore::new(config.data_dir.join("git"));
     Ok(Arc::new(Master::new(
-        settings, codestore, store, metrics, webhook, tracker, shutdown,
+        settings, codestore, records, metrics, webhook, tracker, shutdown,
     )))
 }
 

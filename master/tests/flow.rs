@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use berth_worker_api::{ValidName, instance_record_key, seed_ip_key};
+use berth_model::ValidName;
+use berth_model::keys::{instance_record_key, seed_ip_key};
 use common::*;
 use reqwest::Method;
 
@@ -839,5 +840,87 @@ async fn uploads_beyond_the_slots_wait_for_one() {
     assert_eq!(status, 200, "{rec}");
     assert_eq!(rec["state"], "uploaded");
     assert!(metrics(&m).await.contains("berth_master_uploads_waiting 0"));
+    m.stop().await;
+}
+
+/// Issue 14 item 2: a ~300-byte upload holding one path of ~3,000 components used to overflow
+/// the stack while the tree was built and abort the whole master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deep_path_upload_is_a_clean_400_and_the_master_keeps_answering() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let with_path = |path: &str| {
+        targz(&[
+            ("compose.yaml", &b"services: {}\n"[..], 0o644),
+            (path, &b"x"[..], 0o644),
+        ])
+    };
+    let deep = format!("{}f", "a/".repeat(3000));
+    let body = with_path(&deep);
+    assert!(body.len() < 400, "the probe is {} bytes", body.len());
+    let (status, err) = m.upload("deep", "mallory", "", body).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_upload", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("a/a/a/a/") && message.contains("4096"),
+        "{message}"
+    );
+    assert!(!m.data.join("git/mallory/deep.git").exists());
+    let (status, _) = m.call(Method::GET, "/healthz").await;
+    assert_eq!(status, 200);
+
+    // Within PATH_MAX but 2,047 directories deep: refused by the depth cap, not a crash.
+    let (status, err) = m
+        .upload(
+            "deep",
+            "mallory",
+            "",
+            with_path(&format!("{}f", "a/".repeat(2047))),
+        )
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("256 components"),
+        "{err}"
+    );
+    // The deepest path accepted is stored, and the master still answers.
+    let longest = format!("{}f", "a/".repeat(berth_master::upload::MAX_PATH_DEPTH - 1));
+    let (status, rec) = m
+        .upload("deep", "mallory", "&build=false", with_path(&longest))
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    let (status, _) = m.call(Method::GET, "/v1/instances/deep").await;
+    assert_eq!(status, 200);
+    m.stop().await;
+}
+
+/// The master owns the whole `instance/{id}/` folder (the worker no longer deletes it): delete
+/// leaves nothing under it, and a neighbour whose id merely starts the same is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_leaves_nothing_under_the_instance_prefix() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (status, rec) = m.upload("tree-1", "alice", "&build=false", app("v1")).await;
+    assert_eq!(status, 200, "{rec}");
+    for key in [
+        "instance/tree-1/ip",
+        "instance/tree-1/extra",
+        "instance/tree-1/nested/key",
+        "instance/tree-10/ip",
+    ] {
+        reg.client.kv_put(key, b"x".to_vec()).await.unwrap();
+    }
+    let (status, deleted) = m.call(Method::DELETE, "/v1/instances/tree-1").await;
+    assert_eq!(status, 200, "{deleted}");
+    let left = reg.client.kv_keys("instance/tree-1/", None).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let kept = reg.client.kv_keys("instance/", None).await.unwrap();
+    assert_eq!(kept, ["instance/tree-10/ip"]);
     m.stop().await;
 }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{Policy, Token};
+use crate::acl::{NodeIdentity, Policy, PolicyLink, Role, ServiceIdentity, Token};
 use crate::dto::{
     self, AgentService, CatalogCheckRegistration, CatalogNode, CatalogRegistration,
     CatalogServiceRegistration, HealthCheck, ServiceAddress, ServiceCheckRef, SessionEntry,
@@ -317,7 +317,8 @@ pub(crate) fn check_from_wire(c: HealthCheck) -> Check {
     }
 }
 
-/// An ACL token on the wire (answers, and the body of create and update).
+/// An ACL token on the wire (answers, and the body of create, update and clone). Fields
+/// Consul omits when empty are omitted here too.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct TokenDto {
@@ -329,10 +330,75 @@ pub(crate) struct TokenDto {
     pub(crate) description: String,
     #[serde(default)]
     pub(crate) policies: Vec<LinkDto>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) roles: Vec<LinkDto>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) service_identities: Vec<ServiceIdentityDto>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) node_identities: Vec<NodeIdentityDto>,
+    /// Not implemented: refused when given (never ignored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) templated_policies: Vec<serde_json::Value>,
     #[serde(default)]
     pub(crate) local: bool,
+    /// Tokens from auth methods only; refused on create (Consul: only `login` sets it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) auth_method: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expiration_time: Option<String>,
+    /// A Go duration: text (`"1h"`) or a number of nanoseconds; never in answers.
+    #[serde(rename = "ExpirationTTL", default, skip_serializing)]
+    pub(crate) expiration_ttl: Option<serde_json::Value>,
     #[serde(default)]
     pub(crate) create_time: String,
+    #[serde(default)]
+    pub(crate) hash: String,
+    #[serde(default)]
+    pub(crate) create_index: u64,
+    #[serde(default)]
+    pub(crate) modify_index: u64,
+}
+
+/// A service identity on the wire.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct ServiceIdentityDto {
+    #[serde(default)]
+    pub(crate) service_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) datacenters: Vec<String>,
+}
+
+/// A node identity on the wire.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct NodeIdentityDto {
+    #[serde(default)]
+    pub(crate) node_name: String,
+    #[serde(default)]
+    pub(crate) datacenter: String,
+}
+
+/// An ACL role on the wire (answers, and the body of create and update).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RoleDto {
+    #[serde(rename = "ID", default)]
+    pub(crate) id: String,
+    #[serde(default)]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) description: String,
+    #[serde(default)]
+    pub(crate) policies: Vec<LinkDto>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) service_identities: Vec<ServiceIdentityDto>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) node_identities: Vec<NodeIdentityDto>,
+    /// Not implemented: refused when given (never ignored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) templated_policies: Vec<serde_json::Value>,
     #[serde(default)]
     pub(crate) hash: String,
     #[serde(default)]
@@ -372,25 +438,85 @@ pub(crate) struct PolicyDto {
     pub(crate) modify_index: u64,
 }
 
+fn links(links: &[PolicyLink]) -> Vec<LinkDto> {
+    links
+        .iter()
+        .map(|p| LinkDto {
+            id: p.id.clone(),
+            name: p.name.clone(),
+        })
+        .collect()
+}
+
+fn service_identities(list: &[ServiceIdentity]) -> Vec<ServiceIdentityDto> {
+    list.iter()
+        .map(|s| ServiceIdentityDto {
+            service_name: s.service_name.clone(),
+            datacenters: s.datacenters.clone(),
+        })
+        .collect()
+}
+
+fn node_identities(list: &[NodeIdentity]) -> Vec<NodeIdentityDto> {
+    list.iter()
+        .map(|n| NodeIdentityDto {
+            node_name: n.node_name.clone(),
+            datacenter: n.datacenter.clone(),
+        })
+        .collect()
+}
+
+/// Service identities of a request body.
+pub(crate) fn service_identities_of(list: &[ServiceIdentityDto]) -> Vec<ServiceIdentity> {
+    list.iter()
+        .map(|s| ServiceIdentity {
+            service_name: s.service_name.clone(),
+            datacenters: s.datacenters.clone(),
+        })
+        .collect()
+}
+
+/// Node identities of a request body.
+pub(crate) fn node_identities_of(list: &[NodeIdentityDto]) -> Vec<NodeIdentity> {
+    list.iter()
+        .map(|n| NodeIdentity {
+            node_name: n.node_name.clone(),
+            datacenter: n.datacenter.clone(),
+        })
+        .collect()
+}
+
 /// A token as `/v1/acl/token*` answers it (the secret shown; callers redact).
 pub(crate) fn token_dto(t: &Token) -> TokenDto {
     TokenDto {
         accessor_id: t.accessor_id.clone(),
         secret_id: t.secret_id.expose().to_owned(),
         description: t.description.clone(),
-        policies: t
-            .policies
-            .iter()
-            .map(|p| LinkDto {
-                id: p.id.clone(),
-                name: p.name.clone(),
-            })
-            .collect(),
+        policies: links(&t.policies),
+        roles: links(&t.roles),
+        service_identities: service_identities(&t.service_identities),
+        node_identities: node_identities(&t.node_identities),
         local: t.local,
+        expiration_time: t.expiration_time.clone(),
         create_time: t.create_time.clone(),
-        hash: String::new(),
         create_index: t.create_index,
         modify_index: t.modify_index,
+        ..TokenDto::default()
+    }
+}
+
+/// A role as `/v1/acl/role*` answers it.
+pub(crate) fn role_dto(r: &Role) -> RoleDto {
+    RoleDto {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        description: r.description.clone(),
+        policies: links(&r.policies),
+        service_identities: service_identities(&r.service_identities),
+        node_identities: node_identities(&r.node_identities),
+        create_index: r.create_index,
+        modify_index: r.modify_index,
+        ..RoleDto::default()
     }
 }
 

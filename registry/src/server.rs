@@ -202,7 +202,11 @@ pub(crate) async fn build(
     let (store, writer) = Store::open(data_dir.clone(), writer_stop)?;
     let node_id = register_self(&store, config, &advertise.to_string(), port).await?;
     let acl = match &config.acl_master_token {
-        Some(token) => AclStore::enabled(SecretId::new(token.expose()), data_dir.clone())?,
+        Some(token) => AclStore::enabled(
+            SecretId::new(token.expose()),
+            data_dir.clone(),
+            &config.datacenter,
+        )?,
         None => AclStore::disabled(),
     };
     let members = Members::new(Duration::from_millis(config.failure_timeout_ms));

@@ -1,4 +1,4 @@
-//! The worker API: one router listing every route of `berth_worker_api::types`, the cluster
+//! The worker API: one router serving every route of `berth_worker_api::routes`, the cluster
 //! token check, handlers that call the stack manager, and the one `ApiError`.
 
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_worker_api::{
-    BuildRequest, DeleteResponse, ErrorBody, ErrorInfo, Secret, StackStatus, StartRequest,
-    ValidName, WorkerHealth,
+    BuildRequest, DeleteResponse, ErrorBody, ErrorCode, Secret, StackStatus, StartRequest,
+    ValidName, WorkerHealth, routes,
 };
 use serde::Deserialize;
 
@@ -29,15 +29,15 @@ pub struct AppState {
 /// Every route of the worker API.
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
-        .route("/v1/stacks", get(list))
-        .route("/v1/stacks/{id}", get(status).delete(delete))
-        .route("/v1/stacks/{id}/build", post(build))
-        .route("/v1/stacks/{id}/start", post(start))
-        .route("/v1/stacks/{id}/stop", post(stop))
-        .route("/v1/stacks/{id}/logs", get(logs))
+        .route(routes::STACKS, get(list))
+        .route(routes::STACK, get(status).delete(delete))
+        .route(routes::STACK_BUILD, post(build))
+        .route(routes::STACK_START, post(start))
+        .route(routes::STACK_STOP, post(stop))
+        .route(routes::STACK_LOGS, get(logs))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(healthz))
+        .route(routes::HEALTHZ, get(healthz))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -76,66 +76,75 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, details) = match self {
-            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m, Vec::new()),
+            Self::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                m,
+                Vec::new(),
+            ),
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 self.to_string(),
                 Vec::new(),
             ),
-            Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, Vec::new()),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, m, Vec::new()),
             e @ Self::Task(_) => {
                 tracing::error!(cause = %e, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "internal error".to_owned(),
                     Vec::new(),
                 )
             }
             Self::Stack(e) => match e {
-                StackError::BadRequest(m) => {
-                    (StatusCode::BAD_REQUEST, "bad_request", m, Vec::new())
-                }
+                StackError::BadRequest(m) => (
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    m,
+                    Vec::new(),
+                ),
                 e @ StackError::NotFound(_) => (
                     StatusCode::NOT_FOUND,
-                    "not_found",
+                    ErrorCode::NotFound,
                     e.to_string(),
                     Vec::new(),
                 ),
-                StackError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, Vec::new()),
+                StackError::Conflict(m) => {
+                    (StatusCode::CONFLICT, ErrorCode::Conflict, m, Vec::new())
+                }
                 StackError::Rejected { message, details } => (
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "rejected",
+                    ErrorCode::PolicyRejected,
                     message,
                     details,
                 ),
                 e @ StackError::Failed { .. } => (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "failed",
+                    ErrorCode::Failed,
                     e.to_string(),
                     Vec::new(),
                 ),
-                StackError::Timeout(m) => (StatusCode::GATEWAY_TIMEOUT, "timeout", m, Vec::new()),
+                StackError::Timeout(m) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ErrorCode::Timeout,
+                    m,
+                    Vec::new(),
+                ),
                 e @ (StackError::Docker(_) | StackError::Io { .. }) => {
                     // Internals are logged, not answered.
                     tracing::error!(cause = %e, "internal error");
                     (
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
+                        ErrorCode::Internal,
                         "internal error".to_owned(),
                         Vec::new(),
                     )
                 }
             },
         };
-        let body = ErrorBody {
-            error: ErrorInfo {
-                code: code.to_owned(),
-                message,
-                details,
-            },
-        };
+        let body = ErrorBody::new(code, message, details);
         (status, Json(body)).into_response()
     }
 }

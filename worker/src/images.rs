@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 /// Images a Dockerfile reads: `FROM` images that are neither `scratch` nor an earlier stage, and
-/// `COPY --from=` images that are neither a stage name nor a stage index. `ARG`s before the first
+/// `COPY --from=` and `RUN --mount=...,from=` images that are neither a stage name nor a stage
+/// index. `ARG`s before the first
 /// `FROM` (their defaults, overridden by `build_args`) are substituted the way Docker does
 /// (`$A`, `${A}`, `${A:-word}`, `${A:+word}`; unset is empty).
 ///
@@ -54,6 +55,21 @@ pub fn image_refs(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Ve
                 };
                 stages.push(name);
             }
+            // BuildKit's `RUN --mount=...,from=<image>` reads an image as well.
+            "RUN" => {
+                for flag in words.take_while(|w| w.starts_with("--")) {
+                    let Some(mount) = flag.strip_prefix("--mount=") else {
+                        continue;
+                    };
+                    for from in mount.split(',').filter_map(|kv| kv.strip_prefix("from=")) {
+                        let from = substitute(from, &vars);
+                        let lower = from.to_ascii_lowercase();
+                        if from.parse::<usize>().is_err() && !stages.contains(&lower) {
+                            push(&mut refs, from);
+                        }
+                    }
+                }
+            }
             "COPY" => {
                 for flag in words.take_while(|w| w.starts_with("--")) {
                     if let Some(from) = flag.strip_prefix("--from=") {
@@ -69,6 +85,20 @@ pub fn image_refs(dockerfile: &str, build_args: &BTreeMap<String, String>) -> Ve
         }
     }
     refs
+}
+
+/// Whether a Dockerfile has a `RUN --mount=type=cache`: BuildKit keys cache mounts by id for
+/// the whole engine, so two instances naming the same id would share (and could read) one
+/// cache.
+pub fn has_cache_mount(dockerfile: &str) -> bool {
+    logical_lines(dockerfile).iter().any(|(_, line)| {
+        let mut words = line.split_whitespace();
+        words.next().is_some_and(|i| i.eq_ignore_ascii_case("RUN"))
+            && words
+                .take_while(|w| w.starts_with("--"))
+                .filter_map(|w| w.strip_prefix("--mount="))
+                .any(|m| m.split(',').any(|kv| kv == "type=cache"))
+    })
 }
 
 /// `dockerfile` with one `LABEL` instruction carrying `labels` at the end of the stage the build
@@ -347,6 +377,20 @@ mod tests {
     }
 
     #[test]
+    fn cache_mounts_are_found() {
+        assert!(has_cache_mount(
+            "FROM a\nRUN --mount=type=cache,target=/root/.cache \\\n  make\n"
+        ));
+        assert!(has_cache_mount(
+            "FROM a\nrun --mount=target=/c,type=cache make\n"
+        ));
+        assert!(!has_cache_mount(
+            "FROM a\nRUN --mount=type=bind,target=/x make\n# RUN --mount=type=cache x\n"
+        ));
+        assert!(!has_cache_mount("FROM a\nRUN echo --mount=type=cache\n"));
+    }
+
+    #[test]
     fn image_refs_table() {
         let args = BTreeMap::from([("BASE".to_owned(), "b1-web:latest".to_owned())]);
         let cases: &[(&str, &[&str])] = &[
@@ -373,6 +417,11 @@ mod tests {
             ("# escape=`\nFROM `\n  b5-web\n", &["b5-web"]),
             ("# a comment\nFROM b6-web\n# FROM not-this\n", &["b6-web"]),
             ("FROM b7-web AS Stage\nFROM stage\n", &["b7-web"]),
+            // BuildKit reads images in RUN mounts too; stages are fine.
+            (
+                "FROM berth-base AS s\nRUN --mount=type=bind,from=b8-web,target=/x --mount=type=cache,target=/c --mount=from=s,target=/s true\n",
+                &["berth-base", "b8-web"],
+            ),
         ];
         for (dockerfile, want) in cases {
             assert_eq!(image_refs(dockerfile, &args), *want, "{dockerfile}");

@@ -37,6 +37,9 @@ pub struct Config {
     /// Address published in endpoints and registrations; defaults to the listen IP, or
     /// 127.0.0.1 when listening on all interfaces.
     pub advertise: Option<String>,
+    /// IP address published ports are bound on; defaults to the advertise address (resolved
+    /// when it is a name). `0.0.0.0` or `::` binds all interfaces, only when asked.
+    pub publish_address: Option<String>,
     pub data_dir: PathBuf,
     pub node_name: Option<String>,
     /// Consul-compatible agent to register with; `None` disables registration.
@@ -49,11 +52,21 @@ pub struct Config {
     pub agent_listen: String,
     pub cluster_token: Secret,
     pub capacity: u32,
-    /// Per-container memory limit (`2g`, `512m`).
-    pub memory: String,
-    /// Per-container CPU limit (`1.5`).
-    pub cpus: String,
-    pub pids_limit: i64,
+    /// Memory limit of a container whose file sets none (`2g`, `512m`; empty = none).
+    #[serde(alias = "memory")]
+    pub default_memory: String,
+    /// CPU limit of a container whose file sets none (`1.5`; empty = none).
+    #[serde(alias = "cpus")]
+    pub default_cpus: String,
+    /// Process limit of a container whose file sets none (0 = none).
+    #[serde(alias = "pids_limit")]
+    pub default_pids: i64,
+    /// The most memory a compose file may ask for per container (empty = no cap).
+    pub max_memory: String,
+    /// The most CPUs a compose file may ask for per container (empty = no cap).
+    pub max_cpus: String,
+    /// The most processes a compose file may ask for per container (0 = no cap).
+    pub max_pids: i64,
     #[serde(with = "humantime_serde_opt")]
     pub build_timeout: Duration,
     #[serde(with = "humantime_serde_opt")]
@@ -83,6 +96,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8833".to_owned(),
             advertise: None,
+            publish_address: None,
             data_dir: PathBuf::from("/var/lib/berth-worker"),
             node_name: None,
             registry: Some("http://127.0.0.1:8500".to_owned()),
@@ -91,9 +105,12 @@ impl Default for Config {
             agent_listen: "127.0.0.1:8500".to_owned(),
             cluster_token: Secret::default(),
             capacity: 20,
-            memory: "2g".to_owned(),
-            cpus: "1".to_owned(),
-            pids_limit: 512,
+            default_memory: "2g".to_owned(),
+            default_cpus: "1".to_owned(),
+            default_pids: 512,
+            max_memory: String::new(),
+            max_cpus: String::new(),
+            max_pids: 0,
             build_timeout: Duration::from_secs(15 * 60),
             start_timeout: Duration::from_secs(120),
             build_parallelism: default_build_parallelism(),
@@ -126,6 +143,14 @@ impl Config {
             return Err(ConfigError::NoToken);
         }
         self.policy()?;
+        if let Some(addr) = &self.publish_address
+            && addr.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                field: "publish-address",
+                reason: format!("{addr:?} is not an IP address"),
+            });
+        }
         if let Some(node) = &self.node_name {
             berth_worker_api::ids::validate("node name", node).map_err(|e| {
                 ConfigError::Invalid {
@@ -138,19 +163,34 @@ impl Config {
     }
 
     pub fn policy(&self) -> Result<Policy, ConfigError> {
+        fn value(
+            field: &'static str,
+            text: &str,
+            parse: fn(&str) -> Result<i64, String>,
+        ) -> Result<i64, ConfigError> {
+            if text.trim().is_empty() {
+                return Ok(0);
+            }
+            parse(text).map_err(|reason| ConfigError::Invalid { field, reason })
+        }
+        let count = |field: &'static str, n: i64| {
+            if n < 0 {
+                Err(ConfigError::Invalid {
+                    field,
+                    reason: format!("{n} is negative (0 means none)"),
+                })
+            } else {
+                Ok(n)
+            }
+        };
         Ok(Policy {
             allowed_caps: self.allowed_caps.clone(),
-            memory_bytes: policy::parse_size(&self.memory).map_err(|reason| {
-                ConfigError::Invalid {
-                    field: "memory",
-                    reason,
-                }
-            })?,
-            nano_cpus: policy::parse_cpus(&self.cpus).map_err(|reason| ConfigError::Invalid {
-                field: "cpus",
-                reason,
-            })?,
-            pids_limit: self.pids_limit,
+            memory_bytes: value("default-memory", &self.default_memory, policy::parse_size)?,
+            nano_cpus: value("default-cpus", &self.default_cpus, policy::parse_cpus)?,
+            pids_limit: count("default-pids", self.default_pids)?,
+            max_memory_bytes: value("max-memory", &self.max_memory, policy::parse_size)?,
+            max_nano_cpus: value("max-cpus", &self.max_cpus, policy::parse_cpus)?,
+            max_pids: count("max-pids", self.max_pids)?,
             run_as_user: self.run_as_user.clone(),
         })
     }
@@ -188,6 +228,36 @@ pub enum RunError {
     Agent(#[from] berth_registry::agent::AgentRunError),
 }
 
+/// The IP address published ports are bound on: `configured` (validated as an IP), else the
+/// advertise address, resolved when it is a host name.
+async fn publish_address(
+    configured: Option<&str>,
+    advertise: &str,
+) -> Result<std::net::IpAddr, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        field: "publish-address",
+        reason,
+    };
+    if let Some(addr) = configured {
+        return addr
+            .parse()
+            .map_err(|_| invalid(format!("{addr:?} is not an IP address")));
+    }
+    if let Ok(ip) = advertise.trim_matches(['[', ']']).parse() {
+        return Ok(ip);
+    }
+    tokio::net::lookup_host((advertise, 0))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(|a| a.ip())
+        .ok_or_else(|| {
+            invalid(format!(
+                "the advertise address {advertise:?} does not resolve; set --publish-address"
+            ))
+        })
+}
+
 /// How long running operations may continue after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -206,6 +276,13 @@ pub async fn run(
             local.ip().to_string()
         }
     });
+    let publish_address = publish_address(config.publish_address.as_deref(), &advertise).await?;
+    // What endpoints and registrations name: the advertise address, unless ports are bound on
+    // one specific other address (then only that one reaches them).
+    let public_host = match &config.publish_address {
+        Some(_) if !publish_address.is_unspecified() => publish_address.to_string(),
+        _ => advertise.clone(),
+    };
     let node = config.node();
     let docker = docker::connect().await?;
     let mut tasks = Vec::new();
@@ -253,7 +330,8 @@ pub async fn run(
     let settings = Settings {
         data_dir: config.data_dir.clone(),
         node: node.clone(),
-        advertise: advertise.clone(),
+        advertise: public_host.clone(),
+        publish_address: publish_address.to_string(),
         policy: config.policy()?,
         build_timeout: config.build_timeout,
         start_timeout: config.start_timeout,
@@ -278,6 +356,7 @@ pub async fn run(
             stack_count: stacks.watch_count(),
             node: node.clone(),
             advertise: advertise.clone(),
+            public_host: public_host.clone(),
             api_port: local.port(),
             check_url: format!("http://{check_host}:{}/healthz", local.port()),
             capacity: config.capacity,
@@ -325,13 +404,43 @@ mod tests {
         let p = c.policy().unwrap();
         assert_eq!(p.memory_bytes, 512 << 20);
         assert_eq!(p.nano_cpus, 500_000_000);
+        assert_eq!((p.max_memory_bytes, p.max_nano_cpus, p.max_pids), (0, 0, 0));
+        let capped: Config = serde_json::from_str(
+            r#"{"cluster_token":"t","default_memory":"","max_memory":"1.5g","max_cpus":"2","max_pids":100}"#,
+        )
+        .unwrap();
+        let p = capped.policy().unwrap();
+        assert_eq!(
+            (
+                p.memory_bytes,
+                p.max_memory_bytes,
+                p.max_nano_cpus,
+                p.max_pids
+            ),
+            (0, 3 << 29, 2_000_000_000, 100)
+        );
         assert_eq!(c.node(), "w1");
         assert!(serde_json::from_str::<Config>(r#"{"bogus":1}"#).is_err());
 
         let cases: &[(&str, &str)] = &[
             (r#"{}"#, "a cluster token is required"),
-            (r#"{"cluster_token":"t","memory":"lots"}"#, "invalid memory"),
-            (r#"{"cluster_token":"t","cpus":"-2"}"#, "invalid cpus"),
+            (
+                r#"{"cluster_token":"t","memory":"lots"}"#,
+                "invalid default-memory",
+            ),
+            (
+                r#"{"cluster_token":"t","cpus":"-2"}"#,
+                "invalid default-cpus",
+            ),
+            (
+                r#"{"cluster_token":"t","max_memory":"1q"}"#,
+                "invalid max-memory",
+            ),
+            (r#"{"cluster_token":"t","max_pids":-1}"#, "invalid max-pids"),
+            (
+                r#"{"cluster_token":"t","publish_address":"here"}"#,
+                "invalid publish-address",
+            ),
             (
                 r#"{"cluster_token":"t","node_name":"Bad Name"}"#,
                 "invalid node-name",

@@ -22,6 +22,10 @@ struct Cli {
     /// Address published in endpoints and registrations.
     #[arg(long, env = "BERTH_WORKER_ADVERTISE")]
     advertise: Option<String>,
+    /// IP address published ports are bound on [default: the advertise address]; `0.0.0.0`
+    /// binds every interface.
+    #[arg(long, env = "BERTH_WORKER_PUBLISH_ADDRESS")]
+    publish_address: Option<String>,
     /// Where checkouts and stack records live [default: /var/lib/berth-worker].
     #[arg(long, env = "BERTH_WORKER_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -51,15 +55,24 @@ struct Cli {
     /// Instances this worker accepts (published as meta for placement) [default: 20].
     #[arg(long, env = "BERTH_WORKER_CAPACITY")]
     capacity: Option<u32>,
-    /// Memory limit per container [default: 2g].
-    #[arg(long, env = "BERTH_WORKER_MEMORY")]
-    memory: Option<String>,
-    /// CPU limit per container [default: 1].
-    #[arg(long, env = "BERTH_WORKER_CPUS")]
-    cpus: Option<String>,
-    /// Process limit per container [default: 512].
-    #[arg(long, env = "BERTH_WORKER_PIDS_LIMIT")]
-    pids_limit: Option<i64>,
+    /// Memory limit of a container whose compose file sets none (empty = none) [default: 2g].
+    #[arg(long, alias = "memory", env = "BERTH_WORKER_DEFAULT_MEMORY")]
+    default_memory: Option<String>,
+    /// CPU limit of a container whose compose file sets none (empty = none) [default: 1].
+    #[arg(long, alias = "cpus", env = "BERTH_WORKER_DEFAULT_CPUS")]
+    default_cpus: Option<String>,
+    /// Process limit of a container whose compose file sets none (0 = none) [default: 512].
+    #[arg(long, alias = "pids-limit", env = "BERTH_WORKER_DEFAULT_PIDS")]
+    default_pids: Option<i64>,
+    /// The most memory a compose file may ask for per container, e.g. `4g` [default: no cap].
+    #[arg(long, env = "BERTH_WORKER_MAX_MEMORY")]
+    max_memory: Option<String>,
+    /// The most CPUs a compose file may ask for per container, e.g. `2` [default: no cap].
+    #[arg(long, env = "BERTH_WORKER_MAX_CPUS")]
+    max_cpus: Option<String>,
+    /// The most processes a compose file may ask for per container [default: no cap].
+    #[arg(long, env = "BERTH_WORKER_MAX_PIDS")]
+    max_pids: Option<i64>,
     /// Build timeout per service, e.g. `15m` [default: 15m].
     #[arg(long, env = "BERTH_WORKER_BUILD_TIMEOUT", value_parser = humantime::parse_duration)]
     build_timeout: Option<Duration>,
@@ -107,9 +120,12 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
         listen,
         data_dir,
         capacity,
-        memory,
-        cpus,
-        pids_limit,
+        default_memory,
+        default_cpus,
+        default_pids,
+        max_memory,
+        max_cpus,
+        max_pids,
         build_timeout,
         start_timeout,
         allowed_caps
@@ -128,6 +144,9 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
     }
     if cli.advertise.is_some() {
         c.advertise = cli.advertise;
+    }
+    if cli.publish_address.is_some() {
+        c.publish_address = cli.publish_address;
     }
     if cli.node_name.is_some() {
         c.node_name = cli.node_name;

@@ -6,20 +6,29 @@ use std::path::{Path, PathBuf};
 
 use berth_worker_api::ErrorDetail;
 
+use serde::Serialize;
+
 use crate::compose::normalize;
-use crate::compose::{MountSource, Project, Service};
+use crate::compose::units::{self, format_bytes, format_cpus};
+use crate::compose::{Limit, MountSource, Project, Resources, Service};
 
 /// Limits and allowances applied to every container of every stack.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// Capabilities `cap_add` may name (upper case, without `CAP_`).
     pub allowed_caps: Vec<String>,
-    /// Memory limit per container in bytes (0 = none).
+    /// Memory limit of a container whose file sets none, in bytes (0 = none).
     pub memory_bytes: i64,
-    /// CPU limit per container in billionths of a CPU (0 = none).
+    /// CPU limit of a container whose file sets none, in billionths of a CPU (0 = none).
     pub nano_cpus: i64,
-    /// Process limit per container (0 = none).
+    /// Process limit of a container whose file sets none (0 = none).
     pub pids_limit: i64,
+    /// The most memory a file may ask for per container, in bytes (0 = no cap).
+    pub max_memory_bytes: i64,
+    /// The most CPU a file may ask for per container, in billionths of a CPU (0 = no cap).
+    pub max_nano_cpus: i64,
+    /// The most processes a file may ask for per container (0 = no cap).
+    pub max_pids: i64,
     /// When set, containers run as this user; a service asking for any other user is rejected.
     pub run_as_user: Option<String>,
 }
@@ -31,35 +40,42 @@ impl Default for Policy {
             memory_bytes: 2 * 1024 * 1024 * 1024,
             nano_cpus: 1_000_000_000,
             pids_limit: 512,
+            max_memory_bytes: 0,
+            max_nano_cpus: 0,
+            max_pids: 0,
             run_as_user: None,
         }
     }
 }
 
-/// Parses sizes like `2g`, `512m`, `1024k`, `1073741824` into bytes.
+/// The capped limits of one container as Docker gets them (`None` = Docker's default, none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub memory: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    /// `-1` = unlimited.
+    pub pids: Option<i64>,
+}
+
+/// Parses sizes like `2g`, `512m`, `1.5GB`, `1073741824` into bytes (Compose's grammar).
 pub fn parse_size(s: &str) -> Result<i64, String> {
-    let s = s.trim().to_ascii_lowercase();
-    let s = s.strip_suffix('b').unwrap_or(&s);
-    let (num, mult) = match s.chars().last() {
-        Some('k') => (&s[..s.len() - 1], 1024),
-        Some('m') => (&s[..s.len() - 1], 1024 * 1024),
-        Some('g') => (&s[..s.len() - 1], 1024 * 1024 * 1024),
-        _ => (s, 1),
-    };
-    num.trim()
-        .parse::<i64>()
-        .map(|n| n * mult)
-        .map_err(|_| format!("invalid size {s:?}"))
+    units::parse_bytes(s)
 }
 
 /// Parses a CPU count like `1.5` into billionths of a CPU.
 pub fn parse_cpus(s: &str) -> Result<i64, String> {
-    s.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|c| *c >= 0.0)
-        .map(|c| (c * 1e9) as i64)
-        .ok_or_else(|| format!("invalid cpu count {s:?}"))
+    units::parse_cpus(s)
+}
+
+/// The file's value, else the default (at most the cap), else the cap, else none.
+fn effective(file: Option<&Limit>, default: i64, cap: i64) -> Option<i64> {
+    let default = match (default > 0, cap > 0) {
+        (true, true) => Some(default.min(cap)),
+        (true, false) => Some(default),
+        (false, true) => Some(cap),
+        (false, false) => None,
+    };
+    file.map(|l| l.value).or(default)
 }
 
 fn cap_name(cap: &str) -> String {
@@ -131,6 +147,50 @@ pub fn recheck_binds(s: &Service, checkout: &Path) -> Result<(), ErrorDetail> {
 }
 
 impl Policy {
+    /// What Docker gets for a service with resources `r`: its own limits, else the defaults;
+    /// with a cap and no value from either, the cap.
+    pub fn limits(&self, r: &Resources) -> Limits {
+        Limits {
+            memory: effective(r.memory.as_ref(), self.memory_bytes, self.max_memory_bytes),
+            nano_cpus: effective(r.nano_cpus.as_ref(), self.nano_cpus, self.max_nano_cpus),
+            pids: effective(r.pids.as_ref(), self.pids_limit, self.max_pids),
+        }
+    }
+
+    /// The limits of `r` above this worker's caps, as `(field, reason)`: the key, the value as
+    /// written and the cap (no limit at all is above any cap).
+    fn above_caps(&self, service: &str, r: &Resources) -> Vec<(String, String)> {
+        type Check<'a> = (&'a Option<Limit>, i64, &'static str, fn(i64) -> String);
+        let checks: [Check<'_>; 3] = [
+            (
+                &r.memory,
+                self.max_memory_bytes,
+                "--max-memory",
+                format_bytes,
+            ),
+            (&r.nano_cpus, self.max_nano_cpus, "--max-cpus", format_cpus),
+            (&r.pids, self.max_pids, "--max-pids", |n| n.to_string()),
+        ];
+        let prefix = format!("services.{service}.");
+        let mut out = Vec::new();
+        for (limit, cap, flag, show) in checks {
+            let Some(l) = limit else { continue };
+            if cap > 0 && (l.value <= 0 || l.value > cap) {
+                let key = l.field.strip_prefix(&prefix).unwrap_or(&l.field);
+                let unlimited = if l.value <= 0 { " (no limit)" } else { "" };
+                out.push((
+                    l.field.clone(),
+                    format!(
+                        "{key} {}{unlimited} is above this worker's cap of {} ({flag})",
+                        l.text,
+                        show(cap)
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// The user every container runs as, if the worker sets one.
     fn run_as(&self) -> Option<&str> {
         self.run_as_user.as_deref().filter(|u| !u.is_empty())
@@ -146,6 +206,13 @@ impl Policy {
         let mut binds: Vec<(String, PathBuf, bool)> = Vec::new();
         for s in &mut project.services {
             let name = s.name.clone();
+            for (field, reason) in self.above_caps(&name, &s.resources) {
+                errors.push(ErrorDetail {
+                    service: Some(name.clone()),
+                    field,
+                    reason,
+                });
+            }
             let mut reject = |field: &str, reason: String| {
                 errors.push(ErrorDetail {
                     service: Some(name.clone()),
@@ -540,6 +607,113 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(parse_cpus("1.5").unwrap(), 1_500_000_000);
         assert!(parse_cpus("-1").is_err());
+    }
+
+    #[test]
+    fn caps_name_the_key_the_value_and_the_cap() {
+        let policy = Policy {
+            max_memory_bytes: 1 << 30,
+            max_nano_cpus: 2_000_000_000,
+            max_pids: 200,
+            ..Policy::default()
+        };
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "    mem_limit: 1g
+    cpus: 2
+    pids_limit: 200",
+                None,
+            ),
+            (
+                "    mem_limit: 1.5GB",
+                Some(
+                    "web|services.web.mem_limit|mem_limit 1.5GB is above this worker's cap of 1g (--max-memory)",
+                ),
+            ),
+            (
+                "    deploy: {resources: {limits: {memory: 2g}}}",
+                Some(
+                    "web|services.web.deploy.resources.limits.memory|deploy.resources.limits.memory 2g is above this worker's cap of 1g (--max-memory)",
+                ),
+            ),
+            (
+                "    cpus: 2.5",
+                Some("web|services.web.cpus|cpus 2.5 is above this worker's cap of 2 (--max-cpus)"),
+            ),
+            (
+                "    pids_limit: -1",
+                Some(
+                    "web|services.web.pids_limit|pids_limit -1 (no limit) is above this worker's cap of 200 (--max-pids)",
+                ),
+            ),
+            (
+                "    mem_limit: 0",
+                Some("web|services.web.mem_limit|mem_limit 0 (no limit) is above"),
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let got = check(&policy, yaml);
+            match expected {
+                None => assert!(got.is_empty(), "{yaml}: {got:?}"),
+                Some(want) => assert!(
+                    got.len() == 1 && got[0].starts_with(want),
+                    "{yaml}\nwant {want}\ngot {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn limits_are_the_files_else_the_default_within_the_cap() {
+        let limit = |value| Limit {
+            value,
+            field: String::new(),
+            text: String::new(),
+        };
+        let file = Resources {
+            memory: Some(limit(256 << 20)),
+            pids: Some(limit(-1)),
+            ..Resources::default()
+        };
+        let none = Resources::default();
+        let defaults = Policy::default();
+        assert_eq!(
+            defaults.limits(&file),
+            Limits {
+                memory: Some(256 << 20),
+                nano_cpus: Some(1_000_000_000),
+                pids: Some(-1)
+            }
+        );
+        let capped = Policy {
+            memory_bytes: 0,
+            max_memory_bytes: 1 << 30,
+            max_nano_cpus: 500_000_000,
+            ..Policy::default()
+        };
+        // No default memory: the cap; a default CPU above the cap: the cap.
+        assert_eq!(
+            capped.limits(&none),
+            Limits {
+                memory: Some(1 << 30),
+                nano_cpus: Some(500_000_000),
+                pids: Some(512)
+            }
+        );
+        let open = Policy {
+            memory_bytes: 0,
+            nano_cpus: 0,
+            pids_limit: 0,
+            ..Policy::default()
+        };
+        assert_eq!(
+            open.limits(&none),
+            Limits {
+                memory: None,
+                nano_cpus: None,
+                pids: None
+            }
+        );
     }
 
     #[test]

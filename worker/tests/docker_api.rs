@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use berth_worker::api::{AppState, router};
 use berth_worker::stacks::{Settings, Stacks};
-use berth_worker_api::{ErrorBody, Secret, StackState, StartRequest, WorkerClientError};
+use berth_worker_api::{ErrorBody, ErrorCode, Secret, StackState, StartRequest, WorkerClientError};
 use common::*;
 use tower::ServiceExt;
 
@@ -32,6 +32,7 @@ async fn docker_router_auth_and_input_errors() {
             data_dir: data.path().to_path_buf(),
             node: "router-test".into(),
             advertise: "127.0.0.1".into(),
+            publish_address: "127.0.0.1".into(),
             policy: Default::default(),
             build_timeout: std::time::Duration::from_secs(60),
             start_timeout: std::time::Duration::from_secs(60),
@@ -230,6 +231,7 @@ async fn docker_policy_rejections_answer_422_with_details() {
             .unwrap_err(),
     );
     assert_eq!(status, 422);
+    assert_eq!(body.error.code, ErrorCode::PolicyRejected);
     let mut got: Vec<(String, String)> = body
         .error
         .details

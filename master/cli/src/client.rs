@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use berth_worker_api::{Endpoint, ErrorBody, ErrorInfo};
+use berth_worker_api::{Endpoint, ErrorBody};
 use reqwest::blocking::{Body, RequestBuilder, Response};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Target;
-use crate::failure::{Exit, Failure};
+use crate::failure::{ErrorReport, Exit, Failure};
 
 #[derive(Clone)]
 pub struct Client {
@@ -111,8 +111,8 @@ impl Client {
         }
         let text = resp.text().unwrap_or_default();
         let error = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => body.error,
-            Err(_) => ErrorInfo {
+            Ok(body) => body.error.into(),
+            Err(_) => ErrorReport {
                 code: format!("http_{}", status.as_u16()),
                 message: if text.trim().is_empty() {
                     format!("the master answered {status}")

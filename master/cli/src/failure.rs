@@ -1,9 +1,32 @@
 //! Why a command failed and whose fault it was, as an exit code: the one place the master's
 //! answers are sorted into "your app failed" and "berth failed".
 
-use berth_worker_api::ErrorInfo;
+use berth_worker_api::{ErrorDetail, ErrorInfo};
 use reqwest::StatusCode;
+use serde::Serialize;
 use serde_json::json;
+
+/// An error in the master's shape: the master's own answer (its [`ErrorCode`] as a string), or
+/// one this CLI makes up with a code of its own (`usage`, `unreachable`, `http_502`, ...).
+///
+/// [`ErrorCode`]: berth_worker_api::ErrorCode
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorReport {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorDetail>,
+}
+
+impl From<ErrorInfo> for ErrorReport {
+    fn from(e: ErrorInfo) -> Self {
+        Self {
+            code: e.code.as_str().to_owned(),
+            message: e.message,
+            details: e.details,
+        }
+    }
+}
 
 /// The process exit codes `berth --help` documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +45,7 @@ pub enum Exit {
 pub struct Failure {
     pub exit: Exit,
     pub status: Option<u16>,
-    pub error: ErrorInfo,
+    pub error: ErrorReport,
     pub hint: Option<String>,
 }
 
@@ -31,7 +54,7 @@ impl Failure {
         Self {
             exit,
             status: None,
-            error: ErrorInfo {
+            error: ErrorReport {
                 code: code.to_owned(),
                 message: message.into(),
                 details: Vec::new(),
@@ -50,7 +73,8 @@ impl Failure {
     }
 
     /// The master answered `status` with `error`.
-    pub fn answered(status: StatusCode, error: ErrorInfo) -> Self {
+    pub fn answered(status: StatusCode, error: impl Into<ErrorReport>) -> Self {
+        let error = error.into();
         let exit = classify(status, &error);
         let hint = (status == StatusCode::UNAUTHORIZED).then(|| {
             "check the token: BERTH_TOKEN, --token, the config file, or .berth/master/api-token"
@@ -78,7 +102,7 @@ impl Failure {
 /// token); a timeout is the app not building or getting ready in time. Among 502s, today's
 /// master reports an app's failed build or start as `worker_error` too, naming the failed step
 /// in the message ("build failed", "start failed"); those are the app's, the other 5xx berth's.
-fn classify(status: StatusCode, error: &ErrorInfo) -> Exit {
+fn classify(status: StatusCode, error: &ErrorReport) -> Exit {
     if status.is_client_error() || status == StatusCode::GATEWAY_TIMEOUT {
         return Exit::App;
     }
@@ -98,7 +122,7 @@ mod tests {
     use super::*;
 
     fn exit_of(status: u16, code: &str, message: &str) -> Exit {
-        let error = ErrorInfo {
+        let error = ErrorReport {
             code: code.into(),
             message: message.into(),
             details: vec![],

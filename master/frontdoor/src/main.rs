@@ -268,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
     if apps_domain.is_some() {
         tasks.spawn(watch::run(
             registry,
-            "/v1/kv/berth/instances/?recurse=1".to_owned(),
+            format!("/v1/kv/{}?recurse=1", berth_model::keys::RECORD_PREFIX),
             |body: Option<&[u8]>| {
                 let Some(body) = body else {
                     return Ok(Vec::new());

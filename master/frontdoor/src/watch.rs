@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use berth_consul::types::{KvEntry, ServiceEntry};
+use berth_model::State;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -130,11 +131,13 @@ pub(crate) fn parse_masters(body: &[u8]) -> Result<Vec<String>, serde_json::Erro
     Ok(out)
 }
 
-/// The fields of an instance record (`berth/instances/<id>`) the front door needs.
+/// The fields of an instance record (`berth_model::InstanceRecord`, under
+/// `berth_model::keys::RECORD_PREFIX`) the front door needs: a tolerant subset, so a record a
+/// newer master wrote still routes.
 #[derive(Deserialize)]
 struct InstanceRecord {
     id: String,
-    state: String,
+    state: State,
     #[serde(default)]
     endpoints: Vec<RecordEndpoint>,
 }
@@ -167,7 +170,7 @@ pub(crate) fn parse_apps(body: &[u8]) -> Result<(Vec<AppRoute>, Vec<String>), se
                 continue;
             }
         };
-        if record.state != "running" {
+        if record.state != State::Running {
             continue;
         }
         let route = AppRoute {

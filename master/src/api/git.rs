@@ -270,7 +270,7 @@ pub async fn receive_pack(
         refs.push((MAIN_REF.to_owned(), Err(reason)));
         refs
     };
-    let record = match master.store.get(&id).await {
+    let record = match master.records.get(&id).await {
         Ok(Some(rec)) => rec,
         Ok(None) => {
             let reason = format!(

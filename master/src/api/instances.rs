@@ -7,12 +7,13 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use berth_worker_api::DeleteResponse;
 use http_body_util::{BodyExt, Limited};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, OptionalJson, Path, Query, parse_wait, valid};
-use crate::ops::{DeleteOutcome, Master};
+use crate::ops::Master;
 use crate::record::{InstanceRecord, State as InstanceState};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -204,7 +205,28 @@ pub async fn delete(
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<DeleteOutcome>, ApiError> {
     let id = valid("id", &id)?;
-    Ok(Json(master.delete(id, q.keep_code.unwrap_or(false)).await?))
+    let keep_code = q.keep_code.unwrap_or(false);
+    let done = master.delete(id.clone(), keep_code).await?;
+    Ok(Json(DeleteOutcome {
+        id: id.to_string(),
+        deleted: true,
+        code_kept: keep_code,
+        worker: done.worker,
+        note: done.note,
+    }))
+}
+
+/// What a delete did, as answered by `DELETE /v1/instances/{id}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeleteOutcome {
+    pub id: String,
+    pub deleted: bool,
+    pub code_kept: bool,
+    /// What the worker removed; absent when the instance was never placed or its worker is gone.
+    #[schema(value_type = Option<Object>)]
+    pub worker: Option<DeleteResponse>,
+    /// Why the worker was not asked, when it was not.
+    pub note: Option<String>,
 }
 
 /// The instance record.

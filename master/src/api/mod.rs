@@ -16,13 +16,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use berth_worker_api::{ErrorBody, ErrorDetail, ErrorInfo, ValidName};
+use berth_model::{ErrorBody, ErrorCode, ErrorDetail, ValidName};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tower_http::trace::TraceLayer;
 
 use crate::ops::{Master, OpError};
-use crate::store::StoreError;
+use crate::records::RecordsError;
 use crate::upload::UploadError;
 
 /// Largest JSON or other non-upload request body.
@@ -74,7 +74,7 @@ pub fn router(master: Arc<Master>) -> Router {
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         details: Vec<ErrorDetail>,
     },
@@ -91,11 +91,11 @@ pub enum ApiError {
         details: Vec<ErrorDetail>,
     },
     BadGateway {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
     },
     Unavailable {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
     },
     Timeout(String),
@@ -106,7 +106,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::BadRequest {
-            code: "bad_request",
+            code: ErrorCode::BadRequest,
             message: message.into(),
             details: Vec::new(),
         }
@@ -126,24 +126,29 @@ impl IntoResponse for ApiError {
                 challenge = Some(c);
                 (
                     StatusCode::UNAUTHORIZED,
-                    "unauthorized",
+                    ErrorCode::Unauthorized,
                     "missing or unknown token".to_owned(),
                     vec![],
                 )
             }
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m, vec![]),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m, vec![]),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden, m, vec![]),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, m, vec![]),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this route".to_owned(),
                 vec![],
             ),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m, vec![]),
-            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m, vec![]),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, ErrorCode::Conflict, m, vec![]),
+            ApiError::TooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                m,
+                vec![],
+            ),
             ApiError::Policy { message, details } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_rejected",
+                ErrorCode::PolicyRejected,
                 message,
                 details,
             ),
@@ -153,24 +158,18 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable { code, message } => {
                 (StatusCode::SERVICE_UNAVAILABLE, code, message, vec![])
             }
-            ApiError::Timeout(m) => (StatusCode::GATEWAY_TIMEOUT, "timeout", m, vec![]),
+            ApiError::Timeout(m) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout, m, vec![]),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "internal error; the master's log has the cause".to_owned(),
                     vec![],
                 )
             }
         };
-        let body = ErrorBody {
-            error: ErrorInfo {
-                code: code.to_owned(),
-                message,
-                details,
-            },
-        };
+        let body = ErrorBody::new(code, message, details);
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(c) = challenge {
             resp.headers_mut()
@@ -184,7 +183,7 @@ impl From<OpError> for ApiError {
     fn from(err: OpError) -> Self {
         match err {
             OpError::Invalid { field, message } => ApiError::BadRequest {
-                code: "bad_request",
+                code: ErrorCode::BadRequest,
                 details: vec![ErrorDetail {
                     service: None,
                     field: field.to_owned(),
@@ -194,7 +193,7 @@ impl From<OpError> for ApiError {
             },
             OpError::Upload(UploadError::TooLarge { .. }) => ApiError::TooLarge(err.to_string()),
             OpError::Upload(UploadError::Hostile { ref entry, reason }) => ApiError::BadRequest {
-                code: "invalid_upload",
+                code: ErrorCode::InvalidUpload,
                 details: vec![ErrorDetail {
                     service: None,
                     field: entry.clone(),
@@ -204,7 +203,7 @@ impl From<OpError> for ApiError {
             },
             OpError::Upload(UploadError::Malformed(_) | UploadError::MissingCompose) => {
                 ApiError::BadRequest {
-                    code: "invalid_upload",
+                    code: ErrorCode::InvalidUpload,
                     message: err.to_string(),
                     details: vec![],
                 }
@@ -215,29 +214,29 @@ impl From<OpError> for ApiError {
             OpError::Conflict(m) => ApiError::Conflict(m),
             OpError::Policy { message, details } => ApiError::Policy { message, details },
             OpError::NoWorker(m) => ApiError::Unavailable {
-                code: "no_healthy_worker",
+                code: ErrorCode::NoHealthyWorker,
                 message: m,
             },
             OpError::Timeout(m) => ApiError::Timeout(m),
             OpError::Worker(m) => ApiError::BadGateway {
-                code: "worker_error",
+                code: ErrorCode::WorkerError,
                 message: m,
             },
             OpError::Forge(e) => ApiError::BadGateway {
-                code: "forge_error",
+                code: ErrorCode::ForgeError,
                 message: e.to_string(),
             },
-            OpError::Store(StoreError::Registry(e)) => {
+            OpError::Records(RecordsError::Registry(e)) => {
                 tracing::error!(cause = %e, "registry call failed");
                 ApiError::Unavailable {
-                    code: "registry_unavailable",
+                    code: ErrorCode::RegistryUnavailable,
                     message: "the registry did not answer; retry later".into(),
                 }
             }
-            OpError::Store(e @ StoreError::LockLost { .. }) => ApiError::Conflict(format!(
+            OpError::Records(e @ RecordsError::LockLost { .. }) => ApiError::Conflict(format!(
                 "{e}; another operation may have taken over: read the record and retry"
             )),
-            OpError::Store(e) => ApiError::Internal(e.to_string()),
+            OpError::Records(e) => ApiError::Internal(e.to_string()),
             OpError::CodeStore(e) => ApiError::Internal(e.to_string()),
             OpError::Internal(m) => ApiError::Internal(m),
         }
@@ -247,12 +246,12 @@ impl From<OpError> for ApiError {
 /// Validates a name from a path or query, naming the field in the error.
 pub fn valid(field: &'static str, value: &str) -> Result<ValidName, ApiError> {
     ValidName::parse(field, value).map_err(|e| ApiError::BadRequest {
-        code: "bad_request",
+        code: ErrorCode::BadRequest,
         message: e.to_string(),
         details: vec![ErrorDetail {
             service: None,
             field: field.to_owned(),
-            reason: format!("must be {}", berth_worker_api::ids::NAME_RULE),
+            reason: format!("must be {}", berth_model::NAME_RULE),
         }],
     })
 }
@@ -292,7 +291,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
                     _ => None,
                 };
                 Err(ApiError::BadRequest {
-                    code: "bad_request",
+                    code: ErrorCode::BadRequest,
                     details: field
                         .map(|field| ErrorDetail {
                             service: None,

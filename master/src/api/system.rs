@@ -11,10 +11,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::ApiError;
-use crate::ops::{DeleteOutcome, Master};
+use crate::ops::Master;
 use crate::placement::WorkerInfo;
 use crate::record::{
-    EndpointDoc, InstanceRecord, PlacementMove, RecordError, State as InstanceState, WorkerRef,
+    Endpoint, InstanceRecord, PlacementMove, RecordError, State as InstanceState, WorkerRef,
 };
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -87,7 +87,7 @@ impl Modify for BearerAuth {
         metrics,
         openapi,
     ),
-    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, EndpointDoc, DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody)),
+    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

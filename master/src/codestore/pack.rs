@@ -167,6 +167,63 @@ pub fn joined(objects: &Path) -> Option<(Vec<u8>, usize)> {
     Some((out, usize::try_from(count).ok()?))
 }
 
+/// Packs a repository may gather (one per upload or push) before they are joined into one.
+pub const MAX_PACKS: usize = 32;
+
+/// How long a pack taken out of use, or a push's quarantine, is kept for readers that may still
+/// have it open before it is removed.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Joins the repository's packs into one (copied as they are, then indexed), and takes the old
+/// ones out of use: their index goes at once (new readers no longer see them), their pack
+/// files once [`GRACE`] has passed (readers that loaded the index may still read them). Also
+/// removes push quarantines older than that, left by a master that stopped. Answers whether
+/// the packs were joined.
+pub fn consolidate(objects: &Path) -> Result<bool, git2::Error> {
+    remove_stale(objects);
+    let old = packs(objects);
+    if old.len() < 2 {
+        return Ok(false);
+    }
+    let Some((pack, _)) = joined(objects) else {
+        return Ok(false);
+    };
+    let new = store(&objects.join("pack"), &pack)?;
+    for path in old.into_iter().filter(|p| *p != new) {
+        let _ = std::fs::remove_file(path.with_extension("idx"));
+    }
+    Ok(true)
+}
+
+fn remove_stale(objects: &Path) {
+    let old = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > GRACE)
+    };
+    for entry in std::fs::read_dir(objects.join("pack"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "pack")
+            && !path.with_extension("idx").exists()
+            && old(&path)
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    for entry in std::fs::read_dir(objects).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with("incoming-") && old(&path) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// Checks a received pack's declared sizes before anything inflates it: no object (nor a
 /// delta's result) larger than `max_object`, and the sum of the inflated objects no larger
 /// than `max_total`. Answers a reason when refused. Entries are walked by inflating each one
@@ -394,5 +451,30 @@ mod tests {
         let (joined, count) = joined(dir.path()).unwrap();
         assert_eq!(count, 3);
         assert_eq!(joined, pack);
+    }
+
+    #[test]
+    fn packs_are_joined_into_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Vec::new();
+        for i in 0..3u8 {
+            let mut w = PackWriter::default();
+            let data = vec![i; 100];
+            let oid = Oid::hash_object(ObjectType::Blob, &data).unwrap();
+            w.add(ObjectType::Blob, oid, &data).unwrap();
+            store(&dir.path().join("pack"), &w.finish()).unwrap();
+            ids.push(oid);
+        }
+        assert_eq!(packs(dir.path()).len(), 3);
+        assert!(consolidate(dir.path()).unwrap());
+        assert_eq!(packs(dir.path()).len(), 1);
+        let odb = git2::Odb::new().unwrap();
+        odb.add_disk_alternate(dir.path().to_str().unwrap())
+            .unwrap();
+        for oid in ids {
+            assert!(odb.exists(oid));
+        }
+        assert_eq!(joined(dir.path()).unwrap().1, 3);
+        assert!(!consolidate(dir.path()).unwrap());
     }
 }

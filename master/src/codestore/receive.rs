@@ -460,9 +460,8 @@ mod tests {
         t
     }
 
-    /// A pack of every object of `tree` plus a commit of it on `parent`; answers (pack, commit).
-    fn pack_of(tree: &UploadTree, parent: Oid) -> (Vec<u8>, Oid) {
-        let mut w = pack::PackWriter::default();
+    /// Adds every object of `tree` and a commit of it on `parent` to `w`; answers the commit.
+    fn add_commit(w: &mut pack::PackWriter, tree: &UploadTree, parent: Oid) -> Oid {
         let root = tree_objects(tree, &mut |kind, oid, data| {
             w.add(kind, oid, data).unwrap();
             Ok(())
@@ -473,7 +472,43 @@ mod tests {
         );
         let commit = Oid::hash_object(ObjectType::Commit, body.as_bytes()).unwrap();
         w.add(ObjectType::Commit, commit, body.as_bytes()).unwrap();
+        commit
+    }
+
+    /// A pack of every object of `tree` plus a commit of it on `parent`; answers (pack, commit).
+    fn pack_of(tree: &UploadTree, parent: Oid) -> (Vec<u8>, Oid) {
+        let mut w = pack::PackWriter::default();
+        let commit = add_commit(&mut w, tree, parent);
         (w.finish(), commit)
+    }
+
+    #[test]
+    fn history_under_a_pushed_tip_cannot_be_built_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CodeStore::new(dir.path());
+        let (u, i) = (name("u"), name("i"));
+        let c1 = store
+            .commit(&u, &i, &upload(&[("compose.yaml", "a")]), "1")
+            .unwrap()
+            .commit;
+        let c1 = Oid::from_str(&c1).unwrap();
+        let mut w = pack::PackWriter::default();
+        // The commit under the tip has no compose file: it would be refused as an upload.
+        let mid = add_commit(&mut w, &upload(&[("other", "c")]), c1);
+        let tip = add_commit(&mut w, &upload(&[("compose.yaml", "d")]), mid);
+        let repo = store.open(&u, &i).unwrap();
+        let cmd = Command {
+            old: c1,
+            new: tip,
+            name: MAIN_REF.into(),
+        };
+        let pushed = check(&repo, &cmd, &w.finish(), &Limits::default()).unwrap();
+        store.accept_push(&u, &i, &pushed, true).unwrap().unwrap();
+        let resolve = |c: Oid| store.resolve_commit(&u, &i, &c.to_string());
+        assert_eq!(resolve(tip).unwrap(), tip.to_string());
+        assert_eq!(resolve(c1).unwrap(), c1.to_string());
+        let err = resolve(mid).unwrap_err().to_string();
+        assert!(err.contains("never checked"), "{err}");
     }
 
     #[test]

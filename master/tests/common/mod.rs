@@ -1,5 +1,5 @@
 //! Test harness: an in-process registry, masters on 127.0.0.1:0, tar.gz builders and a stand-in
-//! worker serving the worker route table of `berth_worker_api::types` (the real worker is tested
+//! worker serving the worker route table of `berth_worker_api::routes` (the real worker is tested
 //! end to end in its own and the cluster issues). The stand-in really clones the commit it is
 //! asked to build, with the credentials the master hands it.
 
@@ -22,8 +22,9 @@ use berth_registry::dto::{
     CatalogCheckRegistration, CatalogRegistration, CatalogServiceRegistration,
 };
 use berth_worker_api::{
-    BuildRequest, DeleteResponse, Endpoint, ErrorBody, ErrorDetail, ErrorInfo, META_CAPACITY,
+    BuildRequest, DeleteResponse, Endpoint, ErrorBody, ErrorCode, ErrorDetail, META_CAPACITY,
     META_INSTANCES, Secret, StackState, StackStatus, ValidName, WORKER_SERVICE, WorkerHealth,
+    routes,
 };
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -214,18 +215,8 @@ impl Drop for StandIn {
     }
 }
 
-fn err(status: StatusCode, code: &str, message: &str, details: Vec<ErrorDetail>) -> Response {
-    (
-        status,
-        axum::Json(ErrorBody {
-            error: ErrorInfo {
-                code: code.into(),
-                message: message.into(),
-                details,
-            },
-        }),
-    )
-        .into_response()
+fn err(status: StatusCode, code: ErrorCode, message: &str, details: Vec<ErrorDetail>) -> Response {
+    (status, axum::Json(ErrorBody::new(code, message, details))).into_response()
 }
 
 fn authorised(headers: &HeaderMap) -> bool {
@@ -245,7 +236,7 @@ async fn build(
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -261,7 +252,7 @@ async fn build(
         event(&state, format!("build:{id}:exit")).await;
         return err(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "policy_rejected",
+            ErrorCode::PolicyRejected,
             "compose file rejected by policy",
             vec![ErrorDetail {
                 service: Some("web".into()),
@@ -307,7 +298,7 @@ async fn build(
     match cloned {
         Err(e) => err(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "build_failed",
+            ErrorCode::Failed,
             &format!("clone: {e}"),
             vec![],
         ),
@@ -340,7 +331,7 @@ async fn start(
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -353,7 +344,7 @@ async fn start(
         match stacks.get_mut(&id) {
             None => Err(err(
                 StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 "no such stack",
                 vec![],
             )),
@@ -385,7 +376,7 @@ async fn stop(
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -393,7 +384,12 @@ async fn stop(
     event(&state, format!("stop:{id}:enter")).await;
     let mut stacks = state.stacks.lock().unwrap();
     match stacks.get_mut(&id) {
-        None => err(StatusCode::NOT_FOUND, "not_found", "no such stack", vec![]),
+        None => err(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such stack",
+            vec![],
+        ),
         Some(s) => {
             s.state = StackState::Stopped;
             s.endpoints.clear();
@@ -411,7 +407,7 @@ async fn delete(
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -433,7 +429,12 @@ async fn delete(
 async fn status(State(state): State<Arc<WorkerState>>, UrlPath(id): UrlPath<String>) -> Response {
     match state.stacks.lock().unwrap().get(&id) {
         Some(s) => axum::Json(s.clone()).into_response(),
-        None => err(StatusCode::NOT_FOUND, "not_found", "no such stack", vec![]),
+        None => err(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such stack",
+            vec![],
+        ),
     }
 }
 
@@ -446,7 +447,7 @@ async fn logs(UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
     if !authorised(&headers) {
         return err(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "bad token",
             vec![],
         );
@@ -475,13 +476,13 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
         ..WorkerState::default()
     });
     let app = Router::new()
-        .route("/v1/stacks", get(list))
-        .route("/v1/stacks/{id}", get(status).delete(delete))
-        .route("/v1/stacks/{id}/build", post(build))
-        .route("/v1/stacks/{id}/start", post(start))
-        .route("/v1/stacks/{id}/stop", post(stop))
-        .route("/v1/stacks/{id}/logs", get(logs))
-        .route("/healthz", get(health))
+        .route(routes::STACKS, get(list))
+        .route(routes::STACK, get(status).delete(delete))
+        .route(routes::STACK_BUILD, post(build))
+        .route(routes::STACK_START, post(start))
+        .route(routes::STACK_STOP, post(stop))
+        .route(routes::STACK_LOGS, get(logs))
+        .route(routes::HEALTHZ, get(health))
         .with_state(state.clone());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -503,7 +504,7 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
 
 /// The id a worker registers its `berth-worker` service under, as the real worker does.
 pub fn worker_service_id(node: &str) -> String {
-    format!("{WORKER_SERVICE}:{node}")
+    berth_model::keys::worker_service_id(node)
 }
 
 /// (Re-)registers the stand-in's `berth-worker` service with its check in `status`.

@@ -13,7 +13,8 @@ pub use authorizer::{Authorizer, Need};
 pub use rules::{Access, Resource, Rule, Rules, parse_rules};
 pub use token::{
     ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclResolver, MANAGEMENT_POLICY_ID,
-    MANAGEMENT_POLICY_NAME, Policy, PolicyLink, SecretId, Token,
+    MANAGEMENT_POLICY_NAME, NodeIdentity, Policy, PolicyLink, Role, SecretId, ServiceIdentity,
+    Token,
 };
 
 /// Errors of the ACL subsystem; the texts are the ones Consul answers with.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclError, AclResolver, Authorizer,
-    MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, Policy, PolicyLink, SecretId, Token,
+    MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, Policy, PolicyLink, Role, SecretId, Token,
 };
 
 /// A change could not be persisted; the text is what the client is told (status 500).
@@ -29,6 +29,7 @@ pub(crate) struct Persisted {
     pub(crate) master_accessor: Option<String>,
     pub(crate) tokens: Vec<Token>,
     pub(crate) policies: Vec<Policy>,
+    pub(crate) roles: Vec<Role>,
 }
 
 impl Persisted {
@@ -74,6 +75,7 @@ impl Persisted {
                     create_time: now.clone(),
                     create_index: self.index,
                     modify_index: self.index,
+                    ..Token::default()
                 }),
             }
         }
@@ -112,6 +114,7 @@ impl Persisted {
                     create_time: now,
                     create_index: self.index,
                     modify_index: self.index,
+                    ..Token::default()
                 });
                 self.master_accessor = Some(accessor);
             }
@@ -145,8 +148,13 @@ impl AclStore {
 
     /// ACLs on with `master` as the management token, loading `dir/acl.json` if present. The
     /// master and anonymous tokens are stored as real tokens, and the system counts as
-    /// bootstrapped: `/v1/acl/bootstrap` is refused.
-    pub(crate) fn enabled(master: SecretId, dir: Option<PathBuf>) -> std::io::Result<Self> {
+    /// bootstrapped: `/v1/acl/bootstrap` is refused. Identities and policies limited to some
+    /// datacenters apply when they name `datacenter`.
+    pub(crate) fn enabled(
+        master: SecretId,
+        dir: Option<PathBuf>,
+        datacenter: &str,
+    ) -> std::io::Result<Self> {
         let file = dir.map(|d| d.join("acl.json"));
         let mut data: Persisted = match &file {
             Some(f) if f.exists() => serde_json::from_slice(&std::fs::read(f)?)
@@ -160,7 +168,9 @@ impl AclStore {
             write_atomic(f, &bytes)?;
         }
         let mut resolver = AclResolver::enabled(master);
+        resolver.set_datacenter(datacenter);
         resolver.load(data.tokens.clone(), data.policies.clone());
+        resolver.load_roles(data.roles.clone());
         Ok(Self {
             resolver: RwLock::new(resolver),
             data: RwLock::new(data),
@@ -211,10 +221,9 @@ impl AclStore {
                 PersistError("failed to persist ACL data".into())
             })?;
         }
-        self.resolver
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .load(data.tokens.clone(), data.policies.clone());
+        let mut resolver = self.resolver.write().unwrap_or_else(|e| e.into_inner());
+        resolver.load(data.tokens.clone(), data.policies.clone());
+        resolver.load_roles(data.roles.clone());
         Ok(out)
     }
 
@@ -246,7 +255,7 @@ mod tests {
     use super::*;
 
     fn store(master: &str, dir: &std::path::Path) -> AclStore {
-        AclStore::enabled(SecretId::new(master), Some(dir.to_owned())).unwrap()
+        AclStore::enabled(SecretId::new(master), Some(dir.to_owned()), "dc1").unwrap()
     }
 
     #[test]
@@ -297,6 +306,7 @@ mod tests {
                 create_time: String::new(),
                 create_index: 1,
                 modify_index: 1,
+                ..Token::default()
             }],
             ..Persisted::default()
         };

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -20,7 +21,7 @@ pub const MANAGEMENT_POLICY_ID: &str = "00000000-0000-0000-0000-000000000001";
 pub const MANAGEMENT_POLICY_NAME: &str = "global-management";
 
 /// A token secret: never printed, compared in constant time.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct SecretId(String);
 
@@ -52,17 +53,85 @@ impl fmt::Debug for SecretId {
     }
 }
 
-/// A link from a token to a policy.
+/// A link from a token or role to a policy, or from a token to a role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyLink {
-    /// Policy id.
+    /// Policy (or role) id.
     pub id: String,
-    /// Policy name at link time.
+    /// Policy (or role) name at link time.
     pub name: String,
 }
 
+/// A service identity: Consul's synthetic policy granting write on the service (and its
+/// sidecar proxy) and read on every service and node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceIdentity {
+    /// The service.
+    pub service_name: String,
+    /// Datacenters it applies in (empty: all).
+    #[serde(default)]
+    pub datacenters: Vec<String>,
+}
+
+/// A node identity: Consul's synthetic policy granting write on the node and read on every
+/// service, in one datacenter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// The node.
+    pub node_name: String,
+    /// The datacenter it applies in.
+    pub datacenter: String,
+}
+
+/// An ACL role: a named set of policies and identities that tokens link.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    /// Id (UUID).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Linked policies.
+    pub policies: Vec<PolicyLink>,
+    /// Service identities.
+    #[serde(default)]
+    pub service_identities: Vec<ServiceIdentity>,
+    /// Node identities.
+    #[serde(default)]
+    pub node_identities: Vec<NodeIdentity>,
+    /// Store index at creation.
+    pub create_index: u64,
+    /// Store index of the last change.
+    pub modify_index: u64,
+}
+
+impl ServiceIdentity {
+    /// Consul's synthetic policy rules for this identity.
+    pub fn rules(&self) -> String {
+        let name = &self.service_name;
+        format!(
+            "service {name:?} {{ policy = \"write\" }}\nservice \"{name}-sidecar-proxy\" {{ policy = \"write\" }}\nservice_prefix \"\" {{ policy = \"read\" }}\nnode_prefix \"\" {{ policy = \"read\" }}\n"
+        )
+    }
+
+    fn applies_in(&self, datacenter: &str) -> bool {
+        self.datacenters.is_empty() || self.datacenters.iter().any(|d| d == datacenter)
+    }
+}
+
+impl NodeIdentity {
+    /// Consul's synthetic policy rules for this identity.
+    pub fn rules(&self) -> String {
+        format!(
+            "node {:?} {{ policy = \"write\" }}\nservice_prefix \"\" {{ policy = \"read\" }}\n",
+            self.node_name
+        )
+    }
+}
+
 /// An ACL token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     /// Public id.
     pub accessor_id: String,
@@ -72,10 +141,22 @@ pub struct Token {
     pub description: String,
     /// Linked policies.
     pub policies: Vec<PolicyLink>,
+    /// Linked roles.
+    #[serde(default)]
+    pub roles: Vec<PolicyLink>,
+    /// Service identities.
+    #[serde(default)]
+    pub service_identities: Vec<ServiceIdentity>,
+    /// Node identities.
+    #[serde(default)]
+    pub node_identities: Vec<NodeIdentity>,
     /// Datacenter-local token.
     pub local: bool,
     /// RFC 3339 creation time.
     pub create_time: String,
+    /// RFC 3339 time the token stops existing, if it expires.
+    #[serde(default)]
+    pub expiration_time: Option<String>,
     /// Store index at creation.
     pub create_index: u64,
     /// Store index of the last change.
@@ -86,6 +167,15 @@ impl Token {
     /// Whether this token links the built-in management policy.
     pub fn is_management(&self) -> bool {
         self.policies.iter().any(|p| p.id == MANAGEMENT_POLICY_ID)
+    }
+
+    /// Whether the token has expired at `now`: an expired token is treated as one that does
+    /// not exist (Consul's `IsExpired`).
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expiration_time
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .is_some_and(|at| at <= now)
     }
 }
 
@@ -113,8 +203,11 @@ pub struct Policy {
 pub struct AclResolver {
     enabled: bool,
     master: Option<SecretId>,
+    /// This server's datacenter (identities and policies may be limited to some).
+    datacenter: String,
     tokens: Vec<Token>,
     policies: HashMap<String, (Policy, Rules)>,
+    roles: HashMap<String, Role>,
 }
 
 impl AclResolver {
@@ -137,6 +230,16 @@ impl AclResolver {
         self.enabled
     }
 
+    /// Sets the datacenter that identities limited to some datacenters are checked against.
+    pub fn set_datacenter(&mut self, datacenter: &str) {
+        datacenter.clone_into(&mut self.datacenter);
+    }
+
+    /// Replaces the role snapshot (kept apart from [`Self::load`], which older callers use).
+    pub fn load_roles(&mut self, roles: Vec<Role>) {
+        self.roles = roles.into_iter().map(|r| (r.id.clone(), r)).collect();
+    }
+
     /// Replaces the token and policy snapshot. Policies whose rules no longer parse grant nothing.
     pub fn load(&mut self, tokens: Vec<Token>, policies: Vec<Policy>) {
         self.tokens = tokens;
@@ -149,7 +252,8 @@ impl AclResolver {
             .collect();
     }
 
-    /// The token a secret belongs to (not the master token, which has no stored record).
+    /// The token a secret belongs to (not the master token, which has no stored record); an
+    /// expired token belongs to no one.
     pub fn token_for(&self, secret: &str) -> Option<&Token> {
         // Scan every token so the time taken does not depend on which one matched.
         let mut found = None;
@@ -158,12 +262,65 @@ impl AclResolver {
                 found = Some(t);
             }
         }
-        found
+        found.filter(|t| !t.is_expired(SystemTime::now()))
+    }
+
+    /// The rules a token grants: its policies', its roles' policies', and the synthetic
+    /// policies of its and its roles' service and node identities.
+    fn grants(&self, token: &Token) -> Vec<(String, Rules)> {
+        let mut out: Vec<(String, Rules)> = Vec::new();
+        let mut policy_ids: Vec<&str> = token.policies.iter().map(|l| l.id.as_str()).collect();
+        let mut services: Vec<&ServiceIdentity> = token.service_identities.iter().collect();
+        let mut nodes: Vec<&NodeIdentity> = token.node_identities.iter().collect();
+        for link in &token.roles {
+            if let Some(role) = self.roles.get(&link.id) {
+                policy_ids.extend(role.policies.iter().map(|l| l.id.as_str()));
+                services.extend(role.service_identities.iter());
+                nodes.extend(role.node_identities.iter());
+            }
+        }
+        policy_ids.sort_unstable();
+        policy_ids.dedup();
+        for id in policy_ids {
+            if let Some((p, rules)) = self.policies.get(id)
+                && (p.datacenters.is_empty()
+                    || self.datacenter.is_empty()
+                    || p.datacenters.contains(&self.datacenter))
+            {
+                out.push((p.rules.clone(), rules.clone()));
+            }
+        }
+        let synthetic = services
+            .into_iter()
+            .filter(|s| self.datacenter.is_empty() || s.applies_in(&self.datacenter))
+            .map(ServiceIdentity::rules)
+            .chain(
+                nodes
+                    .into_iter()
+                    .filter(|n| self.datacenter.is_empty() || n.datacenter == self.datacenter)
+                    .map(NodeIdentity::rules),
+            );
+        for text in synthetic {
+            let rules = parse_rules(&text).unwrap_or_default();
+            out.push((text, rules));
+        }
+        out
+    }
+
+    /// Whether `token` grants everything: it links the management policy directly or by a
+    /// role.
+    fn grants_all(&self, token: &Token) -> bool {
+        token.is_management()
+            || token.roles.iter().any(|l| {
+                self.roles
+                    .get(&l.id)
+                    .is_some_and(|r| r.policies.iter().any(|p| p.id == MANAGEMENT_POLICY_ID))
+            })
     }
 
     /// The policies of the secret presented with a request (`None` or empty: anonymous);
     /// `None` when everything is allowed (ACLs off, master or management token).
-    fn policies_of(&self, secret: Option<&str>) -> Result<Option<Vec<&(Policy, Rules)>>, AclError> {
+    fn policies_of(&self, secret: Option<&str>) -> Result<Option<Vec<(String, Rules)>>, AclError> {
         if !self.enabled {
             return Ok(None);
         }
@@ -179,23 +336,17 @@ impl AclResolver {
             None if secret == ANONYMOUS_SECRET => return Ok(Some(vec![])),
             None => return Err(AclError::NotFound),
         };
-        if token.is_management() {
+        if self.grants_all(token) {
             return Ok(None);
         }
-        Ok(Some(
-            token
-                .policies
-                .iter()
-                .filter_map(|link| self.policies.get(&link.id))
-                .collect(),
-        ))
+        Ok(Some(self.grants(token)))
     }
 
     /// Resolves the secret presented with a request (`None` or empty: anonymous).
     pub fn resolve(&self, secret: Option<&str>) -> Result<Authorizer, AclError> {
         Ok(match self.policies_of(secret)? {
             None => Authorizer::AllowAll,
-            Some(policies) => Authorizer::from_rules(policies.into_iter().map(|(_, r)| r)),
+            Some(policies) => Authorizer::from_rules(policies.iter().map(|(_, r)| r)),
         })
     }
 
@@ -204,7 +355,7 @@ impl AclResolver {
     pub fn rule_texts(&self, secret: Option<&str>) -> Result<Option<Vec<String>>, AclError> {
         Ok(self
             .policies_of(secret)?
-            .map(|policies| policies.into_iter().map(|(p, _)| p.rules.clone()).collect()))
+            .map(|policies| policies.into_iter().map(|(text, _)| text).collect()))
     }
 }
 
@@ -241,6 +392,7 @@ mod tests {
             create_time: String::new(),
             create_index: 1,
             modify_index: 1,
+            ..Token::default()
         }
     }
 
@@ -298,6 +450,96 @@ mod tests {
         assert_eq!(r.rule_texts(None).unwrap(), Some(vec![]));
         assert_eq!(r.rule_texts(Some("nope")).unwrap_err(), AclError::NotFound);
         assert_eq!(AclResolver::disabled().rule_texts(Some("x")).unwrap(), None);
+    }
+
+    #[test]
+    fn expired_tokens_do_not_exist_and_roles_and_identities_grant() {
+        let mut r = AclResolver::enabled(SecretId::new("root"));
+        r.set_datacenter("dc1");
+        let mut expired = token("old", &["kvread"]);
+        expired.expiration_time = Some("2000-01-01T00:00:00Z".into());
+        let mut later = token("later", &["kvread"]);
+        later.expiration_time = Some("2999-01-01T00:00:00Z".into());
+        let mut by_role = token("role", &[]);
+        by_role.roles = vec![PolicyLink {
+            id: "r1".into(),
+            name: "reader".into(),
+        }];
+        let mut by_mgmt_role = token("mgmt-role", &[]);
+        by_mgmt_role.roles = vec![PolicyLink {
+            id: "r2".into(),
+            name: "admin".into(),
+        }];
+        let mut svc = token("svc", &[]);
+        svc.service_identities = vec![ServiceIdentity {
+            service_name: "web".into(),
+            datacenters: vec![],
+        }];
+        let mut node = token("node", &[]);
+        node.node_identities = vec![
+            NodeIdentity {
+                node_name: "n1".into(),
+                datacenter: "dc1".into(),
+            },
+            NodeIdentity {
+                node_name: "n2".into(),
+                datacenter: "dc2".into(),
+            },
+        ];
+        r.load(
+            vec![expired, later, by_role, by_mgmt_role, svc, node],
+            vec![policy("kvread", r#"key_prefix "" { policy = "read" }"#)],
+        );
+        r.load_roles(vec![
+            Role {
+                id: "r1".into(),
+                name: "reader".into(),
+                policies: vec![PolicyLink {
+                    id: "kvread".into(),
+                    name: "p-kvread".into(),
+                }],
+                node_identities: vec![NodeIdentity {
+                    node_name: "rn".into(),
+                    datacenter: "dc1".into(),
+                }],
+                ..Role::default()
+            },
+            Role {
+                id: "r2".into(),
+                name: "admin".into(),
+                policies: vec![PolicyLink {
+                    id: MANAGEMENT_POLICY_ID.into(),
+                    name: MANAGEMENT_POLICY_NAME.into(),
+                }],
+                ..Role::default()
+            },
+        ]);
+        assert_eq!(r.resolve(Some("old")).unwrap_err(), AclError::NotFound);
+        assert!(r.token_for("old").is_none());
+        assert!(
+            r.resolve(Some("later"))
+                .unwrap()
+                .allows(Resource::Key, "k", Need::Read)
+        );
+        let role = r.resolve(Some("role")).unwrap();
+        assert!(role.allows(Resource::Key, "k", Need::Read));
+        assert!(role.allows(Resource::Node, "rn", Need::Write));
+        assert!(r.resolve(Some("mgmt-role")).unwrap().is_management());
+        let svc = r.resolve(Some("svc")).unwrap();
+        assert!(svc.allows(Resource::Service, "web", Need::Write));
+        assert!(svc.allows(Resource::Service, "web-sidecar-proxy", Need::Write));
+        assert!(!svc.allows(Resource::Service, "db", Need::Write));
+        assert!(svc.allows(Resource::Service, "db", Need::Read));
+        assert!(svc.allows(Resource::Node, "any", Need::Read));
+        assert!(!svc.allows(Resource::Key, "k", Need::Read));
+        let node = r.resolve(Some("node")).unwrap();
+        assert!(node.allows(Resource::Node, "n1", Need::Write));
+        assert!(
+            !node.allows(Resource::Node, "n2", Need::Write),
+            "other datacenter"
+        );
+        assert!(node.allows(Resource::Service, "x", Need::Read));
+        assert!(!node.allows(Resource::Node, "other", Need::Read));
     }
 
     #[test]

@@ -282,6 +282,16 @@ const ACL_FIELDS: &[&str] = &[
     "Name",
     "Rules",
     "Datacenters",
+    "Roles",
+    "ServiceIdentities",
+    "NodeIdentities",
+    "TemplatedPolicies",
+    "ServiceName",
+    "NodeName",
+    "Datacenter",
+    "AuthMethod",
+    "ExpirationTime",
+    "ExpirationTTL",
 ];
 
 /// How one family of request bodies spells its fields.

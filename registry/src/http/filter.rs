@@ -1,5 +1,16 @@
-//! Consul's listing filters that berth serves (`node-meta=key:value`), and the refusal of the
-//! ones it does not (`filter` expressions).
+//! Consul's listing filters: `node-meta=key:value`, and `?filter=` expressions (go-bexpr's
+//! language, parsed and checked in [`expr`] against the element types in [`schema`]) run over
+//! the wire JSON of each answer element.
+
+mod expr;
+pub(crate) mod schema;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use expr::Filter;
+use schema::Ty;
 
 use crate::http::{ApiError, Params};
 use crate::store::state::Node;
@@ -21,12 +32,50 @@ pub(crate) fn meta_matches(node: &Node, filter: &[(String, String)]) -> bool {
         .all(|(k, v)| node.meta.get(k).is_some_and(|m| m == v))
 }
 
-/// Consul's `filter` expressions are not implemented: refuse them rather than ignore them.
-pub(crate) fn reject_filter(given: bool) -> Result<(), ApiError> {
-    if given {
-        return Err(ApiError::BadRequest(
-            "filter expressions are not supported by berth; use tag and node-meta".to_owned(),
-        ));
-    }
-    Ok(())
+/// A checked `?filter=` expression over elements of one type.
+#[derive(Debug, Clone)]
+pub(crate) struct ListFilter {
+    filter: Filter,
+    ty: Ty,
 }
+
+impl ListFilter {
+    /// The filter of `text` over elements of type `ty`; `None` for no (or an empty)
+    /// expression, as Consul. A bad expression or selector is 400 with go-bexpr's text.
+    pub(crate) fn parse(text: Option<&str>, ty: Ty) -> Result<Option<Self>, ApiError> {
+        match text.filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(text) => Filter::new(text, ty)
+                .map(|filter| Some(Self { filter, ty }))
+                .map_err(|err| ApiError::BadRequest(err.to_string())),
+        }
+    }
+
+    /// Whether `item` (encoded as on the wire) matches.
+    pub(crate) fn keeps<T: Serialize>(&self, item: &T) -> bool {
+        match serde_json::to_value(item) {
+            Ok(value) => self.filter.matches(&value, self.ty),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Keeps the elements of `list` that `filter` matches (all without a filter).
+pub(crate) fn retain<T: Serialize>(filter: Option<&ListFilter>, list: &mut Vec<T>) {
+    if let Some(f) = filter {
+        list.retain(|item| f.keeps(item));
+    }
+}
+
+/// Keeps the values of `map` that `filter` matches (all without a filter).
+pub(crate) fn retain_values<K: Ord, T: Serialize>(
+    filter: Option<&ListFilter>,
+    map: &mut BTreeMap<K, T>,
+) {
+    if let Some(f) = filter {
+        map.retain(|_, item| f.keeps(item));
+    }
+}
+
+#[cfg(test)]
+mod tests;

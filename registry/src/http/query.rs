@@ -140,8 +140,8 @@ pub(crate) struct ConsulQuery {
     pub(crate) consistent: bool,
     pub(crate) stale: bool,
     pub(crate) cached: bool,
-    /// `?filter=` given (berth refuses filter expressions where Consul takes them).
-    pub(crate) filter: bool,
+    /// `?filter=`, when given (an empty one filters nothing, as Consul).
+    pub(crate) filter: Option<String>,
     /// `?token=`, when given and not empty (the ACL middleware resolves it).
     pub(crate) token: Option<String>,
     /// `index` / `wait`, or the 400 text they earn.
@@ -163,7 +163,7 @@ impl ConsulQuery {
             consistent: params.has("consistent"),
             stale: params.has("stale"),
             cached: params.has("cached"),
-            filter: params.has("filter"),
+            filter: params.get("filter").map(str::to_owned),
             token: non_empty("token"),
             blocking,
             params,
@@ -179,10 +179,13 @@ impl ConsulQuery {
         })
     }
 
-    /// Refuses `?filter=`: berth does not evaluate Consul's filter expressions, and ignoring one
-    /// would answer more than the client asked for.
-    pub(crate) fn reject_filter(&self) -> Result<(), ApiError> {
-        super::filter::reject_filter(self.filter)
+    /// The `?filter=` expression over answer elements of type `ty`, checked (400 with
+    /// go-bexpr's text when it does not parse or names a selector `ty` lacks).
+    pub(crate) fn filter(
+        &self,
+        ty: super::filter::schema::Ty,
+    ) -> Result<Option<super::filter::ListFilter>, ApiError> {
+        super::filter::ListFilter::parse(self.filter.as_deref(), ty)
     }
 
     /// Evaluates `query` now, or, for a blocking request, once the state is past its index

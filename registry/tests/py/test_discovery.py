@@ -224,3 +224,49 @@ def test_acl_tokens_policies_and_enforcement(acl_server):
     root.agent.service.register("acl-web")
     assert "acl-web" in root.agent.services()
     assert "acl-web" not in ro_c.agent.services()
+
+
+def test_acl_roles_identities_clone_and_expiry_with_py_consul(acl_server):
+    """py-consul's role, clone and token-list calls against the real binary."""
+    root = consul.Consul(host=acl_server.ip, port=acl_server.port, token="root")
+    policy = root.acl.policy.create("py-kv-read", rules={"key_prefix": {"": {"policy": "read"}}})
+    role = root.acl.role.create(
+        "py-reader", policies_name=["py-kv-read"], service_identities=[{"ServiceName": "py-web"}]
+    )
+    assert role["Policies"][0]["ID"] == policy["ID"]
+    assert root.acl.role.read_by_name("py-reader")["ID"] == role["ID"]
+    assert [r["Name"] for r in root.acl.role.list(policy=policy["ID"])] == ["py-reader"]
+    tok = root.acl.token.create(roles_name=["py-reader"], expiration_ttl="1h", description="py")
+    assert tok["ExpirationTime"]
+    assert [t["AccessorID"] for t in root.acl.token.list(role=role["ID"])] == [tok["AccessorID"]]
+    reader = consul.Consul(host=acl_server.ip, port=acl_server.port, token=tok["SecretID"])
+    root.kv.put("py-role/k", "v")
+    assert reader.kv.get("py-role/k")[1]["Value"] == b"v"
+    reader.agent.service.register("py-web")  # the role's service identity
+    with pytest.raises(consul.ACLPermissionDenied):
+        reader.agent.service.register("py-other")
+    clone = root.acl.token.clone(tok["AccessorID"], description="copy")
+    assert clone["AccessorID"] != tok["AccessorID"] and clone["Description"] == "copy"
+    assert clone["ExpirationTime"] == tok["ExpirationTime"]
+    # Out-of-bounds expiry and templated policies are refused, never silently dropped.
+    with pytest.raises(consul.ConsulException):
+        root.acl.token.create(expiration_ttl="1s")
+    with pytest.raises(consul.ConsulException):
+        root.acl.token.create(templated_policies=[{"builtin/dns": {}}])
+    # A missing token or role is 404 for a privileged reader (py-consul answers None).
+    assert root.acl.role.read("00000000-0000-0000-0000-00000000dead") is None
+    assert root.acl.token.read("00000000-0000-0000-0000-00000000dead") is None
+    assert root.acl.role.delete(role["ID"]) is True
+    with pytest.raises(consul.ACLPermissionDenied):
+        reader.kv.get("py-role/k")
+
+
+def test_filter_expressions_with_py_consul(acl_server):
+    """py-consul's `filter_expr` on the agent listings, which berth used to ignore."""
+    root = consul.Consul(host=acl_server.ip, port=acl_server.port, token="root")
+    root.agent.service.register("py-f1", service_id="py-f1", tags=["blue"], port=1)
+    root.agent.service.register("py-f2", service_id="py-f2", tags=["green"], port=2)
+    assert set(root.agent.services(filter_expr="blue in Tags")) == {"py-f1"}
+    assert set(root.agent.services(filter_expr='Service matches "^py-f" and Port == 2')) == {"py-f2"}
+    with pytest.raises(consul.ConsulException, match="Selector"):
+        root.agent.services(filter_expr="Nope == 1")

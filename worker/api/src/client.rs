@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::types::{
     BuildRequest, DeleteResponse, ErrorBody, StackStatus, StartRequest, WorkerHealth,
 };
-use crate::{Secret, ValidName};
+use crate::{Secret, ValidName, routes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerClientError {
@@ -105,7 +105,7 @@ impl WorkerClient {
 
     pub async fn health(&self) -> Result<WorkerHealth, WorkerClientError> {
         self.send(
-            self.request(Method::GET, "/healthz")
+            self.request(Method::GET, routes::HEALTHZ)
                 .timeout(Duration::from_secs(10)),
         )
         .await
@@ -118,7 +118,7 @@ impl WorkerClient {
         req: &BuildRequest,
     ) -> Result<StackStatus, WorkerClientError> {
         self.send(
-            self.request(Method::POST, &format!("/v1/stacks/{id}/build"))
+            self.request(Method::POST, &routes::build(id))
                 .timeout(LONG_OPERATION_TIMEOUT)
                 .json(req),
         )
@@ -132,7 +132,7 @@ impl WorkerClient {
         req: &StartRequest,
     ) -> Result<StackStatus, WorkerClientError> {
         self.send(
-            self.request(Method::POST, &format!("/v1/stacks/{id}/start"))
+            self.request(Method::POST, &routes::start(id))
                 .timeout(LONG_OPERATION_TIMEOUT)
                 .json(req),
         )
@@ -141,7 +141,7 @@ impl WorkerClient {
 
     pub async fn stop(&self, id: &ValidName) -> Result<StackStatus, WorkerClientError> {
         self.send(
-            self.request(Method::POST, &format!("/v1/stacks/{id}/stop"))
+            self.request(Method::POST, &routes::stop(id))
                 .timeout(LONG_OPERATION_TIMEOUT),
         )
         .await
@@ -153,8 +153,8 @@ impl WorkerClient {
         keep_volumes: bool,
     ) -> Result<DeleteResponse, WorkerClientError> {
         self.send(
-            self.request(Method::DELETE, &format!("/v1/stacks/{id}"))
-                .query(&[("keep_volumes", keep_volumes)])
+            self.request(Method::DELETE, &routes::stack(id))
+                .query(&[(routes::KEEP_VOLUMES, keep_volumes)])
                 .timeout(LONG_OPERATION_TIMEOUT),
         )
         .await
@@ -164,7 +164,7 @@ impl WorkerClient {
     pub async fn status(&self, id: &ValidName) -> Result<Option<StackStatus>, WorkerClientError> {
         match self
             .send(
-                self.request(Method::GET, &format!("/v1/stacks/{id}"))
+                self.request(Method::GET, &routes::stack(id))
                     .timeout(Duration::from_secs(30)),
             )
             .await
@@ -179,7 +179,7 @@ impl WorkerClient {
 
     pub async fn list(&self) -> Result<Vec<StackStatus>, WorkerClientError> {
         self.send(
-            self.request(Method::GET, "/v1/stacks")
+            self.request(Method::GET, routes::STACKS)
                 .timeout(Duration::from_secs(30)),
         )
         .await
@@ -193,8 +193,8 @@ impl WorkerClient {
         follow: bool,
     ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, WorkerClientError> {
         let resp = self
-            .request(Method::GET, &format!("/v1/stacks/{id}/logs"))
-            .query(&[("follow", follow)])
+            .request(Method::GET, &routes::logs(id))
+            .query(&[(routes::FOLLOW, follow)])
             .send()
             .await
             .map_err(|source| self.unreachable(source))?;

@@ -1,12 +1,18 @@
 //! The contract between `berth-master` and `berth-worker`, defined once and used by both sides:
-//! id rules, wire types of the worker API and the worker client (the secret type is `berth-kit`'s,
-//! re-exported).
+//! wire types of the worker API, the worker client and the routes. The id rule, the endpoint and
+//! the error body come from `berth-model`, the secret type from `berth-kit`; both re-exported here.
 
 pub mod client;
-pub mod ids;
+pub mod routes;
 pub mod types;
 
 pub use berth_kit::Secret;
+/// The id rule, shared with the master (defined in `berth-model`).
+pub use berth_model::ids;
+/// Catalog names and meta keys of a worker (defined in `berth-model`).
+pub use berth_model::keys::{
+    META_CAPACITY, META_INSTANCES, META_VERSION, WORKER_SERVICE, worker_service_id,
+};
 pub use client::{WorkerClient, WorkerClientError};
 pub use ids::{IdError, ValidName};
 pub use types::*;

@@ -1,6 +1,7 @@
 //! Wire types of the worker API (`/v1/stacks/...`), serialised as JSON by both sides.
 //!
-//! Routes (all but `/healthz` need `Authorization: Bearer <cluster token>`):
+//! Routes (patterns and builders in [`crate::routes`]; all but `/healthz` need `Authorization:
+//! Bearer <cluster token>`):
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
@@ -13,8 +14,8 @@
 //! | `GET /v1/stacks/{id}/logs?follow=true` | none | `text/plain` stream of build and start output |
 //! | `GET /healthz` | none | [`WorkerHealth`] |
 //!
-//! Errors answer [`ErrorBody`] with these statuses: 400 bad input, 401 unknown token, 404 unknown
-//! stack, 409 an operation that the stack's state does not allow or a Docker object under one of
+//! Errors answer [`ErrorBody`] (codes: [`ErrorCode`]) with these statuses: 400 bad input, 401
+//! unknown token, 404 unknown stack, 409 an operation that the stack's state does not allow or a Docker object under one of
 //! the stack's names that is not the stack's own (the message names it and its owner), 422
 //! rejected by policy or a bad compose file ([`ErrorDetail`]s name service, field and reason), 500
 //! build or start failure (the message carries the failing step and the last log lines), 504
@@ -24,6 +25,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{Secret, ValidName};
+
+// Shared with the master: the endpoint a stack publishes and the error body.
+pub use berth_model::{Endpoint, ErrorBody, ErrorCode, ErrorDetail, ErrorInfo};
 
 /// Where the worker fetches the instance's code from, and with what credentials.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -70,30 +74,6 @@ pub enum StackState {
     Stopping,
     Stopped,
     Failed,
-}
-
-/// One published port of one service, as the outside world reaches it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Endpoint {
-    pub service: String,
-    pub container_port: u16,
-    /// `tcp` or `udp`.
-    pub protocol: String,
-    /// The worker's advertised address.
-    pub host: String,
-    pub host_port: u16,
-}
-
-impl Endpoint {
-    /// `host:port`, ready to paste into a URL.
-    pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.host_port)
-        } else {
-            format!("{}:{}", self.host, self.host_port)
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,45 +133,6 @@ pub struct WorkerHealth {
     pub capacity: u32,
 }
 
-/// `{"error": {"code": "...", "message": "...", "details": [...]}}`, the one error shape of both
-/// the master and the worker API.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ErrorBody {
-    pub error: ErrorInfo,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ErrorInfo {
-    pub code: String,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub details: Vec<ErrorDetail>,
-}
-
-/// One reason a compose file was rejected.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ErrorDetail {
-    pub service: Option<String>,
-    pub field: String,
-    pub reason: String,
-}
-
-/// Worker service name in the registry catalog and the meta keys it publishes.
-pub const WORKER_SERVICE: &str = "berth-worker";
-pub const META_VERSION: &str = "version";
-pub const META_INSTANCES: &str = "instances";
-pub const META_CAPACITY: &str = "capacity";
-
-/// KV key the seed system used for an instance's worker address; kept for existing tooling.
-pub fn seed_ip_key(id: &ValidName) -> String {
-    format!("instance/{id}/ip")
-}
-
-/// KV key of the master's instance record.
-pub fn instance_record_key(id: &ValidName) -> String {
-    format!("berth/instances/{id}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,20 +152,6 @@ mod tests {
         let json = serde_json::to_string(&req).unwrap();
         assert_eq!(serde_json::from_str::<BuildRequest>(&json).unwrap(), req);
         assert!(!format!("{req:?}").contains("tok"));
-    }
-
-    #[test]
-    fn endpoint_address() {
-        let mut e = Endpoint {
-            service: "web".into(),
-            container_port: 80,
-            protocol: "tcp".into(),
-            host: "10.0.0.5".into(),
-            host_port: 32768,
-        };
-        assert_eq!(e.address(), "10.0.0.5:32768");
-        e.host = "fd00::1".into();
-        assert_eq!(e.address(), "[fd00::1]:32768");
     }
 
     #[test]

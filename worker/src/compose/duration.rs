@@ -1,4 +1,5 @@
-//! Compose's durations, which are Go's (`time.ParseDuration`) plus bare seconds.
+//! Compose's durations: Go's (`time.ParseDuration`, through `berth-consul`'s one parser) plus
+//! bare seconds.
 
 use std::time::Duration;
 
@@ -8,32 +9,20 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let bad = || format!("invalid duration {s:?}");
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err(bad());
+    berth_consul::duration::parse_go_duration(s).ok_or_else(|| format!("invalid duration {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_and_bare_seconds() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2us"), Ok(Duration::from_micros(2)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("").is_err());
     }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let nanos_per = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_nanos((value * nanos_per) as u64);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
 }

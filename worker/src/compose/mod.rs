@@ -15,13 +15,17 @@ mod parse;
 pub mod plan;
 pub mod service_env;
 mod shell_words;
+pub mod units;
 
 use std::path::{Path, PathBuf};
 
 use berth_worker_api::ErrorDetail;
 use serde_yaml_ng::Value;
 
-pub use model::{Condition, Healthcheck, Mount, MountSource, PortSpec, Project, Restart, Service};
+pub use model::{
+    Condition, Healthcheck, Limit, Mount, MountSource, PortSpec, Project, Resources, Restart,
+    Service,
+};
 
 /// Compose file names in the order Compose looks for them, each with its override file.
 pub const FILE_NAMES: &[(&str, &str)] = &[

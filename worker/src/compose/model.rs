@@ -87,6 +87,42 @@ pub struct Healthcheck {
     pub start_period: Option<Duration>,
 }
 
+/// A limit the worker's caps apply to, with the key and text it came from (for messages).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limit {
+    /// Bytes, billionths of a CPU, or processes (`-1` = unlimited, for pids).
+    pub value: i64,
+    /// The key as written, e.g. `services.web.deploy.resources.limits.memory`.
+    pub field: String,
+    /// The value as written, e.g. `1.5g`.
+    pub text: String,
+}
+
+/// Resource limits and kernel settings of a service (`mem_limit`, `cpus`, ..., and
+/// `deploy.resources`, which wins over the top-level keys as in Docker Compose).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Resources {
+    /// `mem_limit` / `deploy.resources.limits.memory`, bytes.
+    pub memory: Option<Limit>,
+    /// `memswap_limit`, bytes (`-1` = unlimited swap).
+    pub memswap: Option<i64>,
+    /// `mem_reservation` / `deploy.resources.reservations.memory`, bytes.
+    pub memory_reservation: Option<i64>,
+    /// `cpus` / `deploy.resources.limits.cpus`, billionths of a CPU.
+    pub nano_cpus: Option<Limit>,
+    pub cpu_shares: Option<i64>,
+    /// `cpuset`, e.g. `0-1` or `0,2`.
+    pub cpuset: Option<String>,
+    /// `pids_limit` / `deploy.resources.limits.pids`.
+    pub pids: Option<Limit>,
+    /// `shm_size`, bytes.
+    pub shm_size: Option<i64>,
+    /// `ulimits`: name -> (soft, hard).
+    pub ulimits: BTreeMap<String, (i64, i64)>,
+    /// `tmpfs`: mount path -> options (empty for Docker's defaults).
+    pub tmpfs: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
     pub name: String,
@@ -114,6 +150,10 @@ pub struct Service {
     /// `host:ip` entries.
     pub extra_hosts: Vec<String>,
     pub stop_grace_period: Option<Duration>,
+    pub resources: Resources,
+    /// `links` as (service, alias); the parser turns them into network aliases of the linked
+    /// service and `service_started` dependencies.
+    pub links: Vec<(String, String)>,
     // Keys parsed only so that policy can reject them by name.
     pub privileged: bool,
     pub pid: Option<String>,
@@ -146,6 +186,8 @@ impl Service {
             user: None,
             extra_hosts: Vec::new(),
             stop_grace_period: None,
+            resources: Resources::default(),
+            links: Vec::new(),
             privileged: false,
             pid: None,
             ipc: None,

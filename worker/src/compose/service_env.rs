@@ -122,24 +122,32 @@ pub fn split_key(var: &str) -> Option<(Option<&str>, &str)> {
     }
 }
 
-/// The `SERVICE_*` variables a service's compose environment (and `env_file`) sets that berth
-/// refuses, in the policy's error shape: a reserved name, a check URL that is not a plain path,
+/// The `SERVICE_*` settings a service's compose environment (and `env_file`) or labels set that
+/// berth refuses, in the policy's error shape: a reserved name, a check URL that is not a plain path,
 /// reserved meta, unsupported check kinds, bad durations. Names coming from the image are
 /// checked again when the container registers.
 pub fn check_project(project: &Project) -> Result<(), Vec<ErrorDetail>> {
     let mut errors = Vec::new();
     for s in &project.services {
-        for (var, value) in &s.environment {
-            let Some(value) = value.as_deref().filter(|v| !v.is_empty()) else {
+        let env = s
+            .environment
+            .iter()
+            .filter_map(|(var, value)| Some(("environment", var, value.as_deref()?)));
+        let labels = s
+            .labels
+            .iter()
+            .map(|(var, value)| ("labels", var, value.as_str()));
+        for (source, var, value) in env.chain(labels) {
+            if value.is_empty() {
                 continue;
-            };
+            }
             let Some((_, key)) = split_key(var) else {
                 continue;
             };
             if let Some((_, reason)) = refusal(key, value) {
                 errors.push(ErrorDetail {
                     service: Some(s.name.clone()),
-                    field: format!("services.{}.environment.{var}", s.name),
+                    field: format!("services.{}.{source}.{var}", s.name),
                     reason: format!("{var} {reason}"),
                 });
             }
@@ -292,6 +300,12 @@ mod tests {
                 &[
                     "SERVICE_CHECK_DEREGISTER_AFTER|SERVICE_CHECK_DEREGISTER_AFTER must be a duration",
                 ],
+            ),
+            // Labels are judged like the environment.
+            (
+                "      A: b\n    labels:\n      SERVICE_NAME: consul\n      SERVICE_TAGS: x",
+                None,
+                &["services.web.labels.SERVICE_NAME|SERVICE_NAME sets the reserved"],
             ),
             // env_file entries are part of the service's environment.
             (

@@ -145,8 +145,8 @@ networks:
 fn unsupported_and_invalid_keys_are_named() {
     let cases: &[(&str, &str)] = &[
         (
-            "services: {web: {image: x, deploy: {}}}",
-            "services.web.deploy: unsupported key",
+            "services: {web: {image: x, deploy: {replicas: 2}}}",
+            "services.web.deploy.replicas: unsupported key",
         ),
         (
             "services: {web: {image: x}}\nsecrets: {}",
@@ -234,7 +234,8 @@ fn unsupported_and_invalid_keys_are_named() {
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let errs = errors("services: {web: {image: x, deploy: {}, secrets: [], links: []}}");
+    let errs =
+        errors("services: {web: {image: x, deploy: {replicas: 2}, secrets: [], configs: []}}");
     assert_eq!(errs.len(), 3, "{errs:?}");
 }
 

@@ -37,7 +37,7 @@ pub fn self_registration(
     capacity: u32,
 ) -> Registration {
     Registration {
-        id: format!("{WORKER_SERVICE}:{node}"),
+        id: berth_worker_api::worker_service_id(node),
         name: WORKER_SERVICE.to_owned(),
         tags: Vec::new(),
         address: advertise.to_owned(),
@@ -79,6 +79,8 @@ pub struct Registrator {
     pub stack_count: watch::Receiver<usize>,
     pub node: String,
     pub advertise: String,
+    /// The address container registrations carry (where their published ports are bound).
+    pub public_host: String,
     /// Port and health URL of the worker API, for self-registration.
     pub api_port: u16,
     pub check_url: String,
@@ -93,7 +95,7 @@ impl Registrator {
         let mut health: HashMap<String, Option<String>> = HashMap::new();
         let mut refused = BTreeSet::new();
         for v in &views {
-            let (regs, lines) = registrations(v, &self.node, &self.advertise);
+            let (regs, lines) = registrations(v, &self.node, &self.public_host);
             for r in regs {
                 health.insert(r.id.clone(), v.health.clone());
                 desired.push(r);

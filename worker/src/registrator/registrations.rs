@@ -49,16 +49,23 @@ pub fn check_url(advertise: &str, port: u16, path: &str) -> Result<String, Strin
     Ok(url.into())
 }
 
-/// `SERVICE_*` variables with a value (an empty value counts as unset, as with registrator).
-fn service_env(env: &[String]) -> BTreeMap<&str, &str> {
-    env.iter()
-        .filter_map(|e| e.split_once('='))
+/// The `SERVICE_*` settings of a container with a value (an empty value counts as unset, as
+/// with registrator): its labels, and its environment, which wins where both set one.
+fn service_settings<'a>(
+    env: &'a [String],
+    labels: &'a BTreeMap<String, String>,
+) -> BTreeMap<&'a str, &'a str> {
+    labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(env.iter().filter_map(|e| e.split_once('=')))
         .filter(|(k, v)| k.starts_with("SERVICE_") && !v.is_empty())
         .collect()
 }
 
 /// The registrations one container should have, following registrator's `SERVICE_*`
-/// conventions (`SERVICE_<port>_<KEY>` overrides `SERVICE_<KEY>` for that port), and one line
+/// conventions, read from its environment and its labels (`SERVICE_<port>_<KEY>` overrides
+/// `SERVICE_<KEY>` for that port; the environment wins over a label of the same name), and one line
 /// for each `SERVICE_*` variable berth refused (see [`crate::compose::service_env`] for the rules).
 pub fn registrations(
     c: &ContainerView,
@@ -70,7 +77,7 @@ pub fn registrations(
         refused.insert(format!("{}: not registered: {e}", c.name));
         return (Vec::new(), refused);
     }
-    let env = service_env(&c.env);
+    let env = service_settings(&c.env, &c.service_labels);
     let mut ports = c.ports.clone();
     ports.sort();
     ports.dedup();
@@ -375,6 +382,42 @@ mod tests {
         assert_eq!(r.address, "10.0.0.5");
         let sent = berth_consul::types::AgentServiceRegistration::from(r);
         assert_eq!(sent.check.unwrap().disable_redirects, Some(true));
+    }
+
+    #[test]
+    fn labels_count_and_the_environment_wins() {
+        let mut v = view(
+            &[
+                "SERVICE_NAME=from-env",
+                "SERVICE_REGION=",
+                "SERVICE_TIER=env",
+            ],
+            &[(80, "tcp", 32000)],
+            false,
+        );
+        v.service_labels = [
+            ("SERVICE_NAME", "from-label"),
+            ("SERVICE_TAGS", "l1,l2"),
+            ("SERVICE_REGION", "label"),
+            ("SERVICE_TIER", "label"),
+            ("SERVICE_80_CHECK_HTTP", "/ready"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let r = &registrations(&v, "n1", "10.0.0.5").0[0];
+        assert_eq!(r.name, "from-env");
+        assert_eq!(r.tags, ["l1", "l2"]);
+        // An empty environment value is unset, so the label applies.
+        assert_eq!(r.meta["region"], "label");
+        assert_eq!(r.meta["tier"], "env");
+        assert_eq!(
+            r.check.as_ref().unwrap().http.as_deref(),
+            Some("http://10.0.0.5:32000/ready")
+        );
+        v.service_labels
+            .insert("SERVICE_IGNORE".to_owned(), "true".to_owned());
+        assert!(registrations(&v, "n1", "10.0.0.5").0.is_empty());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The registrator's view of a container: what it needs of each running berth container of
-//! this node, read from Docker (name, service, instance, environment, published ports,
-//! healthcheck and health).
+//! this node, read from Docker (name, service, instance, environment, `SERVICE_*` labels,
+//! published ports, healthcheck and health).
+
+use std::collections::BTreeMap;
 
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
@@ -16,6 +18,8 @@ pub struct ContainerView {
     pub instance: String,
     /// `KEY=VALUE` entries of the container's environment.
     pub env: Vec<String>,
+    /// The container's `SERVICE_*` labels (from the compose file's `labels`).
+    pub service_labels: BTreeMap<String, String>,
     /// (container port, protocol, host port) of each published port.
     pub ports: Vec<(u16, String, u16)>,
     pub has_healthcheck: bool,
@@ -89,6 +93,11 @@ pub async fn views(
                 .cloned()
                 .unwrap_or_default(),
             env: config.env.unwrap_or_default(),
+            service_labels: labels
+                .iter()
+                .filter(|(k, _)| k.starts_with("SERVICE_"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             ports,
             has_healthcheck: config
                 .healthcheck
@@ -109,6 +118,7 @@ pub(super) fn sample(env: &[&str], ports: &[(u16, &str, u16)], hc: bool) -> Cont
         service: "web".into(),
         instance: "shop".into(),
         env: env.iter().map(|s| (*s).to_owned()).collect(),
+        service_labels: BTreeMap::new(),
         ports: ports
             .iter()
             .map(|(p, pr, h)| (*p, (*pr).to_owned(), *h))

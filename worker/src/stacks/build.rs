@@ -252,7 +252,7 @@ impl Stacks {
         let runs: Vec<_> = jobs
             .iter()
             .enumerate()
-            .map(|(i, job)| self.job_unless_stopped(i, id, &project, job, &owner, log, &stop))
+            .map(|(i, job)| self.job_unless_stopped(i, &project, job, &owner, log, &stop))
             .collect();
         let results: Vec<(usize, Result<(), StackError>)> = futures::stream::iter(runs)
             .buffer_unordered(parallel)
@@ -284,7 +284,6 @@ impl Stacks {
     async fn job_unless_stopped(
         &self,
         i: usize,
-        id: &ValidName,
         project: &compose::Project,
         job: &Job<'_>,
         owner: &Owner,
@@ -298,7 +297,7 @@ impl Stacks {
             ));
             return (i, Ok(()));
         }
-        let result = self.build_job(id, project, job, owner, log).await;
+        let result = self.build_job(project, job, owner, log).await;
         if let Err(e) = &result {
             stop.store(true, Ordering::SeqCst);
             log.line(&format!("service {}: build failed: {e}", job.service.name));
@@ -321,7 +320,6 @@ impl Stacks {
     /// tagged for the commit and `:latest`.
     async fn build_job(
         &self,
-        id: &ValidName,
         project: &compose::Project,
         job: &Job<'_>,
         owner: &Owner,
@@ -362,7 +360,7 @@ impl Stacks {
         let started = Instant::now();
         log.line(&format!("building service {} as {}", s.name, job.tag));
         let mut ids = BuildIds::default();
-        let result = self.build_service(id, job, owner, log, &mut ids).await;
+        let result = self.build_service(job, owner, log, &mut ids).await;
         let image_id = match &result {
             Ok(_) => self
                 .docker
@@ -408,7 +406,6 @@ impl Stacks {
     /// image ids the classic builder reports in `ids`; answers which builder ran.
     async fn build_service(
         &self,
-        _id: &ValidName,
         job: &Job<'_>,
         owner: &Owner,
         log: &LogBuf,
@@ -595,6 +592,16 @@ impl Stacks {
         build: &compose::model::Build,
         text: &str,
     ) -> Result<Vec<String>, StackError> {
+        if images::has_cache_mount(text) {
+            return Err(rejected(
+                &s.name,
+                format!("services.{}.build", s.name),
+                format!(
+                    "{} uses RUN --mount=type=cache, which berth does not support: BuildKit shares cache mounts between every build on the worker",
+                    build.dockerfile
+                ),
+            ));
+        }
         let mut bases = Vec::new();
         for image in images::image_refs(text, &build.args) {
             let Ok(inspect) = self.docker.inspect_image(&image).await else {
@@ -636,6 +643,61 @@ impl Stacks {
                     .remove_image(tag, None::<RemoveImageOptions>, None)
                     .await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::build_digest;
+    use crate::compose::model::Build;
+    use crate::compose::plan::Owner;
+
+    #[test]
+    fn the_build_digest_follows_every_input() {
+        let build = Build {
+            context: PathBuf::from("/src/app"),
+            dockerfile: "Dockerfile".into(),
+            args: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+            target: None,
+        };
+        let owner = Owner {
+            instance: "shop".into(),
+            node: "n1".into(),
+        };
+        let bases = vec!["berth-base:latest=sha256:aa".to_owned()];
+        let digest = |b: &Build, text: &str, files: &[u8], bases: &[String], o: &Owner| {
+            build_digest(b, text, files, bases, o)
+        };
+        let first = digest(&build, "FROM x\n", b"files", &bases, &owner);
+        assert_eq!(first, digest(&build, "FROM x\n", b"files", &bases, &owner));
+        assert!(first.starts_with("sha256:") && first.len() == 71, "{first}");
+        let mut other_args = build.clone();
+        other_args.args.insert("A".into(), "2".into());
+        let mut other_target = build.clone();
+        other_target.target = Some("t".into());
+        let other_owner = Owner {
+            instance: "shop2".into(),
+            node: "n1".into(),
+        };
+        for changed in [
+            digest(&build, "FROM y\n", b"files", &bases, &owner),
+            digest(&build, "FROM x\n", b"files2", &bases, &owner),
+            digest(
+                &build,
+                "FROM x\n",
+                b"files",
+                &["berth-base:latest=sha256:bb".to_owned()],
+                &owner,
+            ),
+            digest(&other_args, "FROM x\n", b"files", &bases, &owner),
+            digest(&other_target, "FROM x\n", b"files", &bases, &owner),
+            digest(&build, "FROM x\n", b"files", &bases, &other_owner),
+        ] {
+            assert_ne!(first, changed);
         }
     }
 }

@@ -321,6 +321,48 @@ mod tests {
     }
 
     #[test]
+    fn answer_lines_give_progress_errors_and_the_image() {
+        let log = LogBuf::new();
+        let mut trace = Trace::default();
+        let mut vertex = field(1, b"sha256:aa");
+        vertex.extend(field(3, b"[1/1] FROM base"));
+        vertex.extend([4 << 3, 1]);
+        let aux = base64::engine::general_purpose::STANDARD.encode(field(1, &vertex));
+        let lines = [
+            format!(r#"{{"id":"moby.buildkit.trace","aux":"{aux}"}}"#),
+            r#"{"stream":"Successfully tagged x:1\n"}"#.to_owned(),
+            "not json".to_owned(),
+        ];
+        for line in &lines {
+            assert!(matches!(
+                message(line.as_bytes(), &mut trace, &log, "[app] "),
+                Ok(None)
+            ));
+        }
+        let id = message(
+            br#"{"id":"moby.image.id","aux":{"ID":"sha256:0123"}}"#,
+            &mut trace,
+            &log,
+            "[app] ",
+        );
+        assert!(
+            matches!(id, Ok(Some(ref i)) if i == "sha256:0123"),
+            "{id:?}"
+        );
+        let err = message(
+            br#"{"errorDetail":{"message":"exit code: 1"},"error":"exit code: 1"}"#,
+            &mut trace,
+            &log,
+            "[app] ",
+        );
+        assert!(matches!(err, Err(BuildKitError::Failed(ref m)) if m == "exit code: 1"));
+        let tail = log.tail(10);
+        assert!(tail.contains("[app] #1 [1/1] FROM base"), "{tail}");
+        assert!(tail.contains("[app] #1 CACHED"), "{tail}");
+        assert!(tail.contains("[app] Successfully tagged x:1"), "{tail}");
+    }
+
+    #[test]
     fn trace_lines_from_status_responses() {
         // A vertex started, its log, then completed; another one cached.
         let mut v1 = field(1, b"sha256:aa");

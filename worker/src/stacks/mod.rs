@@ -31,6 +31,7 @@ use std::time::Duration;
 use berth_worker_api::ids::compose_project_name;
 use berth_worker_api::{Endpoint, ErrorDetail, ServiceStatus, StackState, StackStatus, ValidName};
 use bollard::Docker;
+use bollard::models::RestartPolicyNameEnum;
 use bollard::query_parameters::{
     ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -54,6 +55,8 @@ pub struct Settings {
     pub node: String,
     /// Address published in endpoints and `BERTH_*` variables.
     pub advertise: String,
+    /// IP address published ports are bound on (`0.0.0.0` / `::` only when the operator asks).
+    pub publish_address: String,
     pub policy: Policy,
     pub build_timeout: Duration,
     pub start_timeout: Duration,
@@ -366,10 +369,18 @@ impl Stacks {
                 .as_ref()
                 .and_then(|n| n.first())
                 .map(|n| n.trim_start_matches('/').to_owned());
-            let state = c
+            let mut state = c
                 .state
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "unknown".into());
+            // After a stop every container has exited; only a running stack has completed ones.
+            if state == "exited"
+                && !matches!(record.state, StackState::Stopped | StackState::Stopping)
+                && let Some(cid) = &c.id
+                && self.completed_container(cid).await
+            {
+                state = "completed".to_owned();
+            }
             let health = c
                 .health
                 .as_ref()
@@ -413,6 +424,27 @@ impl Stacks {
             endpoints,
             error: record.error,
         })
+    }
+
+    /// Whether an exited container is a one-shot that ran to success: exit code 0 under a
+    /// restart policy that leaves it alone after success (Compose's `completed`).
+    async fn completed_container(&self, cid: &str) -> bool {
+        let Ok(c) = self.docker.inspect_container(cid, None).await else {
+            return false;
+        };
+        let policy = c
+            .host_config
+            .and_then(|h| h.restart_policy)
+            .and_then(|p| p.name);
+        c.state.and_then(|s| s.exit_code) == Some(0)
+            && matches!(
+                policy,
+                None | Some(
+                    RestartPolicyNameEnum::EMPTY
+                        | RestartPolicyNameEnum::NO
+                        | RestartPolicyNameEnum::ON_FAILURE
+                )
+            )
     }
 
     pub async fn list(&self) -> Result<Vec<StackStatus>, StackError> {

@@ -1,22 +1,51 @@
 //! Readiness: what a start waits for before it answers, and the errors when that never comes.
 //! `wait_ready` is the wait itself: every service that is not a one-shot dependency runs, is
 //! healthy where it has a healthcheck, and its published TCP ports accept connections
-//! (`wait_ports_accept`); `wait_condition` also serves the `depends_on` waits in between. A service that exits or turns unhealthy fails at once with its last log
-//! lines, and the deadline ends every wait.
+//! (`wait_ports_accept`); `wait_condition` also serves the `depends_on` waits in between. A
+//! one-shot service that exits 0 (not restarted) is completed, never a failure; a service that
+//! exits otherwise or turns unhealthy fails at once with its exit code and last log lines, and
+//! the deadline ends every wait. Waits look again after a short backoff (10 ms doubling to
+//! 250 ms), and a `service_healthy` dependency's healthcheck is also run by the worker itself
+//! (`wait_dependency`), so its dependents are not held until Docker's first check one
+//! `interval` after its start.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bollard::models::HealthStatusEnum;
+use bollard::exec::StartExecOptions;
+use bollard::models::{ExecConfig, HealthStatusEnum};
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures::StreamExt;
 
 use super::ports::port_key;
 use super::{StackError, Stacks, failed};
 use crate::compose::plan;
-use crate::compose::{Condition, Project, Service};
+use crate::compose::{Condition, Project, Restart, Service};
 use crate::logbuf::LogBuf;
+
+/// How often a start runs a starting service's healthcheck itself before it leaves the checks
+/// to Docker.
+const MAX_PROBES: u32 = 5;
+
+/// The pause between two looks at something a start waits for: 10 ms at first, doubling up to
+/// 250 ms, so a container that is quick to come up is seen at once and a slow one costs few
+/// requests.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(10))
+    }
+}
+
+impl Backoff {
+    async fn sleep(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_millis(250));
+    }
+}
 
 impl Stacks {
     /// Waits until the started stack is ready: each service running (except those another
@@ -43,6 +72,10 @@ impl Stacks {
             }
             self.wait_condition(project, &s.name, Condition::Started, deadline, log)
                 .await?;
+            if self.completed(project, &s.name).await? {
+                log.line(&format!("service {} completed", s.name));
+                continue;
+            }
             if healthcheck(&s.name) {
                 self.wait_condition(project, &s.name, Condition::Healthy, deadline, log)
                     .await?;
@@ -63,19 +96,23 @@ impl Stacks {
     ) -> Result<(), StackError> {
         for p in s.ports.iter().filter(|p| p.protocol == "tcp") {
             let port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
-            let ip = p
-                .host_ip
-                .as_deref()
-                .filter(|ip| *ip != "0.0.0.0" && *ip != "::")
-                .unwrap_or("127.0.0.1");
+            let ip = match self.settings.publish_address.as_str() {
+                "0.0.0.0" => "127.0.0.1",
+                "::" => "::1",
+                ip => ip,
+            };
             let addr: SocketAddr = format!("{ip}:{port}")
                 .parse()
                 .or_else(|_| format!("[{ip}]:{port}").parse())
                 .map_err(|_| failed("readiness", format!("bad host ip {ip:?}")))?;
+            let mut pause = Backoff::default();
             loop {
                 // Docker's userland proxy accepts on the host port before the app listens, so
                 // the container's own address must accept too.
-                let inner = self.running_ip(project, &s.name).await?;
+                let Some(inner) = self.running_ip(project, &s.name).await? else {
+                    // A one-shot that exited 0 meanwhile is done, not failed.
+                    return Ok(());
+                };
                 let inner_ok = match inner {
                     Some(ip) => tokio::net::TcpStream::connect((ip, p.container_port))
                         .await
@@ -94,13 +131,13 @@ impl Stacks {
                         )
                         .await);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                pause.sleep().await;
             }
         }
         Ok(())
     }
 
-    /// Waits until `service` meets `cond`; fails early when it never can.
+    /// Waits until `service` meets `cond` as Docker reports it; fails early when it never can.
     pub(super) async fn wait_condition(
         &self,
         project: &Project,
@@ -109,9 +146,47 @@ impl Stacks {
         deadline: Instant,
         log: &LogBuf,
     ) -> Result<(), StackError> {
+        self.wait_for(project, service, cond, deadline, log, false)
+            .await
+    }
+
+    /// Waits until the dependency `service` meets `cond` before a dependent starts: as
+    /// [`Self::wait_condition`], and a `service_healthy` dependency whose Docker health is still
+    /// `starting` also counts once its own healthcheck test passes when the worker runs it.
+    /// Docker runs the first check only one `interval` after the start (Docker 20.10 has no
+    /// `start_interval`), so a dependent would wait that long for a service ready at once. The
+    /// answer of a start still waits for Docker's `healthy` ([`Self::wait_ready`]).
+    pub(super) async fn wait_dependency(
+        &self,
+        project: &Project,
+        service: &str,
+        cond: Condition,
+        deadline: Instant,
+        log: &LogBuf,
+    ) -> Result<(), StackError> {
+        self.wait_for(project, service, cond, deadline, log, true)
+            .await
+    }
+
+    async fn wait_for(
+        &self,
+        project: &Project,
+        service: &str,
+        cond: Condition,
+        deadline: Instant,
+        log: &LogBuf,
+        probe: bool,
+    ) -> Result<(), StackError> {
         let name = plan::container_name(&project.name, service);
+        let mut pause = Backoff::default();
+        let mut probes = 0;
         loop {
             let c = self.docker.inspect_container(&name, None).await?;
+            let test = c
+                .config
+                .as_ref()
+                .and_then(|c| c.healthcheck.as_ref())
+                .and_then(|h| Some((h.test.clone()?, h.timeout)));
             let state = c.state.unwrap_or_default();
             let running = state.running == Some(true);
             let exited = !running
@@ -123,6 +198,34 @@ impl Stacks {
             match cond {
                 Condition::Started if running => return Ok(()),
                 Condition::Healthy if health == Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                // Until Docker's first check, the worker runs the same test itself as soon as
+                // the container runs, a few times (a pass is what Docker's first check would
+                // find; after failures the wait is Docker's).
+                Condition::Healthy
+                    if probe
+                        && running
+                        && probes < MAX_PROBES
+                        && health == Some(HealthStatusEnum::STARTING)
+                        && let Some((test, timeout)) = &test =>
+                {
+                    probes += 1;
+                    let timeout = timeout
+                        .filter(|t| *t > 0)
+                        .map_or(Duration::from_secs(30), |ns| {
+                            Duration::from_nanos(ns.unsigned_abs())
+                        });
+                    if self
+                        .probe(
+                            &name,
+                            test,
+                            timeout.min(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await
+                    {
+                        log.line(&format!("{service} passed its healthcheck"));
+                        return Ok(());
+                    }
+                }
                 Condition::Healthy if health == Some(HealthStatusEnum::UNHEALTHY) => {
                     return Err(self.failure(project, service, "became unhealthy").await);
                 }
@@ -137,6 +240,10 @@ impl Stacks {
                             &format!("exited with code {}", state.exit_code.unwrap_or(-1)),
                         )
                         .await);
+                }
+                // A one-shot that already ran to success was started (Compose semantics).
+                Condition::Started if exited && completes(project, service, state.exit_code) => {
+                    return Ok(());
                 }
                 Condition::Started | Condition::Healthy if exited => {
                     return Err(self
@@ -158,27 +265,100 @@ impl Stacks {
                 log.line(&format!("timed out waiting for {service} to be {what}"));
                 return Err(self.timeout_error(project, service, what).await);
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            pause.sleep().await;
         }
     }
 
-    /// The container's address on its first network, failing if it no longer runs.
+    /// Runs a healthcheck `test` (`CMD ...` or `CMD-SHELL ...`) in container `name` the way
+    /// Docker does (as the container's user, within `timeout`); true when it exits 0.
+    async fn probe(&self, name: &str, test: &[String], timeout: Duration) -> bool {
+        let cmd: Vec<String> = match test.split_first() {
+            Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => rest.to_vec(),
+            Some((kind, rest)) if kind == "CMD-SHELL" && !rest.is_empty() => {
+                vec!["/bin/sh".into(), "-c".into(), rest.join(" ")]
+            }
+            _ => return false,
+        };
+        let run = async {
+            let exec = self
+                .docker
+                .create_exec(
+                    name,
+                    ExecConfig {
+                        cmd: Some(cmd),
+                        attach_stdout: Some(false),
+                        attach_stderr: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .ok()?;
+            self.docker
+                .start_exec(
+                    &exec.id,
+                    Some(StartExecOptions {
+                        detach: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .ok()?;
+            let mut pause = Backoff::default();
+            loop {
+                let e = self.docker.inspect_exec(&exec.id).await.ok()?;
+                if e.running != Some(true) {
+                    return e.exit_code;
+                }
+                pause.sleep().await;
+            }
+        };
+        matches!(tokio::time::timeout(timeout, run).await, Ok(Some(0)))
+    }
+
+    /// Whether `service` ran to completion: its container exited 0 and is not restarted.
+    async fn completed(&self, project: &Project, service: &str) -> Result<bool, StackError> {
+        let name = plan::container_name(&project.name, service);
+        let state = self
+            .docker
+            .inspect_container(&name, None)
+            .await?
+            .state
+            .unwrap_or_default();
+        Ok(state.running != Some(true)
+            && state.restarting != Some(true)
+            && state
+                .finished_at
+                .as_deref()
+                .is_some_and(|f| !f.starts_with("0001"))
+            && completes(project, service, state.exit_code))
+    }
+
+    /// The container's address on its first network (`Some(None)` without one), `None` when it
+    /// completed (exited 0, not restarted), failing if it stopped otherwise.
     async fn running_ip(
         &self,
         project: &Project,
         service: &str,
-    ) -> Result<Option<std::net::IpAddr>, StackError> {
+    ) -> Result<Option<Option<std::net::IpAddr>>, StackError> {
         let name = plan::container_name(&project.name, service);
         let c = self.docker.inspect_container(&name, None).await?;
-        if c.state.and_then(|s| s.running) != Some(true) {
-            return Err(self.failure(project, service, "stopped running").await);
+        let state = c.state.unwrap_or_default();
+        if state.running != Some(true) {
+            if state.restarting != Some(true) && completes(project, service, state.exit_code) {
+                return Ok(None);
+            }
+            let what = match state.exit_code {
+                Some(code) => format!("stopped running (exited with code {code})"),
+                None => "stopped running".to_owned(),
+            };
+            return Err(self.failure(project, service, &what).await);
         }
-        Ok(c.network_settings
-            .and_then(|n| n.networks)
-            .and_then(|nets| {
+        Ok(Some(c.network_settings.and_then(|n| n.networks).and_then(
+            |nets| {
                 nets.values()
                     .find_map(|e| e.ip_address.as_deref().and_then(|ip| ip.parse().ok()))
-            }))
+            },
+        )))
     }
 
     async fn last_lines(&self, project: &Project, service: &str) -> String {
@@ -214,4 +394,19 @@ impl Stacks {
             "timed out waiting for service {service} to be {what}; last log lines:\n{lines}"
         ))
     }
+}
+
+/// Whether an exit with `code` ends `service` for good and successfully: code 0 under a restart
+/// policy that does not restart it after success (`no`, `on-failure`), as Compose treats
+/// one-shot services (seeders, migrations).
+pub(super) fn completes(project: &Project, service: &str, code: Option<i64>) -> bool {
+    code == Some(0)
+        && project
+            .service(service)
+            .is_some_and(|s| one_shot_policy(&s.restart))
+}
+
+/// Whether a restart policy leaves a container that exited 0 alone.
+pub(super) fn one_shot_policy(restart: &Restart) -> bool {
+    matches!(restart, Restart::No | Restart::OnFailure(_))
 }

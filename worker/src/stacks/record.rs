@@ -105,6 +105,7 @@ mod tests {
                 data_dir: data.path().to_path_buf(),
                 node: "n1".into(),
                 advertise: "127.0.0.1".into(),
+                publish_address: "127.0.0.1".into(),
                 policy: Policy::default(),
                 build_timeout: Duration::from_secs(1),
                 start_timeout: Duration::from_secs(1),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkingConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
 use serde::Serialize;
 
@@ -14,6 +14,7 @@ use super::Stacks;
 use super::ports::port_key;
 use crate::compose::plan::{self, Owner};
 use crate::compose::{MountSource, Project, Restart, Service};
+use crate::policy::Limits;
 
 /// The variables every container of the stack gets: `BERTH_ADVERTISE_HOST` and one
 /// `BERTH_PUBLIC_ADDR_<SERVICE>_<port>` per published port of every service.
@@ -73,7 +74,8 @@ impl Stacks {
                 .or_default()
                 .get_or_insert_with(Vec::new)
                 .push(PortBinding {
-                    host_ip: p.host_ip.clone(),
+                    // The worker's choice, like the host port: never the file's.
+                    host_ip: Some(self.settings.publish_address.clone()),
                     host_port: Some(host_port.to_string()),
                 });
         }
@@ -141,6 +143,8 @@ impl Stacks {
                     endpoint(s, &name, aliases),
                 )])),
             });
+        let r = &s.resources;
+        let limits = policy.limits(r);
         let host_config = HostConfig {
             binds: (!binds.is_empty()).then_some(binds),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
@@ -150,9 +154,30 @@ impl Stacks {
             extra_hosts: (!s.extra_hosts.is_empty()).then(|| s.extra_hosts.clone()),
             cap_add: (!s.cap_add.is_empty()).then(|| s.cap_add.clone()),
             cap_drop: (!s.cap_drop.is_empty()).then(|| s.cap_drop.clone()),
-            memory: (policy.memory_bytes > 0).then_some(policy.memory_bytes),
-            nano_cpus: (policy.nano_cpus > 0).then_some(policy.nano_cpus),
-            pids_limit: (policy.pids_limit > 0).then_some(policy.pids_limit),
+            memory: limits.memory,
+            memory_swap: r.memswap,
+            memory_reservation: r.memory_reservation,
+            nano_cpus: limits.nano_cpus,
+            cpu_shares: r.cpu_shares,
+            cpuset_cpus: r.cpuset.clone(),
+            pids_limit: limits.pids,
+            shm_size: r.shm_size,
+            ulimits: (!r.ulimits.is_empty()).then(|| {
+                r.ulimits
+                    .iter()
+                    .map(|(name, (soft, hard))| ResourcesUlimits {
+                        name: Some(name.clone()),
+                        soft: Some(*soft),
+                        hard: Some(*hard),
+                    })
+                    .collect()
+            }),
+            tmpfs: (!r.tmpfs.is_empty()).then(|| {
+                r.tmpfs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
             ..Default::default()
         };
         #[derive(Serialize)]
@@ -160,7 +185,7 @@ impl Stacks {
             image_id: &'a str,
             env: &'a [String],
             user: &'a Option<String>,
-            limits: (i64, i64, i64),
+            limits: Limits,
         }
         let hash = plan::config_hash(
             s,
@@ -168,7 +193,7 @@ impl Stacks {
                 image_id,
                 env: &env,
                 user: &user,
-                limits: (policy.memory_bytes, policy.nano_cpus, policy.pids_limit),
+                limits,
             },
         );
         let body = ContainerCreateBody {

@@ -260,7 +260,7 @@ impl Stacks {
         })?;
         for s in order {
             for (dep, cond) in &s.depends_on {
-                self.wait_condition(project, dep, *cond, deadline, log)
+                self.wait_dependency(project, dep, *cond, deadline, log)
                     .await?;
             }
             let Prepared {

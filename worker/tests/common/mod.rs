@@ -184,7 +184,7 @@ pub async fn worker(tag: &str, tweak: impl FnOnce(&mut Config)) -> TestWorker {
         node_name: Some(node.clone()),
         registry: None,
         cluster_token: Secret::new(TOKEN),
-        memory: "256m".into(),
+        default_memory: "256m".into(),
         start_timeout: std::time::Duration::from_secs(60),
         ..Config::default()
     };

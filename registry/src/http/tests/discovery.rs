@@ -306,7 +306,7 @@ async fn catalog_and_health_rules() {
                 "/v1/catalog/service/web?filter=Service%20==%20web",
                 "",
                 400,
-                "~filter expressions are not supported",
+                "Failed to create boolean expression evaluator: Selector \"Service\" is not valid",
             ),
             (
                 "GET",
@@ -1279,6 +1279,692 @@ async fn agents_resolve_tokens_through_the_server_with_their_own_token() {
         )],
     )
     .await;
+}
+
+/// `?filter=` on every listing Consul filters: one row per endpoint (what it keeps), and the
+/// 400 with go-bexpr's text for a selector the element type lacks.
+#[tokio::test]
+async fn filter_expressions_per_endpoint() {
+    let h = H::new().await;
+    let n1 = r#"{"Node":"n1","Address":"10.0.0.1","NodeMeta":{"env":"prod"},"Service":{"ID":"web1","Service":"web","Tags":["a","b"],"Port":80,"Meta":{"v":"1"}},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"web1-http","ServiceID":"web1","Status":"passing"}]}"#;
+    let n2 = r#"{"Node":"n2","Address":"10.0.0.2","NodeMeta":{"env":"dev"},"Service":{"ID":"db2","Service":"db","Tags":["x"],"Port":5432},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"db2-tcp","ServiceID":"db2","Status":"critical"}]}"#;
+    let n3 = r#"{"Node":"n3","Address":"10.0.0.3","Service":{"ID":"web3","Service":"web","Tags":["a"],"Port":81},"Checks":[{"CheckID":"serfHealth","Status":"passing"},{"CheckID":"web3-http","ServiceID":"web3","Status":"warning"}]}"#;
+    for body in [n1, n2, n3] {
+        h.table(None, &[("PUT", "/v1/catalog/register", body, 200, "true")])
+            .await;
+    }
+    h.table(
+        None,
+        &[
+            ("PUT", "/v1/agent/service/register", r#"{"ID":"api1","Name":"api","Tags":["blue"],"Port":9000,"Check":{"TTL":"1h","Status":"passing"}}"#, 200, ""),
+            ("PUT", "/v1/agent/service/register", r#"{"ID":"api2","Name":"api","Tags":["green"],"Port":9001}"#, 200, ""),
+        ],
+    )
+    .await;
+    let q = |path: &str, expr: &str| {
+        format!(
+            "{path}?filter={}",
+            percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    let ids = |v: &serde_json::Value, key: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
+        let mut out: Vec<String> = match v {
+            serde_json::Value::Array(a) => a.iter().map(key).collect(),
+            serde_json::Value::Object(o) => o.values().map(key).collect(),
+            _ => vec![],
+        };
+        out.sort();
+        out
+    };
+    let field =
+        |name: &'static str| move |e: &serde_json::Value| e[name].as_str().unwrap_or("").to_owned();
+    let svc_id = |e: &serde_json::Value| e["Service"]["ID"].as_str().unwrap().to_owned();
+    // (uri, how to name an element, names expected)
+    type Name = Box<dyn Fn(&serde_json::Value) -> String>;
+    let rows: Vec<(String, Name, Vec<&str>)> = vec![
+        (
+            q("/v1/catalog/nodes", "Meta.env == prod"),
+            Box::new(field("Node")),
+            vec!["n1"],
+        ),
+        (
+            q(
+                "/v1/catalog/nodes",
+                "Address matches \"^10[.]0[.]0[.][23]$\"",
+            ),
+            Box::new(field("Node")),
+            vec!["n2", "n3"],
+        ),
+        (
+            q("/v1/catalog/service/web", "ServiceTags contains b"),
+            Box::new(field("ServiceID")),
+            vec!["web1"],
+        ),
+        (
+            q(
+                "/v1/catalog/service/web",
+                "ServiceMeta.v == \"1\" or NodeMeta is empty",
+            ),
+            Box::new(field("ServiceID")),
+            vec!["web1", "web3"],
+        ),
+        (
+            q("/v1/health/service/web", "Checks.Status == warning"),
+            Box::new(svc_id),
+            vec!["web3"],
+        ),
+        (
+            q(
+                "/v1/health/service/web",
+                "Service.Tags contains b and Node.Meta.env == prod",
+            ),
+            Box::new(svc_id),
+            vec!["web1"],
+        ),
+        (
+            q("/v1/health/service/web", "not Node.Node == n1"),
+            Box::new(svc_id),
+            vec!["web3"],
+        ),
+        (
+            q("/v1/health/checks/web", "Status != passing"),
+            Box::new(field("CheckID")),
+            vec!["web3-http"],
+        ),
+        (
+            q("/v1/health/node/n2", "ServiceName == db"),
+            Box::new(field("CheckID")),
+            vec!["db2-tcp"],
+        ),
+        (
+            q(
+                "/v1/health/state/any",
+                "CheckID == serfHealth and n2 in Node",
+            ),
+            Box::new(field("Node")),
+            vec!["n2"],
+        ),
+        (
+            q(
+                "/v1/health/state/passing",
+                "ServiceID == \"\" and Node != node1",
+            ),
+            Box::new(field("Node")),
+            vec!["n1", "n2", "n3"],
+        ),
+        (
+            q("/v1/agent/services", "green in Tags"),
+            Box::new(field("ID")),
+            vec!["api2"],
+        ),
+        (
+            q("/v1/agent/services", "Service == api and Port != 9000"),
+            Box::new(field("ID")),
+            vec!["api2"],
+        ),
+        (
+            q("/v1/agent/checks", "ServiceID == api1"),
+            Box::new(field("ServiceID")),
+            vec!["api1"],
+        ),
+    ];
+    for (uri, key, want) in &rows {
+        let v = h.json(uri).await;
+        assert_eq!(ids(&v, key.as_ref()), *want, "{uri}: {v}");
+    }
+    // `/v1/catalog/node/<n>` filters the node's services; `/v1/catalog/services` the instances.
+    let node = h.json(&q("/v1/catalog/node/n1", "Service == web")).await;
+    assert_eq!(node["Services"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        h.json(&q("/v1/catalog/services", "ServicePort == 5432"))
+            .await,
+        serde_json::json!({"db": ["x"]})
+    );
+    assert_eq!(
+        h.json(&q("/v1/catalog/services", "NodeMeta.env == prod"))
+            .await,
+        serde_json::json!({"web": ["a", "b"]})
+    );
+    // an empty expression filters nothing
+    assert_eq!(
+        h.json("/v1/catalog/nodes?filter=")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let prefix = "Failed to create boolean expression evaluator: ";
+    for (uri, text) in [
+        (
+            q("/v1/catalog/nodes", "ServiceName == web"),
+            "Selector \"ServiceName\" is not valid",
+        ),
+        (
+            q("/v1/catalog/services", "Service == web"),
+            "Selector \"Service\" is not valid",
+        ),
+        (
+            q("/v1/catalog/service/web", "Tags contains a"),
+            "Selector \"Tags\" is not valid",
+        ),
+        (
+            q("/v1/catalog/node/n1", "ServiceName == web"),
+            "Selector \"ServiceName\" is not valid",
+        ),
+        (
+            q("/v1/health/service/web", "Service.Nope == x"),
+            "Selector \"Service.Nope\" is not valid",
+        ),
+        (
+            q("/v1/health/checks/web", "Checks.Status == x"),
+            "Selector \"Checks\" is not valid",
+        ),
+        (
+            q("/v1/health/node/n1", "Status is empty"),
+            "Invalid match operator \"Is Empty\" for selector \"Status\"",
+        ),
+        (
+            q("/v1/health/state/any", "Nope == 1"),
+            "Selector \"Nope\" is not valid",
+        ),
+        (
+            q("/v1/agent/services", "ServiceName == api"),
+            "Selector \"ServiceName\" is not valid",
+        ),
+        (
+            q("/v1/agent/checks", "Port == 1"),
+            "Selector \"Port\" is not valid",
+        ),
+    ] {
+        let a = h.call("GET", &uri, "", None).await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (400, format!("{prefix}{text}").as_str()),
+            "{uri}"
+        );
+    }
+    let a = h
+        .call(
+            "GET",
+            &q("/v1/health/service/web", "Service.Service =="),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body.starts_with(prefix) && a.body.contains("no match found"),
+        "{}",
+        a.body
+    );
+}
+
+/// Roles, identities, expiry, clone, list filters, 404s and the auth-method family, as
+/// Consul's ACL API documents them.
+#[tokio::test]
+async fn acl_roles_identities_expiry_and_clone() {
+    let mut config = Config::dev("node1");
+    config.acl_master_token = Some(AclToken::new("root"));
+    let h = H::with(config).await;
+    let root = Some("root");
+    let body = |a: &Answer| -> serde_json::Value { serde_json::from_str(&a.body).unwrap() };
+    let policy = put_ok(
+        &h,
+        "/v1/acl/policy",
+        r#"{"Name":"kv-read","Rules":"key_prefix \"\" { policy = \"read\" }"}"#,
+    )
+    .await;
+    let policy_id = policy["ID"].as_str().unwrap().to_owned();
+    // A role links policies by name or ID and carries identities.
+    let role = put_ok(&h,
+        "/v1/acl/role",
+        r#"{"Name":"reader","Description":"r","Policies":[{"Name":"kv-read"}],"ServiceIdentities":[{"ServiceName":"web"}]}"#,
+    )
+    .await;
+    let role_id = role["ID"].as_str().unwrap().to_owned();
+    assert_eq!(role["Policies"][0]["ID"], policy_id.as_str());
+    assert_eq!(role["ServiceIdentities"][0]["ServiceName"], "web");
+    assert!(
+        role.get("NodeIdentities").is_none(),
+        "omitted when empty: {role}"
+    );
+    h.table(
+        root,
+        &[
+            (
+                "GET",
+                &format!("/v1/acl/role/{role_id}"),
+                "",
+                200,
+                r#"~"Name":"reader""#,
+            ),
+            (
+                "GET",
+                "/v1/acl/role/name/reader",
+                "",
+                200,
+                &format!("~\"ID\":\"{role_id}\""),
+            ),
+            ("GET", "/v1/acl/roles", "", 200, "~\"reader\""),
+            (
+                "GET",
+                &format!("/v1/acl/roles?policy={policy_id}"),
+                "",
+                200,
+                "~\"reader\"",
+            ),
+            ("GET", "/v1/acl/roles?policy=nope", "", 200, "[]"),
+            (
+                "PUT",
+                "/v1/acl/role",
+                r#"{"Name":"reader"}"#,
+                400,
+                "Invalid Role: A Role with Name \"reader\" already exists",
+            ),
+            (
+                "PUT",
+                "/v1/acl/role",
+                r#"{}"#,
+                400,
+                "Invalid Role: no Name is set",
+            ),
+            (
+                "PUT",
+                "/v1/acl/role",
+                r#"{"Name":"bad name"}"#,
+                400,
+                "~Invalid Role: invalid Name",
+            ),
+            (
+                "PUT",
+                "/v1/acl/role",
+                r#"{"Name":"x","Policies":[{"ID":"nope"}]}"#,
+                400,
+                "No such ACL policy with ID \"nope\"",
+            ),
+            (
+                "PUT",
+                "/v1/acl/role",
+                r#"{"Name":"x","ServiceIdentities":[{"ServiceName":"Web!"}]}"#,
+                400,
+                "~has an invalid name",
+            ),
+            (
+                "PUT",
+                "/v1/acl/role",
+                r#"{"Name":"x","NodeIdentities":[{"NodeName":"n1"}]}"#,
+                400,
+                "Node identity is missing the datacenter field on this role",
+            ),
+            (
+                "PUT",
+                "/v1/acl/role",
+                r#"{"Name":"x","TemplatedPolicies":[{"TemplateName":"builtin/service"}]}"#,
+                400,
+                "templated policies are not implemented by berth",
+            ),
+            // Unknown objects read by a privileged token: 404.
+            (
+                "GET",
+                "/v1/acl/role/00000000-0000-0000-0000-00000000dead",
+                "",
+                404,
+                "ACL not found",
+            ),
+            ("GET", "/v1/acl/role/name/nope", "", 404, "ACL not found"),
+            (
+                "GET",
+                "/v1/acl/token/00000000-0000-0000-0000-00000000dead",
+                "",
+                404,
+                "ACL not found",
+            ),
+            (
+                "GET",
+                "/v1/acl/policy/00000000-0000-0000-0000-00000000dead",
+                "",
+                404,
+                "ACL not found",
+            ),
+            ("GET", "/v1/acl/policy/name/nope", "", 404, "ACL not found"),
+        ],
+    )
+    .await;
+    // Tokens link roles by name; the role's policy and identity grant access.
+    let by_role = put_ok(
+        &h,
+        "/v1/acl/token",
+        r#"{"SecretID":"role-secret","Roles":[{"Name":"reader"}]}"#,
+    )
+    .await;
+    assert_eq!(by_role["Roles"][0]["ID"], role_id.as_str());
+    let svc = put_ok(&h,
+        "/v1/acl/token",
+        r#"{"SecretID":"svc-secret","ServiceIdentities":[{"ServiceName":"api","Datacenters":["dc1"]}]}"#,
+    )
+    .await;
+    put_ok(&h,
+        "/v1/acl/token",
+        r#"{"SecretID":"other-dc","ServiceIdentities":[{"ServiceName":"api","Datacenters":["dc2"]}]}"#,
+    )
+    .await;
+    put_ok(
+        &h,
+        "/v1/acl/token",
+        r#"{"SecretID":"node-secret","NodeIdentities":[{"NodeName":"n9","Datacenter":"dc1"}]}"#,
+    )
+    .await;
+    let reg_api = r#"{"Name":"api"}"#;
+    let node_reg = r#"{"Node":"n9","Address":"10.0.0.9"}"#;
+    h.table(root, &[("PUT", "/v1/kv/k", "v", 200, "true")])
+        .await;
+    h.table(
+        Some("role-secret"),
+        &[
+            ("GET", "/v1/kv/k?raw", "", 200, "v"),
+            ("PUT", "/v1/kv/k", "w", 403, "~Permission denied"),
+            (
+                "PUT",
+                "/v1/agent/service/register",
+                r#"{"Name":"web"}"#,
+                200,
+                "",
+            ),
+        ],
+    )
+    .await;
+    h.table(
+        Some("svc-secret"),
+        &[
+            ("PUT", "/v1/agent/service/register", reg_api, 200, ""),
+            (
+                "PUT",
+                "/v1/agent/service/register",
+                r#"{"Name":"db"}"#,
+                403,
+                "~Permission denied",
+            ),
+            ("GET", "/v1/agent/services", "", 200, "~\"web\""),
+            ("GET", "/v1/kv/k", "", 403, "~Permission denied"),
+        ],
+    )
+    .await;
+    h.table(
+        Some("other-dc"),
+        &[(
+            "PUT",
+            "/v1/agent/service/register",
+            reg_api,
+            403,
+            "~Permission denied",
+        )],
+    )
+    .await;
+    h.table(
+        Some("node-secret"),
+        &[
+            ("PUT", "/v1/catalog/register", node_reg, 200, "true"),
+            (
+                "PUT",
+                "/v1/catalog/register",
+                r#"{"Node":"n8","Address":"10.0.0.8"}"#,
+                403,
+                "~Permission denied",
+            ),
+        ],
+    )
+    .await;
+    // List filters.
+    assert_eq!(
+        secrets(&h, format!("/v1/acl/tokens?role={role_id}")).await,
+        ["role-secret"]
+    );
+    assert_eq!(
+        secrets(&h, "/v1/acl/tokens?servicename=api".into()).await,
+        ["other-dc", "svc-secret"]
+    );
+    assert!(
+        secrets(&h, "/v1/acl/tokens?authmethod=kube".into())
+            .await
+            .is_empty()
+    );
+    assert!(
+        secrets(&h, format!("/v1/acl/tokens?policy={policy_id}"))
+            .await
+            .is_empty()
+    );
+    // Clone: new accessor and secret, same grants; Description from the body.
+    let svc_accessor = svc["AccessorID"].as_str().unwrap();
+    let a = h
+        .call(
+            "PUT",
+            &format!("/v1/acl/token/{svc_accessor}/clone"),
+            r#"{"Description":"copy"}"#,
+            root,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let clone = body(&a);
+    assert_ne!(clone["AccessorID"], svc["AccessorID"]);
+    assert_ne!(clone["SecretID"], svc["SecretID"]);
+    assert_eq!(clone["Description"], "copy");
+    assert_eq!(clone["ServiceIdentities"], svc["ServiceIdentities"]);
+    let clone_secret = clone["SecretID"].as_str().unwrap().to_owned();
+    h.table(
+        Some(&clone_secret),
+        &[("PUT", "/v1/agent/service/register", reg_api, 200, "")],
+    )
+    .await;
+    h.table(
+        root,
+        &[(
+            "PUT",
+            "/v1/acl/token/00000000-0000-0000-0000-00000000dead/clone",
+            "",
+            404,
+            "ACL not found",
+        )],
+    )
+    .await;
+    h.table(
+        Some("svc-secret"),
+        &[(
+            "PUT",
+            &format!("/v1/acl/token/{svc_accessor}/clone"),
+            "",
+            403,
+            "~Permission denied",
+        )],
+    )
+    .await;
+    // Expiry: set by TTL or time within Consul's bounds (1m..24h), shown as ExpirationTime,
+    // never changed by an update; both at once, or out of bounds, are refused.
+    let expiring = put_ok(
+        &h,
+        "/v1/acl/token",
+        r#"{"SecretID":"exp","ExpirationTTL":"1h"}"#,
+    )
+    .await;
+    let at = humantime::parse_rfc3339_weak(expiring["ExpirationTime"].as_str().unwrap()).unwrap();
+    let ahead = at.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(
+        ahead > Duration::from_secs(3500) && ahead <= Duration::from_secs(3600),
+        "{ahead:?}"
+    );
+    assert!(expiring.get("ExpirationTTL").is_none());
+    let exp_accessor = expiring["AccessorID"].as_str().unwrap().to_owned();
+    h.table(
+        root,
+        &[
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"ExpirationTTL":"1s"}"#,
+                400,
+                "ExpirationTime cannot be less than 1m0s in the future (was 1s)",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"ExpirationTTL":"48h"}"#,
+                400,
+                "ExpirationTime cannot be more than 24h0m0s in the future (was 48h0m0s)",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"ExpirationTTL":"-5m"}"#,
+                400,
+                "Token Expiration TTL '-5m' should be > 0",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"ExpirationTTL":3600000000000,"ExpirationTime":"2099-01-01T00:00:00Z"}"#,
+                400,
+                "Token Expiration TTL and Expiration Time cannot both be set",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"ExpirationTime":"2000-01-01T00:00:00Z"}"#,
+                400,
+                "ExpirationTime cannot be before CreateTime",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"ExpirationTTL":600000000000}"#,
+                200,
+                "~\"ExpirationTime\"",
+            ),
+            (
+                "PUT",
+                &format!("/v1/acl/token/{exp_accessor}"),
+                r#"{"ExpirationTTL":"2h"}"#,
+                400,
+                "Cannot change expiration time",
+            ),
+            (
+                "PUT",
+                &format!("/v1/acl/token/{exp_accessor}"),
+                r#"{"Description":"still"}"#,
+                200,
+                "~\"ExpirationTime\"",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"AuthMethod":"kube"}"#,
+                400,
+                "AuthMethod field is disallowed outside of Login",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"TemplatedPolicies":[{"TemplateName":"builtin/dns"}]}"#,
+                400,
+                "templated policies are not implemented by berth",
+            ),
+        ],
+    )
+    .await;
+    // Deleting a role unlinks it: the token loses what the role granted.
+    h.table(
+        root,
+        &[(
+            "DELETE",
+            &format!("/v1/acl/role/{role_id}"),
+            "",
+            200,
+            "true",
+        )],
+    )
+    .await;
+    h.table(
+        Some("role-secret"),
+        &[("GET", "/v1/kv/k", "", 403, "~Permission denied")],
+    )
+    .await;
+    assert!(
+        secrets(&h, format!("/v1/acl/tokens?role={role_id}"))
+            .await
+            .is_empty()
+    );
+    // Auth methods and binding rules: none exist, creating one is not implemented.
+    h.table(
+        root,
+        &[
+            ("GET", "/v1/acl/auth-methods", "", 200, "[]"),
+            (
+                "GET",
+                "/v1/acl/auth-method/kube",
+                "",
+                404,
+                "ACL auth method not found",
+            ),
+            (
+                "PUT",
+                "/v1/acl/auth-method",
+                r#"{"Name":"kube","Type":"kubernetes"}"#,
+                501,
+                "ACL auth methods are not implemented by berth",
+            ),
+            ("DELETE", "/v1/acl/auth-method/kube", "", 200, "true"),
+            ("GET", "/v1/acl/binding-rules", "", 200, "[]"),
+            (
+                "GET",
+                "/v1/acl/binding-rule/x",
+                "",
+                404,
+                "ACL binding rule not found",
+            ),
+            (
+                "PUT",
+                "/v1/acl/binding-rule",
+                r#"{"AuthMethod":"kube","BindType":"service","BindName":"x"}"#,
+                400,
+                "Invalid Binding Rule: unknown AuthMethod \"kube\"",
+            ),
+            (
+                "POST",
+                "/v1/acl/login",
+                r#"{"AuthMethod":"kube","BearerToken":"jwt"}"#,
+                403,
+                "ACL not found",
+            ),
+            ("POST", "/v1/acl/logout", "", 403, "Permission denied"),
+            (
+                "GET",
+                "/v1/acl/templated-policies",
+                "",
+                501,
+                "ACL templated policies are not implemented by berth",
+            ),
+        ],
+    )
+    .await;
+}
+
+/// `PUT uri` with the root token; the answer's JSON (200 required).
+async fn put_ok(h: &H, uri: &str, body: &str) -> serde_json::Value {
+    let a = h.call("PUT", uri, body, Some("root")).await;
+    assert_eq!(a.status, 200, "{uri} {body}: {}", a.body);
+    serde_json::from_str(&a.body).unwrap()
+}
+
+/// The secrets of the tokens a token list answers, sorted.
+async fn secrets(h: &H, uri: String) -> Vec<String> {
+    let a = h.call("GET", &uri, "", Some("root")).await;
+    assert_eq!(a.status, 200, "{uri}: {}", a.body);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&a.body).unwrap();
+    let mut out: Vec<String> = list
+        .iter()
+        .map(|t| t["SecretID"].as_str().unwrap().to_owned())
+        .collect();
+    out.sort();
+    out
 }
 
 mod go_wire;

@@ -21,6 +21,9 @@ use crate::http::{ApiError, Params, json, plain, read_json};
 use crate::store::state::CheckStatus;
 
 use crate::http::authz::{Authz, filtered};
+use crate::http::filter::retain_values;
+use crate::http::filter::schema::{AGENT_SERVICE, HEALTH_CHECK};
+use crate::http::query::ConsulQuery;
 
 /// What the local agent endpoints share.
 pub(crate) struct AgentApi {
@@ -206,9 +209,15 @@ fn agent_services(api: &AgentApi, authz: &Authz) -> (BTreeMap<String, AgentServi
     (map, dropped)
 }
 
-async fn services(State(api): State<Arc<AgentApi>>, authz: Authz) -> Response {
-    let (map, dropped) = agent_services(&api, &authz);
-    filtered(json(&map), dropped)
+async fn services(
+    State(api): State<Arc<AgentApi>>,
+    authz: Authz,
+    query: ConsulQuery,
+) -> Result<Response, ApiError> {
+    let filter = query.filter(AGENT_SERVICE)?;
+    let (mut map, dropped) = agent_services(&api, &authz);
+    retain_values(filter.as_ref(), &mut map);
+    Ok(filtered(json(&map), dropped))
 }
 
 async fn service(
@@ -223,10 +232,15 @@ async fn service(
     }
 }
 
-async fn checks(State(api): State<Arc<AgentApi>>, authz: Authz) -> Response {
+async fn checks(
+    State(api): State<Arc<AgentApi>>,
+    authz: Authz,
+    query: ConsulQuery,
+) -> Result<Response, ApiError> {
+    let filter = query.filter(HEALTH_CHECK)?;
     let (services, checks) = api.local.snapshot();
     let total = checks.len();
-    let map: BTreeMap<String, HealthCheck> = checks
+    let mut map: BTreeMap<String, HealthCheck> = checks
         .iter()
         .filter(|c| {
             if c.service_id.is_empty() {
@@ -242,7 +256,8 @@ async fn checks(State(api): State<Arc<AgentApi>>, authz: Authz) -> Response {
         .map(|c| (c.id.clone(), health_check(c)))
         .collect();
     let dropped = map.len() != total;
-    filtered(json(&map), dropped)
+    retain_values(filter.as_ref(), &mut map);
+    Ok(filtered(json(&map), dropped))
 }
 
 async fn register_check(

@@ -16,7 +16,8 @@ use crate::dto::{
 };
 use crate::http::authz::Authz;
 use crate::http::cache::{Answer, keep};
-use crate::http::filter::{meta_matches, node_meta_filter};
+use crate::http::filter::schema::{NODE, NODE_SERVICE, SERVICE_NODE};
+use crate::http::filter::{meta_matches, node_meta_filter, retain, retain_values};
 use crate::http::query::{Blocking, ConsulQuery};
 use crate::http::{ApiError, AppState, json, read_json};
 use crate::store::Registration;
@@ -198,7 +199,7 @@ pub(crate) async fn nodes(
     authz: Authz,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(NODE)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
     let ((list, dropped), index) = query
@@ -208,12 +209,13 @@ pub(crate) async fn nodes(
                 .values()
                 .filter(|n| meta_matches(n, &meta))
                 .collect();
-            let list: Vec<CatalogNode> = matching
+            let mut list: Vec<CatalogNode> = matching
                 .iter()
                 .filter(|n| authz.allows(Resource::Node, &n.name, Need::Read))
                 .map(|n| catalog_node(n))
                 .collect();
             let dropped = list.len() != matching.len();
+            retain(filter.as_ref(), &mut list);
             ((list, dropped), state.tables.nodes)
         })
         .await;
@@ -228,6 +230,7 @@ pub(crate) async fn node(
 ) -> Result<Blocking, ApiError> {
     // Consul's filterNodeServices: a node the token may not read is `null` (filtered), and
     // services it may not read are dropped.
+    let filter = query.filter(NODE_SERVICE)?;
     let node_readable = authz.allows(Resource::Node, &name, Need::Read);
     let ((answer, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
@@ -238,7 +241,7 @@ pub(crate) async fn node(
                 return ((None, true), state.tables.catalog());
             }
             let mut dropped = false;
-            let services = state
+            let mut services = state
                 .node_services(&name)
                 .filter(|s| {
                     let ok = authz.allows(Resource::Service, &s.name, Need::Read);
@@ -247,6 +250,7 @@ pub(crate) async fn node(
                 })
                 .map(|s| (s.id.clone(), agent_service(s, &n.datacenter)))
                 .collect();
+            retain_values(filter.as_ref(), &mut services);
             let answer = CatalogNodeServices {
                 node: catalog_node(n),
                 services,
@@ -262,7 +266,7 @@ pub(crate) async fn services(
     authz: Authz,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(SERVICE_NODE)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
     let ((map, dropped), index) = query
@@ -282,6 +286,15 @@ pub(crate) async fn services(
                     dropped = true;
                     continue;
                 }
+                // Consul filters the instances, then lists the names and tags of those kept.
+                if let Some(f) = &filter
+                    && !state
+                        .nodes
+                        .get(&service.node)
+                        .is_some_and(|n| f.keeps(&catalog_service(n, service)))
+                {
+                    continue;
+                }
                 map.entry(service.name.clone())
                     .or_default()
                     .extend(service.tags.iter().cloned());
@@ -298,24 +311,28 @@ pub(crate) async fn service(
     Path(name): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(SERVICE_NODE)?;
     let params = &query.params;
     let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
     let meta = node_meta_filter(params);
     // Consul's filterServiceNodes: an entry needs read on both its service and its node.
     let readable = authz.allows(Resource::Service, &name, Need::Read);
+    // The encoded answer is kept per query shape and catalog index (see `http::cache`); a
+    // `?filter=` answer is built each time.
+    let cacheable = filter.is_none();
     let shape = format!("catalog\0{name}\0{tags:?}\0{meta:?}");
     let (answer, index) = query
         .block(&app, Topic::Catalog, |state| {
             let index = state.tables.catalog();
             if readable
+                && cacheable
                 && let Some(kept) = app.answers.get(&shape, index)
                 && kept.readable_by(&authz)
             {
                 return (Answer::Kept(kept), index);
             }
             let mut dropped = !readable;
-            let list: Vec<CatalogService> = state
+            let mut list: Vec<CatalogService> = state
                 .services_named(&name)
                 .filter(|_| readable)
                 .filter(|s| tags.iter().all(|t| s.tags.contains(t)))
@@ -326,51 +343,57 @@ pub(crate) async fn service(
                     dropped |= !ok;
                     ok
                 })
-                .map(|(n, s)| CatalogService {
-                    id: n.id.clone(),
-                    node: n.name.clone(),
-                    address: n.address.clone(),
-                    datacenter: n.datacenter.clone(),
-                    tagged_addresses: n.tagged_addresses.clone(),
-                    node_meta: n.meta.clone(),
-                    service_id: s.id.clone(),
-                    service_name: s.name.clone(),
-                    service_tags: s.tags.clone(),
-                    service_address: s.address.clone(),
-                    service_tagged_addresses: s
-                        .tagged_addresses
-                        .iter()
-                        .map(|(k, (a, p))| {
-                            (
-                                k.clone(),
-                                dto::ServiceAddress {
-                                    address: a.clone(),
-                                    port: *p,
-                                },
-                            )
-                        })
-                        .collect(),
-                    service_meta: s.meta.clone(),
-                    service_port: s.port,
-                    service_kind: s.kind.clone(),
-                    service_enable_tag_override: s.enable_tag_override,
-                    service_weights: Weights {
-                        passing: s.weights.0,
-                        warning: s.weights.1,
-                    },
-                    create_index: s.create_index,
-                    modify_index: s.modify_index,
-                })
+                .map(|(n, s)| catalog_service(n, s))
                 .collect();
+            retain(filter.as_ref(), &mut list);
             (Answer::Fresh(list, dropped), index)
         })
         .await;
     Ok(match answer {
         Answer::Kept(kept) => Blocking::new(kept.response(), index),
-        Answer::Fresh(list, true) => Blocking::json(&list, index).filtered(true),
-        Answer::Fresh(list, false) => {
+        Answer::Fresh(list, false) if cacheable => {
             let nodes = list.iter().map(|e| e.node.clone()).collect();
             keep(&app, shape, index, &name, nodes, &list)
         }
+        Answer::Fresh(list, dropped) => Blocking::json(&list, index).filtered(dropped),
     })
+}
+
+/// The `structs.ServiceNode` wire row of instance `s` on node `n`.
+fn catalog_service(n: &Node, s: &Service) -> CatalogService {
+    CatalogService {
+        id: n.id.clone(),
+        node: n.name.clone(),
+        address: n.address.clone(),
+        datacenter: n.datacenter.clone(),
+        tagged_addresses: n.tagged_addresses.clone(),
+        node_meta: n.meta.clone(),
+        service_id: s.id.clone(),
+        service_name: s.name.clone(),
+        service_tags: s.tags.clone(),
+        service_address: s.address.clone(),
+        service_tagged_addresses: s
+            .tagged_addresses
+            .iter()
+            .map(|(k, (a, p))| {
+                (
+                    k.clone(),
+                    dto::ServiceAddress {
+                        address: a.clone(),
+                        port: *p,
+                    },
+                )
+            })
+            .collect(),
+        service_meta: s.meta.clone(),
+        service_port: s.port,
+        service_kind: s.kind.clone(),
+        service_enable_tag_override: s.enable_tag_override,
+        service_weights: Weights {
+            passing: s.weights.0,
+            warning: s.weights.1,
+        },
+        create_index: s.create_index,
+        modify_index: s.modify_index,
+    }
 }

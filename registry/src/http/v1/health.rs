@@ -9,7 +9,8 @@ use crate::convert::{agent_service, catalog_node, health_check};
 use crate::dto::{HealthCheck, ServiceEntry};
 use crate::http::authz::Authz;
 use crate::http::cache::{Answer, keep};
-use crate::http::filter::{meta_matches, node_meta_filter};
+use crate::http::filter::schema::{CHECK_SERVICE_NODE, HEALTH_CHECK};
+use crate::http::filter::{ListFilter, meta_matches, node_meta_filter, retain};
 use crate::http::query::{Blocking, ConsulQuery};
 use crate::http::{ApiError, AppState};
 use crate::store::state::{Check, CheckStatus, State as StoreState, Topic};
@@ -52,7 +53,7 @@ pub(crate) async fn service(
     Path(name): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(CHECK_SERVICE_NODE)?;
     let params = &query.params;
     let tags: Vec<String> = params.all("tag").map(str::to_owned).collect();
     let meta = node_meta_filter(params);
@@ -67,7 +68,9 @@ pub(crate) async fn service(
             ));
         }
     };
-    // The encoded answer is kept per query shape and catalog index (see `http::cache`).
+    // The encoded answer is kept per query shape and catalog index (see `http::cache`); a
+    // `?filter=` answer is built each time.
+    let cacheable = filter.is_none();
     let shape = format!("health\0{name}\0{passing_only}\0{tags:?}\0{meta:?}");
     let (answer, index) = query
         .block(&app, Topic::Catalog, |state| {
@@ -75,7 +78,8 @@ pub(crate) async fn service(
             if !readable {
                 return (Answer::Fresh(Vec::new(), true), index);
             }
-            if let Some(kept) = app.answers.get(&shape, index)
+            if cacheable
+                && let Some(kept) = app.answers.get(&shape, index)
                 && kept.readable_by(&authz)
             {
                 return (Answer::Kept(kept), index);
@@ -85,27 +89,29 @@ pub(crate) async fn service(
             let total = list.len();
             list.retain(|e| authz.allows(Resource::Node, &e.node.node, Need::Read));
             let dropped = list.len() != total;
+            retain(filter.as_ref(), &mut list);
             (Answer::Fresh(list, dropped), index)
         })
         .await;
     Ok(match answer {
         Answer::Kept(kept) => Blocking::new(kept.response(), index),
-        Answer::Fresh(list, true) => Blocking::json(&list, index).filtered(true),
-        Answer::Fresh(list, false) => {
+        Answer::Fresh(list, false) if cacheable => {
             let nodes = list.iter().map(|e| e.node.node.clone()).collect();
             keep(&app, shape, index, &name, nodes, &list)
         }
+        Answer::Fresh(list, dropped) => Blocking::json(&list, index).filtered(dropped),
     })
 }
 
-/// Checks readable by `authz`, and whether any were dropped. As Consul's filterHealthChecks, a
+/// Checks readable by `authz` that `filter` keeps, and whether ACLs dropped any. As Consul's filterHealthChecks, a
 /// check needs read on its node and, for a service check, on its service.
 fn readable_checks<'a>(
     authz: &Authz,
     checks: impl Iterator<Item = &'a Check>,
+    filter: Option<&ListFilter>,
 ) -> (Vec<HealthCheck>, bool) {
     let mut dropped = false;
-    let list = checks
+    let mut list: Vec<HealthCheck> = checks
         .filter(|c| {
             let ok = authz.allows(Resource::Node, &c.node, Need::Read)
                 && (c.service_id.is_empty()
@@ -115,6 +121,7 @@ fn readable_checks<'a>(
         })
         .map(health_check)
         .collect();
+    retain(filter, &mut list);
     (list, dropped)
 }
 
@@ -125,7 +132,7 @@ pub(crate) async fn checks(
     Path(name): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(HEALTH_CHECK)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
     let ((list, dropped), index) = query
@@ -137,7 +144,10 @@ pub(crate) async fn checks(
                         .get(&c.node)
                         .is_some_and(|n| meta_matches(n, &meta))
             });
-            (readable_checks(&authz, checks), state.tables.catalog())
+            (
+                readable_checks(&authz, checks, filter.as_ref()),
+                state.tables.catalog(),
+            )
         })
         .await;
     Ok(Blocking::json(&list, index).filtered(dropped))
@@ -150,11 +160,11 @@ pub(crate) async fn node(
     Path(name): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(HEALTH_CHECK)?;
     let ((list, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
             (
-                readable_checks(&authz, state.node_checks(&name)),
+                readable_checks(&authz, state.node_checks(&name), filter.as_ref()),
                 state.tables.catalog(),
             )
         })
@@ -169,7 +179,7 @@ pub(crate) async fn state(
     Path(wanted): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
-    query.reject_filter()?;
+    let filter = query.filter(HEALTH_CHECK)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
     let pick: Option<CheckStatus> = match wanted.as_str() {
@@ -190,7 +200,10 @@ pub(crate) async fn state(
                         .get(&c.node)
                         .is_some_and(|n| meta_matches(n, &meta))
             });
-            (readable_checks(&authz, checks), state.tables.catalog())
+            (
+                readable_checks(&authz, checks, filter.as_ref()),
+                state.tables.catalog(),
+            )
         })
         .await;
     Ok(Blocking::json(&list, index).filtered(dropped))

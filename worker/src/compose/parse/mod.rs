@@ -4,16 +4,18 @@
 //! of a service to `Parser`.
 
 pub(super) mod ports;
+mod resources;
 mod service;
 mod volumes;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use berth_worker_api::ErrorDetail;
 use serde_yaml_ng::Value;
 
 use super::interpolate::Vars;
-use super::model::{MountSource, Project};
+use super::model::{Condition, MountSource, Project};
 
 /// Collects every problem of a file instead of stopping at the first.
 pub(crate) struct Parser<'a> {
@@ -221,6 +223,60 @@ impl<'a> Parser<'a> {
         }
         if uses_default && !project.networks.iter().any(|n| n == "default") {
             project.networks.insert(0, "default".to_owned());
+        }
+        self.links(project);
+    }
+
+    /// `links`: each `target[:alias]` becomes an alias of `target` on every network it shares
+    /// with the linking service, and a `service_started` dependency (as in Docker Compose).
+    fn links(&mut self, project: &mut Project) {
+        let networks: BTreeMap<String, Vec<String>> = project
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.networks.keys().cloned().collect()))
+            .collect();
+        // (target service, network, alias)
+        let mut aliases: Vec<(String, String, String)> = Vec::new();
+        for s in &mut project.services {
+            let field = format!("services.{}.links", s.name);
+            for (target, alias) in s.links.clone() {
+                let Some(theirs) = networks.get(&target).filter(|_| target != s.name) else {
+                    self.errors.push(ErrorDetail {
+                        service: Some(s.name.clone()),
+                        field: field.clone(),
+                        reason: format!("unknown service {target:?}"),
+                    });
+                    continue;
+                };
+                let shared: Vec<&String> = theirs
+                    .iter()
+                    .filter(|n| s.networks.contains_key(*n))
+                    .collect();
+                if shared.is_empty() {
+                    self.errors.push(ErrorDetail {
+                        service: Some(s.name.clone()),
+                        field: field.clone(),
+                        reason: format!("service {target:?} shares no network with {}", s.name),
+                    });
+                    continue;
+                }
+                for net in shared {
+                    aliases.push((target.clone(), net.clone(), alias.clone()));
+                }
+                s.depends_on.entry(target).or_insert(Condition::Started);
+            }
+        }
+        for (target, net, alias) in aliases {
+            if let Some(list) = project
+                .services
+                .iter_mut()
+                .find(|s| s.name == target)
+                .and_then(|s| s.networks.get_mut(&net))
+                && alias != target
+                && !list.contains(&alias)
+            {
+                list.push(alias);
+            }
         }
     }
 

@@ -7,11 +7,12 @@ use serde_yaml_ng::Value;
 
 use super::super::duration::parse_duration;
 use super::super::interpolate::parse_env_file;
-use super::super::model::{Build, Condition, Healthcheck, Restart, Service};
+use super::super::model::{Build, Condition, Healthcheck, Resources, Restart, Service};
 use super::super::shell_words::split_shell_words;
 use super::super::{lexically_inside, read_in_project};
 use super::Parser;
 use super::ports::{check_protocol, parse_range};
+use super::resources;
 
 impl Parser<'_> {
     pub(super) fn service(&mut self, name: &str, value: &Value) -> Option<Service> {
@@ -21,6 +22,7 @@ impl Parser<'_> {
         };
         let mut s = Service::new(name);
         let mut env_files: Vec<String> = Vec::new();
+        let mut deploy = Resources::default();
         for (key, v) in map {
             let Some(key) = self.key(Some(name), &format!("services.{name}."), key) else {
                 continue;
@@ -85,10 +87,21 @@ impl Parser<'_> {
                 "devices" => s.devices = self.list(name, &field, v),
                 "cap_add" => s.cap_add = self.list(name, &field, v),
                 "cap_drop" => s.cap_drop = self.list(name, &field, v),
+                k if resources::KEYS.contains(&k) => {
+                    self.resource(name, k, &field, v, &mut s.resources)
+                }
+                "deploy" => self.deploy(name, &field, v, &mut deploy),
+                "links" => {
+                    for item in self.list(name, &field, v) {
+                        let (target, alias) = item.split_once(':').unwrap_or((&item, &item));
+                        s.links.push((target.to_owned(), alias.to_owned()));
+                    }
+                }
                 k if k.starts_with("x-") => {}
                 _ => self.err(Some(name), field, "unsupported key"),
             }
         }
+        resources::apply_deploy(&mut s.resources, deploy);
         if s.build.is_none() && s.image.is_none() {
             self.err(
                 Some(name),

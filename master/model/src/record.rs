@@ -1,16 +1,16 @@
-//! The instance record kept in the registry KV at `berth/instances/{id}`, its states and the rule
-//! of which operation each state allows.
+//! The instance record kept in the registry KV at `berth/instances/{id}` (written by the master,
+//! read by the front door and operators), its states and the rule of which operation each state
+//! allows; and [`Endpoint`], one published port, which the worker reports and the record keeps.
 
 use std::time::SystemTime;
 
-use berth_worker_api::Endpoint;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// Life cycle of an instance. `building`, `starting`, `stopping` and `deleting` are transitional:
 /// they are only ever seen while a master holds the instance lock; one found with the lock free
 /// was interrupted (its master stopped) and is recorded as such before the next operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Uploaded,
@@ -125,7 +125,8 @@ impl Op {
 }
 
 /// Where an instance is placed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerRef {
     /// `node/service-id` of the worker's `berth-worker` service in the catalog.
     pub id: String,
@@ -137,14 +138,16 @@ pub struct WorkerRef {
 }
 
 /// The step that failed and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecordError {
     pub step: String,
     pub message: String,
 }
 
 /// A placement change, kept in the record so a move is visible afterwards.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlacementMove {
     pub at: String,
     pub from: Option<String>,
@@ -153,7 +156,8 @@ pub struct PlacementMove {
 }
 
 /// The instance record, JSON at `berth/instances/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceRecord {
     pub id: String,
     pub user: String,
@@ -168,7 +172,6 @@ pub struct InstanceRecord {
     pub worker: Option<WorkerRef>,
     pub state: State,
     #[serde(default)]
-    #[schema(value_type = Vec<EndpointDoc>)]
     pub endpoints: Vec<Endpoint>,
     pub error: Option<RecordError>,
     #[serde(default)]
@@ -177,15 +180,29 @@ pub struct InstanceRecord {
     pub updated_at: String,
 }
 
-/// Schema of one endpoint (the wire type lives in the worker API crate).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct EndpointDoc {
-    service: String,
-    container_port: u16,
-    protocol: String,
-    host: String,
-    host_port: u16,
+/// One published port of one service, as the outside world reaches it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub service: String,
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The worker's advertised address.
+    pub host: String,
+    pub host_port: u16,
+}
+
+impl Endpoint {
+    /// `host:port`, ready to paste into a URL.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.host_port)
+        } else {
+            format!("{}:{}", self.host, self.host_port)
+        }
+    }
 }
 
 /// Most placement moves kept in a record.
@@ -266,5 +283,19 @@ mod tests {
             Op::Start.explain(State::Uploaded),
             "instance is uploaded; start is allowed in built, stopped, running, failed"
         );
+    }
+
+    #[test]
+    fn endpoint_address() {
+        let mut e = Endpoint {
+            service: "web".into(),
+            container_port: 80,
+            protocol: "tcp".into(),
+            host: "10.0.0.5".into(),
+            host_port: 32768,
+        };
+        assert_eq!(e.address(), "10.0.0.5:32768");
+        e.host = "fd00::1".into();
+        assert_eq!(e.address(), "[fd00::1]:32768");
     }
 }

@@ -14,21 +14,20 @@ use std::time::Duration;
 use berth_consul::client::{
     Behavior, Client, ClientError, PutOptions, SessionRequest, TxnError, TxnOp,
 };
-use berth_worker_api::{META_CAPACITY, META_INSTANCES, META_VERSION, ValidName, WORKER_SERVICE};
-use berth_worker_api::{instance_record_key, seed_ip_key};
+use berth_model::ValidName;
+pub use berth_model::keys::is_worker_registration;
+use berth_model::keys::{
+    META_CAPACITY, META_INSTANCES, META_VERSION, RECORD_PREFIX, WORKER_SERVICE,
+    instance_record_key, instance_tree_prefix, lock_key, seed_ip_key,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::placement::WorkerInfo;
 use crate::record::InstanceRecord;
 
-/// KV prefix of instance records.
-pub const RECORD_PREFIX: &str = "berth/instances/";
-/// KV prefix of instance locks.
-pub const LOCK_PREFIX: &str = "berth/locks/";
-
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum RecordsError {
     #[error("registry: {0}")]
     Registry(#[from] ClientError),
     #[error("record {key} is not valid JSON: {source}")]
@@ -68,14 +67,14 @@ impl Default for LockSettings {
 }
 
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct Records {
     client: Client,
     lock: LockSettings,
     /// Name written into lock sessions and lock values, for operators.
     holder: String,
 }
 
-impl Store {
+impl Records {
     pub fn new(client: Client, lock: LockSettings, holder: String) -> Self {
         Self {
             client,
@@ -89,13 +88,13 @@ impl Store {
     }
 
     #[tracing::instrument(skip_all, fields(%id), err)]
-    pub async fn get(&self, id: &ValidName) -> Result<Option<InstanceRecord>, StoreError> {
+    pub async fn get(&self, id: &ValidName) -> Result<Option<InstanceRecord>, RecordsError> {
         let key = instance_record_key(id);
         match self.client.kv_get(&key).await? {
             None => Ok(None),
             Some(pair) => serde_json::from_slice(&pair.value)
                 .map(Some)
-                .map_err(|source| StoreError::Corrupt { key, source }),
+                .map_err(|source| RecordsError::Corrupt { key, source }),
         }
     }
 
@@ -105,9 +104,9 @@ impl Store {
         &self,
         lock: &InstanceLock,
         record: &InstanceRecord,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RecordsError> {
         let id =
-            ValidName::parse("id", &record.id).map_err(|e| StoreError::Refused(e.to_string()))?;
+            ValidName::parse("id", &record.id).map_err(|e| RecordsError::Refused(e.to_string()))?;
         let key = instance_record_key(&id);
         let value = serde_json::to_vec(record).expect("records always serialise");
         self.fenced(
@@ -130,7 +129,7 @@ impl Store {
         lock: &InstanceLock,
         id: &ValidName,
         step: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RecordsError> {
         self.fenced(lock, id, step, Vec::new()).await
     }
 
@@ -142,8 +141,8 @@ impl Store {
         id: &ValidName,
         step: &str,
         ops: Vec<TxnOp>,
-    ) -> Result<(), StoreError> {
-        let lost = || StoreError::LockLost {
+    ) -> Result<(), RecordsError> {
+        let lost = || RecordsError::LockLost {
             id: id.to_string(),
             step: step.to_owned(),
         };
@@ -151,7 +150,7 @@ impl Store {
             return Err(lost());
         };
         if held.key != lock_key(id) {
-            return Err(StoreError::Refused(format!(
+            return Err(RecordsError::Refused(format!(
                 "{step} under the lock of another instance ({})",
                 held.key
             )));
@@ -168,7 +167,7 @@ impl Store {
                 tracing::error!(%id, %step, "instance lock lost; the operation stops here");
                 Err(lost())
             }
-            Err(TxnError::RolledBack(errors)) => Err(StoreError::Refused(format!(
+            Err(TxnError::RolledBack(errors)) => Err(RecordsError::Refused(format!(
                 "{step}: {}",
                 TxnError::RolledBack(errors)
             ))),
@@ -177,7 +176,7 @@ impl Store {
     }
 
     /// Every record, in id order. A record that does not parse is skipped with an error log.
-    pub async fn list(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<InstanceRecord>, RecordsError> {
         let pairs = self.client.kv_list(RECORD_PREFIX).await?;
         Ok(pairs
             .into_iter()
@@ -191,12 +190,13 @@ impl Store {
             .collect())
     }
 
-    /// Removes the record and the seed key, only while `lock` is held.
-    pub async fn delete(&self, lock: &InstanceLock, id: &ValidName) -> Result<(), StoreError> {
+    /// Removes the record and the whole `instance/{id}/` tree (the seed key and anything else
+    /// under it), only while `lock` is held.
+    pub async fn delete(&self, lock: &InstanceLock, id: &ValidName) -> Result<(), RecordsError> {
         let key = instance_record_key(id);
         let ops = vec![
-            TxnOp::Delete {
-                key: seed_ip_key(id),
+            TxnOp::DeleteTree {
+                prefix: instance_tree_prefix(id),
             },
             TxnOp::Delete { key: key.clone() },
         ];
@@ -210,7 +210,7 @@ impl Store {
         lock: &InstanceLock,
         id: &ValidName,
         address: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RecordsError> {
         let key = seed_ip_key(id);
         let ops = vec![TxnOp::Set {
             key: key.clone(),
@@ -224,7 +224,7 @@ impl Store {
     /// Only a worker's own registration counts: service id `berth-worker:<node>` on that catalog
     /// node (see [`is_worker_registration`]); any other service of that name is ignored.
     #[tracing::instrument(skip_all, err)]
-    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, RecordsError> {
         let entries = self.client.health_service(WORKER_SERVICE, false).await?;
         let mut workers: Vec<WorkerInfo> = entries
             .into_iter()
@@ -289,7 +289,7 @@ impl Store {
 
     /// Takes the instance lock, waiting up to the configured time; `None` if it stayed busy.
     #[tracing::instrument(skip_all, fields(%id), err)]
-    pub async fn lock(&self, id: &ValidName) -> Result<Option<InstanceLock>, StoreError> {
+    pub async fn lock(&self, id: &ValidName) -> Result<Option<InstanceLock>, RecordsError> {
         let key = lock_key(id);
         let session = self
             .client
@@ -349,21 +349,6 @@ impl Store {
     }
 }
 
-/// The instance's lock key, `berth/locks/{id}`.
-pub fn lock_key(id: &ValidName) -> String {
-    format!("{LOCK_PREFIX}{id}")
-}
-
-/// True for the id a worker registers itself under on its own node, `berth-worker:<node>`. A
-/// container of a stack that registers a `berth-worker` service (under another id, or for
-/// another node) would otherwise receive builds and the cluster token.
-pub fn is_worker_registration(node: &str, service_id: &str) -> bool {
-    service_id
-        .strip_prefix(WORKER_SERVICE)
-        .and_then(|rest| rest.strip_prefix(':'))
-        .is_some_and(|n| !n.is_empty() && n == node)
-}
-
 /// `[v6]` in URLs, a bare host otherwise.
 fn host_for_url(address: &str) -> String {
     if address.contains(':') && !address.starts_with('[') {
@@ -375,7 +360,7 @@ fn host_for_url(address: &str) -> String {
 
 /// A held instance lock. The session is renewed in the background until [`InstanceLock::release`]
 /// (or drop, which releases in the background). Writes made under it go through
-/// [`Store::put`], [`Store::put_seed_ip`] and [`Store::delete`], which refuse once it is lost.
+/// [`Records::put`], [`Records::put_seed_ip`] and [`Records::delete`], which refuse once it is lost.
 #[derive(Debug)]
 pub struct InstanceLock {
     inner: Option<Held>,
@@ -515,26 +500,6 @@ impl Drop for InstanceLock {
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             handle.spawn(held.release());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_workers_own_registration_is_a_worker() {
-        for (node, id, expected) in [
-            ("n1", "berth-worker:n1", true),
-            ("n1", "berth-worker", false),
-            ("n1", "berth-worker:n2", false),
-            ("n1", "berth-worker:n1:80", false),
-            ("n1", "x:berth-worker:n1", false),
-            ("", "berth-worker:", false),
-            ("n1", "web.shop:n1", false),
-        ] {
-            assert_eq!(is_worker_registration(node, id), expected, "{node} {id}");
         }
     }
 }

@@ -1,0 +1,187 @@
+//! Build: choose (or keep) the worker, record `building`, run the build on the worker in the
+//! background and record `built` or `failed`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_worker_api::{BuildRequest, StackState, ValidName};
+use tokio::sync::oneshot;
+
+use super::{Master, OpError, blocking, name, worker_error};
+use crate::codestore::CodeStoreError;
+use crate::placement::WorkerInfo;
+use crate::record::{InstanceRecord, Op, State};
+use crate::records::InstanceLock;
+
+impl Master {
+    /// Builds `commit` (default: the latest upload) on the instance's worker, or a newly chosen
+    /// one. Returns at once in `building`, or the final record when `wait` is given.
+    #[tracing::instrument(skip_all, fields(%id))]
+    pub async fn build(
+        self: &Arc<Self>,
+        id: ValidName,
+        commit: Option<String>,
+        wait: Option<Duration>,
+    ) -> Result<InstanceRecord, OpError> {
+        let started = Instant::now();
+        let lock = self.lock(&id).await?;
+        let prepared = async {
+            let mut rec = self.get_or_404(&id).await?;
+            self.recover(&lock, &mut rec).await?;
+            if !Op::Build.allows(rec.state) {
+                return Err(OpError::Conflict(Op::Build.explain(rec.state)));
+            }
+            let commit = match commit {
+                Some(c) => {
+                    let (store, u, i) =
+                        (self.codestore.clone(), name("user", &rec.user)?, id.clone());
+                    blocking(move || store.resolve_commit(&u, &i, &c))
+                        .await?
+                        .map_err(|e| match e {
+                            CodeStoreError::UnknownCommit(_) | CodeStoreError::NotFound { .. } => {
+                                OpError::Invalid {
+                                    field: "commit",
+                                    message: format!("invalid commit: {e}"),
+                                }
+                            }
+                            other => other.into(),
+                        })?
+                }
+                None => rec.commit.clone().ok_or_else(|| {
+                    OpError::Conflict(format!("instance {id} has no uploaded code"))
+                })?,
+            };
+            Ok((rec, commit))
+        }
+        .await;
+        match prepared {
+            Ok((rec, commit)) => self.start_build(lock, rec, commit, wait, started).await,
+            Err(err) => self.fail_released(Op::Build, started, lock, err).await,
+        }
+    }
+
+    /// With the lock held and the state checked: chooses the worker, records `building` and hands
+    /// lock and record to a background build.
+    pub(super) async fn start_build(
+        self: &Arc<Self>,
+        lock: InstanceLock,
+        mut rec: InstanceRecord,
+        commit: String,
+        wait: Option<Duration>,
+        started: Instant,
+    ) -> Result<InstanceRecord, OpError> {
+        let prepared = async {
+            let workers = self.records.workers().await?;
+            let current = self.current_worker(&rec, &workers);
+            if rec.state == State::Built
+                && rec.built_commit.as_deref() == Some(commit.as_str())
+                && current.is_some()
+            {
+                return Ok(None);
+            }
+            let worker = match current {
+                Some(w) => w,
+                None => self.place(&mut rec, &workers)?,
+            };
+            self.mark_building(&lock, &mut rec, &worker).await?;
+            Ok(Some(worker))
+        }
+        .await;
+        let worker = match prepared {
+            Ok(Some(worker)) => worker,
+            Ok(None) => {
+                lock.release().await;
+                self.finish(Op::Build, started, &Ok::<(), OpError>(()));
+                return Ok(rec);
+            }
+            Err(err) => return self.fail_released(Op::Build, started, lock, err).await,
+        };
+        let snapshot = rec.clone();
+        let (tx, rx) = oneshot::channel();
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let result = tokio::select! {
+                r = this.finish_build(&lock, &mut rec, &worker, &commit) => r.map(|()| rec),
+                () = this.shutdown.cancelled() => {
+                    // Leave `building` in the record: the next operation sees it interrupted.
+                    Err(OpError::Internal("master shutting down".into()))
+                }
+            };
+            lock.release().await;
+            this.finish(Op::Build, started, &result);
+            let _ = tx.send(result);
+        });
+        let Some(wait) = wait else {
+            return Ok(snapshot);
+        };
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(OpError::Internal(
+                "build task ended without an answer".into(),
+            )),
+            Err(_) => Err(OpError::Timeout(format!(
+                "build of {} still running after {}; GET /v1/instances/{} shows its state",
+                snapshot.id,
+                humantime::format_duration(wait),
+                snapshot.id
+            ))),
+        }
+    }
+
+    pub(super) async fn mark_building(
+        &self,
+        lock: &InstanceLock,
+        rec: &mut InstanceRecord,
+        worker: &WorkerInfo,
+    ) -> Result<(), OpError> {
+        let previous = rec.state;
+        rec.state = State::Building;
+        rec.error = None;
+        rec.endpoints.clear();
+        self.save(lock, rec, Some(previous)).await?;
+        self.records
+            .put_seed_ip(lock, &name("id", &rec.id)?, &worker.address)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the build on the worker and records `built` or `failed`.
+    pub(super) async fn finish_build(
+        &self,
+        lock: &InstanceLock,
+        rec: &mut InstanceRecord,
+        worker: &WorkerInfo,
+        commit: &str,
+    ) -> Result<(), OpError> {
+        let (id, user) = (name("id", &rec.id)?, name("user", &rec.user)?);
+        let request = BuildRequest {
+            user: user.clone(),
+            project: name("project", &rec.project)?,
+            commit: commit.to_owned(),
+            repo: self.repo_source(&user, &id),
+        };
+        let outcome = match self.worker_client(&worker.url).build(&id, &request).await {
+            Ok(status) if status.state == StackState::Failed => Err(OpError::Worker(format!(
+                "worker {}: build failed: {}",
+                worker.id,
+                status.error.unwrap_or_default()
+            ))),
+            Ok(status) => Ok(status.commit.unwrap_or_else(|| commit.to_owned())),
+            Err(err) => Err(worker_error(&worker.id, err)),
+        };
+        let previous = rec.state;
+        match outcome {
+            Ok(built) => {
+                rec.state = State::Built;
+                rec.built_commit = Some(built);
+                rec.error = None;
+                self.save(lock, rec, Some(previous)).await
+            }
+            Err(err) => {
+                rec.fail("build", err.to_string());
+                self.save(lock, rec, Some(previous)).await?;
+                Err(err)
+            }
+        }
+    }
+}

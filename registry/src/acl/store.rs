@@ -2,6 +2,7 @@
 //! `acl.json` in the data directory (written to a temporary file, fsynced, renamed), with the
 //! resolver rebuilt from them after every change. Nothing here knows HTTP.
 
+use berth_kit::fs::write_atomic;
 use std::path::PathBuf;
 use std::sync::RwLock;
 
@@ -230,19 +231,6 @@ impl AclStore {
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Persisted) -> T) -> T {
         f(&self.data.read().unwrap_or_else(|e| e.into_inner()))
     }
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Now, as Consul writes token creation times.

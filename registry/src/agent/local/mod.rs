@@ -1,6 +1,7 @@
 //! The agent's local state: the services and checks registered through `/v1/agent/*` on this
 //! host, their check runners, and what anti-entropy pushes into the catalog.
 
+use berth_kit::fs::write_atomic;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -528,15 +529,6 @@ pub(crate) fn worst(a: CheckStatus, b: CheckStatus) -> CheckStatus {
         CheckStatus::Maintenance => 3,
     };
     if rank(b) > rank(a) { b } else { a }
-}
-
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn health_status(h: Health) -> CheckStatus {

@@ -68,9 +68,101 @@ pub(crate) fn health_check(c: &Check) -> HealthCheck {
         service_name: c.service_name.clone(),
         service_tags: c.service_tags.clone(),
         check_type: c.check_type.clone(),
-        definition: c.definition.clone(),
+        definition: check_definition(&c.definition),
         create_index: c.create_index,
         modify_index: c.modify_index,
+    }
+}
+
+/// A check's `Definition` as Consul encodes its `HealthCheckDefinition`: a field whose value is
+/// zero (`""`, `0`, `false`, `null`, empty list or map) is left out; `Interval`, `Timeout` and
+/// `DeregisterCriticalServiceAfter` are Go duration text (`10s`), `TTL` a number of nanoseconds
+/// (a plain `time.Duration`). Go clients parse the duration fields and fail on `""`.
+pub(crate) fn check_definition(definition: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let mut out = serde_json::Map::new();
+    let Value::Object(fields) = definition else {
+        return Value::Object(out);
+    };
+    for (key, value) in fields {
+        // Consul decodes a definition into its struct, keys in any case, and writes it back
+        // with the struct's names.
+        let folded: String = key.chars().filter(|c| *c != '_').collect();
+        let key = DEFINITION_FIELDS
+            .iter()
+            .find(|name| name.eq_ignore_ascii_case(&folded))
+            .map_or(key.as_str(), |name| *name);
+        let value = match key {
+            "Interval" | "Timeout" | "DeregisterCriticalServiceAfter" => {
+                match definition_duration(value) {
+                    Some(d) if !d.is_zero() => Value::String(dto::go_duration(d)),
+                    _ => continue,
+                }
+            }
+            "TTL" => match definition_duration(value) {
+                Some(d) if !d.is_zero() => {
+                    Value::from(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                }
+                _ => continue,
+            },
+            _ if is_zero(value) => continue,
+            _ => value.clone(),
+        };
+        out.insert(key.to_owned(), value);
+    }
+    Value::Object(out)
+}
+
+/// The fields of Consul's `HealthCheckDefinition`.
+const DEFINITION_FIELDS: &[&str] = &[
+    "HTTP",
+    "Header",
+    "Method",
+    "Body",
+    "TLSServerName",
+    "TLSSkipVerify",
+    "DisableRedirects",
+    "TCP",
+    "TCPUseTLS",
+    "UDP",
+    "H2PING",
+    "H2PingUseTLS",
+    "OSService",
+    "Interval",
+    "OutputMaxSize",
+    "Timeout",
+    "DeregisterCriticalServiceAfter",
+    "ScriptArgs",
+    "DockerContainerID",
+    "Shell",
+    "GRPC",
+    "GRPCUseTLS",
+    "AliasNode",
+    "AliasService",
+    "TTL",
+];
+
+/// A duration in a stored definition: Go text or nanoseconds.
+fn definition_duration(value: &serde_json::Value) -> Option<std::time::Duration> {
+    match value {
+        serde_json::Value::String(text) => dto::parse_go_duration(text),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .map(std::time::Duration::from_nanos),
+        _ => None,
+    }
+}
+
+/// Whether Go's `omitempty` leaves the value out.
+fn is_zero(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => true,
+        serde_json::Value::Bool(b) => !b,
+        serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
+        serde_json::Value::String(s) => s.is_empty(),
+        serde_json::Value::Array(items) => items.is_empty(),
+        serde_json::Value::Object(map) => map.is_empty(),
     }
 }
 
@@ -134,6 +226,7 @@ pub(crate) fn catalog_registration(reg: Registration) -> CatalogRegistration {
         service_id: c.service_id,
         check_type: c.check_type,
         definition: Some(c.definition),
+        ..CatalogCheckRegistration::default()
     };
     CatalogRegistration {
         id: reg.node.id,
@@ -160,6 +253,7 @@ pub(crate) fn catalog_registration(reg: Registration) -> CatalogRegistration {
                 passing: s.weights.0,
                 warning: s.weights.1,
             }),
+            ..CatalogServiceRegistration::default()
         }),
         check: None,
         checks: reg.checks.into_iter().map(check).collect(),

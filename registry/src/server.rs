@@ -242,6 +242,7 @@ pub(crate) async fn build(
         agent: agent.clone(),
         members: Arc::new(members),
         acl: Arc::new(acl),
+        answers: Default::default(),
     });
     let own_node = store
         .read(|s| s.nodes.get(&config.node_name).cloned())

@@ -71,3 +71,59 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
         .map(Some)
         .map_err(ApiError::BadRequest)
 }
+
+/// How much of a body its handler left unread is read after the answer, as Go's net/http
+/// (`maxPostHandlerReadBytes`), so the connection can serve the next request.
+const MAX_UNREAD: usize = 256 * 1024;
+/// How long that read may take.
+const UNREAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps a keep-alive connection answering after a handler that did not read its request's
+/// body (a 404 or a 405, a refused token): the rest of the body is read before the answer
+/// leaves, up to [`MAX_UNREAD`]; past that, or if it does not arrive in time, the answer says
+/// `Connection: close` so the client knows the connection ends with it. Without this the
+/// server drops such a connection after the answer, and a client that has already sent its
+/// next request on it gets no answer.
+pub(crate) async fn drain_unread(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use std::sync::{Arc, Mutex};
+    let (parts, body) = request.into_parts();
+    let slot = Arc::new(Mutex::new(Some(body.into_data_stream())));
+    let shared = slot.clone();
+    let stream = futures::stream::poll_fn(move |cx| {
+        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some(stream) => stream.poll_next_unpin(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    });
+    let request = axum::extract::Request::from_parts(parts, Body::from_stream(stream));
+    let mut response = next.run(request).await;
+    let rest = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mut rest) = rest {
+        let drained = tokio::time::timeout(UNREAD_WAIT, async {
+            let mut total = 0usize;
+            while let Some(chunk) = rest.next().await {
+                match chunk {
+                    Ok(chunk) => total = total.saturating_add(chunk.len()),
+                    Err(_) => return false,
+                }
+                if total > MAX_UNREAD {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false);
+        if !drained {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+    }
+    response
+}

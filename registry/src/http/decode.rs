@@ -96,7 +96,7 @@ mod strict {
         fn deserialize_struct<V: Visitor<'de>>(
             self,
             name: &'static str,
-            _fields: &'static [&'static str],
+            fields: &'static [&'static str],
             visitor: V,
         ) -> Result<V::Value, Error> {
             match self.0 {
@@ -104,7 +104,10 @@ mod strict {
                     "json: cannot unmarshal array into Go value of type {}",
                     go_type(name)
                 ))),
-                _ => self.deserialize_any(visitor),
+                Value::Object(map) => {
+                    Strict(Value::Object(go_fields(map, fields))).deserialize_any(visitor)
+                }
+                other => Strict(other).deserialize_any(visitor),
             }
         }
 
@@ -121,6 +124,26 @@ mod strict {
             bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
             byte_buf unit unit_struct seq tuple tuple_struct map identifier ignored_any
         }
+    }
+
+    /// An object's keys as Go's decoder matches them to a struct's fields, at any depth: a key
+    /// equal to a field name ignoring case (and underscores, for Consul's snake_case aliases) is
+    /// that field; a `null` leaves the field as it is, so it counts as absent.
+    fn go_fields(map: Map<String, Value>, fields: &'static [&'static str]) -> Map<String, Value> {
+        map.into_iter()
+            .filter(|(_, value)| !value.is_null())
+            .map(|(key, value)| {
+                if fields.contains(&key.as_str()) {
+                    return (key, value);
+                }
+                let folded: String = key.chars().filter(|c| *c != '_').collect();
+                let name = fields
+                    .iter()
+                    .find(|field| field.eq_ignore_ascii_case(&folded))
+                    .map_or(key, |field| (*field).to_owned());
+                (name, value)
+            })
+            .collect()
     }
 
     struct Seq(std::vec::IntoIter<Value>);
@@ -384,8 +407,11 @@ mod tests {
         let ops: Vec<TxnOp> =
             decode_request(br#"[{"kv":{"verb":"set","key":"k","value":"YQ==","flags":7}}]"#)
                 .unwrap();
-        assert_eq!(ops[0].kv.value.as_deref(), Some(&b"a"[..]));
-        assert_eq!(ops[0].kv.flags, Some(7));
+        assert_eq!(
+            ops[0].kv.as_ref().unwrap().value.as_deref(),
+            Some(&b"a"[..])
+        );
+        assert_eq!(ops[0].kv.as_ref().unwrap().flags, Some(7));
         let req: SessionCreateRequest = decode_request(
             br#"{"LockDelay":15,"ServiceChecks":[{"ID":"c"}],"NodeChecks":null,"TTL":"10s"}"#,
         )

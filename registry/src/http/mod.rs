@@ -7,6 +7,7 @@
 
 pub(crate) mod authz;
 pub(crate) mod body;
+pub(crate) mod cache;
 pub(crate) mod decode;
 mod error;
 pub(crate) mod filter;
@@ -47,6 +48,8 @@ pub(crate) struct AppState {
     pub(crate) members: Arc<crate::members::Members>,
     /// ACL tokens and policies.
     pub(crate) acl: Arc<crate::acl::store::AclStore>,
+    /// Encoded answers of the large discovery reads.
+    pub(crate) answers: cache::AnswerCache,
 }
 
 /// Every route of the registry API.
@@ -54,7 +57,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let routes = routes(state);
     // Wrapped from outside: the `Allow` list is only on the response once it has left the
     // route's method dispatch, which a `Router::layer` middleware runs inside of.
-    Router::new().fallback_service(axum::middleware::from_fn(method_rules).layer(routes))
+    let routes = axum::middleware::from_fn(method_rules).layer(routes);
+    // Outermost: what a handler left of its request body is read after it answers.
+    Router::new().fallback_service(axum::middleware::from_fn(body::drain_unread).layer(routes))
 }
 
 fn routes(state: Arc<AppState>) -> Router {

@@ -26,7 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::disk::Disk;
-pub(crate) use self::ops::{NewSession, Registration, SetMode, TxnOp, TxnOutcome};
+pub(crate) use self::ops::{
+    NewSession, Registration, SetMode, TxnItem, TxnOp, TxnOutcome, TxnResult,
+};
 use self::state::{Session, State, Topic};
 
 /// Most commands handled in one commit group.
@@ -74,7 +76,7 @@ pub(crate) enum Command {
     SessionCreate(NewSession),
     SessionDestroy(String),
     SessionRenew(String),
-    Txn(Vec<TxnOp>),
+    Txn(Vec<TxnItem>),
     CatalogRegister(Box<Registration>),
     CatalogDeregister {
         node: String,
@@ -252,7 +254,7 @@ impl Store {
         }
     }
 
-    pub(crate) async fn txn(&self, ops: Vec<TxnOp>) -> Result<TxnOutcome, StoreError> {
+    pub(crate) async fn txn(&self, ops: Vec<TxnItem>) -> Result<TxnOutcome, StoreError> {
         match self.execute(Command::Txn(ops)).await? {
             Outcome::Txn(outcome) => Ok(outcome),
             other => Err(unexpected(&other)),

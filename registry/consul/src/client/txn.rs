@@ -140,7 +140,10 @@ impl TxnOp {
                 ..op("delete-cas", key)
             },
         };
-        types::TxnOp { kv }
+        types::TxnOp {
+            kv: Some(kv),
+            ..types::TxnOp::default()
+        }
     }
 }
 
@@ -162,7 +165,7 @@ impl Client {
             .results
             .unwrap_or_default()
             .into_iter()
-            .map(|r| KvPair::from(r.kv))
+            .filter_map(|r| r.kv.map(KvPair::from))
             .collect())
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{ServiceAddress, Weights};
-use super::go::null_default;
+use super::go::{duration_text, null_default};
 
 /// A service as the agent and health endpoints show it (`AgentService`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,13 +22,17 @@ pub struct AgentService {
     pub port: u16,
     #[serde(default)]
     pub address: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_default"
+    )]
     pub tagged_addresses: BTreeMap<String, ServiceAddress>,
     #[serde(default)]
     pub weights: Weights,
     #[serde(default)]
     pub enable_tag_override: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
     #[serde(default)]
     pub datacenter: String,
@@ -48,7 +52,12 @@ pub struct AgentCheckRegistration {
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, rename = "TTL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "duration_text",
+        rename = "TTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<String>,
     #[serde(default, rename = "HTTP", skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
@@ -74,11 +83,20 @@ pub struct AgentCheckRegistration {
     pub disable_redirects: Option<bool>,
     #[serde(default, rename = "TCP", skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `Args`; HashiCorp's Go client sends it as `ScriptArgs`.
+    #[serde(default, alias = "ScriptArgs", skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
@@ -86,7 +104,11 @@ pub struct AgentCheckRegistration {
     pub status: Option<String>,
     #[serde(default, rename = "ServiceID", skip_serializing_if = "Option::is_none")]
     pub service_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deregister_critical_service_after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_before_passing: Option<u32>,

@@ -47,6 +47,31 @@ pub struct CatalogServiceRegistration {
     pub enable_tag_override: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<Weights>,
+    // Fields of Consul's `NodeService` taken and not kept (mesh, sockets, enterprise scoping,
+    // the raft indexes a client echoes back).
+    #[serde(default, skip_serializing)]
+    pub socket_path: Option<String>,
+    /// Sent by Go's client, whose `api.AgentService` carries it.
+    #[serde(default, skip_serializing)]
+    pub datacenter: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub content_hash: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub proxy: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub connect: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub locality: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub peer_name: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub partition: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub create_index: Option<u64>,
+    #[serde(default, skip_serializing)]
+    pub modify_index: Option<u64>,
 }
 
 /// A tagged service address.
@@ -80,6 +105,28 @@ pub struct CatalogCheckRegistration {
     pub check_type: String,
     #[serde(default)]
     pub definition: Option<serde_json::Value>,
+    // Fields of Consul's `HealthCheck` taken and not kept: the service's name and tags come
+    // from the service, the rest is mesh, enterprise scoping and echoed raft indexes.
+    #[serde(default, skip_serializing)]
+    pub service_name: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub service_tags: Option<Vec<String>>,
+    #[serde(default, skip_serializing)]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub exposed_port: Option<u16>,
+    #[serde(default, skip_serializing)]
+    pub peer_name: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub partition: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub create_index: Option<u64>,
+    #[serde(default, skip_serializing)]
+    pub modify_index: Option<u64>,
 }
 
 /// Answer of `GET /v1/catalog/node/<node>` (`null` for an unknown node).
@@ -175,7 +222,11 @@ pub struct CatalogService {
     pub service_tags: Vec<String>,
     #[serde(default)]
     pub service_address: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_default"
+    )]
     pub service_tagged_addresses: BTreeMap<String, ServiceAddress>,
     #[serde(default, deserialize_with = "null_default")]
     pub service_meta: BTreeMap<String, String>,

@@ -11,6 +11,34 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// An optional Go duration given as text (`"10s"`) or as a number of nanoseconds (`10000000000`),
+/// as Consul's agent takes both; a number is turned into its Go text (`10s`). `null` is absent.
+pub(crate) fn duration_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(serde_json::Value::String(text)) => Ok(Some(text)),
+        Some(serde_json::Value::Number(n)) => {
+            let nanos = n
+                .as_u64()
+                .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!("time: invalid duration \"{n}\""))
+                })?;
+            Ok(Some(crate::duration::go_duration(
+                std::time::Duration::from_nanos(nanos),
+            )))
+        }
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "json: cannot unmarshal {} into Go value of type time.Duration",
+            match other {
+                serde_json::Value::Bool(_) => "bool",
+                serde_json::Value::Array(_) => "array",
+                _ => "object",
+            }
+        ))),
+    }
+}
+
 /// `Option<Vec<u8>>` as a base64 string or `null` (Go's `[]byte`).
 pub(crate) mod base64_opt {
     use base64::Engine as _;

@@ -24,4 +24,6 @@ pub use catalog::{
 pub use health::{HealthCheck, HealthNode, ServiceEntry};
 pub use kv::KvEntry;
 pub use session::{IdResponse, ServiceCheckRef, SessionCreateRequest, SessionEntry};
-pub use txn::{TxnErrorEntry, TxnKvOp, TxnOp, TxnResponse, TxnResultEntry};
+pub use txn::{
+    TxnCheckOp, TxnErrorEntry, TxnKvOp, TxnNodeOp, TxnOp, TxnResponse, TxnResultEntry, TxnServiceOp,
+};

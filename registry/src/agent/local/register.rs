@@ -238,6 +238,13 @@ impl LocalAgent {
             "HTTP": def.http.clone().unwrap_or_default(),
             "TCP": def.tcp.clone().unwrap_or_default(),
             "DeregisterCriticalServiceAfter": deregister_after.map(dto::go_duration).unwrap_or_default(),
+            "Header": def.header.clone().unwrap_or_default(),
+            "Method": def.method.clone().unwrap_or_default(),
+            "Body": def.body.clone().unwrap_or_default(),
+            "TLSServerName": def.tls_server_name.clone().unwrap_or_default(),
+            "TLSSkipVerify": def.tls_skip_verify.unwrap_or(false),
+            "DisableRedirects": def.disable_redirects.unwrap_or(false),
+            "ScriptArgs": def.args.clone().unwrap_or_default(),
         });
         let check = Check {
             node: self.node.clone(),

@@ -1966,3 +1966,5 @@ async fn secrets(h: &H, uri: String) -> Vec<String> {
     out.sort();
     out
 }
+
+mod go_wire;

@@ -31,24 +31,28 @@ pub(crate) struct AgentApi {
     pub(crate) datacenter: String,
 }
 
-/// The local agent's service and check routes, state applied.
+/// The local agent's service and check routes, state applied. As Consul, an ID or name is the
+/// rest of the path, `/` included (Patroni's service IDs look like `scope/name`).
 pub(crate) fn routes(api: Arc<AgentApi>) -> Router {
     Router::new()
         .route("/v1/agent/service/register", put(register_service))
-        .route("/v1/agent/service/deregister/{id}", put(deregister_service))
-        .route("/v1/agent/service/maintenance/{id}", put(maintenance))
+        .route(
+            "/v1/agent/service/deregister/{*id}",
+            put(deregister_service),
+        )
+        .route("/v1/agent/service/maintenance/{*id}", put(maintenance))
         .route("/v1/agent/maintenance", put(node_maintenance))
         .route("/v1/agent/services", get(services))
-        .route("/v1/agent/service/{id}", get(service))
+        .route("/v1/agent/service/{*id}", get(service))
         .route("/v1/agent/checks", get(checks))
         .route("/v1/agent/check/register", put(register_check))
-        .route("/v1/agent/check/deregister/{id}", put(deregister_check))
-        .route("/v1/agent/check/pass/{id}", put(pass))
-        .route("/v1/agent/check/warn/{id}", put(warn))
-        .route("/v1/agent/check/fail/{id}", put(fail))
-        .route("/v1/agent/check/update/{id}", put(update))
-        .route("/v1/agent/health/service/name/{name}", get(health_by_name))
-        .route("/v1/agent/health/service/id/{id}", get(health_by_id))
+        .route("/v1/agent/check/deregister/{*id}", put(deregister_check))
+        .route("/v1/agent/check/pass/{*id}", put(pass))
+        .route("/v1/agent/check/warn/{*id}", put(warn))
+        .route("/v1/agent/check/fail/{*id}", put(fail))
+        .route("/v1/agent/check/update/{*id}", put(update))
+        .route("/v1/agent/health/service/name/{*name}", get(health_by_name))
+        .route("/v1/agent/health/service/id/{*id}", get(health_by_id))
         .with_state(api)
 }
 

@@ -15,6 +15,7 @@ use crate::dto::{
     CatalogService, Weights,
 };
 use crate::http::authz::Authz;
+use crate::http::cache::{Answer, keep};
 use crate::http::filter::schema::{NODE, NODE_SERVICE, SERVICE_NODE};
 use crate::http::filter::{meta_matches, node_meta_filter, retain, retain_values};
 use crate::http::query::{Blocking, ConsulQuery};
@@ -316,8 +317,20 @@ pub(crate) async fn service(
     let meta = node_meta_filter(params);
     // Consul's filterServiceNodes: an entry needs read on both its service and its node.
     let readable = authz.allows(Resource::Service, &name, Need::Read);
-    let ((list, dropped), index) = query
+    // The encoded answer is kept per query shape and catalog index (see `http::cache`); a
+    // `?filter=` answer is built each time.
+    let cacheable = filter.is_none();
+    let shape = format!("catalog\0{name}\0{tags:?}\0{meta:?}");
+    let (answer, index) = query
         .block(&app, Topic::Catalog, |state| {
+            let index = state.tables.catalog();
+            if readable
+                && cacheable
+                && let Some(kept) = app.answers.get(&shape, index)
+                && kept.readable_by(&authz)
+            {
+                return (Answer::Kept(kept), index);
+            }
             let mut dropped = !readable;
             let mut list: Vec<CatalogService> = state
                 .services_named(&name)
@@ -333,10 +346,17 @@ pub(crate) async fn service(
                 .map(|(n, s)| catalog_service(n, s))
                 .collect();
             retain(filter.as_ref(), &mut list);
-            ((list, dropped), state.tables.catalog())
+            (Answer::Fresh(list, dropped), index)
         })
         .await;
-    Ok(Blocking::json(&list, index).filtered(dropped))
+    Ok(match answer {
+        Answer::Kept(kept) => Blocking::new(kept.response(), index),
+        Answer::Fresh(list, false) if cacheable => {
+            let nodes = list.iter().map(|e| e.node.clone()).collect();
+            keep(&app, shape, index, &name, nodes, &list)
+        }
+        Answer::Fresh(list, dropped) => Blocking::json(&list, index).filtered(dropped),
+    })
 }
 
 /// The `structs.ServiceNode` wire row of instance `s` on node `n`.

@@ -8,6 +8,7 @@ use crate::acl::{Need, Resource};
 use crate::convert::{agent_service, catalog_node, health_check};
 use crate::dto::{HealthCheck, ServiceEntry};
 use crate::http::authz::Authz;
+use crate::http::cache::{Answer, keep};
 use crate::http::filter::schema::{CHECK_SERVICE_NODE, HEALTH_CHECK};
 use crate::http::filter::{ListFilter, meta_matches, node_meta_filter, retain};
 use crate::http::query::{Blocking, ConsulQuery};
@@ -67,10 +68,21 @@ pub(crate) async fn service(
             ));
         }
     };
-    let ((list, dropped), index) = query
+    // The encoded answer is kept per query shape and catalog index (see `http::cache`); a
+    // `?filter=` answer is built each time.
+    let cacheable = filter.is_none();
+    let shape = format!("health\0{name}\0{passing_only}\0{tags:?}\0{meta:?}");
+    let (answer, index) = query
         .block(&app, Topic::Catalog, |state| {
+            let index = state.tables.catalog();
             if !readable {
-                return ((Vec::new(), true), state.tables.catalog());
+                return (Answer::Fresh(Vec::new(), true), index);
+            }
+            if cacheable
+                && let Some(kept) = app.answers.get(&shape, index)
+                && kept.readable_by(&authz)
+            {
+                return (Answer::Kept(kept), index);
             }
             // Consul's filterCheckServiceNodes: an entry needs read on its node too.
             let mut list = entries(state, &name, passing_only, &tags, &meta);
@@ -78,10 +90,17 @@ pub(crate) async fn service(
             list.retain(|e| authz.allows(Resource::Node, &e.node.node, Need::Read));
             let dropped = list.len() != total;
             retain(filter.as_ref(), &mut list);
-            ((list, dropped), state.tables.catalog())
+            (Answer::Fresh(list, dropped), index)
         })
         .await;
-    Ok(Blocking::json(&list, index).filtered(dropped))
+    Ok(match answer {
+        Answer::Kept(kept) => Blocking::new(kept.response(), index),
+        Answer::Fresh(list, false) if cacheable => {
+            let nodes = list.iter().map(|e| e.node.node.clone()).collect();
+            keep(&app, shape, index, &name, nodes, &list)
+        }
+        Answer::Fresh(list, dropped) => Blocking::json(&list, index).filtered(dropped),
+    })
 }
 
 /// Checks readable by `authz` that `filter` keeps, and whether ACLs dropped any. As Consul's filterHealthChecks, a

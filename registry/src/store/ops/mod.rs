@@ -49,10 +49,40 @@ pub(crate) struct TxnOp {
     pub(crate) session: String,
 }
 
+/// One operation of a transaction: a KV op, or one of Consul's catalog verbs (`set`, `cas`,
+/// `get`, `delete`, `delete-cas`) on a node, a service of a node, or a check. `cas` and
+/// `delete-cas` compare the entry's `modify_index` as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TxnItem {
+    Kv(TxnOp),
+    Node {
+        verb: String,
+        node: Node,
+    },
+    Service {
+        verb: String,
+        node: String,
+        service: Service,
+    },
+    Check {
+        verb: String,
+        check: Check,
+    },
+}
+
+/// What one operation of an applied transaction read or wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TxnResult {
+    Kv(KvEntry),
+    Node(Node),
+    Service(Service),
+    Check(Check),
+}
+
 /// A transaction either applied (with its results) or rolled back (with each failed op).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TxnOutcome {
-    Applied(Vec<KvEntry>),
+    Applied(Vec<TxnResult>),
     RolledBack(Vec<(usize, String)>),
 }
 
@@ -312,9 +342,9 @@ mod tests {
         let mut outcome = None;
         run(&mut state, &mut timers, |tx| {
             outcome = Some(tx.txn(vec![
-                op("delete", "a"),
-                op("set", "b"),
-                op("get", "missing"),
+                TxnItem::Kv(op("delete", "a")),
+                TxnItem::Kv(op("set", "b")),
+                TxnItem::Kv(op("get", "missing")),
             ]));
         });
         assert!(

@@ -2,15 +2,18 @@
 
 use bytes::Bytes;
 
-use super::{SetMode, Tx, TxnOp, TxnOutcome};
-use crate::store::state::KvEntry;
+use super::{Registration, SetMode, Tx, TxnItem, TxnOp, TxnOutcome, TxnResult};
+use crate::store::state::{Check, KvEntry, Node, Service};
 
 impl Tx<'_> {
-    pub(super) fn txn(&mut self, ops: Vec<TxnOp>) -> TxnOutcome {
+    pub(super) fn txn(&mut self, ops: Vec<TxnItem>) -> TxnOutcome {
         let refused: Vec<(usize, String)> = ops
             .iter()
             .enumerate()
-            .filter_map(|(i, op)| self.txn_precheck(op).err().map(|what| (i, what)))
+            .filter_map(|(i, op)| match op {
+                TxnItem::Kv(op) => self.txn_precheck(op).err().map(|what| (i, what)),
+                _ => None,
+            })
             .collect();
         if !refused.is_empty() {
             return TxnOutcome::RolledBack(refused);
@@ -18,7 +21,19 @@ impl Tx<'_> {
         let mut results = Vec::new();
         let mut errors = Vec::new();
         for (i, op) in ops.into_iter().enumerate() {
-            match self.txn_op(op) {
+            let done = match op {
+                TxnItem::Kv(op) => self
+                    .txn_op(op)
+                    .map(|entries| entries.into_iter().map(TxnResult::Kv).collect()),
+                TxnItem::Node { verb, node } => self.txn_node(&verb, node),
+                TxnItem::Service {
+                    verb,
+                    node,
+                    service,
+                } => self.txn_service(&verb, node, service),
+                TxnItem::Check { verb, check } => self.txn_check(&verb, check),
+            };
+            match done {
                 Ok(entries) => results.extend(entries),
                 Err(what) => errors.push((i, what)),
             }
@@ -150,5 +165,176 @@ impl Tx<'_> {
             })
             .into_iter()
             .collect()
+    }
+
+    /// Consul's node verbs (`txnNode`): `cas` needs the stored `ModifyIndex` (0: absent).
+    fn txn_node(&mut self, verb: &str, node: Node) -> Result<Vec<TxnResult>, String> {
+        let name = node.name.clone();
+        let node_id = node.id.clone();
+        let current = |tx: &Self| -> Option<Node> {
+            if node_id.is_empty() {
+                tx.state.nodes.get(&name).cloned()
+            } else {
+                tx.state.nodes.values().find(|n| n.id == node_id).cloned()
+            }
+        };
+        match verb {
+            "get" => current(self)
+                .map(|n| vec![TxnResult::Node(n)])
+                .ok_or_else(|| format!("node {name:?} doesn't exist")),
+            "set" | "cas" => {
+                if verb == "cas"
+                    && !cas_matches(current(self).map(|n| n.modify_index), node.modify_index)
+                {
+                    return Err(format!("failed to set node {name:?}, index is stale"));
+                }
+                self.txn_register(Registration {
+                    node,
+                    ..Registration::default()
+                })?;
+                Ok(current(self).map(TxnResult::Node).into_iter().collect())
+            }
+            "delete" => {
+                self.catalog_deregister(&name, None, None);
+                Ok(Vec::new())
+            }
+            "delete-cas" => {
+                match self.state.nodes.get(&name).map(|n| n.modify_index) {
+                    Some(index) if index != node.modify_index => {
+                        return Err(format!("failed to delete node {name:?}, index is stale"));
+                    }
+                    Some(_) => self.catalog_deregister(&name, None, None),
+                    None => {}
+                }
+                Ok(Vec::new())
+            }
+            other => Err(format!("unknown Node verb {other:?}")),
+        }
+    }
+
+    /// Consul's service verbs (`txnService`), on the service `service.id` of `node`.
+    fn txn_service(
+        &mut self,
+        verb: &str,
+        node: String,
+        mut service: Service,
+    ) -> Result<Vec<TxnResult>, String> {
+        if service.id.is_empty() {
+            service.id = service.name.clone();
+        }
+        let key = (node.clone(), service.id.clone());
+        let id = service.id.clone();
+        let stored = |tx: &Self| tx.state.services.get(&key).cloned();
+        match verb {
+            "get" => stored(self)
+                .map(|s| vec![TxnResult::Service(s)])
+                .ok_or_else(|| format!("service {id:?} on node {node:?} doesn't exist")),
+            "set" | "cas" => {
+                if verb == "cas"
+                    && !cas_matches(stored(self).map(|s| s.modify_index), service.modify_index)
+                {
+                    return Err(format!(
+                        "failed to set service {id:?} on node {node:?}, index is stale"
+                    ));
+                }
+                let Some(existing) = self.state.nodes.get(&node).cloned() else {
+                    return Err("Missing node registration".to_owned());
+                };
+                self.txn_register(Registration {
+                    node: existing,
+                    service: Some(service),
+                    checks: Vec::new(),
+                    skip_node_update: true,
+                })?;
+                Ok(stored(self).map(TxnResult::Service).into_iter().collect())
+            }
+            "delete" => {
+                self.remove_service(&node, &id);
+                Ok(Vec::new())
+            }
+            "delete-cas" => {
+                match stored(self).map(|s| s.modify_index) {
+                    Some(index) if index != service.modify_index => {
+                        return Err(format!(
+                            "failed to delete service {id:?} on node {node:?}, index is stale"
+                        ));
+                    }
+                    Some(_) => self.remove_service(&node, &id),
+                    None => {}
+                }
+                Ok(Vec::new())
+            }
+            other => Err(format!("unknown Service verb {other:?}")),
+        }
+    }
+
+    /// Consul's check verbs (`txnCheck`), on the check `check.id` of `check.node`.
+    fn txn_check(&mut self, verb: &str, check: Check) -> Result<Vec<TxnResult>, String> {
+        let key = (check.node.clone(), check.id.clone());
+        let (node, id) = key.clone();
+        let stored = |tx: &Self| tx.state.checks.get(&key).cloned();
+        match verb {
+            "get" => stored(self)
+                .map(|c| vec![TxnResult::Check(c)])
+                .ok_or_else(|| format!("check {id:?} on node {node:?} doesn't exist")),
+            "set" | "cas" => {
+                if verb == "cas"
+                    && !cas_matches(stored(self).map(|c| c.modify_index), check.modify_index)
+                {
+                    return Err(format!(
+                        "failed to set check {id:?} on node {node:?}, index is stale"
+                    ));
+                }
+                let Some(existing) = self.state.nodes.get(&node).cloned() else {
+                    return Err("Missing node registration".to_owned());
+                };
+                if !check.service_id.is_empty()
+                    && !self
+                        .state
+                        .services
+                        .contains_key(&(node.clone(), check.service_id.clone()))
+                {
+                    return Err("Missing service registration".to_owned());
+                }
+                self.txn_register(Registration {
+                    node: existing,
+                    service: None,
+                    checks: vec![check],
+                    skip_node_update: true,
+                })?;
+                Ok(stored(self).map(TxnResult::Check).into_iter().collect())
+            }
+            "delete" => {
+                self.remove_check(&node, &id);
+                Ok(Vec::new())
+            }
+            "delete-cas" => {
+                match stored(self).map(|c| c.modify_index) {
+                    Some(index) if index != check.modify_index => {
+                        return Err(format!(
+                            "failed to delete check {id:?} on node {node:?}, index is stale"
+                        ));
+                    }
+                    Some(_) => self.remove_check(&node, &id),
+                    None => {}
+                }
+                Ok(Vec::new())
+            }
+            other => Err(format!("unknown Check verb {other:?}")),
+        }
+    }
+
+    fn txn_register(&mut self, registration: Registration) -> Result<(), String> {
+        self.catalog_register(registration)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Consul's CAS rule for catalog entries: index 0 writes only what is absent, any other index
+/// only over the entry stored with that `ModifyIndex`.
+fn cas_matches(stored: Option<u64>, index: u64) -> bool {
+    match stored {
+        None => index == 0,
+        Some(current) => index != 0 && current == index,
     }
 }

@@ -128,6 +128,9 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// `acl.json` cannot be read or parsed (the message names the file).
+    #[error("acl data: {0}")]
+    Acl(std::io::Error),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -206,7 +209,8 @@ pub(crate) async fn build(
             SecretId::new(token.expose()),
             data_dir.clone(),
             &config.datacenter,
-        )?,
+        )
+        .map_err(Error::Acl)?,
         None => AclStore::disabled(),
     };
     let members = Members::new(Duration::from_millis(config.failure_timeout_ms));
@@ -356,5 +360,35 @@ mod tests {
             bad_dc.validate(),
             Err(ConfigError::InvalidDatacenter(_))
         ));
+    }
+
+    /// Issue 14, finding 10: a damaged `acl.json` was refused as `http server: EOF while
+    /// parsing...`, naming neither the file nor the ACL data.
+    #[tokio::test]
+    async fn damaged_acl_json_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("acl.json"), b"{\"tokens\": [").unwrap();
+        let config = Config {
+            data_dir: Some(dir.path().to_owned()),
+            dev: false,
+            acl_master_token: Some(AclToken::new("root".to_owned())),
+            ..Config::dev("n1")
+        };
+        let stop = CancellationToken::new();
+        let err = build(
+            &config,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            8500,
+            stop.clone(),
+            stop.clone(),
+        )
+        .await
+        .err()
+        .expect("a damaged acl.json must be refused");
+        let text = err.to_string();
+        stop.cancel();
+        assert!(text.contains("acl.json"), "{text}");
+        assert!(text.starts_with("acl data: "), "{text}");
+        assert!(!text.contains("http server"), "{text}");
     }
 }

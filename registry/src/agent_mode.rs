@@ -233,9 +233,13 @@ pub async fn run_agent(
         tower_http::trace::TraceLayer::new_for_http()
             .make_span_with(crate::http::authz::request_span),
     );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let served = berth_kit::serve::serve(
+        listener,
+        app,
+        berth_kit::serve::Limits::from_env(),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await;
     tasks.cancel();
     let _ = tokio::join!(sync_task, reaper, beats);
     local.close().await;

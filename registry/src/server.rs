@@ -4,7 +4,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -163,13 +162,12 @@ pub async fn run(
         tower_http::trace::TraceLayer::new_for_http()
             .make_span_with(crate::http::authz::request_span),
     );
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(cause = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = berth_kit::serve::serve(
+        listener,
+        app,
+        berth_kit::serve::Limits::from_env(),
+        shutdown.clone().cancelled_owned(),
+    );
     let drain_bound = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -375,7 +373,7 @@ mod tests {
             ..Config::dev("n1")
         };
         let stop = CancellationToken::new();
-        let err = build(
+        let Err(err) = build(
             &config,
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             8500,
@@ -383,8 +381,9 @@ mod tests {
             stop.clone(),
         )
         .await
-        .err()
-        .expect("a damaged acl.json must be refused");
+        else {
+            panic!("a damaged acl.json must be refused");
+        };
         let text = err.to_string();
         stop.cancel();
         assert!(text.contains("acl.json"), "{text}");

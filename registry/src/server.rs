@@ -365,6 +365,8 @@ mod tests {
     #[tokio::test]
     async fn damaged_acl_json_is_refused_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
+        // A store existed here (the store refuses an acl.json without one).
+        drop(redb::Database::create(dir.path().join("registry.redb")).unwrap());
         std::fs::write(dir.path().join("acl.json"), b"{\"tokens\": [").unwrap();
         let config = Config {
             data_dir: Some(dir.path().to_owned()),

@@ -230,7 +230,11 @@ pub(crate) async fn build(
         LocalOptions {
             enable_script_checks: config.enable_script_checks,
             check_update_interval: Duration::from_millis(config.check_update_interval_ms),
-            file: None,
+            // Kept across restarts, as an agent's `--data-dir` keeps them: a worker registers
+            // through the server's own agent (scripts/up.sh), and with the registrations in
+            // memory only, anti-entropy removed its service at every restart until the
+            // worker's next resync, up to 30 s later.
+            file: data_dir.as_ref().map(|d| d.join("agent-services.json")),
         },
         shutdown.clone(),
     );

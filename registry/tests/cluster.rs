@@ -892,7 +892,6 @@ async fn agent_resyncs_at_once_when_the_server_comes_back() {
     let server = spawn(&dev);
     http.ready(&url).await;
     let port = free_port("127.0.0.2");
-    let dir = tempfile::tempdir().unwrap();
     let agent = spawn(&[
         "agent",
         "--join",

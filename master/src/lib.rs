@@ -179,9 +179,12 @@ pub async fn run(
     )?;
     let app = api::router(master);
     tracing::info!(%addr, %public_url, "berth-master listening");
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let serve = berth_kit::serve::serve(
+        listener,
+        app,
+        berth_kit::serve::Limits::from_env(),
+        shutdown.clone().cancelled_owned(),
+    );
     tokio::select! {
         result = serve => result.map_err(RunError::Serve)?,
         () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

@@ -208,6 +208,7 @@ impl Cli {
 async fn main() -> anyhow::Result<()> {
     let config = Cli::parse().into_config()?;
     berth_kit::init_tracing(config.log_json);
+    berth_kit::serve::raise_fd_limit();
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -126,6 +126,9 @@ struct AgentShared {
     /// for it. The first heartbeat is answered before anti-entropy starts.
     admitted: watch::Sender<bool>,
     in_conflict: AtomicBool,
+    /// The last heartbeat failed: the next one that succeeds triggers a full anti-entropy
+    /// round at once.
+    beat_failing: AtomicBool,
 }
 
 /// Runs an agent on `listener` until `shutdown`; on shutdown it leaves the cluster gracefully.
@@ -206,6 +209,7 @@ pub async fn run_agent(
         shutdown: shutdown.clone(),
         admitted: watch::Sender::new(true),
         in_conflict: AtomicBool::new(false),
+        beat_failing: AtomicBool::new(false),
     });
     heartbeat(&shared).await;
     acl.warm().await;
@@ -233,9 +237,13 @@ pub async fn run_agent(
         tower_http::trace::TraceLayer::new_for_http()
             .make_span_with(crate::http::authz::request_span),
     );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let served = berth_kit::serve::serve(
+        listener,
+        app,
+        berth_kit::serve::Limits::from_env(),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await;
     tasks.cancel();
     let _ = tokio::join!(sync_task, reaper, beats);
     local.close().await;
@@ -407,7 +415,15 @@ async fn internal(s: &AgentShared, path: &str) -> Result<(), Refused> {
 async fn heartbeat(s: &AgentShared) {
     match internal(s, "/v1/internal/berth/heartbeat").await {
         Ok(()) => {
-            s.admitted.send_replace(true);
+            let recovered = s.beat_failing.swap(false, Ordering::Relaxed);
+            if recovered {
+                tracing::info!("server reachable again; re-syncing at once");
+            }
+            s.admitted.send_if_modified(|admitted| {
+                let notify = !*admitted || recovered;
+                *admitted = true;
+                notify
+            });
             if s.in_conflict.swap(false, Ordering::Relaxed) {
                 tracing::info!(node = %s.config.node_name, "node name conflict over; syncing");
             }
@@ -423,7 +439,10 @@ async fn heartbeat(s: &AgentShared) {
                 );
             }
         }
-        Err(e) => tracing::warn!(cause = %e, "heartbeat failed"),
+        Err(e) => {
+            s.beat_failing.store(true, Ordering::Relaxed);
+            tracing::warn!(cause = %e, "heartbeat failed");
+        }
     }
 }
 

@@ -198,6 +198,7 @@ impl ServerArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     berth_kit::init_tracing(cli.log_json);
+    berth_kit::serve::raise_fd_limit();
     match cli.command {
         Command::Server(args) => {
             let config = args.into_config()?;

@@ -4,7 +4,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -128,6 +127,9 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// `acl.json` cannot be read or parsed (the message names the file).
+    #[error("acl data: {0}")]
+    Acl(std::io::Error),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -160,13 +162,12 @@ pub async fn run(
         tower_http::trace::TraceLayer::new_for_http()
             .make_span_with(crate::http::authz::request_span),
     );
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(cause = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = berth_kit::serve::serve(
+        listener,
+        app,
+        berth_kit::serve::Limits::from_env(),
+        shutdown.clone().cancelled_owned(),
+    );
     let drain_bound = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -206,7 +207,8 @@ pub(crate) async fn build(
             SecretId::new(token.expose()),
             data_dir.clone(),
             &config.datacenter,
-        )?,
+        )
+        .map_err(Error::Acl)?,
         None => AclStore::disabled(),
     };
     let members = Members::new(Duration::from_millis(config.failure_timeout_ms));
@@ -228,7 +230,11 @@ pub(crate) async fn build(
         LocalOptions {
             enable_script_checks: config.enable_script_checks,
             check_update_interval: Duration::from_millis(config.check_update_interval_ms),
-            file: None,
+            // Kept across restarts, as an agent's `--data-dir` keeps them: a worker registers
+            // through the server's own agent (scripts/up.sh), and with the registrations in
+            // memory only, anti-entropy removed its service at every restart until the
+            // worker's next resync, up to 30 s later.
+            file: data_dir.as_ref().map(|d| d.join("agent-services.json")),
         },
         shutdown.clone(),
     );
@@ -357,5 +363,38 @@ mod tests {
             bad_dc.validate(),
             Err(ConfigError::InvalidDatacenter(_))
         ));
+    }
+
+    /// Issue 14, finding 10: a damaged `acl.json` was refused as `http server: EOF while
+    /// parsing...`, naming neither the file nor the ACL data.
+    #[tokio::test]
+    async fn damaged_acl_json_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A store existed here (the store refuses an acl.json without one).
+        drop(redb::Database::create(dir.path().join("registry.redb")).unwrap());
+        std::fs::write(dir.path().join("acl.json"), b"{\"tokens\": [").unwrap();
+        let config = Config {
+            data_dir: Some(dir.path().to_owned()),
+            dev: false,
+            acl_master_token: Some(AclToken::new("root".to_owned())),
+            ..Config::dev("n1")
+        };
+        let stop = CancellationToken::new();
+        let Err(err) = build(
+            &config,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            8500,
+            stop.clone(),
+            stop.clone(),
+        )
+        .await
+        else {
+            panic!("a damaged acl.json must be refused");
+        };
+        let text = err.to_string();
+        stop.cancel();
+        assert!(text.contains("acl.json"), "{text}");
+        assert!(text.starts_with("acl data: "), "{text}");
+        assert!(!text.contains("http server"), "{text}");
     }
 }

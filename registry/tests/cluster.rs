@@ -870,3 +870,73 @@ async fn a_second_agent_with_a_live_node_name_is_refused() {
         (&json!("127.0.0.8"), &json!(1))
     );
 }
+
+/// Issue 14, finding 11 (agent side): a server that comes back without this agent's
+/// registrations (a fresh store) got the node back at the next heartbeat but the services only
+/// at the next full anti-entropy round (30 s by default). The agent re-syncs at once.
+#[tokio::test]
+async fn agent_resyncs_at_once_when_the_server_comes_back() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let addr = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let dev = [
+        "server",
+        "--dev",
+        "--http-addr",
+        &addr,
+        "--node-name",
+        "srv",
+    ];
+    let url = format!("http://{addr}");
+    let server = spawn(&dev);
+    http.ready(&url).await;
+    let port = free_port("127.0.0.2");
+    let agent = spawn(&[
+        "agent",
+        "--join",
+        &url,
+        "--retry-join",
+        "--http-addr",
+        &format!("127.0.0.2:{port}"),
+        "--node-name",
+        "host1",
+        "--heartbeat-interval",
+        "200ms",
+        // Default sync interval: 30 s.
+    ]);
+    let agent_url = format!("http://127.0.0.2:{port}");
+    http.ready(&agent_url).await;
+    let (status, _, _) = http
+        .call(
+            "PUT",
+            &format!("{agent_url}/v1/agent/service/register"),
+            Some(json!({"Name": "web", "ID": "web1", "Port": 80})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    http.until(&format!("{url}/v1/catalog/service/web"), "web", |v| {
+        count(v) == 1
+    })
+    .await;
+    drop(server);
+    // Long enough for heartbeats to fail, short of the sync interval.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _server = spawn(&dev);
+    http.ready(&url).await;
+    let started = std::time::Instant::now();
+    loop {
+        let (_, list, _) = http
+            .call("GET", &format!("{url}/v1/catalog/service/web"), None)
+            .await;
+        if count(&list) == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "web not back 10 s after the server returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(agent);
+}

@@ -282,3 +282,77 @@ async fn sessions_and_locks_survive_sigkill() {
     assert!(api.release("restart/lock", &session).await);
     assert!(api.acquire("restart/lock", &other, b"x").await);
 }
+
+/// Issue 14, finding 11: after a SIGKILL restart of the registry, a worker (registered through
+/// the server's own agent, as scripts/up.sh runs it) was missing from the healthy list for
+/// ~28 s: the server's agent kept registrations in memory only, so anti-entropy removed the
+/// service until the worker's next resync. It must be back as soon as its check passes again.
+#[tokio::test]
+async fn worker_stays_healthy_across_a_sigkill_restart_of_the_registry() {
+    // The worker's health endpoint: any request gets 200.
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health_addr = health.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        loop {
+            let Ok((mut tcp, _)) = health.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let mut server = Server::start().await;
+    let http = reqwest::Client::new();
+    let registration = json!({
+        "Name": "berth-worker",
+        "ID": "berth-worker:n1",
+        "Port": 9000,
+        "Check": {"HTTP": format!("http://{health_addr}/healthz"), "Interval": "10s"},
+    });
+    let resp = http
+        .put(format!("{}/v1/agent/service/register", server.url()))
+        .json(&registration)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    async fn passing(http: &reqwest::Client, url: &str) -> bool {
+        let Ok(resp) = http
+            .get(format!("{url}/v1/health/service/berth-worker?passing"))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let list: serde_json::Value = resp.json().await.unwrap_or_default();
+        list.as_array().is_some_and(|l| !l.is_empty())
+    }
+    let until_passing = |url: String| {
+        let http = http.clone();
+        async move {
+            let started = std::time::Instant::now();
+            while !passing(&http, &url).await {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the worker is not passing 10 s after the registry came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            started.elapsed()
+        }
+    };
+    until_passing(server.url()).await;
+    for _ in 0..2 {
+        server.restart().await;
+        let gap = until_passing(server.url()).await;
+        assert!(gap < Duration::from_secs(3), "missing for {gap:?}");
+    }
+}

@@ -13,7 +13,6 @@ pub mod registry;
 pub mod source;
 pub mod stacks;
 
-use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -369,9 +368,12 @@ pub async fn run(
         capacity: config.capacity,
     });
     let stop = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .into_future();
+    let server = berth_kit::serve::serve(
+        listener,
+        app,
+        berth_kit::serve::Limits::from_env(),
+        async move { stop.cancelled().await },
+    );
     // Graceful, with a bound: running operations get this long to finish after a signal.
     tokio::select! {
         served = server => served?,

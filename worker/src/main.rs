@@ -174,6 +174,7 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     berth_kit::init_tracing(cli.log_json);
+    berth_kit::serve::raise_fd_limit();
     let config = config(cli)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -158,8 +158,16 @@ impl AclStore {
     ) -> std::io::Result<Self> {
         let file = dir.map(|d| d.join("acl.json"));
         let mut data: Persisted = match &file {
-            Some(f) if f.exists() => serde_json::from_slice(&std::fs::read(f)?)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+            Some(f) if f.exists() => {
+                let named = |e: &dyn std::fmt::Display| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: {e}", f.display()),
+                    )
+                };
+                let bytes = std::fs::read(f).map_err(|e| named(&e))?;
+                serde_json::from_slice(&bytes).map_err(|e| named(&e))?
+            }
             _ => Persisted::default(),
         };
         if data.seed(&master)

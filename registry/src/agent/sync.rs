@@ -432,6 +432,8 @@ pub(crate) async fn run(
     let mut refused = Refused::default();
     let mut failures = 0u32;
     let mut full = true;
+    // False once the sender is gone (the server's own agent is always admitted).
+    let mut watching = true;
     loop {
         if !*admitted.borrow_and_update() {
             tokio::select! {
@@ -462,6 +464,17 @@ pub(crate) async fn run(
                 false
             }
             () = tokio::time::sleep(wait) => true,
+            // Admission changed, or the server came back after failed heartbeats (it may have
+            // lost this node's registrations): a full round now, not after the backoff.
+            changed = admitted.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    false
+                } else {
+                    failures = 0;
+                    true
+                }
+            }
         };
     }
 }

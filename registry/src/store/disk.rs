@@ -1,5 +1,19 @@
 //! Durable rows in a redb file: one write transaction per commit group, fsynced before the
 //! writer acknowledges anything.
+//!
+//! Damage is looked for at open, the only time the file is read (everything is loaded into
+//! memory then; requests never read the file). What redb 4 guarantees: every page carries an
+//! xxh3 checksum, but normal reads do not verify them; a plain open trusts a file shut down
+//! cleanly (and may panic on one altered outside redb), and after an unclean shutdown redb
+//! repairs the file from its last durable commit. So the store opens with redb's
+//! `set_check_integrity_on_open`: every page checksum of the committed trees is verified at
+//! each open, a flipped byte in a stored value fails the open with `StorageError::Corrupted`
+//! instead of being served, and a repair after a crash is logged. The checksums detect
+//! accidental damage, not deliberate tampering.
+//!
+//! A missing or empty `registry.redb` in a directory that says a store existed there (the
+//! `registry.created` marker written after the first open, or an `acl.json`) is refused: redb
+//! would silently start an empty store in it.
 
 use std::path::Path;
 
@@ -16,6 +30,10 @@ const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
 const SERVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("services");
 const CHECKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("checks");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+/// Written next to `registry.redb` once it exists: from then on a missing or empty file is
+/// damage, not a fresh start.
+const CREATED_MARKER: &str = "registry.created";
 
 /// Meta row holding the global index.
 const META_INDEX: &str = "index";
@@ -37,7 +55,36 @@ impl Disk {
             path: dir.to_owned(),
             source,
         })?;
-        let db = Database::create(dir.join("registry.redb")).map_err(storage)?;
+        let file = dir.join("registry.redb");
+        let marker = dir.join(CREATED_MARKER);
+        let file_empty = std::fs::metadata(&file).map_or(true, |m| m.len() == 0);
+        if file_empty {
+            let witness = [marker.clone(), dir.join("acl.json")]
+                .into_iter()
+                .find(|p| p.exists());
+            if let Some(witness) = witness {
+                return Err(StoreError::Missing {
+                    path: file,
+                    witness,
+                });
+            }
+        }
+        let db = redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .set_repair_callback(|_| {
+                tracing::warn!(
+                    "registry.redb was not shut down cleanly; checking and repairing it"
+                );
+            })
+            .create(&file)
+            .map_err(storage)?;
+        if !marker.exists() {
+            berth_kit::fs::write_atomic(&marker, b"registry.redb is the store of this directory\n")
+                .map_err(|source| StoreError::DataDir {
+                    path: marker.clone(),
+                    source,
+                })?;
+        }
         let disk = Self {
             db,
             #[cfg(test)]
@@ -322,5 +369,85 @@ mod tests {
         };
         assert_eq!(decode_kv("a/b", &encode_kv(&plain)).unwrap(), plain);
         assert!(decode_kv("x", b"short").is_err());
+    }
+
+    fn write_value(dir: &Path, key: &str, value: &'static [u8]) {
+        let (disk, _) = Disk::open(dir).unwrap();
+        let entry = KvEntry {
+            key: key.into(),
+            value: Bytes::from_static(value),
+            flags: 0,
+            create_index: 2,
+            modify_index: 2,
+            lock_index: 0,
+            session: None,
+        };
+        disk.commit(
+            &[Change::Kv(key.into(), Some(entry))],
+            2,
+            &TableIndexes::default(),
+        )
+        .unwrap();
+    }
+
+    /// Issue 14, finding 9: a zero-length `registry.redb` started silently as an empty store
+    /// while the tokens in `acl.json` still loaded.
+    #[test]
+    fn empty_or_missing_store_file_is_refused_where_a_store_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        write_value(dir.path(), "k", b"v");
+        let file = dir.path().join("registry.redb");
+        std::fs::write(&file, b"").unwrap();
+        let err = Disk::open(dir.path()).err().map(|e| e.to_string());
+        let err = err.expect("an emptied store file must be refused");
+        assert!(
+            err.contains("registry.redb") && err.contains(CREATED_MARKER),
+            "{err}"
+        );
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(
+            Disk::open(dir.path()),
+            Err(StoreError::Missing { .. })
+        ));
+        // A directory from before the marker: `acl.json` is the witness.
+        let old = tempfile::tempdir().unwrap();
+        std::fs::write(old.path().join("acl.json"), b"{}").unwrap();
+        std::fs::write(old.path().join("registry.redb"), b"").unwrap();
+        assert!(matches!(
+            Disk::open(old.path()),
+            Err(StoreError::Missing { .. })
+        ));
+        // A fresh directory still starts, and then reopens.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(Disk::open(fresh.path()).unwrap());
+        assert!(fresh.path().join(CREATED_MARKER).exists());
+        let (_, state) = Disk::open(fresh.path()).unwrap();
+        assert!(state.kv.is_empty());
+    }
+
+    /// Issue 14, finding 9: a flipped byte in a stored value was served as is.
+    #[test]
+    fn flipped_byte_in_a_stored_value_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let value: &'static [u8] = b"precious-value-0123456789-precious-value";
+        write_value(dir.path(), "k", value);
+        let file = dir.path().join("registry.redb");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes
+            .windows(value.len())
+            .rposition(|w| w == value)
+            .expect("the value is stored as is");
+        bytes[at + 3] ^= 0x01;
+        std::fs::write(&file, &bytes).unwrap();
+        match Disk::open(dir.path()) {
+            Err(err) => {
+                let text = err.to_string();
+                assert!(text.to_lowercase().contains("corrupt"), "{text}");
+            }
+            Ok((_, state)) => {
+                let served = state.kv.get("k").map(|e| e.value.clone());
+                panic!("damaged store opened; serves {served:?}");
+            }
+        }
     }
 }

@@ -47,6 +47,11 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory says a store existed, but its file is gone or empty.
+    #[error(
+        "{path} is missing or empty but {witness} says a store existed here; restore the file from a backup, or remove the directory's contents to start an empty store"
+    )]
+    Missing { path: PathBuf, witness: PathBuf },
     #[error("storage failure: {0}")]
     Storage(#[source] redb::Error),
     #[error("corrupt stored row: {0}")]

@@ -1967,4 +1967,90 @@ async fn secrets(h: &H, uri: String) -> Vec<String> {
     out
 }
 
+/// Issue 14, finding 5 with ACLs on: the internal liveness endpoints need write on the node
+/// they name, and even a token that may write every node cannot remove the server's own.
+#[tokio::test]
+async fn server_node_deregistration_refused_with_acls() {
+    let mut config = Config::dev("node1");
+    config.acl_master_token = Some(AclToken::new("root"));
+    let h = H::with(config).await;
+    let beat = r#"{"Node":"w1","ID":"11111111-2222-3333-4444-555555555555","Address":"127.0.0.9","Port":8500}"#;
+    let server_beat = r#"{"Node":"node1","ID":"x","Address":"127.0.0.1","Port":8500}"#;
+    h.table(
+        None,
+        &[
+            (
+                "PUT",
+                "/v1/internal/berth/heartbeat",
+                beat,
+                403,
+                "~Permission denied",
+            ),
+            (
+                "PUT",
+                "/v1/internal/berth/leave",
+                server_beat,
+                403,
+                "~Permission denied",
+            ),
+            (
+                "PUT",
+                "/v1/catalog/deregister",
+                r#"{"Node":"node1"}"#,
+                403,
+                "~Permission denied",
+            ),
+        ],
+    )
+    .await;
+    h.table(
+        Some("root"),
+        &[
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"nodes","Rules":"node_prefix \"\" { policy = \"write\" }"}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"a1b2c3d4-0000-4000-8000-000000000001","Policies":[{"Name":"nodes"}]}"#,
+                200,
+                "*",
+            ),
+        ],
+    )
+    .await;
+    h.table(
+        Some("a1b2c3d4-0000-4000-8000-000000000001"),
+        &[
+            ("PUT", "/v1/internal/berth/heartbeat", beat, 200, "true"),
+            (
+                "PUT",
+                "/v1/internal/berth/leave",
+                server_beat,
+                400,
+                "node name is the server's own",
+            ),
+            (
+                "PUT",
+                "/v1/catalog/deregister",
+                r#"{"Node":"node1"}"#,
+                403,
+                "~is the registry server's own node",
+            ),
+            (
+                "GET",
+                "/v1/health/node/node1",
+                "",
+                200,
+                r#"~"Status":"passing""#,
+            ),
+        ],
+    )
+    .await;
+}
+
 mod go_wire;

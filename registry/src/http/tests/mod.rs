@@ -909,6 +909,71 @@ async fn status_agent_and_self_registration() {
         .await;
 }
 
+/// Issue 14, finding 5: one anonymous `/v1/internal/berth/leave` or `/v1/catalog/deregister`
+/// of the server's own node ended every session and broke session creation until a restart.
+#[tokio::test]
+async fn server_node_deregistration_refused() {
+    let mut h = Harness::new().await;
+    h.session("s1", "").await;
+    let own = "Permission denied: \"node1\" is the registry server's own node;";
+    for body in [
+        r#"{"Node":"node1"}"#,
+        r#"{"Node":"node1","CheckID":"serfHealth"}"#,
+        r#"{"Node":"node1","ServiceID":"consul"}"#,
+    ] {
+        let answer = h
+            .check("PUT", "/v1/catalog/deregister", body, 403, "*")
+            .await;
+        assert!(answer.body.starts_with(own), "{body}: {}", answer.body);
+    }
+    let answer = h
+        .check(
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Node":"node1","Address":"10.0.0.9","Check":{"CheckID":"serfHealth","Status":"critical"}}"#,
+            403,
+            "*",
+        )
+        .await;
+    assert!(answer.body.starts_with(own), "{}", answer.body);
+    h.check(
+        "PUT",
+        "/v1/internal/berth/leave",
+        r#"{"Node":"node1","ID":"x","Address":"127.0.0.1","Port":8500}"#,
+        400,
+        "node name is the server's own",
+    )
+    .await;
+    // The session lives on and new ones can still be made.
+    h.check("GET", "/v1/session/info/{s1}", "", 200, "*").await;
+    let info = h.call("GET", "/v1/session/info/{s1}", "").await;
+    assert!(info.body.contains(&h.vars["s1"]), "{}", info.body);
+    h.session("s2", "").await;
+    let health = h.check("GET", "/v1/health/node/node1", "", 200, "*").await;
+    assert!(
+        health.body.contains(r#""Status":"passing""#),
+        "{}",
+        health.body
+    );
+    // What a client registered on the server's node it may still remove.
+    h.check(
+        "PUT",
+        "/v1/catalog/register",
+        r#"{"Node":"node1","Address":"127.0.0.1","Service":{"Service":"extra"}}"#,
+        200,
+        "true",
+    )
+    .await;
+    h.check(
+        "PUT",
+        "/v1/catalog/deregister",
+        r#"{"Node":"node1","ServiceID":"extra"}"#,
+        200,
+        "true",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn wrong_methods_get_405_with_allow() {
     let h = Harness::new().await;

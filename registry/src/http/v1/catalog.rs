@@ -140,6 +140,16 @@ pub(crate) async fn register(
 fn vet_register(app: &AppState, authz: &Authz, reg: &Registration) -> Result<(), ApiError> {
     let node = &reg.node.name;
     authz.require(Resource::Node, node, Need::Write)?;
+    if *node == app.node_name
+        && reg
+            .checks
+            .iter()
+            .any(|c| c.id == crate::agent::sync::SERF_HEALTH)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "Permission denied: {node:?} is the registry server's own node; its serfHealth check is the server's"
+        )));
+    }
     let existing_name = |id: &str| {
         app.store.read(|s| {
             s.services
@@ -182,10 +192,32 @@ pub(crate) async fn deregister(
         return Err(bad("Must provide node"));
     }
     authz.require(Resource::Node, &body.node, Need::Write)?;
+    protect_server_node(&app, &body)?;
     app.store
         .catalog_deregister(body.node, body.service_id, body.check_id)
         .await?;
     Ok(json(&true))
+}
+
+/// The registry server's own node, its `serfHealth` check and its `consul` service stay: with
+/// them gone every session on the node ends and no new one can be created (`Missing check
+/// 'serfHealth' registration`) until the server restarts. Other services and checks a client
+/// registered on the server's node may still be removed.
+fn protect_server_node(app: &AppState, body: &CatalogDeregistration) -> Result<(), ApiError> {
+    if body.node != app.node_name {
+        return Ok(());
+    }
+    let what = match (&body.service_id, &body.check_id) {
+        (Some(service), _) if service == "consul" => "its consul service",
+        (Some(_), _) => return Ok(()),
+        (None, Some(check)) if check == crate::agent::sync::SERF_HEALTH => "its serfHealth check",
+        (None, Some(_)) => return Ok(()),
+        (None, None) => "the node",
+    };
+    Err(ApiError::Forbidden(format!(
+        "Permission denied: {:?} is the registry server's own node; {what} cannot be deregistered",
+        body.node
+    )))
 }
 
 /// `GET /v1/catalog/datacenters`: berth serves one datacenter. No ACL, as in Consul (agents

@@ -112,6 +112,10 @@ pub(crate) async fn leave(
 ) -> Result<Response, ApiError> {
     let beat = decode(&headers, body).await?;
     authz.require(Resource::Node, &beat.node, Need::Write)?;
+    // The server's node is not a member: its leave would deregister it and end every session.
+    if beat.node == app.node_name {
+        return Err(ApiError::BadRequest("node name is the server's own".into()));
+    }
     app.members
         .leave(&beat.node, &beat.id)
         .map_err(|conflict| ApiError::Conflict(conflict.to_string()))?;

@@ -102,7 +102,7 @@ async fn docker_resource_limits_are_applied_defaulted_and_capped() {
             .and_then(|s| s.container.clone())
             .unwrap()
     };
-    let hc = "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.MemoryReservation}} {{.HostConfig.NanoCpus}} {{.HostConfig.CpuShares}} {{.HostConfig.CpusetCpus}} {{.HostConfig.PidsLimit}} {{.HostConfig.ShmSize}} {{range .HostConfig.Ulimits}}{{.Name}}={{.Soft}}:{{.Hard}}{{end}} {{range $k, $v := .HostConfig.Tmpfs}}{{$k}}={{$v}}{{end}}";
+    let hc = "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.MemoryReservation}} {{.HostConfig.NanoCpus}} {{.HostConfig.CpuShares}} {{.HostConfig.CpusetCpus}} {{.HostConfig.PidsLimit}} {{.HostConfig.ShmSize}} {{range index .HostConfig \"Ulimits\"}}{{.Name}}={{.Soft}}:{{.Hard}}{{end}} {{range $k, $v := index .HostConfig \"Tmpfs\"}}{{$k}}={{$v}}{{end}}";
     assert_eq!(
         inspect(&container("web"), hc),
         format!(

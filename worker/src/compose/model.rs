@@ -150,6 +150,13 @@ pub struct Service {
     /// `host:ip` entries.
     pub extra_hosts: Vec<String>,
     pub stop_grace_period: Option<Duration>,
+    /// `stop_signal` as written (`SIGTERM`, `TERM`, `9`); Docker's default when unset.
+    /// Skipped when unset so the config hash of services without it stays as it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// `init`: run Docker's init (docker-init) as PID 1, forwarding signals and reaping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
     pub resources: Resources,
     /// `links` as (service, alias); the parser turns them into network aliases of the linked
     /// service and `service_started` dependencies.
@@ -186,6 +193,8 @@ impl Service {
             user: None,
             extra_hosts: Vec::new(),
             stop_grace_period: None,
+            stop_signal: None,
+            init: None,
             resources: Resources::default(),
             links: Vec::new(),
             privileged: false,

@@ -75,6 +75,8 @@ services:
     labels: [a=b]
     extra_hosts: {db: 10.0.0.1}
     stop_grace_period: 3s
+    stop_signal: SIGINT
+    init: true
     entrypoint: [/bin/sh, -c]
     user: "1000"
     working_dir: /srv
@@ -133,6 +135,10 @@ networks:
     assert_eq!(web.extra_hosts, vec!["db:10.0.0.1".to_owned()]);
     assert_eq!(web.networks["front"], vec!["www".to_owned()]);
     assert_eq!(web.stop_grace_period, Some(Duration::from_secs(3)));
+    assert_eq!(web.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(web.init, Some(true));
+    assert_eq!(api.stop_signal, None);
+    assert_eq!(api.init, None);
     let order: Vec<&str> = plan::start_order(&p)
         .unwrap()
         .iter()
@@ -211,6 +217,18 @@ fn unsupported_and_invalid_keys_are_named() {
         (
             "services: {web: {image: x, stop_grace_period: soon}}",
             "services.web.stop_grace_period: invalid duration",
+        ),
+        (
+            "services: {web: {image: x, stop_signal: sigterm}}",
+            "services.web.stop_signal: \"sigterm\" is not a signal",
+        ),
+        (
+            "services: {web: {image: x, stop_signal: 99}}",
+            "services.web.stop_signal: \"99\" is not a signal",
+        ),
+        (
+            "services: {web: {image: x, init: yes please}}",
+            "services.web.init: must be a boolean",
         ),
         (
             "services: {web: {image: \"${REQ:?set REQ}\"}}",
@@ -761,4 +779,28 @@ fn image_names_are_valid_references() {
         );
     }
     assert!(plan::image_name("badid_", "web").starts_with("badid-web-"));
+}
+
+#[test]
+fn stop_signal_forms_and_init() {
+    for sig in ["SIGTERM", "TERM", "15", "SIGRTMIN+3", "SIGKILL"] {
+        let p = project_from(&[(
+            "compose.yaml",
+            &format!("services: {{web: {{image: x, stop_signal: \"{sig}\", init: false}}}}"),
+        )])
+        .unwrap();
+        let web = p.service("web").unwrap();
+        assert_eq!(web.stop_signal.as_deref(), Some(sig));
+        assert_eq!(web.init, Some(false));
+    }
+    for bad in ["0", "65", "", "SIG", "term"] {
+        let errs = errors(&format!(
+            "services: {{web: {{image: x, stop_signal: \"{bad}\"}}}}"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("services.web.stop_signal:")),
+            "{bad:?}: {errs:?}"
+        );
+    }
 }

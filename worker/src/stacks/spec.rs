@@ -3,6 +3,7 @@
 //! the config hash that tells start whether an existing container still matches.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkingConfig, PortBinding,
@@ -172,6 +173,7 @@ impl Stacks {
                     })
                     .collect()
             }),
+            init: s.init,
             tmpfs: (!r.tmpfs.is_empty()).then(|| {
                 r.tmpfs
                     .iter()
@@ -207,7 +209,8 @@ impl Stacks {
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             healthcheck,
             volumes: (!anonymous.is_empty()).then_some(anonymous),
-            stop_timeout: s.stop_grace_period.map(|d| d.as_secs() as i64),
+            stop_signal: s.stop_signal.clone(),
+            stop_timeout: s.stop_grace_period.map(|d| grace_seconds(d) as i64),
             hostname: None,
             host_config: Some(host_config),
             networking_config,
@@ -215,6 +218,11 @@ impl Stacks {
         };
         (body, hash)
     }
+}
+
+/// Docker's stop timeout for a grace period: whole seconds, cut down as Compose does.
+pub(super) fn grace_seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
 /// The container's endpoint on one network: reachable there by its service name, its container

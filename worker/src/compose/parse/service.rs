@@ -81,6 +81,14 @@ impl Parser<'_> {
                             .ok()
                     })
                 }
+                "stop_signal" => {
+                    s.stop_signal = self.string(name, &field, v).and_then(|sig| {
+                        check_signal(&sig)
+                            .map_err(|e| self.err(Some(name), &field, e))
+                            .ok()
+                    })
+                }
+                "init" => s.init = Some(self.boolean(name, &field, v)),
                 "privileged" => s.privileged = self.boolean(name, &field, v),
                 "pid" => s.pid = self.string(name, &field, v),
                 "ipc" => s.ipc = self.string(name, &field, v),
@@ -366,5 +374,28 @@ impl Parser<'_> {
             _ => self.err(Some(service), field, "must be a list or a mapping"),
         }
         out
+    }
+}
+
+/// A signal as Docker takes it: a name with or without `SIG` (`SIGTERM`, `TERM`, `SIGRTMIN+3`)
+/// or a number from 1 to 64. Names are checked for shape only; the engine knows its list.
+fn check_signal(sig: &str) -> Result<String, String> {
+    let ok = match sig.parse::<u32>() {
+        Ok(n) => (1..=64).contains(&n),
+        Err(_) => {
+            let name = sig.strip_prefix("SIG").unwrap_or(sig);
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-')
+                && name.starts_with(|c: char| c.is_ascii_uppercase())
+        }
+    };
+    if ok {
+        Ok(sig.to_owned())
+    } else {
+        Err(format!(
+            "{sig:?} is not a signal (a name such as SIGTERM or a number 1-64)"
+        ))
     }
 }

@@ -276,7 +276,7 @@ async fn docker_policy_rejections_answer_422_with_details() {
             .unwrap_err(),
     );
     assert_eq!(status, 422);
-    assert_eq!(body.error.details[0].field, "services.x.deploy");
+    assert_eq!(body.error.details[0].field, "services.x.deploy.replicas");
     w.client.delete(&sid, false).await.unwrap();
     w.stop().await;
 }

@@ -600,6 +600,8 @@ impl Cluster {
                 );
             }
         }
+        // `docker image ls` orders images made in the same second arbitrarily.
+        out.sort();
         out
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod compose;
 pub mod context;
 pub mod docker;
+pub mod dockerfile;
 pub mod images;
 pub mod logbuf;
 pub mod policy;

@@ -23,6 +23,7 @@ use super::{StackError, Stacks, failed, rejected};
 use crate::compose::plan::{self, Owner};
 use crate::compose::{self, Service};
 use crate::docker::{self as dk, label_filter};
+use crate::dockerfile;
 use crate::images::{self, BuildIds};
 use crate::logbuf::LogBuf;
 use crate::source;
@@ -569,7 +570,7 @@ impl Stacks {
     }
 
     /// Refuses a Dockerfile that builds on another berth instance's image (`FROM`,
-    /// `COPY --from=`); see [`images::image_refs`] for what is read.
+    /// `COPY --from=`, `RUN --mount=...,from=`); see [`crate::dockerfile`] for how it is read.
     async fn check_build_bases(
         &self,
         owner: &Owner,
@@ -583,8 +584,9 @@ impl Stacks {
         self.check_bases(owner, s, build, &text).await.map(drop)
     }
 
-    /// Refuses a Dockerfile `text` that builds on another berth instance's image; answers the
-    /// images it builds on as `reference=id` (`reference=` when there is no such image yet).
+    /// Refuses a Dockerfile `text` that builds on another berth instance's image, or that cannot
+    /// be read unambiguously; answers the images it builds on as `reference=id` (`reference=`
+    /// when there is no such image yet).
     async fn check_bases(
         &self,
         owner: &Owner,
@@ -592,31 +594,43 @@ impl Stacks {
         build: &compose::model::Build,
         text: &str,
     ) -> Result<Vec<String>, StackError> {
-        if images::has_cache_mount(text) {
-            return Err(rejected(
+        let refuse = |reason: String| {
+            rejected(
                 &s.name,
                 format!("services.{}.build", s.name),
-                format!(
-                    "{} uses RUN --mount=type=cache, which berth does not support: BuildKit shares cache mounts between every build on the worker",
-                    build.dockerfile
-                ),
-            ));
+                format!("{} {reason}", build.dockerfile),
+            )
+        };
+        let refs = dockerfile::image_refs(text, &build.args).map_err(|e| refuse(format!("{e}")))?;
+        if let Some(line) = refs.cache_mount {
+            return Err(refuse(format!(
+                "line {line}: uses RUN --mount=type=cache, which berth does not support: BuildKit shares cache mounts between every build on the worker"
+            )));
         }
         let mut bases = Vec::new();
-        for image in images::image_refs(text, &build.args) {
+        for (image, line) in refs.images {
             let Ok(inspect) = self.docker.inspect_image(&image).await else {
                 bases.push(format!("{image}="));
                 continue;
             };
             if let Some(holder) = foreign_berth_image(owner, &inspect) {
-                return Err(rejected(
-                    &s.name,
-                    format!("services.{}.build", s.name),
-                    format!(
-                        "{} builds on image {image}, which {holder}: a build may only use its own images and images that are not berth's",
-                        build.dockerfile
-                    ),
-                ));
+                return Err(refuse(format!(
+                    "line {line}: builds on image {image}, which {holder}: a build may only use its own images and images that are not berth's"
+                )));
+            }
+            // A base image's ONBUILD triggers run in this build: they may not read images.
+            let triggers = inspect.config.as_ref().and_then(|c| c.on_build.as_ref());
+            for trigger in triggers.into_iter().flatten() {
+                if dockerfile::image_refs(
+                    &format!("FROM scratch\nONBUILD {trigger}\n"),
+                    &BTreeMap::new(),
+                )
+                .is_err()
+                {
+                    return Err(refuse(format!(
+                        "line {line}: image {image} has an ONBUILD trigger that reads other images ({trigger})"
+                    )));
+                }
             }
             bases.push(format!("{image}={}", inspect.id.unwrap_or_default()));
         }

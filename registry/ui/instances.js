@@ -177,6 +177,22 @@ export function renderInstances(view) {
       .map(readRecord)
       .sort((a, b) => (b.problems.length > 0) - (a.problems.length > 0) || a.id.localeCompare(b.id));
     const problems = items.filter((i) => i.problems.length > 0);
+    if (filtered && items.length === 0) {
+      // Nothing readable is not "no problems": say why the page is empty.
+      rows = [];
+      replace(
+        summary,
+        h(
+          'p',
+          { class: 'error', role: 'alert', id: 'inst-denied' },
+          'Permission denied: your token may not read the instance records under ',
+          h('code', {}, RECORD_PREFIX),
+          ' (set another one on the ACL page).',
+        ),
+      );
+      replace(body);
+      return;
+    }
     replace(
       summary,
       h(
@@ -199,9 +215,7 @@ export function renderInstances(view) {
         h(
           'p',
           { class: 'empty' },
-          filtered
-            ? 'Your token may not read any instance record (set another one on the ACL page).'
-            : `No instances yet. The master keeps one record per instance under ${RECORD_PREFIX}; they appear here as soon as it writes them.`,
+          `No instances yet. The master keeps one record per instance under ${RECORD_PREFIX}; they appear here as soon as it writes them.`,
         ),
       );
       return;

@@ -12,7 +12,7 @@ import time
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
-from ui_kit import WAIT, browser, page, registry  # noqa: F401 (fixtures)
+from ui_kit import WAIT, Api, Page, Registry, browser, page, registry  # noqa: F401 (fixtures)
 
 LOG_NAME = "instances"
 PREFIX = "berth/instances/"
@@ -244,3 +244,47 @@ def test_kv_warns_before_changing_berths_records(page, registry):
 
     api.ok("DELETE", "/v1/kv/berth/?recurse")
     api.ok("DELETE", "/v1/kv/apps/?recurse")
+
+
+MANAGEMENT = "7e0b3c55-1f7a-4c2e-9d41-5a6b8c9d0e12"
+
+
+def test_instances_page_needs_only_a_read_token(browser, registry):
+    acl = Registry("instances-acl", ["--acl-master-token", MANAGEMENT], token=MANAGEMENT)
+    try:
+        admin = Api(acl.base, MANAGEMENT)
+        admin.ok("PUT", f"/v1/kv/{PREFIX}shop-1", json.dumps(record("shop-1", "running")).encode())
+        admin.ok("PUT", f"/v1/kv/{PREFIX}blog-2", json.dumps(record("blog-2", "failed")).encode())
+        admin.ok("PUT", "/v1/acl/policy", {"Name": "records-read", "Rules": f'key_prefix "{PREFIX}" {{ policy = "read" }}'})
+        reader = admin.ok("PUT", "/v1/acl/token", {"Description": "records reader", "Policies": [{"Name": "records-read"}]})["SecretID"]
+        nobody = admin.ok("PUT", "/v1/acl/token", {"Description": "no policy"})["SecretID"]
+
+        page = Page(browser, acl.base)
+        page.open("#/acl")
+        browser.execute_script("sessionStorage.clear()")
+        page.js_errors()
+        page.type("#acl-token", reader)
+        page.click("#acl-save")
+        page.wait_text("#acl-status", "records reader")
+        page.go("#/instances")
+        wait_for(page, "two rows", lambda: len(rows(page)) == 2)
+        assert problem_count(page) == 1
+        page.shot("instances-read-token")
+
+        # Live updates keep working with the read token.
+        admin.ok("PUT", f"/v1/kv/{PREFIX}shop-1", json.dumps(record("shop-1", "degraded")).encode())
+        wait_for(page, "shop-1 degraded", lambda: row(page, "shop-1").get_attribute("data-problem") == "true")
+
+        # A token that may not read the records is told so, not shown an empty cluster.
+        page.go("#/acl")
+        page.type("#acl-token", nobody)
+        page.click("#acl-save")
+        page.wait_text("#acl-status", "no policy")
+        page.go("#/instances")
+        page.wait_text("#inst-denied", "Permission denied")
+        assert page.absent("#instances tbody tr") and page.absent("#inst-problem-count")
+        page.shot("instances-no-read")
+        browser.execute_script("sessionStorage.clear()")
+        assert page.js_errors() == []
+    finally:
+        acl.stop()

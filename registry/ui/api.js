@@ -50,21 +50,25 @@ export async function request(method, path, opts = {}) {
  * Like `request`, plus whether the registry dropped entries the token may not read
  * (`X-Consul-Results-Filtered-By-ACLs: true`, which Consul sends instead of a 403 on lists).
  */
-async function exchange(method, path, { body, allow404 = false } = {}) {
+async function exchange(method, path, { body, allow404 = false, signal } = {}) {
   const headers = {};
   const token = getToken();
   if (token) headers['X-Consul-Token'] = token;
   let res;
+  let text;
   try {
-    res = await fetch(path, { method, headers, body, cache: 'no-store' });
+    res = await fetch(path, { method, headers, body, cache: 'no-store', signal });
+    text = await res.text();
   } catch (err) {
+    // A page that was left aborts its requests: not an error to show anyone.
+    if (err.name === 'AbortError') throw err;
     throw new ApiError(0, err.message);
   }
-  const text = await res.text();
   const filtered = res.headers.get('X-Consul-Results-Filtered-By-ACLs') === 'true';
-  if (res.status === 404 && allow404) return { text: null, filtered };
+  const index = res.headers.get('X-Consul-Index');
+  if (res.status === 404 && allow404) return { text: null, filtered, index };
   if (!res.ok) throw new ApiError(res.status, text.trim());
-  return { text, filtered };
+  return { text, filtered, index };
 }
 
 export async function getJSON(path, opts) {
@@ -95,6 +99,21 @@ export async function getList(path, opts) {
 export async function kvList(prefix) {
   const { list, filtered } = await getList(`${kvUrl(prefix)}?keys&separator=/`, { allow404: true });
   return { keys: (list ?? []).filter((k) => k !== prefix), filtered };
+}
+
+/**
+ * GET /v1/kv/<key> (with `recurse`, every key under a prefix) as a Consul blocking query: with an
+ * `index` from an earlier answer the registry holds the request until something under the key
+ * changes past that index or `wait` passes. Resolves to `{ entries, index, filtered }`: entries
+ * `[]` when nothing exists, `index` the answer's X-Consul-Index (null if the server sent none).
+ */
+export async function kvBlockingGet(key, { recurse = false, index = null, wait = '60s', signal } = {}) {
+  const params = [];
+  if (recurse) params.push('recurse');
+  if (index) params.push(`index=${encodeURIComponent(index)}`, `wait=${wait}`);
+  const q = params.length ? `?${params.join('&')}` : '';
+  const { text, filtered, index: next } = await exchange('GET', kvUrl(key) + q, { allow404: true, signal });
+  return { entries: text === null ? [] : JSON.parse(text), index: next, filtered };
 }
 
 /** PUT a value; resolves to the registry's true/false answer. */

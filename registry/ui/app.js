@@ -5,6 +5,7 @@ import { h, replace } from './dom.js';
 import { renderKV } from './kv.js';
 import { renderServices, renderService, renderNodes, renderNode } from './catalog.js';
 import { renderACL } from './acl.js';
+import { renderInstances, renderInstance } from './instances.js';
 
 const main = document.getElementById('main');
 
@@ -23,6 +24,8 @@ const routes = [
   [/^#\/services\/(.+)$/, 'services', (view, m) => renderService(view, decode(m[1]))],
   [/^#\/nodes\/?$/, 'nodes', (view) => renderNodes(view)],
   [/^#\/nodes\/(.+)$/, 'nodes', (view, m) => renderNode(view, decode(m[1]))],
+  [/^#\/instances\/?$/, 'instances', (view) => renderInstances(view)],
+  [/^#\/instances\/(.+)$/, 'instances', (view, m) => renderInstance(view, decodePath(m[1]))],
   [/^#\/acl\/?$/, 'acl', (view) => renderACL(view, updateTokenIndicator)],
 ];
 
@@ -33,6 +36,8 @@ function updateTokenIndicator() {
 }
 
 let focusOnRender = false;
+// Aborted when another page is shown, so a live page stops its blocking queries.
+let leave = new AbortController();
 
 function route() {
   const hash = location.hash || '#/kv/';
@@ -50,8 +55,11 @@ function route() {
   // left lands in a detached element instead of over the current page.
   const el = h('div', { class: 'page' });
   replace(main, el);
+  leave.abort();
+  leave = new AbortController();
   const view = {
     el,
+    signal: leave.signal,
     setTitle: (title) => {
       document.title = `${title} · berth registry`;
     },

@@ -9,8 +9,33 @@ import {
   confirmDialog,
   encodePath,
 } from './dom.js';
+import { ownedByMaster, RECORD_PREFIX } from './records.js';
 
 const kvHref = (path) => `#/kv/${encodePath(path)}`;
+
+const OWNED_WARNING =
+  'berth’s master writes these keys (instance records, locks, instance addresses) and acts on what they say. ' +
+  'A change by hand can make it lose track of an instance or start it in the wrong place; ' +
+  'use the master’s API to change instances.';
+
+/** The warning shown on a folder or key the master owns; null elsewhere. */
+function ownedNote(path) {
+  if (!ownedByMaster(path)) return null;
+  const records = path.startsWith(RECORD_PREFIX) || RECORD_PREFIX.startsWith(path);
+  return h(
+    'p',
+    { class: 'note', id: 'kv-owned-note', role: 'note' },
+    h('strong', {}, 'Managed by berth. '),
+    OWNED_WARNING,
+    records ? [' Read the records on the ', h('a', { href: '#/instances' }, 'Instances page'), '.'] : null,
+  );
+}
+
+/** Asks before a change to a key the master owns; true when it may go ahead. */
+async function confirmOwned(key, what, label) {
+  if (!ownedByMaster(key)) return true;
+  return confirmDialog(`“${key}” is managed by berth. ${OWNED_WARNING} ${what}`, label);
+}
 
 /** Renders `#/kv/<path>`: a folder when the path is empty or ends in `/`, else a key. */
 export function renderKV(view, path) {
@@ -49,7 +74,7 @@ async function renderFolder(view, prefix) {
   const toolbar = h('div', { class: 'toolbar' });
   const formArea = h('div');
   view.setTitle(title);
-  replace(view.el, breadcrumbs(prefix), view.heading(title), toolbar, formArea, errors.el, listing);
+  replace(view.el, breadcrumbs(prefix), view.heading(title), ownedNote(prefix), toolbar, formArea, errors.el, listing);
 
   let keys;
   let filtered;
@@ -106,6 +131,7 @@ async function renderFolder(view, prefix) {
           { href: kvHref(key) },
           h('span', { class: 'kind', 'aria-hidden': 'true' }, folder ? '▸' : '•'),
           h('span', { class: 'name' }, name),
+          ownedByMaster(key) && !ownedByMaster(prefix) ? h('span', { class: 'owned-tag' }, 'managed by berth') : null,
         ),
       ),
     };
@@ -177,6 +203,7 @@ function showCreate(area, prefix, folder) {
       return;
     }
     const key = prefix + rel + (folder ? '/' : '');
+    if (!(await confirmOwned(key, 'Create it anyway?', 'Create anyway'))) return;
     try {
       // cas=0: create only; an existing key is never overwritten from this form.
       const created = await api.kvPut(key, folder ? '' : value.value, { cas: 0 });
@@ -195,7 +222,9 @@ function showCreate(area, prefix, folder) {
 }
 
 async function deleteFolder(prefix, errors) {
-  const ok = await confirmDialog(`Delete the folder “${prefix}” and every key under it?`, 'Delete folder');
+  const ok = ownedByMaster(prefix)
+    ? await confirmOwned(prefix, 'Delete this folder and every key under it anyway?', 'Delete anyway')
+    : await confirmDialog(`Delete the folder “${prefix}” and every key under it?`, 'Delete folder');
   if (!ok) return;
   try {
     await api.kvDelete(prefix, { recurse: true });
@@ -246,7 +275,7 @@ async function renderKey(view, key) {
   const errors = errorSlot();
   const body = h('div', { 'aria-live': 'polite' }, h('p', { class: 'muted' }, 'Loading…'));
   view.setTitle(title);
-  replace(view.el, breadcrumbs(key), view.heading(title), errors.el, body);
+  replace(view.el, breadcrumbs(key), view.heading(title), ownedNote(key), errors.el, body);
 
   let entry;
   let writable;
@@ -296,7 +325,7 @@ async function renderKey(view, key) {
     }
     const buttons = [];
     if (writable && text !== null) {
-      buttons.push(h('button', { type: 'button', id: 'kv-edit', onclick: showEditor }, 'Edit'));
+      buttons.push(h('button', { type: 'button', id: 'kv-edit', onclick: editOwned }, 'Edit'));
     }
     if (writable) {
       buttons.push(h('button', { type: 'button', id: 'kv-delete', class: 'danger', onclick: deleteKey }, 'Delete key'));
@@ -305,6 +334,10 @@ async function renderKey(view, key) {
     }
     parts.push(h('div', { class: 'actions' }, buttons), actionErrors.el);
     replace(valueArea, parts);
+  };
+
+  const editOwned = async () => {
+    if (await confirmOwned(key, 'Edit it anyway?', 'Edit anyway')) showEditor();
   };
 
   const showEditor = () => {
@@ -346,7 +379,9 @@ async function renderKey(view, key) {
   };
 
   const deleteKey = async () => {
-    const ok = await confirmDialog(`Delete the key “${key}”?`, 'Delete key');
+    const ok = ownedByMaster(key)
+      ? await confirmOwned(key, 'Delete it anyway?', 'Delete anyway')
+      : await confirmDialog(`Delete the key “${key}”?`, 'Delete key');
     if (!ok) return;
     try {
       await api.kvDelete(key);

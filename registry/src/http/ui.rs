@@ -37,6 +37,8 @@ const ASSETS: &[Asset] = &[
     asset!("kv.js", "text/javascript; charset=utf-8"),
     asset!("catalog.js", "text/javascript; charset=utf-8"),
     asset!("acl.js", "text/javascript; charset=utf-8"),
+    asset!("records.js", "text/javascript; charset=utf-8"),
+    asset!("instances.js", "text/javascript; charset=utf-8"),
 ];
 
 /// Only same-origin scripts, styles and requests; the KV data the pages show is inserted as text.

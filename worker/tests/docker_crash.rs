@@ -59,9 +59,12 @@ async fn docker_kill_9_worker_mid_build_then_retry_succeeds() {
         .unwrap()
         .port();
     let client = WorkerClient::new(format!("http://127.0.0.1:{port}"), Secret::new(TOKEN));
+    // The RUN line names this run, so no build cache from an earlier run (BuildKit keeps it
+    // across releases) can finish the build before the kill.
+    let dockerfile = format!("FROM berth-base:latest\nRUN echo {node} && sleep 6\n");
     let (repo, commit) = git_repo(&[
         ("compose.yaml", "services:\n  slow:\n    build: .\n"),
-        ("Dockerfile", "FROM berth-base:latest\nRUN sleep 6\n"),
+        ("Dockerfile", dockerfile.as_str()),
     ]);
     let sid = id(&format!("k9-{node}"));
     let req = build_request(repo.path(), &commit);

@@ -261,6 +261,71 @@ mod tests {
         panic!("{url}: {last}");
     }
 
+    /// `GET /` on the front door's port with a `Host` header: status and body.
+    async fn get_host(port: u16, host: &str) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{port}/");
+        let http = reqwest::Client::new();
+        let mut last = String::new();
+        for _ in 0..50 {
+            match http.get(&url).header("Host", host).send().await {
+                Ok(r) => return (r.status().as_u16(), r.text().await.unwrap()),
+                Err(err) => last = err.to_string(),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{url} as {host}: {last}");
+    }
+
+    #[tokio::test]
+    async fn unknown_and_stopped_app_names_get_a_404_page_never_another_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = nginx(dir.path());
+        let (master, _m) = backend("master").await;
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_port = app.local_addr().unwrap().port();
+        let _app = tokio::spawn(async move {
+            let router =
+                axum::Router::new().route("/", axum::routing::get(|| async { "shop app" }));
+            axum::serve(app, router).await.unwrap();
+        });
+        // A port other than 80: app routes follow `--listen`.
+        let port = free_port();
+        let mut m = model(dir.path(), port, vec![master]);
+        m.apps[0].endpoints[0].port = app_port;
+        n.apply(&render(DEFAULT_TEMPLATE, &m).unwrap())
+            .await
+            .unwrap();
+        let mut child = n.spawn().unwrap();
+
+        assert_eq!(
+            get_host(port, "shop.apps.test").await,
+            (200, "shop app".into())
+        );
+        assert_eq!(
+            get_host(port, "web.shop.apps.test").await,
+            (200, "shop app".into())
+        );
+        for name in ["stopped.apps.test", "web.stopped.apps.test"] {
+            let (status, body) = get_host(port, name).await;
+            assert_eq!(status, 404, "{name}: {body}");
+            assert_eq!(
+                body,
+                format!(
+                    "berth: no running instance answers at {name} (unknown, stopped or not started yet)\n"
+                )
+            );
+        }
+        // Any other name is the API's (its default server), not an app's.
+        let (status, body) = get_host(port, "berth.example.org").await;
+        assert_eq!(status, 404);
+        assert!(body.contains("try /v1/instances"), "{body}");
+        let api = get_text(&format!("http://127.0.0.1:{port}/v1/instances")).await;
+        assert_eq!(api, "master");
+
+        n.quit().await.unwrap();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await;
+    }
+
     #[tokio::test]
     async fn supervised_nginx_proxies_to_the_rendered_masters_and_follows_a_reload() {
         let dir = tempfile::tempdir().unwrap();

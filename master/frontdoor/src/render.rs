@@ -132,9 +132,11 @@ fn values(model: &Model) -> Result<BTreeMap<&'static str, String>, RenderError> 
         },
     );
     v.insert("registry_address", model.registry.clone());
+    // The API server is the port's default server: a request for a name no server block holds
+    // (an address, the front door's own name) is the API's, never an app's.
     v.insert(
         "front_listen",
-        listen_lines(model.listen, model.tls.as_ref(), 8),
+        listen_lines(model.listen, model.tls.as_ref(), 8, true),
     );
     v.insert("http_redirect", http_redirect(model));
     v.insert("ui_location", ui_location(model));
@@ -146,12 +148,13 @@ fn values(model: &Model) -> Result<BTreeMap<&'static str, String>, RenderError> 
     Ok(v)
 }
 
-fn listen_lines(port: u16, tls: Option<&Tls>, indent: usize) -> String {
+fn listen_lines(port: u16, tls: Option<&Tls>, indent: usize, default: bool) -> String {
     let pad = " ".repeat(indent);
+    let default = if default { " default_server" } else { "" };
     match tls {
-        None => format!("{pad}listen {port};"),
+        None => format!("{pad}listen {port}{default};"),
         Some(tls) => format!(
-            "{pad}listen {port} ssl;\n{pad}ssl_certificate {};\n{pad}ssl_certificate_key {};\n\
+            "{pad}listen {port} ssl{default};\n{pad}ssl_certificate {};\n{pad}ssl_certificate_key {};\n\
              {pad}ssl_protocols TLSv1.2 TLSv1.3;",
             tls.cert, tls.key
         ),
@@ -187,7 +190,7 @@ fn ui_server(model: &Model) -> String {
          # that `/v1` on the API port stays the master's.\n    server {{\n{}\n        \
          server_name _;\n        location / {{\n            proxy_pass http://berth_registry;\n        \
          }}\n    }}\n",
-        listen_lines(port, model.tls.as_ref(), 8)
+        listen_lines(port, model.tls.as_ref(), 8, false)
     )
 }
 
@@ -196,7 +199,8 @@ fn app_servers(model: &Model) -> Result<String, RenderError> {
         return Ok(String::new());
     };
     check_domain(domain)?;
-    let port = if model.tls.is_some() { 443 } else { 80 };
+    // App routes share the API server's port (`--listen`) and TLS.
+    let listen = listen_lines(model.listen, model.tls.as_ref(), 8, false);
     let mut apps: Vec<&AppRoute> = model
         .apps
         .iter()
@@ -233,13 +237,20 @@ fn app_servers(model: &Model) -> Result<String, RenderError> {
                  proxy_set_header Connection $connection_upgrade;\n            \
                  proxy_set_header Host $host;\n            \
                  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        }}\n    }}\n",
-                listen_lines(port, model.tls.as_ref(), 8)
+                listen
             );
         }
     }
-    if out.is_empty() {
-        return Ok(String::new());
-    }
+    // Every other name under the domain (an unknown, stopped or starting instance) gets a 404
+    // page of its own: exact names win over this wildcard, and nginx never falls back to
+    // another instance's server.
+    let _ = write!(
+        out,
+        "\n    # names under the apps domain that no running instance answers\n    server {{\n{listen}\n        \
+         server_name *.{domain};\n        default_type text/plain;\n        location / {{\n            \
+         return 404 \"berth: no running instance answers at $host (unknown, stopped or not started yet)\\n\";\n        \
+         }}\n    }}\n"
+    );
     Ok(format!(
         "\n    map $http_upgrade $connection_upgrade {{\n        default upgrade;\n        '' close;\n    }}\n{out}"
     ))
@@ -453,7 +464,7 @@ mod tests {
             key: "/etc/berth/tls/key.pem".into(),
         });
         let text = render(DEFAULT_TEMPLATE, &m).unwrap();
-        assert!(text.contains("listen 443 ssl;"));
+        assert!(text.contains("listen 443 ssl default_server;"));
         assert!(text.contains("listen 8500 ssl;"));
         assert!(text.contains("ssl_certificate /etc/berth/tls/cert.pem;"));
         assert!(text.contains("ssl_certificate_key /etc/berth/tls/key.pem;"));
@@ -472,6 +483,28 @@ mod tests {
         assert!(text.contains("server_name web.shop.apps.example.org;"));
         assert!(text.contains("proxy_pass http://10.1.2.3:32768;"));
         assert!(text.contains("map $http_upgrade $connection_upgrade"));
+    }
+
+    #[test]
+    fn apps_share_the_api_port_and_unknown_names_get_their_own_404() {
+        let mut m = model();
+        m.listen = 8088;
+        m.apps_domain = Some("apps.test".into());
+        m.apps = vec![app("shop", &[("web", "10.1.2.3", 32768)])];
+        let text = render(DEFAULT_TEMPLATE, &m).unwrap();
+        // One default server on the port, the API's; every app block and the catch-all of the
+        // domain listen on the same port, none on 80.
+        assert_eq!(text.matches("default_server").count(), 1, "{text}");
+        assert!(text.contains("listen 8088 default_server;"));
+        assert_eq!(text.matches("listen 8088;").count(), 3, "{text}");
+        assert!(!text.contains("listen 80;"), "{text}");
+        let catch_all = text.find("server_name *.apps.test;").expect("catch-all");
+        assert!(text[catch_all..].contains("return 404 \"berth: no running instance answers"));
+        // Without running instances the catch-all stays.
+        m.apps.clear();
+        let text = render(DEFAULT_TEMPLATE, &m).unwrap();
+        assert!(text.contains("server_name *.apps.test;"));
+        assert!(!text.contains("proxy_pass http://10."));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Choosing a worker for an instance among the `berth-worker` services of the catalog.
 //!
 //! Candidates are the healthy workers (every check passing) below their advertised capacity (a
-//! capacity of 0 or none means unbounded). `least-loaded` takes the workers with the fewest
-//! instances placed on them according to the instance records, then the lowest `instances` meta
+//! capacity of 0 or none means unbounded). An instance counts against its worker while it holds
+//! resources there ([`holds_resources`]): a record refused before any build does not.
+//! `least-loaded` takes the workers with the fewest instances placed on them according to the
+//! instance records, then the lowest `instances` meta
 //! they report, and breaks remaining ties round-robin; `round-robin` cycles through all candidates.
 
 use std::collections::HashMap;
@@ -11,7 +13,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::record::WorkerRef;
+use crate::record::{InstanceRecord, State, WorkerRef};
+
+/// Whether the instance holds resources on its worker (images, containers, or an operation under
+/// way), so it counts against the worker's capacity: a built commit, or a state past a build.
+/// A record refused before any build (`failed` or `uploaded` with nothing built) does not.
+pub fn holds_resources(rec: &InstanceRecord) -> bool {
+    rec.built_commit.is_some()
+        || rec.state.is_transitional()
+        || matches!(rec.state, State::Built | State::Running | State::Stopped)
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -179,6 +190,29 @@ mod tests {
                 let got = choose(&workers, strategy, &rr).unwrap();
                 assert_eq!(got.id, want, "{workers:?}");
             }
+        }
+    }
+
+    #[test]
+    fn what_counts_against_capacity() {
+        // (state, built commit, counts)
+        let cases = [
+            (State::Uploaded, None, false),
+            (State::Failed, None, false),
+            (State::Failed, Some("c"), true),
+            (State::Uploaded, Some("c"), true),
+            (State::Building, None, true),
+            (State::Built, None, true),
+            (State::Starting, Some("c"), true),
+            (State::Running, Some("c"), true),
+            (State::Stopped, Some("c"), true),
+            (State::Deleting, None, true),
+        ];
+        for (state, built, counts) in cases {
+            let mut rec = InstanceRecord::new("i", "u", "p", "r".into());
+            rec.state = state;
+            rec.built_commit = built.map(str::to_owned);
+            assert_eq!(holds_resources(&rec), counts, "{state} {built:?}");
         }
     }
 

@@ -220,7 +220,8 @@ impl Records {
         self.fenced(lock, id, &format!("writing {key}"), ops).await
     }
 
-    /// Every `berth-worker` service, healthy or not, with `placed` counted from the records.
+    /// Every `berth-worker` service, healthy or not, with `placed` counted from the records that
+    /// hold resources there ([`crate::placement::holds_resources`]).
     /// Only a worker's own registration counts: service id `berth-worker:<node>` on that catalog
     /// node (see [`is_worker_registration`]); any other service of that name is ignored.
     #[tracing::instrument(skip_all, err)]
@@ -280,7 +281,9 @@ impl Records {
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         let mut placed: HashMap<String, usize> = HashMap::new();
         for record in self.list().await? {
-            if let Some(w) = &record.worker {
+            if let Some(w) = &record.worker
+                && crate::placement::holds_resources(&record)
+            {
                 *placed.entry(w.id.clone()).or_default() += 1;
             }
         }

@@ -17,6 +17,7 @@ use berth_worker_api::{
 };
 use serde::Deserialize;
 
+use crate::fence::Fence;
 use crate::stacks::{StackError, Stacks};
 
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct AppState {
     pub stacks: Arc<Stacks>,
     pub token: Secret,
     pub capacity: u32,
+    /// Builds and starts only of instances the master's records place here (`None`: all).
+    pub fence: Option<Arc<Fence>>,
 }
 
 /// Every route of the worker API.
@@ -198,6 +201,9 @@ async fn build(
     ApiJson(req): ApiJson<BuildRequest>,
 ) -> Result<Json<StackStatus>, ApiError> {
     let id = parse_id(&id)?;
+    if let Some(fence) = &state.fence {
+        fence.admit(&id, "build").await?;
+    }
     // The operation runs to its end even if the caller goes away (no half-written state).
     let stacks = state.stacks.clone();
     let result = tokio::spawn(async move { stacks.build(&id, &req).await }).await?;
@@ -216,6 +222,9 @@ async fn start(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?
     };
+    if let Some(fence) = &state.fence {
+        fence.admit(&id, "start").await?;
+    }
     let stacks = state.stacks.clone();
     let result = tokio::spawn(async move { stacks.start(&id, &req).await }).await?;
     Ok(Json(result?))

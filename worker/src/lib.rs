@@ -6,6 +6,7 @@ pub mod compose;
 pub mod context;
 pub mod docker;
 pub mod dockerfile;
+pub mod fence;
 pub mod images;
 pub mod logbuf;
 pub mod policy;
@@ -78,6 +79,10 @@ pub struct Config {
     pub builder: BuilderChoice,
     pub run_as_user: Option<String>,
     pub allowed_caps: Vec<String>,
+    /// Fence stacks by the master's records (with a registry): refuse to build or start, and
+    /// remove, the stacks the records place on another worker or no longer hold. Off only for a
+    /// worker that runs without a master.
+    pub fence: bool,
 }
 
 mod humantime_serde_opt {
@@ -117,6 +122,7 @@ impl Default for Config {
             builder: BuilderChoice::Auto,
             run_as_user: None,
             allowed_caps: Vec::new(),
+            fence: true,
         }
     }
 }
@@ -343,6 +349,17 @@ pub async fn run(
     let stacks = Arc::new(Stacks::new(docker.clone(), settings, logs.clone()));
     let adopted = stacks.adopt().await?;
     tracing::info!(node, %local, advertise, adopted, "worker starting");
+    let fence = match &registry_url {
+        Some(url) if config.fence => Some(Arc::new(
+            fence::Fence::new(url, config.registry_token.clone(), stacks.clone()).map_err(|e| {
+                ConfigError::Invalid {
+                    field: "registry",
+                    reason: e.to_string(),
+                }
+            })?,
+        )),
+        _ => None,
+    };
     if let Some(agent) = agent {
         let check_host = if local.ip().is_unspecified() {
             "127.0.0.1".to_owned()
@@ -360,6 +377,7 @@ pub async fn run(
             api_port: local.port(),
             check_url: format!("http://{check_host}:{}/healthz", local.port()),
             capacity: config.capacity,
+            fence: fence.clone(),
         };
         tasks.push(tokio::spawn(registrator.run(shutdown.clone())));
     }
@@ -367,6 +385,7 @@ pub async fn run(
         stacks,
         token: config.cluster_token.clone(),
         capacity: config.capacity,
+        fence,
     });
     let stop = shutdown.clone();
     let server = berth_kit::serve::serve(

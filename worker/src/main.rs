@@ -38,6 +38,10 @@ struct Cli {
     /// Run without any registry (no registrations, no KV keys).
     #[arg(long, env = "BERTH_WORKER_NO_REGISTRY")]
     no_registry: bool,
+    /// Do not fence stacks by the master's records (for a worker used without a master): by
+    /// default it refuses to build or start, and removes, stacks the records place elsewhere.
+    #[arg(long, env = "BERTH_WORKER_NO_FENCE")]
+    no_fence: bool,
     #[arg(long, env = "BERTH_WORKER_REGISTRY_TOKEN", hide_env_values = true)]
     registry_token: Option<String>,
     #[arg(long, env = "BERTH_WORKER_REGISTRY_TOKEN_FILE")]
@@ -159,6 +163,9 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
     }
     if cli.no_registry {
         c.registry = None;
+    }
+    if cli.no_fence {
+        c.fence = false;
     }
     if let Some(t) = secret(cli.registry_token, cli.registry_token_file)? {
         c.registry_token = Some(t);

@@ -45,6 +45,7 @@ async fn docker_router_auth_and_input_errors() {
         stacks: Arc::new(stacks),
         token: Secret::new(TOKEN),
         capacity: 7,
+        fence: None,
     });
     let auth = format!("Bearer {TOKEN}");
     let commit = "a".repeat(40);

@@ -34,6 +34,8 @@ fn spawn_worker(data: &std::path::Path, node: &str, port: u16, registry: &str) -
                 node,
                 "--registry",
                 registry,
+                // No master here: nothing to fence against.
+                "--no-fence",
             ])
             .arg("--data-dir")
             .arg(data)
@@ -303,7 +305,11 @@ async fn docker_reserved_names_and_check_urls_are_refused() {
         stop_registry.clone(),
     ));
     let kv = Client::new(&registry, None).unwrap();
-    let w = worker("regres", |c| c.registry = Some(registry.clone())).await;
+    let w = worker("regres", |c| {
+        c.registry = Some(registry.clone());
+        c.fence = false;
+    })
+    .await;
     let node = w.node.clone();
     let worker_ids = || async {
         let mut ids: Vec<String> = kv

@@ -22,7 +22,12 @@ async fn docker_registry_the_worker_leaves_the_masters_kv_keys_alone() {
     ));
     let kv = Client::new(&registry_url, None).unwrap();
     let url = registry_url.clone();
-    let w = worker("kv", move |c| c.registry = Some(url)).await;
+    // No master here: nothing to fence against.
+    let w = worker("kv", move |c| {
+        c.registry = Some(url);
+        c.fence = false;
+    })
+    .await;
     let (repo, commit) = git_repo(&[(
         "compose.yaml",
         "services:\n  app:\n    image: berth-base:latest\n    command: [httpd, -f, -p, \"8080\", -h, /]\n",
@@ -72,6 +77,7 @@ async fn docker_join_runs_an_in_process_agent() {
     let w = worker("join", move |c| {
         c.join = Some(join);
         c.agent_listen = "127.0.0.1:0".into();
+        c.fence = false;
     })
     .await;
     let (repo, commit) = git_repo(&[(

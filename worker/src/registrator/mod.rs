@@ -7,12 +7,16 @@
 //! (`registrations.rs`, over the container views of `view.rs`, judged by the `SERVICE_*` rules
 //! of `compose::service_env`); this file is the loop: it gathers the views, applies the diff
 //! through [`Agent`] and reacts to events. It knows the stack manager only through what
-//! `lib.rs` hands it: the shared [`LogBook`] and a watch of the stack count.
+//! `lib.rs` hands it: the shared [`LogBook`] and a watch of the stack count. With a [`Fence`] it
+//! has the fence remove the copies the master's records exclude first (at start-up, after every
+//! failed resync or event-stream drop, and every 30 s), and registers only instances the records
+//! place here.
 
 pub mod registrations;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_worker_api::{META_CAPACITY, META_INSTANCES, META_VERSION, ValidName, WORKER_SERVICE};
@@ -23,6 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::compose::plan;
+use crate::fence::Fence;
 use crate::logbuf::LogBook;
 use crate::registry::{Agent, Check, Registration};
 use registrations::{check_id, diff, registrations, relays_health};
@@ -67,6 +72,8 @@ pub struct Synced {
     me: Option<Registration>,
     /// (instance, line) of the `SERVICE_*` refusals already logged.
     reported: BTreeSet<(String, String)>,
+    /// Whether the last resync failed (the next one is a reconnect, fenced first).
+    failing: bool,
 }
 
 /// The registrator loop's inputs.
@@ -85,12 +92,18 @@ pub struct Registrator {
     pub api_port: u16,
     pub check_url: String,
     pub capacity: u32,
+    /// The fence against copies the master's records place elsewhere (`None`: register every
+    /// container of this node).
+    pub fence: Option<Arc<Fence>>,
 }
 
 impl Registrator {
     /// One full resync. Returns how many registrations changed.
     pub async fn resync(&self, synced: &mut Synced) -> anyhow::Result<usize> {
-        let views = view::views(&self.docker, &self.node).await?;
+        let mut views = view::views(&self.docker, &self.node).await?;
+        if let Some(fence) = &self.fence {
+            views.retain(|v| fence.confirmed(&v.instance));
+        }
         let mut desired = Vec::new();
         let mut health: HashMap<String, Option<String>> = HashMap::new();
         let mut refused = BTreeSet::new();
@@ -148,15 +161,33 @@ impl Registrator {
         }
     }
 
+    /// A resync, after the fence's reconciliation when `fence` is set or the last resync failed
+    /// (a reconnect).
+    async fn fenced_resync(&self, synced: &mut Synced, fence: bool) {
+        if let Some(f) = &self.fence
+            && (fence || synced.failing)
+        {
+            let removed = f.reconcile().await;
+            if !removed.is_empty() {
+                tracing::warn!(?removed, "fence removed copies placed elsewhere");
+            }
+        }
+        match self.resync(synced).await {
+            Ok(_) => synced.failing = false,
+            Err(e) => {
+                synced.failing = true;
+                tracing::warn!(cause = %e, "registrator resync failed");
+            }
+        }
+    }
+
     /// Runs until `shutdown`, then removes the worker's own registration.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut synced = Synced::default();
         let mut since = now_secs();
         let mut changed = self.stack_count.clone();
         'outer: loop {
-            if let Err(e) = self.resync(&mut synced).await {
-                tracing::warn!(cause = %e, "registrator resync failed");
-            }
+            self.fenced_resync(&mut synced, true).await;
             let filters = HashMap::from([
                 ("type".to_owned(), vec!["container".to_owned()]),
                 (
@@ -176,10 +207,11 @@ impl Registrator {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             tick.tick().await;
             loop {
+                let mut fence = false;
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'outer,
                     Ok(()) = changed.changed() => {}
-                    _ = tick.tick() => {}
+                    _ = tick.tick() => fence = true,
                     event = events.next() => match event {
                         Some(Ok(ev)) => {
                             if let Some(t) = ev.time {
@@ -205,9 +237,7 @@ impl Registrator {
                         }
                     }
                 }
-                if let Err(e) = self.resync(&mut synced).await {
-                    tracing::warn!(cause = %e, "registrator resync failed");
-                }
+                self.fenced_resync(&mut synced, fence).await;
             }
         }
         if let Some(me) = synced.me

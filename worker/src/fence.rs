@@ -1,0 +1,227 @@
+//! The fence between copies of an instance: the master's record at `berth/instances/{id}` is the
+//! one truth of where an instance lives. The worker reads it (through its registry agent, with
+//! Consul's KV API only) before it builds or starts a stack, and at start-up and on every
+//! registrator reconnect it removes the stacks the records place on another worker, on no
+//! worker, or that no longer have a record: a worker that comes back after its instances moved
+//! never serves or registers a second copy.
+//!
+//! Only positive answers act: a registry that cannot be read (down, or a token without KV read)
+//! leaves every stack as it is and lets operations go on, logged. Removal is [`Stacks::delete`],
+//! which touches only objects labelled with this node. The registrator registers the containers
+//! of an instance only once a record read here placed it on this worker ([`Fence::confirmed`]).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use berth_consul::client::{Client, ClientError};
+use berth_worker_api::{InstanceRecord, Secret, ValidName, instance_record_key};
+
+use crate::stacks::{StackError, Stacks};
+
+/// Where the master's record places an instance, as seen from one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// The record names this worker's node.
+    Here,
+    /// The record names another worker's node.
+    Elsewhere(String),
+    /// The record names no worker.
+    Unplaced,
+    /// There is no record (the instance was deleted, or never existed).
+    Gone,
+    /// The record could not be read or parsed (the reason, for logs); nothing is decided.
+    Unknown(String),
+}
+
+impl Placement {
+    /// Whether this worker must not hold the stack: the record says so positively.
+    pub fn excludes(&self) -> bool {
+        matches!(
+            self,
+            Placement::Elsewhere(_) | Placement::Unplaced | Placement::Gone
+        )
+    }
+
+    /// Why this worker must not hold the stack, for errors and logs.
+    pub fn reason(&self, id: &ValidName) -> String {
+        match self {
+            Placement::Here => format!("instance {id} is placed on this worker"),
+            Placement::Elsewhere(node) => {
+                format!("the master's record places instance {id} on worker {node}")
+            }
+            Placement::Unplaced => {
+                format!("the master's record of instance {id} places it on no worker")
+            }
+            Placement::Gone => format!("the master has no record of instance {id}"),
+            Placement::Unknown(why) => {
+                format!("the master's record of instance {id} is unreadable: {why}")
+            }
+        }
+    }
+}
+
+/// The placement of `record` (if any) for the worker of `node`.
+pub fn placement_of(record: Option<&InstanceRecord>, node: &str) -> Placement {
+    match record {
+        None => Placement::Gone,
+        Some(r) => match &r.worker {
+            None => Placement::Unplaced,
+            Some(w) if w.node == node => Placement::Here,
+            Some(w) => Placement::Elsewhere(w.node.clone()),
+        },
+    }
+}
+
+/// Reads the master's records for the stacks of one worker.
+pub struct Fence {
+    client: Client,
+    node: String,
+    stacks: Arc<Stacks>,
+    /// Instances a record read last placed on this worker.
+    here: Mutex<HashSet<String>>,
+}
+
+impl Fence {
+    /// A fence for `stacks`, reading the records through the registry agent at `registry`.
+    pub fn new(
+        registry: &str,
+        token: Option<Secret>,
+        stacks: Arc<Stacks>,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            client: Client::new(registry, token.map(|t| t.expose().to_owned()))?,
+            node: stacks.settings().node.clone(),
+            stacks,
+            here: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Where the record of `id` places it (remembered for [`Fence::confirmed`]).
+    #[tracing::instrument(skip_all, fields(instance = %id))]
+    pub async fn placement(&self, id: &ValidName) -> Placement {
+        let placement = match self.client.kv_get(&instance_record_key(id)).await {
+            Ok(None) => Placement::Gone,
+            Ok(Some(pair)) => match serde_json::from_slice::<InstanceRecord>(&pair.value) {
+                Ok(record) => placement_of(Some(&record), &self.node),
+                Err(e) => Placement::Unknown(format!("not a record: {e}")),
+            },
+            Err(e) => Placement::Unknown(e.to_string()),
+        };
+        let mut here = self.here.lock().expect("fence set");
+        match placement {
+            Placement::Here => {
+                here.insert(id.to_string());
+            }
+            Placement::Unknown(_) => {}
+            _ => {
+                here.remove(id.as_str());
+            }
+        }
+        placement
+    }
+
+    /// Whether the last record read placed `instance` on this worker (what the registrator
+    /// registers).
+    pub fn confirmed(&self, instance: &str) -> bool {
+        self.here.lock().expect("fence set").contains(instance)
+    }
+
+    /// Answers 409 when the record places `id` elsewhere (or nowhere, or is gone), before a
+    /// build or start (`op`) changes anything.
+    pub async fn admit(&self, id: &ValidName, op: &str) -> Result<(), StackError> {
+        let placement = self.placement(id).await;
+        if placement.excludes() {
+            tracing::warn!(instance = %id, op, reason = %placement.reason(id), "fenced: refused");
+            return Err(StackError::Conflict(format!(
+                "{}: this worker ({}) does not {op} it",
+                placement.reason(id),
+                self.node
+            )));
+        }
+        if let Placement::Unknown(why) = &placement {
+            tracing::warn!(instance = %id, op, cause = %why, "cannot read the master's record; going on");
+        }
+        Ok(())
+    }
+
+    /// Removes every stack held here that the records exclude; returns the ids removed. Stacks
+    /// whose record cannot be read stay.
+    pub async fn reconcile(&self) -> Vec<ValidName> {
+        let stacks = &self.stacks;
+        let ids = match stacks.ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(cause = %e, "fence: cannot list the stacks");
+                return Vec::new();
+            }
+        };
+        let mut removed = Vec::new();
+        for id in ids {
+            let placement = self.placement(&id).await;
+            if let Placement::Unknown(why) = &placement {
+                tracing::warn!(instance = %id, cause = %why, "fence: record unreadable; stack kept");
+                continue;
+            }
+            if !placement.excludes() {
+                continue;
+            }
+            let reason = placement.reason(&id);
+            tracing::warn!(instance = %id, %reason, "fence: removing a copy this worker must not hold");
+            stacks
+                .log(&id)
+                .line(&format!("fence: {reason}; removing this worker's copy"));
+            match stacks.delete(&id, false).await {
+                Ok(resp) if resp.not_removed.is_empty() => removed.push(id),
+                Ok(resp) => {
+                    tracing::warn!(instance = %id, left = ?resp.not_removed, "fence: copy partly removed");
+                    removed.push(id);
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %id, cause = %e, "fence: cannot remove the copy")
+                }
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_worker_api::WorkerRef;
+
+    use super::*;
+
+    fn record(node: Option<&str>) -> InstanceRecord {
+        let mut r = InstanceRecord::new("shop", "u", "p", "r".into());
+        r.worker = node.map(|n| WorkerRef {
+            id: format!("{n}/berth-worker:{n}"),
+            node: n.to_owned(),
+            url: "http://w".into(),
+            address: "10.0.0.1".into(),
+        });
+        r
+    }
+
+    #[test]
+    fn placement_from_the_record() {
+        let here = record(Some("n1"));
+        let there = record(Some("n2"));
+        let nowhere = record(None);
+        for (rec, want, excludes) in [
+            (Some(&here), Placement::Here, false),
+            (Some(&there), Placement::Elsewhere("n2".into()), true),
+            (Some(&nowhere), Placement::Unplaced, true),
+            (None, Placement::Gone, true),
+        ] {
+            let got = placement_of(rec, "n1");
+            assert_eq!(got, want);
+            assert_eq!(got.excludes(), excludes, "{got:?}");
+        }
+        assert!(!Placement::Unknown("down".into()).excludes());
+        let id = ValidName::parse("id", "shop").unwrap();
+        assert_eq!(
+            Placement::Elsewhere("n2".into()).reason(&id),
+            "the master's record places instance shop on worker n2"
+        );
+    }
+}

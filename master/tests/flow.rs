@@ -924,3 +924,50 @@ async fn delete_leaves_nothing_under_the_instance_prefix() {
     assert_eq!(kept, ["instance/tree-10/ip"]);
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_whose_build_fails_is_recorded_and_the_next_start_builds_again() {
+    let reg = registry().await;
+    let w1 = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (_, rec) = m.upload("shaky", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(rec["state"], "built", "{rec}");
+    let (status, rec) = m.call(Method::POST, "/v1/instances/shaky/start").await;
+    assert_eq!(status, 200, "{rec}");
+    let w2 = stand_in(&reg, "w2").await;
+    *w2.state.reject.lock().unwrap() = true;
+    set_health(&reg, &w1, "critical").await;
+
+    // The move's build fails on w2: the record says where the instance is, that nothing was
+    // built there, and why.
+    let (status, body) = m.call(Method::POST, "/v1/instances/shaky/start").await;
+    assert_eq!(status, 422, "{body}");
+    let (_, rec) = m.call(Method::GET, "/v1/instances/shaky").await;
+    assert_eq!(rec["state"], "failed", "{rec}");
+    assert_eq!(rec["worker"]["id"], "w2/berth-worker:w2", "{rec}");
+    assert_eq!(rec["built_commit"], serde_json::Value::Null, "{rec}");
+    assert_eq!(rec["running_commit"], serde_json::Value::Null, "{rec}");
+    assert_eq!(rec["error"]["step"], "build", "{rec}");
+    let message = rec["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("moved from worker w1/berth-worker:w1 to worker w2/berth-worker:w2"),
+        "{message}"
+    );
+    assert_eq!(rec["moves"].as_array().unwrap().len(), 2, "{rec}");
+
+    // Once w2 builds again, the next start builds there and runs.
+    *w2.state.reject.lock().unwrap() = false;
+    let before = w2.state.cloned.lock().unwrap().len();
+    let (status, rec) = m.call(Method::POST, "/v1/instances/shaky/start").await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["state"], "running", "{rec}");
+    assert_eq!(rec["worker"]["id"], "w2/berth-worker:w2", "{rec}");
+    assert_eq!(
+        w2.state.cloned.lock().unwrap().len(),
+        before + 1,
+        "built again"
+    );
+    assert_eq!(rec["built_commit"], rec["commit"], "{rec}");
+    m.stop().await;
+}

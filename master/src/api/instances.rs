@@ -214,6 +214,7 @@ pub async fn delete(
         code_kept: keep_code,
         worker: done.worker,
         note: done.note,
+        former_workers: done.former,
     }))
 }
 
@@ -228,6 +229,9 @@ pub struct DeleteOutcome {
     pub worker: Option<DeleteResponse>,
     /// Why the worker was not asked, when it was not.
     pub note: Option<String>,
+    /// What each worker the instance was placed on before (its `moves`) answered to the delete,
+    /// one line per worker (best effort: one that is gone removes its copy when it returns).
+    pub former_workers: Vec<String>,
 }
 
 /// The instance record.

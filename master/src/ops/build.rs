@@ -180,10 +180,28 @@ impl Master {
                 self.save(lock, rec, Some(previous)).await
             }
             Err(err) => {
-                rec.fail("build", err.to_string());
+                let message = match moved_here_unbuilt(rec, worker) {
+                    Some(from) => format!(
+                        "the instance moved from worker {from} to worker {}, where its build \
+                         failed (nothing of it runs; {from} removes its copy when it returns, \
+                         and the next start builds again): {err}",
+                        worker.id
+                    ),
+                    None => err.to_string(),
+                };
+                rec.fail("build", message);
                 self.save(lock, rec, Some(previous)).await?;
                 Err(err)
             }
         }
     }
+}
+
+/// The worker the instance last moved from, when it moved to `worker` and nothing was built
+/// there since.
+fn moved_here_unbuilt(rec: &InstanceRecord, worker: &WorkerInfo) -> Option<String> {
+    let last = rec.moves.last()?;
+    (last.to == worker.id && rec.built_commit.is_none())
+        .then(|| last.from.clone())
+        .flatten()
 }

@@ -1,12 +1,14 @@
-//! Delete: remove the stack from its worker, the repository (unless kept) and every KV key of
-//! the instance.
+//! Delete: remove the stack from its worker and from every worker it was placed on before (best
+//! effort: a former worker that is gone removes its copy by its fence when it returns), the
+//! repository (unless kept) and every KV key of the instance.
 
 use std::sync::Arc;
 
 use berth_worker_api::{DeleteResponse, ValidName};
 
 use super::{Master, OpError, blocking, name, worker_error};
-use crate::record::{Op, State};
+use crate::placement::WorkerInfo;
+use crate::record::{InstanceRecord, Op, State};
 use crate::records::InstanceLock;
 use crate::webhook::Event;
 
@@ -17,6 +19,8 @@ pub struct Deleted {
     pub worker: Option<DeleteResponse>,
     /// Why the worker was not asked, when it was not.
     pub note: Option<String>,
+    /// What each former worker of the instance (in its `moves`) answered, one line each.
+    pub former: Vec<String>,
 }
 
 impl Master {
@@ -56,8 +60,8 @@ impl Master {
         rec.state = State::Deleting;
         self.save(lock, &mut rec, Some(previous)).await?;
         let mut outcome = Deleted::default();
+        let workers = self.records.workers().await?;
         if let Some(worker) = rec.worker.clone() {
-            let workers = self.records.workers().await?;
             let alive = self.current_worker(&rec, &workers).is_some();
             match self.worker_client(&worker.url).delete(id, false).await {
                 Ok(resp) => outcome.worker = Some(resp),
@@ -77,6 +81,7 @@ impl Master {
         } else {
             outcome.note = Some("instance was never placed on a worker".into());
         }
+        outcome.former = self.delete_on_former(&rec, &workers).await;
         if !keep_code {
             self.records
                 .ensure_held(lock, id, "removing its repository")
@@ -97,5 +102,51 @@ impl Master {
             });
         }
         Ok(outcome)
+    }
+
+    /// Asks every former worker of the instance (the workers of its `moves` other than the
+    /// current one) to delete its copy, past failures; one line per worker, each logged.
+    async fn delete_on_former(&self, rec: &InstanceRecord, workers: &[WorkerInfo]) -> Vec<String> {
+        let id = match name("id", &rec.id) {
+            Ok(id) => id,
+            Err(_) => return Vec::new(),
+        };
+        let current = rec.worker.as_ref().map(|w| w.id.as_str());
+        let mut former: Vec<&str> = rec
+            .moves
+            .iter()
+            .flat_map(|m| m.from.as_deref().into_iter().chain([m.to.as_str()]))
+            .filter(|w| Some(*w) != current)
+            .collect();
+        former.sort_unstable();
+        former.dedup();
+        let mut lines = Vec::new();
+        for worker_id in former {
+            let line = match workers.iter().find(|w| w.id == worker_id) {
+                None => format!(
+                    "{worker_id}: not in the catalog; its fence removes the copy if it returns"
+                ),
+                Some(w) => match self.worker_client(&w.url).delete(&id, false).await {
+                    Ok(resp) if !resp.existed => format!("{worker_id}: held no copy"),
+                    Ok(resp) => format!(
+                        "{worker_id}: removed {} containers, {} images{}",
+                        resp.removed_containers,
+                        resp.removed_images,
+                        if resp.not_removed.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; left {}", resp.not_removed.join(", "))
+                        }
+                    ),
+                    Err(err) => format!(
+                        "{worker_id}: {}; its fence removes the copy when it returns",
+                        worker_error(worker_id, err)
+                    ),
+                },
+            };
+            tracing::info!(id = %rec.id, former = %line, "delete on a former worker");
+            lines.push(line);
+        }
+        lines
     }
 }

@@ -378,10 +378,17 @@ impl Master {
             ),
             None => "first placement".to_owned(),
         };
+        let moving = rec.worker.as_ref().is_some_and(|w| w.id != chosen.id);
         if rec.worker.is_some() {
             tracing::warn!(id = %rec.id, to = %chosen.id, %reason, "moving instance");
         }
         rec.record_move(&chosen.to_ref(), &reason);
+        if moving {
+            // The new worker holds no images yet: what was built and ran was the old worker's.
+            rec.built_commit = None;
+            rec.built_at = None;
+            rec.running_commit = None;
+        }
         Ok(chosen)
     }
 

@@ -36,6 +36,8 @@ impl Master {
         if rec.state == State::Running && current.is_some() {
             return Ok(rec);
         }
+        // What a rebuild builds: the stack's commit, also when a move forgets it below.
+        let wanted = rec.built_commit.clone().or_else(|| rec.commit.clone());
         let (worker, mut need_build) = match current {
             Some(w) => (w, rec.built_commit.is_none()),
             None => (self.place(&mut rec, &workers)?, true),
@@ -46,7 +48,7 @@ impl Master {
                 let commit = rec
                     .built_commit
                     .clone()
-                    .or_else(|| rec.commit.clone())
+                    .or_else(|| wanted.clone())
                     .ok_or_else(|| {
                         OpError::Conflict(format!("instance {id} has no uploaded code"))
                     })?;

@@ -55,12 +55,27 @@ pub fn docker_quiet(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// Builds (or finds up to date) the `berth-*:test` images, once per test process.
+/// The tag of the images the cluster runs: `$BERTH_IMAGE_TAG`, else `test` (a tag of one's own
+/// keeps several checkouts on one engine from running each other's binaries).
+pub fn image_tag() -> String {
+    std::env::var("BERTH_IMAGE_TAG")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "test".to_owned())
+}
+
+/// `name:<image_tag()>`.
+fn image(name: &str) -> String {
+    format!("{name}:{}", image_tag())
+}
+
+/// Builds (or finds up to date) the `berth-*:<image_tag()>` images, once per test process.
 pub fn build_images() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let out = Command::new(repo_root().join("scripts/build-images.sh"))
             .arg("--debug")
+            .env("BERTH_IMAGE_TAG", image_tag())
             .current_dir(repo_root())
             .output()
             .expect("scripts/build-images.sh runs");
@@ -122,6 +137,8 @@ pub struct Cluster {
     pub workers: Vec<Worker>,
     pub masters: Vec<String>,
     pub http: reqwest::Client,
+    /// `--capacity` of the workers (`None`: the worker's default).
+    pub worker_capacity: Option<u32>,
 }
 
 /// What a cluster is started with.
@@ -130,6 +147,8 @@ pub struct Options {
     pub masters: usize,
     /// The front door's cap on request bodies (nginx `client_max_body_size`).
     pub max_body: &'static str,
+    /// `--capacity` of every worker (`None`: the worker's default).
+    pub capacity: Option<u32>,
 }
 
 impl Default for Options {
@@ -138,6 +157,7 @@ impl Default for Options {
             workers: 0,
             masters: 1,
             max_body: "1m",
+            capacity: None,
         }
     }
 }
@@ -194,6 +214,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(600))
                 .build()
                 .expect("reqwest client"),
+            worker_capacity: options.capacity,
         };
         // A fixed host port: worker hosts in the engine's namespace join through it, and a
         // random one would change when the registry restarts.
@@ -201,7 +222,7 @@ impl Cluster {
         cluster.run(
             "registry",
             &["--network-alias", "registry", "-p", &registry_publish],
-            "berth-registry:test",
+            &image("berth-registry"),
             &["server", "--node-name", "registry", "--data-dir", "/data"],
         );
         for n in 0..options.masters.max(1) {
@@ -222,7 +243,7 @@ impl Cluster {
         cluster.run(
             "nginx",
             &["-p", "127.0.0.1::80", "-p", "127.0.0.1::8500"],
-            "berth-nginx:test",
+            &image("berth-nginx"),
             &args,
         );
         docker(&[
@@ -312,7 +333,7 @@ impl Cluster {
             extra.push("-e");
             extra.push(e);
         }
-        let c = self.run(&alias, &extra, "berth-master:test", &[]);
+        let c = self.run(&alias, &extra, &image("berth-master"), &[]);
         self.masters.push(c);
     }
 
@@ -328,7 +349,7 @@ impl Cluster {
         std::fs::create_dir_all(&data).expect("worker data dir");
         let data_s = data.display().to_string();
         let join = format!("http://{}:8500", self.link_ip);
-        let env = [
+        let mut env = vec![
             format!("BERTH_WORKER_LISTEN={}:{port}", self.gateway),
             format!("BERTH_WORKER_ADVERTISE={}", self.gateway),
             format!("BERTH_WORKER_DATA_DIR={data_s}"),
@@ -337,6 +358,9 @@ impl Cluster {
             format!("BERTH_WORKER_AGENT_LISTEN=127.0.0.1:{agent_port}"),
             format!("BERTH_CLUSTER_TOKEN={CLUSTER_TOKEN}"),
         ];
+        if let Some(capacity) = self.worker_capacity {
+            env.push(format!("BERTH_WORKER_CAPACITY={capacity}"));
+        }
         let mount = format!("{data_s}:{data_s}");
         let mut extra = vec![
             "-v",
@@ -348,7 +372,13 @@ impl Cluster {
             extra.push("-e");
             extra.push(e);
         }
-        let container = self.run_in(&format!("w{n}"), "host", &extra, "berth-worker:test", &[]);
+        let container = self.run_in(
+            &format!("w{n}"),
+            "host",
+            &extra,
+            &image("berth-worker"),
+            &[],
+        );
         self.workers.push(Worker {
             container,
             node,
@@ -390,6 +420,101 @@ impl Cluster {
             .expect("a worker of this cluster");
         docker(&["kill", &w.container]);
         remove_objects_of(node);
+    }
+
+    /// Kills only a worker's process (the `berth-worker` container), leaving its stacks running
+    /// on the engine, as a worker process crashing on a host that stays up would.
+    pub fn kill_worker_process(&self, node: &str) {
+        docker(&["kill", &self.worker(node).container]);
+    }
+
+    /// Starts a killed worker again: the same container, data dir and node name.
+    pub fn restart_worker(&self, node: &str) {
+        docker(&["start", &self.worker(node).container]);
+    }
+
+    pub fn worker(&self, node: &str) -> &Worker {
+        self.workers
+            .iter()
+            .find(|w| w.node == node)
+            .expect("a worker of this cluster")
+    }
+
+    /// The worker API base URL of `node`.
+    pub fn worker_url(&self, node: &str) -> String {
+        format!("http://{}:{}", self.gateway, self.worker(node).port)
+    }
+
+    /// Moves the stack objects of `node` aside, running, under names no other worker uses:
+    /// containers renamed, networks recreated with their labels and containers, image tags
+    /// retagged (volumes cannot be renamed; a stack parked here has none). On separate hosts
+    /// each engine has names of its own; on the shared engine this lets a second worker run the
+    /// same instance while the first one's copy lives on, labelled with its node.
+    pub fn park_objects_of(&self, node: &str) {
+        let filter = format!("label=org.berth.node={node}");
+        let volumes = docker_quiet(&["volume", "ls", "-q", "--filter", &filter]);
+        assert!(volumes.is_empty(), "volumes cannot be parked: {volumes}");
+        for name in docker_quiet(&["ps", "-a", "--format", "{{.Names}}", "--filter", &filter])
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            docker(&["rename", name, &format!("{name}-parked")]);
+        }
+        for network in docker_quiet(&[
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            &filter,
+        ])
+        .lines()
+        .filter(|l| !l.is_empty())
+        {
+            let labels: serde_json::Map<String, Value> = serde_json::from_str(&docker(&[
+                "network",
+                "inspect",
+                "-f",
+                "{{json .Labels}}",
+                network,
+            ]))
+            .expect("network labels");
+            let parked = format!("{network}-parked");
+            let mut create = vec!["network".to_owned(), "create".to_owned()];
+            for (k, v) in &labels {
+                create.push("--label".to_owned());
+                create.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+            }
+            create.push(parked.clone());
+            docker(&create.iter().map(String::as_str).collect::<Vec<_>>());
+            let attached = docker(&[
+                "network",
+                "inspect",
+                "-f",
+                "{{range .Containers}}{{.Name}} {{end}}",
+                network,
+            ]);
+            for container in attached.split_whitespace() {
+                docker(&["network", "connect", &parked, container]);
+                docker(&["network", "disconnect", network, container]);
+            }
+            docker(&["network", "rm", network]);
+        }
+        for tag in docker_quiet(&[
+            "image",
+            "ls",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            "--filter",
+            &filter,
+        ])
+        .lines()
+        .filter(|l| !l.is_empty() && !l.contains("<none>"))
+        {
+            let (repo, t) = tag.rsplit_once(':').expect("repo:tag");
+            docker(&["tag", tag, &format!("{repo}-parked:{t}")]);
+            docker(&["rmi", tag]);
+        }
     }
 
     /// The host port a container port is published on.

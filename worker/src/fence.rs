@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use berth_consul::client::{Client, ClientError};
 use berth_worker_api::{InstanceRecord, Secret, ValidName, instance_record_key};
@@ -72,6 +73,10 @@ pub fn placement_of(record: Option<&InstanceRecord>, node: &str) -> Placement {
     }
 }
 
+/// How long one record read may take; past it the placement is unknown (a registry cut off
+/// must not hold up a build, a start or the registrator).
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reads the master's records for the stacks of one worker.
 pub struct Fence {
     client: Client,
@@ -99,13 +104,16 @@ impl Fence {
     /// Where the record of `id` places it (remembered for [`Fence::confirmed`]).
     #[tracing::instrument(skip_all, fields(instance = %id))]
     pub async fn placement(&self, id: &ValidName) -> Placement {
-        let placement = match self.client.kv_get(&instance_record_key(id)).await {
-            Ok(None) => Placement::Gone,
-            Ok(Some(pair)) => match serde_json::from_slice::<InstanceRecord>(&pair.value) {
+        let key = instance_record_key(id);
+        let read = tokio::time::timeout(READ_TIMEOUT, self.client.kv_get(&key));
+        let placement = match read.await {
+            Ok(Ok(None)) => Placement::Gone,
+            Ok(Ok(Some(pair))) => match serde_json::from_slice::<InstanceRecord>(&pair.value) {
                 Ok(record) => placement_of(Some(&record), &self.node),
                 Err(e) => Placement::Unknown(format!("not a record: {e}")),
             },
-            Err(e) => Placement::Unknown(e.to_string()),
+            Ok(Err(e)) => Placement::Unknown(e.to_string()),
+            Err(_) => Placement::Unknown(format!("no answer within {READ_TIMEOUT:?}")),
         };
         let mut here = self.here.lock().expect("fence set");
         match placement {
@@ -144,22 +152,27 @@ impl Fence {
         Ok(())
     }
 
-    /// Removes every stack held here that the records exclude; returns the ids removed. Stacks
-    /// whose record cannot be read stay.
-    pub async fn reconcile(&self) -> Vec<ValidName> {
+    /// Removes every stack held here that the records exclude. Stacks whose record cannot be
+    /// read stay.
+    pub async fn reconcile(&self) -> Reconciled {
         let stacks = &self.stacks;
         let ids = match stacks.ids().await {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::warn!(cause = %e, "fence: cannot list the stacks");
-                return Vec::new();
+                return Reconciled {
+                    removed: Vec::new(),
+                    undecided: 1,
+                };
             }
         };
         let mut removed = Vec::new();
+        let mut undecided = 0;
         for id in ids {
             let placement = self.placement(&id).await;
             if let Placement::Unknown(why) = &placement {
                 tracing::warn!(instance = %id, cause = %why, "fence: record unreadable; stack kept");
+                undecided += 1;
                 continue;
             }
             if !placement.excludes() {
@@ -177,12 +190,22 @@ impl Fence {
                     removed.push(id);
                 }
                 Err(e) => {
-                    tracing::warn!(instance = %id, cause = %e, "fence: cannot remove the copy")
+                    tracing::warn!(instance = %id, cause = %e, "fence: cannot remove the copy");
+                    undecided += 1;
                 }
             }
         }
-        removed
+        Reconciled { removed, undecided }
     }
+}
+
+/// What one reconciliation did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// The stacks removed.
+    pub removed: Vec<ValidName>,
+    /// Stacks left for the next time: record unreadable, or removal failed.
+    pub undecided: usize,
 }
 
 #[cfg(test)]

@@ -74,6 +74,8 @@ pub struct Synced {
     reported: BTreeSet<(String, String)>,
     /// Whether the last resync failed (the next one is a reconnect, fenced first).
     failing: bool,
+    /// Whether the last reconciliation left stacks undecided (the next resync tries again).
+    unsettled: bool,
 }
 
 /// The registrator loop's inputs.
@@ -161,16 +163,17 @@ impl Registrator {
         }
     }
 
-    /// A resync, after the fence's reconciliation when `fence` is set or the last resync failed
-    /// (a reconnect).
+    /// A resync, after the fence's reconciliation when `fence` is set, the last resync failed
+    /// (a reconnect) or the last reconciliation left stacks undecided.
     async fn fenced_resync(&self, synced: &mut Synced, fence: bool) {
         if let Some(f) = &self.fence
-            && (fence || synced.failing)
+            && (fence || synced.failing || synced.unsettled)
         {
-            let removed = f.reconcile().await;
-            if !removed.is_empty() {
-                tracing::warn!(?removed, "fence removed copies placed elsewhere");
+            let done = f.reconcile().await;
+            if !done.removed.is_empty() {
+                tracing::warn!(removed = ?done.removed, "fence removed copies placed elsewhere");
             }
+            synced.unsettled = done.undecided > 0;
         }
         match self.resync(synced).await {
             Ok(_) => synced.failing = false,

@@ -30,8 +30,10 @@ pub enum Placement {
     Unplaced,
     /// There is no record (the instance was deleted, or never existed).
     Gone,
-    /// The record could not be read or parsed (the reason, for logs); nothing is decided.
+    /// The record is there but not one (the reason, for logs); nothing is decided.
     Unknown(String),
+    /// The registry did not answer (the reason, for logs); nothing is decided.
+    Unreachable(String),
 }
 
 impl Placement {
@@ -54,7 +56,7 @@ impl Placement {
                 format!("the master's record of instance {id} places it on no worker")
             }
             Placement::Gone => format!("the master has no record of instance {id}"),
-            Placement::Unknown(why) => {
+            Placement::Unknown(why) | Placement::Unreachable(why) => {
                 format!("the master's record of instance {id} is unreadable: {why}")
             }
         }
@@ -112,15 +114,15 @@ impl Fence {
                 Ok(record) => placement_of(Some(&record), &self.node),
                 Err(e) => Placement::Unknown(format!("not a record: {e}")),
             },
-            Ok(Err(e)) => Placement::Unknown(e.to_string()),
-            Err(_) => Placement::Unknown(format!("no answer within {READ_TIMEOUT:?}")),
+            Ok(Err(e)) => Placement::Unreachable(e.to_string()),
+            Err(_) => Placement::Unreachable(format!("no answer within {READ_TIMEOUT:?}")),
         };
         let mut here = self.here.lock().expect("fence set");
         match placement {
             Placement::Here => {
                 here.insert(id.to_string());
             }
-            Placement::Unknown(_) => {}
+            Placement::Unknown(_) | Placement::Unreachable(_) => {}
             _ => {
                 here.remove(id.as_str());
             }
@@ -146,7 +148,7 @@ impl Fence {
                 self.node
             )));
         }
-        if let Placement::Unknown(why) = &placement {
+        if let Placement::Unknown(why) | Placement::Unreachable(why) = &placement {
             tracing::warn!(instance = %id, op, cause = %why, "cannot read the master's record; going on");
         }
         Ok(())
@@ -168,8 +170,15 @@ impl Fence {
         };
         let mut removed = Vec::new();
         let mut undecided = 0;
-        for id in ids {
+        let count = ids.len();
+        for (n, id) in ids.into_iter().enumerate() {
             let placement = self.placement(&id).await;
+            if let Placement::Unreachable(why) = &placement {
+                // The others would wait out the same registry: all are left for the next time.
+                tracing::warn!(cause = %why, "fence: registry unreachable; stacks kept");
+                undecided += count - n;
+                break;
+            }
             if let Placement::Unknown(why) = &placement {
                 tracing::warn!(instance = %id, cause = %why, "fence: record unreadable; stack kept");
                 undecided += 1;
@@ -240,7 +249,8 @@ mod tests {
             assert_eq!(got, want);
             assert_eq!(got.excludes(), excludes, "{got:?}");
         }
-        assert!(!Placement::Unknown("down".into()).excludes());
+        assert!(!Placement::Unknown("not json".into()).excludes());
+        assert!(!Placement::Unreachable("down".into()).excludes());
         let id = ValidName::parse("id", "shop").unwrap();
         assert_eq!(
             Placement::Elsewhere("n2".into()).reason(&id),

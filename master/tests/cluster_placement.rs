@@ -1,7 +1,8 @@
 //! Placement truth (issue 12). One copy of each instance: a worker whose process dies while its
 //! host stays up, so its stack keeps running, comes back after the instance moved to another
 //! worker; the master's record is the truth, so the returning worker removes its copy and never
-//! registers it, refuses to start it, and a delete reaches both workers. Capacity: only
+//! registers it, refuses to start it, and a delete reaches both workers. A move whose build
+//! fails on the new worker is recorded as such and retried by the next start. Capacity: only
 //! instances that hold resources on a worker count against its `--capacity`. Cluster set-up and
 //! the shared engine: `cluster/mod.rs`.
 
@@ -238,6 +239,72 @@ async fn cluster_docker_refused_uploads_do_not_fill_a_workers_capacity() {
             .await;
         assert_eq!(status, StatusCode::OK, "{id}: {body}");
     }
+    let left = c.stack_objects();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn cluster_docker_a_move_whose_build_fails_is_recorded_and_retried() {
+    let mut c = Cluster::start(Options {
+        workers: 1,
+        ..Options::default()
+    })
+    .await;
+    let id = "shaky";
+    let compose = "services:\n  web:\n    image: berth-base:latest\n    init: true\n    \
+                   command: [httpd, -f, -p, \"8000\", -h, /]\n    pids_limit: 100\n";
+    let (status, body) = upload(&c, id, compose).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, record) = c
+        .call(Method::POST, &format!("/v1/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    let old = node_of(&record);
+    let old_id = record["worker"]["id"].as_str().unwrap().to_owned();
+    // The only other worker refuses the file (its pids cap is below the file's limit).
+    c.add_worker_with(1, &["BERTH_WORKER_MAX_PIDS=10"]);
+    let new = c.workers[1].node.clone();
+    c.wait_worker_status(&new, "passing").await;
+    c.kill_worker(&old);
+    c.wait_worker_status(&old, "critical").await;
+
+    let (status, body) = c
+        .call(Method::POST, &format!("/v1/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, record) = c
+        .call(Method::GET, &format!("/v1/instances/{id}"), None)
+        .await;
+    assert_eq!(record["state"], "failed", "{record}");
+    assert_eq!(node_of(&record), new, "{record}");
+    assert_eq!(record["built_commit"], Value::Null, "{record}");
+    assert_eq!(record["running_commit"], Value::Null, "{record}");
+    assert_eq!(record["error"]["step"], "build", "{record}");
+    let message = record["error"]["message"].as_str().unwrap_or_default();
+    let new_id = record["worker"]["id"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("moved from worker {old_id} to worker {new_id}")),
+        "{message}"
+    );
+    assert!(message.contains("pids_limit"), "{message}");
+
+    // The next start builds again (the same refusal), instead of asking the new worker to
+    // start a commit it never built.
+    let (status, body) = c
+        .call(Method::POST, &format!("/v1/instances/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, log) = c
+        .call(Method::GET, &format!("/v1/instances/{id}/logs"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let builds = log.as_str().unwrap_or_default().matches("== build").count();
+    assert_eq!(builds, 2, "{log}");
+
+    let (status, body) = c
+        .call(Method::DELETE, &format!("/v1/instances/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let left = c.stack_objects();
     assert!(left.is_empty(), "left behind: {left:?}");
 }

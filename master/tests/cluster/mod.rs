@@ -342,6 +342,11 @@ impl Cluster {
     /// a real worker host. It listens on the test network's gateway address, its agent on a
     /// loopback port of its own.
     pub fn add_worker(&mut self, n: usize) {
+        self.add_worker_with(n, &[]);
+    }
+
+    /// As [`Cluster::add_worker`], with more `BERTH_WORKER_*` settings (`NAME=value`).
+    pub fn add_worker_with(&mut self, n: usize, settings: &[&str]) {
         let node = format!("{}-w{n}", self.id);
         let port = free_port();
         let agent_port = free_port();
@@ -361,6 +366,7 @@ impl Cluster {
         if let Some(capacity) = self.worker_capacity {
             env.push(format!("BERTH_WORKER_CAPACITY={capacity}"));
         }
+        env.extend(settings.iter().map(|s| (*s).to_owned()));
         let mount = format!("{data_s}:{data_s}");
         let mut extra = vec![
             "-v",

@@ -217,6 +217,11 @@ pub fn rm(client: &Client, out: &Out, args: &RmArgs) -> Result<(), Failure> {
     if let Some(note) = value["note"].as_str() {
         out.note(note);
     }
+    for line in value["former_workers"].as_array().into_iter().flatten() {
+        if let Some(line) = line.as_str() {
+            out.note(&format!("former worker {line}"));
+        }
+    }
     Ok(())
 }
 

@@ -6,8 +6,12 @@
 //! never serves or registers a second copy.
 //!
 //! Only positive answers act: a registry that cannot be read (down, or a token without KV read)
-//! leaves every stack as it is and lets operations go on, logged. Removal is [`Stacks::delete`],
-//! which touches only objects labelled with this node. The registrator registers the containers
+//! leaves every stack as it is and lets operations go on, logged; so does a registry holding no
+//! record at all (a wrong or emptied registry is no proof that every instance was deleted).
+//! Removal is [`Stacks::delete`], which touches only objects labelled with this node; a copy the
+//! records place elsewhere keeps its named volumes (the data a move left behind, removed by the
+//! instance's delete, which asks every former worker), one whose record is gone loses them, as
+//! the delete it missed would have done. The registrator registers the containers
 //! of an instance only once a record read here placed it on this worker ([`Fence::confirmed`]).
 
 use std::collections::HashSet;
@@ -15,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_consul::client::{Client, ClientError};
-use berth_worker_api::{InstanceRecord, Secret, ValidName, instance_record_key};
+use berth_worker_api::{InstanceRecord, RECORD_PREFIX, Secret, ValidName, instance_record_key};
 
 use crate::stacks::{StackError, Stacks};
 
@@ -154,6 +158,15 @@ impl Fence {
         Ok(())
     }
 
+    /// Whether the registry holds any instance record (`None`: it did not answer).
+    async fn any_record(&self) -> Option<bool> {
+        let keys = self.client.kv_keys(RECORD_PREFIX, Some("/"));
+        match tokio::time::timeout(READ_TIMEOUT, keys).await {
+            Ok(Ok(keys)) => Some(!keys.is_empty()),
+            _ => None,
+        }
+    }
+
     /// Removes every stack held here that the records exclude. Stacks whose record cannot be
     /// read stay.
     pub async fn reconcile(&self) -> Reconciled {
@@ -170,6 +183,8 @@ impl Fence {
         };
         let mut removed = Vec::new();
         let mut undecided = 0;
+        // Whether the registry holds any record, asked once when a record is missing.
+        let mut any_record: Option<bool> = None;
         let count = ids.len();
         for (n, id) in ids.into_iter().enumerate() {
             let placement = self.placement(&id).await;
@@ -187,12 +202,23 @@ impl Fence {
             if !placement.excludes() {
                 continue;
             }
+            let gone = placement == Placement::Gone;
+            if gone {
+                if any_record.is_none() {
+                    any_record = self.any_record().await;
+                }
+                if any_record != Some(true) {
+                    tracing::warn!(instance = %id, "fence: the registry holds no record at all; stack kept");
+                    undecided += 1;
+                    continue;
+                }
+            }
             let reason = placement.reason(&id);
             tracing::warn!(instance = %id, %reason, "fence: removing a copy this worker must not hold");
             stacks
                 .log(&id)
                 .line(&format!("fence: {reason}; removing this worker's copy"));
-            match stacks.delete(&id, false).await {
+            match stacks.delete(&id, !gone).await {
                 Ok(resp) if resp.not_removed.is_empty() => removed.push(id),
                 Ok(resp) => {
                     tracing::warn!(instance = %id, left = ?resp.not_removed, "fence: copy partly removed");

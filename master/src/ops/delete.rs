@@ -127,11 +127,21 @@ impl Master {
                     "{worker_id}: not in the catalog; its fence removes the copy if it returns"
                 ),
                 Some(w) => match self.worker_client(&w.url).delete(&id, false).await {
-                    Ok(resp) if !resp.existed => format!("{worker_id}: held no copy"),
+                    Ok(resp)
+                        if !resp.existed
+                            && resp.removed_containers
+                                + resp.removed_images
+                                + resp.removed_volumes
+                                + resp.removed_networks
+                                == 0 =>
+                    {
+                        format!("{worker_id}: held no copy")
+                    }
                     Ok(resp) => format!(
-                        "{worker_id}: removed {} containers, {} images{}",
+                        "{worker_id}: removed {} containers, {} images, {} volumes{}",
                         resp.removed_containers,
                         resp.removed_images,
+                        resp.removed_volumes,
                         if resp.not_removed.is_empty() {
                             String::new()
                         } else {

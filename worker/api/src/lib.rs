@@ -11,8 +11,8 @@ pub use berth_kit::Secret;
 pub use berth_model::ids;
 /// Catalog names and meta keys of a worker (defined in `berth-model`).
 pub use berth_model::keys::{
-    META_CAPACITY, META_INSTANCES, META_VERSION, WORKER_SERVICE, instance_record_key,
-    worker_service_id,
+    META_CAPACITY, META_INSTANCES, META_VERSION, RECORD_PREFIX, WORKER_SERVICE,
+    instance_record_key, worker_service_id,
 };
 /// The master's instance record, which the worker reads to fence copies it must not hold.
 pub use berth_model::{InstanceRecord, WorkerRef};

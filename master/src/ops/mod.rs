@@ -153,7 +153,9 @@ fn worker_error(worker: &str, err: WorkerClientError) -> OpError {
                 body.error.message
             )),
         },
-        WorkerClientError::Protocol { .. } => OpError::Worker(err.to_string()),
+        WorkerClientError::Protocol { .. } | WorkerClientError::Unproven { .. } => {
+            OpError::Worker(err.to_string())
+        }
     }
 }
 
@@ -358,19 +360,37 @@ impl Master {
             .cloned()
     }
 
-    /// Chooses a worker and records the move (with why, when it replaces a lost worker).
-    fn place(
+    /// Chooses a worker that proves it holds the cluster token (a signed answer to a fresh
+    /// challenge, for the node it is registered as) and records the move (with why, when it
+    /// replaces a lost worker). A catalog entry that cannot prove it is passed over and gets
+    /// nothing.
+    async fn place(
         &self,
         rec: &mut InstanceRecord,
         workers: &[WorkerInfo],
     ) -> Result<WorkerInfo, OpError> {
-        let chosen = placement::choose(workers, self.settings.strategy, &self.rr)
-            .ok_or_else(|| {
-                OpError::NoWorker(
-                    "no healthy berth-worker with free capacity in the registry".into(),
-                )
-            })?
-            .clone();
+        let mut candidates = workers.to_vec();
+        let chosen = loop {
+            let chosen = placement::choose(&candidates, self.settings.strategy, &self.rr)
+                .ok_or_else(|| {
+                    OpError::NoWorker(
+                        "no healthy berth-worker with free capacity in the registry".into(),
+                    )
+                })?
+                .clone();
+            match self.worker_client(&chosen.url).health().await {
+                Ok(health) if health.node == chosen.node => break chosen,
+                Ok(health) => tracing::warn!(
+                    worker = %chosen.id, answered = %health.node,
+                    "worker proved a different node name; not placing there"
+                ),
+                Err(err) => tracing::warn!(
+                    worker = %chosen.id, cause = %err,
+                    "worker did not prove it holds the cluster token; not placing there"
+                ),
+            }
+            candidates.retain(|w| w.id != chosen.id);
+        };
         let reason = match &rec.worker {
             Some(old) => format!(
                 "worker {} is gone or critical; rebuilding from the code store",

@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 pub use delete::Deleted;
 pub use release::{DEFAULT_ROLLBACK_WAIT, MAX_RELEASES, Release};
 
+use crate::codestore::credential;
 use crate::codestore::forge::{Forge, ForgeError};
 use crate::codestore::{CodeStore, CodeStoreError};
 use crate::metrics::Metrics;
@@ -34,9 +35,6 @@ use crate::record::{InstanceRecord, Op, State};
 use crate::records::{InstanceLock, Records, RecordsError};
 use crate::upload::{Limits, UploadError};
 use crate::webhook::{Event, Webhook};
-
-/// Basic-auth user name the master hands to workers for its own code store.
-pub const GIT_USERNAME: &str = "berth";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -227,10 +225,16 @@ impl Master {
                 username: forge.token.as_ref().map(|_| forge.username.clone()),
                 password: forge.token.clone(),
             },
+            // A credential for this repository alone, for fetching only, for one build.
             None => RepoSource {
                 url: self.repo_url(user, id),
-                username: Some(GIT_USERNAME.to_owned()),
-                password: Some(self.settings.git_token.clone()),
+                username: Some(credential::USERNAME.to_owned()),
+                password: Some(credential::issue(
+                    &self.settings.git_token,
+                    user,
+                    id,
+                    berth_worker_api::auth::unix_now() + credential::TTL_SECS,
+                )),
             },
         }
     }

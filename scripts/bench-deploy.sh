@@ -58,13 +58,27 @@ since() { echo "$(now) - $1" | bc; }
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 base=http://127.0.0.1:$port
+# The worker API wants each request signed (worker/api/src/auth.rs): prints the three headers.
+sign() {
+  python3 - "$token" "$1" "$2" "$3" <<'PY'
+import hashlib, hmac, os, struct, sys, time
+key, method, path, body = (a.encode() for a in sys.argv[1:5])
+date, nonce = str(int(time.time())).encode(), os.urandom(16).hex().encode()
+mac = hmac.new(key, digestmod=hashlib.sha256)
+for part in (b"berth-request-v1", method, path, hashlib.sha256(body).digest(), date, nonce):
+    mac.update(struct.pack(">Q", len(part)) + part)
+print(f"x-berth-date: {date.decode()}\nx-berth-nonce: {nonce.decode()}\nx-berth-signature: {mac.hexdigest()}")
+PY
+}
 api() {
   local method=$1 path=$2 body=${3:-}
+  local headers=()
+  while IFS= read -r h; do headers+=(-H "$h"); done < <(sign "$method" "$path" "$body")
   if [ -n "$body" ]; then
-    curl -fsS -X "$method" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-      --max-time 900 -d "$body" "$base$path"
+    curl -fsS -X "$method" "${headers[@]}" -H 'Content-Type: application/json' \
+      --max-time 900 --data-binary "$body" "$base$path"
   else
-    curl -fsS -X "$method" -H "Authorization: Bearer $token" --max-time 900 "$base$path"
+    curl -fsS -X "$method" "${headers[@]}" --max-time 900 "$base$path"
   fi
 }
 

@@ -67,9 +67,12 @@ scripts/base-image.sh
 
 mkdir -p "$home"/{registry,master,worker,logs,run}
 chmod 700 "$home"
-if [ ! -s "$home/cluster-token" ]; then
-  (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$home/cluster-token")
-fi
+new_token() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
+mkdir -p "$home/tokens"
+chmod 700 "$home/tokens"
+for t in cluster-token tokens/registry-management; do
+  [ -s "$home/$t" ] || (umask 077 && new_token >"$home/$t")
+done
 
 # start NAME COMMAND...: runs COMMAND in the background unless NAME already runs.
 start() {
@@ -101,26 +104,55 @@ wait_for() {
 node=$(hostname -s | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_.-')
 node=${node:-berth}
 
+# Registry ACLs on, default deny: the management token stays in .berth/tokens/, and each role
+# gets its own least-privilege token, made once (README, "Security").
 start registry "$bin/berth-registry" server \
-  --http-addr "$registry" --data-dir "$home/registry" --node-name "$node"
+  --http-addr "$registry" --data-dir "$home/registry" --node-name "$node" \
+  --acl-master-token-file "$home/tokens/registry-management"
 wait_for registry "http://$registry/v1/status/leader"
+
+# role_token ROLE RULES: writes the secret of ROLE's token (policy berth-ROLE) to tokens/ROLE.
+role_token() {
+  local role=$1 rules=$2 mgmt answer
+  [ -s "$home/tokens/$role" ] && return
+  mgmt="X-Consul-Token: $(cat "$home/tokens/registry-management")"
+  # As JSON: quotes escaped, one rule block per line.
+  rules=$(printf '%s' "$rules" | sed 's/"/\\"/g; s/} /}\\n/g')
+  curl -fsS -o /dev/null -X PUT -H "$mgmt" "http://$registry/v1/acl/policy" \
+    -d "{\"Name\":\"berth-$role\",\"Rules\":\"$rules\"}" ||
+    die "could not create the registry policy berth-$role"
+  answer=$(curl -fsS -X PUT -H "$mgmt" "http://$registry/v1/acl/token" \
+    -d "{\"Description\":\"berth $role\",\"Policies\":[{\"Name\":\"berth-$role\"}]}") ||
+    die "could not create the registry token of $role"
+  (umask 077 && printf '%s' "$answer" | sed -n 's/.*"SecretID":"\([^"]*\)".*/\1/p' >"$home/tokens/$role")
+  [ -s "$home/tokens/$role" ] || die "no SecretID in the registry's answer for $role"
+}
+read_all='service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }'
+role_token master "key_prefix \"berth/\" { policy = \"write\" } key_prefix \"instance/\" { policy = \"write\" } session_prefix \"\" { policy = \"write\" } $read_all"
+# The worker registers itself and its stacks' services, whose names the apps choose (the
+# registrator refuses berth's and Consul's own names): write on services, only on its own node.
+role_token worker "node \"$node\" { policy = \"write\" } service_prefix \"\" { policy = \"write\" } agent \"$node\" { policy = \"read\" } node_prefix \"\" { policy = \"read\" }"
+role_token frontdoor "key_prefix \"berth/instances/\" { policy = \"read\" } $read_all"
+role_token ui "key_prefix \"berth/instances/\" { policy = \"read\" } $read_all"
 
 start master "$bin/berth-master" \
   --listen "$master" --data-dir "$home/master" --registry "http://$registry" \
-  --cluster-token-file "$home/cluster-token" --public-url "http://$master"
+  --registry-token-file "$home/tokens/master" --cluster-token-file "$home/cluster-token" --public-url "http://$master"
 wait_for master "http://$master/healthz"
 # Where the berth CLI finds this master (its token is $home/master/api-token).
 printf 'http://%s\n' "$master" >"$home/master-url"
 
 start worker "$bin/berth-worker" \
   --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" --node-name "$node" \
-  --registry "http://$registry" --cluster-token-file "$home/cluster-token"
+  --registry "http://$registry" --registry-token-file "$home/tokens/worker" \
+  --cluster-token-file "$home/cluster-token"
 wait_for worker "http://$worker/healthz"
 
 say "waiting for the worker to pass its health check in the registry"
 passing=no
 for ((i = 0; i < 120; i++)); do
-  if curl -fsS "http://$registry/v1/health/service/berth-worker?passing=1" 2>/dev/null |
+  if curl -fsS -H "X-Consul-Token: $(cat "$home/tokens/ui")" \
+    "http://$registry/v1/health/service/berth-worker?passing=1" 2>/dev/null |
     grep -q '"ServiceID"'; then
     passing=yes
     break
@@ -134,7 +166,7 @@ cat <<EOF
 
 berth is up ($(($(date +%s) - started)) s).
   master API     http://$master/v1/instances
-  registry UI    http://$registry/ui/
+  registry UI    http://$registry/ui/  (token: $home/tokens/ui, read-only)
   API token      $home/master/api-token
   logs           $home/logs/
   CLI            $bin/berth (finds this master and its token by itself)

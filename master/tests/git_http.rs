@@ -363,3 +363,67 @@ async fn libgit2_clients_fetch_like_the_worker() {
     .unwrap();
     server.shutdown.cancel();
 }
+
+/// A worker's clone credential (issued as the master issues it for a build) clones its own
+/// repository with stock git, and is refused for another repository, for a push and once it
+/// has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_credential_is_per_instance_read_only_and_short_lived() {
+    use berth_master::codestore::credential;
+    let server = serve().await;
+    let mut tree = UploadTree::default();
+    file(&mut tree, "compose.yaml", b"services: {}\n", false);
+    for id in ["mine", "theirs"] {
+        server
+            .store
+            .commit(&name("alice"), &name(id), &tree, "one")
+            .unwrap();
+    }
+    let key = Secret::new(TOKEN);
+    let now = berth_worker_api::auth::unix_now();
+    let cred = credential::issue(&key, &name("alice"), &name("mine"), now + 60);
+    let expired = credential::issue(&key, &name("alice"), &name("mine"), now - 1);
+    let url = |id: &str, password: &Secret| {
+        format!("{}/git/alice/{id}.git", server.base).replace(
+            "http://",
+            &format!("http://{}:{}@", credential::USERNAME, password.expose()),
+        )
+    };
+    let work = tempfile::tempdir().unwrap();
+    ok(&git(work.path(), &["clone", "-q", &url("mine", &cred), "co"]).await);
+    let co = work.path().join("co");
+    assert!(co.join("compose.yaml").is_file());
+
+    let other = git(
+        work.path(),
+        &["clone", "-q", &url("theirs", &cred), "other"],
+    )
+    .await;
+    assert!(!other.status.success(), "another repository opened");
+    let late = git(
+        work.path(),
+        &["clone", "-q", &url("mine", &expired), "late"],
+    )
+    .await;
+    assert!(!late.status.success(), "an expired credential opened");
+    assert!(
+        String::from_utf8_lossy(&late.stderr).contains("401")
+            || String::from_utf8_lossy(&late.stderr).contains("Authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&late.stderr)
+    );
+
+    ok(&git(&co, &["config", "user.email", "w@example.org"]).await);
+    ok(&git(&co, &["config", "user.name", "w"]).await);
+    std::fs::write(co.join("extra"), "x").unwrap();
+    ok(&git(&co, &["add", "extra"]).await);
+    ok(&git(&co, &["commit", "-q", "-m", "two"]).await);
+    let push = git(&co, &["push", "-q", "origin", "HEAD:main"]).await;
+    assert!(!push.status.success(), "a clone credential pushed");
+    let head = server.store.head(&name("alice"), &name("mine")).unwrap();
+    assert_ne!(
+        head.as_deref(),
+        Some(ok(&git(&co, &["rev-parse", "HEAD"]).await).trim())
+    );
+    server.shutdown.cancel();
+}

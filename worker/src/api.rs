@@ -1,5 +1,6 @@
-//! The worker API: one router serving every route of `berth_worker_api::routes`, the cluster
-//! token check, handlers that call the stack manager, and the one `ApiError`.
+//! The worker API: one router serving every route of `berth_worker_api::routes`, the request
+//! signature check over every `/v1` route (`berth_worker_api::auth`), handlers that call the
+//! stack manager, and the one `ApiError`.
 
 use std::sync::Arc;
 
@@ -7,10 +8,11 @@ use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use berth_worker_api::auth::{self, Verifier};
 use berth_worker_api::{
     BuildRequest, DeleteResponse, ErrorBody, ErrorCode, Secret, StackStatus, StartRequest,
     ValidName, WorkerHealth, routes,
@@ -29,8 +31,9 @@ pub struct AppState {
     pub fence: Option<Arc<Fence>>,
 }
 
-/// Every route of the worker API.
+/// Every route of the worker API; every route of `v1` is behind the signature check.
 pub fn router(state: AppState) -> Router {
+    let verifier = Arc::new(Verifier::new(state.token.clone()));
     let v1 = Router::new()
         .route(routes::STACKS, get(list))
         .route(routes::STACK, get(status).delete(delete))
@@ -38,35 +41,25 @@ pub fn router(state: AppState) -> Router {
         .route(routes::STACK_START, post(start))
         .route(routes::STACK_STOP, post(stop))
         .route(routes::STACK_LOGS, get(logs))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(
+            verifier.clone(),
+            auth::require_signature,
+        ));
     Router::new()
-        .route(routes::HEALTHZ, get(healthz))
+        .route(
+            routes::HEALTHZ,
+            get(move |state, query| healthz(state, query, verifier)),
+        )
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if state.token.matches(presented) {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or unknown cluster token")]
-    Unauthorized,
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -83,12 +76,6 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST,
                 ErrorCode::BadRequest,
                 m,
-                Vec::new(),
-            ),
-            Self::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                self.to_string(),
                 Vec::new(),
             ),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, m, Vec::new()),
@@ -174,14 +161,29 @@ fn parse_id(raw: &str) -> Result<ValidName, ApiError> {
     ValidName::parse("id", raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<WorkerHealth> {
-    Json(WorkerHealth {
-        status: "ok".into(),
-        node: state.stacks.settings().node.clone(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        instances: state.stacks.count() as u32,
-        capacity: state.capacity,
-    })
+#[derive(Debug, Deserialize)]
+struct HealthQuery {
+    challenge: Option<String>,
+}
+
+/// The health answer; with a challenge, the proof that this worker holds the cluster token.
+async fn healthz(
+    State(state): State<AppState>,
+    Query(q): Query<HealthQuery>,
+    verifier: Arc<Verifier>,
+) -> impl IntoResponse {
+    let node = &state.stacks.settings().node;
+    let proof = auth::proof_headers(&verifier, q.challenge.as_deref(), node);
+    (
+        proof,
+        Json(WorkerHealth {
+            status: "ok".into(),
+            node: state.stacks.settings().node.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            instances: state.stacks.count() as u32,
+            capacity: state.capacity,
+        }),
+    )
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<StackStatus>>, ApiError> {

@@ -10,7 +10,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use berth_worker::api::{AppState, router};
 use berth_worker::stacks::{Settings, Stacks};
-use berth_worker_api::{ErrorBody, ErrorCode, Secret, StackState, StartRequest, WorkerClientError};
+use berth_worker_api::{
+    ErrorBody, ErrorCode, Secret, StackState, StartRequest, WorkerClientError, auth,
+};
 use common::*;
 use tower::ServiceExt;
 
@@ -47,12 +49,12 @@ async fn docker_router_auth_and_input_errors() {
         capacity: 7,
         fence: None,
     });
-    let auth = format!("Bearer {TOKEN}");
+    let auth = TOKEN.to_owned();
     let commit = "a".repeat(40);
     let build_body = format!(
         r#"{{"user":"u","project":"p","commit":"{commit}","repo":{{"url":"file:///nonexistent"}}}}"#
     );
-    // (method, path, authorization, body, status, text in the answer)
+    // (method, path, key the request is signed with, body, status, text in the answer)
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
     let cases: Vec<Case<'_>> = vec![
         (
@@ -74,7 +76,7 @@ async fn docker_router_auth_and_input_errors() {
         (
             "GET",
             "/v1/stacks",
-            Some("Bearer wrong"),
+            Some("wrong"),
             String::new(),
             401,
             "unauthorized",
@@ -187,8 +189,12 @@ async fn docker_router_auth_and_input_errors() {
     ];
     for (method, path, token, body, status, needle) in cases {
         let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", t);
+        if let Some(key) = token {
+            let signed = auth::sign_now(&Secret::new(key), method, path, body.as_bytes());
+            req = req
+                .header(auth::DATE_HEADER, signed.date.to_string())
+                .header(auth::NONCE_HEADER, signed.nonce)
+                .header(auth::SIGNATURE_HEADER, signed.signature);
         }
         if !body.is_empty() {
             req = req.header("content-type", "application/json");
@@ -208,6 +214,55 @@ async fn docker_router_auth_and_input_errors() {
         );
         assert!(text.contains(needle), "{method} {path}: {text}");
     }
+
+    // The cluster token as a bearer token no longer opens anything.
+    let bearer = Request::get("/v1/stacks")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(bearer).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // A signed request is accepted once; the same request again is a replay.
+    let signed = auth::sign_now(&Secret::new(TOKEN), "GET", "/v1/stacks", b"");
+    let replay = || {
+        Request::get("/v1/stacks")
+            .header(auth::DATE_HEADER, signed.date.to_string())
+            .header(auth::NONCE_HEADER, signed.nonce.clone())
+            .header(auth::SIGNATURE_HEADER, signed.signature.clone())
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        app.clone().oneshot(replay()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let again = app.clone().oneshot(replay()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    let text =
+        String::from_utf8_lossy(&http_body_util_collect(again.into_body()).await).into_owned();
+    assert!(text.contains("already seen"), "{text}");
+
+    // A health challenge is answered with the proof for this node.
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get("/healthz?challenge=c0ffee")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let proof = resp.headers()[auth::PROOF_HEADER]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(auth::check_health_proof(
+        &Secret::new(TOKEN),
+        "c0ffee",
+        "router-test",
+        &proof
+    ));
 }
 
 async fn http_body_util_collect(body: Body) -> Vec<u8> {

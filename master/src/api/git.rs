@@ -1,6 +1,7 @@
 //! `/git/{user}/{id}.git`: the embedded code store over git's smart HTTP protocol (clone and
 //! fetch; push of `main`, checked like an upload), behind basic auth whose password is the
-//! code-store token (any user name).
+//! code-store token (any user name), or, for fetching one repository only, the short-lived
+//! credential the master hands a worker for a build ([`credential`]).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 
 use super::{ApiError, Path, Query, valid};
-use crate::codestore::{Code, CodeStoreError, MAIN_REF, protocol, receive};
+use crate::codestore::{Code, CodeStoreError, MAIN_REF, credential, protocol, receive};
 use crate::ops::Master;
 
 /// Largest negotiation request accepted (decompressed).
@@ -26,7 +27,25 @@ fn agent() -> String {
     format!("berth/{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Checks `Authorization: Basic` against the code-store token in constant time.
+/// The repository a request fetches from, if it is a fetch (`info/refs` of upload-pack or
+/// `git-upload-pack`): what a clone credential may do.
+fn fetched_repo(req: &Request) -> Option<(ValidName, ValidName)> {
+    let rest = req.uri().path().strip_prefix("/git/")?;
+    let mut parts = rest.splitn(3, '/');
+    let (user, repo, action) = (parts.next()?, parts.next()?, parts.next()?);
+    let fetch = match action {
+        "info/refs" => req.uri().query() == Some("service=git-upload-pack"),
+        "git-upload-pack" => req.method() == axum::http::Method::POST,
+        _ => false,
+    };
+    if !fetch {
+        return None;
+    }
+    repo_names(user, repo).ok()
+}
+
+/// Checks `Authorization: Basic` against the code-store token, or a clone credential against
+/// the repository it fetches, in constant time.
 pub(super) async fn require_git_token(
     State(master): State<Arc<Master>>,
     req: Request,
@@ -40,11 +59,19 @@ pub(super) async fn require_git_token(
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .and_then(|raw| String::from_utf8(raw).ok())
         .and_then(|pair| pair.split_once(':').map(|(_, p)| p.to_owned()));
-    match password {
-        Some(p) if master.settings.git_token.matches(&p) => Ok(next.run(req).await),
-        _ => Err(ApiError::Unauthorized {
+    let key = &master.settings.git_token;
+    let allowed = password.is_some_and(|p| {
+        key.matches(&p)
+            || fetched_repo(&req).is_some_and(|(user, id)| {
+                credential::check(key, &user, &id, &p, berth_worker_api::auth::unix_now())
+            })
+    });
+    if allowed {
+        Ok(next.run(req).await)
+    } else {
+        Err(ApiError::Unauthorized {
             challenge: "Basic realm=\"berth\"",
-        }),
+        })
     }
 }
 

@@ -10,6 +10,7 @@
 //! change the head is compared by hashing it in memory, so a refused one writes no object either.
 //! Every function here is blocking (git2); callers run it on a blocking thread.
 
+pub mod credential;
 pub mod forge;
 pub mod pack;
 pub mod protocol;

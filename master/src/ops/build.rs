@@ -81,7 +81,7 @@ impl Master {
             }
             let worker = match current {
                 Some(w) => w,
-                None => self.place(&mut rec, &workers)?,
+                None => self.place(&mut rec, &workers).await?,
             };
             self.mark_building(&lock, &mut rec, &worker).await?;
             Ok(Some(worker))

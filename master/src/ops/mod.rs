@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 pub use delete::Deleted;
 pub use release::{DEFAULT_ROLLBACK_WAIT, MAX_RELEASES, Release};
 
+use crate::codestore::credential;
 use crate::codestore::forge::{Forge, ForgeError};
 use crate::codestore::{CodeStore, CodeStoreError};
 use crate::metrics::Metrics;
@@ -34,9 +35,6 @@ use crate::record::{InstanceRecord, Op, State};
 use crate::records::{InstanceLock, Records, RecordsError};
 use crate::upload::{Limits, UploadError};
 use crate::webhook::{Event, Webhook};
-
-/// Basic-auth user name the master hands to workers for its own code store.
-pub const GIT_USERNAME: &str = "berth";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -153,7 +151,9 @@ fn worker_error(worker: &str, err: WorkerClientError) -> OpError {
                 body.error.message
             )),
         },
-        WorkerClientError::Protocol { .. } => OpError::Worker(err.to_string()),
+        WorkerClientError::Protocol { .. } | WorkerClientError::Unproven { .. } => {
+            OpError::Worker(err.to_string())
+        }
     }
 }
 
@@ -225,10 +225,16 @@ impl Master {
                 username: forge.token.as_ref().map(|_| forge.username.clone()),
                 password: forge.token.clone(),
             },
+            // A credential for this repository alone, for fetching only, for one build.
             None => RepoSource {
                 url: self.repo_url(user, id),
-                username: Some(GIT_USERNAME.to_owned()),
-                password: Some(self.settings.git_token.clone()),
+                username: Some(credential::USERNAME.to_owned()),
+                password: Some(credential::issue(
+                    &self.settings.git_token,
+                    user,
+                    id,
+                    berth_worker_api::auth::unix_now() + credential::TTL_SECS,
+                )),
             },
         }
     }
@@ -358,19 +364,37 @@ impl Master {
             .cloned()
     }
 
-    /// Chooses a worker and records the move (with why, when it replaces a lost worker).
-    fn place(
+    /// Chooses a worker that proves it holds the cluster token (a signed answer to a fresh
+    /// challenge, for the node it is registered as) and records the move (with why, when it
+    /// replaces a lost worker). A catalog entry that cannot prove it is passed over and gets
+    /// nothing.
+    async fn place(
         &self,
         rec: &mut InstanceRecord,
         workers: &[WorkerInfo],
     ) -> Result<WorkerInfo, OpError> {
-        let chosen = placement::choose(workers, self.settings.strategy, &self.rr)
-            .ok_or_else(|| {
-                OpError::NoWorker(
-                    "no healthy berth-worker with free capacity in the registry".into(),
-                )
-            })?
-            .clone();
+        let mut candidates = workers.to_vec();
+        let chosen = loop {
+            let chosen = placement::choose(&candidates, self.settings.strategy, &self.rr)
+                .ok_or_else(|| {
+                    OpError::NoWorker(
+                        "no healthy berth-worker with free capacity in the registry".into(),
+                    )
+                })?
+                .clone();
+            match self.worker_client(&chosen.url).health().await {
+                Ok(health) if health.node == chosen.node => break chosen,
+                Ok(health) => tracing::warn!(
+                    worker = %chosen.id, answered = %health.node,
+                    "worker proved a different node name; not placing there"
+                ),
+                Err(err) => tracing::warn!(
+                    worker = %chosen.id, cause = %err,
+                    "worker did not prove it holds the cluster token; not placing there"
+                ),
+            }
+            candidates.retain(|w| w.id != chosen.id);
+        };
         let reason = match &rec.worker {
             Some(old) => format!(
                 "worker {} is gone or critical; rebuilding from the code store",

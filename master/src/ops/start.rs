@@ -40,7 +40,7 @@ impl Master {
         let wanted = rec.built_commit.clone().or_else(|| rec.commit.clone());
         let (worker, mut need_build) = match current {
             Some(w) => (w, rec.built_commit.is_none()),
-            None => (self.place(&mut rec, &workers)?, true),
+            None => (self.place(&mut rec, &workers).await?, true),
         };
         let mut retried = false;
         loop {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use berth_master::Config;
@@ -21,6 +21,7 @@ use berth_registry::client::Client;
 use berth_registry::dto::{
     CatalogCheckRegistration, CatalogRegistration, CatalogServiceRegistration,
 };
+use berth_worker_api::auth::{self, Verifier};
 use berth_worker_api::{
     BuildRequest, DeleteResponse, Endpoint, ErrorBody, ErrorCode, ErrorDetail, META_CAPACITY,
     META_INSTANCES, Secret, StackState, StackStatus, ValidName, WORKER_SERVICE, WorkerHealth,
@@ -219,10 +220,6 @@ fn err(status: StatusCode, code: ErrorCode, message: &str, details: Vec<ErrorDet
     (status, axum::Json(ErrorBody::new(code, message, details))).into_response()
 }
 
-fn authorised(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {CLUSTER}"))
-}
-
 async fn event(state: &WorkerState, what: String) {
     state.events.lock().unwrap().push(what);
 }
@@ -230,17 +227,8 @@ async fn event(state: &WorkerState, what: String) {
 async fn build(
     State(state): State<Arc<WorkerState>>,
     UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
     axum::Json(req): axum::Json<BuildRequest>,
 ) -> Response {
-    if !authorised(&headers) {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "bad token",
-            vec![],
-        );
-    }
     event(&state, format!("build:{id}:enter")).await;
     let delay = *state.delay.lock().unwrap();
     tokio::time::sleep(delay).await;
@@ -323,19 +311,7 @@ async fn build(
     }
 }
 
-async fn start(
-    State(state): State<Arc<WorkerState>>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    if !authorised(&headers) {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "bad token",
-            vec![],
-        );
-    }
+async fn start(State(state): State<Arc<WorkerState>>, UrlPath(id): UrlPath<String>) -> Response {
     event(&state, format!("start:{id}:enter")).await;
     let delay = *state.delay.lock().unwrap();
     tokio::time::sleep(delay).await;
@@ -368,19 +344,7 @@ async fn start(
     }
 }
 
-async fn stop(
-    State(state): State<Arc<WorkerState>>,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    if !authorised(&headers) {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "bad token",
-            vec![],
-        );
-    }
+async fn stop(State(state): State<Arc<WorkerState>>, UrlPath(id): UrlPath<String>) -> Response {
     event(&state, format!("stop:{id}:enter")).await;
     let mut stacks = state.stacks.lock().unwrap();
     match stacks.get_mut(&id) {
@@ -401,17 +365,8 @@ async fn stop(
 async fn delete(
     State(state): State<Arc<WorkerState>>,
     UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
     Query(_q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    if !authorised(&headers) {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "bad token",
-            vec![],
-        );
-    }
     event(&state, format!("delete:{id}:enter")).await;
     let existed = state.stacks.lock().unwrap().remove(&id).is_some();
     axum::Json(DeleteResponse {
@@ -443,28 +398,31 @@ async fn list(State(state): State<Arc<WorkerState>>) -> Response {
     axum::Json(stacks).into_response()
 }
 
-async fn logs(UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
-    if !authorised(&headers) {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "bad token",
-            vec![],
-        );
-    }
+async fn logs(UrlPath(id): UrlPath<String>) -> Response {
     format!("build of {id}: ok\nstart of {id}: ok\n").into_response()
 }
 
-async fn health(State(state): State<Arc<WorkerState>>) -> Response {
+#[derive(serde::Deserialize)]
+struct HealthQuery {
+    challenge: Option<String>,
+}
+
+/// Answers like the real worker: with a challenge, the proof that it holds [`CLUSTER`].
+async fn health(State(state): State<Arc<WorkerState>>, Query(q): Query<HealthQuery>) -> Response {
     let n = state.stacks.lock().unwrap().len() as u32;
-    axum::Json(WorkerHealth {
-        status: "ok".into(),
-        node: state.node.clone(),
-        version: "test".into(),
-        instances: n,
-        capacity: 100,
-    })
-    .into_response()
+    let verifier = Verifier::new(Secret::new(CLUSTER));
+    let proof = auth::proof_headers(&verifier, q.challenge.as_deref(), &state.node);
+    (
+        proof,
+        axum::Json(WorkerHealth {
+            status: "ok".into(),
+            node: state.node.clone(),
+            version: "test".into(),
+            instances: n,
+            capacity: 100,
+        }),
+    )
+        .into_response()
 }
 
 /// Starts a stand-in worker and registers it in the catalog as node `node` (passing check).
@@ -482,6 +440,10 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
         .route(routes::STACK_START, post(start))
         .route(routes::STACK_STOP, post(stop))
         .route(routes::STACK_LOGS, get(logs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(Verifier::new(Secret::new(CLUSTER))),
+            auth::require_signature,
+        ))
         .route(routes::HEALTHZ, get(health))
         .with_state(state.clone());
     let shutdown = CancellationToken::new();

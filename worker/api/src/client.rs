@@ -1,4 +1,6 @@
-//! Client of the worker API, used by the master. Every call carries the cluster token.
+//! Client of the worker API, used by the master. Every request is signed with the cluster token
+//! ([`crate::auth`]), which itself never leaves the process; a health check challenges the worker
+//! to prove it holds the same token.
 
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::types::{
     BuildRequest, DeleteResponse, ErrorBody, StackStatus, StartRequest, WorkerHealth,
 };
-use crate::{Secret, ValidName, routes};
+use crate::{Secret, ValidName, auth, routes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerClientError {
@@ -24,6 +26,10 @@ pub enum WorkerClientError {
     /// The worker answered with an error body.
     #[error("worker answered {status}: {}", body.error.message)]
     Api { status: StatusCode, body: ErrorBody },
+    /// The worker answered a health challenge without a valid proof: it does not hold the
+    /// cluster token (or is not the node it claims to be).
+    #[error("worker {base} did not prove it holds the cluster token")]
+    Unproven { base: String },
     /// The worker answered something that is not the API's shape.
     #[error("worker answered {status} with an unexpected body: {snippet}")]
     Protocol { status: StatusCode, snippet: String },
@@ -33,7 +39,7 @@ impl WorkerClientError {
     /// HTTP status the worker answered, if it answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            Self::Unreachable { .. } => None,
+            Self::Unreachable { .. } | Self::Unproven { .. } => None,
             Self::Api { status, .. } | Self::Protocol { status, .. } => Some(*status),
         }
     }
@@ -71,17 +77,49 @@ impl WorkerClient {
         &self.base
     }
 
+    /// A request to `path` (no query: add it with `.query`); [`Self::execute`] signs it.
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{}", self.base, path))
+    }
+
+    /// Signs the finished request (method, path and query, body, date, nonce) and sends it.
+    /// Every call goes through here.
+    async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, WorkerClientError> {
+        let mut request = req.build().map_err(|source| self.unreachable(source))?;
+        let url = request.url();
+        let path_and_query = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let body = request
+            .body()
+            .and_then(|b| b.as_bytes())
+            .unwrap_or_default();
+        let signed = auth::sign_now(
+            &self.token,
+            request.method().as_str(),
+            &path_and_query,
+            body,
+        );
+        let headers = request.headers_mut();
+        for (name, value) in [
+            (auth::DATE_HEADER, signed.date.to_string()),
+            (auth::NONCE_HEADER, signed.nonce),
+            (auth::SIGNATURE_HEADER, signed.signature),
+        ] {
+            headers.insert(
+                name,
+                value.parse().expect("digits and hex are header values"),
+            );
+        }
         self.http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(self.token.expose())
+            .execute(request)
+            .await
+            .map_err(|source| self.unreachable(source))
     }
 
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, WorkerClientError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| self.unreachable(source))?;
+        let resp = self.execute(req).await?;
         let status = resp.status();
         let body = resp
             .bytes()
@@ -103,12 +141,41 @@ impl WorkerClient {
         }
     }
 
+    /// The worker's health, once it proved it holds the cluster token: it answers a fresh
+    /// challenge with the HMAC of the challenge and the node it names in its answer.
     pub async fn health(&self) -> Result<WorkerHealth, WorkerClientError> {
-        self.send(
-            self.request(Method::GET, routes::HEALTHZ)
-                .timeout(Duration::from_secs(10)),
-        )
-        .await
+        let challenge = auth::nonce();
+        let resp = self
+            .http
+            .get(format!("{}{}", self.base, routes::HEALTHZ))
+            .query(&[(routes::CHALLENGE, &challenge)])
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let status = resp.status();
+        let proof = resp
+            .headers()
+            .get(auth::PROOF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        if !status.is_success() {
+            return Err(protocol(status, &body));
+        }
+        let health: WorkerHealth =
+            serde_json::from_slice(&body).map_err(|_| protocol(status, &body))?;
+        match proof {
+            Some(p) if auth::check_health_proof(&self.token, &challenge, &health.node, &p) => {
+                Ok(health)
+            }
+            _ => Err(WorkerClientError::Unproven {
+                base: self.base.clone(),
+            }),
+        }
     }
 
     /// Builds `req.commit`; returns when the build has ended.
@@ -193,11 +260,11 @@ impl WorkerClient {
         follow: bool,
     ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, WorkerClientError> {
         let resp = self
-            .request(Method::GET, &routes::logs(id))
-            .query(&[(routes::FOLLOW, follow)])
-            .send()
-            .await
-            .map_err(|source| self.unreachable(source))?;
+            .execute(
+                self.request(Method::GET, &routes::logs(id))
+                    .query(&[(routes::FOLLOW, follow)]),
+            )
+            .await?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp

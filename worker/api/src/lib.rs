@@ -2,6 +2,7 @@
 //! wire types of the worker API, the worker client and the routes. The id rule, the endpoint and
 //! the error body come from `berth-model`, the secret type from `berth-kit`; both re-exported here.
 
+pub mod auth;
 pub mod client;
 pub mod routes;
 pub mod types;

@@ -4,7 +4,8 @@
 
 use crate::ValidName;
 
-/// `GET`: [`WorkerHealth`](crate::WorkerHealth), no token needed.
+/// `GET` (`?challenge=`): [`WorkerHealth`](crate::WorkerHealth), unsigned; with a challenge the
+/// answer carries the worker's proof ([`crate::auth`]).
 pub const HEALTHZ: &str = "/healthz";
 /// `GET`: every stack the worker holds.
 pub const STACKS: &str = "/v1/stacks";
@@ -21,6 +22,8 @@ pub const STACK_LOGS: &str = "/v1/stacks/{id}/logs";
 
 /// The query parameter of [`STACK`]'s `DELETE`.
 pub const KEEP_VOLUMES: &str = "keep_volumes";
+/// The query parameter of [`HEALTHZ`].
+pub const CHALLENGE: &str = "challenge";
 /// The query parameter of [`STACK_LOGS`].
 pub const FOLLOW: &str = "follow";
 

@@ -1,7 +1,7 @@
 //! Wire types of the worker API (`/v1/stacks/...`), serialised as JSON by both sides.
 //!
-//! Routes (patterns and builders in [`crate::routes`]; all but `/healthz` need `Authorization:
-//! Bearer <cluster token>`):
+//! Routes (patterns and builders in [`crate::routes`]; all but `/healthz` must be signed with the
+//! cluster token, see [`crate::auth`]):
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
@@ -12,10 +12,10 @@
 //! | `GET /v1/stacks/{id}` | none | [`StackStatus`] (404 if the worker holds no such stack) |
 //! | `GET /v1/stacks` | none | `Vec<StackStatus>` |
 //! | `GET /v1/stacks/{id}/logs?follow=true` | none | `text/plain` stream of build and start output |
-//! | `GET /healthz` | none | [`WorkerHealth`] |
+//! | `GET /healthz?challenge=` | none | [`WorkerHealth`], with `X-Berth-Proof` for a challenge |
 //!
 //! Errors answer [`ErrorBody`] (codes: [`ErrorCode`]) with these statuses: 400 bad input, 401
-//! unknown token, 404 unknown stack, 409 an operation that the stack's state does not allow or a Docker object under one of
+//! unsigned, badly signed, replayed or outside the clock window, 404 unknown stack, 409 an operation that the stack's state does not allow or a Docker object under one of
 //! the stack's names that is not the stack's own (the message names it and its owner), 422
 //! rejected by policy or a bad compose file ([`ErrorDetail`]s name service, field and reason), 500
 //! build or start failure (the message carries the failing step and the last log lines), 504

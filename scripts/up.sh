@@ -130,8 +130,9 @@ role_token() {
 read_all='service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }'
 role_token master "key_prefix \"berth/\" { policy = \"write\" } key_prefix \"instance/\" { policy = \"write\" } session_prefix \"\" { policy = \"write\" } $read_all"
 # The worker registers itself and its stacks' services, whose names the apps choose (the
-# registrator refuses berth's and Consul's own names): write on services, only on its own node.
-role_token worker "node \"$node\" { policy = \"write\" } service_prefix \"\" { policy = \"write\" } agent \"$node\" { policy = \"read\" } node_prefix \"\" { policy = \"read\" }"
+# registrator refuses berth's and Consul's own names): write on services, only on its own node;
+# read on the master's records, which say what the worker may keep (the fence).
+role_token worker "node \"$node\" { policy = \"write\" } service_prefix \"\" { policy = \"write\" } agent \"$node\" { policy = \"read\" } node_prefix \"\" { policy = \"read\" } key_prefix \"berth/instances/\" { policy = \"read\" }"
 role_token frontdoor "key_prefix \"berth/instances/\" { policy = \"read\" } $read_all"
 role_token ui "key_prefix \"berth/instances/\" { policy = \"read\" } $read_all"
 

@@ -38,6 +38,7 @@ async fn docker_router_auth_and_input_errors() {
             start_timeout: std::time::Duration::from_secs(60),
             build_parallelism: 2,
             builder: Default::default(),
+            keep_releases: 3,
         },
         berth_worker::logbuf::LogBook::default(),
     );

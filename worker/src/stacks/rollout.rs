@@ -5,7 +5,8 @@
 //! service's name beside it (both answer the service's network aliases meanwhile), passes its
 //! readiness, and only when every service is ready are the old containers stopped (their grace
 //! period) and removed. Services that publish a host port or mount a named volume roll
-//! stop-first: the old container stops just before the new one starts. A service that fails
+//! stop-first: the new container is created while the old one serves, and the old one stops
+//! right before the new one starts. A service that fails
 //! its readiness undoes the rollout: the new containers go, the old ones take their names back
 //! (and start again where they were stopped), and the checkout returns to the old release.
 
@@ -315,12 +316,6 @@ impl Stacks {
                     "service {}: stop-first (it publishes a port or mounts a named volume)",
                     s.name
                 ));
-                let opts = s.stop_grace_period.map(|d| {
-                    StopContainerOptionsBuilder::default()
-                        .t(grace_seconds(d))
-                        .build()
-                });
-                idempotent(self.docker.stop_container(&old, opts).await)?;
             }
             put = Some(Aside {
                 service: s.name.clone(),
@@ -328,8 +323,16 @@ impl Stacks {
                 stopped,
             });
         }
+        // A stop-first service's new container is created while the old one still serves, and
+        // the old one stops right before the new one starts.
+        let stop_first = put
+            .as_ref()
+            .filter(|a| a.stopped)
+            .map(|a| (a.old.as_str(), s.stop_grace_period.map(grace_seconds)));
         let result = self
-            .converge_service(project, s, body, hash, None, owner, log, created)
+            .converge_service(
+                project, s, body, hash, None, owner, log, created, stop_first,
+            )
             .await;
         match result {
             Ok(()) => Ok(put),
@@ -426,7 +429,7 @@ impl Stacks {
                 continue;
             }
             if a.stopped
-                && let Err(e) = self.docker.start_container(&a.old, None).await
+                && let Err(e) = idempotent(self.docker.start_container(&a.old, None).await)
             {
                 log.line(&format!("cannot start the old {name} again: {e}"));
                 continue;

@@ -289,6 +289,7 @@ impl Stacks {
                 &owner,
                 log,
                 created,
+                None,
             )
             .await?;
         }

@@ -36,9 +36,11 @@ struct Aside {
 }
 
 /// Whether `s` can run twice at once: it publishes no host port (the port cannot be bound by
-/// two containers) and mounts no named volume (which a second copy would write at once).
+/// two containers), mounts no named volume (which a second copy would write at once) and does
+/// not ask for `x-berth-rollout: stop-first`.
 pub(super) fn start_first(s: &Service) -> bool {
-    s.ports.is_empty()
+    !s.stop_first
+        && s.ports.is_empty()
         && !s
             .volumes
             .iter()
@@ -313,7 +315,7 @@ impl Stacks {
             let stopped = !start_first(s);
             if stopped {
                 log.line(&format!(
-                    "service {}: stop-first (it publishes a port or mounts a named volume)",
+                    "service {}: stop-first (it publishes a port, mounts a named volume or asks for it)",
                     s.name
                 ));
             }
@@ -451,12 +453,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("compose.yaml"),
-            "services:\n  api:\n    image: b\n  web:\n    image: b\n    ports: [\"80\"]\n  db:\n    image: b\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
+            "services:\n  api:\n    image: b\n  one:\n    image: b\n    x-berth-rollout: stop-first\n  web:\n    image: b\n    ports: [\"80\"]\n  db:\n    image: b\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
         )
         .unwrap();
         let project = crate::compose::load(dir.path(), "b1").unwrap();
         let first = |name: &str| start_first(project.service(name).unwrap());
         assert!(first("api"));
+        assert!(!first("one"));
         assert!(!first("web"));
         assert!(!first("db"));
         assert_eq!(aside_name("b1", "web"), "b1-web-1-old");

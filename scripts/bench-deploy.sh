@@ -4,7 +4,10 @@
 # two apps: the sample app (scripts/sample-app, two services, a healthcheck gate) and a
 # three-service app. Steps: cold build (no cached layers), warm build (every layer cached), a
 # rebuild after a one-file change in one service, start to the port answering HTTP 200, stop,
-# and start after stop to the port answering. Prints seconds and the ratio berth / plain.
+# and start after stop to the port answering; then, with a client loop on the published port
+# (one request every 10 ms), berth's deploy of the rebuilt release (to the new release
+# answering) beside `docker-compose up -d` recreating in place, and berth's rollback to the
+# kept first release. Prints seconds and the ratio berth / plain, then the failed requests.
 #
 #   scripts/bench-deploy.sh            # takes the Docker lock itself
 #   BERTH_WORKER_BIN=target/release/berth-worker scripts/bench-deploy.sh
@@ -158,6 +161,32 @@ build_body() {
 
 results=()
 row() { results+=("$1|$2|$3"); }
+failures=()
+fails() { failures+=("$1|$2|$3"); }
+
+# A client loop on http://$1/ until loop_stop $2: one request every 10 ms, one status a line.
+loop_start() {
+  rm -f "$work/stop-$2"
+  (while [ ! -e "$work/stop-$2" ]; do
+    curl -s -o /dev/null --max-time 1 -w '%{http_code}\n' "http://$1/" || true
+    sleep 0.01
+  done >"$work/loop-$2") &
+}
+# Stops loop $1 and prints its failed requests (anything but 200).
+loop_stop() {
+  touch "$work/stop-$1"
+  sleep 1.2
+  grep -vc '^200$' "$work/loop-$1" || true
+}
+# Waits until http://$1/ answers 200 with a body containing $2.
+serves() {
+  for _ in $(seq 3000); do
+    curl -fsS --max-time 1 "http://$1/" 2>/dev/null | grep -q "$2" && return 0
+    sleep 0.01
+  done
+  echo "http://$1/ never served $2" >&2
+  return 1
+}
 
 bench_app() {
   local app=$1
@@ -195,6 +224,7 @@ bench_app() {
   row "$app: start to port answering" "$berth_start" "$(since "$t")"
 
   # a one-file change in one service: rebuild
+  local first=$c
   echo "<p>changed</p>" >>"$repo/$(changed_file "$app")"
   c=$(commit "$repo" two)
   echo "<p>changed</p>" >>"$plain/$(changed_file "$app")"
@@ -202,6 +232,33 @@ bench_app() {
   local berth_re; berth_re=$(since "$t")
   t=$(now); (cd "$plain" && "${cp[@]}" build -q >/dev/null 2>&1)
   row "$app: rebuild after a one-file change" "$berth_re" "$(since "$t")"
+
+  # deploy of the rebuilt release under a client loop, to the new release serving; plain
+  # tools: `up -d` recreating in place (its host port changes: the old address stops answering)
+  loop_start "$ep" "bd$app"
+  t=$(now); api POST "/v1/stacks/$b/deploy" "$(build_body "$app" "$c" "$repo")" >/dev/null
+  serves "$ep" changed
+  local berth_deploy; berth_deploy=$(since "$t")
+  local berth_deploy_failed; berth_deploy_failed=$(loop_stop "bd$app")
+  loop_start "$p" "pd$app"
+  t=$(now)
+  (cd "$plain" && "${cp[@]}" up -d >/dev/null 2>&1)
+  local p2
+  p2=$(cd "$plain" && "${cp[@]}" port "$(front "$app")" 8000 | sed 's/0.0.0.0/127.0.0.1/')
+  serves "$p2" changed
+  local plain_deploy; plain_deploy=$(since "$t")
+  fails "$app: deploy (plain: up -d recreating)" "$berth_deploy_failed" "$(loop_stop "pd$app")"
+  row "$app: deploy to the new release serving" "$berth_deploy" "$plain_deploy"
+  p=$p2
+
+  # rollback to the first release, whose images are kept (nothing built)
+  loop_start "$ep" "br$app"
+  t=$(now); api POST "/v1/stacks/$b/deploy" "$(build_body "$app" "$first" "$repo")" >/dev/null
+  answers "$ep"
+  local berth_back; berth_back=$(since "$t")
+  fails "$app: rollback (kept release)" "$(loop_stop "br$app")" "-"
+  echo "$app: rollback to the kept first release: $berth_back s"
+  api POST "/v1/stacks/$b/deploy" "$(build_body "$app" "$c" "$repo")" >/dev/null
 
   # the new release running, then stop, then start after stop
   ep=$(api POST "/v1/stacks/$b/start" '{}' | jq -r '.endpoints[0] | "\(.host):\(.host_port)"')
@@ -234,4 +291,11 @@ for r in "${results[@]}"; do
   IFS='|' read -r step ours theirs <<<"$r"
   ratio=$(echo "scale=2; $ours / $theirs" | bc)
   printf '| %-46s | %6.2f s | %6.2f s | %5.2fx |\n' "$step" "$ours" "$theirs" "$ratio"
+done
+echo
+printf '| %-46s | %8s | %8s |\n' "failed requests on the published port" berth plain
+printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' $(seq 48))" ---------- ----------
+for r in "${failures[@]}"; do
+  IFS='|' read -r step ours theirs <<<"$r"
+  printf '| %-46s | %8s | %8s |\n' "$step" "$ours" "$theirs"
 done

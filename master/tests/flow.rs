@@ -15,15 +15,6 @@ fn kv_exists(v: &Option<berth_registry::client::KvPair>) -> bool {
     v.is_some()
 }
 
-/// Number of files under `dir` (a repository's loose objects and packs).
-fn files_under(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
-        .sum()
-}
-
 async fn lock_keys(reg: &Registry) -> Vec<String> {
     reg.client.kv_keys("berth/locks/", None).await.unwrap()
 }
@@ -95,18 +86,30 @@ async fn upload_clone_build_start_stop_delete() {
     // Start of a running instance answers its endpoints again.
     let (status, again) = m.call(Method::POST, "/v1/instances/shop-1/start").await;
     assert_eq!((status, &again["endpoints"]), (200, &running["endpoints"]));
-    // New code while running: 409 naming the states that allow it, and nothing written.
-    let objects = m.data.join("git/alice/shop-1.git/objects");
-    let before = files_under(&objects);
-    let (status, body) = m.upload("shop-1", "alice", "", app("v3")).await;
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("upload is allowed in uploaded, built, stopped, failed")
-    );
-    assert_eq!(files_under(&objects), before);
+    // New code while running: committed and built beside the running release, which keeps
+    // running (and answering its endpoints) until a deploy rolls to it.
+    let (status, beside) = m.upload("shop-1", "alice", "&wait=30s", app("v3")).await;
+    assert_eq!(status, 200, "{beside}");
+    assert_eq!(beside["state"], "running", "{beside}");
+    assert_eq!(beside["running_commit"], running["running_commit"]);
+    assert_eq!(beside["built_commit"], beside["commit"]);
+    assert_ne!(beside["commit"], running["running_commit"]);
+    assert_eq!(beside["endpoints"], running["endpoints"]);
+    let (status, deployed) = m
+        .call(Method::POST, "/v1/instances/shop-1/deploy?wait=30s")
+        .await;
+    assert_eq!(status, 200, "{deployed}");
+    assert_eq!(deployed["running_commit"], beside["commit"]);
+    assert_eq!(deployed["deploy"]["state"], "deployed", "{deployed}");
+    assert_eq!(deployed["deploy"]["from"], running["running_commit"]);
+    let bad = m
+        .req(Method::POST, "/v1/instances/shop-1/deploy")
+        .json(&serde_json::json!({"commit": "abc"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = common::json(bad).await;
+    assert_eq!(status, 400, "{body}");
 
     let logs = m
         .req(Method::GET, "/v1/instances/shop-1/logs?follow=true")

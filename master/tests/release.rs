@@ -112,7 +112,7 @@ async fn releases_list_and_rollback_restarts_on_the_earlier_commit() {
     );
     assert_eq!(list[2]["message"], "upload of alice/proj instance rel-1");
 
-    // Default rollback: the release before the running one, through stop, build and start.
+    // Default rollback: the release before the running one, rolled out on the running stack.
     worker.state.events.lock().unwrap().clear();
     let (status, rec) = rollback(&m, "rel-1", None).await;
     assert_eq!(status, 200, "{rec}");
@@ -126,16 +126,8 @@ async fn releases_list_and_rollback_restarts_on_the_earlier_commit() {
     );
     assert_eq!(
         *worker.state.events.lock().unwrap(),
-        [
-            "stop:rel-1:enter",
-            "build:rel-1:enter",
-            "build:rel-1:exit",
-            "start:rel-1:enter",
-            "start:rel-1:exit",
-        ]
-        .map(String::from)
+        ["deploy:rel-1:enter", "deploy:rel-1:exit"].map(String::from)
     );
-    assert_eq!(worker.state.cloned.lock().unwrap().last().unwrap().0, c2);
     assert_eq!(
         releases(&m, "rel-1").await,
         vec![
@@ -151,8 +143,9 @@ async fn releases_list_and_rollback_restarts_on_the_earlier_commit() {
             got.lock().unwrap().iter().any(|e| {
                 e["event"] == "rolled_back"
                     && e["id"] == "rel-1"
-                    && e["previous_state"] == "running"
+                    && e["state"] == "running"
                     && e["record"]["running_commit"] == c2.as_str()
+                    && e["record"]["deploy"]["rollback"] == true
             })
         }
     })

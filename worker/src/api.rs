@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_worker_api::auth::{self, Verifier};
 use berth_worker_api::{
-    BuildRequest, DeleteResponse, ErrorBody, ErrorCode, Secret, StackStatus, StartRequest,
-    ValidName, WorkerHealth, routes,
+    BuildRequest, DeleteResponse, DeployRequest, ErrorBody, ErrorCode, Secret, StackStatus,
+    StartRequest, ValidName, WorkerHealth, routes,
 };
 use serde::Deserialize;
 
@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route(routes::STACK, get(status).delete(delete))
         .route(routes::STACK_BUILD, post(build))
         .route(routes::STACK_START, post(start))
+        .route(routes::STACK_DEPLOY, post(deploy))
         .route(routes::STACK_STOP, post(stop))
         .route(routes::STACK_LOGS, get(logs))
         .route_layer(middleware::from_fn_with_state(
@@ -229,6 +230,18 @@ async fn start(
     }
     let stacks = state.stacks.clone();
     let result = tokio::spawn(async move { stacks.start(&id, &req).await }).await?;
+    Ok(Json(result?))
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DeployRequest>,
+) -> Result<Json<StackStatus>, ApiError> {
+    let id = parse_id(&id)?;
+    // The rollout runs to its end (or its undo) even if the caller goes away.
+    let stacks = state.stacks.clone();
+    let result = tokio::spawn(async move { stacks.deploy(&id, &req).await }).await?;
     Ok(Json(result?))
 }
 

@@ -74,6 +74,9 @@ pub struct Config {
     pub start_timeout: Duration,
     /// How many services of one stack build at the same time (at least 1).
     pub build_parallelism: usize,
+    /// How many built releases of a stack keep their images, so a rollback to them builds
+    /// nothing (at least 1).
+    pub keep_releases: usize,
     /// Which image builder to use: `auto` (BuildKit through the Engine API, else the classic
     /// builder), `buildkit` or `classic`.
     pub builder: BuilderChoice,
@@ -119,6 +122,7 @@ impl Default for Config {
             build_timeout: Duration::from_secs(15 * 60),
             start_timeout: Duration::from_secs(120),
             build_parallelism: default_build_parallelism(),
+            keep_releases: 3,
             builder: BuilderChoice::Auto,
             run_as_user: None,
             allowed_caps: Vec::new(),
@@ -343,6 +347,7 @@ pub async fn run(
         start_timeout: config.start_timeout,
         build_parallelism: config.build_parallelism.max(1),
         builder: config.builder,
+        keep_releases: config.keep_releases.max(1),
     };
     std::fs::create_dir_all(config.data_dir.join("stacks"))?;
     let logs = LogBook::default();

@@ -86,6 +86,10 @@ struct Cli {
     /// Services of one stack built at the same time [default: the cores, at most 4].
     #[arg(long, env = "BERTH_BUILD_PARALLELISM", value_parser = clap::value_parser!(u64).range(1..=64))]
     build_parallelism: Option<u64>,
+    /// Built releases per stack whose images are kept (rollback to them builds nothing)
+    /// [default: 3].
+    #[arg(long, env = "BERTH_WORKER_KEEP_RELEASES", value_parser = clap::value_parser!(u64).range(1..=100))]
+    keep_releases: Option<u64>,
     /// Image builder: `auto` (BuildKit through the Engine API, falling back to the classic
     /// builder), `buildkit` or `classic` [default: auto].
     #[arg(long, env = "BERTH_WORKER_BUILDER", value_enum)]
@@ -136,6 +140,9 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
     );
     if let Some(n) = cli.build_parallelism {
         c.build_parallelism = usize::try_from(n).unwrap_or(1);
+    }
+    if let Some(n) = cli.keep_releases {
+        c.keep_releases = usize::try_from(n).unwrap_or(3);
     }
     if let Some(b) = cli.builder {
         c.builder = b;

@@ -40,6 +40,7 @@ async fn docker_router_auth_and_input_errors() {
             start_timeout: std::time::Duration::from_secs(60),
             build_parallelism: 2,
             builder: Default::default(),
+            keep_releases: 3,
         },
         berth_worker::logbuf::LogBook::default(),
     );
@@ -546,8 +547,8 @@ async fn docker_build_timeout_fails_the_stack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_rebuild_with_new_commit_drops_old_images() {
-    let w = worker("images", |_| {}).await;
+async fn docker_rebuilds_keep_the_images_of_the_last_releases_only() {
+    let w = worker("images", |c| c.keep_releases = 2).await;
     let sid = id(&format!("img-{}", w.node));
     let tags = || {
         let out = std::process::Command::new("docker")
@@ -567,7 +568,8 @@ async fn docker_rebuild_with_new_commit_drops_old_images() {
         t.sort();
         t
     };
-    for (n, env) in ["one", "two"].iter().enumerate() {
+    let mut commits: Vec<String> = Vec::new();
+    for (n, env) in ["one", "two", "three"].iter().enumerate() {
         let dockerfile = format!("FROM berth-base:latest\nENV VERSION={env}\n");
         let (repo, commit) = git_repo(&[
             ("compose.yaml", "services:\n  app:\n    build: .\n"),
@@ -577,12 +579,15 @@ async fn docker_rebuild_with_new_commit_drops_old_images() {
             .build(&sid, &build_request(repo.path(), &commit))
             .await
             .unwrap();
-        let mut want = vec![commit[..12].to_owned(), "latest".to_owned()];
+        commits.insert(0, commit[..12].to_owned());
+        // `--keep-releases 2`: the two newest releases keep their tags, older ones are pruned.
+        let mut want: Vec<String> = commits.iter().take(2).cloned().collect();
+        want.push("latest".to_owned());
         want.sort();
         assert_eq!(tags(), want, "after build {n}");
     }
     let del = w.client.delete(&sid, false).await.unwrap();
-    assert_eq!(del.removed_images, 1);
+    assert_eq!(del.removed_images, 2, "the two kept releases' images");
     assert!(tags().is_empty());
     w.stop().await;
 }

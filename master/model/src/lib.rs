@@ -13,4 +13,7 @@ pub mod record;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ErrorInfo};
 pub use ids::{IdError, NAME_RULE, ValidName, compose_project_name};
-pub use record::{Endpoint, InstanceRecord, Op, PlacementMove, RecordError, State, WorkerRef};
+pub use record::{
+    DeployRecord, DeployState, Endpoint, InstanceRecord, Op, PlacementMove, RecordError, State,
+    WorkerRef,
+};

@@ -77,6 +77,7 @@ pub enum Op {
     Start,
     Stop,
     Delete,
+    Deploy,
 }
 
 impl Op {
@@ -87,6 +88,7 @@ impl Op {
             Op::Start => "start",
             Op::Stop => "stop",
             Op::Delete => "delete",
+            Op::Deploy => "deploy",
         }
     }
 
@@ -94,9 +96,21 @@ impl Op {
     /// turned into `failed` before this is asked).
     pub fn allowed_in(self) -> &'static [State] {
         match self {
-            Op::Upload | Op::Build => {
-                &[State::Uploaded, State::Built, State::Stopped, State::Failed]
-            }
+            // A running instance builds beside its running stack, which keeps serving.
+            Op::Upload | Op::Build => &[
+                State::Uploaded,
+                State::Built,
+                State::Running,
+                State::Stopped,
+                State::Failed,
+            ],
+            Op::Deploy => &[
+                State::Uploaded,
+                State::Built,
+                State::Running,
+                State::Stopped,
+                State::Failed,
+            ],
             Op::Start => &[State::Built, State::Stopped, State::Running, State::Failed],
             Op::Stop => &[State::Running, State::Stopped, State::Failed],
             Op::Delete => &[
@@ -145,6 +159,39 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// How a rollout stands: `deploying` while it runs (under the instance lock), then `deployed`
+/// or `failed` (the old release kept serving).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DeployState {
+    Deploying,
+    Deployed,
+    Failed,
+}
+
+/// The last rollout of a running instance to a release. The instance stays `running` through
+/// it: one complete release serves at every moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeployRecord {
+    /// The release rolled to.
+    pub commit: String,
+    /// The release serving when it began.
+    pub from: Option<String>,
+    /// Whether it was a rollback.
+    #[serde(default)]
+    pub rollback: bool,
+    pub state: DeployState,
+    /// What failed and why (the worker's message names the service, the probe and the last
+    /// log lines).
+    #[serde(default)]
+    pub error: Option<String>,
+    pub started_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
 /// A placement change, kept in the record so a move is visible afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -174,6 +221,13 @@ pub struct InstanceRecord {
     /// stack stops, fails or is rebuilt.
     #[serde(default)]
     pub running_commit: Option<String>,
+    /// The last rollout of a running instance (deploy or rollback), while it runs and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployRecord>,
+    /// Commits whose images the worker keeps (its last `--keep-releases` builds, newest first):
+    /// a rollout to one of them builds nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_commits: Vec<String>,
     /// Clone URL of the instance's repository (no credentials).
     pub repo: String,
     pub worker: Option<WorkerRef>,
@@ -226,6 +280,8 @@ impl InstanceRecord {
             built_commit: None,
             built_at: None,
             running_commit: None,
+            deploy: None,
+            kept_commits: Vec::new(),
             repo,
             worker: None,
             state: State::Uploaded,
@@ -283,9 +339,17 @@ mod tests {
         }
         assert!(Op::Start.allows(State::Running));
         assert!(!Op::Start.allows(State::Uploaded));
-        assert!(!Op::Build.allows(State::Running));
+        assert!(Op::Build.allows(State::Running));
+        assert!(!Op::Build.allows(State::Starting));
         for st in State::ALL.into_iter().filter(|s| s.is_transitional()) {
-            for op in [Op::Upload, Op::Build, Op::Start, Op::Stop, Op::Delete] {
+            for op in [
+                Op::Upload,
+                Op::Build,
+                Op::Start,
+                Op::Stop,
+                Op::Delete,
+                Op::Deploy,
+            ] {
                 assert!(!op.allows(st), "{op:?} in {st}");
             }
         }

@@ -1,4 +1,4 @@
-//! `/v1/instances`: upload, build, start, stop, delete, read, log-stream, releases and rollback
+//! `/v1/instances`: upload, build, start, stop, delete, read, log-stream, releases, deploy and rollback
 //! handlers.
 
 use std::sync::Arc;
@@ -26,7 +26,9 @@ pub struct UploadQuery {
     pub project: Option<String>,
     /// Start a build of a new commit (default true).
     pub build: Option<bool>,
-    /// Wait this long for the build to end (e.g. `30s`); 504 past it.
+    /// Deploy the upload once committed (as `POST .../deploy`; default false).
+    pub deploy: Option<bool>,
+    /// Wait this long for the build (or deploy) to end (e.g. `30s`); 504 past it.
     pub wait: Option<String>,
 }
 
@@ -72,7 +74,8 @@ fn required<'a>(field: &'static str, value: &'a Option<String>) -> Result<&'a st
         .ok_or_else(|| ApiError::bad_request(format!("missing query parameter {field}")))
 }
 
-/// Upload the instance's code (tar.gz) and, unless `build=false`, build it.
+/// Upload the instance's code (tar.gz) and, unless `build=false`, build it; a running instance
+/// builds beside its running release, which keeps serving. With `deploy=true`, upload and deploy.
 #[utoipa::path(put, path = "/v1/instances/{id}/code", tag = "instances",
     params(("id" = String, Path, description = "instance id"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/gzip", description = "tar.gz with a compose file at its root"),
@@ -82,8 +85,9 @@ fn required<'a>(field: &'static str, value: &'a Option<String>) -> Result<&'a st
         (status = 401, description = "no or unknown token"),
         (status = 409, description = "the state does not allow an upload, or the instance is busy"),
         (status = 413, description = "an upload cap was exceeded (named)"),
+        (status = 502, description = "with `deploy=true`: the rollout failed; the old release keeps serving"),
         (status = 503, description = "no healthy worker for the build"),
-        (status = 504, description = "`wait` passed before the build ended"),
+        (status = 504, description = "`wait` passed before the build (or deploy) ended"),
     ),
     security(("bearer" = [])))]
 pub async fn upload(
@@ -110,16 +114,20 @@ pub async fn upload(
             }
         })?
         .to_bytes();
+    let deploy = q.deploy.unwrap_or(false);
     let record = master
         .upload(
-            id,
+            id.clone(),
             user,
             project,
             crate::ops::UploadBody { bytes, slot },
-            q.build.unwrap_or(true),
+            q.build.unwrap_or(true) && !deploy,
             wait,
         )
         .await?;
+    if deploy {
+        return Ok(Json(master.deploy(id, record.commit, wait).await?));
+    }
     Ok(Json(record))
 }
 
@@ -321,8 +329,8 @@ pub struct RollbackBody {
     pub commit: Option<String>,
 }
 
-/// Roll back to an earlier release: stop (if running), build that commit unless it is the built
-/// one, start again (if it was running). Not yet zero-downtime: the stack is down in between.
+/// Roll back to an earlier release, the same rollout as `deploy`: a running instance keeps
+/// serving throughout, and a release whose images are kept builds nothing.
 #[utoipa::path(post, path = "/v1/instances/{id}/rollback", tag = "instances",
     params(("id" = String, Path, description = "instance id"), WaitQuery),
     request_body(content = Option<RollbackBody>, content_type = "application/json"),
@@ -334,7 +342,7 @@ pub struct RollbackBody {
         (status = 409, description = "no earlier release, the state does not allow it, or busy"),
         (status = 422, description = "rejected by the worker's policy"),
         (status = 502, description = "the worker failed"), (status = 503, description = "no healthy worker"),
-        (status = 504, description = "`wait` (default 10m) passed before the build ended"),
+        (status = 504, description = "`wait` (default 10m) passed before the rollout ended"),
     ),
     security(("bearer" = [])))]
 pub async fn rollback(
@@ -348,5 +356,44 @@ pub async fn rollback(
     let record = master
         .rollback(id, body.and_then(|b| b.commit), wait)
         .await?;
+    Ok(Json(record))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    /// Full commit id (40 hex) of a release; default the latest upload.
+    pub commit: Option<String>,
+}
+
+/// Roll the instance to a release. A running instance rolls service by service, start-first
+/// where it can, each new container gated on its readiness; a failed rollout switches back and
+/// the old release keeps serving (the record's `deploy` and `error` say which service failed and
+/// why). A release whose images the worker keeps builds nothing. An instance that does not run
+/// is built (if needed) and started.
+#[utoipa::path(post, path = "/v1/instances/{id}/deploy", tag = "instances",
+    params(("id" = String, Path, description = "instance id"), WaitQuery),
+    request_body(content = Option<DeployBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "deployed: the final record, `running_commit` is the release", body = InstanceRecord),
+        (status = 400, description = "bad input (e.g. a commit that is not 40 hex digits)"),
+        (status = 401, description = "no or unknown token"),
+        (status = 404, description = "unknown instance, or a commit that is not one of its releases"),
+        (status = 409, description = "the state does not allow it, or busy"),
+        (status = 422, description = "rejected by the worker's policy"),
+        (status = 502, description = "the rollout (or build, or start) failed; a running instance keeps its old release"),
+        (status = 503, description = "no healthy worker"),
+        (status = 504, description = "`wait` (default 10m) passed before the rollout ended"),
+    ),
+    security(("bearer" = [])))]
+pub async fn deploy(
+    State(master): State<Arc<Master>>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+    OptionalJson(body): OptionalJson<DeployBody>,
+) -> Result<Json<InstanceRecord>, ApiError> {
+    let id = valid("id", &id)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    let record = master.deploy(id, body.and_then(|b| b.commit), wait).await?;
     Ok(Json(record))
 }

@@ -41,6 +41,7 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/v1/instances/{id}/start", post(instances::start))
         .route("/v1/instances/{id}/stop", post(instances::stop))
         .route("/v1/instances/{id}/releases", get(instances::releases))
+        .route("/v1/instances/{id}/deploy", post(instances::deploy))
         .route("/v1/instances/{id}/rollback", post(instances::rollback))
         .route("/v1/instances/{id}/logs", get(instances::logs))
         .route("/v1/workers", get(system::workers))

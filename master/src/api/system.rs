@@ -14,7 +14,8 @@ use super::ApiError;
 use crate::ops::Master;
 use crate::placement::WorkerInfo;
 use crate::record::{
-    Endpoint, InstanceRecord, PlacementMove, RecordError, State as InstanceState, WorkerRef,
+    DeployRecord, DeployState, Endpoint, InstanceRecord, PlacementMove, RecordError,
+    State as InstanceState, WorkerRef,
 };
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -72,13 +73,14 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "berth master API", description = "Upload, build, start, stop and delete instances; errors are {\"error\": {\"code\", \"message\", \"details\"?}}"),
+    info(title = "berth master API", description = "Upload, build, deploy, roll back, start, stop and delete instances; errors are {\"error\": {\"code\", \"message\", \"details\"?}}"),
     paths(
         super::instances::upload,
         super::instances::build,
         super::instances::start,
         super::instances::stop,
         super::instances::releases,
+        super::instances::deploy,
         super::instances::rollback,
         super::instances::delete,
         super::instances::show,
@@ -89,7 +91,7 @@ impl Modify for BearerAuth {
         metrics,
         openapi,
     ),
-    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody, super::instances::RollbackBody, crate::ops::Release)),
+    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody, super::instances::RollbackBody, super::instances::DeployBody, DeployRecord, DeployState, crate::ops::Release)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -1,5 +1,6 @@
 //! Build: choose (or keep) the worker, record `building`, run the build on the worker in the
-//! background and record `built` or `failed`.
+//! background and record `built` or `failed`. A running instance builds beside its running
+//! stack and stays `running`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,11 @@ use crate::codestore::CodeStoreError;
 use crate::placement::WorkerInfo;
 use crate::record::{InstanceRecord, Op, State};
 use crate::records::InstanceLock;
+
+/// Whether a build of `rec` runs beside its running stack (which keeps serving).
+pub(super) fn beside(rec: &InstanceRecord) -> bool {
+    rec.state == State::Running && rec.running_commit.is_some()
+}
 
 impl Master {
     /// Builds `commit` (default: the latest upload) on the instance's worker, or a newly chosen
@@ -73,7 +79,7 @@ impl Master {
         let prepared = async {
             let workers = self.records.workers().await?;
             let current = self.current_worker(&rec, &workers);
-            if rec.state == State::Built
+            if matches!(rec.state, State::Built | State::Running)
                 && rec.built_commit.as_deref() == Some(commit.as_str())
                 && current.is_some()
             {
@@ -81,7 +87,11 @@ impl Master {
             }
             let worker = match current {
                 Some(w) => w,
-                None => self.place(&mut rec, &workers).await?,
+                None => {
+                    // The worker that ran it is gone: nothing serves any more.
+                    rec.running_commit = None;
+                    self.place(&mut rec, &workers).await?
+                }
             };
             self.mark_building(&lock, &mut rec, &worker).await?;
             Ok(Some(worker))
@@ -135,10 +145,14 @@ impl Master {
         worker: &WorkerInfo,
     ) -> Result<(), OpError> {
         let previous = rec.state;
-        rec.state = State::Building;
         rec.error = None;
-        rec.running_commit = None;
-        rec.endpoints.clear();
+        // A running stack keeps serving while the worker builds beside it: the record stays
+        // `running` with its endpoints, and `built_commit` moves when the build ends.
+        if !beside(rec) {
+            rec.state = State::Building;
+            rec.running_commit = None;
+            rec.endpoints.clear();
+        }
         self.save(lock, rec, Some(previous)).await?;
         self.records
             .put_seed_ip(lock, &name("id", &rec.id)?, &worker.address)
@@ -167,17 +181,32 @@ impl Master {
                 worker.id,
                 status.error.unwrap_or_default()
             ))),
-            Ok(status) => Ok(status.commit.unwrap_or_else(|| commit.to_owned())),
+            Ok(status) => {
+                super::deploy::note_kept(rec, &status);
+                Ok(status.commit.unwrap_or_else(|| commit.to_owned()))
+            }
             Err(err) => Err(worker_error(&worker.id, err)),
         };
         let previous = rec.state;
+        let running = beside(rec);
         match outcome {
             Ok(built) => {
-                rec.state = State::Built;
+                if !running {
+                    rec.state = State::Built;
+                }
                 rec.built_commit = Some(built);
                 rec.built_at = Some(crate::record::now());
                 rec.error = None;
                 self.save(lock, rec, Some(previous)).await
+            }
+            Err(err) if running => {
+                // The running release is untouched: the record says the build failed.
+                rec.error = Some(crate::record::RecordError {
+                    step: "build".to_owned(),
+                    message: err.to_string(),
+                });
+                self.save(lock, rec, Some(previous)).await?;
+                Err(err)
             }
             Err(err) => {
                 let message = match moved_here_unbuilt(rec, worker) {

@@ -5,6 +5,7 @@
 
 mod build;
 mod delete;
+mod deploy;
 mod release;
 mod start;
 mod stop;
@@ -24,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use delete::Deleted;
-pub use release::{DEFAULT_ROLLBACK_WAIT, MAX_RELEASES, Release};
+pub use deploy::DEFAULT_DEPLOY_WAIT;
+pub use release::{MAX_RELEASES, Release};
 
 use crate::codestore::credential;
 use crate::codestore::forge::{Forge, ForgeError};

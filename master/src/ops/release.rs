@@ -1,7 +1,6 @@
 //! Releases and rollback. A release is an upload in the instance's code store (a commit on
-//! `main`); the record says which one is built and which one runs. This slice rolls back by
-//! composing the existing operations (stop, build, start), each under the instance lock in turn:
-//! the stack is down between the stop and the start (no zero-downtime rollout yet).
+//! `main`); the record says which one is built, which one runs and whose images the worker
+//! keeps. A rollback chooses the release and rolls to it as a deploy does (`deploy.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -10,15 +9,12 @@ use berth_worker_api::ValidName;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::deploy::check_commit;
 use super::{Master, OpError, blocking, name};
 use crate::record::{InstanceRecord, State};
-use crate::webhook::Event;
 
 /// Most releases listed (newest first).
 pub const MAX_RELEASES: usize = 100;
-
-/// How long a rollback waits for its build when `wait` is not given.
-pub const DEFAULT_ROLLBACK_WAIT: Duration = Duration::from_secs(600);
 
 /// One release of an instance, as `GET /v1/instances/{id}/releases` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -29,18 +25,13 @@ pub struct Release {
     pub uploaded_at: String,
     /// When this commit was built, if it is the one whose images the worker holds.
     pub built_at: Option<String>,
-    /// Whether the worker holds this release's images (only the built commit's, in this slice);
-    /// a rollback to any other release builds it again.
+    /// Whether the worker keeps this release's images (its last `--keep-releases` builds): a
+    /// rollback to it builds nothing.
     pub images_kept: bool,
     /// Whether this release is the one running.
     pub current: bool,
     /// Commit message.
     pub message: String,
-}
-
-/// A commit id as a rollback body gives it: 40 hex digits.
-fn is_full_hex(commit: &str) -> bool {
-    commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn rfc3339(secs: i64) -> String {
@@ -71,7 +62,7 @@ fn releases_of(rec: &InstanceRecord, uploads: Vec<crate::codestore::Upload>) -> 
             Release {
                 uploaded_at: rfc3339(u.time),
                 built_at: built.then(|| rec.built_at.clone()).flatten(),
-                images_kept: built,
+                images_kept: built || rec.kept_commits.contains(&u.commit),
                 current: running(rec) == Some(u.commit.as_str()),
                 commit: u.commit,
                 message: u.message,
@@ -98,9 +89,8 @@ impl Master {
     }
 
     /// Rolls the instance back to `commit` (default: the release before the running one, or
-    /// before the built one when nothing runs): stops it if it runs, builds the commit unless it
-    /// is the built one (waiting at most `wait`, default [`DEFAULT_ROLLBACK_WAIT`]), and starts
-    /// it again if it was running. Answers the final record.
+    /// before the built one when nothing runs) through the same rollout as a deploy: a running
+    /// instance keeps serving throughout, and a release whose images are kept builds nothing.
     #[tracing::instrument(skip_all, fields(%id))]
     pub async fn rollback(
         self: &Arc<Self>,
@@ -108,22 +98,11 @@ impl Master {
         commit: Option<String>,
         wait: Option<Duration>,
     ) -> Result<InstanceRecord, OpError> {
-        if let Some(c) = &commit
-            && !is_full_hex(c)
-        {
-            return Err(OpError::Invalid {
-                field: "commit",
-                message: format!(
-                    "invalid commit {:?}: a full commit id is 40 hex digits",
-                    c.chars().take(80).collect::<String>()
-                ),
-            });
-        }
+        let commit = commit.as_deref().map(check_commit).transpose()?;
         let rec = self.get_or_404(&id).await?;
         let releases = self.releases_for(&rec).await?;
         let target = match commit {
             Some(c) => {
-                let c = c.to_ascii_lowercase();
                 if !releases.iter().any(|r| r.commit == c) {
                     return Err(OpError::UnknownCommit(format!(
                         "commit {c} is not a release of instance {id}"
@@ -153,37 +132,7 @@ impl Master {
                 }
             }
         };
-        let previous = rec.state;
-        let was_running = previous == State::Running;
-        let is_built = rec.built_commit.as_deref() == Some(target.as_str());
-        if running(&rec) == Some(target.as_str()) || (!was_running && is_built) {
-            return Ok(rec);
-        }
-        if was_running {
-            self.stop(id.clone()).await?;
-        }
-        let mut done = if is_built {
-            self.get_or_404(&id).await?
-        } else {
-            let wait = wait.unwrap_or(DEFAULT_ROLLBACK_WAIT);
-            self.build(id.clone(), Some(target.clone()), Some(wait))
-                .await?
-        };
-        if was_running {
-            done = self.start(id.clone()).await?;
-        }
-        tracing::info!(%id, commit = %target, restarted = was_running, "rolled back");
-        if let Some(hook) = &self.webhook {
-            hook.notify(&Event {
-                event: "rolled_back",
-                id: done.id.clone(),
-                previous_state: Some(previous.as_str().to_owned()),
-                state: Some(done.state.as_str().to_owned()),
-                record: Some(done.clone()),
-                at: done.updated_at.clone(),
-            });
-        }
-        Ok(done)
+        self.roll(id, target, wait, true).await
     }
 }
 
@@ -192,10 +141,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commit_ids_and_times() {
-        assert!(is_full_hex(&"a".repeat(40)));
-        assert!(!is_full_hex(&"a".repeat(39)));
-        assert!(!is_full_hex(&"g".repeat(40)));
+    fn times() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(-5), "1970-01-01T00:00:00Z");
     }

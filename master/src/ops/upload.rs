@@ -81,7 +81,7 @@ impl Master {
         // New code is built; so is code a previous upload stored without getting it built (no
         // healthy worker then, or its build failed), so retrying that upload does the build.
         let unbuilt = rec.state == State::Uploaded
-            || (rec.state == State::Failed
+            || (matches!(rec.state, State::Failed | State::Running)
                 && rec.error.as_ref().is_some_and(|e| e.step == "build"));
         match (build, changed || unbuilt, rec.commit.clone()) {
             (true, true, Some(commit)) => {
@@ -137,7 +137,7 @@ impl Master {
         let Some(committed) = committed else {
             let state = state.unwrap_or(State::Uploaded);
             return Err(OpError::Conflict(format!(
-                "{}; upload new code after stopping it",
+                "{}; retry the upload once the current operation ends",
                 Op::Upload.explain(state)
             )));
         };
@@ -164,7 +164,10 @@ impl Master {
                 let previous = rec.state;
                 rec.commit = Some(committed.commit);
                 rec.repo = self.repo_url(user, id);
-                rec.state = State::Uploaded;
+                // A running instance keeps running its release; the upload builds beside it.
+                if !super::build::beside(&rec) {
+                    rec.state = State::Uploaded;
+                }
                 rec.error = None;
                 self.save(lock, &mut rec, Some(previous)).await?;
                 Ok((rec, true))

@@ -296,18 +296,56 @@ async fn build(
                 .lock()
                 .unwrap()
                 .push((req.commit.clone(), compose));
+            let mut stacks = state.stacks.lock().unwrap();
+            // A running stack keeps running while it builds (as the real worker does).
+            let running = stacks
+                .get(&id)
+                .filter(|s| s.state == StackState::Running)
+                .cloned();
             let status = StackStatus {
                 id: ValidName::parse("id", &id).unwrap(),
-                state: StackState::Built,
+                state: running.as_ref().map_or(StackState::Built, |s| s.state),
                 commit: Some(req.commit),
                 project_name: id.clone(),
                 services: vec![],
-                endpoints: vec![],
+                endpoints: running.map(|s| s.endpoints).unwrap_or_default(),
                 error: None,
+                kept: vec![],
             };
-            state.stacks.lock().unwrap().insert(id, status.clone());
+            stacks.insert(id, status.clone());
             axum::Json(status).into_response()
         }
+    }
+}
+
+/// A rollout as the stand-in does it: the running stack takes the commit (no containers here).
+async fn deploy(
+    State(state): State<Arc<WorkerState>>,
+    UrlPath(id): UrlPath<String>,
+    axum::Json(req): axum::Json<berth_worker_api::DeployRequest>,
+) -> Response {
+    event(&state, format!("deploy:{id}:enter")).await;
+    let result = {
+        let mut stacks = state.stacks.lock().unwrap();
+        match stacks.get_mut(&id) {
+            Some(s) if s.state == StackState::Running => {
+                s.commit = Some(req.commit.clone());
+                s.kept.retain(|c| *c != req.commit);
+                s.kept.insert(0, req.commit);
+                Ok(s.clone())
+            }
+            _ => Err(err(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                "not running",
+                vec![],
+            )),
+        }
+    };
+    event(&state, format!("deploy:{id}:exit")).await;
+    match result {
+        Ok(s) => axum::Json(s).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -438,6 +476,7 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
         .route(routes::STACK, get(status).delete(delete))
         .route(routes::STACK_BUILD, post(build))
         .route(routes::STACK_START, post(start))
+        .route(routes::STACK_DEPLOY, post(deploy))
         .route(routes::STACK_STOP, post(stop))
         .route(routes::STACK_LOGS, get(logs))
         .route_layer(axum::middleware::from_fn_with_state(

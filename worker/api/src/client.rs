@@ -10,7 +10,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    BuildRequest, DeleteResponse, ErrorBody, StackStatus, StartRequest, WorkerHealth,
+    BuildRequest, DeleteResponse, DeployRequest, ErrorBody, StackStatus, StartRequest, WorkerHealth,
 };
 use crate::{Secret, ValidName, auth, routes};
 
@@ -200,6 +200,20 @@ impl WorkerClient {
     ) -> Result<StackStatus, WorkerClientError> {
         self.send(
             self.request(Method::POST, &routes::start(id))
+                .timeout(LONG_OPERATION_TIMEOUT)
+                .json(req),
+        )
+        .await
+    }
+
+    /// Rolls the running stack to `req.commit`; returns once the rollout ended.
+    pub async fn deploy(
+        &self,
+        id: &ValidName,
+        req: &DeployRequest,
+    ) -> Result<StackStatus, WorkerClientError> {
+        self.send(
+            self.request(Method::POST, &routes::deploy(id))
                 .timeout(LONG_OPERATION_TIMEOUT)
                 .json(req),
         )

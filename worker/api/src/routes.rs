@@ -15,6 +15,8 @@ pub const STACK: &str = "/v1/stacks/{id}";
 pub const STACK_BUILD: &str = "/v1/stacks/{id}/build";
 /// `POST`: start the built stack.
 pub const STACK_START: &str = "/v1/stacks/{id}/start";
+/// `POST`: roll the running stack to a commit.
+pub const STACK_DEPLOY: &str = "/v1/stacks/{id}/deploy";
 /// `POST`: stop the stack.
 pub const STACK_STOP: &str = "/v1/stacks/{id}/stop";
 /// `GET` (`?follow=`): the build and start log.
@@ -44,6 +46,10 @@ pub fn start(id: &ValidName) -> String {
     fill(STACK_START, id)
 }
 
+pub fn deploy(id: &ValidName) -> String {
+    fill(STACK_DEPLOY, id)
+}
+
 pub fn stop(id: &ValidName) -> String {
     fill(STACK_STOP, id)
 }
@@ -63,6 +69,7 @@ mod tests {
         assert_eq!(build(&id), "/v1/stacks/shop-1.v2/build");
         assert_eq!(start(&id), "/v1/stacks/shop-1.v2/start");
         assert_eq!(stop(&id), "/v1/stacks/shop-1.v2/stop");
+        assert_eq!(deploy(&id), "/v1/stacks/shop-1.v2/deploy");
         assert_eq!(logs(&id), "/v1/stacks/shop-1.v2/logs");
         for p in [
             STACKS,
@@ -70,6 +77,7 @@ mod tests {
             STACK_BUILD,
             STACK_START,
             STACK_STOP,
+            STACK_DEPLOY,
             STACK_LOGS,
         ] {
             assert!(p.starts_with("/v1/stacks"), "{p}");

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `POST /v1/stacks/{id}/build` | [`BuildRequest`] | [`StackStatus`] once the build ended |
 //! | `POST /v1/stacks/{id}/start` | [`StartRequest`] | [`StackStatus`] once every service is ready |
+//! | `POST /v1/stacks/{id}/deploy` | [`DeployRequest`] | [`StackStatus`] once the running stack rolled to the commit (or failed and kept the old release) |
 //! | `POST /v1/stacks/{id}/stop` | none | [`StackStatus`] |
 //! | `DELETE /v1/stacks/{id}?keep_volumes=true` | none | [`DeleteResponse`] |
 //! | `GET /v1/stacks/{id}` | none | [`StackStatus`] (404 if the worker holds no such stack) |
@@ -63,6 +64,22 @@ pub struct StartRequest {
     pub timeout_secs: Option<u64>,
 }
 
+/// A rollout of a running stack to `commit`: the worker fetches and checks it out, builds it
+/// unless the images of that release are kept, then replaces the running containers service by
+/// service. A stack that does not run answers 409 (start it instead).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub user: ValidName,
+    pub project: ValidName,
+    /// Full 40-hex commit id to roll to.
+    pub commit: String,
+    pub repo: RepoSource,
+    /// Readiness timeout per service in seconds (worker default when absent; at most 86400).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StackState {
@@ -104,6 +121,10 @@ pub struct StackStatus {
     /// Last failure, when `state` is `failed`.
     #[serde(default)]
     pub error: Option<String>,
+    /// Commits whose images the worker keeps for this stack, newest first (its last
+    /// `--keep-releases` builds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -168,6 +168,11 @@ pub struct Service {
     pub devices: Vec<String>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
+    /// `x-berth-rollout: stop-first`: a rollout stops the old container before the new one
+    /// starts even when the service could run twice. Not part of the config hash (a rollout
+    /// rule, not the container's configuration).
+    #[serde(skip)]
+    pub stop_first: bool,
 }
 
 impl Service {
@@ -203,6 +208,7 @@ impl Service {
             devices: Vec::new(),
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
+            stop_first: false,
         }
     }
 

@@ -77,6 +77,13 @@ fn build_digest(
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
+/// Puts `commit` first among the kept releases, at most `keep` of them.
+pub(super) fn keep_release(releases: &mut Vec<String>, commit: &str, keep: usize) {
+    releases.retain(|c| c != commit);
+    releases.insert(0, commit.to_owned());
+    releases.truncate(keep.max(1));
+}
+
 impl Stacks {
     #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn build(
@@ -111,6 +118,7 @@ impl Stacks {
             commit: None,
             error: None,
             ports: BTreeMap::new(),
+            releases: Vec::new(),
         });
         let keep_state = record.state;
         let keep_commit = record.commit.clone();
@@ -128,7 +136,13 @@ impl Stacks {
                     _ => StackState::Built,
                 };
                 record.commit = Some(req.commit.clone());
+                keep_release(
+                    &mut record.releases,
+                    &req.commit,
+                    self.settings.keep_releases,
+                );
                 self.write_record(&record)?;
+                self.prune_releases(id, &record.releases, &log).await;
                 log.line("build finished");
                 self.status(id).await
             }
@@ -163,7 +177,7 @@ impl Stacks {
         Ok(true)
     }
 
-    async fn build_inner(
+    pub(super) async fn build_inner(
         &self,
         id: &ValidName,
         req: &BuildRequest,
@@ -268,15 +282,6 @@ impl Stacks {
                 .expect("an error");
             return first;
         }
-        let mut built_tags = Vec::new();
-        for job in &jobs {
-            built_tags.push(job.tag.clone());
-            built_tags.push(format!(
-                "{}:latest",
-                plan::image_name(&project.name, &job.service.name)
-            ));
-        }
-        self.remove_stale_images(id, &built_tags).await;
         Ok(())
     }
 
@@ -637,9 +642,11 @@ impl Stacks {
         Ok(bases)
     }
 
-    /// Removes this instance's images of earlier commits. Images still used by a container stay
-    /// (Docker refuses) and go with the stack's delete, which finds them by label.
-    async fn remove_stale_images(&self, id: &ValidName, keep: &[String]) {
+    /// Removes this instance's image tags of commits beyond `kept` (its last `--keep-releases`
+    /// releases) and `:latest`; an image goes once its last tag does. Only images labelled as
+    /// this stack's are looked at. Images still used by a container stay (Docker refuses) and go
+    /// with a later build or the stack's delete, which finds them by label.
+    async fn prune_releases(&self, id: &ValidName, kept: &[String], log: &LogBuf) {
         let filters = label_filter(&[
             (plan::LABEL_BERTH_INSTANCE, id.as_str()),
             (plan::LABEL_BERTH_NODE, &self.settings.node),
@@ -647,15 +654,25 @@ impl Stacks {
         let Ok(images) = self.images_matching(&filters).await else {
             return;
         };
+        let keep = |tag: &str| {
+            tag.rsplit_once(':').is_some_and(|(_, t)| {
+                t == "latest" || kept.iter().any(|c| c.starts_with(t) && t.len() == 12)
+            })
+        };
         for image in images {
-            if image.repo_tags.iter().any(|t| keep.contains(t)) {
-                continue;
-            }
-            for tag in image.repo_tags.iter().filter(|t| !t.ends_with(":<none>")) {
-                let _ = self
+            for tag in image
+                .repo_tags
+                .iter()
+                .filter(|t| !t.ends_with(":<none>") && !keep(t))
+            {
+                if self
                     .docker
                     .remove_image(tag, None::<RemoveImageOptions>, None)
-                    .await;
+                    .await
+                    .is_ok()
+                {
+                    log.line(&format!("pruned image {tag} (beyond the kept releases)"));
+                }
             }
         }
     }
@@ -666,9 +683,20 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    use super::build_digest;
+    use super::{build_digest, keep_release};
     use crate::compose::model::Build;
     use crate::compose::plan::Owner;
+
+    #[test]
+    fn the_last_releases_are_kept_newest_first() {
+        let mut kept = Vec::new();
+        for c in ["a", "b", "c", "b", "d"] {
+            keep_release(&mut kept, c, 3);
+        }
+        assert_eq!(kept, ["d", "b", "c"]);
+        keep_release(&mut kept, "e", 0);
+        assert_eq!(kept, ["e"]);
+    }
 
     #[test]
     fn the_build_digest_follows_every_input() {

@@ -12,7 +12,7 @@ use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, NetworkConnectRequest, NetworkCreateRequest,
     VolumeCreateRequest,
 };
-use bollard::query_parameters::CreateContainerOptionsBuilder;
+use bollard::query_parameters::{CreateContainerOptionsBuilder, StopContainerOptionsBuilder};
 
 use super::freeze::writable_bind;
 use super::ownership::conflict;
@@ -208,7 +208,9 @@ impl Stacks {
 
     /// Brings service `s` to the container `body` (whose config hash is `hash`): `current` is
     /// reused or recreated ([`decide`]), a new container is connected to its other networks and
-    /// noted in `created`, and the container is started unless it runs.
+    /// noted in `created`, and the container is started unless it runs. `stop_first`, when
+    /// given, is a container (and its stop timeout) stopped between the create and the start:
+    /// a stop-first rollout's old container, so the gap is only the start.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn converge_service(
         &self,
@@ -220,6 +222,7 @@ impl Stacks {
         owner: &Owner,
         log: &LogBuf,
         created: &mut Vec<String>,
+        stop_first: Option<(&str, Option<i32>)>,
     ) -> Result<(), StackError> {
         let name = plan::container_name(&project.name, &s.name);
         let action = decide(current, hash);
@@ -269,6 +272,11 @@ impl Stacks {
                     .await?;
             }
             log.line(&format!("created {name}"));
+        }
+        if let Some((old, grace)) = stop_first {
+            let opts = grace.map(|t| StopContainerOptionsBuilder::default().t(t).build());
+            idempotent(self.docker.stop_container(old, opts).await)?;
+            log.line(&format!("stopped the old {name} (stop-first)"));
         }
         if action != (Action::Keep { running: true }) {
             self.docker

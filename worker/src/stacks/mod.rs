@@ -19,6 +19,7 @@ mod ownership;
 mod ports;
 mod readiness;
 mod record;
+mod rollout;
 mod spec;
 mod start;
 mod stop;
@@ -63,6 +64,8 @@ pub struct Settings {
     /// How many services of one stack build at the same time (at least 1).
     pub build_parallelism: usize,
     pub builder: BuilderChoice,
+    /// How many built releases of a stack keep their images (at least 1).
+    pub keep_releases: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +265,7 @@ impl Stacks {
                         commit,
                         error: None,
                         ports: BTreeMap::new(),
+                        releases: Vec::new(),
                     }
                 }
             };
@@ -353,6 +357,7 @@ impl Stacks {
                 commit: None,
                 error: None,
                 ports: BTreeMap::new(),
+                releases: Vec::new(),
             })
         }) else {
             return Err(StackError::NotFound(id.to_string()));
@@ -423,6 +428,7 @@ impl Stacks {
             services,
             endpoints,
             error: record.error,
+            kept: record.releases,
         })
     }
 

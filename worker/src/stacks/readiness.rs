@@ -87,7 +87,7 @@ impl Stacks {
 
     /// Waits until each published TCP port of `s` accepts connections, on the host port and on
     /// the container's own address.
-    async fn wait_ports_accept(
+    pub(super) async fn wait_ports_accept(
         &self,
         project: &Project,
         s: &Service,

@@ -60,6 +60,9 @@ pub struct Record {
     /// `service/port/proto` -> host port, kept so endpoints survive stop/start.
     #[serde(default)]
     pub ports: BTreeMap<String, u16>,
+    /// Commits built here whose images are kept, newest first (at most `--keep-releases`).
+    #[serde(default)]
+    pub releases: Vec<String>,
 }
 
 impl Stacks {
@@ -110,6 +113,7 @@ mod tests {
                 build_timeout: Duration::from_secs(1),
                 start_timeout: Duration::from_secs(1),
                 build_parallelism: 1,
+                keep_releases: 3,
                 builder: Default::default(),
             },
             LogBook::default(),
@@ -121,6 +125,7 @@ mod tests {
             commit: None,
             error: None,
             ports: BTreeMap::new(),
+            releases: Vec::new(),
         };
         // A panic while starting (the audit's `timeout_secs` overflow was one).
         stacks.write_record(&record(StackState::Starting)).unwrap();

@@ -19,12 +19,12 @@ use crate::policy;
 
 /// What start knows of a service once its checks passed.
 #[derive(Debug, Clone)]
-struct Prepared {
+pub(super) struct Prepared {
     /// The image reference the container is created from, and its id.
-    image: String,
-    image_id: String,
+    pub(super) image: String,
+    pub(super) image_id: String,
     /// Whether Docker runs a healthcheck: the file's, else the image's own `HEALTHCHECK`.
-    healthcheck: bool,
+    pub(super) healthcheck: bool,
 }
 
 impl Stacks {
@@ -157,7 +157,7 @@ impl Stacks {
     /// file's, else the image's `HEALTHCHECK`), `service_healthy` dependencies on services
     /// without one, and every network, volume and container name the stack uses, which must be
     /// free or the stack's own.
-    async fn prepare(
+    pub(super) async fn prepare(
         &self,
         id: &ValidName,
         project: &Project,
@@ -289,6 +289,7 @@ impl Stacks {
                 &owner,
                 log,
                 created,
+                None,
             )
             .await?;
         }

@@ -105,6 +105,11 @@ impl Parser<'_> {
                         s.links.push((target.to_owned(), alias.to_owned()));
                     }
                 }
+                "x-berth-rollout" => match Self::scalar(v).as_deref() {
+                    Some("stop-first") => s.stop_first = true,
+                    Some("start-first") => s.stop_first = false,
+                    _ => self.err(Some(name), field, "must be start-first or stop-first"),
+                },
                 k if k.starts_with("x-") => {}
                 _ => self.err(Some(name), field, "unsupported key"),
             }

@@ -1,7 +1,7 @@
 //! `berth deploy`: pack the folder (refusing before sending what the master would refuse),
 //! upload it with a byte progress bar, build it showing one progress line per service, start it
-//! and print its URLs. On an instance that runs, the change is deployed by stopping it first:
-//! rollouts without downtime come with the release API (issue 11).
+//! and print its URLs. On an instance that runs, the new release is built beside it and rolled
+//! out (`POST /v1/instances/{id}/deploy`) instead of started.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Cursor, Read};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth_worker_api::ids;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::Method;
 use reqwest::blocking::Body;
 use serde_json::{Value, json};
 
@@ -61,16 +62,6 @@ pub fn deploy(
         size(packed.body.len() as u64)
     ));
 
-    if let Some(r) = existing.as_ref().filter(|r| r.state == "running") {
-        let spinner = out.spinner(&format!(
-            "stopping {} to deploy the change (rollouts without downtime come with issue 11)",
-            r.id
-        ));
-        let stopped = client.post(&format!("/v1/instances/{id}/stop"));
-        spinner.finish_and_clear();
-        stopped?;
-    }
-
     let total = packed.body.len() as u64;
     let bar = out.bytes_bar(&format!("uploading {id}"), total);
     let body = Body::sized(
@@ -98,9 +89,21 @@ pub fn deploy(
         short(built.built_commit.as_deref())
     ));
 
-    let spinner = out.spinner(&format!("starting {id}"));
-    let started = client.post(&format!("/v1/instances/{id}/start"));
-    spinner.finish_and_clear();
+    // A running instance keeps serving while the new release builds; it is then rolled out.
+    let started = if built.state == "running" {
+        let spinner = out.spinner(&format!("rolling {id} out to the new release"));
+        let req = client
+            .request(Method::POST, &format!("/v1/instances/{id}/deploy"))
+            .query(&[("wait", format!("{}s", args.build_timeout))]);
+        let deployed = client.json(req);
+        spinner.finish_and_clear();
+        deployed
+    } else {
+        let spinner = out.spinner(&format!("starting {id}"));
+        let started = client.post(&format!("/v1/instances/{id}/start"));
+        spinner.finish_and_clear();
+        started
+    };
     let started = match started {
         Ok(v) => v,
         Err(f) => return Err(with_log_tail(client, out, &id, f)),

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_worker_api::{
-    BuildRequest, DeleteResponse, ErrorBody, ErrorCode, Secret, StackStatus, StartRequest,
-    ValidName, WorkerHealth, routes,
+    BuildRequest, DeleteResponse, ErrorBody, ErrorCode, LogQuery, Secret, StackStatus,
+    StartRequest, ValidName, WorkerHealth, routes,
 };
 use serde::Deserialize;
 
@@ -248,22 +248,13 @@ async fn delete(
     Ok(Json(result?))
 }
 
-#[derive(Debug, Deserialize)]
-struct LogsQuery {
-    #[serde(default)]
-    follow: bool,
-}
-
 async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    if state.stacks.read_record(&id)?.is_none() {
-        return Err(StackError::NotFound(id.to_string()).into());
-    }
-    let stream = state.stacks.log(&id).stream(q.follow);
+    let stream = state.stacks.log_stream(&id, &q).await?;
     let mut resp = Body::from_stream(stream).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

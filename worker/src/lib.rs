@@ -343,6 +343,7 @@ pub async fn run(
     let stacks = Arc::new(Stacks::new(docker.clone(), settings, logs.clone()));
     let adopted = stacks.adopt().await?;
     tracing::info!(node, %local, advertise, adopted, "worker starting");
+    tasks.push(tokio::spawn(stacks.clone().watch(shutdown.clone())));
     if let Some(agent) = agent {
         let check_host = if local.ip().is_unspecified() {
             "127.0.0.1".to_owned()

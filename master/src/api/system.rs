@@ -89,7 +89,7 @@ impl Modify for BearerAuth {
         metrics,
         openapi,
     ),
-    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody, super::instances::RollbackBody, crate::ops::Release)),
+    components(schemas(berth_model::LogSource, InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody, super::instances::RollbackBody, crate::ops::Release)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -5,6 +5,7 @@
 
 mod build;
 mod delete;
+mod observe;
 mod release;
 mod start;
 mod stop;
@@ -15,7 +16,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use berth_worker_api::{
-    ErrorDetail, RepoSource, Secret, ValidName, WorkerClient, WorkerClientError,
+    ErrorDetail, LogQuery, RepoSource, Secret, ValidName, WorkerClient, WorkerClientError,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use delete::Deleted;
+pub use observe::OBSERVE_INTERVAL;
 pub use release::{DEFAULT_ROLLBACK_WAIT, MAX_RELEASES, Release};
 
 use crate::codestore::forge::{Forge, ForgeError};
@@ -414,14 +416,14 @@ impl Master {
     pub async fn logs(
         &self,
         id: &ValidName,
-        follow: bool,
+        q: &LogQuery,
     ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, OpError> {
         let rec = self.get_or_404(id).await?;
         let worker = rec.worker.ok_or_else(|| {
             OpError::Conflict(format!("instance {id} is not placed on a worker yet"))
         })?;
         self.worker_client(&worker.url)
-            .logs(id, follow)
+            .log_stream(id, q)
             .await
             .map_err(|e| worker_error(&worker.id, e))
     }

@@ -53,7 +53,8 @@ fn rfc3339(secs: i64) -> String {
 /// The commit the instance runs: `running_commit`, or for a record written before that field
 /// existed, the built commit (the only one a start runs).
 fn running(rec: &InstanceRecord) -> Option<&str> {
-    (rec.state == State::Running)
+    rec.state
+        .is_up()
         .then(|| {
             rec.running_commit
                 .as_deref()
@@ -133,7 +134,7 @@ impl Master {
             }
             None => {
                 let from = match rec.state {
-                    State::Running => running(&rec),
+                    State::Running | State::Degraded => running(&rec),
                     _ => rec.built_commit.as_deref(),
                 }
                 .map(str::to_owned)
@@ -154,7 +155,7 @@ impl Master {
             }
         };
         let previous = rec.state;
-        let was_running = previous == State::Running;
+        let was_running = previous.is_up();
         let is_built = rec.built_commit.as_deref() == Some(target.as_str());
         if running(&rec) == Some(target.as_str()) || (!was_running && is_built) {
             return Ok(rec);

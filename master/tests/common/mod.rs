@@ -314,6 +314,7 @@ async fn build(
                 commit: Some(req.commit),
                 project_name: id.clone(),
                 services: vec![],
+                health: vec![],
                 endpoints: vec![],
                 error: None,
             };

@@ -8,7 +8,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    BuildRequest, DeleteResponse, ErrorBody, StackStatus, StartRequest, WorkerHealth,
+    BuildRequest, DeleteResponse, ErrorBody, LogQuery, StackStatus, StartRequest, WorkerHealth,
 };
 use crate::{Secret, ValidName, routes};
 
@@ -192,9 +192,22 @@ impl WorkerClient {
         id: &ValidName,
         follow: bool,
     ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, WorkerClientError> {
+        let q = LogQuery {
+            follow: Some(follow),
+            ..LogQuery::default()
+        };
+        self.log_stream(id, &q).await
+    }
+
+    /// The log stream `q` asks for (operation output, the app's, or both) as bytes.
+    pub async fn log_stream(
+        &self,
+        id: &ValidName,
+        q: &LogQuery,
+    ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, WorkerClientError> {
         let resp = self
             .request(Method::GET, &routes::logs(id))
-            .query(&[(routes::FOLLOW, follow)])
+            .query(q)
             .send()
             .await
             .map_err(|source| self.unreachable(source))?;

@@ -11,7 +11,7 @@
 //! | `DELETE /v1/stacks/{id}?keep_volumes=true` | none | [`DeleteResponse`] |
 //! | `GET /v1/stacks/{id}` | none | [`StackStatus`] (404 if the worker holds no such stack) |
 //! | `GET /v1/stacks` | none | `Vec<StackStatus>` |
-//! | `GET /v1/stacks/{id}/logs?follow=true` | none | `text/plain` stream of build and start output |
+//! | `GET /v1/stacks/{id}/logs?source=&service=&tail=&since=&follow=` ([`LogQuery`]) | none | `text/plain` stream: build and start output (`ops`, the default), the containers' output (`app`) or both |
 //! | `GET /healthz` | none | [`WorkerHealth`] |
 //!
 //! Errors answer [`ErrorBody`] (codes: [`ErrorCode`]) with these statuses: 400 bad input, 401
@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::{Secret, ValidName};
 
 // Shared with the master: the endpoint a stack publishes and the error body.
-pub use berth_model::{Endpoint, ErrorBody, ErrorCode, ErrorDetail, ErrorInfo};
+pub use berth_model::{
+    Endpoint, ErrorBody, ErrorCode, ErrorDetail, ErrorInfo, LogQuery, LogSource, ServiceHealth,
+    ServiceState, strip_ansi,
+};
 
 /// Where the worker fetches the instance's code from, and with what credentials.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -71,6 +74,9 @@ pub enum StackState {
     Built,
     Starting,
     Running,
+    /// Running, but the watcher found a service that is not as it should be (exited,
+    /// restarting, unhealthy): [`StackStatus::health`] says which. Only reported, never recorded.
+    Degraded,
     Stopping,
     Stopped,
     Failed,
@@ -99,6 +105,10 @@ pub struct StackStatus {
     pub project_name: String,
     #[serde(default)]
     pub services: Vec<ServiceStatus>,
+    /// The watcher's verdict per service while the stack runs (empty otherwise, and until the
+    /// first inspection after a start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<ServiceHealth>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// Last failure, when `state` is `failed`.

@@ -6,10 +6,13 @@
 //! `build.rs`, `start.rs` (orchestration), `converge.rs` (networks, volumes, reuse or
 //! recreate), `spec.rs` (the container spec), `ports.rs`, `readiness.rs` (the wait before a
 //! start answers), `ownership.rs` (`owned_*`: whose is an object found by name), `freeze.rs`
-//! (writers paused around checkout access), `stop.rs` and `delete.rs` (with pruning). This file
+//! (writers paused around checkout access), `stop.rs` and `delete.rs` (with pruning),
+//! `watcher.rs` (what each service of a running stack is doing) and `applogs.rs` (the
+//! containers' own output). This file
 //! holds `Stacks` itself: the per-instance lock, the listings by label, adoption at start-up,
 //! status and list.
 
+mod applogs;
 mod build;
 mod buildkit;
 mod converge;
@@ -22,6 +25,7 @@ mod record;
 mod spec;
 mod start;
 mod stop;
+mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -47,6 +51,7 @@ use crate::source;
 pub use build::LABEL_BUILD_DIGEST;
 pub use buildkit::BuilderChoice;
 pub use record::Record;
+pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW};
 
 /// What the stack manager needs to know about its host.
 #[derive(Debug, Clone)]
@@ -130,6 +135,8 @@ pub struct Stacks {
     /// Set once a BuildKit build found that the engine cannot run BuildKit (with the `auto`
     /// builder): later builds go to the classic builder at once.
     buildkit_off: std::sync::atomic::AtomicBool,
+    /// What the watcher last saw of each running stack.
+    watched: watcher::Watched,
 }
 
 /// Marks the log of an operation as active for its lifetime.
@@ -150,6 +157,7 @@ impl Stacks {
             logs,
             count: watch::Sender::new(0),
             buildkit_off: Default::default(),
+            watched: Default::default(),
         };
         stacks.count.send_replace(stacks.count());
         stacks
@@ -273,6 +281,7 @@ impl Stacks {
                 StackState::Starting
                 | StackState::Stopping
                 | StackState::Running
+                | StackState::Degraded
                 | StackState::Stopped => {
                     let running = self
                         .containers_of(id)
@@ -415,9 +424,20 @@ impl Stacks {
         }
         endpoints
             .sort_by(|a, b| (&a.service, a.container_port).cmp(&(&b.service, b.container_port)));
+        let health = if record.state == StackState::Running {
+            self.verdict(id)
+        } else {
+            Vec::new()
+        };
+        let state = if health.iter().any(|s| !s.state.is_ok()) {
+            StackState::Degraded
+        } else {
+            record.state
+        };
         Ok(StackStatus {
             id: id.clone(),
-            state: record.state,
+            state,
+            health,
             commit: record.commit,
             project_name: compose_project_name(id),
             services,

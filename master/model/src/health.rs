@@ -98,6 +98,11 @@ pub fn strip_ansi(text: &str) -> String {
                         }
                     }
                 }
+                // Character set designations take one more character: ESC ( B.
+                Some('(' | ')' | '*' | '+') => {
+                    chars.next();
+                    chars.next();
+                }
                 Some(_) => {
                     chars.next();
                 }

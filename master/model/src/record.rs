@@ -322,7 +322,7 @@ mod tests {
         }
         assert_eq!(
             Op::Start.explain(State::Uploaded),
-            "instance is uploaded; start is allowed in built, stopped, running, failed"
+            "instance is uploaded; start is allowed in built, stopped, running, degraded, failed"
         );
     }
 

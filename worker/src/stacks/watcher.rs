@@ -27,12 +27,17 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(10);
 /// Log lines kept per service that is not as it should be.
 const LOG_LINES: usize = 10;
 
+/// A container's restart count, when it last grew, and its last exit code.
+type Seen = (i64, Instant, Option<i64>);
+
 /// The watcher's memory: the verdict per stack and when each container's restart count last
 /// grew.
 #[derive(Debug, Default)]
 pub(super) struct Watched {
     verdicts: std::sync::Mutex<HashMap<String, Vec<ServiceHealth>>>,
-    restarts: std::sync::Mutex<HashMap<String, (i64, Instant)>>,
+    /// Per container: its restart count, when that last grew, and its last exit code (Docker
+    /// resets the code to 0 once the container runs again).
+    restarts: std::sync::Mutex<HashMap<String, Seen>>,
 }
 
 impl Stacks {
@@ -123,8 +128,15 @@ impl Stacks {
                 continue;
             };
             let restarts = inspect.restart_count.unwrap_or(0);
-            let recently = self.restarted_recently(&cid, restarts);
+            let state = inspect.state.clone().unwrap_or_default();
+            let exited = (state.running != Some(true))
+                .then_some(state.exit_code)
+                .flatten();
+            let (recently, last_exit) = self.restarted_recently(&cid, restarts, exited);
             let mut health = judge(&service, &inspect, recently);
+            if health.state == ServiceState::Restarting {
+                health.exit_code = health.exit_code.filter(|c| *c != 0).or(last_exit);
+            }
             if !health.state.is_ok() {
                 health.last_log_lines = self.last_log_lines(&cid).await;
             }
@@ -134,16 +146,41 @@ impl Stacks {
         Ok(out)
     }
 
-    /// Whether the container's restart count grew within [`RESTART_WINDOW`].
-    fn restarted_recently(&self, cid: &str, count: i64) -> bool {
+    /// Whether the container's restart count grew within [`RESTART_WINDOW`], and the last exit
+    /// code seen (`exited`: the code now, when it does not run).
+    fn restarted_recently(
+        &self,
+        cid: &str,
+        count: i64,
+        exited: Option<i64>,
+    ) -> (bool, Option<i64>) {
         let mut seen = self.watched.restarts.lock().expect("restarts");
         let now = Instant::now();
-        let entry = seen.entry(cid.to_owned()).or_insert((count, now));
+        let entry = seen.entry(cid.to_owned()).or_insert((count, now, None));
         if count > entry.0 {
-            *entry = (count, now);
+            entry.0 = count;
+            entry.1 = now;
+        }
+        if exited.is_some() {
+            entry.2 = exited;
         }
         // A container first seen with restarts behind it counts from that sighting.
-        count > 0 && now.duration_since(entry.1) < RESTART_WINDOW
+        (
+            count > 0 && now.duration_since(entry.1) < RESTART_WINDOW,
+            entry.2,
+        )
+    }
+
+    /// Remembers the exit code of a `die` event: a container that restarts at once shows code 0
+    /// again by the time it is inspected.
+    fn died(&self, cid: &str, code: Option<i64>) {
+        let mut seen = self.watched.restarts.lock().expect("restarts");
+        let entry = seen
+            .entry(cid.to_owned())
+            .or_insert((0, Instant::now(), None));
+        if code.is_some() {
+            entry.2 = code;
+        }
     }
 
     async fn last_log_lines(&self, cid: &str) -> Vec<String> {
@@ -276,6 +313,17 @@ async fn events(stacks: Arc<Stacks>, wake: Arc<Notify>, shutdown: CancellationTo
             match event {
                 Some(Ok(ev)) => {
                     let action = ev.action.unwrap_or_default();
+                    if action == "die"
+                        && let Some(actor) = &ev.actor
+                        && let Some(cid) = &actor.id
+                    {
+                        let code = actor
+                            .attributes
+                            .as_ref()
+                            .and_then(|a| a.get("exitCode"))
+                            .and_then(|c| c.parse().ok());
+                        stacks.died(cid, code);
+                    }
                     if matches!(action.as_str(), "die" | "start" | "restart" | "oom")
                         || action.starts_with("health_status")
                     {

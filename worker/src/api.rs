@@ -120,6 +120,20 @@ impl IntoResponse for ApiError {
                     message,
                     details,
                 ),
+                StackError::InvalidCompose { message, details } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::InvalidCompose,
+                    message,
+                    details,
+                ),
+                StackError::App(fault) => {
+                    // The message reads on its own (cause, probe, last lines); the fields carry the same.
+                    let mut body = ErrorBody::new(fault.code, fault.to_string(), Vec::new());
+                    body.error.service = fault.service;
+                    body.error.probe_output = fault.probe_output;
+                    body.error.last_log_lines = fault.last_log_lines;
+                    return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+                }
                 e @ StackError::Failed { .. } => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     ErrorCode::Failed,

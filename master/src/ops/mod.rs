@@ -16,7 +16,8 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use berth_worker_api::{
-    ErrorDetail, LogQuery, RepoSource, Secret, ValidName, WorkerClient, WorkerClientError,
+    ErrorCode, ErrorDetail, LogQuery, RepoSource, Secret, ValidName, WorkerClient,
+    WorkerClientError,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -61,6 +62,10 @@ pub enum OpError {
         message: String,
         details: Vec<ErrorDetail>,
     },
+    /// The app is to blame (its compose file, build, image or services): the worker's 422
+    /// answer, passed on as it is.
+    #[error("{}", .0.message)]
+    App(Box<berth_worker_api::ErrorInfo>),
     #[error("{0}")]
     NoWorker(String),
     #[error("{0}")]
@@ -140,10 +145,15 @@ fn worker_error(worker: &str, err: WorkerClientError) -> OpError {
             OpError::Worker(format!("worker {worker} unreachable: {err}"))
         }
         WorkerClientError::Api { status, body } => match status {
-            StatusCode::UNPROCESSABLE_ENTITY => OpError::Policy {
-                message: body.error.message,
-                details: body.error.details,
-            },
+            StatusCode::UNPROCESSABLE_ENTITY if body.error.code == ErrorCode::PolicyRejected => {
+                OpError::Policy {
+                    message: body.error.message,
+                    details: body.error.details,
+                }
+            }
+            StatusCode::UNPROCESSABLE_ENTITY if body.error.code.is_app_fault() => {
+                OpError::App(Box::new(body.error))
+            }
             StatusCode::CONFLICT => {
                 OpError::Conflict(format!("worker {worker}: {}", body.error.message))
             }

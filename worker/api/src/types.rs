@@ -17,8 +17,10 @@
 //! Errors answer [`ErrorBody`] (codes: [`ErrorCode`]) with these statuses: 400 bad input, 401
 //! unknown token, 404 unknown stack, 409 an operation that the stack's state does not allow or a Docker object under one of
 //! the stack's names that is not the stack's own (the message names it and its owner), 422
-//! rejected by policy or a bad compose file ([`ErrorDetail`]s name service, field and reason), 500
-//! build or start failure (the message carries the failing step and the last log lines), 504
+//! the app's fault, with a code saying which ([`ErrorCode::is_app_fault`]: `policy_rejected`,
+//! `invalid_compose` with [`ErrorDetail`]s naming service, field and reason; `build_failed`,
+//! `image_missing`, `start_failed`, `unhealthy` with the service, the probe's output and the last
+//! log lines), 500 a step of berth's own failed (fetch, checkout) or an internal error, 504
 //! readiness timed out. Delete answers 200 even when it could not remove everything
 //! ([`DeleteResponse::not_removed`]).
 

@@ -17,6 +17,7 @@ mod build;
 mod buildkit;
 mod converge;
 mod delete;
+mod faults;
 mod freeze;
 mod ownership;
 mod ports;
@@ -50,6 +51,7 @@ use crate::source;
 
 pub use build::LABEL_BUILD_DIGEST;
 pub use buildkit::BuilderChoice;
+pub use faults::AppFault;
 pub use record::Record;
 pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW};
 
@@ -83,6 +85,15 @@ pub enum StackError {
         message: String,
         details: Vec<ErrorDetail>,
     },
+    /// A compose file that cannot be read (422 `invalid_compose`).
+    #[error("{message}")]
+    InvalidCompose {
+        message: String,
+        details: Vec<ErrorDetail>,
+    },
+    /// The app is to blame: its build, image or services (422 with the fault's code).
+    #[error("{0}")]
+    App(Box<AppFault>),
     #[error("{step} failed: {message}")]
     Failed { step: String, message: String },
     #[error("{0}")]
@@ -330,11 +341,12 @@ impl Stacks {
 
     fn load_project(&self, id: &ValidName) -> Result<Project, StackError> {
         let src = self.src_dir(id);
-        let mut project =
-            compose::load(&src, &compose_project_name(id)).map_err(|e| StackError::Rejected {
-                message: e.to_string(),
+        let mut project = compose::load(&src, &compose_project_name(id)).map_err(|e| {
+            StackError::InvalidCompose {
+                message: berth_worker_api::strip_ansi(&e.to_string()),
                 details: e.details(),
-            })?;
+            }
+        })?;
         self.settings
             .policy
             .check(&mut project, &src)
@@ -343,7 +355,7 @@ impl Stacks {
                 message: format!("rejected by policy: {}", compose::summary(&details)),
                 details,
             })?;
-        plan::start_order(&project).map_err(|d| StackError::Rejected {
+        plan::start_order(&project).map_err(|d| StackError::InvalidCompose {
             message: format!("{}: {}", d.field, d.reason),
             details: vec![d],
         })?;

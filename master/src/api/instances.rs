@@ -125,7 +125,8 @@ pub async fn upload(
         (status = 200, description = "final record (with `wait`), or already built", body = InstanceRecord),
         (status = 400, description = "bad input"), (status = 401, description = "no or unknown token"),
         (status = 404, description = "unknown instance"), (status = 409, description = "state does not allow a build"),
-        (status = 422, description = "rejected by the worker's policy (with details)"),
+        (status = 422, description = "the app's fault: `invalid_compose`, `policy_rejected` (with details), `build_failed`, `image_missing` (with the service and last log lines)"),
+        (status = 502, description = "a part of berth failed (the worker)"),
         (status = 503, description = "no healthy worker"), (status = 504, description = "`wait` passed"),
     ),
     security(("bearer" = [])))]
@@ -153,8 +154,8 @@ pub async fn build(
         (status = 200, description = "running, with endpoints", body = InstanceRecord),
         (status = 401, description = "no or unknown token"), (status = 404, description = "unknown instance"),
         (status = 409, description = "state does not allow a start"),
-        (status = 422, description = "rejected by the worker's policy"),
-        (status = 502, description = "the worker failed"), (status = 503, description = "no healthy worker"),
+        (status = 422, description = "the app's fault: `invalid_compose`, `policy_rejected`, `build_failed`, `image_missing`, `start_failed`, `unhealthy` (with the service, the probe's output and the last log lines)"),
+        (status = 502, description = "a part of berth failed (the worker unreachable, or a step of its own)"), (status = 503, description = "no healthy worker"),
         (status = 504, description = "readiness timed out"),
     ),
     security(("bearer" = [])))]

@@ -177,6 +177,7 @@ pub async fn run(
         tracker.clone(),
         shutdown.clone(),
     )?;
+    tracker.spawn(master.clone().observe(shutdown.clone()));
     let app = api::router(master);
     tracing::info!(%addr, %public_url, "berth-master listening");
     let serve = berth_kit::serve::serve(

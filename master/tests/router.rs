@@ -326,7 +326,7 @@ async fn routes_statuses_and_validation() {
             "/v1/instances/known/start",
             409,
             Some("conflict"),
-            "start is allowed in built, stopped, running, failed",
+            "start is allowed in built, stopped, running, degraded, failed",
         ),
         case(
             "stop unknown",
@@ -342,7 +342,7 @@ async fn routes_statuses_and_validation() {
             "/v1/instances/known/stop",
             409,
             Some("conflict"),
-            "stop is allowed in running, stopped, failed",
+            "stop is allowed in running, degraded, stopped, failed",
         ),
         case(
             "logs unplaced",

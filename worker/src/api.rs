@@ -14,8 +14,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use berth_worker_api::auth::{self, Verifier};
 use berth_worker_api::{
-    BuildRequest, DeleteResponse, DeployRequest, ErrorBody, ErrorCode, Secret, StackStatus,
-    StartRequest, ValidName, WorkerHealth, routes,
+    BuildRequest, DeleteResponse, DeployRequest, ErrorBody, ErrorCode, LogQuery, Secret,
+    StackStatus, StartRequest, ValidName, WorkerHealth, routes,
 };
 use serde::Deserialize;
 
@@ -111,6 +111,20 @@ impl IntoResponse for ApiError {
                     message,
                     details,
                 ),
+                StackError::InvalidCompose { message, details } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::InvalidCompose,
+                    message,
+                    details,
+                ),
+                StackError::App(fault) => {
+                    // The message reads on its own (cause, probe, last lines); the fields carry the same.
+                    let mut body = ErrorBody::new(fault.code, fault.to_string(), Vec::new());
+                    body.error.service = fault.service;
+                    body.error.probe_output = fault.probe_output;
+                    body.error.last_log_lines = fault.last_log_lines;
+                    return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+                }
                 e @ StackError::Failed { .. } => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     ErrorCode::Failed,
@@ -272,22 +286,13 @@ async fn delete(
     Ok(Json(result?))
 }
 
-#[derive(Debug, Deserialize)]
-struct LogsQuery {
-    #[serde(default)]
-    follow: bool,
-}
-
 async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    if state.stacks.read_record(&id)?.is_none() {
-        return Err(StackError::NotFound(id.to_string()).into());
-    }
-    let stream = state.stacks.log(&id).stream(q.follow);
+    let stream = state.stacks.log_stream(&id, &q).await?;
     let mut resp = Body::from_stream(stream).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

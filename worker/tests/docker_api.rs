@@ -356,7 +356,8 @@ async fn docker_failed_start_leaves_nothing_running() {
             .await
             .unwrap_err(),
     );
-    assert_eq!(status, 500, "{body:?}");
+    assert_eq!(status, 422, "{body:?}");
+    assert_eq!(body.error.code, ErrorCode::Unhealthy);
     assert!(
         body.error.message.contains("service api became unhealthy"),
         "{}",

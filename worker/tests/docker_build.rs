@@ -228,7 +228,7 @@ async fn docker_buildkit_failure_carries_the_last_lines() {
         .unwrap_err();
     let message = match err {
         berth_worker_api::WorkerClientError::Api { status, body } => {
-            assert_eq!(status.as_u16(), 500, "{body:?}");
+            assert_eq!(status.as_u16(), 422, "{body:?}");
             body.error.message
         }
         other => panic!("{other:?}"),

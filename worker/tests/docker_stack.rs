@@ -217,7 +217,7 @@ async fn docker_builds_and_recreates_leave_nothing_behind() {
         .unwrap_err();
     let message = match err {
         berth_worker_api::WorkerClientError::Api { status, body } => {
-            assert_eq!(status.as_u16(), 500, "{body:?}");
+            assert_eq!(status.as_u16(), 422, "{body:?}");
             body.error.message
         }
         other => panic!("{other:?}"),

@@ -83,14 +83,20 @@ pub fn deploy(
         ),
     );
 
-    let built = build(client, out, &id, Duration::from_secs(args.build_timeout))?;
+    let built = build(
+        client,
+        out,
+        &id,
+        uploaded.commit.as_deref(),
+        Duration::from_secs(args.build_timeout),
+    )?;
     out.note(&format!(
         "built commit {}",
         short(built.built_commit.as_deref())
     ));
 
     // A running instance keeps serving while the new release builds; it is then rolled out.
-    let started = if built.state == "running" {
+    let started = if matches!(built.state.as_str(), "running" | "degraded") {
         let spinner = out.spinner(&format!("rolling {id} out to the new release"));
         let req = client
             .request(Method::POST, &format!("/v1/instances/{id}/deploy"))
@@ -197,15 +203,27 @@ impl<R: Read> Read for Counting<R> {
 
 /// Starts the build and waits for its end, following the worker's log meanwhile: one spinner
 /// line per service (the worker logs `building service NAME as TAG` as each one starts) showing
-/// its latest output.
-fn build(client: &Client, out: &Out, id: &str, limit: Duration) -> Result<Record, Failure> {
+/// its latest output. A running instance builds beside its running release: its record stays
+/// `running` and the build has ended when `built_commit` is `commit` or the record has an error.
+fn build(
+    client: &Client,
+    out: &Out,
+    id: &str,
+    commit: Option<&str>,
+    limit: Duration,
+) -> Result<Record, Failure> {
     let seen = log_lines(client, id);
     let value = client.post(&format!("/v1/instances/{id}/build"))?;
     let mut record = Record::parse(&value)?;
     let mut progress = Progress::new(out, id);
     let deadline = Instant::now() + limit;
     let mut seen = seen;
-    while record.state == "building" {
+    let beside = |r: &Record| matches!(r.state.as_str(), "running" | "degraded");
+    let building = |r: &Record| {
+        r.state == "building"
+            || (beside(r) && r.error.is_none() && r.built_commit.as_deref() != commit)
+    };
+    while building(&record) {
         if Instant::now() > deadline {
             progress.clear();
             return Err(Failure::new(
@@ -223,8 +241,10 @@ fn build(client: &Client, out: &Out, id: &str, limit: Duration) -> Result<Record
         std::thread::sleep(Duration::from_millis(300));
         record = Record::parse(&client.get(&format!("/v1/instances/{id}"))?)?;
     }
-    progress.finish(record.state == "built");
-    if record.state == "built" {
+    let ok =
+        record.state == "built" || (beside(&record) && record.built_commit.as_deref() == commit);
+    progress.finish(ok);
+    if ok {
         return Ok(record);
     }
     let message = record

@@ -170,7 +170,7 @@ pub(crate) fn parse_apps(body: &[u8]) -> Result<(Vec<AppRoute>, Vec<String>), se
                 continue;
             }
         };
-        if record.state != State::Running {
+        if !record.state.is_up() {
             continue;
         }
         let route = AppRoute {

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorInfo,
 }
@@ -15,21 +16,36 @@ impl ErrorBody {
                 code,
                 message: message.into(),
                 details,
+                service: None,
+                probe_output: None,
+                last_log_lines: Vec::new(),
             },
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     pub code: ErrorCode,
     pub message: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<ErrorDetail>,
+    /// The service at fault (the app's faults: `build_failed`, `image_missing`, `start_failed`,
+    /// `unhealthy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The healthcheck's last output (`unhealthy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_output: Option<String>,
+    /// The last lines of the build or of the service's container, ANSI sequences stripped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_log_lines: Vec<String>,
 }
 
 /// One reason a request or a compose file was rejected.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub service: Option<String>,
     pub field: String,
@@ -40,6 +56,7 @@ pub struct ErrorDetail {
 /// same refusal has the same code in both APIs; which status goes with which code is each
 /// server's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400: bad input (an id, a query, a body).
@@ -58,10 +75,23 @@ pub enum ErrorCode {
     Conflict,
     /// 413: over a size cap.
     TooLarge,
-    /// 422: rejected by policy or a bad compose file (details name service, field, reason).
-    /// The worker answered `rejected` before both APIs shared this list.
+    /// 422: rejected by policy (details name service, field, reason). The worker answered
+    /// `rejected` before both APIs shared this list.
     PolicyRejected,
-    /// 500 from the worker: a build or start failed (the message has the step and the log tail).
+    /// 422: the compose file cannot be read: YAML syntax, an unknown or ill-typed key, a
+    /// dependency cycle, a `service_healthy` dependency on a service without a healthcheck.
+    InvalidCompose,
+    /// 422: a service's image did not build (`service`, the build's `last_log_lines`).
+    BuildFailed,
+    /// 422: a service names an image this worker does not hold (images are never pulled).
+    ImageMissing,
+    /// 422: a service did not start or stopped during the start (`service`, its exit code in
+    /// the message, `last_log_lines`).
+    StartFailed,
+    /// 422: a service failed its healthcheck during the start (`probe_output`,
+    /// `last_log_lines`).
+    Unhealthy,
+    /// 500 from the worker: a step of berth's own failed (fetching the code, a checkout).
     Failed,
     /// 502: the worker failed or could not be reached.
     WorkerError,
@@ -93,6 +123,11 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::PolicyRejected => "policy_rejected",
+            ErrorCode::InvalidCompose => "invalid_compose",
+            ErrorCode::BuildFailed => "build_failed",
+            ErrorCode::ImageMissing => "image_missing",
+            ErrorCode::StartFailed => "start_failed",
+            ErrorCode::Unhealthy => "unhealthy",
             ErrorCode::Failed => "failed",
             ErrorCode::WorkerError => "worker_error",
             ErrorCode::ForgeError => "forge_error",
@@ -102,6 +137,22 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
+    }
+}
+
+impl ErrorCode {
+    /// Whether the code names a fault of the app (its file, build or services), answered 422,
+    /// as opposed to berth's own failures (5xx).
+    pub fn is_app_fault(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::PolicyRejected
+                | ErrorCode::InvalidCompose
+                | ErrorCode::BuildFailed
+                | ErrorCode::ImageMissing
+                | ErrorCode::StartFailed
+                | ErrorCode::Unhealthy
+        )
     }
 }
 
@@ -115,7 +166,7 @@ impl std::fmt::Display for ErrorCode {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 16] = [
+    const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidUpload,
         ErrorCode::Unauthorized,
@@ -125,6 +176,11 @@ mod tests {
         ErrorCode::Conflict,
         ErrorCode::TooLarge,
         ErrorCode::PolicyRejected,
+        ErrorCode::InvalidCompose,
+        ErrorCode::BuildFailed,
+        ErrorCode::ImageMissing,
+        ErrorCode::StartFailed,
+        ErrorCode::Unhealthy,
         ErrorCode::Failed,
         ErrorCode::WorkerError,
         ErrorCode::ForgeError,

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::ServiceHealth;
+
 /// Life cycle of an instance. `building`, `starting`, `stopping` and `deleting` are transitional:
 /// they are only ever seen while a master holds the instance lock; one found with the lock free
 /// was interrupted (its master stopped) and is recorded as such before the next operation.
@@ -18,6 +20,9 @@ pub enum State {
     Built,
     Starting,
     Running,
+    /// Started, but a service that should run does not: it exited, crash-loops or is unhealthy
+    /// (`services` says which and why). Returns to `running` when every service recovers.
+    Degraded,
     Stopping,
     Stopped,
     Deleting,
@@ -25,12 +30,13 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 9] = [
+    pub const ALL: [State; 10] = [
         State::Uploaded,
         State::Building,
         State::Built,
         State::Starting,
         State::Running,
+        State::Degraded,
         State::Stopping,
         State::Stopped,
         State::Deleting,
@@ -44,6 +50,7 @@ impl State {
             State::Built => "built",
             State::Starting => "starting",
             State::Running => "running",
+            State::Degraded => "degraded",
             State::Stopping => "stopping",
             State::Stopped => "stopped",
             State::Deleting => "deleting",
@@ -53,6 +60,12 @@ impl State {
 
     pub fn parse(s: &str) -> Option<State> {
         State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the stack's containers run (`running` or `degraded`): what the front door routes
+    /// and a rollback starts again.
+    pub fn is_up(self) -> bool {
+        matches!(self, State::Running | State::Degraded)
     }
 
     pub fn is_transitional(self) -> bool {
@@ -101,6 +114,7 @@ impl Op {
                 State::Uploaded,
                 State::Built,
                 State::Running,
+                State::Degraded,
                 State::Stopped,
                 State::Failed,
             ],
@@ -108,15 +122,28 @@ impl Op {
                 State::Uploaded,
                 State::Built,
                 State::Running,
+                State::Degraded,
                 State::Stopped,
                 State::Failed,
             ],
-            Op::Start => &[State::Built, State::Stopped, State::Running, State::Failed],
-            Op::Stop => &[State::Running, State::Stopped, State::Failed],
+            Op::Start => &[
+                State::Built,
+                State::Stopped,
+                State::Running,
+                State::Degraded,
+                State::Failed,
+            ],
+            Op::Stop => &[
+                State::Running,
+                State::Degraded,
+                State::Stopped,
+                State::Failed,
+            ],
             Op::Delete => &[
                 State::Uploaded,
                 State::Built,
                 State::Running,
+                State::Degraded,
                 State::Stopped,
                 State::Failed,
             ],
@@ -234,6 +261,10 @@ pub struct InstanceRecord {
     pub state: State,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Each service's state while the instance runs (`running` or `degraded`), as its worker's
+    /// watcher last reported it; empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceHealth>,
     pub error: Option<RecordError>,
     #[serde(default)]
     pub moves: Vec<PlacementMove>,
@@ -286,6 +317,7 @@ impl InstanceRecord {
             worker: None,
             state: State::Uploaded,
             endpoints: Vec::new(),
+            services: Vec::new(),
             error: None,
             moves: Vec::new(),
             created_at: now.clone(),
@@ -300,6 +332,7 @@ impl InstanceRecord {
     pub fn fail(&mut self, step: &str, message: impl Into<String>) {
         self.state = State::Failed;
         self.running_commit = None;
+        self.services.clear();
         self.error = Some(RecordError {
             step: step.to_owned(),
             message: message.into(),
@@ -355,7 +388,7 @@ mod tests {
         }
         assert_eq!(
             Op::Start.explain(State::Uploaded),
-            "instance is uploaded; start is allowed in built, stopped, running, failed"
+            "instance is uploaded; start is allowed in built, stopped, running, degraded, failed"
         );
     }
 

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use berth_worker_api::DeleteResponse;
+use berth_worker_api::{DeleteResponse, LogQuery};
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -59,13 +59,6 @@ pub struct ListQuery {
 pub struct DeleteQuery {
     /// Keep the instance's git repository (default false).
     pub keep_code: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct LogsQuery {
-    /// Keep the stream open for new output until the current operation ends.
-    pub follow: Option<bool>,
 }
 
 fn required<'a>(field: &'static str, value: &'a Option<String>) -> Result<&'a str, ApiError> {
@@ -140,7 +133,8 @@ pub async fn upload(
         (status = 200, description = "final record (with `wait`), or already built", body = InstanceRecord),
         (status = 400, description = "bad input"), (status = 401, description = "no or unknown token"),
         (status = 404, description = "unknown instance"), (status = 409, description = "state does not allow a build"),
-        (status = 422, description = "rejected by the worker's policy (with details)"),
+        (status = 422, description = "the app's fault: `invalid_compose`, `policy_rejected` (with details), `build_failed`, `image_missing` (with the service and last log lines)"),
+        (status = 502, description = "a part of berth failed (the worker)"),
         (status = 503, description = "no healthy worker"), (status = 504, description = "`wait` passed"),
     ),
     security(("bearer" = [])))]
@@ -168,8 +162,8 @@ pub async fn build(
         (status = 200, description = "running, with endpoints", body = InstanceRecord),
         (status = 401, description = "no or unknown token"), (status = 404, description = "unknown instance"),
         (status = 409, description = "state does not allow a start"),
-        (status = 422, description = "rejected by the worker's policy"),
-        (status = 502, description = "the worker failed"), (status = 503, description = "no healthy worker"),
+        (status = 422, description = "the app's fault: `invalid_compose`, `policy_rejected`, `build_failed`, `image_missing`, `start_failed`, `unhealthy` (with the service, the probe's output and the last log lines)"),
+        (status = 502, description = "a part of berth failed (the worker unreachable, or a step of its own)"), (status = 503, description = "no healthy worker"),
         (status = 504, description = "readiness timed out"),
     ),
     security(("bearer" = [])))]
@@ -281,22 +275,27 @@ pub async fn list(
     Ok(Json(master.list(user.as_ref(), state).await?))
 }
 
-/// Build and start output, streamed from the worker.
+/// The instance's logs, streamed from its worker: berth's build and start output (`source=ops`,
+/// the default unless `service` is given) or the app's stdout and stderr (`source=app`, each line
+/// `service | text`, followed across container restarts), or both (`all`). A stream ends when the
+/// client leaves.
 #[utoipa::path(get, path = "/v1/instances/{id}/logs", tag = "instances",
-    params(("id" = String, Path, description = "instance id"), LogsQuery),
+    params(("id" = String, Path, description = "instance id"), LogQuery),
     responses(
         (status = 200, description = "text/plain stream", content_type = "text/plain", body = String),
-        (status = 401, description = "no or unknown token"), (status = 404, description = "unknown instance"),
+        (status = 400, description = "bad query (e.g. `since`)"),
+        (status = 401, description = "no or unknown token"),
+        (status = 404, description = "unknown instance, or a service without a container"),
         (status = 409, description = "not placed on a worker yet"), (status = 502, description = "worker unreachable"),
     ),
     security(("bearer" = [])))]
 pub async fn logs(
     State(master): State<Arc<Master>>,
     Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
     let id = valid("id", &id)?;
-    let stream = master.logs(&id, q.follow.unwrap_or(false)).await?;
+    let stream = master.logs(&id, &q).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(stream),

@@ -93,6 +93,8 @@ pub enum ApiError {
         message: String,
         details: Vec<ErrorDetail>,
     },
+    /// The app's fault, with its code (422).
+    App(Box<berth_model::ErrorInfo>),
     BadGateway {
         code: ErrorCode,
         message: String,
@@ -155,6 +157,10 @@ impl IntoResponse for ApiError {
                 message,
                 details,
             ),
+            ApiError::App(info) => {
+                let body = ErrorBody { error: *info };
+                return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response();
+            }
             ApiError::BadGateway { code, message } => {
                 (StatusCode::BAD_GATEWAY, code, message, vec![])
             }
@@ -217,6 +223,7 @@ impl From<OpError> for ApiError {
             OpError::UnknownCommit(m) => ApiError::NotFound(m),
             OpError::Conflict(m) => ApiError::Conflict(m),
             OpError::Policy { message, details } => ApiError::Policy { message, details },
+            OpError::App(info) => ApiError::App(info),
             OpError::NoWorker(m) => ApiError::Unavailable {
                 code: ErrorCode::NoHealthyWorker,
                 message: m,

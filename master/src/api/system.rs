@@ -91,7 +91,7 @@ impl Modify for BearerAuth {
         metrics,
         openapi,
     ),
-    components(schemas(InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody, super::instances::RollbackBody, super::instances::DeployBody, DeployRecord, DeployState, crate::ops::Release)),
+    components(schemas(berth_model::LogSource, berth_model::ServiceHealth, berth_model::ServiceState, berth_model::ErrorBody, berth_model::ErrorInfo, berth_model::ErrorDetail, berth_model::ErrorCode, InstanceRecord, InstanceState, WorkerRef, RecordError, PlacementMove, Endpoint, super::instances::DeleteOutcome, WorkerInfo, Health, super::instances::BuildBody, super::instances::RollbackBody, super::instances::DeployBody, DeployRecord, DeployState, crate::ops::Release)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

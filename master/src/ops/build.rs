@@ -16,7 +16,7 @@ use crate::records::InstanceLock;
 
 /// Whether a build of `rec` runs beside its running stack (which keeps serving).
 pub(super) fn beside(rec: &InstanceRecord) -> bool {
-    rec.state == State::Running && rec.running_commit.is_some()
+    rec.state.is_up() && rec.running_commit.is_some()
 }
 
 impl Master {
@@ -79,7 +79,7 @@ impl Master {
         let prepared = async {
             let workers = self.records.workers().await?;
             let current = self.current_worker(&rec, &workers);
-            if matches!(rec.state, State::Built | State::Running)
+            if matches!(rec.state, State::Built | State::Running | State::Degraded)
                 && rec.built_commit.as_deref() == Some(commit.as_str())
                 && current.is_some()
             {

@@ -123,7 +123,7 @@ impl Master {
                 self.announce("deploying", &rec);
                 // A rollback of an instance that does not run only sets what its next start
                 // runs; a deploy starts it.
-                let start = !rollback || rec.state == State::Running;
+                let start = !rollback || rec.state.is_up();
                 let result = self.build_and_start(&id, &rec, &target, wait, start).await;
                 self.finish(Op::Deploy, started, &result);
                 match &result {
@@ -180,7 +180,10 @@ impl Master {
         start: bool,
     ) -> Result<InstanceRecord, OpError> {
         let built = rec.built_commit.as_deref() == Some(target)
-            && matches!(rec.state, State::Built | State::Stopped | State::Running);
+            && matches!(
+                rec.state,
+                State::Built | State::Stopped | State::Running | State::Degraded
+            );
         let rec = if built {
             rec.clone()
         } else {

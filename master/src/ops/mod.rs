@@ -6,6 +6,7 @@
 mod build;
 mod delete;
 mod deploy;
+mod observe;
 mod release;
 mod start;
 mod stop;
@@ -16,7 +17,8 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use berth_worker_api::{
-    ErrorDetail, RepoSource, Secret, ValidName, WorkerClient, WorkerClientError,
+    ErrorCode, ErrorDetail, LogQuery, RepoSource, Secret, ValidName, WorkerClient,
+    WorkerClientError,
 };
 use bytes::Bytes;
 use futures::Stream;
@@ -26,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub use delete::Deleted;
 pub use deploy::DEFAULT_DEPLOY_WAIT;
+pub use observe::OBSERVE_INTERVAL;
 pub use release::{MAX_RELEASES, Release};
 
 use crate::codestore::credential;
@@ -59,6 +62,10 @@ pub enum OpError {
         message: String,
         details: Vec<ErrorDetail>,
     },
+    /// The app is to blame (its compose file, build, image or services): the worker's 422
+    /// answer, passed on as it is.
+    #[error("{}", .0.message)]
+    App(Box<berth_worker_api::ErrorInfo>),
     #[error("{0}")]
     NoWorker(String),
     #[error("{0}")]
@@ -138,10 +145,15 @@ fn worker_error(worker: &str, err: WorkerClientError) -> OpError {
             OpError::Worker(format!("worker {worker} unreachable: {err}"))
         }
         WorkerClientError::Api { status, body } => match status {
-            StatusCode::UNPROCESSABLE_ENTITY => OpError::Policy {
-                message: body.error.message,
-                details: body.error.details,
-            },
+            StatusCode::UNPROCESSABLE_ENTITY if body.error.code == ErrorCode::PolicyRejected => {
+                OpError::Policy {
+                    message: body.error.message,
+                    details: body.error.details,
+                }
+            }
+            StatusCode::UNPROCESSABLE_ENTITY if body.error.code.is_app_fault() => {
+                OpError::App(Box::new(body.error))
+            }
             StatusCode::CONFLICT => {
                 OpError::Conflict(format!("worker {worker}: {}", body.error.message))
             }
@@ -447,14 +459,14 @@ impl Master {
     pub async fn logs(
         &self,
         id: &ValidName,
-        follow: bool,
+        q: &LogQuery,
     ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, OpError> {
         let rec = self.get_or_404(id).await?;
         let worker = rec.worker.ok_or_else(|| {
             OpError::Conflict(format!("instance {id} is not placed on a worker yet"))
         })?;
         self.worker_client(&worker.url)
-            .logs(id, follow)
+            .log_stream(id, q)
             .await
             .map_err(|e| worker_error(&worker.id, e))
     }

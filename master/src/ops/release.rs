@@ -44,7 +44,8 @@ fn rfc3339(secs: i64) -> String {
 /// The commit the instance runs: `running_commit`, or for a record written before that field
 /// existed, the built commit (the only one a start runs).
 fn running(rec: &InstanceRecord) -> Option<&str> {
-    (rec.state == State::Running)
+    rec.state
+        .is_up()
         .then(|| {
             rec.running_commit
                 .as_deref()
@@ -112,7 +113,7 @@ impl Master {
             }
             None => {
                 let from = match rec.state {
-                    State::Running => running(&rec),
+                    State::Running | State::Degraded => running(&rec),
                     _ => rec.built_commit.as_deref(),
                 }
                 .map(str::to_owned)

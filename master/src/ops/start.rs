@@ -71,6 +71,7 @@ impl Master {
                     rec.state = State::Running;
                     rec.running_commit = rec.built_commit.clone();
                     rec.endpoints = status.endpoints;
+                    rec.services = status.health;
                     rec.error = None;
                     self.save(lock, &mut rec, Some(State::Starting)).await?;
                     return Ok(rec);

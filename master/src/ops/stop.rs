@@ -35,6 +35,7 @@ impl Master {
             rec.state = State::Stopped;
             rec.running_commit = None;
             rec.endpoints.clear();
+            rec.services.clear();
             self.save(lock, &mut rec, Some(previous)).await?;
             return Ok(rec);
         };
@@ -64,6 +65,7 @@ impl Master {
         rec.state = State::Stopped;
         rec.running_commit = None;
         rec.endpoints.clear();
+        rec.services.clear();
         self.save(lock, &mut rec, Some(State::Stopping)).await?;
         Ok(rec)
     }

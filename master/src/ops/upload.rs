@@ -81,7 +81,7 @@ impl Master {
         // New code is built; so is code a previous upload stored without getting it built (no
         // healthy worker then, or its build failed), so retrying that upload does the build.
         let unbuilt = rec.state == State::Uploaded
-            || (matches!(rec.state, State::Failed | State::Running)
+            || (matches!(rec.state, State::Failed | State::Running | State::Degraded)
                 && rec.error.as_ref().is_some_and(|e| e.step == "build"));
         match (build, changed || unbuilt, rec.commit.clone()) {
             (true, true, Some(commit)) => {

@@ -308,6 +308,7 @@ async fn build(
                 commit: Some(req.commit),
                 project_name: id.clone(),
                 services: vec![],
+                health: vec![],
                 endpoints: running.map(|s| s.endpoints).unwrap_or_default(),
                 error: None,
                 kept: vec![],

@@ -10,7 +10,8 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    BuildRequest, DeleteResponse, DeployRequest, ErrorBody, StackStatus, StartRequest, WorkerHealth,
+    BuildRequest, DeleteResponse, DeployRequest, ErrorBody, LogQuery, StackStatus, StartRequest,
+    WorkerHealth,
 };
 use crate::{Secret, ValidName, auth, routes};
 
@@ -273,11 +274,21 @@ impl WorkerClient {
         id: &ValidName,
         follow: bool,
     ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, WorkerClientError> {
+        let q = LogQuery {
+            follow: Some(follow),
+            ..LogQuery::default()
+        };
+        self.log_stream(id, &q).await
+    }
+
+    /// The log stream `q` asks for (operation output, the app's, or both) as bytes.
+    pub async fn log_stream(
+        &self,
+        id: &ValidName,
+        q: &LogQuery,
+    ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, WorkerClientError> {
         let resp = self
-            .execute(
-                self.request(Method::GET, &routes::logs(id))
-                    .query(&[(routes::FOLLOW, follow)]),
-            )
+            .execute(self.request(Method::GET, &routes::logs(id)).query(q))
             .await?;
         let status = resp.status();
         if !status.is_success() {

@@ -19,15 +19,13 @@ pub const STACK_START: &str = "/v1/stacks/{id}/start";
 pub const STACK_DEPLOY: &str = "/v1/stacks/{id}/deploy";
 /// `POST`: stop the stack.
 pub const STACK_STOP: &str = "/v1/stacks/{id}/stop";
-/// `GET` (`?follow=`): the build and start log.
+/// `GET` ([`LogQuery`](crate::LogQuery)): operation or app output.
 pub const STACK_LOGS: &str = "/v1/stacks/{id}/logs";
 
 /// The query parameter of [`STACK`]'s `DELETE`.
 pub const KEEP_VOLUMES: &str = "keep_volumes";
 /// The query parameter of [`HEALTHZ`].
 pub const CHALLENGE: &str = "challenge";
-/// The query parameter of [`STACK_LOGS`].
-pub const FOLLOW: &str = "follow";
 
 /// `pattern` with its `{id}` filled in (ids are URL-safe by their rule).
 fn fill(pattern: &str, id: &ValidName) -> String {

@@ -12,14 +12,16 @@
 //! | `DELETE /v1/stacks/{id}?keep_volumes=true` | none | [`DeleteResponse`] |
 //! | `GET /v1/stacks/{id}` | none | [`StackStatus`] (404 if the worker holds no such stack) |
 //! | `GET /v1/stacks` | none | `Vec<StackStatus>` |
-//! | `GET /v1/stacks/{id}/logs?follow=true` | none | `text/plain` stream of build and start output |
+//! | `GET /v1/stacks/{id}/logs?source=&service=&tail=&since=&follow=` ([`LogQuery`]) | none | `text/plain` stream: build and start output (`ops`, the default), the containers' output (`app`) or both |
 //! | `GET /healthz?challenge=` | none | [`WorkerHealth`], with `X-Berth-Proof` for a challenge |
 //!
 //! Errors answer [`ErrorBody`] (codes: [`ErrorCode`]) with these statuses: 400 bad input, 401
 //! unsigned, badly signed, replayed or outside the clock window, 404 unknown stack, 409 an operation that the stack's state does not allow or a Docker object under one of
 //! the stack's names that is not the stack's own (the message names it and its owner), 422
-//! rejected by policy or a bad compose file ([`ErrorDetail`]s name service, field and reason), 500
-//! build or start failure (the message carries the failing step and the last log lines), 504
+//! the app's fault, with a code saying which ([`ErrorCode::is_app_fault`]: `policy_rejected`,
+//! `invalid_compose` with [`ErrorDetail`]s naming service, field and reason; `build_failed`,
+//! `image_missing`, `start_failed`, `unhealthy` with the service, the probe's output and the last
+//! log lines), 500 a step of berth's own failed (fetch, checkout) or an internal error, 504
 //! readiness timed out. Delete answers 200 even when it could not remove everything
 //! ([`DeleteResponse::not_removed`]).
 
@@ -28,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use crate::{Secret, ValidName};
 
 // Shared with the master: the endpoint a stack publishes and the error body.
-pub use berth_model::{Endpoint, ErrorBody, ErrorCode, ErrorDetail, ErrorInfo};
+pub use berth_model::{
+    Endpoint, ErrorBody, ErrorCode, ErrorDetail, ErrorInfo, LogQuery, LogSource, ServiceHealth,
+    ServiceState, strip_ansi,
+};
 
 /// Where the worker fetches the instance's code from, and with what credentials.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +93,9 @@ pub enum StackState {
     Built,
     Starting,
     Running,
+    /// Running, but the watcher found a service that is not as it should be (exited,
+    /// restarting, unhealthy): [`StackStatus::health`] says which. Only reported, never recorded.
+    Degraded,
     Stopping,
     Stopped,
     Failed,
@@ -116,6 +124,10 @@ pub struct StackStatus {
     pub project_name: String,
     #[serde(default)]
     pub services: Vec<ServiceStatus>,
+    /// The watcher's verdict per service while the stack runs (empty otherwise, and until the
+    /// first inspection after a start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<ServiceHealth>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     /// Last failure, when `state` is `failed`.

@@ -16,7 +16,10 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use berth_worker_api::ErrorCode;
+
 use super::buildkit::{self, BuildKitError, BuilderChoice};
+use super::faults::fault;
 use super::ownership::{foreign_berth_image, image_labels};
 use super::record::{Record, Unfinished};
 use super::{StackError, Stacks, failed, rejected};
@@ -379,13 +382,14 @@ impl Stacks {
         self.remove_intermediates(&ids, image_id.as_deref()).await;
         let how = result?;
         if image_id.is_none() {
-            return Err(failed(
-                &format!("build of service {}", s.name),
+            return Err(fault(
+                ErrorCode::BuildFailed,
+                &s.name,
                 format!(
-                    "image {} missing after build; last log lines:\n{}",
-                    job.tag,
-                    log.tail(20)
+                    "build of service {}: image {} missing after build",
+                    s.name, job.tag
                 ),
+                &log.tail(20),
             ));
         }
         self.docker
@@ -439,8 +443,12 @@ impl Stacks {
                 match buildkit::build(&socket, &version, &request, tar, log, &prefix).await {
                     Ok(_) => return Ok("BuildKit"),
                     Err(BuildKitError::Failed(message)) => {
-                        let tail = log.tail(20);
-                        return Err(failed(&step, format!("{message}; last log lines:\n{tail}")));
+                        return Err(fault(
+                            ErrorCode::BuildFailed,
+                            &s.name,
+                            format!("{step} failed: {message}"),
+                            &log.tail(20),
+                        ));
                     }
                     Err(BuildKitError::Unsupported(why))
                         if self.settings.builder == BuilderChoice::Auto =>
@@ -529,7 +537,12 @@ impl Stacks {
                     let tail = log.tail(20);
                     let message = dk::message(&e);
                     log.line(&format!("{prefix}{message}"));
-                    return Err(failed(&step, format!("{message}; last log lines:\n{tail}")));
+                    return Err(fault(
+                        ErrorCode::BuildFailed,
+                        &job.service.name,
+                        format!("{step} failed: {message}"),
+                        &tail,
+                    ));
                 }
             }
         }

@@ -282,7 +282,14 @@ impl Stacks {
             self.docker
                 .start_container(&name, None)
                 .await
-                .map_err(|e| failed(&format!("start service {}", s.name), dk::message(&e)))?;
+                .map_err(|e| {
+                    super::faults::fault(
+                        berth_worker_api::ErrorCode::StartFailed,
+                        &s.name,
+                        format!("start of service {}: {}", s.name, dk::message(&e)),
+                        "",
+                    )
+                })?;
             log.line(&format!("started {name}"));
         }
         Ok(())

@@ -6,14 +6,18 @@
 //! `build.rs`, `start.rs` (orchestration), `converge.rs` (networks, volumes, reuse or
 //! recreate), `spec.rs` (the container spec), `ports.rs`, `readiness.rs` (the wait before a
 //! start answers), `ownership.rs` (`owned_*`: whose is an object found by name), `freeze.rs`
-//! (writers paused around checkout access), `stop.rs` and `delete.rs` (with pruning). This file
+//! (writers paused around checkout access), `stop.rs` and `delete.rs` (with pruning),
+//! `watcher.rs` (what each service of a running stack is doing) and `applogs.rs` (the
+//! containers' own output). This file
 //! holds `Stacks` itself: the per-instance lock, the listings by label, adoption at start-up,
 //! status and list.
 
+mod applogs;
 mod build;
 mod buildkit;
 mod converge;
 mod delete;
+mod faults;
 mod freeze;
 mod ownership;
 mod ports;
@@ -23,6 +27,7 @@ mod rollout;
 mod spec;
 mod start;
 mod stop;
+mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -47,7 +52,9 @@ use crate::source;
 
 pub use build::LABEL_BUILD_DIGEST;
 pub use buildkit::BuilderChoice;
+pub use faults::AppFault;
 pub use record::Record;
+pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW};
 
 /// What the stack manager needs to know about its host.
 #[derive(Debug, Clone)]
@@ -81,6 +88,15 @@ pub enum StackError {
         message: String,
         details: Vec<ErrorDetail>,
     },
+    /// A compose file that cannot be read (422 `invalid_compose`).
+    #[error("{message}")]
+    InvalidCompose {
+        message: String,
+        details: Vec<ErrorDetail>,
+    },
+    /// The app is to blame: its build, image or services (422 with the fault's code).
+    #[error("{0}")]
+    App(Box<AppFault>),
     #[error("{step} failed: {message}")]
     Failed { step: String, message: String },
     #[error("{0}")]
@@ -133,6 +149,8 @@ pub struct Stacks {
     /// Set once a BuildKit build found that the engine cannot run BuildKit (with the `auto`
     /// builder): later builds go to the classic builder at once.
     buildkit_off: std::sync::atomic::AtomicBool,
+    /// What the watcher last saw of each running stack.
+    watched: watcher::Watched,
 }
 
 /// Marks the log of an operation as active for its lifetime.
@@ -153,6 +171,7 @@ impl Stacks {
             logs,
             count: watch::Sender::new(0),
             buildkit_off: Default::default(),
+            watched: Default::default(),
         };
         stacks.count.send_replace(stacks.count());
         stacks
@@ -277,6 +296,7 @@ impl Stacks {
                 StackState::Starting
                 | StackState::Stopping
                 | StackState::Running
+                | StackState::Degraded
                 | StackState::Stopped => {
                     let running = self
                         .containers_of(id)
@@ -325,11 +345,12 @@ impl Stacks {
 
     fn load_project(&self, id: &ValidName) -> Result<Project, StackError> {
         let src = self.src_dir(id);
-        let mut project =
-            compose::load(&src, &compose_project_name(id)).map_err(|e| StackError::Rejected {
-                message: e.to_string(),
+        let mut project = compose::load(&src, &compose_project_name(id)).map_err(|e| {
+            StackError::InvalidCompose {
+                message: berth_worker_api::strip_ansi(&e.to_string()),
                 details: e.details(),
-            })?;
+            }
+        })?;
         self.settings
             .policy
             .check(&mut project, &src)
@@ -338,7 +359,7 @@ impl Stacks {
                 message: format!("rejected by policy: {}", compose::summary(&details)),
                 details,
             })?;
-        plan::start_order(&project).map_err(|d| StackError::Rejected {
+        plan::start_order(&project).map_err(|d| StackError::InvalidCompose {
             message: format!("{}: {}", d.field, d.reason),
             details: vec![d],
         })?;
@@ -420,9 +441,20 @@ impl Stacks {
         }
         endpoints
             .sort_by(|a, b| (&a.service, a.container_port).cmp(&(&b.service, b.container_port)));
+        let health = if record.state == StackState::Running {
+            self.verdict(id)
+        } else {
+            Vec::new()
+        };
+        let state = if health.iter().any(|s| !s.state.is_ok()) {
+            StackState::Degraded
+        } else {
+            record.state
+        };
         Ok(StackStatus {
             id: id.clone(),
-            state: record.state,
+            state,
+            health,
             commit: record.commit,
             project_name: compose_project_name(id),
             services,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerInspectResponse, ImageInspect};
 
-use super::{StackError, Stacks, failed, rejected};
+use super::{StackError, Stacks, rejected};
 use crate::compose::Service;
 use crate::compose::plan::{self, Holder, Owner};
 use crate::docker as dk;
@@ -109,11 +109,15 @@ impl Stacks {
         let inspect = match self.docker.inspect_image(&image).await {
             Ok(i) => i,
             Err(e) if dk::already(&e) => {
-                return Err(failed(
-                    &format!("image of service {}", s.name),
+                return Err(super::faults::fault(
+                    berth_worker_api::ErrorCode::ImageMissing,
+                    &s.name,
                     format!(
-                        "image {image:?} is not present on this worker (images are never pulled)"
+                        "service {}: image {image:?} is not present on this worker (images are \
+                         never pulled; build it from a Dockerfile FROM a local image)",
+                        s.name
                     ),
+                    "",
                 ));
             }
             Err(e) => return Err(e.into()),

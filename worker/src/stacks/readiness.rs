@@ -380,12 +380,30 @@ impl Stacks {
         out
     }
 
+    /// The app's fault: a service that stopped or turned unhealthy while the start waited,
+    /// with its last log lines and (unhealthy) its probe's last output.
     async fn failure(&self, project: &Project, service: &str, what: &str) -> StackError {
         let lines = self.last_lines(project, service).await;
-        failed(
-            &format!("start of service {service}"),
-            format!("service {service} {what}; last log lines:\n{lines}"),
-        )
+        let name = plan::container_name(&project.name, service);
+        let probe = self
+            .docker
+            .inspect_container(&name, None)
+            .await
+            .ok()
+            .and_then(|c| c.state?.health?.log?.pop()?.output)
+            .map(|o| berth_worker_api::strip_ansi(o.trim()))
+            .filter(|o| !o.is_empty());
+        let code = if what.contains("unhealthy") {
+            berth_worker_api::ErrorCode::Unhealthy
+        } else {
+            berth_worker_api::ErrorCode::StartFailed
+        };
+        let mut err =
+            super::faults::fault(code, service, format!("service {service} {what}"), &lines);
+        if let StackError::App(f) = &mut err {
+            f.probe_output = probe;
+        }
+        err
     }
 
     async fn timeout_error(&self, project: &Project, service: &str, what: &str) -> StackError {

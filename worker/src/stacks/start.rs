@@ -11,7 +11,7 @@ use berth_worker_api::{StackState, StackStatus, StartRequest, ValidName};
 use super::ports::{choose_ports, port_taken};
 use super::record::{Record, Unfinished};
 use super::spec::public_env;
-use super::{MAX_START_TIMEOUT, StackError, Stacks, failed, force_with_volumes, io, rejected};
+use super::{MAX_START_TIMEOUT, StackError, Stacks, failed, force_with_volumes, io};
 use crate::compose::plan;
 use crate::compose::{Condition, Project};
 use crate::logbuf::LogBuf;
@@ -203,14 +203,18 @@ impl Stacks {
             for (dep, cond) in &s.depends_on {
                 if *cond == Condition::Healthy && prepared.get(dep).is_some_and(|p| !p.healthcheck)
                 {
-                    return Err(rejected(
-                        dep,
-                        format!("services.{dep}.healthcheck"),
-                        format!(
-                            "service {dep} has no healthcheck (in the file or its image) but {} waits for service_healthy",
-                            s.name
-                        ),
-                    ));
+                    let reason = format!(
+                        "service {dep} has no healthcheck (in the file or its image) but {} waits for service_healthy",
+                        s.name
+                    );
+                    return Err(StackError::InvalidCompose {
+                        message: format!("services.{dep}.healthcheck: {reason}"),
+                        details: vec![berth_worker_api::ErrorDetail {
+                            service: Some(dep.clone()),
+                            field: format!("services.{dep}.healthcheck"),
+                            reason,
+                        }],
+                    });
                 }
             }
         }

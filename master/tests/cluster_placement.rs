@@ -158,16 +158,22 @@ async fn cluster_docker_a_returning_worker_keeps_no_ghost_copy() {
     assert_eq!(running(id, &new), 1, "the new copy runs on");
 
     // The old worker refuses to start the instance the record places elsewhere.
-    let refused = c
-        .http
-        .post(format!("{}/v1/stacks/{id}/start", c.worker_url(&old)))
-        .bearer_auth(CLUSTER_TOKEN)
-        .send()
+    let old_worker = berth_worker_api::WorkerClient::new(
+        c.worker_url(&old),
+        berth_worker_api::Secret::new(CLUSTER_TOKEN),
+    );
+    let refused = old_worker
+        .start(
+            &berth_worker_api::ValidName::parse("id", id).expect("a valid id"),
+            &berth_worker_api::StartRequest::default(),
+        )
         .await
-        .expect("the old worker answers");
-    assert_eq!(refused.status(), StatusCode::CONFLICT);
-    let body: Value = refused.json().await.expect("error json");
-    let message = body["error"]["message"].as_str().unwrap_or_default();
+        .expect_err("the old worker refuses");
+    assert_eq!(refused.status(), Some(StatusCode::CONFLICT), "{refused}");
+    let message = match &refused {
+        berth_worker_api::WorkerClientError::Api { body, .. } => body.error.message.clone(),
+        other => panic!("not an API error: {other}"),
+    };
     assert!(
         message.contains(&format!("places instance {id} on worker {new}")),
         "{message}"

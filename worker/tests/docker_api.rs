@@ -1081,26 +1081,33 @@ async fn docker_image_healthcheck_counts_and_missing_one_is_refused_up_front() {
     assert!(!exposed.contains("7000-7002"), "{exposed}");
     w.client.delete(&sid, false).await.unwrap();
 
-    // A `service_healthy` dependency on a service with no healthcheck anywhere: 422 before any
-    // container exists, and the stack stays as it was.
+    // A `service_healthy` dependency on a service with no healthcheck anywhere: the build
+    // answers 422 invalid_compose (not the start), and no container is ever created.
     let (repo, commit) = git_repo(&[(
         "compose.yaml",
         "services:\n  db:\n    image: berth-base:latest\n    command: [sleep, '600']\n  app:\n    image: berth-base:latest\n    command: [sleep, '600']\n    depends_on: {db: {condition: service_healthy}}\n",
     )]);
-    w.client
-        .build(&sid, &build_request(repo.path(), &commit))
-        .await
-        .unwrap();
     let (status, body) = api_error(
+        w.client
+            .build(&sid, &build_request(repo.path(), &commit))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 422, "{body:?}");
+    assert_eq!(body.error.code, ErrorCode::InvalidCompose, "{body:?}");
+    assert_eq!(body.error.details[0].field, "services.db.healthcheck");
+    let st = w.client.status(&sid).await.unwrap().unwrap();
+    assert_eq!(st.state, StackState::Failed);
+    let (status, _) = api_error(
         w.client
             .start(&sid, &StartRequest::default())
             .await
             .unwrap_err(),
     );
-    assert_eq!(status, 422, "{body:?}");
-    assert_eq!(body.error.details[0].field, "services.db.healthcheck");
-    let st = w.client.status(&sid).await.unwrap().unwrap();
-    assert_eq!(st.state, StackState::Built);
+    assert!(
+        status == 409 || status == 422,
+        "a start of the failed build is refused: {status}"
+    );
     let logs: Vec<u8> =
         futures::StreamExt::collect::<Vec<_>>(w.client.logs(&sid, false).await.unwrap())
             .await

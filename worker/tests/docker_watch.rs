@@ -152,3 +152,44 @@ async fn docker_a_service_that_recovers_brings_the_stack_back_to_running() {
 fn service_ok(st: &StackStatus) -> bool {
     !st.health.is_empty() && st.health.iter().all(|s| s.state.is_ok())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_a_service_whose_container_is_removed_is_missing() {
+    let w = worker("watch-gone", |_| {}).await;
+    let (repo, commit) = git_repo(&[(
+        "compose.yaml",
+        "services:\n  steady:\n    image: berth-base:latest\n    command: [sleep, '100000']\n  other:\n    image: berth-base:latest\n    command: [sleep, '100000']\n",
+    )]);
+    let sid = id(&format!("gone-{}", w.node));
+    let st = w.build_and_start(&sid, repo.path(), &commit).await;
+    let container = st
+        .services
+        .iter()
+        .find(|s| s.name == "steady")
+        .and_then(|s| s.container.clone())
+        .expect("steady has a container");
+    let (st, _) = until(&w, &sid, "watched", |st| st.health.len() == 2).await;
+    assert_eq!(st.state, StackState::Running, "{st:#?}");
+    let removed = std::process::Command::new("docker")
+        .args(["rm", "-f", &container])
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    // On its way out it is killed (exited 137, seen if a pass runs then), then it is gone.
+    let (st, took) = until(&w, &sid, "steady missing", |st| {
+        st.health
+            .iter()
+            .any(|s| s.name == "steady" && s.state == ServiceState::Missing)
+    })
+    .await;
+    eprintln!("missing {took:?} after the container was removed");
+    assert_eq!(st.state, StackState::Degraded, "{st:#?}");
+    assert_eq!(
+        service(&st, "other").state,
+        ServiceState::Running,
+        "{st:#?}"
+    );
+    w.client.delete(&sid, false).await.unwrap();
+    w.cleanup.assert_nothing_left();
+    w.stop().await;
+}

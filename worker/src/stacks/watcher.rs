@@ -81,6 +81,12 @@ impl Stacks {
             if !running {
                 continue;
             }
+            // An operation (a rollout, a start) is changing the stack: its verdict stands until
+            // the next pass.
+            if self.lock(&id).try_lock().is_err() {
+                verdicts.insert(id.to_string(), self.verdict(&id));
+                continue;
+            }
             match self.inspect_stack(&id, &mut seen).await {
                 Ok(services) => {
                     let before = self.verdict(&id);
@@ -108,6 +114,16 @@ impl Stacks {
     ) -> Result<Vec<ServiceHealth>, super::StackError> {
         let mut containers = self.containers_of(id).await?;
         containers.sort_by_key(|c| std::cmp::Reverse(c.created));
+        // The checkout holds the running release unless a build beside it moved it on (then
+        // its service list is not the running one's).
+        let checkout = self.checkout(id).commit();
+        let same_release = checkout.is_some()
+            && containers.iter().all(|c| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(plan::LABEL_BERTH_COMMIT))
+                    == checkout.as_ref()
+            });
         let mut out: Vec<ServiceHealth> = Vec::new();
         for c in containers {
             let Some(service) = c
@@ -141,6 +157,22 @@ impl Stacks {
                 health.last_log_lines = self.last_log_lines(&cid).await;
             }
             out.push(health);
+        }
+        // A service of the running release without any container (removed by hand, or never
+        // recreated) is missing, not silently absent.
+        if same_release && let Ok(project) = self.load_project(id) {
+            for s in &project.services {
+                if !out.iter().any(|h| h.name == s.name) {
+                    out.push(ServiceHealth {
+                        name: s.name.clone(),
+                        state: ServiceState::Missing,
+                        restarts: 0,
+                        exit_code: None,
+                        probe_output: None,
+                        last_log_lines: Vec::new(),
+                    });
+                }
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -98,6 +98,7 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/health/state/{state}", get(health::state))
         .route("/v1/agent/join/{addr}", put(agent::join))
         .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/agent/reload", put(agent::reload))
         .route("/v1/internal/berth/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/berth/leave", put(internal::leave))
         .with_state(state.clone())

@@ -1,4 +1,5 @@
-//! `/v1/agent/*`: this server's own description (`self`, `members`).
+//! `/v1/agent/*`: this server's own description (`self`, `members`) and its operations
+//! (`join`, `leave`, `reload`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -134,5 +135,17 @@ pub(crate) async fn leave(
     authz.require(Resource::Agent, &app.node_name, Need::Write)?;
     tracing::info!("leave requested: shutting down");
     app.shutdown.cancel();
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/reload`: Consul rereads its configuration files; a berth server takes its
+/// configuration once, at start, so there is nothing to reload and it answers as Consul does
+/// after a reload that changed nothing (200, empty body). Needs `agent:write`, as in Consul.
+pub(crate) async fn reload(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &app.node_name, Need::Write)?;
+    tracing::info!("reload requested: berth has no configuration to reload");
     Ok(StatusCode::OK.into_response())
 }

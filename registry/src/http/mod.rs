@@ -18,7 +18,7 @@ pub(crate) mod v1;
 pub(crate) use body::{MAX_VALUE_SIZE, read_body, read_json};
 pub(crate) use error::{ApiError, json, plain};
 pub(crate) use query::{Params, path_tail};
-use v1::{acl, agent, agent_local, catalog, health, internal, kv, session, status, txn};
+use v1::{acl, agent, agent_local, catalog, health, internal, kv, metrics, session, status, txn};
 
 use std::sync::Arc;
 
@@ -99,6 +99,7 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/agent/join/{addr}", put(agent::join))
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/reload", put(agent::reload))
+        .route("/v1/agent/metrics", get(metrics::metrics))
         .route("/v1/internal/berth/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/berth/leave", put(internal::leave))
         .with_state(state.clone())

@@ -7,6 +7,7 @@ pub(crate) mod catalog;
 pub(crate) mod health;
 pub(crate) mod internal;
 pub(crate) mod kv;
+pub(crate) mod metrics;
 pub(crate) mod session;
 pub(crate) mod status;
 pub(crate) mod txn;

@@ -47,3 +47,87 @@ async fn reload_answers_empty_and_needs_agent_write() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn metrics_in_consul_json_and_prometheus_text_need_agent_read() {
+    let h = agent_tokens().await;
+    h.table(
+        Some("root"),
+        &[
+            ("PUT", "/v1/kv/m/a", "1", 200, "true"),
+            ("PUT", "/v1/kv/m/b", "2", 200, "true"),
+        ],
+    )
+    .await;
+    let a = h
+        .call("GET", "/v1/agent/metrics", "", Some("agent-read"))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["Counters", "Gauges", "Points", "Samples", "Timestamp"]
+    );
+    assert!(
+        v["Timestamp"].as_str().unwrap().ends_with("0 +0000 UTC"),
+        "{}",
+        v["Timestamp"]
+    );
+    let gauge = |name: &str| {
+        v["Gauges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["Name"] == name)
+            .unwrap_or_else(|| panic!("no gauge {name}: {}", v["Gauges"]))
+            .clone()
+    };
+    assert_eq!(
+        gauge("consul.state.kv_entries"),
+        serde_json::json!({"Name": "consul.state.kv_entries", "Value": 2.0, "Labels": {}})
+    );
+    // The server's own node and its `consul` service.
+    assert_eq!(gauge("consul.state.nodes")["Value"], 1.0);
+    assert_eq!(gauge("consul.state.services")["Value"], 1.0);
+    assert!(gauge("berth.state.index")["Value"].as_f64().unwrap() >= 2.0);
+
+    let p = h
+        .call(
+            "GET",
+            "/v1/agent/metrics?format=prometheus",
+            "",
+            Some("agent-read"),
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(
+        p.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        p.headers["content-type"]
+    );
+    assert!(
+        p.body
+            .contains("# TYPE consul_state_kv_entries gauge\nconsul_state_kv_entries 2\n"),
+        "{}",
+        p.body
+    );
+    h.table(
+        None,
+        &[
+            ("GET", "/v1/agent/metrics", "", 403, "Permission denied"),
+            (
+                "GET",
+                "/v1/agent/metrics?format=prometheus",
+                "",
+                403,
+                "Permission denied",
+            ),
+        ],
+    )
+    .await;
+}

@@ -99,6 +99,7 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/agent/join/{addr}", put(agent::join))
         .route("/v1/agent/leave", put(agent::leave))
         .route("/v1/agent/reload", put(agent::reload))
+        .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
         .route("/v1/agent/metrics", get(metrics::metrics))
         .route("/v1/internal/berth/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/berth/leave", put(internal::leave))

@@ -1,6 +1,8 @@
 //! Router tests for the server agent's operations (`reload`, `metrics`, `force-leave`) and the
 //! Connect-only discovery reads a Consul without Connect answers empty.
 
+use crate::server::Config;
+
 use super::{H, acl_server};
 
 /// An ACL-enabled server where token `agent-read` may read the server's agent and
@@ -128,6 +130,113 @@ async fn metrics_in_consul_json_and_prometheus_text_need_agent_read() {
                 "Permission denied",
             ),
         ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn force_leave_removes_failed_members_keeps_live_ones_and_refuses_the_server() {
+    let mut config = Config::dev("node1");
+    config.failure_timeout_ms = 400;
+    let h = H::with(config).await;
+    let beat = r#"{"Node":"w1","ID":"11111111-2222-3333-4444-555555555555","Address":"127.0.0.9","Port":8500}"#;
+    h.table(None, &[
+        ("PUT", "/v1/internal/berth/heartbeat", beat, 200, "true"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"w1","Address":"127.0.0.9","Service":{"ID":"api","Service":"api"}}"#, 200, "true"),
+        // A live member refutes the leave: it stays, in the catalog too.
+        ("PUT", "/v1/agent/force-leave/w1", "", 200, ""),
+        ("GET", "/v1/catalog/node/w1", "", 200, r#"~"Address":"127.0.0.9""#),
+        ("GET", "/v1/agent/members", "", 200, r#"~"Name":"w1","Addr":"127.0.0.9","Port":8500,"Tags""#),
+        ("PUT", "/v1/agent/force-leave/nope", "", 500, "agent: No node found with name 'nope'"),
+        ("PUT", "/v1/agent/force-leave/node1", "", 403, r#"Permission denied: "node1" is the registry server's own node; it cannot be force-left"#),
+        ("GET", "/v1/catalog/node/node1", "", 200, r#"~"Node":"node1""#),
+    ]).await;
+    // Silent past the failure timeout: failed, then force-left out of the catalog.
+    h.until("/v1/health/node/w1", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|c| c["CheckID"] == "serfHealth" && c["Status"] == "critical")
+        })
+    })
+    .await;
+    h.table(
+        None,
+        &[
+            ("PUT", "/v1/agent/force-leave/w1", "", 200, ""),
+            ("GET", "/v1/catalog/node/w1", "", 200, "null"),
+            ("GET", "/v1/health/service/api", "", 200, "[]"),
+        ],
+    )
+    .await;
+    let members = h.json("/v1/agent/members").await;
+    let w1 = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["Name"] == "w1")
+        .expect("a left member is still listed");
+    assert_eq!(w1["Status"], 3, "{w1}");
+    h.table(
+        None,
+        &[("PUT", "/v1/agent/force-leave/w1?prune", "", 200, "")],
+    )
+    .await;
+    let members = h.json("/v1/agent/members").await;
+    assert!(
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["Name"] != "w1"),
+        "{members}"
+    );
+}
+
+#[tokio::test]
+async fn force_leave_needs_operator_write() {
+    let h = agent_tokens().await;
+    h.table(
+        Some("root"),
+        &[
+            (
+                "PUT",
+                "/v1/acl/policy",
+                r#"{"Name":"op","Rules":"operator = \"write\""}"#,
+                200,
+                "*",
+            ),
+            (
+                "PUT",
+                "/v1/acl/token",
+                r#"{"SecretID":"op","Policies":[{"Name":"op"}]}"#,
+                200,
+                "*",
+            ),
+        ],
+    )
+    .await;
+    for token in [None, Some("agent-write"), Some("nodew")] {
+        h.table(
+            token,
+            &[(
+                "PUT",
+                "/v1/agent/force-leave/nope",
+                "",
+                403,
+                "Permission denied",
+            )],
+        )
+        .await;
+    }
+    h.table(
+        Some("op"),
+        &[(
+            "PUT",
+            "/v1/agent/force-leave/nope",
+            "",
+            500,
+            "agent: No node found with name 'nope'",
+        )],
     )
     .await;
 }

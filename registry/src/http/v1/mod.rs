@@ -4,6 +4,7 @@ pub(crate) mod acl;
 pub(crate) mod agent;
 pub(crate) mod agent_local;
 pub(crate) mod catalog;
+pub(crate) mod connect;
 pub(crate) mod health;
 pub(crate) mod internal;
 pub(crate) mod kv;

@@ -240,3 +240,73 @@ async fn force_leave_needs_operator_write() {
     )
     .await;
 }
+
+/// The index of an answer, which must carry one.
+fn index(a: &super::Answer) -> u64 {
+    a.headers["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connect_and_gateway_reads_answer_empty_lists_with_an_index() {
+    let h = acl_server().await;
+    let uris = [
+        "/v1/health/connect/api",
+        "/v1/health/ingress/api",
+        "/v1/catalog/gateway-services/gw",
+    ];
+    let mut before = Vec::new();
+    for uri in uris {
+        let a = h.call("GET", uri, "", Some("root")).await;
+        assert_eq!((a.status, a.body.as_str()), (200, "[]"), "{uri}");
+        assert_eq!(a.headers["content-type"], "application/json", "{uri}");
+        assert_eq!(a.headers["x-consul-knownleader"], "true", "{uri}");
+        before.push(index(&a));
+    }
+    h.table(
+        Some("root"),
+        &[(
+            "PUT",
+            "/v1/catalog/register",
+            r#"{"Node":"n2","Address":"10.0.0.2","Service":{"Service":"api"}}"#,
+            200,
+            "true",
+        )],
+    )
+    .await;
+    for (uri, before) in uris.iter().zip(before) {
+        let a = h.call("GET", uri, "", Some("root")).await;
+        assert!(index(&a) > before, "{uri}: the catalog's index moves on");
+    }
+    h.table(
+        None,
+        &[
+            // Consul answers a token that may not read the service with the empty list.
+            ("GET", "/v1/health/connect/api", "", 200, "[]"),
+            ("GET", "/v1/health/ingress/api", "", 200, "[]"),
+            (
+                "GET",
+                "/v1/catalog/gateway-services/gw",
+                "",
+                403,
+                "Permission denied",
+            ),
+            (
+                "GET",
+                "/v1/health/connect/api?filter=Nope%20%3D%3D%201",
+                "",
+                400,
+                r#"~Selector "Nope" is not valid"#,
+            ),
+        ],
+    )
+    .await;
+    h.table(
+        Some("svcro"),
+        &[("GET", "/v1/catalog/gateway-services/gw", "", 200, "[]")],
+    )
+    .await;
+}

@@ -23,13 +23,16 @@ async fn empty(app: &AppState, query: &ConsulQuery) -> Blocking {
 }
 
 /// `GET /v1/health/connect/<service>` and `/v1/health/ingress/<service>`: the proxies and
-/// ingress gateways of a service, none here. As Consul, a token that may not read the service
-/// gets the same empty list, not 403; `?filter=` is checked against Consul's entry type.
+/// ingress gateways of a service, none here. Needs `service:read` on the service, checked
+/// before `?filter=` (against Consul's entry type), as in Consul since its sameness groups (a
+/// Consul before them answered a denied token the empty list).
 pub(crate) async fn health_proxies(
     State(app): State<Arc<AppState>>,
-    Path(_service): Path<String>,
+    authz: Authz,
+    Path(service): Path<String>,
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
+    authz.require(Resource::Service, &service, Need::Read)?;
     query.filter(CHECK_SERVICE_NODE)?;
     Ok(empty(&app, &query).await)
 }

@@ -284,9 +284,20 @@ async fn connect_and_gateway_reads_answer_empty_lists_with_an_index() {
     h.table(
         None,
         &[
-            // Consul answers a token that may not read the service with the empty list.
-            ("GET", "/v1/health/connect/api", "", 200, "[]"),
-            ("GET", "/v1/health/ingress/api", "", 200, "[]"),
+            (
+                "GET",
+                "/v1/health/connect/api",
+                "",
+                403,
+                "Permission denied",
+            ),
+            (
+                "GET",
+                "/v1/health/ingress/api",
+                "",
+                403,
+                "Permission denied",
+            ),
             (
                 "GET",
                 "/v1/catalog/gateway-services/gw",
@@ -294,6 +305,23 @@ async fn connect_and_gateway_reads_answer_empty_lists_with_an_index() {
                 403,
                 "Permission denied",
             ),
+            // The token is checked before the filter.
+            (
+                "GET",
+                "/v1/health/connect/api?filter=Nope%20%3D%3D%201",
+                "",
+                403,
+                "Permission denied",
+            ),
+        ],
+    )
+    .await;
+    h.table(
+        Some("svcro"),
+        &[
+            ("GET", "/v1/catalog/gateway-services/gw", "", 200, "[]"),
+            ("GET", "/v1/health/connect/api", "", 200, "[]"),
+            ("GET", "/v1/health/ingress/api", "", 200, "[]"),
             (
                 "GET",
                 "/v1/health/connect/api?filter=Nope%20%3D%3D%201",
@@ -302,11 +330,6 @@ async fn connect_and_gateway_reads_answer_empty_lists_with_an_index() {
                 r#"~Selector "Nope" is not valid"#,
             ),
         ],
-    )
-    .await;
-    h.table(
-        Some("svcro"),
-        &[("GET", "/v1/catalog/gateway-services/gw", "", 200, "[]")],
     )
     .await;
 }

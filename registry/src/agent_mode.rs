@@ -266,6 +266,7 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         .route("/v1/agent/self", get(agent_self))
         .route("/v1/agent/join/{addr}", put(join))
         .route("/v1/agent/leave", put(leave_handler))
+        .route("/v1/agent/reload", put(reload))
         .with_state(shared.clone())
         .merge(agent_local::routes(api))
         .layer(axum::middleware::from_fn_with_state(
@@ -332,6 +333,13 @@ async fn agent_self(State(s): State<Arc<AgentShared>>, authz: Authz) -> Result<R
         .into(),
     };
     Ok(crate::http::json(&answer))
+}
+
+/// `PUT /v1/agent/reload`: as on the server, nothing to reload (the flags are read at start);
+/// checked against this agent's node, as Consul's `agent:write`.
+async fn reload(State(s): State<Arc<AgentShared>>, authz: Authz) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &s.config.node_name, Need::Write)?;
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn join(

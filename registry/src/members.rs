@@ -127,6 +127,22 @@ impl Members {
         Ok(())
     }
 
+    /// Consul's force-leave: a failed or left member becomes left, or with `prune` is forgotten;
+    /// a live one stays as it is (a live Serf member refutes the leave and stays). Answers the
+    /// member's status before, or `None` when there is no such member.
+    pub(crate) fn force_leave(&self, name: &str, prune: bool) -> Option<MemberStatus> {
+        let mut members = self.lock();
+        let status = members.get(name)?.status;
+        if status != MemberStatus::Alive {
+            if prune {
+                members.remove(name);
+            } else if let Some(m) = members.get_mut(name) {
+                m.status = MemberStatus::Left;
+            }
+        }
+        Some(status)
+    }
+
     /// Alive members silent for longer than the failure timeout become failed; returns them.
     pub(crate) fn expire(&self, now: Instant) -> Vec<Member> {
         let mut failed = Vec::new();

@@ -940,3 +940,57 @@ async fn agent_resyncs_at_once_when_the_server_comes_back() {
     }
     drop(agent);
 }
+
+/// An agent answers `reload` itself, checking `agent:write` on its own node (not the server's).
+#[tokio::test]
+async fn agents_reload_checks_their_own_node() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let (_srv, server) = http.dev_server(&["--acl-master-token", "root"]).await;
+    let root = Some("root");
+    let policies = [
+        ("agent", r#"node "ag-reload" { policy = "write" }"#),
+        ("own", r#"agent "ag-reload" { policy = "write" }"#),
+        ("server", r#"agent_prefix "" { policy = "read" }"#),
+    ];
+    for (name, rules) in policies {
+        for (uri, body) in [
+            ("policy", json!({"Name": name, "Rules": rules})),
+            (
+                "token",
+                json!({"SecretID": format!("{name}-secret"), "Policies": [{"Name": name}]}),
+            ),
+        ] {
+            let a = http
+                .call_as(root, "PUT", &format!("{server}/v1/acl/{uri}"), Some(body))
+                .await;
+            assert_eq!(a.status, 200, "{}", a.body);
+        }
+    }
+    let ip = "127.0.0.11";
+    let port = free_port(ip);
+    let agent = format!("http://{ip}:{port}");
+    let _ag = spawn(&[
+        "agent",
+        "--join",
+        &server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        "ag-reload",
+        "--token",
+        "agent-secret",
+    ]);
+    http.ready(&agent).await;
+    for (token, status) in [
+        (Some("own-secret"), 200),
+        (Some("server-secret"), 403),
+        (None, 403),
+    ] {
+        let a = http
+            .call_as(token, "PUT", &format!("{agent}/v1/agent/reload"), None)
+            .await;
+        assert_eq!(a.status, status, "{token:?}: {}", a.body);
+    }
+}

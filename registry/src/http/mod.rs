@@ -18,7 +18,9 @@ pub(crate) mod v1;
 pub(crate) use body::{MAX_VALUE_SIZE, read_body, read_json};
 pub(crate) use error::{ApiError, json, plain};
 pub(crate) use query::{Params, path_tail};
-use v1::{acl, agent, agent_local, catalog, health, internal, kv, session, status, txn};
+use v1::{
+    acl, agent, agent_local, catalog, connect, health, internal, kv, metrics, session, status, txn,
+};
 
 use std::sync::Arc;
 
@@ -93,11 +95,20 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route(
+            "/v1/catalog/gateway-services/{gateway}",
+            get(connect::gateway_services),
+        )
+        .route("/v1/health/connect/{name}", get(connect::health_proxies))
+        .route("/v1/health/ingress/{name}", get(connect::health_proxies))
         .route("/v1/health/checks/{name}", get(health::checks))
         .route("/v1/health/node/{node}", get(health::node))
         .route("/v1/health/state/{state}", get(health::state))
         .route("/v1/agent/join/{addr}", put(agent::join))
         .route("/v1/agent/leave", put(agent::leave))
+        .route("/v1/agent/reload", put(agent::reload))
+        .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
+        .route("/v1/agent/metrics", get(metrics::metrics))
         .route("/v1/internal/berth/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/berth/leave", put(internal::leave))
         .with_state(state.clone())

@@ -2053,4 +2053,5 @@ async fn server_node_deregistration_refused_with_acls() {
     .await;
 }
 
+mod agent_ops;
 mod go_wire;

@@ -1,4 +1,5 @@
-//! `/v1/agent/*`: this server's own description (`self`, `members`).
+//! `/v1/agent/*`: this server's own description (`self`, `members`) and its operations
+//! (`join`, `leave`, `force-leave`, `reload`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use crate::acl::{Need, Resource};
 use crate::dto::{AgentConfig, AgentMember, AgentSelf};
 use crate::http::authz::{Authz, filtered};
+use crate::http::query::ConsulQuery;
 use crate::http::{ApiError, AppState, json};
+use crate::members::MemberStatus;
 
 /// The Consul API level berth implements, reported as `Config.Version`.
 pub(crate) const CONSUL_API_VERSION: &str = "1.22.0";
@@ -134,5 +137,46 @@ pub(crate) async fn leave(
     authz.require(Resource::Agent, &app.node_name, Need::Write)?;
     tracing::info!("leave requested: shutting down");
     app.shutdown.cancel();
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/reload`: Consul rereads its configuration files; a berth server takes its
+/// configuration once, at start, so there is nothing to reload and it answers as Consul does
+/// after a reload that changed nothing (200, empty body). Needs `agent:write`, as in Consul.
+pub(crate) async fn reload(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Agent, &app.node_name, Need::Write)?;
+    tracing::info!("reload requested: berth has no configuration to reload");
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/force-leave/<node>[?prune]`: a failed member turns `left` and its node leaves
+/// the catalog, as after a graceful leave; `prune` also drops it from `/v1/agent/members`. A
+/// live member stays (Consul's live member refutes the leave). Needs `operator:write`, as in
+/// Consul. The registry server's own node is refused: it is never deregistered.
+pub(crate) async fn force_leave(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    Path(node): Path<String>,
+    query: ConsulQuery,
+) -> Result<Response, ApiError> {
+    authz.require_ok(authz.0.operator(Need::Write))?;
+    if node == app.node_name {
+        return Err(ApiError::Forbidden(format!(
+            "Permission denied: {node:?} is the registry server's own node; it cannot be force-left"
+        )));
+    }
+    let prune = query.params.has("prune");
+    let Some(before) = app.members.force_leave(&node, prune) else {
+        return Err(ApiError::Internal(format!(
+            "agent: No node found with name '{node}'"
+        )));
+    };
+    tracing::info!(node = %node, prune, ?before, "force leave");
+    if before != MemberStatus::Alive && app.store.read(|s| s.nodes.contains_key(&node)) {
+        app.store.catalog_deregister(node, None, None).await?;
+    }
     Ok(StatusCode::OK.into_response())
 }

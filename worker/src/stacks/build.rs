@@ -285,10 +285,9 @@ impl Stacks {
                 .expect("an error");
             return first;
         }
-        // What a start would refuse before creating anything (a `service_healthy` dependency
-        // on a service with no healthcheck in the file or its image, names held by others) is
-        // refused by the build already, not first at start.
-        self.prepare(id, &project, &req.commit).await?;
+        // A `service_healthy` dependency on a service with no healthcheck in the file or its
+        // image is refused by the build already, not first at start.
+        self.prepare_images(id, &project, &req.commit).await?;
         Ok(())
     }
 

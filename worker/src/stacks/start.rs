@@ -164,6 +164,31 @@ impl Stacks {
         commit: &str,
     ) -> Result<HashMap<String, Prepared>, StackError> {
         let owner = self.owner(id);
+        let prepared = self.prepare_images(id, project, commit).await?;
+        for key in &project.networks {
+            self.owned_network(&plan::network_name(&project.name, key), &owner)
+                .await?;
+        }
+        for key in &project.volumes {
+            self.owned_volume(&plan::volume_name(&project.name, key), &owner)
+                .await?;
+        }
+        for s in &project.services {
+            self.owned_container(&plan::container_name(&project.name, &s.name), &owner)
+                .await?;
+        }
+        Ok(prepared)
+    }
+
+    /// The part of [`Self::prepare`] a build checks too, once its images exist: each service's
+    /// image and healthcheck, and `service_healthy` dependencies on services without one.
+    pub(super) async fn prepare_images(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        commit: &str,
+    ) -> Result<HashMap<String, Prepared>, StackError> {
+        let owner = self.owner(id);
         let mut prepared = HashMap::new();
         for s in &project.services {
             let (image, inspect) = match &s.build {
@@ -217,18 +242,6 @@ impl Stacks {
                     });
                 }
             }
-        }
-        for key in &project.networks {
-            self.owned_network(&plan::network_name(&project.name, key), &owner)
-                .await?;
-        }
-        for key in &project.volumes {
-            self.owned_volume(&plan::volume_name(&project.name, key), &owner)
-                .await?;
-        }
-        for s in &project.services {
-            self.owned_container(&plan::container_name(&project.name, &s.name), &owner)
-                .await?;
         }
         Ok(prepared)
     }

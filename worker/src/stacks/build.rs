@@ -24,7 +24,7 @@ use super::ownership::{foreign_berth_image, image_labels};
 use super::record::{Record, Unfinished};
 use super::{StackError, Stacks, failed, rejected};
 use crate::compose::plan::{self, Owner};
-use crate::compose::{self, Service};
+use crate::compose::{self, Project, Service};
 use crate::docker::{self as dk, label_filter};
 use crate::dockerfile;
 use crate::images::{self, BuildIds};
@@ -180,6 +180,31 @@ impl Stacks {
         Ok(true)
     }
 
+    /// Fetches `commit` from `repo` and checks it out (writers paused meanwhile), answering the
+    /// project it holds.
+    pub(super) async fn fetch_and_check_out(
+        &self,
+        id: &ValidName,
+        repo: &berth_worker_api::RepoSource,
+        commit: &str,
+        log: &LogBuf,
+    ) -> Result<Project, StackError> {
+        let (co, repo, c) = (self.checkout(id), repo.clone(), commit.to_owned());
+        tokio::task::spawn_blocking(move || co.fetch(&repo, &c))
+            .await
+            .map_err(|e| failed("fetch", e.to_string()))?
+            .map_err(|e| failed("fetch", e.to_string()))?;
+        let frozen = self.freeze_writers(id, log).await?;
+        let (co, c) = (self.checkout(id), commit.to_owned());
+        let project = match tokio::task::spawn_blocking(move || co.checkout(&c)).await {
+            Ok(Ok(())) => self.load_project(id),
+            Ok(Err(e)) => Err(failed("checkout", e.to_string())),
+            Err(e) => Err(failed("checkout", e.to_string())),
+        };
+        self.thaw(frozen).await;
+        project
+    }
+
     pub(super) async fn build_inner(
         &self,
         id: &ValidName,
@@ -187,20 +212,9 @@ impl Stacks {
         log: &LogBuf,
     ) -> Result<(), StackError> {
         log.line(&format!("fetching commit {}", req.commit));
-        let (co, repo, commit) = (self.checkout(id), req.repo.clone(), req.commit.clone());
-        tokio::task::spawn_blocking(move || co.fetch(&repo, &commit))
-            .await
-            .map_err(|e| failed("fetch", e.to_string()))?
-            .map_err(|e| failed("fetch", e.to_string()))?;
-        let frozen = self.freeze_writers(id, log).await?;
-        let (co, commit) = (self.checkout(id), req.commit.clone());
-        let project = match tokio::task::spawn_blocking(move || co.checkout(&commit)).await {
-            Ok(Ok(())) => self.load_project(id),
-            Ok(Err(e)) => Err(failed("checkout", e.to_string())),
-            Err(e) => Err(failed("checkout", e.to_string())),
-        };
-        self.thaw(frozen).await;
-        let project = project?;
+        let project = self
+            .fetch_and_check_out(id, &req.repo, &req.commit, log)
+            .await?;
         let owner = self.owner(id);
         // Everything is checked before the first build: images named by `image:`, the images
         // each Dockerfile builds on, and the tags the builds will take.

@@ -19,7 +19,7 @@ use super::build::keep_release;
 use super::ownership::image_labels;
 use super::ports::choose_ports;
 use super::spec::{grace_seconds, public_env};
-use super::{MAX_START_TIMEOUT, StackError, Stacks, failed, force_with_volumes, io};
+use super::{MAX_START_TIMEOUT, StackError, Stacks, force_with_volumes, io};
 use crate::compose::plan;
 use crate::compose::{MountSource, Project, Service};
 use crate::docker::{self as dk, idempotent};
@@ -145,20 +145,9 @@ impl Stacks {
         req: &DeployRequest,
         log: &LogBuf,
     ) -> Result<(), StackError> {
-        let (co, repo, commit) = (self.checkout(id), req.repo.clone(), req.commit.clone());
-        tokio::task::spawn_blocking(move || co.fetch(&repo, &commit))
-            .await
-            .map_err(|e| failed("fetch", e.to_string()))?
-            .map_err(|e| failed("fetch", e.to_string()))?;
-        let frozen = self.freeze_writers(id, log).await?;
-        let (co, commit) = (self.checkout(id), req.commit.clone());
-        let project = match tokio::task::spawn_blocking(move || co.checkout(&commit)).await {
-            Ok(Ok(())) => self.load_project(id),
-            Ok(Err(e)) => Err(failed("checkout", e.to_string())),
-            Err(e) => Err(failed("checkout", e.to_string())),
-        };
-        self.thaw(frozen).await;
-        let project = project?;
+        let project = self
+            .fetch_and_check_out(id, &req.repo, &req.commit, log)
+            .await?;
         if self.release_kept(id, &project, &req.commit).await? {
             log.line(&format!(
                 "release {}: images kept, nothing built",

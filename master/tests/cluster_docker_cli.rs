@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use cluster::{API_TOKEN, Cluster, Options, eventually, repo_root};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 /// `target/debug/berth`, beside `target/debug/deps/<this test>`.
@@ -39,6 +39,7 @@ struct Cli {
 }
 
 /// One run of the CLI: exit code, stdout, stderr.
+#[derive(Debug)]
 struct Run {
     code: i32,
     stdout: String,
@@ -265,23 +266,21 @@ async fn cluster_docker_cli_deploys_and_manages_the_sample_app() {
             .stdout
             .contains("stack ready")
     );
-    // --service needs the logs endpoint's `service` parameter (issue 12): refused clearly
-    // while the master lacks it.
-    let (_, openapi) = c.call(Method::GET, "/openapi.json", None).await;
-    let has_service = openapi["paths"]["/v1/instances/{id}/logs"]["get"]["parameters"]
-        .as_array()
-        .is_some_and(|ps| ps.iter().any(|p| p["name"] == "service"));
-    let by_service = cli.run(&["logs", id, "--service", "web"]);
-    if has_service {
-        assert_eq!(by_service.code, 0, "{}", by_service.stderr);
-    } else {
-        assert_eq!(by_service.code, 2, "{}", by_service.stderr);
-        assert!(
-            by_service.stderr.contains("issue 12"),
-            "{}",
-            by_service.stderr
-        );
-    }
+    // The app's own output: web's CGI logs each request it answered, prefixed with
+    // its service; `--ops` carries none of it.
+    let app = cli.run(&["logs", id, "--service", "web"]).ok();
+    assert!(
+        app.stdout.contains("web") && app.stdout.contains("asked for /cgi-bin/index.cgi"),
+        "{app:?}\nall: {:?}",
+        cli.run(&["logs", id, "--source", "all"])
+    );
+    assert!(!app.stdout.contains("building service"), "{}", app.stdout);
+    let ops = cli.run(&["logs", id, "--source", "ops"]).ok();
+    assert!(!ops.stdout.contains("asked for"), "{}", ops.stdout);
+    let tailed = cli
+        .run(&["logs", id, "--source", "app", "--tail", "1"])
+        .ok();
+    assert!(tailed.stdout.lines().count() <= 2, "{}", tailed.stdout);
 
     // stop, start.
     let stopped = cli.run(&["stop", id, "--json"]).ok().json();
@@ -303,6 +302,23 @@ async fn cluster_docker_cli_deploys_and_manages_the_sample_app() {
     assert_eq!(again["instance"]["user"], "tester", "{again}");
     assert_ne!(again["instance"]["commit"], first_commit, "{again}");
     page(&c, id, "api says: hello again from berth").await;
+
+    // releases: both uploads, the new one running, and each says when it was built because
+    // the worker keeps both releases' images.
+    let releases = cli.run(&["releases", id, "--json"]).ok().json();
+    let list = releases.as_array().expect("a list");
+    assert_eq!(list.len(), 2, "{releases}");
+    assert_eq!(list[0]["current"], true, "{releases}");
+    assert_eq!(list[1]["commit"], first_commit, "{releases}");
+    for r in list {
+        assert_eq!(r["images_kept"], true, "{releases}");
+        assert!(r["built_at"].is_string(), "{releases}");
+    }
+    let table = cli.run(&["releases", id]).ok().stdout;
+    assert!(
+        table.contains("running") && table.contains("built"),
+        "{table}"
+    );
 
     // rm, then the instance is gone: status answers 404, exit 1.
     let removed = cli.run(&["rm", id, "--json"]).ok().json();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Configuration (the first that is set wins):
@@ -133,17 +133,48 @@ pub struct RollbackArgs {
 pub struct LogsArgs {
     /// Instance id.
     pub id: String,
-    /// Keep following new output until the current operation ends.
+    /// Keep following: the app's output across container restarts until interrupted, berth's
+    /// own until the current operation ends.
     #[arg(short, long)]
     pub follow: bool,
-    /// Only this service's output. Needs the app-log API of issue 12 on the master (the
-    /// logs endpoint's `service` parameter); refused on a master without it.
+    /// Whose output: `app` (the services' stdout and stderr, each line prefixed with its
+    /// service), `ops` (berth's build, start and deploy output) or `all` (ops lines prefixed
+    /// `berth | `, then the app's). Default: `all`, or `app` with `--service`.
+    #[arg(long, value_enum)]
+    pub source: Option<LogSource>,
+    /// Short for `--source ops`.
+    #[arg(long, conflicts_with = "source")]
+    pub ops: bool,
+    /// Only this service's app output.
     #[arg(long)]
     pub service: Option<String>,
-    /// Only berth's own output (build, start, deploy), not the app's. Today's logs endpoint
-    /// carries nothing else, so on a master without the `source` parameter this is the default.
+    /// Only the last N lines of each service's app output before following.
     #[arg(long)]
-    pub ops: bool,
+    pub tail: Option<u64>,
+    /// Only app output since T: Unix seconds, RFC 3339 or a duration back from now (`10m`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Prefix each app line with Docker's timestamp.
+    #[arg(short, long)]
+    pub timestamps: bool,
+}
+
+/// `berth logs --source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogSource {
+    App,
+    Ops,
+    All,
+}
+
+impl LogSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::App => "app",
+            Self::Ops => "ops",
+            Self::All => "all",
+        }
+    }
 }
 
 #[derive(Debug, Args)]

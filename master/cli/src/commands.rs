@@ -6,13 +6,10 @@ use berth_worker_api::ids;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::cli::{LogsArgs, OpenArgs, PsArgs, RmArgs};
+use crate::cli::{LogSource, LogsArgs, OpenArgs, PsArgs, RmArgs};
 use crate::client::{Client, Record, url_of};
 use crate::failure::{Exit, Failure};
 use crate::output::{Out, Tone, short};
-
-/// Path of the logs route in the master's OpenAPI document.
-const LOGS_ROUTE: &str = "/v1/instances/{id}/logs";
 
 /// Validates an id before it goes into a URL path.
 pub fn valid_id(id: &str) -> Result<(), Failure> {
@@ -136,23 +133,33 @@ pub fn status(client: &Client, out: &Out, id: &str) -> Result<(), Failure> {
 
 pub fn logs(client: &Client, out: &Out, args: &LogsArgs) -> Result<(), Failure> {
     valid_id(&args.id)?;
-    let mut query: Vec<(&str, String)> = vec![("follow", args.follow.to_string())];
-    if args.service.is_some() || args.ops {
-        let offered = client.query_params(LOGS_ROUTE)?;
-        if let Some(service) = &args.service {
-            if !offered.iter().any(|p| p == "service") {
-                return Err(Failure::usage(
-                    "--service needs per-service app logs, which this master's logs endpoint \
-                     does not offer yet (issue 12); berth logs ID shows the build and start \
-                     output of every service",
-                ));
-            }
-            query.push(("service", service.clone()));
-        }
-        // Without a `source` parameter the endpoint carries berth's own output only already.
-        if args.ops && offered.iter().any(|p| p == "source") {
-            query.push(("source", "ops".into()));
-        }
+    let source = match (args.ops, args.source, &args.service) {
+        (true, _, _) => LogSource::Ops,
+        (false, Some(source), _) => source,
+        (false, None, Some(_)) => LogSource::App,
+        (false, None, None) => LogSource::All,
+    };
+    if source == LogSource::Ops && args.service.is_some() {
+        return Err(Failure::usage(
+            "--service picks one service's app output; berth's own output (--ops) is per \
+             instance",
+        ));
+    }
+    let mut query: Vec<(&str, String)> = vec![
+        ("follow", args.follow.to_string()),
+        ("source", source.as_str().to_owned()),
+    ];
+    if let Some(service) = &args.service {
+        query.push(("service", service.clone()));
+    }
+    if let Some(tail) = args.tail {
+        query.push(("tail", tail.to_string()));
+    }
+    if let Some(since) = &args.since {
+        query.push(("since", since.clone()));
+    }
+    if args.timestamps {
+        query.push(("timestamps", "true".into()));
     }
     let resp = client.logs(&args.id, &query)?;
     let stdout = std::io::stdout();

@@ -2,6 +2,7 @@
 //! read by the front door and operators), its states and the rule of which operation each state
 //! allows; and [`Endpoint`], one published port, which the worker reports and the record keeps.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -255,6 +256,10 @@ pub struct InstanceRecord {
     /// a rollout to one of them builds nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept_commits: Vec<String>,
+    /// When each commit of `kept_commits` (and `built_commit`) was built (RFC 3339), so the
+    /// releases list can say it for every release whose images are kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub built_times: BTreeMap<String, String>,
     /// Clone URL of the instance's repository (no credentials).
     pub repo: String,
     pub worker: Option<WorkerRef>,
@@ -313,6 +318,7 @@ impl InstanceRecord {
             running_commit: None,
             deploy: None,
             kept_commits: Vec::new(),
+            built_times: BTreeMap::new(),
             repo,
             worker: None,
             state: State::Uploaded,
@@ -323,6 +329,26 @@ impl InstanceRecord {
             created_at: now.clone(),
             updated_at: now,
         }
+    }
+
+    /// Notes that `commit` is the built one. `fresh` says it was built just now; a rollout to a
+    /// release whose images were kept keeps the time that release was built.
+    pub fn note_built(&mut self, commit: &str, fresh: bool) {
+        let at = match self.built_times.get(commit) {
+            Some(at) if !fresh => at.clone(),
+            _ => now(),
+        };
+        self.built_times.insert(commit.to_owned(), at.clone());
+        self.built_commit = Some(commit.to_owned());
+        self.built_at = Some(at);
+        self.prune_built_times();
+    }
+
+    /// Forgets the build times of commits whose images are no longer kept.
+    pub fn prune_built_times(&mut self) {
+        let (kept, built) = (&self.kept_commits, &self.built_commit);
+        self.built_times
+            .retain(|c, _| kept.contains(c) || built.as_deref() == Some(c.as_str()));
     }
 
     pub fn touch(&mut self) {

@@ -194,8 +194,7 @@ impl Master {
                 if !running {
                     rec.state = State::Built;
                 }
-                rec.built_commit = Some(built);
-                rec.built_at = Some(crate::record::now());
+                rec.note_built(&built, true);
                 rec.error = None;
                 self.save(lock, rec, Some(previous)).await
             }

@@ -51,6 +51,7 @@ pub(super) fn check_commit(commit: &str) -> Result<String, OpError> {
 pub(super) fn note_kept(rec: &mut InstanceRecord, status: &StackStatus) {
     if !status.kept.is_empty() {
         rec.kept_commits = status.kept.clone();
+        rec.prune_built_times();
     }
 }
 
@@ -241,8 +242,7 @@ impl Master {
             Ok(status) => {
                 deploy.state = DeployState::Deployed;
                 if rec.built_commit.as_deref() != Some(target) {
-                    rec.built_commit = Some(target.to_owned());
-                    rec.built_at = Some(crate::record::now());
+                    rec.note_built(target, false);
                 }
                 rec.running_commit = Some(target.to_owned());
                 rec.endpoints = status.endpoints.clone();

@@ -426,6 +426,8 @@ impl Master {
             rec.built_commit = None;
             rec.built_at = None;
             rec.running_commit = None;
+            rec.kept_commits.clear();
+            rec.built_times.clear();
         }
         Ok(chosen)
     }

@@ -23,7 +23,7 @@ pub struct Release {
     pub commit: String,
     /// Commit time of the upload (RFC 3339).
     pub uploaded_at: String,
-    /// When this commit was built, if it is the one whose images the worker holds.
+    /// When this commit was built, if the worker keeps its images.
     pub built_at: Option<String>,
     /// Whether the worker keeps this release's images (its last `--keep-releases` builds): a
     /// rollback to it builds nothing.
@@ -60,10 +60,15 @@ fn releases_of(rec: &InstanceRecord, uploads: Vec<crate::codestore::Upload>) -> 
         .into_iter()
         .map(|u| {
             let built = rec.built_commit.as_deref() == Some(u.commit.as_str());
+            let images_kept = built || rec.kept_commits.contains(&u.commit);
+            let built_at = match rec.built_times.get(&u.commit) {
+                Some(at) if images_kept => Some(at.clone()),
+                _ => built.then(|| rec.built_at.clone()).flatten(),
+            };
             Release {
                 uploaded_at: rfc3339(u.time),
-                built_at: built.then(|| rec.built_at.clone()).flatten(),
-                images_kept: built || rec.kept_commits.contains(&u.commit),
+                built_at,
+                images_kept,
                 current: running(rec) == Some(u.commit.as_str()),
                 commit: u.commit,
                 message: u.message,
@@ -168,5 +173,36 @@ mod tests {
         assert_eq!(list[0].uploaded_at, "1970-01-01T00:01:00Z");
         rec.running_commit = Some("a".repeat(40));
         assert!(releases_of(&rec, uploads.to_vec())[1].current);
+    }
+
+    #[test]
+    fn every_release_whose_images_are_kept_says_when_it_was_built() {
+        let mut rec = InstanceRecord::new("a", "u", "p", "r".into());
+        let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+        rec.note_built(&a, true);
+        let built_a = rec.built_at.clone();
+        rec.kept_commits = vec![a.clone()];
+        rec.note_built(&b, true);
+        rec.kept_commits = vec![b.clone(), a.clone()];
+        rec.prune_built_times();
+        let uploads = [&c, &b, &a].map(|commit| crate::codestore::Upload {
+            commit: commit.clone(),
+            time: 60,
+            message: "m".into(),
+        });
+        let list = releases_of(&rec, uploads.to_vec());
+        assert_eq!(list[0].built_at, None, "c was never built");
+        assert!(list[1].built_at.is_some() && list[1].images_kept);
+        assert_eq!(list[2].built_at, built_a, "a keeps the time it was built");
+        // A rollout back to a kept release keeps its build time; pruned releases lose theirs.
+        rec.note_built(&a, false);
+        assert_eq!(rec.built_at, built_a);
+        rec.kept_commits = vec![a.clone()];
+        rec.prune_built_times();
+        let list = releases_of(&rec, uploads.to_vec());
+        assert_eq!(
+            (list[1].built_at.as_deref(), list[1].images_kept),
+            (None, false)
+        );
     }
 }

@@ -114,6 +114,8 @@ struct Proxy {
 
 struct AgentShared {
     proxy: Proxy,
+    /// Token resolution through the server (also tells whether ACLs are on).
+    acl: Arc<RemoteAcl>,
     local: Arc<LocalAgent>,
     config: AgentConfig,
     node_id: String,
@@ -200,6 +202,7 @@ pub async fn run_agent(
             agent_token: config.token.clone().filter(|t| !t.is_empty()),
             default_token: config.default_token.clone().filter(|t| !t.is_empty()),
         },
+        acl: acl.clone(),
         local: local.clone(),
         config: config.clone(),
         node_id: node_id.clone(),
@@ -315,6 +318,14 @@ async fn agent_self(State(s): State<Arc<AgentShared>>, authz: Authz) -> Result<R
             revision: "berth".to_owned(),
             version: "1.22.0".to_owned(),
         },
+        debug_config: crate::http::v1::agent::debug_config(&crate::http::v1::agent::DebugFacts {
+            datacenter: &s.datacenter,
+            node_name: &s.config.node_name,
+            node_id: &s.node_id,
+            server: false,
+            acls_enabled: s.acl.acls_enabled(),
+            http_addr: &format!("{}:{}", s.advertise, s.port),
+        }),
         coord: None,
         member: member(&s),
         stats: [(

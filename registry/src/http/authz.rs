@@ -205,6 +205,11 @@ impl RemoteAcl {
         }
     }
 
+    /// Whether the server's last answer said ACLs are on.
+    pub(crate) fn acls_enabled(&self) -> bool {
+        !self.acls_off.load(Ordering::Relaxed)
+    }
+
     /// Resolves the token of requests without one, so a server outage right after start
     /// finds it cached (and knows whether ACLs are on).
     pub(crate) async fn warm(&self) {

@@ -170,6 +170,12 @@ impl ConsulQuery {
         }
     }
 
+    /// `?peer=` naming a cluster peer. A single-datacenter registry has no peers, so nothing
+    /// is imported from one: Consul answers such a query with no entries.
+    pub(crate) fn peered(&self) -> bool {
+        self.params.get("peer").is_some_and(|p| !p.is_empty())
+    }
+
     /// `index` and `wait`.
     pub(crate) fn blocking(&self) -> QueryOptions {
         // Extraction refused the request otherwise.

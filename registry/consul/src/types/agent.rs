@@ -167,6 +167,9 @@ pub struct AgentServiceRegistration {
 #[serde(rename_all = "PascalCase")]
 pub struct AgentSelf {
     pub config: AgentConfig,
+    /// Consul's sanitized runtime configuration (`DebugConfig`), keyed by its field names.
+    #[serde(default, deserialize_with = "null_default")]
+    pub debug_config: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub coord: Option<serde_json::Value>,
     #[serde(default)]

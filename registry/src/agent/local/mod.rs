@@ -36,6 +36,9 @@ pub enum AgentError {
     /// Unknown check id.
     #[error("Unknown check ID \"{0}\"")]
     UnknownCheck(String),
+    /// A check registered for a service the agent does not have (Consul answers 404).
+    #[error("ServiceID \"{0}\" does not exist")]
+    NoSuchCheckService(String),
     /// A TTL update on a check without TTL.
     #[error("CheckID \"{0}\" does not have associated TTL")]
     NotTtl(String),

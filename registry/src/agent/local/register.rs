@@ -102,9 +102,13 @@ impl LocalAgent {
             return Err(AgentError::Invalid("Missing check name".into()));
         }
         let service = match def.service_id.as_deref().filter(|s| !s.is_empty()) {
-            Some(sid) => Some(self.lock().services.get(sid).cloned().ok_or_else(|| {
-                AgentError::Invalid(format!("ServiceID \"{sid}\" does not exist"))
-            })?),
+            Some(sid) => Some(
+                self.lock()
+                    .services
+                    .get(sid)
+                    .cloned()
+                    .ok_or_else(|| AgentError::NoSuchCheckService(sid.to_owned()))?,
+            ),
             None => None,
         };
         let original = def.clone();

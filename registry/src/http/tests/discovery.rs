@@ -2054,4 +2054,5 @@ async fn server_node_deregistration_refused_with_acls() {
 }
 
 mod agent_ops;
+mod go_client;
 mod go_wire;

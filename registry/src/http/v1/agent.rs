@@ -49,6 +49,48 @@ fn member(app: &AppState) -> AgentMember {
     }
 }
 
+/// What an agent tells of itself in `DebugConfig`.
+pub(crate) struct DebugFacts<'a> {
+    pub(crate) datacenter: &'a str,
+    pub(crate) node_name: &'a str,
+    pub(crate) node_id: &'a str,
+    pub(crate) server: bool,
+    pub(crate) acls_enabled: bool,
+    /// `ip:port` of the HTTP listener.
+    pub(crate) http_addr: &'a str,
+}
+
+/// `DebugConfig` of `/v1/agent/self`: the fields of Consul's sanitized runtime configuration
+/// that describe what berth runs, under Consul's names and in its encoding (durations as Go
+/// text, listeners as `tcp://ip:port`, a disabled port as -1). The `xDS` block stays out, as
+/// Consul leaves it out when the agent runs no xDS server.
+pub(crate) fn debug_config(f: &DebugFacts<'_>) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::json;
+    let (ip, port) = f.http_addr.rsplit_once(':').unwrap_or((f.http_addr, "0"));
+    let port: i64 = port.parse().unwrap_or(0);
+    let listener = format!("tcp://{}", f.http_addr);
+    BTreeMap::from([
+        ("ACLsEnabled".to_owned(), json!(f.acls_enabled)),
+        ("AdvertiseAddrLAN".to_owned(), json!(ip)),
+        ("Bootstrap".to_owned(), json!(f.server)),
+        ("ClientAddrs".to_owned(), json!([ip])),
+        ("Datacenter".to_owned(), json!(f.datacenter)),
+        ("DNSPort".to_owned(), json!(-1)),
+        ("GRPCPort".to_owned(), json!(-1)),
+        ("GRPCTLSPort".to_owned(), json!(-1)),
+        ("HTTPAddrs".to_owned(), json!([listener])),
+        ("HTTPPort".to_owned(), json!(port)),
+        ("HTTPSPort".to_owned(), json!(-1)),
+        ("NodeID".to_owned(), json!(f.node_id)),
+        ("NodeName".to_owned(), json!(f.node_name)),
+        ("PrimaryDatacenter".to_owned(), json!(f.datacenter)),
+        ("Revision".to_owned(), json!("berth")),
+        ("ServerMode".to_owned(), json!(f.server)),
+        ("SessionTTLMin".to_owned(), json!("10s")),
+        ("Version".to_owned(), json!(CONSUL_API_VERSION)),
+    ])
+}
+
 /// `GET /v1/agent/self`: needs `agent:read` on this server's node, as in Consul.
 pub(crate) async fn self_info(
     State(app): State<Arc<AppState>>,
@@ -76,6 +118,14 @@ pub(crate) async fn self_info(
             revision: "berth".to_owned(),
             version: CONSUL_API_VERSION.to_owned(),
         },
+        debug_config: debug_config(&DebugFacts {
+            datacenter: &app.datacenter,
+            node_name: &app.node_name,
+            node_id: &app.node_id,
+            server: true,
+            acls_enabled: app.acl.is_enabled(),
+            http_addr: &app.leader_addr,
+        }),
         coord: None,
         member: member(&app),
         stats: BTreeMap::from([
@@ -91,8 +141,20 @@ pub(crate) async fn self_info(
 }
 
 /// The server, then every agent that ever heartbeated (alive, failed or left); only the members
-/// whose node the token may read (Consul's filterMembers).
-pub(crate) async fn members(State(app): State<Arc<AppState>>, authz: Authz) -> Response {
+/// whose node the token may read (Consul's filterMembers). `?wan=<anything but empty>` lists the
+/// WAN pool instead, as Consul does: servers only, each named `<node>.<datacenter>`.
+pub(crate) async fn members(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    query: ConsulQuery,
+) -> Response {
+    if query.params.get("wan").is_some_and(|v| !v.is_empty()) {
+        let mut server = member(&app);
+        server.name = format!("{}.{}", app.node_name, app.datacenter);
+        let readable = authz.allows(Resource::Node, &app.node_name, Need::Read);
+        let list = if readable { vec![server] } else { Vec::new() };
+        return filtered(json(&list), !readable);
+    }
     let mut list = vec![member(&app)];
     for m in app.members.list() {
         let mut entry = member(&app);

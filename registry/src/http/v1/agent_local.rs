@@ -60,9 +60,9 @@ impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> Self {
         match e {
             AgentError::Invalid(t) => ApiError::BadRequest(t),
-            AgentError::UnknownService(_) | AgentError::UnknownCheck(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            AgentError::UnknownService(_)
+            | AgentError::UnknownCheck(_)
+            | AgentError::NoSuchCheckService(_) => ApiError::NotFound(e.to_string()),
             AgentError::NotTtl(_) => ApiError::Internal(e.to_string()),
         }
     }

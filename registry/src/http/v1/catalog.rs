@@ -185,9 +185,12 @@ pub(crate) async fn deregister(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body: CatalogDeregistration = read_json(&headers, body)
+    let mut body: CatalogDeregistration = read_json(&headers, body)
         .await?
         .ok_or_else(|| bad("Must provide node"))?;
+    // Go clients send every field: an empty `ServiceID` or `CheckID` is no ID, as in Consul.
+    body.service_id = body.service_id.filter(|id| !id.is_empty());
+    body.check_id = body.check_id.filter(|id| !id.is_empty());
     if body.node.is_empty() {
         return Err(bad("Must provide node"));
     }
@@ -349,9 +352,10 @@ pub(crate) async fn service(
     let meta = node_meta_filter(params);
     // Consul's filterServiceNodes: an entry needs read on both its service and its node.
     let readable = authz.allows(Resource::Service, &name, Need::Read);
+    let peered = query.peered();
     // The encoded answer is kept per query shape and catalog index (see `http::cache`); a
-    // `?filter=` answer is built each time.
-    let cacheable = filter.is_none();
+    // `?filter=` or `?peer=` answer is built each time.
+    let cacheable = filter.is_none() && !peered;
     let shape = format!("catalog\0{name}\0{tags:?}\0{meta:?}");
     let (answer, index) = query
         .block(&app, Topic::Catalog, |state| {
@@ -366,7 +370,7 @@ pub(crate) async fn service(
             let mut dropped = !readable;
             let mut list: Vec<CatalogService> = state
                 .services_named(&name)
-                .filter(|_| readable)
+                .filter(|_| readable && !peered)
                 .filter(|s| tags.iter().all(|t| s.tags.contains(t)))
                 .filter_map(|s| state.nodes.get(&s.node).map(|n| (n, s)))
                 .filter(|(n, _)| meta_matches(n, &meta))

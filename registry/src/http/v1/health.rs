@@ -70,13 +70,17 @@ pub(crate) async fn service(
     };
     // The encoded answer is kept per query shape and catalog index (see `http::cache`); a
     // `?filter=` answer is built each time.
-    let cacheable = filter.is_none();
+    let peered = query.peered();
+    let cacheable = filter.is_none() && !peered;
     let shape = format!("health\0{name}\0{passing_only}\0{tags:?}\0{meta:?}");
     let (answer, index) = query
         .block(&app, Topic::Catalog, |state| {
             let index = state.tables.catalog();
             if !readable {
                 return (Answer::Fresh(Vec::new(), true), index);
+            }
+            if peered {
+                return (Answer::Fresh(Vec::new(), false), index);
             }
             if cacheable
                 && let Some(kept) = app.answers.get(&shape, index)

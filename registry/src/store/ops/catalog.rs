@@ -76,12 +76,13 @@ impl Tx<'_> {
         service_id: Option<&str>,
         check_id: Option<&str>,
     ) {
-        if let Some(check_id) = check_id {
-            self.remove_check(node, check_id);
-            return;
-        }
+        // Consul's precedence: a service ID, else a check ID, else the whole node.
         if let Some(service_id) = service_id {
             self.remove_service(node, service_id);
+            return;
+        }
+        if let Some(check_id) = check_id {
+            self.remove_check(node, check_id);
             return;
         }
         let services: Vec<String> = self

@@ -111,8 +111,7 @@ async fn docker_kill_9_worker_mid_build_then_retry_succeeds() {
 /// it ignores SIGTERM, so stopping an old one takes Docker's 10 s) and `web` (a published
 /// port: rolls stop-first), which waits for `api` to be healthy.
 fn slow_app(release: &str, ready_after: u32) -> Vec<(String, String)> {
-    let compose = format!(
-        r#"services:
+    let compose = r#"services:
   api:
     build: ./api
     healthcheck:
@@ -129,7 +128,7 @@ fn slow_app(release: &str, ready_after: u32) -> Vec<(String, String)> {
       - "8080"
     init: true
 "#
-    );
+    .to_owned();
     let api = format!(
         "FROM berth-base:latest\nCOPY release /www/index.html\nCMD [\"sh\", \"-c\", \"sleep {ready_after}; touch /tmp/ready; exec httpd -f -p 8080 -h /www\"]\n"
     );

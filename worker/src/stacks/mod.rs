@@ -7,6 +7,7 @@
 //! recreate), `spec.rs` (the container spec), `ports.rs`, `readiness.rs` (the wait before a
 //! start answers), `ownership.rs` (`owned_*`: whose is an object found by name), `freeze.rs`
 //! (writers paused around checkout access), `stop.rs` and `delete.rs` (with pruning),
+//! `rollout.rs` (deploys), `tidy.rs` (an interrupted rollout brought to one release),
 //! `watcher.rs` (what each service of a running stack is doing) and `applogs.rs` (the
 //! containers' own output). This file
 //! holds `Stacks` itself: the per-instance lock, the listings by label, adoption at start-up,

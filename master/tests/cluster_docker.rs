@@ -654,6 +654,18 @@ async fn cluster_docker_master_killed_mid_rollout_then_a_retry_finishes() {
         },
     )
     .await;
+    // The record says when they were gone.
+    eventually(
+        "retired_at in the record",
+        Duration::from_secs(60),
+        || async {
+            let (_, rec) = c
+                .call(Method::GET, &format!("/v1/instances/{id}"), None)
+                .await;
+            rec["deploy"]["retired_at"].is_string().then_some(())
+        },
+    )
+    .await;
     assert!(
         left.iter()
             .all(|l| l.ends_with(&c2) && !l.contains("-old ")),

@@ -1062,6 +1062,8 @@ async fn an_interrupted_deploy_is_settled_from_the_worker_and_a_retry_finishes()
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["deploy"]["state"], "deployed", "{done}");
     assert_eq!(done["running_commit"], c2.as_str());
+    // The stand-in retires nothing after its answer.
+    assert_eq!(done["deploy"]["retired_at"], done["deploy"]["finished_at"]);
 
     // The worker finished it on its own: the record says `deployed` with the new release.
     let stuck = plant(&c2);

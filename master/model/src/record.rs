@@ -218,6 +218,11 @@ pub struct DeployRecord {
     pub started_at: String,
     #[serde(default)]
     pub finished_at: Option<String>,
+    /// When the old containers of a deployed rollout were gone: the deploy answers once the new
+    /// release serves, and its worker retires the old containers after that (the observer
+    /// notes the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
 }
 
 /// A placement change, kept in the record so a move is visible afterwards.

@@ -216,6 +216,7 @@ impl Master {
             error: None,
             started_at: crate::record::now(),
             finished_at: None,
+            retired_at: None,
         });
         rec.error = None;
         self.save(lock, rec, Some(rec.state)).await?;
@@ -241,6 +242,9 @@ impl Master {
         match outcome {
             Ok(status) => {
                 deploy.state = DeployState::Deployed;
+                if !status.rolling {
+                    deploy.retired_at = deploy.finished_at.clone();
+                }
                 if rec.built_commit.as_deref() != Some(target) {
                     rec.note_built(target, false);
                 }

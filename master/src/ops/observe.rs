@@ -3,7 +3,8 @@
 //! watcher verdict) and records what changed: `running` <-> `degraded` and each service's state,
 //! under the instance lock like any other write (so announced to the webhook as `state_changed`).
 //! An instance busy with an operation is left for the next round. A record left `deploying`
-//! with the lock free (its master stopped mid-rollout) is settled from the worker's report.
+//! with the lock free (its master stopped mid-rollout) is settled from the worker's report, and
+//! a deployed one gets `retired_at` once the worker no longer retires its old containers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +57,9 @@ impl Master {
                     self.settle_deploy(&rec).await?;
                     continue;
                 }
+                if retiring(&rec) && !status.rolling {
+                    self.note_retired(&rec).await?;
+                }
                 if let Some((state, services)) = observed(status)
                     && changed(&rec, state, &services)
                 {
@@ -77,6 +81,29 @@ impl Master {
             match self.records.get(&id).await? {
                 Some(mut rec) if interrupted_deploy(&rec) => {
                     self.recover_deploy(&lock, &mut rec).await
+                }
+                _ => Ok(()),
+            }
+        }
+        .await;
+        lock.release().await;
+        result
+    }
+
+    /// The worker no longer retires the old containers of the deployed rollout: note when.
+    async fn note_retired(&self, seen: &InstanceRecord) -> Result<(), OpError> {
+        let id = name("id", &seen.id)?;
+        let Some(lock) = self.records.lock(&id).await? else {
+            return Ok(());
+        };
+        let result = async {
+            match self.records.get(&id).await? {
+                Some(mut rec) if retiring(&rec) && rec.deploy == seen.deploy => {
+                    if let Some(d) = rec.deploy.as_mut() {
+                        d.retired_at = Some(crate::record::now());
+                    }
+                    let state = rec.state;
+                    self.save(&lock, &mut rec, Some(state)).await
                 }
                 _ => Ok(()),
             }
@@ -125,6 +152,13 @@ fn interrupted_deploy(rec: &InstanceRecord) -> bool {
     rec.deploy
         .as_ref()
         .is_some_and(|d| d.state == DeployState::Deploying)
+}
+
+/// Whether the record's last rollout is deployed while its old containers may still retire.
+fn retiring(rec: &InstanceRecord) -> bool {
+    rec.deploy
+        .as_ref()
+        .is_some_and(|d| d.state == DeployState::Deployed && d.retired_at.is_none())
 }
 
 /// The state and services a worker's report means for the record, `None` when the report is

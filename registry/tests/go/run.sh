@@ -43,9 +43,14 @@ ln -s "$(cd "$vendor" && pwd)" "$work/mod/vendor"
   echo
   echo "go 1.19"
   echo
+  # Go checks go.mod against modules.txt: a requirement for each module marked explicit there
+  # (header "# path version [=> target version]"), a replace for each "# path => target version".
   echo "require ("
-  awk '$1 == "#" && NF >= 3 { print "\t" $2 " " $3 }' "$vendor/modules.txt"
+  awk '$1 == "#" && (NF == 3 || NF == 6) { mod = $2 " " $3; next }
+       $1 == "##" && $2 ~ /^explicit/ && mod != "" { print "\t" mod }
+       { mod = "" }' "$vendor/modules.txt"
   echo ")"
+  awk '$1 == "#" && NF == 5 && $3 == "=>" { print "replace " $2 " => " $4 " " $5 }' "$vendor/modules.txt"
 } >"$work/mod/go.mod"
 (cd "$work/mod" && GOFLAGS=-mod=vendor GOPROXY=off GOTOOLCHAIN=local go build -o "$work/gocompat" .)
 

@@ -96,6 +96,10 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/catalog/node/{node}", get(catalog::node))
         .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::node_services),
+        )
+        .route(
             "/v1/catalog/gateway-services/{gateway}",
             get(connect::gateway_services),
         )

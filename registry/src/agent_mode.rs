@@ -21,12 +21,14 @@ use crate::acl::{Need, Resource};
 use crate::agent::local::{LocalAgent, LocalOptions};
 use crate::agent::sync::agent_node;
 use crate::agent::sync::{self, NodeSpec, Target};
+use crate::agent::tokens::{AgentTokens, TokenKind};
 use crate::client::Client;
 use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
 use crate::http::ApiError;
 use crate::http::authz::RemoteAcl;
 use crate::http::authz::{Authz, presented_token};
 use crate::http::v1::agent_local::{self, AgentApi};
+use crate::http::v1::agent_token::{self, TokenApi};
 use crate::http::v1::internal::Heartbeat;
 
 /// How an agent joins and serves.
@@ -106,10 +108,9 @@ pub enum AgentRunError {
 struct Proxy {
     http: reqwest::Client,
     server: String,
-    /// The agent's own token, for its own calls.
-    agent_token: Option<String>,
-    /// Added to forwarded requests that carry no token.
-    default_token: Option<String>,
+    /// The agent's own token, for its own calls; the default token, added to forwarded
+    /// requests that carry no token. Both may be replaced at run time (`/v1/agent/token/*`).
+    tokens: Arc<AgentTokens>,
 }
 
 struct AgentShared {
@@ -188,19 +189,21 @@ pub async fn run_agent(
         .tcp_nodelay(true)
         .build()
         .map_err(|e| AgentRunError::Address(e.to_string()))?;
+    let tokens = Arc::new(AgentTokens::new(
+        config.default_token.clone(),
+        config.token.clone(),
+    ));
     let acl = Arc::new(RemoteAcl::new(
         http.clone(),
         &server,
         &config.node_name,
-        config.token.clone(),
-        config.default_token.clone(),
+        tokens.clone(),
     ));
     let shared = Arc::new(AgentShared {
         proxy: Proxy {
             http,
             server: server.clone(),
-            agent_token: config.token.clone().filter(|t| !t.is_empty()),
-            default_token: config.default_token.clone().filter(|t| !t.is_empty()),
+            tokens: tokens.clone(),
         },
         acl: acl.clone(),
         local: local.clone(),
@@ -226,6 +229,11 @@ pub async fn run_agent(
         protected_services: vec![],
         skip_node_update: false,
     };
+    let token_task = tokio::spawn(use_new_tokens(
+        shared.clone(),
+        client.clone(),
+        tasks.clone(),
+    ));
     let sync_task = tokio::spawn(sync::run(
         local.clone(),
         Target::Remote(client),
@@ -248,7 +256,7 @@ pub async fn run_agent(
     )
     .await;
     tasks.cancel();
-    let _ = tokio::join!(sync_task, reaper, beats);
+    let _ = tokio::join!(sync_task, reaper, beats, token_task);
     local.close().await;
     // A refused duplicate must not deregister the live agent's node.
     if *shared.admitted.borrow() {
@@ -256,6 +264,22 @@ pub async fn run_agent(
     }
     served?;
     Ok(())
+}
+
+/// Puts a new agent token into the anti-entropy client and starts a full sync round with it
+/// (a new default token too), as Consul's `SyncFull.Trigger` after `/v1/agent/token/*`.
+async fn use_new_tokens(s: Arc<AgentShared>, client: Client, stop: CancellationToken) {
+    let mut changes = s.proxy.tokens.subscribe();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        client.set_token(s.proxy.tokens.get(TokenKind::Agent));
+        // Wakes the sync loop for a full round; the admission itself is unchanged.
+        s.admitted.send_modify(|_| {});
+        tracing::info!("ACL token changed; anti-entropy re-syncs with it");
+    }
 }
 
 /// The agent's own endpoints, checked against ACLs here as on the server; everything else is
@@ -272,6 +296,13 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         .route("/v1/agent/reload", put(reload))
         .with_state(shared.clone())
         .merge(agent_local::routes(api))
+        .merge(agent_token::routes(Arc::new(TokenApi {
+            tokens: shared.proxy.tokens.clone(),
+            acls_enabled: {
+                let acl = acl.clone();
+                Box::new(move || acl.acls_enabled())
+            },
+        })))
         .layer(axum::middleware::from_fn_with_state(
             acl,
             crate::http::authz::agent_layer,
@@ -410,7 +441,7 @@ async fn internal(s: &AgentShared, path: &str) -> Result<(), Refused> {
         .put(format!("{}{path}", s.proxy.server))
         .timeout(Duration::from_secs(5))
         .json(&beat_body(s));
-    if let Some(t) = &s.proxy.agent_token {
+    if let Some(t) = s.proxy.tokens.get(TokenKind::Agent) {
         req = req.header("X-Consul-Token", t);
     }
     let resp = req
@@ -543,8 +574,8 @@ async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Respons
     // Requests without a token run with the default token, never with the agent's own.
     let default_token = s
         .proxy
-        .default_token
-        .as_ref()
+        .tokens
+        .get(TokenKind::Default)
         .filter(|_| presented_token(&parts).is_none());
     for (name, value) in &parts.headers {
         if HOP_BY_HOP.contains(&name.as_str())

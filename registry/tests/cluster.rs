@@ -994,3 +994,153 @@ async fn agents_reload_checks_their_own_node() {
         assert_eq!(a.status, status, "{token:?}: {}", a.body);
     }
 }
+
+/// `PUT /v1/agent/token/agent` on an agent: its anti-entropy uses the new token at once (a
+/// full sync round, as Consul's `SyncFull.Trigger`); `default` serves requests without one.
+#[tokio::test]
+async fn agent_token_update_reaches_the_anti_entropy_sync() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let (_srv, server) = http.dev_server(&["--acl-master-token", "root"]).await;
+    let root = Some("root");
+    let policies = [
+        ("weak", r#"node "ag-token" { policy = "write" }"#),
+        (
+            "strong",
+            r#"node "ag-token" { policy = "write" }
+               service "tok-web" { policy = "write" }"#,
+        ),
+        ("self", r#"agent "ag-token" { policy = "read" }"#),
+    ];
+    for (name, rules) in policies {
+        for (uri, body) in [
+            ("policy", json!({"Name": name, "Rules": rules})),
+            (
+                "token",
+                json!({"SecretID": format!("{name}-secret"), "Policies": [{"Name": name}]}),
+            ),
+        ] {
+            let a = http
+                .call_as(root, "PUT", &format!("{server}/v1/acl/{uri}"), Some(body))
+                .await;
+            assert_eq!(a.status, 200, "{}", a.body);
+        }
+    }
+    let ip = "127.0.0.12";
+    let port = free_port(ip);
+    let agent = format!("http://{ip}:{port}");
+    let _ag = spawn(&[
+        "agent",
+        "--join",
+        &server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        "ag-token",
+        "--token",
+        "weak-secret",
+        "--heartbeat-interval",
+        "200ms",
+        // long: only the token change may bring the service in within the test
+        "--sync-interval",
+        "10m",
+    ]);
+    http.ready(&agent).await;
+    let a = http
+        .call_as(
+            root,
+            "PUT",
+            &format!("{agent}/v1/agent/service/register"),
+            Some(json!({"Name": "tok-web", "Port": 80})),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // the weak token may not write the service: the agent has it, the catalog not
+    let services = http
+        .call_as(root, "GET", &format!("{agent}/v1/agent/services"), None)
+        .await;
+    assert!(services.body.get("tok-web").is_some(), "{}", services.body);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let catalog = http
+        .call_as(
+            root,
+            "GET",
+            &format!("{server}/v1/catalog/service/tok-web"),
+            None,
+        )
+        .await;
+    assert_eq!(count(&catalog.body), 0, "{}", catalog.body);
+
+    let rows: &[Row<'_>] = &[
+        (
+            Some("weak-secret"),
+            "PUT",
+            "/v1/agent/token/agent",
+            Some(json!({"Token": "strong-secret"})),
+            403,
+            "Permission denied",
+        ),
+        (
+            root,
+            "PUT",
+            "/v1/agent/token/nope",
+            Some(json!({"Token": "x"})),
+            404,
+            r#"Token \"nope\" is unknown"#,
+        ),
+        (
+            None,
+            "GET",
+            "/v1/agent/self",
+            None,
+            403,
+            "Permission denied",
+        ),
+        (
+            root,
+            "PUT",
+            "/v1/agent/token/agent",
+            Some(json!({"Token": "strong-secret"})),
+            200,
+            "",
+        ),
+        (
+            root,
+            "PUT",
+            "/v1/agent/token/default",
+            Some(json!({"Token": "self-secret"})),
+            200,
+            "",
+        ),
+        (None, "GET", "/v1/agent/self", None, 200, "ag-token"),
+    ];
+    for (token, method, path, body, status, text) in rows {
+        let a = http
+            .call_as(*token, method, &format!("{agent}{path}"), body.clone())
+            .await;
+        assert_eq!(a.status, *status, "{method} {path}: {}", a.body);
+        assert!(
+            a.body.to_string().contains(text),
+            "{method} {path}: {}",
+            a.body
+        );
+    }
+    let mut found = false;
+    for _ in 0..50 {
+        let catalog = http
+            .call_as(
+                root,
+                "GET",
+                &format!("{server}/v1/catalog/service/tok-web"),
+                None,
+            )
+            .await;
+        if count(&catalog.body) == 1 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "the new agent token never synced tok-web");
+}

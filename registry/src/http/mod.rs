@@ -19,7 +19,8 @@ pub(crate) use body::{MAX_VALUE_SIZE, read_body, read_json};
 pub(crate) use error::{ApiError, json, plain};
 pub(crate) use query::{Params, path_tail};
 use v1::{
-    acl, agent, agent_local, catalog, connect, health, internal, kv, metrics, session, status, txn,
+    acl, agent, agent_local, agent_token, catalog, connect, health, internal, kv, metrics, session,
+    status, txn,
 };
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub(crate) struct AppState {
     pub(crate) members: Arc<crate::members::Members>,
     /// ACL tokens and policies.
     pub(crate) acl: Arc<crate::acl::store::AclStore>,
+    /// The ACL tokens this server's agent uses (`/v1/agent/token/*`).
+    pub(crate) tokens: Arc<crate::agent::tokens::AgentTokens>,
     /// Encoded answers of the large discovery reads.
     pub(crate) answers: cache::AnswerCache,
 }
@@ -121,8 +124,15 @@ fn routes(state: Arc<AppState>) -> Router {
             datacenter: state.datacenter.clone(),
         })))
         .merge(acl::routes(state.acl.clone()))
+        .merge(agent_token::routes(Arc::new(agent_token::TokenApi {
+            tokens: state.tokens.clone(),
+            acls_enabled: {
+                let acl = state.acl.clone();
+                Box::new(move || acl.is_enabled())
+            },
+        })))
         .layer(axum::middleware::from_fn_with_state(
-            state.acl.clone(),
+            (state.acl.clone(), state.tokens.clone()),
             authz::server_layer,
         ))
         // Outside the ACL layer: Consul checks these parameters before it resolves the token.

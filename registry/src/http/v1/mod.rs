@@ -3,6 +3,7 @@
 pub(crate) mod acl;
 pub(crate) mod agent;
 pub(crate) mod agent_local;
+pub(crate) mod agent_token;
 pub(crate) mod catalog;
 pub(crate) mod connect;
 pub(crate) mod health;

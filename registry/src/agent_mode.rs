@@ -309,6 +309,7 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         ));
     Router::new()
         .route("/v1/session/create", put(session_create))
+        .route("/v1/event/list", get(event_list))
         .fallback(forward)
         .with_state(shared)
         .merge(own)
@@ -545,6 +546,23 @@ async fn session_create(State(s): State<Arc<AgentShared>>, request: Request) -> 
     let body = serde_json::to_vec(&value).unwrap_or_default();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     forward(State(s), Request::from_parts(parts, Body::from(body))).await
+}
+
+/// `/v1/event/list` on an agent: the events this agent's node received, which the server
+/// keeps (it answers the caller's token).
+async fn event_list(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let path = format!("/v1/internal/berth/events/{}{query}", s.config.node_name);
+    match path.parse() {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    }
+    forward(State(s), Request::from_parts(parts, body)).await
 }
 
 const HOP_BY_HOP: &[&str] = &[

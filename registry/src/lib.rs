@@ -19,6 +19,7 @@ pub mod checks;
 pub mod client;
 mod convert;
 pub mod dto;
+mod events;
 mod http;
 mod members;
 pub mod server;

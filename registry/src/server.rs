@@ -249,6 +249,7 @@ pub(crate) async fn build(
         members: Arc::new(members),
         acl: Arc::new(acl),
         tokens: Arc::new(crate::agent::tokens::AgentTokens::new(None, None)),
+        events: Default::default(),
         answers: Default::default(),
     });
     let own_node = store

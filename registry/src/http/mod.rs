@@ -19,8 +19,8 @@ pub(crate) use body::{MAX_VALUE_SIZE, read_body, read_json};
 pub(crate) use error::{ApiError, json, plain};
 pub(crate) use query::{Params, path_tail};
 use v1::{
-    acl, agent, agent_local, agent_token, catalog, connect, health, internal, kv, metrics, session,
-    status, txn,
+    acl, agent, agent_local, agent_token, catalog, connect, event, health, internal, kv, metrics,
+    session, status, txn,
 };
 
 use std::sync::Arc;
@@ -53,6 +53,8 @@ pub(crate) struct AppState {
     pub(crate) acl: Arc<crate::acl::store::AclStore>,
     /// The ACL tokens this server's agent uses (`/v1/agent/token/*`).
     pub(crate) tokens: Arc<crate::agent::tokens::AgentTokens>,
+    /// User events fired, kept in memory.
+    pub(crate) events: Arc<crate::events::Events>,
     /// Encoded answers of the large discovery reads.
     pub(crate) answers: cache::AnswerCache,
 }
@@ -116,6 +118,13 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/agent/reload", put(agent::reload))
         .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
         .route("/v1/agent/metrics", get(metrics::metrics))
+        .route("/v1/event/fire/{*name}", put(event::fire))
+        .route("/v1/event/fire/", put(event::missing_name))
+        .route("/v1/event/list", get(event::list))
+        .route(
+            "/v1/internal/berth/events/{node}",
+            get(event::list_for_node),
+        )
         .route("/v1/internal/berth/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/berth/leave", put(internal::leave))
         .with_state(state.clone())

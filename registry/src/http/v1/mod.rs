@@ -6,6 +6,7 @@ pub(crate) mod agent_local;
 pub(crate) mod agent_token;
 pub(crate) mod catalog;
 pub(crate) mod connect;
+pub(crate) mod event;
 pub(crate) mod health;
 pub(crate) mod internal;
 pub(crate) mod kv;

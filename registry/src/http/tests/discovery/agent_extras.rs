@@ -122,3 +122,158 @@ async fn agent_token_needs_acls_and_acl_write_and_sets_the_default_token() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn event_fire_answers_the_event_and_list_shows_what_this_agent_received() {
+    let h = H::new().await;
+    h.table(None, &[
+        ("PUT", "/v1/agent/service/register", r#"{"ID":"web-1","Name":"web","Tags":["v1"]}"#, 200, ""),
+        ("GET", "/v1/event/list", "", 200, "[]"),
+        ("PUT", "/v1/event/fire/deploy", "v2", 200, r#"~"Name":"deploy","Payload":"djI=","NodeFilter":"","ServiceFilter":"","TagFilter":"","Version":1,"LTime":0}"#),
+        ("PUT", "/v1/event/fire/empty", "", 200, r#"~"Payload":null"#),
+        ("PUT", "/v1/event/fire/", "", 400, "Missing name"),
+        ("PUT", "/v1/event/fire/x?tag=v1", "", 500, "Cannot provide tag filter without service filter"),
+        ("PUT", "/v1/event/fire/x?node=(", "", 500, "~Invalid node filter: error parsing regexp: "),
+        ("PUT", "/v1/event/fire/x?dc=elsewhere", "", 500, "No path to datacenter"),
+        ("GET", "/v1/event/fire/x", "", 405, "method GET not allowed"),
+        // filters decide who receives it: this server's node and its services
+        ("PUT", "/v1/event/fire/mine?node=^node1$&service=^web&tag=v1", "", 200, "*"),
+        ("PUT", "/v1/event/fire/other-node?node=^node2$", "", 200, "*"),
+        ("PUT", "/v1/event/fire/other-tag?service=web&tag=^v2$", "", 200, "*"),
+    ]).await;
+    let big = "x".repeat(600);
+    h.table(
+        None,
+        &[(
+            "PUT",
+            "/v1/event/fire/big",
+            &big,
+            500,
+            "user event exceeds configured limit of 512 bytes before encoding",
+        )],
+    )
+    .await;
+    let all = h.call("GET", "/v1/event/list", "", None).await;
+    let list: serde_json::Value = serde_json::from_str(&all.body).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["deploy", "empty", "mine"], "{list}");
+    assert_eq!(list[0]["LTime"], 1);
+    assert!(all.headers.get("x-consul-knownleader").is_none());
+    let last = list[2]["ID"].as_str().unwrap();
+    assert_eq!(
+        all.headers["x-consul-index"].to_str().unwrap(),
+        crate::events::index_of(last).to_string()
+    );
+    let one = h.json("/v1/event/list?name=deploy").await;
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["Payload"], "djI=");
+    let none = h.call("GET", "/v1/event/list?name=nothing", "", None).await;
+    assert_eq!(
+        (
+            none.body.as_str(),
+            none.headers["x-consul-index"].to_str().unwrap()
+        ),
+        ("[]", "1")
+    );
+}
+
+#[tokio::test]
+async fn event_list_blocks_until_a_new_event() {
+    let h = H::new().await;
+    let first = h.call("PUT", "/v1/event/fire/a", "", None).await;
+    assert_eq!(first.status, 200);
+    let list = h.call("GET", "/v1/event/list", "", None).await;
+    let index = list.headers["x-consul-index"].to_str().unwrap().to_owned();
+    // the same index and a short wait: the same answer once the wait is over
+    let same = h
+        .call(
+            "GET",
+            &format!("/v1/event/list?index={index}&wait=50ms"),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(same.headers["x-consul-index"].to_str().unwrap(), index);
+    let app = h.app.clone();
+    let fire = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let req = axum::http::Request::builder()
+            .method("PUT")
+            .uri("/v1/event/fire/b")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        tower::ServiceExt::oneshot(app, req).await.unwrap().status()
+    });
+    let woken = h
+        .call(
+            "GET",
+            &format!("/v1/event/list?index={index}&wait=30s"),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(fire.await.unwrap(), 200);
+    assert_ne!(woken.headers["x-consul-index"].to_str().unwrap(), index);
+    assert!(woken.body.contains(r#""Name":"b""#), "{}", woken.body);
+}
+
+#[tokio::test]
+async fn event_acls_are_write_to_fire_and_read_to_list() {
+    let h = acl_server().await;
+    let policy = r#"{"Name":"ev","Rules":"event \"deploy\" { policy = \"write\" }\nevent_prefix \"pub-\" { policy = \"read\" }"}"#;
+    let token = r#"{"SecretID":"ev","Policies":[{"Name":"ev"}]}"#;
+    h.table(
+        Some("root"),
+        &[
+            ("PUT", "/v1/acl/policy", policy, 200, "*"),
+            ("PUT", "/v1/acl/token", token, 200, "*"),
+            ("PUT", "/v1/event/fire/pub-news", "", 200, "*"),
+            ("PUT", "/v1/event/fire/secret", "", 200, "*"),
+        ],
+    )
+    .await;
+    h.table(
+        Some("ev"),
+        &[
+            (
+                "PUT",
+                "/v1/event/fire/deploy",
+                "",
+                200,
+                r#"~"Name":"deploy""#,
+            ),
+            (
+                "PUT",
+                "/v1/event/fire/pub-news",
+                "",
+                403,
+                "Permission denied",
+            ),
+            ("PUT", "/v1/event/fire/other", "", 403, "Permission denied"),
+        ],
+    )
+    .await;
+    let seen = h.call("GET", "/v1/event/list", "", Some("ev")).await;
+    let list: serde_json::Value = serde_json::from_str(&seen.body).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pub-news", "deploy"], "{list}");
+    assert_eq!(seen.headers["x-consul-results-filtered-by-acls"], "true");
+    let anonymous = h.call("GET", "/v1/event/list", "", None).await;
+    assert_eq!(anonymous.body, "[]");
+    assert!(
+        anonymous
+            .headers
+            .get("x-consul-results-filtered-by-acls")
+            .is_none()
+    );
+}

@@ -30,6 +30,7 @@ use crate::http::authz::{Authz, presented_token};
 use crate::http::v1::agent_local::{self, AgentApi};
 use crate::http::v1::agent_token::{self, TokenApi};
 use crate::http::v1::internal::Heartbeat;
+use crate::http::v1::monitor;
 
 /// How an agent joins and serves.
 #[derive(Debug, Clone)]
@@ -296,6 +297,10 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         .route("/v1/agent/reload", put(reload))
         .with_state(shared.clone())
         .merge(agent_local::routes(api))
+        .merge(monitor::routes(Arc::new(monitor::MonitorApi {
+            node: shared.config.node_name.clone(),
+            shutdown: shared.shutdown.clone(),
+        })))
         .merge(agent_token::routes(Arc::new(TokenApi {
             tokens: shared.proxy.tokens.clone(),
             acls_enabled: {

@@ -21,6 +21,7 @@ mod convert;
 pub mod dto;
 mod events;
 mod http;
+pub mod logs;
 mod members;
 pub mod server;
 mod store;

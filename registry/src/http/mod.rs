@@ -20,7 +20,7 @@ pub(crate) use error::{ApiError, json, plain};
 pub(crate) use query::{Params, path_tail};
 use v1::{
     acl, agent, agent_local, agent_token, catalog, connect, event, health, internal, kv, metrics,
-    session, status, txn,
+    monitor, session, status, txn,
 };
 
 use std::sync::Arc;
@@ -133,6 +133,10 @@ fn routes(state: Arc<AppState>) -> Router {
             datacenter: state.datacenter.clone(),
         })))
         .merge(acl::routes(state.acl.clone()))
+        .merge(monitor::routes(Arc::new(monitor::MonitorApi {
+            node: state.node_name.clone(),
+            shutdown: state.shutdown.clone(),
+        })))
         .merge(agent_token::routes(Arc::new(agent_token::TokenApi {
             tokens: state.tokens.clone(),
             acls_enabled: {

@@ -11,6 +11,7 @@ pub(crate) mod health;
 pub(crate) mod internal;
 pub(crate) mod kv;
 pub(crate) mod metrics;
+pub(crate) mod monitor;
 pub(crate) mod session;
 pub(crate) mod status;
 pub(crate) mod txn;

@@ -277,3 +277,111 @@ async fn event_acls_are_write_to_fire_and_read_to_list() {
             .is_none()
     );
 }
+
+/// Reads the next chunk of a streaming body, or `None` when it ended.
+async fn next_chunk(body: &mut axum::body::Body) -> Option<String> {
+    use http_body_util::BodyExt as _;
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("a chunk within 10 s")?
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            return Some(String::from_utf8_lossy(&data).into_owned());
+        }
+    }
+}
+
+#[tokio::test]
+async fn monitor_streams_the_log_at_the_asked_level_and_ends_with_its_caller() {
+    use tracing_subscriber::prelude::*;
+    let _ = tracing_subscriber::registry()
+        .with(crate::logs::layer())
+        .try_init();
+    let h = H::new().await;
+    h.table(
+        None,
+        &[
+            (
+                "GET",
+                "/v1/agent/monitor?loglevel=shouting",
+                "",
+                400,
+                "Unknown log level: shouting",
+            ),
+            (
+                "PUT",
+                "/v1/agent/monitor",
+                "",
+                405,
+                "method PUT not allowed",
+            ),
+        ],
+    )
+    .await;
+    let open = |uri: &'static str| {
+        let app = h.app.clone();
+        async move {
+            let req = axum::http::Request::builder()
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            tower::ServiceExt::oneshot(app, req).await.unwrap()
+        }
+    };
+    let text = open("/v1/agent/monitor?loglevel=debug").await;
+    assert_eq!(text.status(), 200);
+    assert_eq!(text.headers()["content-type"], "text/plain; charset=utf-8");
+    let json = open("/v1/agent/monitor?loglevel=WARN&logjson").await;
+    let mut text = text.into_body();
+    let mut json = json.into_body();
+    tracing::debug!(target: "monitor_test", "a debug line");
+    tracing::warn!(target: "monitor_test", key = 7, "a warning");
+    let first = next_chunk(&mut text).await.unwrap();
+    assert!(
+        first.contains("[DEBUG] monitor_test: a debug line"),
+        "{first}"
+    );
+    let mut second = next_chunk(&mut text).await.unwrap();
+    while !second.contains("monitor_test") {
+        second = next_chunk(&mut text).await.unwrap();
+    }
+    assert!(
+        second.contains("[WARN]  monitor_test: a warning: key=7"),
+        "{second}"
+    );
+    // the warn-level JSON stream skipped the debug line
+    let line: serde_json::Value =
+        serde_json::from_str(&next_chunk(&mut json).await.unwrap()).unwrap();
+    assert_eq!(
+        (line["@level"].as_str(), line["@message"].as_str()),
+        (Some("warn"), Some("a warning"))
+    );
+    assert_eq!(line["key"], "7");
+    // a caller that leaves stops being fed; with none left, nothing is formatted
+    drop(text);
+    drop(json);
+    assert!(!crate::logs::wanted(tracing::Level::ERROR));
+    // agent:read is needed
+    let acl = acl_server().await;
+    acl.table(
+        None,
+        &[("GET", "/v1/agent/monitor", "", 403, "Permission denied")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn monitor_ends_at_shutdown() {
+    let h = H::new().await;
+    let req = axum::http::Request::builder()
+        .uri("/v1/agent/monitor")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(h.app.clone(), req)
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    h.stop.cancel();
+    assert_eq!(next_chunk(&mut body).await, None);
+}

@@ -66,6 +66,7 @@ else
   # shellcheck disable=SC1091
   . /etc/berth/worker.env
   set +a
+  scripts/firewall.sh apply
   docker-compose -p berth-worker -f docker-compose.worker.yml up -d --no-build
 fi
 

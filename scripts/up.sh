@@ -127,6 +127,14 @@ wait_for master "http://$master/healthz"
 # Where the berth CLI finds this master (its token is $home/master/api-token).
 printf 'http://%s\n' "$master" >"$home/master-url"
 
+# Stacks cannot reach berth: the host firewall refuses what comes from stack networks
+# (scripts/firewall.sh; needs root and iptables).
+if [ "$(id -u)" = 0 ] && command -v iptables >/dev/null; then
+  scripts/firewall.sh apply >/dev/null || die "could not apply the firewall (scripts/firewall.sh apply)"
+else
+  say "not applying the stack firewall (needs root and iptables): run sudo scripts/firewall.sh apply"
+fi
+
 start worker "$bin/berth-worker" \
   --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" --node-name "$node" \
   --registry "http://$registry" --registry-token-file "$home/tokens/worker" \

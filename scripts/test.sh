@@ -29,5 +29,8 @@ cargo nextest run --workspace --locked --no-fail-fast --profile ci
 step "python compatibility tests (py-consul against the real server)"
 python3 -m pytest -q registry/tests/py
 
+step "shell tests (scripts/tests: the shipped setups' registry roles)"
+for t in scripts/tests/*.sh; do "$t"; done
+
 step "shellcheck (scripts)"
-shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/sample-app/web/index.cgi
+shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/tests/*.sh scripts/sample-app/web/index.cgi

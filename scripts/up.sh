@@ -111,30 +111,14 @@ start registry "$bin/berth-registry" server \
   --acl-master-token-file "$home/tokens/registry-management"
 wait_for registry "http://$registry/v1/status/leader"
 
-# role_token ROLE RULES: writes the secret of ROLE's token (policy berth-ROLE) to tokens/ROLE.
-role_token() {
-  local role=$1 rules=$2 mgmt answer
-  [ -s "$home/tokens/$role" ] && return
-  mgmt="X-Consul-Token: $(cat "$home/tokens/registry-management")"
-  # As JSON: quotes escaped, one rule block per line.
-  rules=$(printf '%s' "$rules" | sed 's/"/\\"/g; s/} /}\\n/g')
-  curl -fsS -o /dev/null -X PUT -H "$mgmt" "http://$registry/v1/acl/policy" \
-    -d "{\"Name\":\"berth-$role\",\"Rules\":\"$rules\"}" ||
-    die "could not create the registry policy berth-$role"
-  answer=$(curl -fsS -X PUT -H "$mgmt" "http://$registry/v1/acl/token" \
-    -d "{\"Description\":\"berth $role\",\"Policies\":[{\"Name\":\"berth-$role\"}]}") ||
-    die "could not create the registry token of $role"
-  (umask 077 && printf '%s' "$answer" | sed -n 's/.*"SecretID":"\([^"]*\)".*/\1/p' >"$home/tokens/$role")
-  [ -s "$home/tokens/$role" ] || die "no SecretID in the registry's answer for $role"
-}
-read_all='service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }'
-role_token master "key_prefix \"berth/\" { policy = \"write\" } key_prefix \"instance/\" { policy = \"write\" } session_prefix \"\" { policy = \"write\" } $read_all"
-# The worker registers itself and its stacks' services, whose names the apps choose (the
-# registrator refuses berth's and Consul's own names): write on services, only on its own node;
-# read on the master's records, which say what the worker may keep (the fence).
-role_token worker "node \"$node\" { policy = \"write\" } service_prefix \"\" { policy = \"write\" } agent \"$node\" { policy = \"read\" } node_prefix \"\" { policy = \"read\" } key_prefix \"berth/instances/\" { policy = \"read\" }"
-role_token frontdoor "key_prefix \"berth/instances/\" { policy = \"read\" } $read_all"
-role_token ui "key_prefix \"berth/instances/\" { policy = \"read\" } $read_all"
+# shellcheck source=scripts/lib/acl.sh
+. scripts/lib/acl.sh
+mgmt=$(cat "$home/tokens/registry-management")
+for role in master worker frontdoor ui; do
+  [ -s "$home/tokens/$role" ] || (umask 077 && acl_new_secret >"$home/tokens/$role")
+  acl_role "http://$registry" "$mgmt" "$role" "$(cat "$home/tokens/$role")" \
+    "$([ "$role" = worker ] && echo "$node")" || die "could not set up the registry role $role"
+done
 
 start master "$bin/berth-master" \
   --listen "$master" --data-dir "$home/master" --registry "http://$registry" \
@@ -142,6 +126,14 @@ start master "$bin/berth-master" \
 wait_for master "http://$master/healthz"
 # Where the berth CLI finds this master (its token is $home/master/api-token).
 printf 'http://%s\n' "$master" >"$home/master-url"
+
+# Stacks cannot reach berth: the host firewall refuses what comes from stack networks
+# (scripts/firewall.sh; needs root and iptables).
+if [ "$(id -u)" = 0 ] && command -v iptables >/dev/null; then
+  scripts/firewall.sh apply >/dev/null || die "could not apply the firewall (scripts/firewall.sh apply)"
+else
+  say "not applying the stack firewall (needs root and iptables): run sudo scripts/firewall.sh apply"
+fi
 
 start worker "$bin/berth-worker" \
   --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" --node-name "$node" \

@@ -482,3 +482,176 @@ async fn cluster_docker_bad_compose_files_are_clear_errors_leaving_nothing() {
     }
     assert!(c.stack_objects().is_empty(), "{:?}", c.stack_objects());
 }
+
+/// A two-service app answering with its release: `api` (no published port: rolls start-first)
+/// turns healthy `ready_after` seconds after it starts; `web` publishes a port and waits for it.
+fn slow_app(release: &str, ready_after: u32) -> Vec<u8> {
+    let compose = b"services:
+  api:
+    init: true
+    build: ./api
+    healthcheck:
+      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]
+      interval: 1s
+      timeout: 2s
+      retries: 120
+  web:
+    init: true
+    build: ./web
+    depends_on:
+      api:
+        condition: service_healthy
+    ports:
+      - \"8080\"
+";
+    let api = format!(
+        "FROM berth-base:latest\nCOPY release /www/index.html\nCMD [\"sh\", \"-c\", \"sleep {ready_after}; touch /tmp/ready; exec httpd -f -p 8080 -h /www\"]\n"
+    );
+    let web = b"FROM berth-base:latest\nCOPY release /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let api_release = format!("api {release}\n");
+    let web_release = format!("web {release}\n");
+    targz(&[
+        ("compose.yaml", compose),
+        ("api/Dockerfile", api.as_bytes()),
+        ("api/release", api_release.as_bytes()),
+        ("web/Dockerfile", web),
+        ("web/release", web_release.as_bytes()),
+    ])
+}
+
+/// `name commit` of each container of instance `id` on worker `node`, sorted.
+fn containers_of(node: &str, id: &str) -> Vec<String> {
+    let mut v: Vec<String> = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=org.berth.instance={id}"),
+        "--filter",
+        &format!("label=org.berth.node={node}"),
+        "--format",
+        "{{.Names}} {{.Label \"org.berth.commit\"}}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn cluster_docker_master_killed_mid_rollout_then_a_retry_finishes() {
+    let c = Cluster::start(Options {
+        workers: 1,
+        ..Options::default()
+    })
+    .await;
+    let id = "midroll";
+    let path = format!("/v1/instances/{id}/code?user=tester&project=slow&build=true&wait=10m");
+    let (status, v1) = c.call(Method::PUT, &path, Some(slow_app("v1", 0))).await;
+    assert_eq!(status, StatusCode::OK, "{v1}");
+    start(&c, id).await;
+    let c1 = v1["commit"].as_str().unwrap().to_owned();
+    let page = eventually("v1 through the front door", Duration::from_secs(60), || {
+        c.app_through_front_door(id, "/")
+    })
+    .await;
+    assert_eq!(page, "web v1\n");
+    // v2's api takes 40 s to turn healthy: longer than the dead master's lock lasts.
+    let (status, v2) = c.call(Method::PUT, &path, Some(slow_app("v2", 40))).await;
+    assert_eq!(status, StatusCode::OK, "{v2}");
+    let c2 = v2["commit"].as_str().unwrap().to_owned();
+    eventually("v2 built beside v1", Duration::from_secs(300), || async {
+        let (_, rec) = c
+            .call(Method::GET, &format!("/v1/instances/{id}"), None)
+            .await;
+        (rec["built_commit"] == c2.as_str()).then_some(())
+    })
+    .await;
+
+    // Deploy, and kill the master once the worker's record shows the rollout switching api.
+    let deploying = {
+        let http = c.http.clone();
+        let url = format!("{}/v1/instances/{id}/deploy", c.api());
+        tokio::spawn(async move { http.post(url).bearer_auth(API_TOKEN).send().await })
+    };
+    let state = c.workers[0].data.join("stacks").join(id).join("state.json");
+    eventually(
+        "the rollout switching api",
+        Duration::from_secs(120),
+        || {
+            let state = state.clone();
+            async move {
+                let rec: Value = serde_json::from_slice(&std::fs::read(&state).ok()?).ok()?;
+                let switched = rec["rollout"]["switched"].as_array()?;
+                switched.iter().any(|s| s == "api").then_some(())
+            }
+        },
+    )
+    .await;
+    let (_, during) = c
+        .call(Method::GET, &format!("/v1/instances/{id}"), None)
+        .await;
+    assert_eq!(during["deploy"]["state"], "deploying", "{during}");
+    docker(&["kill", &c.container("master0")]);
+    let _ = deploying.await;
+    docker(&["start", &c.container("master0")]);
+    c.wait_front_door().await;
+    // The old release serves on; the record is settled from the worker's report, not left
+    // `deploying`.
+    assert_eq!(
+        c.app_through_front_door(id, "/").await.as_deref(),
+        Some("web v1\n")
+    );
+    let settled = eventually("the record settled", Duration::from_secs(120), || async {
+        let (_, rec) = c
+            .call(Method::GET, &format!("/v1/instances/{id}"), None)
+            .await;
+        (rec["deploy"]["state"] != "deploying").then_some(rec)
+    })
+    .await;
+    eprintln!("settled: {}", settled["deploy"]);
+    match settled["deploy"]["state"].as_str() {
+        Some("failed") => {
+            assert_eq!(settled["running_commit"], c1.as_str(), "{settled}");
+            let why = settled["deploy"]["error"].as_str().unwrap_or_default();
+            assert!(why.starts_with("interrupted"), "{why}");
+        }
+        // The worker finished the rollout before the lock of the dead master ran out.
+        Some("deployed") => assert_eq!(settled["running_commit"], c2.as_str(), "{settled}"),
+        other => panic!("{other:?}: {settled}"),
+    }
+    assert_eq!(settled["state"], "running", "{settled}");
+
+    // A retry finishes it: v2 serves, one container per service.
+    let (status, done) = c
+        .call(
+            Method::POST,
+            &format!("/v1/instances/{id}/deploy?wait=5m"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["deploy"]["state"], "deployed", "{done}");
+    assert_eq!(done["running_commit"], c2.as_str(), "{done}");
+    let page = eventually(
+        "v2 through the front door",
+        Duration::from_secs(60),
+        || async {
+            c.app_through_front_door(id, "/")
+                .await
+                .filter(|p| p == "web v2\n")
+        },
+    )
+    .await;
+    assert_eq!(page, "web v2\n");
+    let left = containers_of(&c.workers[0].node, id);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|l| l.ends_with(&c2) && !l.contains("-old ")),
+        "{left:?}"
+    );
+    for key in c.kv_keys("berth/locks/").await {
+        assert_eq!(c.kv_session(&key).await, None, "{key} still held");
+    }
+}

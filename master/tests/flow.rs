@@ -974,3 +974,109 @@ async fn a_move_whose_build_fails_is_recorded_and_the_next_start_builds_again() 
     assert_eq!(rec["built_commit"], rec["commit"], "{rec}");
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_deploy_is_settled_from_the_worker_and_a_retry_finishes() {
+    let reg = registry().await;
+    let w = stand_in(&reg, "w1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let (status, v1) = m.upload("halfway", "alice", "", app("v1")).await;
+    assert_eq!(status, 200, "{v1}");
+    let (status, running) = m.call(Method::POST, "/v1/instances/halfway/start").await;
+    assert_eq!(status, 200, "{running}");
+    let c1 = v1["commit"].as_str().unwrap().to_owned();
+    // The next release is built beside the running one.
+    let (status, v2) = m.upload("halfway", "alice", "", app("v2")).await;
+    assert_eq!(status, 200, "{v2}");
+    let c2 = v2["commit"].as_str().unwrap().to_owned();
+    assert_eq!(v2["running_commit"], c1.as_str());
+    // The build beside goes on after the upload's answer: wait for it.
+    let mut v2 = v2;
+    for _ in 0..100 {
+        if v2["built_commit"] == c2.as_str() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        v2 = m.call(Method::GET, "/v1/instances/halfway").await.1;
+    }
+    assert_eq!(v2["built_commit"], c2.as_str(), "{v2}");
+    let id = ValidName::parse("id", "halfway").unwrap();
+    // A master died mid-rollout: the record says `deploying` and nobody holds the lock.
+    let plant = |serving: &str| {
+        let mut stuck = v2.clone();
+        stuck["deploy"] = serde_json::json!({
+            "commit": c2, "from": c1, "rollback": false, "state": "deploying",
+            "started_at": "2026-12-03T00:00:00Z",
+        });
+        w.state
+            .stacks
+            .lock()
+            .unwrap()
+            .get_mut("halfway")
+            .unwrap()
+            .running_commit = Some(serving.to_owned());
+        stuck
+    };
+    let settled = |m: &Master| {
+        let base = m.req(Method::GET, "/v1/instances/halfway");
+        async move {
+            for _ in 0..100 {
+                let (_, rec) = json(base.try_clone().unwrap().send().await.unwrap()).await;
+                // The planted rollout (the master may answer from a copy a moment old).
+                if rec["deploy"]["started_at"] == "2026-12-03T00:00:00Z"
+                    && rec["deploy"]["state"] != "deploying"
+                {
+                    return rec;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (_, rec) = json(base.send().await.unwrap()).await;
+            panic!("the interrupted deploy was not settled: {rec}");
+        }
+    };
+
+    // The worker undid it (it still serves v1): the observer records that from the worker's
+    // report, without any request.
+    let stuck = plant(&c1);
+    reg.client
+        .kv_put(
+            &instance_record_key(&id),
+            serde_json::to_vec(&stuck).unwrap(),
+        )
+        .await
+        .unwrap();
+    let rec = settled(&m).await;
+    assert_eq!(rec["deploy"]["state"], "failed", "{rec}");
+    assert_eq!(rec["running_commit"], c1.as_str(), "{rec}");
+    assert_eq!(rec["state"], "running", "{rec}");
+    let why = rec["deploy"]["error"].as_str().unwrap();
+    assert!(
+        why.starts_with("interrupted") && why.contains("deploy again"),
+        "{why}"
+    );
+    // A retry finishes it.
+    let (status, done) = m
+        .call(Method::POST, "/v1/instances/halfway/deploy?wait=30s")
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["deploy"]["state"], "deployed", "{done}");
+    assert_eq!(done["running_commit"], c2.as_str());
+
+    // The worker finished it on its own: the record says `deployed` with the new release.
+    let stuck = plant(&c2);
+    let mut stuck = stuck;
+    stuck["running_commit"] = c1.as_str().into();
+    reg.client
+        .kv_put(
+            &instance_record_key(&id),
+            serde_json::to_vec(&stuck).unwrap(),
+        )
+        .await
+        .unwrap();
+    let rec = settled(&m).await;
+    assert_eq!(rec["deploy"]["state"], "deployed", "{rec}");
+    assert_eq!(rec["running_commit"], c2.as_str(), "{rec}");
+    assert!(rec["deploy"]["finished_at"].is_string(), "{rec}");
+    m.stop().await;
+}

@@ -271,6 +271,83 @@ impl Master {
         }
     }
 
+    /// With the lock held: a rollout the record says is `deploying` was interrupted (its master
+    /// stopped before it recorded the outcome). Records what the worker says serves: `deployed`
+    /// when it is the release rolled to (the worker finished it on its own), else `failed` with
+    /// why; a retry of the deploy finishes it.
+    pub(super) async fn recover_deploy(
+        &self,
+        lock: &InstanceLock,
+        rec: &mut InstanceRecord,
+    ) -> Result<(), OpError> {
+        let Some(deploy) = rec
+            .deploy
+            .as_ref()
+            .filter(|d| d.state == DeployState::Deploying)
+        else {
+            return Ok(());
+        };
+        let target = deploy.commit.clone();
+        let id = name("id", &rec.id)?;
+        let seen = match &rec.worker {
+            Some(w) => match self.worker_client(&w.url).status(&id).await {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err(format!("worker {} holds no stack {id}", w.id)),
+                Err(e) => Err(format!("worker {} did not answer: {e}", w.id)),
+            },
+            None => Err("the instance is on no worker".to_owned()),
+        };
+        let interrupted = "interrupted: the master running this deploy stopped before it ended";
+        let failure = match seen {
+            Ok(status) => {
+                tracing::warn!(id = %rec.id, commit = %target, serving = ?status.running_commit, rolling = status.rolling, "found an interrupted deploy");
+                if status.running_commit.is_some() {
+                    rec.running_commit = status.running_commit.clone();
+                }
+                let serving = status
+                    .running_commit
+                    .as_deref()
+                    .map_or("an unknown release", |c| &c[..c.len().min(12)])
+                    .to_owned();
+                if status.running_commit.as_deref() == Some(target.as_str()) && !status.rolling {
+                    if rec.built_commit.as_deref() != Some(target.as_str()) {
+                        rec.note_built(&target, false);
+                    }
+                    rec.endpoints = status.endpoints.clone();
+                    note_kept(rec, &status);
+                    None
+                } else if status.rolling {
+                    Some(format!(
+                        "{interrupted}; the worker is still rolling out and serves {serving}: deploy again to finish it"
+                    ))
+                } else {
+                    Some(format!(
+                        "{interrupted}; the worker serves {serving}: deploy again to finish it"
+                    ))
+                }
+            }
+            Err(why) => Some(format!("{interrupted}; {why}")),
+        };
+        let deploy = rec.deploy.as_mut().expect("checked above");
+        deploy.finished_at = Some(crate::record::now());
+        match failure {
+            None => {
+                deploy.state = DeployState::Deployed;
+                rec.error = None;
+            }
+            Some(why) => {
+                deploy.state = DeployState::Failed;
+                deploy.error = Some(why.clone());
+                rec.error = Some(RecordError {
+                    step: "deploy".to_owned(),
+                    message: why,
+                });
+            }
+        }
+        let previous = rec.state;
+        self.save(lock, rec, Some(previous)).await
+    }
+
     /// Sends a rollout event with the record to the webhook.
     fn announce(&self, event: &'static str, rec: &InstanceRecord) {
         if let Some(hook) = &self.webhook {

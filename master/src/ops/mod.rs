@@ -359,8 +359,10 @@ impl Master {
             .ok_or_else(|| OpError::NotFound(id.to_string()))
     }
 
-    /// A transitional state seen under the lock was left by a master that stopped: record it.
+    /// A transitional state seen under the lock was left by a master that stopped: record it
+    /// (a rollout left `deploying` takes what its worker says serves, `deploy.rs`).
     async fn recover(&self, lock: &InstanceLock, rec: &mut InstanceRecord) -> Result<(), OpError> {
+        self.recover_deploy(lock, rec).await?;
         if rec.state.is_transitional() {
             let previous = rec.state;
             let step = step_of(previous);

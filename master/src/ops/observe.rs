@@ -2,7 +2,8 @@
 //! `running` or `degraded` instance for its stacks (`GET /v1/stacks`, which carries the worker's
 //! watcher verdict) and records what changed: `running` <-> `degraded` and each service's state,
 //! under the instance lock like any other write (so announced to the webhook as `state_changed`).
-//! An instance busy with an operation is left for the next round.
+//! An instance busy with an operation is left for the next round. A record left `deploying`
+//! with the lock free (its master stopped mid-rollout) is settled from the worker's report.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use berth_worker_api::{ServiceHealth, StackState, StackStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::{Master, OpError, name};
-use crate::record::{InstanceRecord, State};
+use crate::record::{DeployState, InstanceRecord, State};
 
 /// How often the master asks workers how their running stacks are.
 pub const OBSERVE_INTERVAL: Duration = Duration::from_secs(2);
@@ -51,6 +52,10 @@ impl Master {
                 let Some(status) = stacks.iter().find(|s| s.id.as_str() == rec.id) else {
                     continue;
                 };
+                if interrupted_deploy(&rec) {
+                    self.settle_deploy(&rec).await?;
+                    continue;
+                }
                 if let Some((state, services)) = observed(status)
                     && changed(&rec, state, &services)
                 {
@@ -59,6 +64,26 @@ impl Master {
             }
         }
         Ok(())
+    }
+
+    /// A record left `deploying` with its lock free: the rollout's master stopped. Records
+    /// what the worker serves (`recover_deploy`), so the next read tells the truth.
+    async fn settle_deploy(&self, seen: &InstanceRecord) -> Result<(), OpError> {
+        let id = name("id", &seen.id)?;
+        let Some(lock) = self.records.lock(&id).await? else {
+            return Ok(());
+        };
+        let result = async {
+            match self.records.get(&id).await? {
+                Some(mut rec) if interrupted_deploy(&rec) => {
+                    self.recover_deploy(&lock, &mut rec).await
+                }
+                _ => Ok(()),
+            }
+        }
+        .await;
+        lock.release().await;
+        result
     }
 
     async fn record_observation(
@@ -93,6 +118,13 @@ impl Master {
         lock.release().await;
         result
     }
+}
+
+/// Whether the record says a rollout is under way: with the lock free, an interrupted one.
+fn interrupted_deploy(rec: &InstanceRecord) -> bool {
+    rec.deploy
+        .as_ref()
+        .is_some_and(|d| d.state == DeployState::Deploying)
 }
 
 /// The state and services a worker's report means for the record, `None` when the report is

@@ -306,6 +306,8 @@ async fn build(
                 id: ValidName::parse("id", &id).unwrap(),
                 state: running.as_ref().map_or(StackState::Built, |s| s.state),
                 commit: Some(req.commit),
+                running_commit: running.as_ref().and_then(|s| s.running_commit.clone()),
+                rolling: false,
                 project_name: id.clone(),
                 services: vec![],
                 health: vec![],
@@ -331,6 +333,7 @@ async fn deploy(
         match stacks.get_mut(&id) {
             Some(s) if s.state == StackState::Running => {
                 s.commit = Some(req.commit.clone());
+                s.running_commit = Some(req.commit.clone());
                 s.kept.retain(|c| *c != req.commit);
                 s.kept.insert(0, req.commit);
                 Ok(s.clone())
@@ -365,6 +368,7 @@ async fn start(State(state): State<Arc<WorkerState>>, UrlPath(id): UrlPath<Strin
             )),
             Some(s) => {
                 s.state = StackState::Running;
+                s.running_commit = s.commit.clone();
                 s.endpoints = vec![Endpoint {
                     service: "web".into(),
                     container_port: 80,
@@ -395,6 +399,7 @@ async fn stop(State(state): State<Arc<WorkerState>>, UrlPath(id): UrlPath<String
         ),
         Some(s) => {
             s.state = StackState::Stopped;
+            s.running_commit = None;
             s.endpoints.clear();
             axum::Json(s.clone()).into_response()
         }

@@ -120,6 +120,13 @@ pub struct StackStatus {
     pub state: StackState,
     /// The commit whose images are built, if any.
     pub commit: Option<String>,
+    /// The release the containers run, while the stack runs (a build beside a running stack
+    /// moves `commit` ahead of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_commit: Option<String>,
+    /// A rollout is under way (or was interrupted and not tidied yet).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling: bool,
     /// Docker Compose project name of the stack.
     pub project_name: String,
     #[serde(default)]

@@ -122,6 +122,8 @@ impl Stacks {
             error: None,
             ports: BTreeMap::new(),
             releases: Vec::new(),
+            running: None,
+            rollout: None,
         });
         let keep_state = record.state;
         let keep_commit = record.commit.clone();

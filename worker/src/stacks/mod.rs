@@ -7,6 +7,7 @@
 //! recreate), `spec.rs` (the container spec), `ports.rs`, `readiness.rs` (the wait before a
 //! start answers), `ownership.rs` (`owned_*`: whose is an object found by name), `freeze.rs`
 //! (writers paused around checkout access), `stop.rs` and `delete.rs` (with pruning),
+//! `rollout.rs` (deploys), `tidy.rs` (an interrupted rollout brought to one release),
 //! `watcher.rs` (what each service of a running stack is doing) and `applogs.rs` (the
 //! containers' own output). This file
 //! holds `Stacks` itself: the per-instance lock, the listings by label, adoption at start-up,
@@ -27,6 +28,7 @@ mod rollout;
 mod spec;
 mod start;
 mod stop;
+mod tidy;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,6 +56,7 @@ pub use build::LABEL_BUILD_DIGEST;
 pub use buildkit::BuilderChoice;
 pub use faults::AppFault;
 pub use record::Record;
+pub use tidy::RolloutNote;
 pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW};
 
 /// What the stack manager needs to know about its host.
@@ -264,13 +267,15 @@ impl Stacks {
         Ok(ids)
     }
 
-    /// Crash recovery at start-up: an interrupted build is marked failed, a stack caught
-    /// mid-start or mid-stop takes the state its containers show, and stacks known only by
-    /// their containers' labels get a record again.
+    /// Crash recovery at start-up: an interrupted rollout is tidied to one release
+    /// (`tidy.rs`), an interrupted build is marked failed, a stack caught mid-start or mid-stop
+    /// takes the state its containers show, and stacks known only by their containers' labels
+    /// get a record again.
     pub async fn adopt(&self) -> Result<usize, StackError> {
         let ids = self.ids().await?;
         for id in &ids {
             self.recover_checkout(id).await?;
+            self.tidy(id, &self.log(id)).await?;
             let mut record = match self.read_record(id)? {
                 Some(r) => r,
                 None => {
@@ -281,10 +286,12 @@ impl Stacks {
                     Record {
                         id: id.clone(),
                         state: StackState::Stopped,
-                        commit,
+                        commit: commit.clone(),
                         error: None,
                         ports: BTreeMap::new(),
                         releases: Vec::new(),
+                        running: commit,
+                        rollout: None,
                     }
                 }
             };
@@ -379,6 +386,8 @@ impl Stacks {
                 error: None,
                 ports: BTreeMap::new(),
                 releases: Vec::new(),
+                running: None,
+                rollout: None,
             })
         }) else {
             return Err(StackError::NotFound(id.to_string()));
@@ -451,10 +460,15 @@ impl Stacks {
         } else {
             record.state
         };
+        let running_commit = matches!(state, StackState::Running | StackState::Degraded)
+            .then(|| Self::running_release(&record, &containers))
+            .flatten();
         Ok(StackStatus {
             id: id.clone(),
             state,
             health,
+            running_commit,
+            rolling: record.rollout.is_some(),
             commit: record.commit,
             project_name: compose_project_name(id),
             services,

@@ -63,6 +63,14 @@ pub struct Record {
     /// Commits built here whose images are kept, newest first (at most `--keep-releases`).
     #[serde(default)]
     pub releases: Vec<String>,
+    /// The release the stack's containers run: set by a start and by a finished or undone
+    /// rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<String>,
+    /// The rollout under way, written before it changes a container and cleared when it ends;
+    /// one found with the stack's lock free was interrupted (`tidy.rs` resolves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::tidy::RolloutNote>,
 }
 
 impl Stacks {
@@ -126,6 +134,8 @@ mod tests {
             error: None,
             ports: BTreeMap::new(),
             releases: Vec::new(),
+            running: None,
+            rollout: None,
         };
         // A panic while starting (the audit's `timeout_secs` overflow was one).
         stacks.write_record(&record(StackState::Starting)).unwrap();

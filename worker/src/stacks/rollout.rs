@@ -48,7 +48,7 @@ pub(super) fn start_first(s: &Service) -> bool {
 }
 
 /// The name the old container of `service` takes while its replacement starts.
-fn aside_name(project: &str, service: &str) -> String {
+pub(super) fn aside_name(project: &str, service: &str) -> String {
     format!("{}-old", plan::container_name(project, service))
 }
 
@@ -78,6 +78,7 @@ impl Stacks {
         };
         let lock = self.lock(id);
         let _guard = lock.lock().await;
+        self.tidy(id, &self.log(id)).await?;
         let Some(mut record) = self.read_record(id)? else {
             return Err(StackError::NotFound(id.to_string()));
         };
@@ -89,12 +90,16 @@ impl Stacks {
         }
         let _active = self.begin(id, "deploy");
         let log = self.log(id);
+        // What serves is the containers' release; the checkout may be ahead of it already (a
+        // build beside the running stack checks its commit out).
         let old_commit = self.checkout(id).commit();
+        let from = Self::running_release(&record, &self.containers_of(id).await?);
         log.line(&format!(
             "rolling from {} to {}",
-            old_commit.as_deref().unwrap_or("(unknown)"),
+            from.as_deref().unwrap_or("(unknown)"),
             req.commit
         ));
+        self.note_rollout(&mut record, from, &req.commit, old_commit.clone())?;
         let result = async {
             self.release(id, req, &log).await?;
             let frozen = self.freeze_writers(id, &log).await?;
@@ -109,6 +114,8 @@ impl Stacks {
         match result {
             Ok(()) => {
                 record.commit = Some(req.commit.clone());
+                record.running = Some(req.commit.clone());
+                record.rollout = None;
                 record.error = None;
                 keep_release(
                     &mut record.releases,
@@ -131,6 +138,8 @@ impl Stacks {
                         log.line("cannot check the old release out again");
                     }
                 }
+                record.rollout = None;
+                self.write_record(&record)?;
                 self.changed();
                 Err(e)
             }
@@ -240,6 +249,7 @@ impl Stacks {
                 log.line(&format!("service {}: unchanged", s.name));
                 continue;
             }
+            self.note_switching(record, &s.name)?;
             let step = self
                 .replace(project, s, body, &hash, current, &owner, log, &mut created)
                 .await;
@@ -259,6 +269,7 @@ impl Stacks {
         }
         match outcome {
             Ok(()) => {
+                self.note_ready(record)?;
                 for a in &aside {
                     self.retire(project, &a.old, log).await;
                 }

@@ -46,6 +46,7 @@ impl Stacks {
         };
         let lock = self.lock(id);
         let _guard = lock.lock().await;
+        self.tidy(id, &self.log(id)).await?;
         let Some(mut record) = self.read_record(id)? else {
             return Err(StackError::NotFound(id.to_string()));
         };
@@ -121,6 +122,7 @@ impl Stacks {
         match result {
             Ok(()) => {
                 record.state = StackState::Running;
+                record.running = Some(commit.clone());
                 self.write_record(&record)?;
                 log.line("stack ready");
                 self.changed();

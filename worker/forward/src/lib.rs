@@ -2,7 +2,10 @@
 //! (`FROM scratch`) that holds the host port bindings. Each accepted connection goes to the
 //! current target (a host name on the stack network or an IP) on the same port; `set` moves new
 //! connections to another target at once while those already open carry on, and `drain` waits
-//! until none to an earlier target is left. A connection that cannot reach its target is retried
+//! until none to an earlier target is left. `pause SECS` holds new connections (accepted, not
+//! yet forwarded) until the next `set` or for SECS at most, so a target can be replaced
+//! stop-first without refusing anyone or cutting a request in flight (pause, drain, replace,
+//! set). A connection that cannot reach its target is retried
 //! (the target is read again on each try) for `retry` before it is closed, so a short gap (a
 //! stop-first restart) delays connections instead of refusing them. The target is kept in
 //! [`TARGET_FILE`] so a restarted forwarder goes on where it was. The commands reach the serving
@@ -53,6 +56,8 @@ struct State {
     target: String,
     generation: u64,
     open: HashMap<u64, usize>,
+    /// New connections wait until then (or the next `set`).
+    paused_until: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -60,12 +65,31 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled whenever a connection closes.
     closed: Condvar,
+    /// Signalled when a pause ends.
+    resumed: Condvar,
 }
 
 impl Shared {
     fn current(&self) -> (String, u64) {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         (s.target.clone(), s.generation)
+    }
+
+    /// Waits while new connections are paused.
+    fn unpaused(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(until) = s.paused_until {
+            let now = Instant::now();
+            if now >= until {
+                s.paused_until = None;
+                break;
+            }
+            s = self
+                .resumed
+                .wait_timeout(s, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     fn opened(&self, generation: u64) {
@@ -172,6 +196,7 @@ fn accept(listener: TcpListener, port: u16, shared: &Arc<Shared>, retry: Duratio
 /// Connects to the current target (again on failure, reading the target anew, until `retry`
 /// has passed), then copies both ways until both sides are done.
 fn forward(client: TcpStream, port: u16, shared: &Shared, retry: Duration) -> io::Result<()> {
+    shared.unpaused();
     let until = Instant::now() + retry;
     let mut pause = Duration::from_millis(5);
     let (upstream, generation) = loop {
@@ -240,6 +265,12 @@ fn command(conn: UnixStream, shared: &Shared, opts: &Options) -> io::Result<()> 
     let mut words = line.split_whitespace();
     let reply = match (words.next(), words.next()) {
         (Some("set"), Some(target)) => set(shared, opts, target),
+        (Some("pause"), Some(secs)) => match secs.parse::<f64>() {
+            Ok(secs) if secs >= 0.0 && secs.is_finite() => {
+                pause(shared, Duration::from_secs_f64(secs))
+            }
+            _ => format!("error: bad seconds {secs:?}"),
+        },
         (Some("drain"), Some(secs)) => match secs.parse::<f64>() {
             Ok(secs) if secs >= 0.0 && secs.is_finite() => {
                 drain(shared, Duration::from_secs_f64(secs))
@@ -280,8 +311,20 @@ fn set(shared: &Shared, opts: &Options, target: &str) -> String {
         s.target = target.to_owned();
         s.generation += 1;
     }
+    s.paused_until = None;
+    shared.resumed.notify_all();
     eprintln!("berth-forward: forwarding to {target}");
     format!("ok target {target} earlier {}", Shared::earlier(&s))
+}
+
+/// Holds new connections for `limit` at most (until the next `set`); the connections open now
+/// count as earlier ones for `drain`.
+fn pause(shared: &Shared, limit: Duration) -> String {
+    let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    s.generation += 1;
+    s.paused_until = Some(Instant::now() + limit);
+    eprintln!("berth-forward: new connections paused");
+    format!("ok paused earlier {}", Shared::earlier(&s))
 }
 
 fn drain(shared: &Shared, limit: Duration) -> String {
@@ -434,6 +477,34 @@ mod tests {
         });
         assert_eq!(ask(front_port), "late");
         late.join().unwrap();
+    }
+
+    #[test]
+    fn a_pause_holds_new_connections_until_the_next_set() {
+        let a = backend("a");
+        let port = a.local_addr().unwrap().port();
+        let front = TcpListener::bind("127.0.0.1:0").unwrap();
+        let front_port = front.local_addr().unwrap().port();
+        let opts = Options {
+            control: format!("berth-forward-pause-{}", std::process::id()),
+            retry: Duration::from_millis(100),
+            target_file: None,
+        };
+        let _f = serve(vec![(front, Some(port))], "127.0.0.1", &opts).unwrap();
+        assert_eq!(
+            send(&opts.control, "pause 30").unwrap(),
+            "ok paused earlier 0"
+        );
+        let started = Instant::now();
+        let waiting = thread::spawn(move || ask(front_port));
+        thread::sleep(Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "a paused connection went through");
+        send(&opts.control, "set 127.0.0.1").unwrap();
+        assert_eq!(waiting.join().unwrap(), "a");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        // A pause ends on its own too.
+        send(&opts.control, "pause 0.2").unwrap();
+        assert_eq!(ask(front_port), "a");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `berth-forward`: `serve --port P... --target T [--retry-ms N]` forwards each TCP connection
-//! on port P to T:P; `set T`, `drain SECS` and `status` talk to the serving process (run them
+//! on port P to T:P; `set T`, `pause SECS`, `drain SECS` and `status` talk to the serving process (run them
 //! with `docker exec`). See the library's doc.
 
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use berth_forward::{CONTROL, Options, listen, send, serve};
 
-const USAGE: &str = "usage: berth-forward serve --port P [--port P...] --target HOST [--retry-ms N]\n       berth-forward set HOST | drain SECS | status";
+const USAGE: &str = "usage: berth-forward serve --port P [--port P...] --target HOST [--retry-ms N]\n       berth-forward set HOST | pause SECS | drain SECS | status";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let result = match words.as_slice() {
         ["serve", rest @ ..] => run(rest),
         ["set", target] => send(CONTROL, &format!("set {target}")).map(|r| println!("{r}")),
+        ["pause", secs] => send(CONTROL, &format!("pause {secs}")).map(|r| println!("{r}")),
         ["drain", secs] => send(CONTROL, &format!("drain {secs}")).map(|r| println!("{r}")),
         ["status"] => send(CONTROL, "status").map(|r| println!("{r}")),
         _ => {

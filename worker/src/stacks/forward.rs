@@ -383,6 +383,31 @@ impl Stacks {
         Ok(())
     }
 
+    /// Holds the new connections of `service`'s forwarder (accepted, not forwarded) until the
+    /// next switch, one minute at most, then waits up to `grace` for the open ones: the old
+    /// container of a stop-first service then stops with no request in flight and nobody is
+    /// refused meanwhile.
+    pub(super) async fn pause_and_drain(
+        &self,
+        project: &Project,
+        service: &str,
+        grace: Duration,
+        log: &LogBuf,
+    ) {
+        let name = forwarder_name(&project.name, service);
+        match self.exec_forward(&name, &["pause", "60"]).await {
+            Ok(answer) => {
+                log.line(&format!(
+                    "service {service}: forwarder holds new connections ({answer})"
+                ));
+                self.drain(project, service, grace).await;
+            }
+            Err(e) => log.line(&format!(
+                "service {service}: cannot pause the forwarder: {e}"
+            )),
+        }
+    }
+
     /// Waits up to `limit` until the forwarder of `service` has no connection open to an
     /// earlier target.
     pub(super) async fn drain(&self, project: &Project, service: &str, limit: Duration) {

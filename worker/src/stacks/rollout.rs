@@ -10,7 +10,8 @@
 //! for stop-first (`x-berth-rollout` or `deploy.update_config.order`), publish a port themselves
 //! (UDP, or no forwarder) or need a new forwarder roll stop-first: the new container is created
 //! while the old one serves, the old one stops right before the new one starts, and the log says
-//! how long the gap was. A service that fails its readiness undoes the rollout: forwarders are
+//! how long the gap was. Behind a forwarder the gap refuses no one: the forwarder holds new
+//! connections and drains the open ones before the old container stops, until the switch. A service that fails its readiness undoes the rollout: forwarders are
 //! switched back, the new containers go, the old ones take their names back (and start again
 //! where they were stopped), and the checkout returns to the old release.
 
@@ -282,6 +283,10 @@ impl Stacks {
                         break;
                     }
                 }
+            }
+            if held && !start_first(s, held) && current.is_some() {
+                let grace = s.stop_grace_period.unwrap_or(Duration::from_secs(10));
+                self.pause_and_drain(project, &s.name, grace, log).await;
             }
             let step = self
                 .replace(

@@ -23,6 +23,9 @@ scripts/base-image.sh
 step "build binaries"
 cargo build --workspace --locked --bins
 
+step "forwarder (static musl: the worker runs it FROM scratch; the Docker tests use it)"
+cargo build --locked --release --target x86_64-unknown-linux-musl -p berth-forward
+
 step "cargo tests (unit, router, in-process servers, real Docker, compatibility clients)"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
 

@@ -76,8 +76,13 @@ impl Cli {
     }
 
     fn run_at(&self, master: &str, args: &[&str]) -> Run {
+        self.run_env(master, &[], args)
+    }
+
+    fn run_env(&self, master: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
         let out: Output = Command::new(berth_bin())
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.config.path())
             .env("BERTH_MASTER", master)
             .env("BERTH_TOKEN", API_TOKEN)
@@ -245,6 +250,21 @@ async fn cluster_docker_cli_deploys_and_manages_the_sample_app() {
     assert_eq!(open.stdout.trim(), web["url"].as_str().unwrap_or_default());
     let open = cli.run(&["open", id, "--json"]).ok().json();
     assert_eq!(open["id"], id);
+    // --browser hands the URL to $BROWSER (here `echo`, which prints it); a browser that fails
+    // is a usage error.
+    let opened = cli
+        .run_env(&c.api(), &[("BROWSER", "echo")], &["open", id, "--browser"])
+        .ok();
+    assert_eq!(
+        opened.stdout.trim(),
+        web["url"].as_str().unwrap_or_default()
+    );
+    let failed = cli.run_env(
+        &c.api(),
+        &[("BROWSER", "false")],
+        &["open", id, "--browser"],
+    );
+    assert_eq!(failed.code, 2, "{failed:?}");
 
     // workers.
     let workers = cli.run(&["workers", "--json"]).ok().json();

@@ -29,6 +29,9 @@ cargo build --locked --release --target x86_64-unknown-linux-musl -p berth-forwa
 step "cargo tests (unit, router, in-process servers, real Docker, compatibility clients)"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
 
+step "first run as a new user (scripts/up.sh, berth deploy scripts/sample-app, down.sh --purge)"
+scripts/test-first-run.sh
+
 step "python compatibility tests (py-consul against the real server)"
 python3 -m pytest -q registry/tests/py
 

@@ -25,6 +25,9 @@ type result struct {
 
 var results []result
 
+// onAgent: the program talks to a client agent joined to the server (BERTH_AGENT set).
+var onAgent bool
+
 // step runs one behaviour and records its outcome; a panic counts as a failure.
 func step(name string, f func() error) {
 	err := func() (err error) {
@@ -66,9 +69,13 @@ func main() {
 		os.Exit(2)
 	}
 	acl := token != ""
+	onAgent = os.Getenv("BERTH_AGENT") != ""
 	mode := "acl-off"
 	if acl {
 		mode = "acl-on"
+	}
+	if onAgent {
+		mode = "agent, " + mode
 	}
 	fmt.Printf("# consul api against %s (%s)\n", addr, mode)
 
@@ -154,6 +161,10 @@ func statusAndAgent(c *api.Client) string {
 		}
 		if err := expect(len(lan) >= 1 && lan[0].Status == 1, "lan %+v", lan); err != nil {
 			return err
+		}
+		if onAgent {
+			// only servers are in the WAN pool
+			return expect(len(wan) == 0, "wan on a client agent %+v", wan)
 		}
 		return expect(len(wan) == 1 && strings.HasPrefix(wan[0].Name, node+"."), "wan %+v", wan)
 	})

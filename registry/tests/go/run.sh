@@ -2,7 +2,8 @@
 # Runs HashiCorp's Go client (github.com/hashicorp/consul/api) against the registry binary,
 # once with ACLs off and once with ACLs on, each against a server and against an agent joined
 # to another server. Nothing is downloaded: the client and its dependencies come from a Go
-# vendor directory named by BERTH_GO_CONSUL_VENDOR (it holds modules.txt and github.com/hashicorp/consul/api with what that imports); see docs/TESTING.md.
+# vendor directory named by BERTH_GO_CONSUL_VENDOR (it holds modules.txt and
+# github.com/hashicorp/consul/api with what that imports); see docs/TESTING.md.
 # Skipped, with exit 0, when that variable or the go command is missing.
 set -euo pipefail
 

@@ -36,8 +36,9 @@ cleanup() {
 trap cleanup EXIT
 
 # A module of its own whose requirements are the vendored modules, whatever their versions.
-mkdir -p "$work/mod"
+mkdir -p "$work/mod/dskit"
 cp "$here/main.go" "$work/mod/"
+cp "$here/dskit/main.go" "$work/mod/dskit/"
 ln -s "$(cd "$vendor" && pwd)" "$work/mod/vendor"
 {
   echo "module berth.local/gocompat"
@@ -54,6 +55,12 @@ ln -s "$(cd "$vendor" && pwd)" "$work/mod/vendor"
   awk '$1 == "#" && NF == 5 && $3 == "=>" { print "replace " $2 " => " $4 " " $5 }' "$vendor/modules.txt"
 } >"$work/mod/go.mod"
 (cd "$work/mod" && GOFLAGS=-mod=vendor GOPROXY=off GOTOOLCHAIN=local go build -o "$work/gocompat" .)
+# A real tool on the client, when the vendor directory has it: grafana/dskit's Consul KV store.
+dskit=""
+if [[ -d "$vendor/github.com/grafana/dskit/kv/consul" ]]; then
+  (cd "$work/mod" && GOFLAGS=-mod=vendor GOPROXY=off GOTOOLCHAIN=local go build -o "$work/dskitcompat" ./dskit)
+  dskit="$work/dskitcompat"
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -96,6 +103,7 @@ agent() { # agent <log> <server addr> <args...>: an agent joined to that server,
 status=0
 start "$work/acl-off.log"
 BERTH_ADDR="$addr" BERTH_TOKEN="" "$work/gocompat" || status=1
+if [[ -n "$dskit" ]]; then BERTH_ADDR="$addr" BERTH_TOKEN="" "$dskit" || status=1; fi
 # The same program against an agent joined to a fresh server (BERTH_AGENT=1: a client agent).
 start "$work/agent-server-acl-off.log"
 agent "$work/agent-acl-off.log" "$addr"
@@ -104,6 +112,7 @@ BERTH_ADDR="$addr" BERTH_TOKEN="" BERTH_AGENT=1 "$work/gocompat" || status=1
 token="$(python3 -c 'import uuid; print(uuid.uuid4())')"
 start "$work/acl-on.log" --acl-master-token "$token"
 BERTH_ADDR="$addr" BERTH_TOKEN="$token" "$work/gocompat" || status=1
+if [[ -n "$dskit" ]]; then BERTH_ADDR="$addr" BERTH_TOKEN="$token" "$dskit" || status=1; fi
 start "$work/agent-server-acl-on.log" --acl-master-token "$token"
 agent "$work/agent-acl-on.log" "$addr" --token "$token"
 BERTH_ADDR="$addr" BERTH_TOKEN="$token" BERTH_AGENT=1 "$work/gocompat" || status=1

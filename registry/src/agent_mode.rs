@@ -315,6 +315,7 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
     Router::new()
         .route("/v1/session/create", put(session_create))
         .route("/v1/event/list", get(event_list))
+        .route("/v1/agent/members", get(members))
         .fallback(forward)
         .with_state(shared)
         .merge(own)
@@ -551,6 +552,19 @@ async fn session_create(State(s): State<Arc<AgentShared>>, request: Request) -> 
     let body = serde_json::to_vec(&value).unwrap_or_default();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     forward(State(s), Request::from_parts(parts, Body::from(body))).await
+}
+
+/// `/v1/agent/members` on an agent: the LAN pool is the server's list; `?wan=<non-empty>` is
+/// the WAN pool, which only servers are in, so a client agent answers `null`, as Consul's
+/// `WANMembers` of a client agent.
+async fn members(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
+    let wan = crate::http::Params::parse(request.uri())
+        .get("wan")
+        .is_some_and(|v| !v.is_empty());
+    if wan {
+        return crate::http::json(&serde_json::Value::Null);
+    }
+    forward(State(s), request).await
 }
 
 /// `/v1/event/list` on an agent: the events this agent's node received, which the server

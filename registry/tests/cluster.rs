@@ -1144,3 +1144,109 @@ async fn agent_token_update_reaches_the_anti_entropy_sync() {
     }
     assert!(found, "the new agent token never synced tok-web");
 }
+
+/// An agent lists the events whose filters matched it, answers `members?wan=1` as a client
+/// agent (`null`: only servers are in the WAN pool) and streams its own log.
+#[tokio::test]
+async fn agents_list_their_events_leave_the_wan_pool_to_servers_and_stream_their_log() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let (_srv, server) = http.dev_server(&[]).await;
+    let ip = "127.0.0.13";
+    let port = free_port(ip);
+    let agent = format!("http://{ip}:{port}");
+    let _ag = spawn(&[
+        "agent",
+        "--join",
+        &server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        "ag-ev",
+        "--heartbeat-interval",
+        "200ms",
+    ]);
+    http.ready(&agent).await;
+    let (status, _, _) = http
+        .call(
+            "PUT",
+            &format!("{agent}/v1/agent/service/register"),
+            Some(json!({"ID": "ev-web-1", "Name": "ev-web", "Tags": ["blue"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    http.until(
+        &format!("{server}/v1/catalog/service/ev-web"),
+        "ev-web synced",
+        |v| count(v) == 1,
+    )
+    .await;
+    for (via, path) in [
+        (&agent, "/v1/event/fire/to-agent?node=^ag-ev$"),
+        (&server, "/v1/event/fire/to-server?node=^srv$"),
+        (&agent, "/v1/event/fire/to-blue?service=^ev-web&tag=blue"),
+        (&server, "/v1/event/fire/to-all"),
+    ] {
+        let (status, body, _) = http.call("PUT", &format!("{via}{path}"), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, on_agent, _) = http
+        .call("GET", &format!("{agent}/v1/event/list"), None)
+        .await;
+    assert_eq!(
+        names(&on_agent),
+        ["to-agent", "to-blue", "to-all"],
+        "{on_agent}"
+    );
+    let (_, on_server, _) = http
+        .call("GET", &format!("{server}/v1/event/list"), None)
+        .await;
+    assert_eq!(names(&on_server), ["to-server", "to-all"], "{on_server}");
+    let (_, named, _) = http
+        .call("GET", &format!("{agent}/v1/event/list?name=to-blue"), None)
+        .await;
+    assert_eq!(names(&named), ["to-blue"]);
+
+    let (status, wan, _) = http
+        .call("GET", &format!("{agent}/v1/agent/members?wan=1"), None)
+        .await;
+    assert_eq!((status, wan), (200, Value::Null));
+    let (_, wan, _) = http
+        .call("GET", &format!("{server}/v1/agent/members?wan=1"), None)
+        .await;
+    assert_eq!(wan[0]["Name"], "srv.dc1", "{wan}");
+    let (_, lan, _) = http
+        .call("GET", &format!("{agent}/v1/agent/members"), None)
+        .await;
+    assert!(
+        lan.as_array().unwrap().iter().any(|m| m["Name"] == "ag-ev"),
+        "{lan}"
+    );
+
+    let mut log = http
+        .client
+        .get(format!("{agent}/v1/agent/monitor?loglevel=debug"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(log.status(), 200);
+    let (status, _, _) = http
+        .call("GET", &format!("{agent}/v1/agent/services"), None)
+        .await;
+    assert_eq!(status, 200);
+    let chunk = tokio::time::timeout(Duration::from_secs(10), log.chunk())
+        .await
+        .expect("a log line within 10 s")
+        .unwrap()
+        .unwrap();
+    let line = String::from_utf8_lossy(&chunk);
+    assert!(line.contains("[DEBUG]"), "{line}");
+}

@@ -243,11 +243,15 @@ impl Master {
 
     fn repo_source(&self, user: &ValidName, id: &ValidName) -> RepoSource {
         match &self.settings.forge {
-            Some(forge) => RepoSource {
-                url: forge.url(user, id),
-                username: forge.token.as_ref().map(|_| forge.username.clone()),
-                password: forge.token.clone(),
-            },
+            // The forge checks its own credentials: a read-only one when configured.
+            Some(forge) => {
+                let (username, password) = forge.clone_credential();
+                RepoSource {
+                    url: forge.url(user, id),
+                    username,
+                    password,
+                }
+            }
             // A credential for this repository alone, for fetching only, for one build.
             None => RepoSource {
                 url: self.repo_url(user, id),

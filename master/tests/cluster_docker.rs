@@ -644,8 +644,16 @@ async fn cluster_docker_master_killed_mid_rollout_then_a_retry_finishes() {
     )
     .await;
     assert_eq!(page, "web v2\n");
-    let left = containers_of(&c.workers[0].node, id);
-    assert_eq!(left.len(), 2, "{left:?}");
+    // The old containers retire in the background after the answer.
+    let left = eventually(
+        "one container per service",
+        Duration::from_secs(60),
+        || async {
+            let left = containers_of(&c.workers[0].node, id);
+            (left.len() == 2).then_some(left)
+        },
+    )
+    .await;
     assert!(
         left.iter()
             .all(|l| l.ends_with(&c2) && !l.contains("-old ")),

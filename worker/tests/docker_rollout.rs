@@ -131,6 +131,13 @@ async fn docker_deploy_rollback_and_a_failed_rollout() {
     assert_eq!(http_get(&url).await, "web v2\n");
     assert_eq!(done.endpoints[0].host_port, started.endpoints[0].host_port);
     assert_ne!(container_id(&api), api_v1);
+    // The old containers retire in the background, under the stack's lock.
+    for _ in 0..600 {
+        if container_id(&format!("{api}-old")).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(container_id(&format!("{api}-old")), "");
     let api_v2 = container_id(&api);
 

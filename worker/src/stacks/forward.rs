@@ -420,7 +420,11 @@ impl Stacks {
 
     /// Runs `berth-forward ARGS` in the forwarder container `name`; its output, or an error
     /// with it when it fails.
-    async fn exec_forward(&self, name: &str, args: &[&str]) -> Result<String, StackError> {
+    pub(super) async fn exec_forward(
+        &self,
+        name: &str,
+        args: &[&str],
+    ) -> Result<String, StackError> {
         let mut cmd = vec![BIN.to_owned()];
         cmd.extend(args.iter().map(|a| (*a).to_owned()));
         let step = format!("{name}: berth-forward {}", args.join(" "));

@@ -32,6 +32,14 @@ use crate::logbuf::LogBuf;
 use crate::source;
 
 /// A service whose old container was put aside for the new one.
+/// An old container left to retire once every new one is ready.
+pub(super) struct Retiring {
+    pub(super) service: String,
+    pub(super) old: String,
+    /// Its forwarder was switched away from it while it ran: drain before it stops.
+    pub(super) drain: bool,
+}
+
 struct Aside {
     service: String,
     /// The name it takes back on undo.
@@ -81,7 +89,7 @@ impl Stacks {
     /// Rolls the running stack `id` to `req.commit` (see the module's doc).
     #[tracing::instrument(skip_all, fields(instance = %id), err)]
     pub async fn deploy(
-        &self,
+        self: &std::sync::Arc<Self>,
         id: &ValidName,
         req: &DeployRequest,
     ) -> Result<StackStatus, StackError> {
@@ -101,8 +109,7 @@ impl Stacks {
             Some(secs) => Duration::from_secs(secs),
             None => self.settings.start_timeout,
         };
-        let lock = self.lock(id);
-        let _guard = lock.lock().await;
+        let guard = self.lock(id).lock_owned().await;
         self.tidy(id, &self.log(id)).await?;
         let Some(mut record) = self.read_record(id)? else {
             return Err(StackError::NotFound(id.to_string()));
@@ -132,15 +139,19 @@ impl Stacks {
             self.thaw(frozen).await;
             let project = project?;
             let deadline = Instant::now() + timeout;
-            self.roll(id, &project, &req.commit, &mut record, deadline, &log)
-                .await
+            let olds = self
+                .roll(id, &project, &req.commit, &mut record, deadline, &log)
+                .await?;
+            Ok((project, olds))
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok((project, olds)) => {
                 record.commit = Some(req.commit.clone());
                 record.running = Some(req.commit.clone());
-                record.rollout = None;
+                if olds.is_empty() {
+                    record.rollout = None;
+                }
                 record.error = None;
                 keep_release(
                     &mut record.releases,
@@ -148,9 +159,11 @@ impl Stacks {
                     self.settings.keep_releases,
                 );
                 self.write_record(&record)?;
-                log.line("deploy finished");
+                log.line("deploy finished: the new release serves");
                 self.changed();
-                self.status(id).await
+                let status = self.status(id).await;
+                self.retire_in_background(id, guard, project, olds, log);
+                status
             }
             Err(e) => {
                 log.line(&format!(
@@ -218,7 +231,8 @@ impl Stacks {
         Ok(true)
     }
 
-    /// Replaces the containers service by service; on failure undoes what it switched.
+    /// Replaces the containers service by service; on failure undoes what it switched. Answers
+    /// the old containers left to retire once every new one is ready.
     async fn roll(
         &self,
         id: &ValidName,
@@ -227,7 +241,7 @@ impl Stacks {
         record: &mut super::Record,
         deadline: Instant,
         log: &LogBuf,
-    ) -> Result<(), StackError> {
+    ) -> Result<Vec<Retiring>, StackError> {
         let prepared = self.prepare(id, project, commit).await?;
         let owner = self.owner(id);
         self.ensure_networks(project, &owner, log).await?;
@@ -351,20 +365,14 @@ impl Stacks {
         match outcome {
             Ok(()) => {
                 self.note_ready(record)?;
-                for a in &aside {
-                    if a.switched && !a.stopped {
-                        let grace = project
-                            .service(&a.service)
-                            .and_then(|s| s.stop_grace_period)
-                            .unwrap_or(Duration::from_secs(10));
-                        self.drain(project, &a.service, grace).await;
-                    }
-                    self.retire(project, &a.old, log).await;
-                }
-                if let Err(e) = self.remove_stale_forwarders(project, id, log).await {
-                    log.line(&format!("cannot remove a stale forwarder: {e}"));
-                }
-                Ok(())
+                Ok(aside
+                    .into_iter()
+                    .map(|a| Retiring {
+                        drain: a.switched && !a.stopped,
+                        service: a.service,
+                        old: a.old,
+                    })
+                    .collect())
             }
             Err(e) => {
                 log.line(&format!("switching back: {e}"));
@@ -466,7 +474,7 @@ impl Stacks {
     }
 
     /// Stops an old container with its grace period, then removes it.
-    async fn retire(&self, project: &Project, old: &str, log: &LogBuf) {
+    pub(super) async fn retire(&self, project: &Project, old: &str, log: &LogBuf) {
         let grace = self
             .docker
             .inspect_container(old, None)

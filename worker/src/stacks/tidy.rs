@@ -7,9 +7,11 @@
 //! record takes the new release), else **back** (the new containers go, the old ones get their
 //! names back and run again, the checkout returns to where it was). An `-old` container without
 //! a note (left by an older worker) is removed when its service's container runs, else given
-//! its name back. What it did goes to the stack's log.
+//! its name back. What it did goes to the stack's log. A finished rollout's old containers are
+//! retired here too, in the background under the stack's lock (`retire_in_background`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use berth_worker_api::ValidName;
 use berth_worker_api::ids::compose_project_name;
@@ -21,7 +23,7 @@ use super::build::keep_release;
 use super::record::Record;
 use super::rollout::aside_name;
 use super::{StackError, Stacks, force_with_volumes};
-use crate::compose::plan;
+use crate::compose::{Project, plan};
 use crate::docker::idempotent;
 use crate::logbuf::LogBuf;
 
@@ -204,6 +206,36 @@ impl Stacks {
                 _ => {}
             }
         }
+        // Every forwarder points at its service's container as tidied (a rollout killed after
+        // a switch may have left it pointing at a container that is gone now).
+        for fwd in self.forwarders_of(id).await? {
+            let Some(service) = fwd
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(super::LABEL_FORWARD))
+                .cloned()
+            else {
+                continue;
+            };
+            let Ok(c) = self
+                .docker
+                .inspect_container(&plan::container_name(&project, &service), None)
+                .await
+            else {
+                continue;
+            };
+            let target = c.id.unwrap_or_default();
+            let target = &target[..target.len().min(12)];
+            let name = super::forward::forwarder_name(&project, &service);
+            match self.exec_forward(&name, &["set", target]).await {
+                Ok(_) => log.line(&format!(
+                    "tidy: service {service}: forwarder set to {target}"
+                )),
+                Err(e) => log.line(&format!(
+                    "tidy: service {service}: cannot set its forwarder: {e}"
+                )),
+            }
+        }
         if let Some(n) = &note {
             if forward {
                 record.commit = Some(n.to.clone());
@@ -231,6 +263,52 @@ impl Stacks {
         tracing::info!(instance = %id, forward, running = ?record.running, "tidied an interrupted rollout");
         self.changed();
         Ok(true)
+    }
+
+    /// Retires the old containers of a finished rollout (stopped with their grace periods,
+    /// removed) in a task that holds the stack's lock (`guard`) until they are gone, then clears
+    /// the rollout note: the deploy answers as soon as the new release serves. A kill meanwhile
+    /// leaves the note `ready`, so tidy goes forward.
+    pub(super) fn retire_in_background(
+        self: &Arc<Self>,
+        id: &ValidName,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        project: Project,
+        olds: Vec<super::rollout::Retiring>,
+        log: Arc<LogBuf>,
+    ) {
+        let (this, id) = (Arc::clone(self), id.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            for r in &olds {
+                if r.drain {
+                    let grace = project
+                        .service(&r.service)
+                        .and_then(|s| s.stop_grace_period)
+                        .unwrap_or(std::time::Duration::from_secs(10));
+                    this.drain(&project, &r.service, grace).await;
+                }
+                this.retire(&project, &r.old, &log).await;
+            }
+            if let Err(e) = this.remove_stale_forwarders(&project, &id, &log).await {
+                log.line(&format!("cannot remove a stale forwarder: {e}"));
+            }
+            if olds.is_empty() {
+                return;
+            }
+            match this.read_record(&id) {
+                Ok(Some(mut record)) => {
+                    record.rollout = None;
+                    if let Err(e) = this.write_record(&record) {
+                        tracing::error!(instance = %id, cause = %e, "cannot clear the rollout note");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(instance = %id, cause = %e, "cannot read the record"),
+            }
+            log.line("old containers retired");
+            this.changed();
+        });
     }
 
     async fn remove_logged(&self, cid: &str, what: &str, log: &LogBuf) {

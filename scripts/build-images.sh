@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds berth's images with no registry access:
 #   berth-registry:<tag>, berth-master:<tag>, berth-worker:<tag>  FROM scratch, static musl binaries
+#                       (the worker image also holds the static berth-forward beside the worker,
+#                       in both modes: the worker builds its forwarder image from it)
 #   berth-nginx:<tag>   the local busybox base + Debian's nginx (binary, its shared libraries,
 #                       mime.types) + berth-frontdoor, which renders the config and runs nginx
 # Usage: scripts/build-images.sh [--debug]
@@ -32,15 +34,16 @@ if [ "$mode" = release ]; then
   # git2 builds the vendored libgit2 with the musl C compiler.
   export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-musl-gcc}
   nice -n 19 cargo build --release --locked --target "$musl" \
-    -p berth-registry -p berth-master -p berth-frontdoor -p berth-worker --bins
+    -p berth-registry -p berth-master -p berth-frontdoor -p berth-worker -p berth-forward --bins
   bindir=$target_dir/$musl/release
 else
-  # The same build as scripts/test.sh's, so nothing is rebuilt when it ran first.
+  # The same builds as scripts/test.sh's, so nothing is rebuilt when it ran first.
   cargo build --workspace --locked --bins
+  cargo build --locked --release --target "$musl" -p berth-forward
   bindir=$target_dir/debug
   # Skip the image builds when the binaries, the Dockerfile and nginx are what the images hold.
   stamp_file=$target_dir/berth-images/debug.stamp
-  stamp=$(stat -c '%n %s %Y' "${bins[@]/#/$bindir/}" scripts/images/Dockerfile "${BERTH_NGINX_BIN:-/usr/sbin/nginx}" | sha256sum)
+  stamp=$(stat -c '%n %s %Y' "${bins[@]/#/$bindir/}" "$target_dir/$musl/release/berth-forward" scripts/images/Dockerfile "${BERTH_NGINX_BIN:-/usr/sbin/nginx}" | sha256sum)
   if [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] &&
     docker image inspect "berth-registry:$tag" "berth-master:$tag" "berth-worker:$tag" "berth-nginx:$tag" >/dev/null 2>&1; then
     echo "berth-*:$tag images are up to date"
@@ -74,6 +77,13 @@ for bin in "${bins[@]}"; do
     copy_libs "$ctx/bin/$bin" "$ctx/root"
   fi
 done
+
+# The forwarder runs FROM scratch in both modes: always the static musl build.
+cp "$target_dir/$musl/release/berth-forward" "$ctx/bin/berth-forward"
+if ! file -L "$ctx/bin/berth-forward" | grep -Eq 'statically linked|static-pie linked'; then
+  echo "berth-forward is not static" >&2
+  exit 1
+fi
 
 nginx=${BERTH_NGINX_BIN:-/usr/sbin/nginx}
 if [ ! -x "$nginx" ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a master host (Debian / Ubuntu, run as root from a checkout of berth): Docker and
 # docker-compose from the distribution, Docker's default-address-pools, berth's images, tokens in
-# /etc/berth/master.env and the systemd unit berth-master.service, then starts it.
+# /etc/berth/master.env (API, cluster and registry role tokens; the registry runs with ACLs on and
+# default deny) and the systemd unit berth-master.service, then starts it.
 #   sudo scripts/init-master.sh [public address]     (default: this host's main address)
 # Images: built here by scripts/build-images.sh (needs Rust and musl-tools), unless they are
 # already loaded (`docker save berth-registry:local ... | ssh host docker load`).
@@ -41,6 +42,9 @@ ENV
 else
   echo "$env_file exists; tokens kept"
 fi
+# Registry ACLs on, default deny: the management token and one token per role (master, front
+# door, UI) join the env file; the unit applies their policies each time it starts.
+scripts/registry-roles.sh secrets "$env_file"
 
 install_unit berth-master.service
 systemctl restart berth-master.service
@@ -53,7 +57,8 @@ cat <<MSG
 
 master host ready:
   API (nginx)      http://$address/v1/instances     token: BERTH_API_TOKEN in $env_file
-  registry UI      http://$address:8501/ui/
+  registry UI      http://$address:8501/ui/  token: BERTH_UI_REGISTRY_TOKEN in $env_file (read-only)
+  registry admin   BERTH_REGISTRY_MANAGEMENT_TOKEN in $env_file
   join a worker    on the worker host: sudo scripts/init-worker.sh
-                   then: sudo BERTH_CLUSTER_TOKEN=<from $env_file> scripts/join-worker.sh $address
+                   here: sudo scripts/worker-token.sh <worker node name>   (prints the join command)
 MSG

@@ -23,11 +23,20 @@ scripts/base-image.sh
 step "build binaries"
 cargo build --workspace --locked --bins
 
+step "forwarder (static musl: the worker runs it FROM scratch; the Docker tests use it)"
+cargo build --locked --release --target x86_64-unknown-linux-musl -p berth-forward
+
 step "cargo tests (unit, router, in-process servers, real Docker, compatibility clients)"
 cargo nextest run --workspace --locked --no-fail-fast --profile ci
+
+step "first run as a new user (scripts/up.sh, berth deploy scripts/sample-app, down.sh --purge)"
+scripts/test-first-run.sh
 
 step "python compatibility tests (py-consul against the real server)"
 python3 -m pytest -q registry/tests/py
 
+step "shell tests (scripts/tests: the shipped setups' registry roles)"
+for t in scripts/tests/*.sh; do "$t"; done
+
 step "shellcheck (scripts)"
-shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/sample-app/web/index.cgi
+shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/tests/*.sh scripts/sample-app/web/index.cgi

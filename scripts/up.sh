@@ -11,6 +11,8 @@
 #   BERTH_MASTER      master listen address (the CLI reads it too) [127.0.0.1:8080]
 #   BERTH_WORKER      worker listen address                   [127.0.0.1:8833]
 #   BERTH_ADVERTISE   address apps are published at           [127.0.0.1]
+#   BERTH_NODE        the worker's node name (a second cluster on one Docker engine needs its
+#                     own: a worker manages the containers labelled with its node)  [hostname]
 #
 # On one machine the worker uses the registry server's own agent (as `consul agent -dev` does);
 # on many machines each worker joins the master's registry (scripts/join-worker.sh).
@@ -31,25 +33,43 @@ die() {
 }
 
 command -v cargo >/dev/null || die "cargo is needed (https://rustup.rs)"
+command -v docker >/dev/null || die "the docker command is needed (Debian: apt-get install docker.io)"
+docker info >/dev/null 2>&1 || die "the Docker engine is not reachable by $(id -un) (is it running? is $(id -un) in the docker group?)"
 
-# Debian packages this script and the base image need: curl, and a static busybox at
-# /bin/busybox (the base image is made of it) with `file` to tell that it is static. Installed
-# here when missing and running as root; otherwise named.
+# as_root CMD...: runs CMD as root: directly, or through sudo (asking for a password only at a
+# terminal); fails when neither can.
+as_root() {
+  if [ "$(id -u)" = 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null && { [ -t 0 ] || sudo -n true 2>/dev/null; }; then
+    sudo "$@"
+  else
+    return 1
+  fi
+}
+
+# Debian packages this script and the build need, installed here when missing (as root, or
+# through sudo): curl, a C compiler and linker for cargo (gcc, libc6-dev), and a static busybox,
+# which the base image is made of (without root, scripts/base-image.sh fetches one itself).
 missing=()
 command -v curl >/dev/null || missing+=(curl)
-command -v file >/dev/null || missing+=(file)
-file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || missing+=(busybox-static)
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
+if ! docker image inspect berth-base:latest >/dev/null 2>&1 && ! scripts/base-image.sh --has-busybox; then
+  missing+=(busybox-static)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing ${missing[*]} (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  else
-    die "needs ${missing[*]}: sudo apt-get install -y ${missing[*]} (then run scripts/up.sh again)"
+  say "installing ${missing[*]} (apt-get)"
+  if ! command -v apt-get >/dev/null ||
+    ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
+    ! as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    if [ "${missing[*]}" = busybox-static ]; then
+      say "could not install busybox-static; scripts/base-image.sh fetches it without root"
+    else
+      die "needs ${missing[*]}: sudo apt-get install -y ${missing[*]} (then run scripts/up.sh again)"
+    fi
   fi
 fi
-docker info >/dev/null 2>&1 || die "the Docker engine is not reachable by $(id -un) (is it running? is $(id -un) in the docker group?)"
 
 started=$(date +%s)
 say "building the binaries (cargo, $profile profile)"
@@ -101,7 +121,8 @@ wait_for() {
 
 # The worker registers through the registry server's own agent, so both carry one node name: the
 # master takes a worker only as service `berth-worker:<node>` on catalog node <node>.
-node=$(hostname -s | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_.-')
+node=${BERTH_NODE:-$(hostname -s 2>/dev/null || cat /proc/sys/kernel/hostname)}
+node=$(printf '%s' "$node" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_.-')
 node=${node:-berth}
 
 # Registry ACLs on, default deny: the management token stays in .berth/tokens/, and each role
@@ -111,30 +132,14 @@ start registry "$bin/berth-registry" server \
   --acl-master-token-file "$home/tokens/registry-management"
 wait_for registry "http://$registry/v1/status/leader"
 
-# role_token ROLE RULES: writes the secret of ROLE's token (policy berth-ROLE) to tokens/ROLE.
-role_token() {
-  local role=$1 rules=$2 mgmt answer
-  [ -s "$home/tokens/$role" ] && return
-  mgmt="X-Consul-Token: $(cat "$home/tokens/registry-management")"
-  # As JSON: quotes escaped, one rule block per line.
-  rules=$(printf '%s' "$rules" | sed 's/"/\\"/g; s/} /}\\n/g')
-  curl -fsS -o /dev/null -X PUT -H "$mgmt" "http://$registry/v1/acl/policy" \
-    -d "{\"Name\":\"berth-$role\",\"Rules\":\"$rules\"}" ||
-    die "could not create the registry policy berth-$role"
-  answer=$(curl -fsS -X PUT -H "$mgmt" "http://$registry/v1/acl/token" \
-    -d "{\"Description\":\"berth $role\",\"Policies\":[{\"Name\":\"berth-$role\"}]}") ||
-    die "could not create the registry token of $role"
-  (umask 077 && printf '%s' "$answer" | sed -n 's/.*"SecretID":"\([^"]*\)".*/\1/p' >"$home/tokens/$role")
-  [ -s "$home/tokens/$role" ] || die "no SecretID in the registry's answer for $role"
-}
-read_all='service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }'
-role_token master "key_prefix \"berth/\" { policy = \"write\" } key_prefix \"instance/\" { policy = \"write\" } session_prefix \"\" { policy = \"write\" } $read_all"
-# The worker registers itself and its stacks' services, whose names the apps choose (the
-# registrator refuses berth's and Consul's own names): write on services, only on its own node;
-# read on the master's records, which say what the worker may keep (the fence).
-role_token worker "node \"$node\" { policy = \"write\" } service_prefix \"\" { policy = \"write\" } agent \"$node\" { policy = \"read\" } node_prefix \"\" { policy = \"read\" } key_prefix \"berth/instances/\" { policy = \"read\" }"
-role_token frontdoor "key_prefix \"berth/instances/\" { policy = \"read\" } $read_all"
-role_token ui "key_prefix \"berth/instances/\" { policy = \"read\" } $read_all"
+# shellcheck source=scripts/lib/acl.sh
+. scripts/lib/acl.sh
+mgmt=$(cat "$home/tokens/registry-management")
+for role in master worker frontdoor ui; do
+  [ -s "$home/tokens/$role" ] || (umask 077 && acl_new_secret >"$home/tokens/$role")
+  acl_role "http://$registry" "$mgmt" "$role" "$(cat "$home/tokens/$role")" \
+    "$([ "$role" = worker ] && echo "$node")" || die "could not set up the registry role $role"
+done
 
 start master "$bin/berth-master" \
   --listen "$master" --data-dir "$home/master" --registry "http://$registry" \
@@ -142,6 +147,14 @@ start master "$bin/berth-master" \
 wait_for master "http://$master/healthz"
 # Where the berth CLI finds this master (its token is $home/master/api-token).
 printf 'http://%s\n' "$master" >"$home/master-url"
+
+# Stacks cannot reach berth: the host firewall refuses what comes from stack networks
+# (scripts/firewall.sh; needs root and iptables).
+if [ "$(id -u)" = 0 ] && command -v iptables >/dev/null; then
+  scripts/firewall.sh apply >/dev/null || die "could not apply the firewall (scripts/firewall.sh apply)"
+else
+  say "not applying the stack firewall (needs root and iptables): run sudo scripts/firewall.sh apply"
+fi
 
 start worker "$bin/berth-worker" \
   --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" --node-name "$node" \

@@ -53,6 +53,11 @@ pub struct Config {
     pub git_remote_template: Option<String>,
     pub git_remote_username: String,
     pub git_remote_token: Option<Secret>,
+    /// Forge user workers clone as (default: `git_remote_username`), with
+    /// `git_remote_read_token`.
+    pub git_remote_read_username: Option<String>,
+    /// A forge token that may only read: what workers clone with instead of the push token.
+    pub git_remote_read_token: Option<Secret>,
     /// POST every state change here, signed with `webhook_secret`.
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<Secret>,
@@ -86,6 +91,8 @@ impl Default for Config {
             git_remote_template: None,
             git_remote_username: "berth".into(),
             git_remote_token: None,
+            git_remote_read_username: None,
+            git_remote_read_token: None,
             webhook_url: None,
             webhook_secret: None,
             placement: Strategy::LeastLoaded,

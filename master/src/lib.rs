@@ -137,10 +137,22 @@ pub fn build_master(
         )),
         _ => None,
     };
-    let forge = config.git_remote_template.map(|template| Forge {
-        template,
-        username: config.git_remote_username,
-        token: config.git_remote_token,
+    let read_username = config
+        .git_remote_read_username
+        .unwrap_or_else(|| config.git_remote_username.clone());
+    let forge = config.git_remote_template.map(|template| {
+        if config.git_remote_read_token.is_none() && config.git_remote_token.is_some() {
+            tracing::warn!(
+                "workers clone from the forge with its push token; give them a read-only one \
+                 (--git-remote-read-token)"
+            );
+        }
+        Forge {
+            template,
+            username: config.git_remote_username,
+            token: config.git_remote_token,
+            read: config.git_remote_read_token.map(|t| (read_username, t)),
+        }
     });
     let settings = Settings {
         api_token,

@@ -59,6 +59,14 @@ struct Cli {
     git_remote_token: Option<String>,
     #[arg(long, env = "BERTH_GIT_REMOTE_TOKEN_FILE")]
     git_remote_token_file: Option<PathBuf>,
+    /// Forge user workers clone as, with the read token [default: the push user name].
+    #[arg(long, env = "BERTH_MASTER_GIT_REMOTE_READ_USERNAME")]
+    git_remote_read_username: Option<String>,
+    /// A forge token that may only read: workers clone with it instead of the push token.
+    #[arg(long, env = "BERTH_GIT_REMOTE_READ_TOKEN", hide_env_values = true)]
+    git_remote_read_token: Option<String>,
+    #[arg(long, env = "BERTH_GIT_REMOTE_READ_TOKEN_FILE")]
+    git_remote_read_token_file: Option<PathBuf>,
     /// POST every state change here (http://), signed with the webhook secret.
     #[arg(long, env = "BERTH_MASTER_WEBHOOK_URL")]
     webhook_url: Option<String>,
@@ -134,6 +142,7 @@ impl Cli {
         set!(public_url, opt);
         set!(git_remote_template, opt);
         set!(git_remote_username);
+        set!(git_remote_read_username, opt);
         set!(webhook_url, opt);
         set!(placement);
         set!(lock_wait_secs);
@@ -186,6 +195,12 @@ impl Cli {
                 self.git_remote_token_file,
                 "git remote token",
                 &mut c.git_remote_token,
+            ),
+            (
+                self.git_remote_read_token,
+                self.git_remote_read_token_file,
+                "git remote read token",
+                &mut c.git_remote_read_token,
             ),
             (
                 self.webhook_secret,

@@ -529,10 +529,11 @@ fn containers_of(node: &str, id: &str) -> Vec<String> {
         "--filter",
         &format!("label=org.berth.node={node}"),
         "--format",
-        "{{.Names}} {{.Label \"org.berth.commit\"}}",
+        "{{.Names}} {{.Label \"org.berth.commit\"}}|{{.Label \"org.berth.forward\"}}",
     ])
     .lines()
-    .map(str::to_owned)
+    // A forwarder (labelled with the service it forwards to) is not a service's container.
+    .filter_map(|l| l.strip_suffix('|').map(str::to_owned))
     .collect();
     v.sort();
     v

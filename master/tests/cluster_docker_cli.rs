@@ -76,8 +76,13 @@ impl Cli {
     }
 
     fn run_at(&self, master: &str, args: &[&str]) -> Run {
+        self.run_env(master, &[], args)
+    }
+
+    fn run_env(&self, master: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
         let out: Output = Command::new(berth_bin())
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.config.path())
             .env("BERTH_MASTER", master)
             .env("BERTH_TOKEN", API_TOKEN)
@@ -245,6 +250,21 @@ async fn cluster_docker_cli_deploys_and_manages_the_sample_app() {
     assert_eq!(open.stdout.trim(), web["url"].as_str().unwrap_or_default());
     let open = cli.run(&["open", id, "--json"]).ok().json();
     assert_eq!(open["id"], id);
+    // --browser hands the URL to $BROWSER (here `echo`, which prints it); a browser that fails
+    // is a usage error.
+    let opened = cli
+        .run_env(&c.api(), &[("BROWSER", "echo")], &["open", id, "--browser"])
+        .ok();
+    assert_eq!(
+        opened.stdout.trim(),
+        web["url"].as_str().unwrap_or_default()
+    );
+    let failed = cli.run_env(
+        &c.api(),
+        &[("BROWSER", "false")],
+        &["open", id, "--browser"],
+    );
+    assert_eq!(failed.code, 2, "{failed:?}");
 
     // workers.
     let workers = cli.run(&["workers", "--json"]).ok().json();
@@ -292,15 +312,33 @@ async fn cluster_docker_cli_deploys_and_manages_the_sample_app() {
     page(&c, id, "api says: hello from berth").await;
 
     // Deploying a changed folder to the same id deploys the change (user and project kept).
+    // Off a terminal the build shows one plain line as each service's build starts and one as
+    // it ends: only api's build argument changed, so web's image is kept.
     let changed = sample_copy("hello again from berth");
     let changed_dir = changed.path().to_str().expect("utf-8 path");
-    let again = cli
-        .run(&["--json", "deploy", changed_dir, "--id", id])
-        .ok()
-        .json();
-    assert_eq!(again["instance"]["state"], "running", "{again}");
-    assert_eq!(again["instance"]["user"], "tester", "{again}");
-    assert_ne!(again["instance"]["commit"], first_commit, "{again}");
+    let again = cli.run(&["deploy", changed_dir, "--id", id]).ok();
+    let progress: Vec<&str> = again.stderr.lines().collect();
+    let at = |prefix: &str| {
+        progress
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{}", again.stderr))
+    };
+    assert!(at("building api") < at("built api in "), "{}", again.stderr);
+    at("kept web (unchanged, nothing built)");
+    assert!(
+        !progress.iter().any(|l| l.starts_with("building web")),
+        "{}",
+        again.stderr
+    );
+    assert!(
+        again.stdout.contains(&format!("{id} is running")),
+        "{again:?}"
+    );
+    let again = cli.run(&["status", id, "--json"]).ok().json();
+    assert_eq!(again["state"], "running", "{again}");
+    assert_eq!(again["user"], "tester", "{again}");
+    assert_ne!(again["commit"], first_commit, "{again}");
     page(&c, id, "api says: hello again from berth").await;
 
     // releases: both uploads, the new one running, and each says when it was built because

@@ -125,3 +125,35 @@ async fn fake_worker_registration_gets_nothing_and_no_secret() {
     assert_no_secret(&seen);
     m.stop().await;
 }
+
+/// The proof is asked again on later calls, not only at placement: when the catalog entry of the
+/// worker an instance is placed on comes to point at a peer that cannot prove it holds the
+/// cluster token, the next build (which carries a clone credential) is not sent there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fake_worker_taking_over_a_placed_workers_registration_gets_nothing_and_no_secret() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let worker = stand_in(&reg, "w1").await;
+    let (status, rec) = m.upload("victim", "alice", "&wait=30s", app("v1")).await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["worker"]["node"], "w1", "{rec}");
+
+    // w1's registration now names a recorder that claims to be w1.
+    let (port, seen) = recorder("w1").await;
+    register_fake(&reg, "w1", port).await;
+    let (status, body) = m.upload("victim", "alice", "&wait=30s", app("v2")).await;
+    assert_ne!(
+        status, 200,
+        "the build must not succeed on an unproven worker: {body}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the fake was never even asked");
+    assert_no_secret(&seen);
+    assert_eq!(
+        worker.state.cloned.lock().unwrap().len(),
+        1,
+        "only the first build reached the real worker"
+    );
+    m.stop().await;
+}

@@ -1,7 +1,8 @@
 //! The master's observation of running instances, driven through a stand-in worker whose report
 //! the test sets (the real worker's watcher is tested against Docker in the worker's
 //! `docker_watch`): a stack reported degraded makes the record `degraded` with each service's
-//! state, and a recovered one makes it `running` again.
+//! state (its restart count kept current while the state stays), and a recovered one makes it
+//! `running` again.
 
 mod common;
 
@@ -10,6 +11,16 @@ use common::*;
 use reqwest::Method;
 
 fn report(worker: &StandIn, id: &str, state: StackState, crash: ServiceState) {
+    report_restarts(worker, id, state, crash, 3);
+}
+
+fn report_restarts(
+    worker: &StandIn,
+    id: &str,
+    state: StackState,
+    crash: ServiceState,
+    restarts: u32,
+) {
     let mut stacks = worker.state.stacks.lock().unwrap();
     let st = stacks.get_mut(id).expect("the stand-in holds the stack");
     st.state = state;
@@ -17,7 +28,7 @@ fn report(worker: &StandIn, id: &str, state: StackState, crash: ServiceState) {
         ServiceHealth {
             name: "crash".into(),
             state: crash,
-            restarts: 3,
+            restarts,
             exit_code: Some(1),
             probe_output: None,
             last_log_lines: vec!["FATAL: no database".into()],
@@ -66,6 +77,21 @@ async fn a_degraded_report_is_recorded_and_so_is_the_recovery() {
     assert_eq!(crash["exit_code"], 1, "{rec}");
     assert_eq!(crash["last_log_lines"][0], "FATAL: no database", "{rec}");
     assert_eq!(rec["services"][1]["state"], "running", "{rec}");
+    let (_, list) = m.call(Method::GET, "/v1/instances?state=degraded").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+
+    // The crash loop goes on: the same state, a growing restart count, kept current.
+    report_restarts(
+        &worker,
+        "obs-1",
+        StackState::Degraded,
+        ServiceState::Restarting,
+        5,
+    );
+    eventually("the restart count is refreshed", || async {
+        m.call(Method::GET, "/v1/instances/obs-1").await.1["services"][0]["restarts"] == 5
+    })
+    .await;
     let (_, list) = m.call(Method::GET, "/v1/instances?state=degraded").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
 

@@ -21,13 +21,16 @@ use crate::acl::{Need, Resource};
 use crate::agent::local::{LocalAgent, LocalOptions};
 use crate::agent::sync::agent_node;
 use crate::agent::sync::{self, NodeSpec, Target};
+use crate::agent::tokens::{AgentTokens, TokenKind};
 use crate::client::Client;
 use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
 use crate::http::ApiError;
 use crate::http::authz::RemoteAcl;
 use crate::http::authz::{Authz, presented_token};
 use crate::http::v1::agent_local::{self, AgentApi};
+use crate::http::v1::agent_token::{self, TokenApi};
 use crate::http::v1::internal::Heartbeat;
+use crate::http::v1::monitor;
 
 /// How an agent joins and serves.
 #[derive(Debug, Clone)]
@@ -106,10 +109,9 @@ pub enum AgentRunError {
 struct Proxy {
     http: reqwest::Client,
     server: String,
-    /// The agent's own token, for its own calls.
-    agent_token: Option<String>,
-    /// Added to forwarded requests that carry no token.
-    default_token: Option<String>,
+    /// The agent's own token, for its own calls; the default token, added to forwarded
+    /// requests that carry no token. Both may be replaced at run time (`/v1/agent/token/*`).
+    tokens: Arc<AgentTokens>,
 }
 
 struct AgentShared {
@@ -188,19 +190,21 @@ pub async fn run_agent(
         .tcp_nodelay(true)
         .build()
         .map_err(|e| AgentRunError::Address(e.to_string()))?;
+    let tokens = Arc::new(AgentTokens::new(
+        config.default_token.clone(),
+        config.token.clone(),
+    ));
     let acl = Arc::new(RemoteAcl::new(
         http.clone(),
         &server,
         &config.node_name,
-        config.token.clone(),
-        config.default_token.clone(),
+        tokens.clone(),
     ));
     let shared = Arc::new(AgentShared {
         proxy: Proxy {
             http,
             server: server.clone(),
-            agent_token: config.token.clone().filter(|t| !t.is_empty()),
-            default_token: config.default_token.clone().filter(|t| !t.is_empty()),
+            tokens: tokens.clone(),
         },
         acl: acl.clone(),
         local: local.clone(),
@@ -226,6 +230,11 @@ pub async fn run_agent(
         protected_services: vec![],
         skip_node_update: false,
     };
+    let token_task = tokio::spawn(use_new_tokens(
+        shared.clone(),
+        client.clone(),
+        tasks.clone(),
+    ));
     let sync_task = tokio::spawn(sync::run(
         local.clone(),
         Target::Remote(client),
@@ -248,7 +257,7 @@ pub async fn run_agent(
     )
     .await;
     tasks.cancel();
-    let _ = tokio::join!(sync_task, reaper, beats);
+    let _ = tokio::join!(sync_task, reaper, beats, token_task);
     local.close().await;
     // A refused duplicate must not deregister the live agent's node.
     if *shared.admitted.borrow() {
@@ -256,6 +265,22 @@ pub async fn run_agent(
     }
     served?;
     Ok(())
+}
+
+/// Puts a new agent token into the anti-entropy client and starts a full sync round with it
+/// (a new default token too), as Consul's `SyncFull.Trigger` after `/v1/agent/token/*`.
+async fn use_new_tokens(s: Arc<AgentShared>, client: Client, stop: CancellationToken) {
+    let mut changes = s.proxy.tokens.subscribe();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        client.set_token(s.proxy.tokens.get(TokenKind::Agent));
+        // Wakes the sync loop for a full round; the admission itself is unchanged.
+        s.admitted.send_modify(|_| {});
+        tracing::info!("ACL token changed; anti-entropy re-syncs with it");
+    }
 }
 
 /// The agent's own endpoints, checked against ACLs here as on the server; everything else is
@@ -272,12 +297,25 @@ fn router(shared: Arc<AgentShared>, acl: Arc<RemoteAcl>) -> Router {
         .route("/v1/agent/reload", put(reload))
         .with_state(shared.clone())
         .merge(agent_local::routes(api))
+        .merge(monitor::routes(Arc::new(monitor::MonitorApi {
+            node: shared.config.node_name.clone(),
+            shutdown: shared.shutdown.clone(),
+        })))
+        .merge(agent_token::routes(Arc::new(TokenApi {
+            tokens: shared.proxy.tokens.clone(),
+            acls_enabled: {
+                let acl = acl.clone();
+                Box::new(move || acl.acls_enabled())
+            },
+        })))
         .layer(axum::middleware::from_fn_with_state(
             acl,
             crate::http::authz::agent_layer,
         ));
     Router::new()
         .route("/v1/session/create", put(session_create))
+        .route("/v1/event/list", get(event_list))
+        .route("/v1/agent/members", get(members))
         .fallback(forward)
         .with_state(shared)
         .merge(own)
@@ -410,7 +448,7 @@ async fn internal(s: &AgentShared, path: &str) -> Result<(), Refused> {
         .put(format!("{}{path}", s.proxy.server))
         .timeout(Duration::from_secs(5))
         .json(&beat_body(s));
-    if let Some(t) = &s.proxy.agent_token {
+    if let Some(t) = s.proxy.tokens.get(TokenKind::Agent) {
         req = req.header("X-Consul-Token", t);
     }
     let resp = req
@@ -516,6 +554,36 @@ async fn session_create(State(s): State<Arc<AgentShared>>, request: Request) -> 
     forward(State(s), Request::from_parts(parts, Body::from(body))).await
 }
 
+/// `/v1/agent/members` on an agent: the LAN pool is the server's list; `?wan=<non-empty>` is
+/// the WAN pool, which only servers are in, so a client agent answers `null`, as Consul's
+/// `WANMembers` of a client agent.
+async fn members(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
+    let wan = crate::http::Params::parse(request.uri())
+        .get("wan")
+        .is_some_and(|v| !v.is_empty());
+    if wan {
+        return crate::http::json(&serde_json::Value::Null);
+    }
+    forward(State(s), request).await
+}
+
+/// `/v1/event/list` on an agent: the events this agent's node received, which the server
+/// keeps (it answers the caller's token).
+async fn event_list(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let path = format!("/v1/internal/berth/events/{}{query}", s.config.node_name);
+    match path.parse() {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    }
+    forward(State(s), Request::from_parts(parts, body)).await
+}
+
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -543,8 +611,8 @@ async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Respons
     // Requests without a token run with the default token, never with the agent's own.
     let default_token = s
         .proxy
-        .default_token
-        .as_ref()
+        .tokens
+        .get(TokenKind::Default)
         .filter(|_| presented_token(&parts).is_none());
     for (name, value) in &parts.headers {
         if HOP_BY_HOP.contains(&name.as_str())

@@ -194,10 +194,27 @@ impl ServerArgs {
     }
 }
 
+/// The process's log (as every berth binary: `RUST_LOG`, default `info`; JSON with
+/// `--log-json`) plus the stream `/v1/agent/monitor` reads, at the level each caller asks for.
+fn init_tracing(json: bool) {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let output = if json {
+        tracing_subscriber::fmt::layer().json().boxed()
+    } else {
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(berth_registry::logs::layer())
+        .init();
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    berth_kit::init_tracing(cli.log_json);
+    init_tracing(cli.log_json);
     berth_kit::serve::raise_fd_limit();
     match cli.command {
         Command::Server(args) => {

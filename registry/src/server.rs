@@ -248,6 +248,8 @@ pub(crate) async fn build(
         agent: agent.clone(),
         members: Arc::new(members),
         acl: Arc::new(acl),
+        tokens: Arc::new(crate::agent::tokens::AgentTokens::new(None, None)),
+        events: Default::default(),
         answers: Default::default(),
     });
     let own_node = store

@@ -994,3 +994,259 @@ async fn agents_reload_checks_their_own_node() {
         assert_eq!(a.status, status, "{token:?}: {}", a.body);
     }
 }
+
+/// `PUT /v1/agent/token/agent` on an agent: its anti-entropy uses the new token at once (a
+/// full sync round, as Consul's `SyncFull.Trigger`); `default` serves requests without one.
+#[tokio::test]
+async fn agent_token_update_reaches_the_anti_entropy_sync() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let (_srv, server) = http.dev_server(&["--acl-master-token", "root"]).await;
+    let root = Some("root");
+    let policies = [
+        ("weak", r#"node "ag-token" { policy = "write" }"#),
+        (
+            "strong",
+            r#"node "ag-token" { policy = "write" }
+               service "tok-web" { policy = "write" }"#,
+        ),
+        ("self", r#"agent "ag-token" { policy = "read" }"#),
+    ];
+    for (name, rules) in policies {
+        for (uri, body) in [
+            ("policy", json!({"Name": name, "Rules": rules})),
+            (
+                "token",
+                json!({"SecretID": format!("{name}-secret"), "Policies": [{"Name": name}]}),
+            ),
+        ] {
+            let a = http
+                .call_as(root, "PUT", &format!("{server}/v1/acl/{uri}"), Some(body))
+                .await;
+            assert_eq!(a.status, 200, "{}", a.body);
+        }
+    }
+    let ip = "127.0.0.12";
+    let port = free_port(ip);
+    let agent = format!("http://{ip}:{port}");
+    let _ag = spawn(&[
+        "agent",
+        "--join",
+        &server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        "ag-token",
+        "--token",
+        "weak-secret",
+        "--heartbeat-interval",
+        "200ms",
+        // long: only the token change may bring the service in within the test
+        "--sync-interval",
+        "10m",
+    ]);
+    http.ready(&agent).await;
+    let a = http
+        .call_as(
+            root,
+            "PUT",
+            &format!("{agent}/v1/agent/service/register"),
+            Some(json!({"Name": "tok-web", "Port": 80})),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    // the weak token may not write the service: the agent has it, the catalog not
+    let services = http
+        .call_as(root, "GET", &format!("{agent}/v1/agent/services"), None)
+        .await;
+    assert!(services.body.get("tok-web").is_some(), "{}", services.body);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let catalog = http
+        .call_as(
+            root,
+            "GET",
+            &format!("{server}/v1/catalog/service/tok-web"),
+            None,
+        )
+        .await;
+    assert_eq!(count(&catalog.body), 0, "{}", catalog.body);
+
+    let rows: &[Row<'_>] = &[
+        (
+            Some("weak-secret"),
+            "PUT",
+            "/v1/agent/token/agent",
+            Some(json!({"Token": "strong-secret"})),
+            403,
+            "Permission denied",
+        ),
+        (
+            root,
+            "PUT",
+            "/v1/agent/token/nope",
+            Some(json!({"Token": "x"})),
+            404,
+            r#"Token \"nope\" is unknown"#,
+        ),
+        (
+            None,
+            "GET",
+            "/v1/agent/self",
+            None,
+            403,
+            "Permission denied",
+        ),
+        (
+            root,
+            "PUT",
+            "/v1/agent/token/agent",
+            Some(json!({"Token": "strong-secret"})),
+            200,
+            "",
+        ),
+        (
+            root,
+            "PUT",
+            "/v1/agent/token/default",
+            Some(json!({"Token": "self-secret"})),
+            200,
+            "",
+        ),
+        (None, "GET", "/v1/agent/self", None, 200, "ag-token"),
+    ];
+    for (token, method, path, body, status, text) in rows {
+        let a = http
+            .call_as(*token, method, &format!("{agent}{path}"), body.clone())
+            .await;
+        assert_eq!(a.status, *status, "{method} {path}: {}", a.body);
+        assert!(
+            a.body.to_string().contains(text),
+            "{method} {path}: {}",
+            a.body
+        );
+    }
+    let mut found = false;
+    for _ in 0..50 {
+        let catalog = http
+            .call_as(
+                root,
+                "GET",
+                &format!("{server}/v1/catalog/service/tok-web"),
+                None,
+            )
+            .await;
+        if count(&catalog.body) == 1 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "the new agent token never synced tok-web");
+}
+
+/// An agent lists the events whose filters matched it, answers `members?wan=1` as a client
+/// agent (`null`: only servers are in the WAN pool) and streams its own log.
+#[tokio::test]
+async fn agents_list_their_events_leave_the_wan_pool_to_servers_and_stream_their_log() {
+    let http = Http {
+        client: reqwest::Client::new(),
+    };
+    let (_srv, server) = http.dev_server(&[]).await;
+    let ip = "127.0.0.13";
+    let port = free_port(ip);
+    let agent = format!("http://{ip}:{port}");
+    let _ag = spawn(&[
+        "agent",
+        "--join",
+        &server,
+        "--http-addr",
+        &format!("{ip}:{port}"),
+        "--node-name",
+        "ag-ev",
+        "--heartbeat-interval",
+        "200ms",
+    ]);
+    http.ready(&agent).await;
+    let (status, _, _) = http
+        .call(
+            "PUT",
+            &format!("{agent}/v1/agent/service/register"),
+            Some(json!({"ID": "ev-web-1", "Name": "ev-web", "Tags": ["blue"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    http.until(
+        &format!("{server}/v1/catalog/service/ev-web"),
+        "ev-web synced",
+        |v| count(v) == 1,
+    )
+    .await;
+    for (via, path) in [
+        (&agent, "/v1/event/fire/to-agent?node=^ag-ev$"),
+        (&server, "/v1/event/fire/to-server?node=^srv$"),
+        (&agent, "/v1/event/fire/to-blue?service=^ev-web&tag=blue"),
+        (&server, "/v1/event/fire/to-all"),
+    ] {
+        let (status, body, _) = http.call("PUT", &format!("{via}{path}"), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["Name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, on_agent, _) = http
+        .call("GET", &format!("{agent}/v1/event/list"), None)
+        .await;
+    assert_eq!(
+        names(&on_agent),
+        ["to-agent", "to-blue", "to-all"],
+        "{on_agent}"
+    );
+    let (_, on_server, _) = http
+        .call("GET", &format!("{server}/v1/event/list"), None)
+        .await;
+    assert_eq!(names(&on_server), ["to-server", "to-all"], "{on_server}");
+    let (_, named, _) = http
+        .call("GET", &format!("{agent}/v1/event/list?name=to-blue"), None)
+        .await;
+    assert_eq!(names(&named), ["to-blue"]);
+
+    let (status, wan, _) = http
+        .call("GET", &format!("{agent}/v1/agent/members?wan=1"), None)
+        .await;
+    assert_eq!((status, wan), (200, Value::Null));
+    let (_, wan, _) = http
+        .call("GET", &format!("{server}/v1/agent/members?wan=1"), None)
+        .await;
+    assert_eq!(wan[0]["Name"], "srv.dc1", "{wan}");
+    let (_, lan, _) = http
+        .call("GET", &format!("{agent}/v1/agent/members"), None)
+        .await;
+    assert!(
+        lan.as_array().unwrap().iter().any(|m| m["Name"] == "ag-ev"),
+        "{lan}"
+    );
+
+    let mut log = http
+        .client
+        .get(format!("{agent}/v1/agent/monitor?loglevel=debug"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(log.status(), 200);
+    let (status, _, _) = http
+        .call("GET", &format!("{agent}/v1/agent/services"), None)
+        .await;
+    assert_eq!(status, 200);
+    let chunk = tokio::time::timeout(Duration::from_secs(10), log.chunk())
+        .await
+        .expect("a log line within 10 s")
+        .unwrap()
+        .unwrap();
+    let line = String::from_utf8_lossy(&chunk);
+    assert!(line.contains("[DEBUG]"), "{line}");
+}

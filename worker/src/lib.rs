@@ -86,6 +86,10 @@ pub struct Config {
     /// remove, the stacks the records place on another worker or no longer hold. Off only for a
     /// worker that runs without a master.
     pub fence: bool,
+    /// The static `berth-forward` binary the forwarders are built from; `None`: `berth-forward`
+    /// next to the worker's executable. When there is none, services publishing a host port
+    /// roll stop-first.
+    pub forwarder_bin: Option<PathBuf>,
 }
 
 mod humantime_serde_opt {
@@ -127,8 +131,74 @@ impl Default for Config {
             run_as_user: None,
             allowed_caps: Vec::new(),
             fence: true,
+            forwarder_bin: None,
         }
     }
+}
+
+/// The forwarder binary to use: `configured`, else `berth-forward` next to the worker's
+/// executable; `None` (said once in the log) when it is not there.
+fn forwarder_bin(configured: Option<&std::path::Path>) -> Option<PathBuf> {
+    let path = match configured {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .ok()?
+            .parent()?
+            .join("berth-forward"),
+    };
+    match std::fs::read(&path) {
+        Ok(binary) if static_elf(&binary) => {
+            tracing::info!(forwarder = %path.display(), "forwarders hold published TCP ports");
+            Some(path)
+        }
+        Ok(_) => {
+            tracing::warn!(
+                forwarder = %path.display(),
+                "the forwarder binary is not a static executable (it runs FROM scratch; build it with --target x86_64-unknown-linux-musl): containers publish their ports themselves and services publishing a host port roll stop-first"
+            );
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                forwarder = %path.display(),
+                "no forwarder binary: containers publish their ports themselves and services publishing a host port roll stop-first"
+            );
+            None
+        }
+    }
+}
+
+/// Whether `binary` is a 64-bit little-endian ELF executable without an interpreter (no
+/// `PT_INTERP`: it needs no dynamic loader, so it runs in an empty image).
+fn static_elf(binary: &[u8]) -> bool {
+    let u16_at = |at: usize| {
+        binary
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        binary
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        binary
+            .get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    if binary.get(..6) != Some(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    (0..usize::from(count)).all(|i| {
+        u32_at(phoff + i * usize::from(size)).is_some_and(|kind| kind != 3 /* PT_INTERP */)
+    })
 }
 
 /// The cores of the machine, at most 4: builds are mostly disk and CPU bound, and more at once
@@ -348,6 +418,7 @@ pub async fn run(
         build_parallelism: config.build_parallelism.max(1),
         builder: config.builder,
         keep_releases: config.keep_releases.max(1),
+        forwarder_bin: forwarder_bin(config.forwarder_bin.as_deref()),
     };
     std::fs::create_dir_all(config.data_dir.join("stacks"))?;
     let logs = LogBook::default();
@@ -418,6 +489,19 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_static_executables_make_forwarders() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // The test binary is linked against glibc (an interpreter); garbage is no ELF at all.
+        assert!(!static_elf(&me));
+        assert!(!static_elf(b"#!/bin/sh\n"));
+        let musl = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/x86_64-unknown-linux-musl/release/berth-forward");
+        if let Ok(bin) = std::fs::read(musl) {
+            assert!(static_elf(&bin));
+        }
+    }
 
     #[test]
     fn config_file_and_validation() {

@@ -100,6 +100,11 @@ struct Cli {
     /// Capabilities `cap_add` may name (comma list).
     #[arg(long, env = "BERTH_WORKER_ALLOWED_CAPS", value_delimiter = ',')]
     allowed_caps: Option<Vec<String>>,
+    /// The static `berth-forward` binary forwarders are built from, which hold the published
+    /// TCP ports across rollouts [default: `berth-forward` next to this executable; without
+    /// one, services publishing a host port roll stop-first].
+    #[arg(long, env = "BERTH_WORKER_FORWARDER_BIN")]
+    forwarder_bin: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "BERTH_WORKER_LOG_JSON")]
     log_json: bool,
@@ -143,6 +148,9 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
     }
     if let Some(n) = cli.keep_releases {
         c.keep_releases = usize::try_from(n).unwrap_or(3);
+    }
+    if cli.forwarder_bin.is_some() {
+        c.forwarder_bin = cli.forwarder_bin;
     }
     if let Some(b) = cli.builder {
         c.builder = b;

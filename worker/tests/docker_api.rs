@@ -41,6 +41,7 @@ async fn docker_router_auth_and_input_errors() {
             build_parallelism: 2,
             builder: Default::default(),
             keep_releases: 3,
+            forwarder_bin: None,
         },
         berth_worker::logbuf::LogBook::default(),
     );

@@ -156,13 +156,14 @@ fn containers_of(sid: &ValidName) -> Vec<String> {
             "--filter",
             &format!("label=org.berth.instance={sid}"),
             "--format",
-            "{{.Names}} {{.Label \"org.berth.commit\"}}",
+            "{{.Names}} {{.Label \"org.berth.commit\"}}|{{.Label \"org.berth.forward\"}}",
         ])
         .output()
         .unwrap();
     let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(str::to_owned)
+        // A forwarder (labelled with the service it forwards to) is not a service's container.
+        .filter_map(|l| l.strip_suffix('|').map(str::to_owned))
         .collect();
     v.sort();
     v

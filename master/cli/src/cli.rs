@@ -35,6 +35,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Master API base URL (`http://host:port`; a bare `host:port` means http).
     #[arg(long, global = true, env = "BERTH_MASTER")]
@@ -62,7 +63,8 @@ pub enum Command {
     Ps(PsArgs),
     /// One instance: state, worker, endpoints, last error.
     Status(IdArg),
-    /// Build and start output of an instance.
+    /// An instance's output: the app's own (each line prefixed with its service) and berth's
+    /// (build, start, deploy).
     Logs(LogsArgs),
     /// Start an instance (building it first when needed); prints its URLs.
     Start(IdArg),
@@ -70,14 +72,15 @@ pub enum Command {
     Stop(IdArg),
     /// An instance's releases (uploads), newest first: which one runs, which one is built.
     Releases(IdArg),
-    /// Go back to an earlier release (default: the one before the running one). Builds it
-    /// unless it is the built one; a running instance is stopped and started again on it.
+    /// Go back to an earlier release (default: the one before the running one), rolled out as
+    /// a deploy is: a running instance keeps serving, and a release whose images are kept
+    /// builds nothing.
     Rollback(RollbackArgs),
     /// Delete an instance: its stack, images, volumes, records and (unless kept) its code.
     Rm(RmArgs),
     /// Workers in the registry, healthy or not, with their load.
     Workers,
-    /// Print the URL of an instance's published port(s).
+    /// Print the URL of an instance's published port(s), or open it with `--browser`.
     Open(OpenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
@@ -193,6 +196,9 @@ pub struct OpenArgs {
     /// Only this service's URL.
     #[arg(long)]
     pub service: Option<String>,
+    /// Open the URL in a browser ($BROWSER, else xdg-open) instead of printing it.
+    #[arg(long)]
+    pub browser: bool,
 }
 
 #[derive(Debug, Args)]

@@ -311,6 +311,24 @@ pub fn open(client: &Client, out: &Out, args: &OpenArgs) -> Result<(), Failure> 
             .map(|(service, url)| json!({ "service": service, "url": url }))
             .collect();
         out.print_json(&json!({ "id": r.id, "urls": list }));
+    } else if args.browser {
+        let (_, url) = &urls[0];
+        let browser = std::env::var("BROWSER")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "xdg-open".into());
+        let opened = std::process::Command::new(&browser)
+            .arg(url)
+            .status()
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.success().then_some(()).ok_or(s.to_string()));
+        if let Err(e) = opened {
+            return Err(
+                Failure::usage(format!("could not open {url} with {browser}: {e}"))
+                    .with_hint(format!("berth open {} prints the URL", r.id)),
+            );
+        }
+        out.note(&format!("opened {url}"));
     } else {
         for (_, url) in urls {
             println!("{url}");

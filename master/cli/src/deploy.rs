@@ -201,9 +201,8 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Starts the build and waits for its end, following the worker's log meanwhile: one spinner
-/// line per service (the worker logs `building service NAME as TAG` as each one starts) showing
-/// its latest output. A running instance builds beside its running release: its record stays
+/// Starts the build and waits for its end, following the worker's log meanwhile for one
+/// progress line per service ([`Progress`]). A running instance builds beside its running release: its record stays
 /// `running` and the build has ended when `built_commit` is `commit` or the record has an error.
 fn build(
     client: &Client,
@@ -235,7 +234,7 @@ fn build(
                 ),
             ));
         }
-        if out.progress() {
+        if !out.json {
             seen = progress.follow(client, id, seen);
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -243,7 +242,7 @@ fn build(
     }
     let ok =
         record.state == "built" || (beside(&record) && record.built_commit.as_deref() == commit);
-    progress.finish(ok);
+    progress.clear();
     if ok {
         return Ok(record);
     }
@@ -290,12 +289,13 @@ fn with_log_tail(client: &Client, out: &Out, id: &str, failure: Failure) -> Fail
     failure.with_hint(format!("berth logs {id} shows the whole log"))
 }
 
-/// The build's spinners: one for the build, one per service.
+/// The build's progress: on a terminal a spinner for the build and one per service showing its
+/// latest output; elsewhere (not with `--json`) one plain line as each service's build starts
+/// and one as it ends, from the worker's log lines ([`ServiceEvent`]).
 struct Progress {
     multi: MultiProgress,
     main: ProgressBar,
     services: BTreeMap<String, ProgressBar>,
-    current: Option<String>,
     visible: bool,
     out: Out,
 }
@@ -318,7 +318,6 @@ impl Progress {
             multi,
             main,
             services: BTreeMap::new(),
-            current: None,
             visible,
             out: *out,
         }
@@ -342,43 +341,59 @@ impl Progress {
     }
 
     fn line(&mut self, line: &str) {
-        // Worker lines carry the time since the operation began: `[   1.23s] text`.
-        let text = match line.strip_prefix('[').and_then(|r| r.split_once("] ")) {
-            Some((_, rest)) => rest,
-            None => line,
-        }
-        .trim();
+        let text = strip_stamp(line);
         if text.is_empty() {
             return;
         }
-        if let Some(name) = text
-            .strip_prefix("building service ")
-            .and_then(|r| r.split(' ').next())
-        {
-            let multi = &self.multi;
-            let bar = self.services.entry(name.to_owned()).or_insert_with(|| {
-                let bar = multi.add(spinner_bar());
-                bar.set_prefix(name.to_owned());
-                bar
-            });
-            bar.set_message("building");
-            self.current = Some(name.to_owned());
+        let Some(event) = ServiceEvent::parse(text) else {
+            // A service's build output (`[NAME] text`) goes to its line, the rest to the build's.
+            let shown = |t: &str| t.chars().take(100).collect::<String>();
+            if let Some((name, rest)) = text
+                .strip_prefix('[')
+                .and_then(|r| r.split_once("] "))
+                .filter(|(name, _)| self.services.contains_key(*name))
+            {
+                self.services[name].set_message(shown(rest));
+            } else {
+                self.main.set_message(shown(text));
+            }
+            return;
+        };
+        let (name, done) = match &event {
+            ServiceEvent::Building(name) => {
+                let multi = &self.multi;
+                let bar = self.services.entry(name.clone()).or_insert_with(|| {
+                    let bar = multi.add(spinner_bar());
+                    bar.set_prefix(name.clone());
+                    bar
+                });
+                bar.set_message("building");
+                if !self.visible {
+                    self.out.note(&format!("building {name}"));
+                }
+                return;
+            }
+            ServiceEvent::Built { name, seconds } => {
+                (name, format!("built {name} in {seconds:.1}s"))
+            }
+            ServiceEvent::Unchanged(name) => {
+                (name, format!("kept {name} (unchanged, nothing built)"))
+            }
+            ServiceEvent::Failed(name) => (name, format!("build of {name} failed")),
+        };
+        if let Some(bar) = self.services.remove(name) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        if !self.visible {
+            self.out.note(&done);
             return;
         }
-        let shown: String = text.chars().take(100).collect();
-        match self.current.as_ref().and_then(|c| self.services.get(c)) {
-            Some(bar) => bar.set_message(shown),
-            None => self.main.set_message(shown),
-        }
-    }
-
-    fn finish(&self, ok: bool) {
-        self.clear();
-        if ok && self.visible {
-            for name in self.services.keys() {
-                eprintln!("{} built {name}", self.out.paint_err(Tone::Good, "✓"));
-            }
-        }
+        let mark = match event {
+            ServiceEvent::Failed(_) => self.out.paint_err(Tone::Bad, "✗"),
+            _ => self.out.paint_err(Tone::Good, "✓"),
+        };
+        let _ = self.multi.println(format!("{mark} {done}"));
     }
 
     fn clear(&self) {
@@ -387,6 +402,63 @@ impl Progress {
         }
         self.main.finish_and_clear();
         let _ = self.multi.clear();
+    }
+}
+
+/// A worker log line without its `[   1.23s] ` time since the operation began.
+fn strip_stamp(line: &str) -> &str {
+    line.trim_start()
+        .strip_prefix('[')
+        .and_then(|r| r.split_once("] "))
+        .filter(|(stamp, _)| {
+            stamp
+                .trim()
+                .strip_suffix('s')
+                .is_some_and(|n| n.parse::<f64>().is_ok())
+        })
+        .map_or(line, |(_, rest)| rest)
+        .trim()
+}
+
+/// What the worker's build log says of one service (`worker/src/stacks/build.rs`).
+#[derive(Debug, PartialEq)]
+enum ServiceEvent {
+    /// `building service NAME as TAG`
+    Building(String),
+    /// `service NAME: built as TAG in 1.23 s (how)`
+    Built { name: String, seconds: f64 },
+    /// `service NAME: unchanged, image ID kept as TAG (nothing built)`
+    Unchanged(String),
+    /// `service NAME: build failed: ...`
+    Failed(String),
+}
+
+impl ServiceEvent {
+    fn parse(text: &str) -> Option<ServiceEvent> {
+        if let Some(rest) = text.strip_prefix("building service ") {
+            let name = rest.split(' ').next().filter(|n| !n.is_empty())?;
+            return Some(ServiceEvent::Building(name.to_owned()));
+        }
+        let (name, rest) = text.strip_prefix("service ")?.split_once(": ")?;
+        if name.contains(' ') {
+            return None;
+        }
+        let name = name.to_owned();
+        if rest.starts_with("build failed") {
+            return Some(ServiceEvent::Failed(name));
+        }
+        if rest.starts_with("unchanged,") {
+            return Some(ServiceEvent::Unchanged(name));
+        }
+        let seconds = rest
+            .strip_prefix("built as ")?
+            .split_once(" in ")?
+            .1
+            .split_once(" s")?
+            .0
+            .parse()
+            .ok()?;
+        Some(ServiceEvent::Built { name, seconds })
     }
 }
 
@@ -416,5 +488,40 @@ mod tests {
             std::fs::create_dir(&dir).unwrap();
             assert_eq!(default_id(&dir).unwrap(), want);
         }
+    }
+
+    #[test]
+    fn worker_build_lines_become_service_events() {
+        let cases = [
+            (
+                "[   0.01s] building service api as berth-x-api:1c8c7a246a79",
+                Some(ServiceEvent::Building("api".into())),
+            ),
+            (
+                "[   1.25s] service api: built as berth-x-api:1c8c7a246a79 in 1.23 s (buildkit)",
+                Some(ServiceEvent::Built {
+                    name: "api".into(),
+                    seconds: 1.23,
+                }),
+            ),
+            (
+                "[   0.02s] service web: unchanged, image 0a1b2c3d4e5f kept as berth-x-web:df80 (nothing built)",
+                Some(ServiceEvent::Unchanged("web".into())),
+            ),
+            (
+                "[   2.00s] service web: build failed: RUN false: exit code 1",
+                Some(ServiceEvent::Failed("web".into())),
+            ),
+            ("[   0.50s] [api] Step 1/3 : FROM berth-base:latest", None),
+            (
+                "[   0.60s] service api: not built (another service failed)",
+                None,
+            ),
+            ("stack ready", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(ServiceEvent::parse(strip_stamp(line)), want, "{line}");
+        }
+        assert_eq!(strip_stamp("[api] Step 1/3"), "[api] Step 1/3");
     }
 }

@@ -35,9 +35,24 @@ pub struct Forge {
     /// Basic-auth user name sent with the token (forges accept a token as the password).
     pub username: String,
     pub token: Option<Secret>,
+    /// What workers clone with instead, when given: a forge user and token that may only read
+    /// (the push token then never leaves the master).
+    pub read: Option<(String, Secret)>,
 }
 
 impl Forge {
+    /// The user name and password workers clone with: the read-only pair when configured,
+    /// else the push token.
+    pub fn clone_credential(&self) -> (Option<String>, Option<Secret>) {
+        match &self.read {
+            Some((user, token)) => (Some(user.clone()), Some(token.clone())),
+            None => (
+                self.token.as_ref().map(|_| self.username.clone()),
+                self.token.clone(),
+            ),
+        }
+    }
+
     /// The instance's clone URL on the forge.
     pub fn url(&self, user: &ValidName, id: &ValidName) -> String {
         self.template
@@ -98,5 +113,37 @@ impl Forge {
             }),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forge(read: Option<(String, Secret)>) -> Forge {
+        Forge {
+            template: "http://forge/{user}/{id}.git".into(),
+            username: "pusher".into(),
+            token: Some(Secret::new("push-token")),
+            read,
+        }
+    }
+
+    #[test]
+    fn workers_clone_with_the_read_token_when_one_is_given() {
+        let (user, token) =
+            forge(Some(("reader".into(), Secret::new("read-token")))).clone_credential();
+        assert_eq!(user.as_deref(), Some("reader"));
+        assert_eq!(
+            token.map(|t| t.expose().to_owned()).as_deref(),
+            Some("read-token")
+        );
+        // Without one, the push token is what workers get (docs/OPERATIONS.md says why).
+        let (user, token) = forge(None).clone_credential();
+        assert_eq!(user.as_deref(), Some("pusher"));
+        assert_eq!(
+            token.map(|t| t.expose().to_owned()).as_deref(),
+            Some("push-token")
+        );
     }
 }

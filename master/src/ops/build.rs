@@ -175,7 +175,12 @@ impl Master {
             commit: commit.to_owned(),
             repo: self.repo_source(&user, &id),
         };
-        let outcome = match self.worker_client(&worker.url).build(&id, &request).await {
+        // The request carries a clone credential: only for a worker that proved itself.
+        let sent = match self.proven_client(worker).await {
+            Ok(client) => client.build(&id, &request).await,
+            Err(err) => Err(err),
+        };
+        let outcome = match sent {
             Ok(status) if status.state == StackState::Failed => Err(OpError::Worker(format!(
                 "worker {}: build failed: {}",
                 worker.id,

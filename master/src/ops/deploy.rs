@@ -228,7 +228,12 @@ impl Master {
             repo: self.repo_source(&user, &id),
             timeout_secs: self.settings.start_timeout_secs,
         };
-        let outcome = match self.worker_client(&worker.url).deploy(&id, &request).await {
+        // The request carries a clone credential: only for a worker that proved itself.
+        let sent = match self.proven_client(worker).await {
+            Ok(client) => client.deploy(&id, &request).await,
+            Err(err) => Err(err),
+        };
+        let outcome = match sent {
             Ok(status) if status.state == StackState::Failed => Err(OpError::Worker(format!(
                 "worker {}: deploy failed: {}",
                 worker.id,

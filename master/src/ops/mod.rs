@@ -12,8 +12,9 @@ mod start;
 mod stop;
 mod upload;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_worker_api::{
@@ -117,9 +118,16 @@ pub struct Master {
     worker_http: reqwest::Client,
     /// Upload slots (`limits.max_concurrent`), taken before an upload's body is read.
     upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Workers that proved they hold the cluster token, by (URL, node), with when: a call that
+    /// hands a worker a credential or takes its answer into the record asks again after
+    /// [`PROOF_TTL`] or when the catalog gives the worker another address.
+    proven: Mutex<HashMap<(String, String), Instant>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
+
+/// How long a worker's proof of the cluster token is trusted before it is asked again.
+pub const PROOF_TTL: Duration = Duration::from_secs(30);
 
 /// Runs blocking code (git2) off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, OpError> {
@@ -205,6 +213,7 @@ impl Master {
             rr: AtomicUsize::new(0),
             worker_http,
             upload_slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            proven: Mutex::new(HashMap::new()),
             tasks,
             shutdown,
         }
@@ -234,11 +243,15 @@ impl Master {
 
     fn repo_source(&self, user: &ValidName, id: &ValidName) -> RepoSource {
         match &self.settings.forge {
-            Some(forge) => RepoSource {
-                url: forge.url(user, id),
-                username: forge.token.as_ref().map(|_| forge.username.clone()),
-                password: forge.token.clone(),
-            },
+            // The forge checks its own credentials: a read-only one when configured.
+            Some(forge) => {
+                let (username, password) = forge.clone_credential();
+                RepoSource {
+                    url: forge.url(user, id),
+                    username,
+                    password,
+                }
+            }
             // A credential for this repository alone, for fetching only, for one build.
             None => RepoSource {
                 url: self.repo_url(user, id),
@@ -259,6 +272,49 @@ impl Master {
             self.settings.cluster_token.clone(),
             self.worker_http.clone(),
         )
+    }
+
+    /// Makes sure `worker` (at the URL and node the catalog names now) proved it holds the
+    /// cluster token within [`PROOF_TTL`], with a fresh challenge when it did not; then answers
+    /// its client. Nothing is sent to a worker that cannot prove it.
+    async fn proven_client(&self, worker: &WorkerInfo) -> Result<WorkerClient, WorkerClientError> {
+        let key = (worker.url.clone(), worker.node.clone());
+        let client = self.worker_client(&worker.url);
+        let fresh = {
+            let proven = self
+                .proven
+                .lock()
+                .expect("the proof cache is never poisoned");
+            proven.get(&key).is_some_and(|at| at.elapsed() < PROOF_TTL)
+        };
+        if fresh {
+            return Ok(client);
+        }
+        let answer = client.health().await;
+        let mut proven = self
+            .proven
+            .lock()
+            .expect("the proof cache is never poisoned");
+        proven.retain(|_, at| at.elapsed() < PROOF_TTL);
+        match answer {
+            Ok(health) if health.node == worker.node => {
+                proven.insert(key, Instant::now());
+                Ok(client)
+            }
+            Ok(health) => {
+                tracing::warn!(
+                    worker = %worker.id, answered = %health.node,
+                    "worker proved a different node name; nothing sent"
+                );
+                Err(WorkerClientError::Unproven {
+                    base: worker.url.clone(),
+                })
+            }
+            Err(err) => {
+                proven.remove(&key);
+                Err(err)
+            }
+        }
     }
 
     /// Writes the record (stamping `updated_at`), only while `lock` is held, and announces a
@@ -380,8 +436,8 @@ impl Master {
             .cloned()
     }
 
-    /// Chooses a worker that proves it holds the cluster token (a signed answer to a fresh
-    /// challenge, for the node it is registered as) and records the move (with why, when it
+    /// Chooses a worker that proves it holds the cluster token (a signed answer to a challenge,
+    /// for the node it is registered as, at most [`PROOF_TTL`] old) and records the move (with why, when it
     /// replaces a lost worker). A catalog entry that cannot prove it is passed over and gets
     /// nothing.
     async fn place(
@@ -398,12 +454,8 @@ impl Master {
                     )
                 })?
                 .clone();
-            match self.worker_client(&chosen.url).health().await {
-                Ok(health) if health.node == chosen.node => break chosen,
-                Ok(health) => tracing::warn!(
-                    worker = %chosen.id, answered = %health.node,
-                    "worker proved a different node name; not placing there"
-                ),
+            match self.proven_client(&chosen).await {
+                Ok(_) => break chosen,
                 Err(err) => tracing::warn!(
                     worker = %chosen.id, cause = %err,
                     "worker did not prove it holds the cluster token; not placing there"

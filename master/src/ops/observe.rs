@@ -173,13 +173,14 @@ fn observed(status: &StackStatus) -> Option<(State, Vec<ServiceHealth>)> {
     Some((state, status.health.clone()))
 }
 
-/// Whether the record says something else: another state, or a service in another state (or
-/// with another exit code). Restart counts and log lines are refreshed with such a change, not
-/// on their own, so a crash loop does not write the record on every crash.
+/// Whether the record says something else: another state, or a service in another state, with
+/// another exit code or another restart count (so a crash loop's count stays current; it writes
+/// the record at most once a round, fewer as Docker's restart back-off grows). Log lines are
+/// refreshed with such a change, not on their own.
 fn changed(rec: &InstanceRecord, state: State, services: &[ServiceHealth]) -> bool {
-    let key = |s: &[ServiceHealth]| -> Vec<(String, &'static str, Option<i64>)> {
+    let key = |s: &[ServiceHealth]| -> Vec<(String, &'static str, Option<i64>, u32)> {
         s.iter()
-            .map(|h| (h.name.clone(), h.state.as_str(), h.exit_code))
+            .map(|h| (h.name.clone(), h.state.as_str(), h.exit_code, h.restarts))
             .collect()
     };
     rec.state != state || key(&rec.services) != key(services)

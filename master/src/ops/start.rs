@@ -65,7 +65,11 @@ impl Master {
                 commit: rec.built_commit.clone(),
                 timeout_secs: self.settings.start_timeout_secs,
             };
-            let outcome = self.worker_client(&worker.url).start(id, &request).await;
+            // Its answer becomes the record's endpoints: only from a worker that proved itself.
+            let outcome = match self.proven_client(&worker).await {
+                Ok(client) => client.start(id, &request).await,
+                Err(err) => Err(err),
+            };
             let err = match outcome {
                 Ok(status) if status.state != StackState::Failed => {
                     rec.state = State::Running;

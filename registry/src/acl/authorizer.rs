@@ -74,6 +74,7 @@ fn resource_key(r: Resource) -> ResourceKey {
         Resource::Node => 2,
         Resource::Session => 3,
         Resource::Agent => 4,
+        Resource::Event => 5,
     }
 }
 

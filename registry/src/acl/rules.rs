@@ -1,10 +1,11 @@
 //! Parser for Consul ACL rules in their HCL and JSON forms.
 //!
 //! Enforced: `key`, `key_prefix`, `service`, `service_prefix`, `node`, `node_prefix`,
-//! `session`, `session_prefix`, `agent`, `agent_prefix` blocks (`<kind> "<name>" { policy = ".." }`)
-//! and the `operator` and `acl` attributes (`operator = "read"`).
+//! `session`, `session_prefix`, `agent`, `agent_prefix`, `event`, `event_prefix` blocks
+//! (`<kind> "<name>" { policy = ".." }`) and the `operator` and `acl` attributes
+//! (`operator = "read"`).
 //! Accepted, validated and ignored (the rest of Consul's grammar, for APIs berth does not serve):
-//! `event`, `event_prefix`, `query`, `query_prefix`, `identity`, `identity_prefix` blocks and the
+//! `query`, `query_prefix`, `identity`, `identity_prefix` blocks and the
 //! `keyring`, `mesh`, `peering` attributes. A token's access to those APIs is therefore never
 //! granted by berth: they do not exist here.
 //! Policies: `read`, `write`, `deny`, `list` (`list` only on key rules, as in Consul).
@@ -54,6 +55,8 @@ pub enum Resource {
     Session,
     /// Agent endpoints (by the agent's node name).
     Agent,
+    /// User events (by event name).
+    Event,
 }
 
 impl Resource {
@@ -69,6 +72,8 @@ impl Resource {
             "session_prefix" => (Self::Session, true),
             "agent" => (Self::Agent, false),
             "agent_prefix" => (Self::Agent, true),
+            "event" => (Self::Event, false),
+            "event_prefix" => (Self::Event, true),
             _ => return None,
         })
     }
@@ -101,14 +106,7 @@ pub struct Rules {
 const GLOBAL_ATTRS: &[&str] = &["operator", "acl", "keyring", "mesh", "peering"];
 
 /// Block kinds of Consul's rule grammar that berth accepts but does not enforce.
-const IGNORED_BLOCKS: &[&str] = &[
-    "event",
-    "event_prefix",
-    "query",
-    "query_prefix",
-    "identity",
-    "identity_prefix",
-];
+const IGNORED_BLOCKS: &[&str] = &["query", "query_prefix", "identity", "identity_prefix"];
 
 /// Parses a rules document; JSON when it starts with `{`, HCL otherwise. Empty rules are valid.
 pub fn parse_rules(text: &str) -> Result<Rules, AclError> {
@@ -328,8 +326,6 @@ mod tests {
             service_prefix "" { policy = "read" }
             query_prefix "" { policy = "read" }
             query "q" { policy = "write" }
-            event_prefix "" { policy = "deny" }
-            event "deploy" { policy = "write" }
             identity_prefix "" { policy = "read" }
             identity "web" {
                 policy = "write"
@@ -343,7 +339,6 @@ mod tests {
             "node_prefix": {"": {"policy": "read"}},
             "service_prefix": {"": {"policy": "read"}},
             "query_prefix": {"": {"policy": "read"}},
-            "event": {"deploy": {"policy": "write"}},
             "identity": {"web": {"policy": "write", "intentions": "read"}},
             "keyring": "read",
             "mesh": "write",

@@ -11,6 +11,7 @@
 pub(crate) mod local;
 pub(crate) mod node_id;
 pub(crate) mod sync;
+pub(crate) mod tokens;
 
 pub use crate::agent_mode::{AgentConfig, AgentRunError, run_agent};
 pub(crate) use local::worst;

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::acl::store::AclStore;
 use crate::acl::{Authorizer, Need, Resource};
+use crate::agent::tokens::{AgentTokens, TokenKind};
 use crate::http::query::ConsulQuery;
 use crate::http::v1::acl::{ResolveAnswer, ResolveRequest};
 use crate::http::{ApiError, plain};
@@ -114,14 +115,15 @@ pub(crate) fn filtered(mut response: Response, dropped: bool) -> Response {
 }
 
 /// Middleware: resolves the request's token once and stores the [`Authz`] in its extensions.
-/// Unknown tokens get 403 `ACL not found`.
+/// A request without a token runs with the agent's default token, if one is set, else as
+/// anonymous. Unknown tokens get 403 `ACL not found`.
 pub(crate) async fn server_layer(
-    State(acl): State<Arc<AclStore>>,
+    State((acl, tokens)): State<(Arc<AclStore>, Arc<AgentTokens>)>,
     request: Request,
     next: Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let secret = presented_token(&parts);
+    let secret = presented_token(&parts).or_else(|| tokens.get(TokenKind::Default));
     match acl.resolve(secret.as_deref()) {
         Ok(authorizer) => {
             parts.extensions.insert(Authz(Arc::new(authorizer)));
@@ -177,10 +179,9 @@ pub(crate) struct RemoteAcl {
     http: reqwest::Client,
     url: String,
     node: String,
-    /// The agent's own token: authenticates the resolution calls, never lent to callers.
-    agent_token: Option<String>,
-    /// Used for requests that carry no token.
-    default_token: Option<String>,
+    /// The agent's tokens: its own authenticates the resolution calls and is never lent to
+    /// callers; the default one is used for requests that carry no token.
+    tokens: Arc<AgentTokens>,
     cache: Mutex<HashMap<String, Cached>>,
     /// The server's last answer said ACLs are off.
     acls_off: AtomicBool,
@@ -191,15 +192,13 @@ impl RemoteAcl {
         http: reqwest::Client,
         server: &str,
         node: &str,
-        agent_token: Option<String>,
-        default_token: Option<String>,
+        tokens: Arc<AgentTokens>,
     ) -> Self {
         Self {
             http,
             url: format!("{server}/v1/internal/berth/acl/resolve"),
             node: node.to_owned(),
-            agent_token: agent_token.filter(|t| !t.is_empty()),
-            default_token: default_token.filter(|t| !t.is_empty()),
+            tokens,
             cache: Mutex::default(),
             acls_off: AtomicBool::new(false),
         }
@@ -244,9 +243,8 @@ impl RemoteAcl {
 
     /// The authorizer of `presented` (`None`: the default token, else anonymous).
     async fn resolve(&self, presented: Option<&str>) -> Result<Arc<Authorizer>, ResolveError> {
-        let secret = presented
-            .or(self.default_token.as_deref())
-            .unwrap_or_default();
+        let default = self.tokens.get(TokenKind::Default);
+        let secret = presented.or(default.as_deref()).unwrap_or_default();
         let stale = match self.cached(secret) {
             Some((true, outcome)) => return known(outcome),
             Some((false, outcome)) => Some(outcome),
@@ -277,7 +275,7 @@ impl RemoteAcl {
                 node: self.node.clone(),
                 secret_id: secret.to_owned(),
             });
-        if let Some(t) = &self.agent_token {
+        if let Some(t) = self.tokens.get(TokenKind::Agent) {
             req = req.header("X-Consul-Token", t);
         }
         let resp = req.send().await.map_err(|e| {

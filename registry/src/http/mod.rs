@@ -19,7 +19,8 @@ pub(crate) use body::{MAX_VALUE_SIZE, read_body, read_json};
 pub(crate) use error::{ApiError, json, plain};
 pub(crate) use query::{Params, path_tail};
 use v1::{
-    acl, agent, agent_local, catalog, connect, health, internal, kv, metrics, session, status, txn,
+    acl, agent, agent_local, agent_token, catalog, connect, event, health, internal, kv, metrics,
+    monitor, session, status, txn,
 };
 
 use std::sync::Arc;
@@ -50,6 +51,10 @@ pub(crate) struct AppState {
     pub(crate) members: Arc<crate::members::Members>,
     /// ACL tokens and policies.
     pub(crate) acl: Arc<crate::acl::store::AclStore>,
+    /// The ACL tokens this server's agent uses (`/v1/agent/token/*`).
+    pub(crate) tokens: Arc<crate::agent::tokens::AgentTokens>,
+    /// User events fired, kept in memory.
+    pub(crate) events: Arc<crate::events::Events>,
     /// Encoded answers of the large discovery reads.
     pub(crate) answers: cache::AnswerCache,
 }
@@ -96,6 +101,10 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/catalog/node/{node}", get(catalog::node))
         .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::node_services),
+        )
+        .route(
             "/v1/catalog/gateway-services/{gateway}",
             get(connect::gateway_services),
         )
@@ -109,6 +118,13 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/agent/reload", put(agent::reload))
         .route("/v1/agent/force-leave/{*node}", put(agent::force_leave))
         .route("/v1/agent/metrics", get(metrics::metrics))
+        .route("/v1/event/fire/{*name}", put(event::fire))
+        .route("/v1/event/fire/", put(event::missing_name))
+        .route("/v1/event/list", get(event::list))
+        .route(
+            "/v1/internal/berth/events/{node}",
+            get(event::list_for_node),
+        )
         .route("/v1/internal/berth/heartbeat", put(internal::heartbeat))
         .route("/v1/internal/berth/leave", put(internal::leave))
         .with_state(state.clone())
@@ -117,8 +133,19 @@ fn routes(state: Arc<AppState>) -> Router {
             datacenter: state.datacenter.clone(),
         })))
         .merge(acl::routes(state.acl.clone()))
+        .merge(monitor::routes(Arc::new(monitor::MonitorApi {
+            node: state.node_name.clone(),
+            shutdown: state.shutdown.clone(),
+        })))
+        .merge(agent_token::routes(Arc::new(agent_token::TokenApi {
+            tokens: state.tokens.clone(),
+            acls_enabled: {
+                let acl = state.acl.clone();
+                Box::new(move || acl.is_enabled())
+            },
+        })))
         .layer(axum::middleware::from_fn_with_state(
-            state.acl.clone(),
+            (state.acl.clone(), state.tokens.clone()),
             authz::server_layer,
         ))
         // Outside the ACL layer: Consul checks these parameters before it resolves the token.

@@ -259,9 +259,15 @@ impl IntoResponse for Blocking {
 fn dc_aware(path: &str) -> bool {
     path == "/v1/kv"
         || path == "/v1/txn"
-        || ["/v1/kv/", "/v1/session/", "/v1/catalog/", "/v1/health/"]
-            .iter()
-            .any(|prefix| path.starts_with(prefix))
+        || [
+            "/v1/kv/",
+            "/v1/session/",
+            "/v1/catalog/",
+            "/v1/health/",
+            "/v1/event/fire/",
+        ]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
 }
 
 /// Middleware for the query parameters Consul checks before any endpoint runs: `?dc=` naming

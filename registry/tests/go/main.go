@@ -25,6 +25,9 @@ type result struct {
 
 var results []result
 
+// onAgent: the program talks to a client agent joined to the server (BERTH_AGENT set).
+var onAgent bool
+
 // step runs one behaviour and records its outcome; a panic counts as a failure.
 func step(name string, f func() error) {
 	err := func() (err error) {
@@ -66,9 +69,13 @@ func main() {
 		os.Exit(2)
 	}
 	acl := token != ""
+	onAgent = os.Getenv("BERTH_AGENT") != ""
 	mode := "acl-off"
 	if acl {
 		mode = "acl-on"
+	}
+	if onAgent {
+		mode = "agent, " + mode
 	}
 	fmt.Printf("# consul api against %s (%s)\n", addr, mode)
 
@@ -81,14 +88,21 @@ func main() {
 	health(client, node)
 	catalog(client)
 	txn(client, node)
-	events(client)
+	events(client, node)
+	peers(client, node)
 	monitor(client)
 	watchLoop(client)
+	consulSD(client)
 	if acl {
 		aclFlow(client, cfg)
+		aclEvents(client, cfg)
 	} else {
 		step("acl: disabled answers 401 ACL support disabled", func() error {
 			_, _, err := client.ACL().PolicyList(nil)
+			return expect(err != nil && strings.Contains(err.Error(), "ACL support disabled"), "got %v", err)
+		})
+		step("acl: agent token update with ACLs off is 401", func() error {
+			_, err := client.Agent().UpdateDefaultACLToken("x", nil)
 			return expect(err != nil && strings.Contains(err.Error(), "ACL support disabled"), "got %v", err)
 		})
 	}
@@ -147,6 +161,10 @@ func statusAndAgent(c *api.Client) string {
 		}
 		if err := expect(len(lan) >= 1 && lan[0].Status == 1, "lan %+v", lan); err != nil {
 			return err
+		}
+		if onAgent {
+			// only servers are in the WAN pool
+			return expect(len(wan) == 0, "wan on a client agent %+v", wan)
 		}
 		return expect(len(wan) == 1 && strings.HasPrefix(wan[0].Name, node+"."), "wan %+v", wan)
 	})
@@ -691,8 +709,16 @@ func catalog(c *api.Client) {
 			"service %+v node %+v missing %+v", svc, n, missing)
 	})
 	step("catalog: node services list", func() error {
-		list, _, err := cat.NodeServiceList("gocl-ext", nil)
-		return expect(err == nil && list != nil && len(list.Services) == 1, "%+v %v", list, err)
+		list, meta, err := cat.NodeServiceList("gocl-ext", nil)
+		if err != nil {
+			return err
+		}
+		if err := expect(list.Node != nil && list.Node.Address == "10.9.9.9" && len(list.Services) == 1 && list.Services[0].Port == 5432 && meta.LastIndex > 0,
+			"%+v %+v", list, meta); err != nil {
+			return err
+		}
+		missing, _, err := cat.NodeServiceList("gocl-nowhere", nil)
+		return expect(err == nil && missing.Node == nil && len(missing.Services) == 0, "unknown node %+v %v", missing, err)
 	})
 	step("catalog: blocking services wakes on a new service", func() error {
 		_, meta, err := cat.Services(nil)
@@ -767,7 +793,32 @@ func txn(c *api.Client, node string) {
 	_ = node
 }
 
-func events(c *api.Client) {
+func events(c *api.Client, node string) {
+	step("event: filters decide which agent lists it", func() error {
+		for _, e := range []*api.UserEvent{
+			{Name: "gocl-mine", NodeFilter: "^" + node + "$"},
+			{Name: "gocl-elsewhere", NodeFilter: "^not-" + node + "$"},
+			{Name: "gocl-web", ServiceFilter: "^gocl/web", TagFilter: "^v1$"},
+			{Name: "gocl-web-v9", ServiceFilter: "^gocl/web", TagFilter: "^v9$"},
+		} {
+			if _, _, err := c.Event().Fire(e, nil); err != nil {
+				return fmt.Errorf("fire %s: %v", e.Name, err)
+			}
+		}
+		list, _, err := c.Event().List("", nil)
+		if err != nil {
+			return err
+		}
+		seen := map[string]bool{}
+		for _, e := range list {
+			seen[e.Name] = true
+		}
+		return expect(seen["gocl-mine"] && seen["gocl-web"] && !seen["gocl-elsewhere"] && !seen["gocl-web-v9"], "listed %v", seen)
+	})
+	step("event: a tag filter needs a service filter", func() error {
+		_, _, err := c.Event().Fire(&api.UserEvent{Name: "gocl-bad", TagFilter: "x"}, nil)
+		return expect(err != nil && strings.Contains(err.Error(), "Cannot provide tag filter without service filter"), "got %v", err)
+	})
 	step("event: fire and list", func() error {
 		id, _, err := c.Event().Fire(&api.UserEvent{Name: "gocl-deploy", Payload: []byte("v2")}, nil)
 		if err != nil {
@@ -789,7 +840,58 @@ func events(c *api.Client) {
 	})
 }
 
+// peers: a single-datacenter registry imports no peer; every read with ?peer= finds nothing.
+func peers(c *api.Client, node string) {
+	step("peer: catalog and health reads find nothing imported", func() error {
+		q := &api.QueryOptions{Peer: "elsewhere"}
+		nodes, _, err := c.Catalog().Nodes(q)
+		if err != nil {
+			return err
+		}
+		services, _, err := c.Catalog().Services(q)
+		if err != nil {
+			return err
+		}
+		n, _, err := c.Catalog().Node(node, q)
+		if err != nil {
+			return err
+		}
+		list, _, err := c.Catalog().NodeServiceList(node, q)
+		if err != nil {
+			return err
+		}
+		checks, _, err := c.Health().Node(node, q)
+		if err != nil {
+			return err
+		}
+		state, _, err := c.Health().State(api.HealthAny, q)
+		if err != nil {
+			return err
+		}
+		return expect(len(nodes) == 0 && len(services) == 0 && n == nil && list.Node == nil && len(checks) == 0 && len(state) == 0,
+			"nodes %v services %v node %v list %+v checks %v state %v", nodes, services, n, list, checks, state)
+	})
+}
+
 func monitor(c *api.Client) {
+	step("agent: monitor JSON lines", func() error {
+		stop := make(chan struct{})
+		defer close(stop)
+		lines, err := c.Agent().MonitorJSON("debug", stop, nil)
+		if err != nil {
+			return err
+		}
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			_, _, _ = c.KV().Get("gocl/a", nil)
+		}()
+		select {
+		case line := <-lines:
+			return expect(strings.HasPrefix(line, "{") && strings.Contains(line, `"@level"`), "line %q", line)
+		case <-time.After(5 * time.Second):
+			return fmt.Errorf("no log line within 5s")
+		}
+	})
 	step("agent: monitor streams log lines", func() error {
 		stop := make(chan struct{})
 		defer close(stop)
@@ -876,6 +978,137 @@ func watchLoop(c *api.Client) {
 				return fmt.Errorf("the loop never saw gocl-watch-1")
 			}
 		}
+	})
+}
+
+// consulSD is Prometheus' consul_sd loop: a blocking, stale read of the service list, then a
+// blocking health read per service (passing=false, node and service meta and checks decoded).
+func consulSD(c *api.Client) {
+	step("watch: Prometheus consul_sd style catalog then health", func() error {
+		found := make(chan *api.ServiceEntry, 1)
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			var index uint64
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				services, meta, err := c.Catalog().Services(&api.QueryOptions{WaitIndex: index, WaitTime: 2 * time.Second, AllowStale: true})
+				if err != nil {
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				index = meta.LastIndex
+				if _, ok := services["gocl-sd"]; !ok {
+					continue
+				}
+				entries, _, err := c.Health().ServiceMultipleTags("gocl-sd", nil, false, &api.QueryOptions{AllowStale: true})
+				if err == nil && len(entries) == 1 {
+					found <- entries[0]
+					return
+				}
+			}
+		}()
+		time.Sleep(200 * time.Millisecond)
+		if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "gocl-sd-1", Name: "gocl-sd", Port: 9100,
+			Meta:  map[string]string{"job": "node"},
+			Check: &api.AgentServiceCheck{TTL: "30s", DeregisterCriticalServiceAfter: "5m"}}); err != nil {
+			return err
+		}
+		defer func() { _ = c.Agent().ServiceDeregister("gocl-sd-1") }()
+		select {
+		case e := <-found:
+			var def api.HealthCheckDefinition
+			for _, ch := range e.Checks {
+				if ch.ServiceID == "gocl-sd-1" {
+					def = ch.Definition
+				}
+			}
+			return expect(e.Service.Port == 9100 && e.Service.Meta["job"] == "node" && len(e.Checks) == 2 && def.DeregisterCriticalServiceAfterDuration == 5*time.Minute,
+				"entry %+v definition %+v", e, def)
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("the service was never discovered")
+		}
+	})
+}
+
+// aclEvents: event:write to fire, event:read to list (what ACLs drop is left out).
+func aclEvents(c *api.Client, cfg *api.Config) {
+	step("acl: event write and read rules", func() error {
+		p, _, err := c.ACL().PolicyCreate(&api.ACLPolicy{Name: "gocl-events", Rules: `event "gocl-ok" { policy = "write" }`}, nil)
+		if err != nil {
+			return err
+		}
+		t, _, err := c.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+		if err != nil {
+			return err
+		}
+		w := &api.WriteOptions{Token: t.SecretID}
+		if _, _, err := c.Event().Fire(&api.UserEvent{Name: "gocl-ok"}, w); err != nil {
+			return err
+		}
+		_, _, err = c.Event().Fire(&api.UserEvent{Name: "gocl-no"}, w)
+		if err == nil || !strings.Contains(err.Error(), "Permission denied") {
+			return fmt.Errorf("fire without event:write: %v", err)
+		}
+		list, _, err := c.Event().List("", &api.QueryOptions{Token: t.SecretID})
+		if err != nil {
+			return err
+		}
+		for _, e := range list {
+			if e.Name != "gocl-ok" {
+				return fmt.Errorf("listed %s without event:read on it", e.Name)
+			}
+		}
+		_, err = c.ACL().TokenDelete(t.AccessorID, nil)
+		return expect(len(list) >= 1 && err == nil, "list %v %v", list, err)
+	})
+	step("acl: every agent token kind, unknown kinds refused", func() error {
+		a := c.Agent()
+		for name, f := range map[string]func(string, *api.WriteOptions) (*api.WriteMeta, error){
+			"replication":  a.UpdateReplicationACLToken,
+			"recovery":     a.UpdateAgentRecoveryACLToken,
+			"master":       a.UpdateAgentMasterACLToken,
+			"config-file":  a.UpdateConfigFileRegistrationToken,
+			"agent (back)": a.UpdateAgentACLToken,
+		} {
+			if _, err := f(cfg.Token, nil); err != nil {
+				return fmt.Errorf("%s: %v", name, err)
+			}
+		}
+		return nil
+	})
+	step("acl: the default token serves requests without one", func() error {
+		anon, err := api.NewClient(&api.Config{Address: cfg.Address})
+		if err != nil {
+			return err
+		}
+		// an earlier step left the default token set to a token since deleted: as in Consul,
+		// requests without a token then get "ACL not found"
+		if _, _, err := anon.KV().Get("gocl/a", nil); err == nil || !strings.Contains(err.Error(), "ACL not found") {
+			return fmt.Errorf("default token deleted: %v", err)
+		}
+		if _, err := c.Agent().UpdateDefaultACLToken("", nil); err != nil {
+			return err
+		}
+		if _, _, err := anon.KV().Get("gocl/a", nil); err == nil || !strings.Contains(err.Error(), "Permission denied") {
+			return fmt.Errorf("anonymous read: %v", err)
+		}
+		if _, err := c.Agent().UpdateDefaultACLToken(cfg.Token, nil); err != nil {
+			return err
+		}
+		p, _, err := anon.KV().Get("gocl/a", nil)
+		if err != nil || p == nil {
+			return fmt.Errorf("with the default token: %+v %v", p, err)
+		}
+		if _, err := c.Agent().UpdateDefaultACLToken("", nil); err != nil {
+			return err
+		}
+		_, _, err = anon.KV().Get("gocl/a", nil)
+		return expect(err != nil && strings.Contains(err.Error(), "Permission denied"), "cleared default token: %v", err)
 	})
 }
 

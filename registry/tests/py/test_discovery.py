@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -270,3 +271,60 @@ def test_filter_expressions_with_py_consul(acl_server):
     assert set(root.agent.services(filter_expr='Service matches "^py-f" and Port == 2')) == {"py-f2"}
     with pytest.raises(consul.ConsulException, match="Selector"):
         root.agent.services(filter_expr="Nope == 1")
+
+
+def test_events_are_listed_by_the_agents_they_name(cluster):
+    server, agent = cluster
+    a = consul.Consul(host=agent.ip, port=agent.port)
+    s = consul.Consul(host=server.ip, port=server.port)
+    fired = a.event.fire("py-to-agent", "v2", node="^py-agent$")
+    assert fired["Name"] == "py-to-agent" and fired["LTime"] == 0 and fired["Version"] == 1
+    s.event.fire("py-to-server", node="^py-server$")
+    index, on_agent = a.event.list()
+    names = [e["Name"] for e in on_agent]
+    assert "py-to-agent" in names and "py-to-server" not in names
+    assert [e["Payload"] for e in on_agent if e["Name"] == "py-to-agent"] == [b"v2"]
+    _, on_server = s.event.list()
+    assert "py-to-server" in [e["Name"] for e in on_server]
+    assert "py-to-agent" not in [e["Name"] for e in on_server]
+    _, named = a.event.list(name="py-to-agent")
+    assert [e["Name"] for e in named] == ["py-to-agent"]
+    # Consul's list filters by name only: node/service/tag are ignored there
+    _, unfiltered = a.event.list(node="^nothing-matches$")
+    assert len(unfiltered) == len(on_agent)
+    with pytest.raises(consul.ConsulException, match="Cannot provide tag filter without service filter"):
+        a.event.fire("py-bad", tag="x")
+
+    # a blocking list wakes on the next event (the index is not monotonic, only different)
+    def later():
+        time.sleep(0.3)
+        a.event.fire("py-later")
+
+    t = threading.Thread(target=later)
+    t.start()
+    new_index, woken = a.event.list(index=index, wait="10s")
+    t.join()
+    assert new_index != index
+    assert woken[-1]["Name"] == "py-later"
+
+
+def test_agent_token_kinds_need_acls_and_acl_write(cluster, acl_server):
+    server, _ = cluster
+    off = consul.Consul(host=server.ip, port=server.port)
+    with pytest.raises(consul.ACLDisabled):
+        off.agent.token.set("default", "x")
+    root = consul.Consul(host=acl_server.ip, port=acl_server.port, token="root")
+    anon = consul.Consul(host=acl_server.ip, port=acl_server.port)
+    root.kv.put("py-token/a", "1")
+    with pytest.raises(consul.ACLPermissionDenied):
+        anon.kv.get("py-token/a")
+    for kind in sorted(root.agent.token.VALID_TOKEN_TYPES - {"default"}):
+        assert root.agent.token.set(kind, "root")
+    with pytest.raises(consul.ACLPermissionDenied):
+        anon.agent.token.set("default", "root")
+    # the default token serves requests without one, until cleared
+    assert root.agent.token.set_default("root")
+    assert anon.kv.get("py-token/a")[1]["Value"] == b"1"
+    assert root.agent.token.set_default("")
+    with pytest.raises(consul.ACLPermissionDenied):
+        anon.kv.get("py-token/a")

@@ -168,7 +168,8 @@ pub struct Service {
     pub devices: Vec<String>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
-    /// `x-berth-rollout: stop-first`: a rollout stops the old container before the new one
+    /// `x-berth-rollout: stop-first` (or, without it, `deploy.update_config.order:
+    /// stop-first`): a rollout stops the old container before the new one
     /// starts even when the service could run twice. Not part of the config hash (a rollout
     /// rule, not the container's configuration).
     #[serde(skip)]

@@ -188,6 +188,19 @@ pub fn network_name(project: &str, key: &str) -> String {
     format!("{project}_{key}")
 }
 
+/// What every stack network's Linux bridge is named after: the host firewall matches every
+/// stack network with `-i berth+` (scripts/lib/firewall.sh).
+pub const BRIDGE_PREFIX: &str = "berth";
+/// The Docker option that names a bridge network's interface.
+pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+/// The Linux bridge of the stack network `network`: [`BRIDGE_PREFIX`] and 10 hex digits of the
+/// name's SHA-256, 15 bytes, the kernel's limit for an interface name.
+pub fn bridge_name(network: &str) -> String {
+    let digest = hex::encode(Sha256::digest(network.as_bytes()));
+    format!("{BRIDGE_PREFIX}{}", &digest[..10])
+}
+
 pub fn volume_name(project: &str, key: &str) -> String {
     format!("{project}_{key}")
 }

@@ -446,6 +446,13 @@ fn names_and_labels() {
     assert_eq!(plan::container_name("proj", "web"), "proj-web-1");
     assert_eq!(plan::network_name("proj", "default"), "proj_default");
     assert_eq!(plan::volume_name("proj", "data"), "proj_data");
+    // The kernel's 15-byte limit, the firewall's prefix, one bridge per network.
+    let bridge = plan::bridge_name("proj_default");
+    assert!(
+        bridge.len() == 15 && bridge.starts_with(plan::BRIDGE_PREFIX),
+        "{bridge}"
+    );
+    assert_ne!(bridge, plan::bridge_name("proj_back"));
     assert_eq!(
         plan::image_tag("proj", "web", &"ab".repeat(20)),
         "proj-web:abababababab"

@@ -1,6 +1,6 @@
 //! The registrator's view of a container: what it needs of each running berth container of
 //! this node, read from Docker (name, service, instance, environment, `SERVICE_*` labels,
-//! published ports, healthcheck and health).
+//! published ports, or those a forwarder holds for it, healthcheck and health).
 
 use std::collections::BTreeMap;
 
@@ -54,7 +54,15 @@ pub async fn views(
         }
         let config = c.config.clone().unwrap_or_default();
         let labels = config.labels.clone().unwrap_or_default();
-        let mut ports = Vec::new();
+        // A forwarder is no service; the container it forwards to says which host ports it
+        // holds for it.
+        if labels.contains_key(crate::stacks::LABEL_FORWARD) {
+            continue;
+        }
+        let mut ports = labels
+            .get(crate::stacks::LABEL_HOST_PORTS)
+            .map(|l| crate::stacks::parse_host_ports(l))
+            .unwrap_or_default();
         for (key, bindings) in c
             .network_settings
             .as_ref()

@@ -75,6 +75,11 @@ impl Stacks {
                 .create_network(NetworkCreateRequest {
                     name: name.clone(),
                     driver: Some("bridge".into()),
+                    // Named so the host firewall keeps the stack away from the host's ports.
+                    options: Some(HashMap::from([(
+                        plan::BRIDGE_NAME_OPTION.to_owned(),
+                        plan::bridge_name(&name),
+                    )])),
                     labels: Some(plan::network_labels(&project.name, key, owner)),
                     ..Default::default()
                 })

@@ -45,7 +45,7 @@ impl Stacks {
         };
         let mut left = Vec::new();
         let long = dk::long(&self.docker, Duration::from_secs(300));
-        match self.containers_of(id).await {
+        match self.every_container_of(id).await {
             Ok(containers) => {
                 for c in containers {
                     let Some(cid) = c.id else { continue };

@@ -6,7 +6,8 @@
 //! `build.rs`, `start.rs` (orchestration), `converge.rs` (networks, volumes, reuse or
 //! recreate), `spec.rs` (the container spec), `ports.rs`, `readiness.rs` (the wait before a
 //! start answers), `ownership.rs` (`owned_*`: whose is an object found by name), `freeze.rs`
-//! (writers paused around checkout access), `stop.rs` and `delete.rs` (with pruning),
+//! (writers paused around checkout access), `forward.rs` (the forwarders holding published TCP
+//! ports), `stop.rs` and `delete.rs` (with pruning),
 //! `rollout.rs` (deploys), `tidy.rs` (an interrupted rollout brought to one release),
 //! `watcher.rs` (what each service of a running stack is doing) and `applogs.rs` (the
 //! containers' own output). This file
@@ -19,6 +20,7 @@ mod buildkit;
 mod converge;
 mod delete;
 mod faults;
+mod forward;
 mod freeze;
 mod ownership;
 mod ports;
@@ -55,6 +57,7 @@ use crate::source;
 pub use build::LABEL_BUILD_DIGEST;
 pub use buildkit::BuilderChoice;
 pub use faults::AppFault;
+pub use forward::{LABEL_FORWARD, LABEL_HOST_PORTS, parse_host_ports};
 pub use record::Record;
 pub use tidy::RolloutNote;
 pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW};
@@ -76,6 +79,9 @@ pub struct Settings {
     pub builder: BuilderChoice,
     /// How many built releases of a stack keep their images (at least 1).
     pub keep_releases: usize,
+    /// The `berth-forward` binary (static) forwarders are built from; `None`: no forwarders,
+    /// services publishing a host port roll stop-first.
+    pub forwarder_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +160,8 @@ pub struct Stacks {
     buildkit_off: std::sync::atomic::AtomicBool,
     /// What the watcher last saw of each running stack.
     watched: watcher::Watched,
+    /// The forwarder image's tag, once built or found.
+    forward_image: tokio::sync::OnceCell<String>,
 }
 
 /// Marks the log of an operation as active for its lifetime.
@@ -175,6 +183,7 @@ impl Stacks {
             count: watch::Sender::new(0),
             buildkit_off: Default::default(),
             watched: Default::default(),
+            forward_image: Default::default(),
         };
         stacks.count.send_replace(stacks.count());
         stacks
@@ -339,7 +348,28 @@ impl Stacks {
             .await?)
     }
 
+    /// The stack's app containers (its forwarders left out).
     async fn containers_of(
+        &self,
+        id: &ValidName,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, StackError> {
+        let mut all = self.every_container_of(id).await?;
+        all.retain(|c| !forward::is_forwarder(c.labels.as_ref()));
+        Ok(all)
+    }
+
+    /// The stack's forwarder containers.
+    async fn forwarders_of(
+        &self,
+        id: &ValidName,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, StackError> {
+        let mut all = self.every_container_of(id).await?;
+        all.retain(|c| forward::is_forwarder(c.labels.as_ref()));
+        Ok(all)
+    }
+
+    /// Every container of the stack, forwarders included.
+    async fn every_container_of(
         &self,
         id: &ValidName,
     ) -> Result<Vec<bollard::models::ContainerSummary>, StackError> {
@@ -377,7 +407,7 @@ impl Stacks {
 
     pub async fn status(&self, id: &ValidName) -> Result<StackStatus, StackError> {
         let record = self.read_record(id)?;
-        let containers = self.containers_of(id).await?;
+        let containers = self.every_container_of(id).await?;
         let Some(record) = record.or_else(|| {
             (!containers.is_empty()).then(|| Record {
                 id: id.clone(),
@@ -398,7 +428,12 @@ impl Stacks {
         containers.sort_by_key(|c| c.names.clone());
         for c in &containers {
             let labels = c.labels.clone().unwrap_or_default();
-            let service = labels.get(plan::LABEL_SERVICE).cloned().unwrap_or_default();
+            // A forwarder's ports are its service's endpoints; it is no service of its own.
+            let forwards = labels.get(forward::LABEL_FORWARD).cloned();
+            let service = forwards
+                .clone()
+                .or_else(|| labels.get(plan::LABEL_SERVICE).cloned())
+                .unwrap_or_default();
             let name = c
                 .names
                 .as_ref()
@@ -440,6 +475,9 @@ impl Stacks {
                         }
                     }
                 }
+            }
+            if forwards.is_some() {
+                continue;
             }
             services.push(ServiceStatus {
                 name: service,

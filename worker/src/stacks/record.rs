@@ -123,6 +123,7 @@ mod tests {
                 build_parallelism: 1,
                 keep_releases: 3,
                 builder: Default::default(),
+                forwarder_bin: None,
             },
             LogBook::default(),
         );

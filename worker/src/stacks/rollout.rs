@@ -4,11 +4,16 @@
 //! can run twice at once: its running container is renamed aside, the new one starts under the
 //! service's name beside it (both answer the service's network aliases meanwhile), passes its
 //! readiness, and only when every service is ready are the old containers stopped (their grace
-//! period) and removed. Services that publish a host port or mount a named volume roll
-//! stop-first: the new container is created while the old one serves, and the old one stops
-//! right before the new one starts. A service that fails
-//! its readiness undoes the rollout: the new containers go, the old ones take their names back
-//! (and start again where they were stopped), and the checkout returns to the old release.
+//! period) and removed. A service whose TCP host ports a forwarder holds (`forward.rs`) rolls
+//! start-first too: once the new container is ready the forwarder is switched to it, and the old
+//! one is stopped when its open connections are done. Services that mount a named volume, ask
+//! for stop-first (`x-berth-rollout` or `deploy.update_config.order`), publish a port themselves
+//! (UDP, or no forwarder) or need a new forwarder roll stop-first: the new container is created
+//! while the old one serves, the old one stops right before the new one starts, and the log says
+//! how long the gap was. Behind a forwarder the gap refuses no one: the forwarder holds new
+//! connections and drains the open ones before the old container stops, until the switch. A service that fails its readiness undoes the rollout: forwarders are
+//! switched back, the new containers go, the old ones take their names back (and start again
+//! where they were stopped), and the checkout returns to the old release.
 
 use std::time::{Duration, Instant};
 
@@ -27,20 +32,33 @@ use crate::logbuf::LogBuf;
 use crate::source;
 
 /// A service whose old container was put aside for the new one.
+/// An old container left to retire once every new one is ready.
+pub(super) struct Retiring {
+    pub(super) service: String,
+    pub(super) old: String,
+    /// Its forwarder was switched away from it while it ran: drain before it stops.
+    pub(super) drain: bool,
+}
+
 struct Aside {
     service: String,
+    /// The name it takes back on undo.
+    name: String,
     /// The old container's id.
     old: String,
     /// Whether it was stopped (stop-first) and must be started again on undo.
     stopped: bool,
+    /// Whether the service's forwarder was switched away from it (and must be switched back on
+    /// undo, drained before it stops).
+    switched: bool,
 }
 
-/// Whether `s` can run twice at once: it publishes no host port (the port cannot be bound by
-/// two containers), mounts no named volume (which a second copy would write at once) and does
-/// not ask for `x-berth-rollout: stop-first`.
-pub(super) fn start_first(s: &Service) -> bool {
+/// Whether `s` can run twice at once: it publishes no host port itself (`held`: a current
+/// forwarder holds all its ports; a port cannot be bound by two containers), mounts no named
+/// volume (which a second copy would write at once) and does not ask for stop-first.
+pub(super) fn start_first(s: &Service, held: bool) -> bool {
     !s.stop_first
-        && s.ports.is_empty()
+        && (s.ports.is_empty() || held)
         && !s
             .volumes
             .iter()
@@ -50,6 +68,21 @@ pub(super) fn start_first(s: &Service) -> bool {
 /// The name the old container of `service` takes while its replacement starts.
 pub(super) fn aside_name(project: &str, service: &str) -> String {
     format!("{}-old", plan::container_name(project, service))
+}
+
+/// Why `s` rolls stop-first, for the log.
+fn stop_first_reason(s: &Service) -> &'static str {
+    if s.stop_first {
+        "the file asks for it"
+    } else if s
+        .volumes
+        .iter()
+        .any(|m| matches!(m.source, MountSource::Named(_)))
+    {
+        "it mounts a named volume"
+    } else {
+        "it publishes a host port itself or gets a new forwarder"
+    }
 }
 
 impl Stacks {
@@ -208,7 +241,7 @@ impl Stacks {
         record: &mut super::Record,
         deadline: Instant,
         log: &LogBuf,
-    ) -> Result<Vec<String>, StackError> {
+    ) -> Result<Vec<Retiring>, StackError> {
         let prepared = self.prepare(id, project, commit).await?;
         let owner = self.owner(id);
         self.ensure_networks(project, &owner, log).await?;
@@ -256,14 +289,63 @@ impl Stacks {
                 continue;
             }
             self.note_switching(record, &s.name)?;
+            // A forwarder that holds every published port and is current is switched; any
+            // other (none yet, other ports, or one no longer wanted) is replaced stop-first.
+            let forwarded = self.forwarded_ports(s);
+            let direct = s
+                .ports
+                .iter()
+                .any(|p| p.protocol != "tcp" || !forwarded.contains(&p.container_port));
+            let fwd = self.forwarder(project, &s.name, &owner).await?;
+            let fwd_current = self.forwarder_current(project, s, &ports, fwd.as_ref(), &owner);
+            let held = !direct && fwd_current;
+            if !fwd_current && let Some(f) = fwd.as_ref().and_then(|f| f.id.clone()) {
+                match self.put_forwarder_aside(project, &s.name, &f).await {
+                    Ok(a) => aside.push(a),
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+            if held && !start_first(s, held) && current.is_some() {
+                let grace = s.stop_grace_period.unwrap_or(Duration::from_secs(10));
+                self.pause_and_drain(project, &s.name, grace, log).await;
+            }
             let step = self
-                .replace(project, s, body, &hash, current, &owner, log, &mut created)
+                .replace(
+                    project,
+                    s,
+                    body,
+                    &hash,
+                    current,
+                    &owner,
+                    log,
+                    &mut created,
+                    held,
+                )
                 .await;
             let ready = match step {
                 Ok(put) => {
                     aside.extend(put);
-                    self.wait_service_ready(project, s, p.healthcheck, &ports, deadline, log)
-                        .await
+                    let mut r = Ok(());
+                    if !forwarded.is_empty() && !fwd_current {
+                        r = self
+                            .ensure_forwarder(project, s, &ports, &owner, log, &mut created)
+                            .await;
+                    }
+                    if r.is_ok() {
+                        r = self
+                            .wait_service_ready(project, s, p.healthcheck, &ports, deadline, log)
+                            .await;
+                    }
+                    if r.is_ok() && !forwarded.is_empty() && fwd_current {
+                        r = match self.target_of(project, &s.name).await {
+                            Ok(t) => self.switch(project, &s.name, &t, log).await,
+                            Err(e) => Err(e),
+                        };
+                    }
+                    r
                 }
                 Err(e) => Err(e),
             };
@@ -272,11 +354,25 @@ impl Stacks {
                 break;
             }
             log.line(&format!("service {}: new container ready", s.name));
+            if let Some(a) = aside
+                .iter()
+                .rev()
+                .find(|a| a.service == s.name && a.stopped && !a.name.ends_with("-fwd"))
+            {
+                self.log_gap(&a.old, &s.name, log).await;
+            }
         }
         match outcome {
             Ok(()) => {
                 self.note_ready(record)?;
-                Ok(aside.into_iter().map(|a| a.old).collect())
+                Ok(aside
+                    .into_iter()
+                    .map(|a| Retiring {
+                        drain: a.switched && !a.stopped,
+                        service: a.service,
+                        old: a.old,
+                    })
+                    .collect())
             }
             Err(e) => {
                 log.line(&format!("switching back: {e}"));
@@ -299,6 +395,7 @@ impl Stacks {
         owner: &plan::Owner,
         log: &LogBuf,
         created: &mut Vec<String>,
+        held: bool,
     ) -> Result<Option<Aside>, StackError> {
         let mut put = None;
         if let Some(old) = current.and_then(|c| c.id.clone()) {
@@ -315,17 +412,20 @@ impl Stacks {
                     RenameContainerOptionsBuilder::new().name(&name).build(),
                 )
                 .await?;
-            let stopped = !start_first(s);
+            let stopped = !start_first(s, held);
             if stopped {
                 log.line(&format!(
-                    "service {}: stop-first (it publishes a port, mounts a named volume or asks for it)",
-                    s.name
+                    "service {}: stop-first ({})",
+                    s.name,
+                    stop_first_reason(s)
                 ));
             }
             put = Some(Aside {
                 service: s.name.clone(),
+                name: plan::container_name(&project.name, &s.name),
                 old,
                 stopped,
+                switched: held && !self.forwarded_ports(s).is_empty(),
             });
         }
         // A stop-first service's new container is created while the old one still serves, and
@@ -412,6 +512,15 @@ impl Stacks {
         created: &mut Vec<String>,
         log: &LogBuf,
     ) {
+        // Connections go back to the old containers before the new ones go.
+        for a in aside.iter().filter(|a| a.switched && !a.stopped) {
+            if let Err(e) = self.switch(project, &a.service, &a.old, log).await {
+                log.line(&format!(
+                    "cannot switch the forwarder of {} back: {e}",
+                    a.service
+                ));
+            }
+        }
         for cid in created.drain(..) {
             let _ = self
                 .docker
@@ -419,7 +528,7 @@ impl Stacks {
                 .await;
         }
         for a in aside.iter().rev() {
-            let name = plan::container_name(&project.name, &a.service);
+            let name = a.name.clone();
             if let Err(e) = self
                 .docker
                 .rename_container(
@@ -439,9 +548,70 @@ impl Stacks {
                 log.line(&format!("cannot start the old {name} again: {e}"));
                 continue;
             }
+            if a.switched
+                && a.stopped
+                && let Err(e) = self.switch(project, &a.service, &a.old, log).await
+            {
+                log.line(&format!(
+                    "cannot switch the forwarder of {} back: {e}",
+                    a.service
+                ));
+            }
             log.line(&format!(
                 "service {}: old container serves again",
                 a.service
+            ));
+        }
+    }
+}
+
+impl Stacks {
+    /// Renames the forwarder `fwd` of `service` aside and stops it (a new one takes its place).
+    async fn put_forwarder_aside(
+        &self,
+        project: &Project,
+        service: &str,
+        fwd: &str,
+    ) -> Result<Aside, StackError> {
+        let name = super::forward::forwarder_name(&project.name, service);
+        let aside = format!("{name}-old");
+        idempotent(
+            self.docker
+                .remove_container(&aside, force_with_volumes())
+                .await,
+        )?;
+        self.docker
+            .rename_container(
+                fwd,
+                RenameContainerOptionsBuilder::new().name(&aside).build(),
+            )
+            .await?;
+        idempotent(self.docker.stop_container(fwd, None).await)?;
+        Ok(Aside {
+            service: service.to_owned(),
+            name,
+            old: fwd.to_owned(),
+            stopped: true,
+            switched: false,
+        })
+    }
+
+    /// Logs how long a stop-first service had no container: from the old one's exit until now
+    /// (the new one ready).
+    async fn log_gap(&self, old: &str, service: &str, log: &LogBuf) {
+        let finished = self
+            .docker
+            .inspect_container(old, None)
+            .await
+            .ok()
+            .and_then(|c| c.state?.finished_at)
+            .and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
+        if let Some(gap) =
+            finished.and_then(|f| std::time::SystemTime::now().duration_since(f).ok())
+        {
+            log.line(&format!(
+                "service {service}: stop-first gap {:.2} s (old container stopped -> new one ready)",
+                gap.as_secs_f64()
             ));
         }
     }
@@ -456,15 +626,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("compose.yaml"),
-            "services:\n  api:\n    image: b\n  one:\n    image: b\n    x-berth-rollout: stop-first\n  web:\n    image: b\n    ports: [\"80\"]\n  db:\n    image: b\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
+            "services:\n  api:\n    image: b\n  one:\n    image: b\n    x-berth-rollout: stop-first\n  two:\n    image: b\n    deploy:\n      update_config:\n        order: stop-first\n  three:\n    image: b\n    x-berth-rollout: start-first\n    deploy: {update_config: {order: stop-first}}\n  web:\n    image: b\n    ports: [\"80\"]\n  db:\n    image: b\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
         )
         .unwrap();
         let project = crate::compose::load(dir.path(), "b1").unwrap();
-        let first = |name: &str| start_first(project.service(name).unwrap());
-        assert!(first("api"));
-        assert!(!first("one"));
-        assert!(!first("web"));
-        assert!(!first("db"));
+        let first = |name: &str, held| start_first(project.service(name).unwrap(), held);
+        assert!(first("api", false));
+        assert!(!first("one", false));
+        assert!(!first("two", false), "deploy.update_config.order");
+        assert!(first("three", false), "x-berth-rollout wins");
+        assert!(!first("web", false));
+        assert!(first("web", true), "a forwarder holds its port");
+        assert!(!first("db", false));
+        assert!(!first("db", true));
         assert_eq!(aside_name("b1", "web"), "b1-web-1-old");
     }
 }

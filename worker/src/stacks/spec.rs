@@ -62,6 +62,10 @@ impl Stacks {
         env.extend(public_env.iter().cloned());
         let mut exposed: Vec<String> = s.expose.clone();
         let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        // TCP ports a forwarder holds are not bound here (see forward.rs); the label says which
+        // host port each one has.
+        let forwarded = self.forwarded_ports(s);
+        let mut held = Vec::new();
         for p in &s.ports {
             let key = format!("{}/{}", p.container_port, p.protocol);
             let host_port = ports[&port_key(&s.name, p.container_port, &p.protocol)];
@@ -70,6 +74,10 @@ impl Stacks {
                 p.container_port, self.settings.advertise
             ));
             exposed.push(key.clone());
+            if p.protocol == "tcp" && forwarded.contains(&p.container_port) {
+                held.push(format!("{key}={host_port}"));
+                continue;
+            }
             bindings
                 .entry(key)
                 .or_default()
@@ -82,6 +90,8 @@ impl Stacks {
         }
         exposed.sort();
         exposed.dedup();
+        held.sort();
+        held.dedup();
         let mut binds = Vec::new();
         let mut anonymous = Vec::new();
         for m in &s.volumes {
@@ -188,6 +198,9 @@ impl Stacks {
             env: &'a [String],
             user: &'a Option<String>,
             limits: Limits,
+            /// Ports a forwarder holds (so turning forwarders on or off recreates).
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            forwarded: &'a [String],
         }
         let hash = plan::config_hash(
             s,
@@ -196,8 +209,13 @@ impl Stacks {
                 env: &env,
                 user: &user,
                 limits,
+                forwarded: &held,
             },
         );
+        let mut labels = plan::container_labels(project, s, &hash, owner, commit);
+        if !held.is_empty() {
+            labels.insert(super::forward::LABEL_HOST_PORTS.to_owned(), held.join(","));
+        }
         let body = ContainerCreateBody {
             image: Some(image.to_owned()),
             env: Some(env),
@@ -205,7 +223,7 @@ impl Stacks {
             entrypoint: s.entrypoint.clone(),
             working_dir: s.working_dir.clone(),
             user,
-            labels: Some(plan::container_labels(project, s, &hash, owner, commit)),
+            labels: Some(labels),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             healthcheck,
             volumes: (!anonymous.is_empty()).then_some(anonymous),

@@ -266,6 +266,7 @@ impl Stacks {
         self.ensure_volumes(project, &owner, log).await?;
         self.remove_orphans(project, id, log).await?;
         self.remove_stale_writers(project, id, log).await?;
+        self.remove_stale_forwarders(project, id, log).await?;
         // Host ports first, so every container knows every public address before it starts.
         let existing = self.existing_containers(project, &owner).await?;
         let ports = choose_ports(project, &existing, &record.ports)
@@ -311,6 +312,10 @@ impl Stacks {
                 None,
             )
             .await?;
+            if !self.forwarded_ports(s).is_empty() {
+                self.ensure_forwarder(project, s, &ports, &owner, log, created)
+                    .await?;
+            }
         }
         self.wait_ready(project, |s| prepared[s].healthcheck, &ports, deadline, log)
             .await

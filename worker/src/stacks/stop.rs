@@ -30,7 +30,7 @@ impl Stacks {
             let service = c.labels.as_ref()?.get(plan::LABEL_SERVICE)?;
             levels.get(service.as_str()).map(|(l, _)| *l)
         };
-        let mut containers = self.containers_of(id).await?;
+        let mut containers = self.every_container_of(id).await?;
         // Orphans (no level) first.
         containers.sort_by_key(|c| level(c).map_or(0, |l| l + 1));
         let mut at = 0;

@@ -206,6 +206,36 @@ impl Stacks {
                 _ => {}
             }
         }
+        // Every forwarder points at its service's container as tidied (a rollout killed after
+        // a switch may have left it pointing at a container that is gone now).
+        for fwd in self.forwarders_of(id).await? {
+            let Some(service) = fwd
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(super::LABEL_FORWARD))
+                .cloned()
+            else {
+                continue;
+            };
+            let Ok(c) = self
+                .docker
+                .inspect_container(&plan::container_name(&project, &service), None)
+                .await
+            else {
+                continue;
+            };
+            let target = c.id.unwrap_or_default();
+            let target = &target[..target.len().min(12)];
+            let name = super::forward::forwarder_name(&project, &service);
+            match self.exec_forward(&name, &["set", target]).await {
+                Ok(_) => log.line(&format!(
+                    "tidy: service {service}: forwarder set to {target}"
+                )),
+                Err(e) => log.line(&format!(
+                    "tidy: service {service}: cannot set its forwarder: {e}"
+                )),
+            }
+        }
         if let Some(n) = &note {
             if forward {
                 record.commit = Some(n.to.clone());
@@ -244,17 +274,27 @@ impl Stacks {
         id: &ValidName,
         guard: tokio::sync::OwnedMutexGuard<()>,
         project: Project,
-        olds: Vec<String>,
+        olds: Vec<super::rollout::Retiring>,
         log: Arc<LogBuf>,
     ) {
-        if olds.is_empty() {
-            return;
-        }
         let (this, id) = (Arc::clone(self), id.clone());
         tokio::spawn(async move {
             let _guard = guard;
-            for old in &olds {
-                this.retire(&project, old, &log).await;
+            for r in &olds {
+                if r.drain {
+                    let grace = project
+                        .service(&r.service)
+                        .and_then(|s| s.stop_grace_period)
+                        .unwrap_or(std::time::Duration::from_secs(10));
+                    this.drain(&project, &r.service, grace).await;
+                }
+                this.retire(&project, &r.old, &log).await;
+            }
+            if let Err(e) = this.remove_stale_forwarders(&project, &id, &log).await {
+                log.line(&format!("cannot remove a stale forwarder: {e}"));
+            }
+            if olds.is_empty() {
+                return;
             }
             match this.read_record(&id) {
                 Ok(Some(mut record)) => {

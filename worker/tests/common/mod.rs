@@ -174,7 +174,21 @@ impl TestWorker {
     }
 }
 
-/// Starts a worker on 127.0.0.1:0 with its own node name and data dir.
+/// The static forwarder binary the worker tests use: `BERTH_WORKER_FORWARDER_BIN`, else the
+/// musl release build scripts/test.sh makes first
+/// (`cargo build -p berth-forward --release --target x86_64-unknown-linux-musl`).
+pub fn forwarder_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("BERTH_WORKER_FORWARDER_BIN") {
+        return p.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("x86_64-unknown-linux-musl/release/berth-forward")
+}
+
+/// Starts a worker on 127.0.0.1:0 with its own node name and data dir, with forwarders (see
+/// [`forwarder_bin`]; without the binary the worker says so and runs without).
 pub async fn worker(tag: &str, tweak: impl FnOnce(&mut Config)) -> TestWorker {
     let node = format!("t{}-{tag}", std::process::id());
     let data = tempfile::tempdir().unwrap();
@@ -186,6 +200,7 @@ pub async fn worker(tag: &str, tweak: impl FnOnce(&mut Config)) -> TestWorker {
         cluster_token: Secret::new(TOKEN),
         default_memory: "256m".into(),
         start_timeout: std::time::Duration::from_secs(60),
+        forwarder_bin: Some(forwarder_bin()),
         ..Config::default()
     };
     tweak(&mut config);

@@ -10,6 +10,7 @@ mod session;
 mod txn;
 
 use std::fmt;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -70,7 +71,8 @@ impl fmt::Debug for Token {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: Option<Token>,
+    /// Shared by clones: [`Client::set_token`] changes it for all of them.
+    token: Arc<RwLock<Option<Token>>>,
 }
 
 impl Client {
@@ -92,8 +94,15 @@ impl Client {
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
-            token: token.filter(|t| !t.is_empty()).map(Token),
+            token: Arc::new(RwLock::new(token.filter(|t| !t.is_empty()).map(Token))),
         })
+    }
+
+    /// Replaces the token sent from now on, by this client and its clones (an agent's token
+    /// set at run time); empty or `None` sends none.
+    pub fn set_token(&self, token: Option<String>) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) =
+            token.filter(|t| !t.is_empty()).map(Token);
     }
 
     /// The base URL this client talks to.
@@ -106,7 +115,7 @@ impl Client {
             .http
             .request(method, format!("{}{path}", self.base))
             .timeout(REQUEST_TIMEOUT);
-        match &self.token {
+        match &*self.token.read().unwrap_or_else(|e| e.into_inner()) {
             Some(token) => builder.header("X-Consul-Token", &token.0),
             None => builder,
         }

@@ -138,6 +138,17 @@ pub struct CatalogNodeServices {
     pub services: BTreeMap<String, AgentService>,
 }
 
+/// Answer of `GET /v1/catalog/node-services/<node>` (`{"Node":null,"Services":[]}` for an
+/// unknown node).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CatalogNodeServiceList {
+    #[serde(default)]
+    pub node: Option<CatalogNode>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub services: Vec<AgentService>,
+}
+
 /// Body of `PUT /v1/catalog/register`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]

@@ -18,8 +18,9 @@ pub use agent::{
     AgentServiceRegistration,
 };
 pub use catalog::{
-    CatalogCheckRegistration, CatalogDeregistration, CatalogNode, CatalogNodeServices,
-    CatalogRegistration, CatalogService, CatalogServiceRegistration, ServiceAddress, Weights,
+    CatalogCheckRegistration, CatalogDeregistration, CatalogNode, CatalogNodeServiceList,
+    CatalogNodeServices, CatalogRegistration, CatalogService, CatalogServiceRegistration,
+    ServiceAddress, Weights,
 };
 pub use health::{HealthCheck, HealthNode, ServiceEntry};
 pub use kv::KvEntry;

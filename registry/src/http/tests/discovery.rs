@@ -2053,6 +2053,7 @@ async fn server_node_deregistration_refused_with_acls() {
     .await;
 }
 
+mod agent_extras;
 mod agent_ops;
 mod go_client;
 mod go_wire;

@@ -11,8 +11,8 @@ use axum::response::Response;
 use crate::acl::{Need, Resource};
 use crate::convert::{agent_service, catalog_node};
 use crate::dto::{
-    self, CatalogDeregistration, CatalogNode, CatalogNodeServices, CatalogRegistration,
-    CatalogService, Weights,
+    self, CatalogDeregistration, CatalogNode, CatalogNodeServiceList, CatalogNodeServices,
+    CatalogRegistration, CatalogService, Weights,
 };
 use crate::http::authz::Authz;
 use crate::http::cache::{Answer, keep};
@@ -237,11 +237,13 @@ pub(crate) async fn nodes(
     let filter = query.filter(NODE)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
+    let peered = query.peered();
     let ((list, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
             let matching: Vec<&Node> = state
                 .nodes
                 .values()
+                .filter(|_| !peered)
                 .filter(|n| meta_matches(n, &meta))
                 .collect();
             let mut list: Vec<CatalogNode> = matching
@@ -267,9 +269,10 @@ pub(crate) async fn node(
     // services it may not read are dropped.
     let filter = query.filter(NODE_SERVICE)?;
     let node_readable = authz.allows(Resource::Node, &name, Need::Read);
+    let peered = query.peered();
     let ((answer, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
-            let Some(n) = state.nodes.get(&name) else {
+            let Some(n) = state.nodes.get(&name).filter(|_| !peered) else {
                 return ((None, false), state.tables.catalog());
             };
             if !node_readable {
@@ -296,6 +299,53 @@ pub(crate) async fn node(
     Ok(Blocking::json(&answer, index).filtered(dropped))
 }
 
+/// `GET /v1/catalog/node-services/<node>` (Consul 1.7+): the node and its services as a list,
+/// ordered by ID. An unknown node, one the token may not read, or a `?peer=` (none is
+/// imported) answer `{"Node":null,"Services":[]}`, as Consul's handler turns a missing list
+/// into an empty one.
+pub(crate) async fn node_services(
+    State(app): State<Arc<AppState>>,
+    authz: Authz,
+    Path(name): Path<String>,
+    query: ConsulQuery,
+) -> Result<Blocking, ApiError> {
+    let filter = query.filter(NODE_SERVICE)?;
+    let node_readable = authz.allows(Resource::Node, &name, Need::Read);
+    let peered = query.peered();
+    let ((answer, dropped), index) = query
+        .block(&app, Topic::Catalog, |state| {
+            let empty = CatalogNodeServiceList {
+                node: None,
+                services: Vec::new(),
+            };
+            let Some(n) = state.nodes.get(&name).filter(|_| !peered) else {
+                return ((empty, false), state.tables.catalog());
+            };
+            if !node_readable {
+                return ((empty, true), state.tables.catalog());
+            }
+            let mut dropped = false;
+            let mut services: Vec<_> = state
+                .node_services(&name)
+                .filter(|s| {
+                    let ok = authz.allows(Resource::Service, &s.name, Need::Read);
+                    dropped |= !ok;
+                    ok
+                })
+                .map(|s| agent_service(s, &n.datacenter))
+                .collect();
+            services.sort_by(|a, b| a.id.cmp(&b.id));
+            retain(filter.as_ref(), &mut services);
+            let answer = CatalogNodeServiceList {
+                node: Some(catalog_node(n)),
+                services,
+            };
+            ((answer, dropped), state.tables.catalog())
+        })
+        .await;
+    Ok(Blocking::json(&answer, index).filtered(dropped))
+}
+
 pub(crate) async fn services(
     State(app): State<Arc<AppState>>,
     authz: Authz,
@@ -304,11 +354,12 @@ pub(crate) async fn services(
     let filter = query.filter(SERVICE_NODE)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
+    let peered = query.peered();
     let ((map, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
             let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             let mut dropped = false;
-            for service in state.services.values() {
+            for service in state.services.values().filter(|_| !peered) {
                 if !meta.is_empty()
                     && !state
                         .nodes

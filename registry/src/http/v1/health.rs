@@ -139,10 +139,12 @@ pub(crate) async fn checks(
     let filter = query.filter(HEALTH_CHECK)?;
     let params = &query.params;
     let meta = node_meta_filter(params);
+    let peered = query.peered();
     let ((list, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
             let checks = state.checks.values().filter(|c| {
-                c.service_name == name
+                !peered
+                    && c.service_name == name
                     && state
                         .nodes
                         .get(&c.node)
@@ -165,10 +167,12 @@ pub(crate) async fn node(
     query: ConsulQuery,
 ) -> Result<Blocking, ApiError> {
     let filter = query.filter(HEALTH_CHECK)?;
+    let peered = query.peered();
     let ((list, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
+            let checks = state.node_checks(&name).filter(|_| !peered);
             (
-                readable_checks(&authz, state.node_checks(&name), filter.as_ref()),
+                readable_checks(&authz, checks, filter.as_ref()),
                 state.tables.catalog(),
             )
         })
@@ -195,10 +199,12 @@ pub(crate) async fn state(
             )));
         }
     };
+    let peered = query.peered();
     let ((list, dropped), index) = query
         .block(&app, Topic::Catalog, |state| {
             let checks = state.checks.values().filter(|c| {
-                pick.is_none_or(|p| c.status == p)
+                !peered
+                    && pick.is_none_or(|p| c.status == p)
                     && state
                         .nodes
                         .get(&c.node)

@@ -61,9 +61,17 @@ impl Parser<'_> {
         }
     }
 
-    /// `deploy`: only `resources` (limits: cpus, memory, pids; reservations: memory, and cpus,
-    /// which only Swarm applies) is supported; [`apply_deploy`] lets it win over the top level.
-    pub(super) fn deploy(&mut self, service: &str, field: &str, v: &Value, r: &mut Resources) {
+    /// `deploy`: `resources` (limits: cpus, memory, pids; reservations: memory, and cpus,
+    /// which only Swarm applies; [`apply_deploy`] lets it win over the top level) and
+    /// `update_config.order` (`stop-first` sets `stop_first`, `start-first` clears it).
+    pub(super) fn deploy(
+        &mut self,
+        service: &str,
+        field: &str,
+        v: &Value,
+        r: &mut Resources,
+        stop_first: &mut Option<bool>,
+    ) {
         let Some(map) = v.as_mapping() else {
             self.err(Some(service), field, "must be a mapping");
             return;
@@ -126,11 +134,33 @@ impl Parser<'_> {
                         }
                     }
                 }
+                "update_config" => {
+                    let Some(update) = val.as_mapping() else {
+                        self.err(Some(service), f, "must be a mapping");
+                        continue;
+                    };
+                    for (key, value) in update {
+                        let key = Self::scalar(key).unwrap_or_default();
+                        let f = format!("{f}.{key}");
+                        match (key.as_str(), Self::scalar(value).as_deref()) {
+                            ("order", Some("stop-first")) => *stop_first = Some(true),
+                            ("order", Some("start-first")) => *stop_first = Some(false),
+                            ("order", _) => {
+                                self.err(Some(service), f, "must be start-first or stop-first")
+                            }
+                            _ => self.err(
+                                Some(service),
+                                f,
+                                "unsupported key (of update_config only order is supported)",
+                            ),
+                        }
+                    }
+                }
                 k if k.starts_with("x-") => {}
                 _ => self.err(
                     Some(service),
                     f,
-                    "unsupported key (of deploy only resources is supported)",
+                    "unsupported key (of deploy only resources and update_config are supported)",
                 ),
             }
         }

@@ -23,6 +23,8 @@ impl Parser<'_> {
         let mut s = Service::new(name);
         let mut env_files: Vec<String> = Vec::new();
         let mut deploy = Resources::default();
+        // `x-berth-rollout` wins over `deploy.update_config.order`.
+        let (mut order, mut rollout) = (None, None);
         for (key, v) in map {
             let Some(key) = self.key(Some(name), &format!("services.{name}."), key) else {
                 continue;
@@ -98,7 +100,7 @@ impl Parser<'_> {
                 k if resources::KEYS.contains(&k) => {
                     self.resource(name, k, &field, v, &mut s.resources)
                 }
-                "deploy" => self.deploy(name, &field, v, &mut deploy),
+                "deploy" => self.deploy(name, &field, v, &mut deploy, &mut order),
                 "links" => {
                     for item in self.list(name, &field, v) {
                         let (target, alias) = item.split_once(':').unwrap_or((&item, &item));
@@ -106,8 +108,8 @@ impl Parser<'_> {
                     }
                 }
                 "x-berth-rollout" => match Self::scalar(v).as_deref() {
-                    Some("stop-first") => s.stop_first = true,
-                    Some("start-first") => s.stop_first = false,
+                    Some("stop-first") => rollout = Some(true),
+                    Some("start-first") => rollout = Some(false),
                     _ => self.err(Some(name), field, "must be start-first or stop-first"),
                 },
                 k if k.starts_with("x-") => {}
@@ -115,6 +117,7 @@ impl Parser<'_> {
             }
         }
         resources::apply_deploy(&mut s.resources, deploy);
+        s.stop_first = rollout.or(order).unwrap_or(false);
         if s.build.is_none() && s.image.is_none() {
             self.err(
                 Some(name),

@@ -108,3 +108,48 @@ async fn agent_self_has_debug_config_and_no_xds() {
     assert_eq!(debug["SessionTTLMin"], "10s");
     assert!(me.get("xDS").is_none(), "no xDS server, no xDS block: {me}");
 }
+
+#[tokio::test]
+async fn node_services_lists_the_node_and_its_services() {
+    let h = H::new().await;
+    h.table(None, &[
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext","Address":"10.0.0.9","Service":{"ID":"b","Service":"db","Port":5432}}"#, 200, "true"),
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext","Address":"10.0.0.9","Service":{"ID":"a","Service":"web","Tags":["x"]}}"#, 200, "true"),
+        ("GET", "/v1/catalog/node-services/ext", "", 200, r#"~"Node":{"ID":"","Node":"ext","Address":"10.0.0.9""#),
+        ("GET", "/v1/catalog/node-services/ext?filter=Service%20%3D%3D%20db", "", 200, r#"~"Services":[{"ID":"b","Service":"db","Tags":[],"#),
+        // unknown node, or a peer (none is imported): Consul's empty list, not null
+        ("GET", "/v1/catalog/node-services/nowhere", "", 200, r#"{"Node":null,"Services":[]}"#),
+        ("GET", "/v1/catalog/node-services/ext?peer=other", "", 200, r#"{"Node":null,"Services":[]}"#),
+        ("GET", "/v1/catalog/node-services/ext?filter=Nope%20%3D%3D%201", "", 400, r#"~Selector "Nope" is not valid"#),
+    ]).await;
+    let list = h.json("/v1/catalog/node-services/ext").await;
+    let ids: Vec<&str> = list["Services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"], "ordered by ID: {list}");
+    assert_eq!(list["Services"][0]["Tags"], serde_json::json!(["x"]));
+}
+
+#[tokio::test]
+async fn peer_on_the_other_reads_finds_nothing() {
+    let h = H::new().await;
+    h.table(None, &[
+        ("PUT", "/v1/catalog/register", r#"{"Node":"ext","Address":"10.0.0.9","Service":{"ID":"a","Service":"web"},"Check":{"CheckID":"c","ServiceID":"a","Status":"passing"}}"#, 200, "true"),
+        ("GET", "/v1/catalog/nodes?peer=other", "", 200, "[]"),
+        ("GET", "/v1/catalog/services?peer=other", "", 200, "{}"),
+        ("GET", "/v1/catalog/node/ext?peer=other", "", 200, "null"),
+        ("GET", "/v1/health/checks/web?peer=other", "", 200, "[]"),
+        ("GET", "/v1/health/node/ext?peer=other", "", 200, "[]"),
+        ("GET", "/v1/health/state/any?peer=other", "", 200, "[]"),
+        // without a peer, or an empty one, the local cluster answers
+        ("GET", "/v1/catalog/nodes?peer=", "", 200, r#"~"Node":"ext""#),
+        ("GET", "/v1/catalog/services", "", 200, r#"~"web":[]"#),
+        ("GET", "/v1/catalog/node/ext", "", 200, r#"~"Node":"ext""#),
+        ("GET", "/v1/health/checks/web", "", 200, r#"~"CheckID":"c""#),
+        ("GET", "/v1/health/node/ext", "", 200, r#"~"CheckID":"c""#),
+        ("GET", "/v1/health/state/passing", "", 200, r#"~"CheckID":"c""#),
+    ]).await;
+}

@@ -36,6 +36,12 @@ async fn docker_ports_are_published_on_the_advertise_address_only() {
     assert_eq!(ep.host, "127.0.0.1");
     assert_ne!(ep.host_port, 9999, "the file's host port is never used");
     let container = started.services[0].container.clone().unwrap();
+    // The port's holder: the service's forwarder when the worker has one (docs/WORKER.md).
+    let container = if forwarder_bin().is_file() {
+        format!("{container}-fwd")
+    } else {
+        container
+    };
     // The file's 0.0.0.0 is the worker's choice too: one binding, on the publish address.
     assert_eq!(
         inspect(

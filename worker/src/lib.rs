@@ -384,6 +384,7 @@ pub async fn run(
             check_url: format!("http://{check_host}:{}/healthz", local.port()),
             capacity: config.capacity,
             fence: fence.clone(),
+            verdicts: stacks.watch_verdicts(),
         };
         tasks.push(tokio::spawn(registrator.run(shutdown.clone())));
     }

@@ -54,7 +54,7 @@ pub use build::LABEL_BUILD_DIGEST;
 pub use buildkit::BuilderChoice;
 pub use faults::AppFault;
 pub use record::Record;
-pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW};
+pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW, Verdicts};
 
 /// What the stack manager needs to know about its host.
 #[derive(Debug, Clone)]

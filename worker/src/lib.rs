@@ -366,6 +366,9 @@ pub async fn run(
         _ => None,
     };
     tasks.push(tokio::spawn(stacks.clone().watch(shutdown.clone())));
+    if let Some(f) = &fence {
+        tasks.push(tokio::spawn(f.clone().follow(shutdown.clone())));
+    }
     if let Some(agent) = agent {
         let check_host = if local.ip().is_unspecified() {
             "127.0.0.1".to_owned()

@@ -9,8 +9,9 @@
 //! through [`Agent`] and reacts to events. It knows the stack manager only through what
 //! `lib.rs` hands it: the shared [`LogBook`] and a watch of the stack count. With a [`Fence`] it
 //! has the fence remove the copies the master's records exclude first (at start-up, after every
-//! failed resync or event-stream drop, and every 30 s), and registers only instances the records
-//! place here.
+//! failed resync or event-stream drop, every 30 s, and at once when the fence's watch of the
+//! records sees one exclude a stack held here), and registers only instances the records place
+//! here.
 
 pub mod registrations;
 pub mod view;
@@ -292,6 +293,7 @@ impl Registrator {
                     Ok(()) = changed.changed() => {}
                     Ok(()) = verdicts.changed() => {}
                     _ = tick.tick() => fence = true,
+                    () = excluded(self.fence.as_deref()) => fence = true,
                     event = events.next() => match event {
                         Some(Ok(ev)) => {
                             if let Some(t) = ev.time {
@@ -325,6 +327,14 @@ impl Registrator {
         {
             tracing::warn!(cause = %e, "cannot deregister the worker");
         }
+    }
+}
+
+/// Resolves when the fence saw a record exclude a stack held here (never without a fence).
+async fn excluded(fence: Option<&Fence>) {
+    match fence {
+        Some(f) => f.excluded().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -13,6 +13,12 @@
 //! instance's delete, which asks every former worker), one whose record is gone loses them, as
 //! the delete it missed would have done. The registrator registers the containers
 //! of an instance only once a record read here placed it on this worker ([`Fence::confirmed`]).
+//!
+//! Besides those passes, [`Fence::follow`] holds a blocking query on the records' prefix
+//! through the agent: when a record changes so that it excludes a stack held here (the instance
+//! moved away, or was deleted), it wakes the registrator's fenced pass at once
+//! ([`Fence::excluded`]), so a worker that stayed up does not serve a moved instance for up to
+//! the 30 s of the periodic pass.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -90,6 +96,8 @@ pub struct Fence {
     stacks: Arc<Stacks>,
     /// Instances a record read last placed on this worker.
     here: Mutex<HashSet<String>>,
+    /// Woken when a record changed to exclude a stack held here.
+    excluded: tokio::sync::Notify,
 }
 
 impl Fence {
@@ -104,7 +112,63 @@ impl Fence {
             node: stacks.settings().node.clone(),
             stacks,
             here: Mutex::new(HashSet::new()),
+            excluded: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Resolves when [`Fence::follow`] saw a record change that excludes a stack held here.
+    pub async fn excluded(&self) {
+        self.excluded.notified().await;
+    }
+
+    /// Follows the records with a blocking query on their prefix until `shutdown`, waking
+    /// [`Fence::excluded`] when one places a stack held here elsewhere, nowhere, or is gone (the
+    /// fenced pass then reads each record again before it removes anything).
+    pub async fn follow(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        const WAIT: Duration = Duration::from_secs(300);
+        let mut index = 0;
+        loop {
+            let read = self.client.kv_list_blocking(RECORD_PREFIX, index, WAIT);
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = tokio::time::timeout(WAIT + READ_TIMEOUT, read) => a,
+            };
+            match answer {
+                Ok(Ok((pairs, next))) => {
+                    // An index that went backwards (a new registry) starts over.
+                    let changed = next != index;
+                    index = if next < index { 0 } else { next };
+                    if changed && self.excludes_any(&pairs).await {
+                        self.excluded.notify_one();
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(cause = %e, "fence: cannot follow the records");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Whether `records` (every record) exclude a stack held here that was confirmed here.
+    async fn excludes_any(&self, records: &[berth_consul::client::KvPair]) -> bool {
+        let Ok(ids) = self.stacks.ids().await else {
+            return false;
+        };
+        ids.iter()
+            .filter(|id| self.confirmed(id.as_str()))
+            .any(|id| {
+                let key = instance_record_key(id);
+                match records.iter().find(|p| p.key == key) {
+                    None => true,
+                    Some(pair) => serde_json::from_slice::<InstanceRecord>(&pair.value)
+                        .is_ok_and(|r| placement_of(Some(&r), &self.node).excludes()),
+                }
+            })
     }
 
     /// Where the record of `id` places it (remembered for [`Fence::confirmed`]).

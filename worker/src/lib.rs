@@ -437,6 +437,9 @@ pub async fn run(
         _ => None,
     };
     tasks.push(tokio::spawn(stacks.clone().watch(shutdown.clone())));
+    if let Some(f) = &fence {
+        tasks.push(tokio::spawn(f.clone().follow(shutdown.clone())));
+    }
     if let Some(agent) = agent {
         let check_host = if local.ip().is_unspecified() {
             "127.0.0.1".to_owned()
@@ -455,6 +458,7 @@ pub async fn run(
             check_url: format!("http://{check_host}:{}/healthz", local.port()),
             capacity: config.capacity,
             fence: fence.clone(),
+            verdicts: stacks.watch_verdicts(),
         };
         tasks.push(tokio::spawn(registrator.run(shutdown.clone())));
     }

@@ -32,9 +32,37 @@ pub struct Registration {
     pub name: String,
     pub tags: Vec<String>,
     pub address: String,
+    /// The published host port (0 for a container that publishes none).
     pub port: u16,
     pub meta: BTreeMap<String, String>,
     pub check: Option<Check>,
+    /// berth's own TTL check `service:<id>:berth`, following the container's state as the
+    /// watcher judges it (`None`: no such check, as for the worker's own registration).
+    pub state: Option<StateCheck>,
+}
+
+/// The status and output of a registration's state check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCheck {
+    /// `passing`, `warning` or `critical`.
+    pub status: String,
+    pub output: String,
+}
+
+/// The name of berth's state check on every container registration.
+pub const STATE_CHECK_NAME: &str = "berth: container state";
+/// Its TTL: the registrator refreshes it at least every 30 s, so it expires (critical) only when
+/// nobody watches the container any more (the worker is gone).
+pub const STATE_CHECK_TTL: &str = "90s";
+
+/// The agent check id of a service's embedded check.
+pub fn check_id(service_id: &str) -> String {
+    format!("service:{service_id}")
+}
+
+/// The agent check id of a registration's state check.
+pub fn state_check_id(service_id: &str) -> String {
+    format!("service:{service_id}:berth")
 }
 
 /// What the agent holds for one service (the parts a resync compares).
@@ -48,7 +76,7 @@ pub struct AgentService {
 
 impl From<&Registration> for AgentServiceRegistration {
     fn from(r: &Registration) -> Self {
-        Self {
+        let mut reg = Self {
             id: Some(r.id.clone()),
             name: r.name.clone(),
             tags: r.tags.clone(),
@@ -69,7 +97,36 @@ impl From<&Registration> for AgentServiceRegistration {
                 ..Default::default()
             }),
             ..Default::default()
+        };
+        if let Some(state) = &r.state {
+            // Two checks: each gets its id explicitly (Consul would number them otherwise). The
+            // state check is born with a status other than its real one (critical, as every new
+            // TTL check, or warning when it is to be critical): the update that follows then
+            // changes the status, which the agent syncs at once with its output (an output-only
+            // change waits for Consul's check_update_interval, 5 min by default).
+            if let Some(c) = &mut reg.check {
+                c.check_id = Some(check_id(&r.id));
+            }
+            reg.checks.push(AgentCheckRegistration {
+                check_id: Some(state_check_id(&r.id)),
+                name: Some(STATE_CHECK_NAME.to_owned()),
+                ttl: Some(STATE_CHECK_TTL.to_owned()),
+                status: Some(
+                    if state.status == "critical" {
+                        "warning"
+                    } else {
+                        "critical"
+                    }
+                    .to_owned(),
+                ),
+                notes: Some(
+                    "the container's state as berth's watcher sees it: running, or why not"
+                        .to_owned(),
+                ),
+                ..Default::default()
+            });
         }
+        reg
     }
 }
 
@@ -121,6 +178,18 @@ impl Agent {
                 )
             })
             .collect())
+    }
+
+    /// Sets a TTL check's status (`passing`, `warning`, `critical`) and output.
+    pub async fn set_check(
+        &self,
+        check_id: &str,
+        status: &str,
+        output: &str,
+    ) -> Result<(), RegistryError> {
+        self.client
+            .agent_check_update(check_id, status, output)
+            .await
     }
 
     /// Sets a TTL check's status: `passing`, `warning` or anything else for critical.

@@ -2,7 +2,8 @@
 //! the master's records (`berth/instances/<id>`, written here as a master would) place on its
 //! node, and a restarted worker removes the stacks the records place elsewhere (keeping their
 //! named volumes) or no longer hold (volumes too), but keeps everything when the registry holds
-//! no record at all.
+//! no record at all; with the worker up, a move away removes the copy at once (the fence follows
+//! the records with a blocking query).
 
 mod common;
 
@@ -52,6 +53,22 @@ async fn registered(kv: &Client, node: &str, want: bool) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("worker {node} registered: never {want}");
+}
+
+/// Waits until the fence has read the record of `id` (a start answers 409 while it excludes it,
+/// and goes on once it does not: `excluded` says which to wait for).
+async fn eventually_fenced(w: &TestWorker, id: &berth_worker_api::ValidName, excluded: bool) {
+    for _ in 0..100 {
+        let refused = matches!(
+            w.client.start(id, &StartRequest::default()).await,
+            Err(WorkerClientError::Api { status, .. }) if status.as_u16() == 409
+        );
+        if refused == excluded {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the fence never read the record of {id}");
 }
 
 fn conflict(e: WorkerClientError) -> String {
@@ -169,6 +186,28 @@ async fn docker_fence_keeps_only_the_stacks_the_records_place_here() {
     .await;
     registered(&kv, &node, true).await;
     assert_eq!(objects(&cleanup, kept.as_str()), (1, 1), "kept");
+
+    // With the worker up, the instance moves away: the fence's watch of the records notices at
+    // once (the periodic pass comes only every 30 s, so the 20 s guard below fails without it).
+    place(&kv, kept.as_str(), Some(&node)).await;
+    eventually_fenced(&w, &kept, false).await;
+    let moved_at = tokio::time::Instant::now();
+    place(&kv, kept.as_str(), Some("elsewhere")).await;
+    loop {
+        if objects(&cleanup, kept.as_str()) == (0, 1) {
+            break;
+        }
+        assert!(
+            moved_at.elapsed() < std::time::Duration::from_secs(20),
+            "the copy of a moved instance stayed: {:?}",
+            objects(&cleanup, kept.as_str())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "moved away while the worker was up: copy removed {:?} after the record changed",
+        moved_at.elapsed()
+    );
     w.client.delete(&kept, false).await.unwrap();
     cleanup.assert_nothing_left();
     w.stop().await;

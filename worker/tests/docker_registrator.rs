@@ -1,7 +1,10 @@
 //! The registrator against a real in-process berth registry: registrations appear with their
-//! health, go on `kill -9` of a container and on stop, and a worker killed with `kill -9` leaves
-//! no stale or duplicate registration once it is back. A stack cannot register a name of berth or
-//! Consul, nor an HTTP check that leaves its own port.
+//! health; a container killed with `kill -9` stays registered with berth's state check critical
+//! (its service should run) and is passing again once started; stop removes them; a worker
+//! killed with `kill -9` leaves no stale or duplicate registration once it is back. A crash
+//! loop turns the state check critical with the FATAL line and a recovery turns it passing;
+//! services without published ports are registered without a port. A stack cannot register a
+//! name of berth or Consul, nor an HTTP check that leaves its own port.
 
 mod common;
 
@@ -76,8 +79,10 @@ async fn own(kv: &Client, node: &str) -> Vec<(String, String, u16)> {
     v
 }
 
+/// The distinct statuses of the service checks of `name` (`["passing"]`: all pass).
 async fn status_of(kv: &Client, name: &str) -> Vec<String> {
-    kv.health_service(name, false)
+    let mut v: Vec<String> = kv
+        .health_service(name, false)
         .await
         .unwrap()
         .into_iter()
@@ -87,7 +92,21 @@ async fn status_of(kv: &Client, name: &str) -> Vec<String> {
                 .filter(|c| !c.service_id.is_empty())
                 .map(|c| c.status)
         })
-        .collect()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Status and output of berth's state check on service id `service_id`, as the catalog has it.
+async fn state_of(kv: &Client, name: &str, service_id: &str) -> Option<(String, String)> {
+    kv.health_service(name, false)
+        .await
+        .ok()?
+        .into_iter()
+        .flat_map(|e| e.checks)
+        .find(|c| c.check_id == format!("service:{service_id}:berth"))
+        .map(|c| (c.status, c.output))
 }
 
 const STACK: &str = "services:
@@ -203,22 +222,32 @@ async fn docker_registrations_follow_containers_and_survive_worker_kill_9() {
     })
     .await;
 
-    // kill -9 of a container: its registration goes, the other stays.
+    eventually("app's state check passing", || async {
+        (state_of(&kv, &format!("app.{sid}"), &app_id).await
+            == Some(("passing".to_owned(), "running".to_owned())))
+        .then_some(())
+    })
+    .await;
+
+    // kill -9 of a container: it stays registered, berth's state check says it exited.
     let killed = Command::new("docker")
         .args(["kill", "-s", "KILL", &format!("{project}-app-1")])
         .output()
         .unwrap();
     assert!(killed.status.success(), "{killed:?}");
-    eventually("app deregistered", || async {
-        let r = own(&kv, &node).await;
-        (r.len() == 1 && r[0].0 == hc_id).then_some(())
+    let (_, output) = eventually("app's state check critical", || async {
+        state_of(&kv, &format!("app.{sid}"), &app_id)
+            .await
+            .filter(|(status, _)| status == "critical")
     })
     .await;
+    assert!(output.starts_with("exited (exit code 137)"), "{output}");
+    assert_eq!(own(&kv, &node).await.len(), 2);
 
     // Start brings it back; kill -9 of the worker, then a container dies while it is down.
     client.start(&sid, &StartRequest::default()).await.unwrap();
-    eventually("app back", || async {
-        (own(&kv, &node).await.len() == 2).then_some(())
+    eventually("app passing again", || async {
+        (status_of(&kv, &format!("app.{sid}")).await == ["passing"]).then_some(())
     })
     .await;
     worker.0.kill().unwrap();
@@ -233,11 +262,14 @@ async fn docker_registrations_follow_containers_and_survive_worker_kill_9() {
         "nobody cleaned up while the worker was dead"
     );
     let _worker = spawn_worker(data.path(), &node, port, &registry);
-    eventually("stale registration removed after restart", || async {
-        let r = own(&kv, &node).await;
-        (r.len() == 1 && r[0].0 == app_id).then_some(())
+    // Back, it sees what happened meanwhile: hc exited (still registered, critical).
+    eventually("hc's state check critical after the restart", || async {
+        state_of(&kv, "checked", &hc_id)
+            .await
+            .filter(|(status, output)| status == "critical" && output.starts_with("exited"))
     })
     .await;
+    assert_eq!(own(&kv, &node).await.len(), 2);
     let services = kv.agent_services().await.unwrap();
     assert_eq!(
         services
@@ -424,6 +456,124 @@ async fn docker_reserved_names_and_check_urls_are_refused() {
     assert_eq!(worker_ids().await, [format!("berth-worker:{node}")]);
 
     w.client.delete(&sid, false).await.unwrap();
+    w.stop().await;
+    stop_registry.cancel();
+    let _ = server_task.await;
+}
+
+/// `crash` dies with a FATAL line 2 s after each boot, forever; `flaky` dies on its first two
+/// boots, then runs; `steady` runs. None publishes a port.
+const LOOP: &str = r#"services:
+  crash:
+    image: berth-base:latest
+    restart: always
+    command: ["sh", "-c", "echo booting; sleep 2; echo 'FATAL: no database' >&2; exit 1"]
+  flaky:
+    image: berth-base:latest
+    restart: on-failure
+    command: ["sh", "-c", "n=$$(cat /data/n 2>/dev/null || echo 0); n=$$((n+1)); echo $$n > /data/n; if [ $$n -le 2 ]; then sleep 2; echo 'FATAL: boot '$$n >&2; exit 3; fi; exec sleep 100000"]
+    volumes: ["data:/data"]
+  steady:
+    image: berth-base:latest
+    command: ["sleep", "100000"]
+volumes:
+  data:
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_the_state_check_follows_a_crash_loop_and_a_recovery_without_ports() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = format!("http://{}", listener.local_addr().unwrap());
+    let stop_registry = CancellationToken::new();
+    let server_task = tokio::spawn(server::run(
+        server::Config::dev("reg-test"),
+        listener,
+        stop_registry.clone(),
+    ));
+    let kv = Client::new(&registry, None).unwrap();
+    let w = worker("regloop", |c| {
+        c.registry = Some(registry.clone());
+        c.fence = false;
+    })
+    .await;
+    let node = w.node.clone();
+    let (repo, commit) = git_repo(&[("compose.yaml", LOOP)]);
+    let sid = id(&format!("loop-{node}"));
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let begun = tokio::time::Instant::now();
+    let st = w
+        .client
+        .start(&sid, &StartRequest::default())
+        .await
+        .unwrap();
+    let project = st.project_name.clone();
+    let reg_id = |service: &str| format!("{node}:{project}-{service}-1");
+
+    // Registered without a port, each with berth's state check.
+    let regs = eventually("three port-less registrations", || async {
+        let r = own(&kv, &node).await;
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        regs,
+        ["crash", "flaky", "steady"].map(|s| (reg_id(s), format!("{s}.{sid}"), 0))
+    );
+    eventually("steady's state check passing", || async {
+        (state_of(&kv, &format!("steady.{sid}"), &reg_id("steady")).await
+            == Some(("passing".to_owned(), "running".to_owned())))
+        .then_some(())
+    })
+    .await;
+
+    // The crash loop: critical, saying why, with the FATAL line.
+    let (_, output) = eventually("crash's state check critical", || async {
+        state_of(&kv, &format!("crash.{sid}"), &reg_id("crash"))
+            .await
+            .filter(|(status, _)| status == "critical")
+    })
+    .await;
+    eprintln!(
+        "crash's state check critical {:?} after the start (first crash at 2 s)",
+        begun.elapsed()
+    );
+    assert!(output.starts_with("restarting ("), "{output}");
+    assert!(output.contains("exit code 1"), "{output}");
+    assert!(output.contains("FATAL: no database"), "{output}");
+
+    // flaky: critical while it crashes, passing once it has run for the restart window.
+    eventually("flaky's state check critical", || async {
+        state_of(&kv, &format!("flaky.{sid}"), &reg_id("flaky"))
+            .await
+            .filter(|(status, output)| status == "critical" && output.contains("FATAL: boot"))
+    })
+    .await;
+    eventually("flaky passing again", || async {
+        state_of(&kv, &format!("flaky.{sid}"), &reg_id("flaky"))
+            .await
+            .filter(|(status, _)| status == "passing")
+    })
+    .await;
+    eprintln!(
+        "flaky's state check passing again {:?} after the start (its last crash at about 4 s, then the 10 s restart window)",
+        begun.elapsed()
+    );
+    // The crash loop is still critical meanwhile; stop removes every registration.
+    assert_eq!(
+        state_of(&kv, &format!("crash.{sid}"), &reg_id("crash"))
+            .await
+            .map(|s| s.0),
+        Some("critical".to_owned())
+    );
+    w.client.stop(&sid).await.unwrap();
+    eventually("all deregistered on stop", || async {
+        own(&kv, &node).await.is_empty().then_some(())
+    })
+    .await;
+    w.client.delete(&sid, true).await.unwrap();
     w.stop().await;
     stop_registry.cancel();
     let _ = server_task.await;

@@ -193,3 +193,82 @@ async fn docker_a_service_whose_container_is_removed_is_missing() {
     w.cleanup.assert_nothing_left();
     w.stop().await;
 }
+
+/// `web` serves its release on a published port; `jobs` (no port) crash-loops with a FATAL
+/// line a second after each boot in release `broken`, and runs in any other.
+fn web(release: &str) -> Vec<(String, String)> {
+    let jobs = if release == "broken" {
+        r#"["sh", "-c", "echo booting; sleep 1; echo 'FATAL: bad config' >&2; exit 1"]"#
+    } else {
+        r#"["sleep", "100000"]"#
+    };
+    vec![
+        (
+            "compose.yaml".into(),
+            format!(
+                "services:\n  web:\n    build: ./web\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n    ports:\n      - \"8080\"\n  jobs:\n    build: ./web\n    restart: always\n    command: {jobs}\n"
+            ),
+        ),
+        (
+            "web/Dockerfile".into(),
+            "FROM berth-base:latest\nCOPY release /www/index.html\n".into(),
+        ),
+        ("web/release".into(), format!("{release}\n")),
+    ]
+}
+
+fn files(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+/// What a user does with an app that crashes at start: deploy a fixed release onto it. The
+/// crash-looping container is replaced, the app serves the fixed release on the same port, and
+/// the stack is `running` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_a_fixed_release_deploys_over_a_crash_loop() {
+    let w = worker("watch-redeploy", |_| {}).await;
+    let broken = web("broken");
+    let (repo, c1) = git_repo(&files(&broken));
+    let sid = id(&format!("redeploy-{}", w.node));
+    let started = w.build_and_start(&sid, repo.path(), &c1).await;
+    let port = started.endpoints[0].host_port;
+    let (st, _) = until(&w, &sid, "degraded", |st| {
+        st.state == StackState::Degraded && service(st, "web").restarts > 0
+    })
+    .await;
+    assert_eq!(
+        service(&st, "web").state,
+        ServiceState::Restarting,
+        "{st:#?}"
+    );
+
+    let c2 = git_commit(repo.path(), &files(&web("fixed")));
+    let b = build_request(repo.path(), &c2);
+    let deployed = w
+        .client
+        .deploy(
+            &sid,
+            &berth_worker_api::DeployRequest {
+                user: b.user,
+                project: b.project,
+                commit: b.commit,
+                repo: b.repo,
+                timeout_secs: Some(30),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the deploy of the fixed release failed: {e}"));
+    assert_eq!(deployed.state, StackState::Running, "{deployed:#?}");
+    assert_eq!(deployed.endpoints[0].host_port, port);
+    let url = format!("http://{}/", deployed.endpoints[0].address());
+    assert_eq!(http_get(&url).await, "fixed\n");
+    let (st, took) = until(&w, &sid, "running again", |st| {
+        st.state == StackState::Running && service_ok(st)
+    })
+    .await;
+    eprintln!("running {took:?} after the deploy answered");
+    assert_eq!(st.commit.as_deref(), Some(c2.as_str()));
+    w.client.delete(&sid, false).await.unwrap();
+    w.cleanup.assert_nothing_left();
+    w.stop().await;
+}

@@ -9,15 +9,16 @@
 //! through [`Agent`] and reacts to events. It knows the stack manager only through what
 //! `lib.rs` hands it: the shared [`LogBook`] and a watch of the stack count. With a [`Fence`] it
 //! has the fence remove the copies the master's records exclude first (at start-up, after every
-//! failed resync or event-stream drop, and every 30 s), and registers only instances the records
-//! place here.
+//! failed resync or event-stream drop, every 30 s, and at once when the fence's watch of the
+//! records sees one exclude a stack held here), and registers only instances the records place
+//! here.
 
 pub mod registrations;
 pub mod view;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_worker_api::{META_CAPACITY, META_INSTANCES, META_VERSION, ValidName, WORKER_SERVICE};
 use bollard::Docker;
@@ -29,8 +30,15 @@ use tokio_util::sync::CancellationToken;
 use crate::compose::plan;
 use crate::fence::Fence;
 use crate::logbuf::LogBook;
-use crate::registry::{Agent, Check, Registration};
-use registrations::{check_id, diff, registrations, relays_health};
+use crate::registry::{
+    Agent, Check, Registration, RegistryError, StateCheck, check_id, state_check_id,
+};
+use crate::stacks::Verdicts;
+use registrations::{diff, registrations, relays_health, state_check};
+
+/// A state check's status is sent again after this long even when it did not change (its TTL
+/// is [`crate::registry::STATE_CHECK_TTL`]).
+const STATE_REFRESH: Duration = Duration::from_secs(20);
 
 /// The worker's own registration.
 pub fn self_registration(
@@ -62,6 +70,7 @@ pub fn self_registration(
             timeout: Some("5s".to_owned()),
             ..Check::default()
         }),
+        state: None,
     }
 }
 
@@ -76,6 +85,8 @@ pub struct Synced {
     failing: bool,
     /// Whether the last reconciliation left stacks undecided (the next resync tries again).
     unsettled: bool,
+    /// Per state check: what was last sent, and when.
+    sent: HashMap<String, (StateCheck, Instant)>,
 }
 
 /// The registrator loop's inputs.
@@ -97,22 +108,41 @@ pub struct Registrator {
     /// The fence against copies the master's records place elsewhere (`None`: register every
     /// container of this node).
     pub fence: Option<Arc<Fence>>,
+    /// The watcher's verdicts, which the state checks follow; a change wakes the loop.
+    pub verdicts: watch::Receiver<Verdicts>,
 }
 
 impl Registrator {
     /// One full resync. Returns how many registrations changed.
     pub async fn resync(&self, synced: &mut Synced) -> anyhow::Result<usize> {
+        let verdicts = self.verdicts.borrow().clone();
         let mut views = view::views(&self.docker, &self.node).await?;
         if let Some(fence) = &self.fence {
             views.retain(|v| fence.confirmed(&v.instance));
         }
+        // A service speaks through a container that runs, else through its newest one.
+        views.sort_by_key(|v| (!v.running, std::cmp::Reverse(v.created)));
+        let mut spoken: HashSet<(String, String)> = HashSet::new();
         let mut desired = Vec::new();
         let mut health: HashMap<String, Option<String>> = HashMap::new();
         let mut refused = BTreeSet::new();
         for v in &views {
+            let key = (v.instance.clone(), v.service.clone());
+            let first = spoken.insert(key);
+            if !v.running && !first {
+                continue;
+            }
+            let verdict = verdicts
+                .as_ref()
+                .and_then(|all| all.get(&v.instance))
+                .and_then(|services| services.iter().find(|h| h.name == v.service));
+            let Some(state) = state_check(v.running, verdict) else {
+                continue;
+            };
             let (regs, lines) = registrations(v, &self.node, &self.public_host);
-            for r in regs {
+            for mut r in regs {
                 health.insert(r.id.clone(), v.health.clone());
+                r.state = Some(state.clone());
                 desired.push(r);
             }
             refused.extend(lines.into_iter().map(|l| (v.instance.clone(), l)));
@@ -127,7 +157,9 @@ impl Registrator {
         }
         for r in &register {
             self.agent.register(r).await?;
+            synced.sent.remove(&state_check_id(&r.id));
         }
+        self.send_states(&desired, synced).await?;
         for r in desired.iter().filter(|r| relays_health(r)) {
             let status = match health.get(&r.id).cloned().flatten().as_deref() {
                 Some("healthy") => "passing",
@@ -151,6 +183,46 @@ impl Registrator {
             synced.me = Some(me);
         }
         Ok(changes)
+    }
+
+    /// Sends each registration's state check its status and output when they changed, were
+    /// never sent, or not within [`STATE_REFRESH`]; a registration whose check the agent lacks
+    /// (registered by an older worker) is registered again.
+    async fn send_states(
+        &self,
+        desired: &[Registration],
+        synced: &mut Synced,
+    ) -> Result<(), RegistryError> {
+        let now = Instant::now();
+        for r in desired {
+            let Some(state) = &r.state else { continue };
+            let id = state_check_id(&r.id);
+            let fresh = synced
+                .sent
+                .get(&id)
+                .is_some_and(|(s, at)| s == state && now.duration_since(*at) < STATE_REFRESH);
+            if fresh {
+                continue;
+            }
+            match self
+                .agent
+                .set_check(&id, &state.status, &state.output)
+                .await
+            {
+                Ok(()) => {}
+                Err(RegistryError::Status { status: 404, .. }) => {
+                    self.agent.register(r).await?;
+                    self.agent
+                        .set_check(&id, &state.status, &state.output)
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+            synced.sent.insert(id, (state.clone(), now));
+        }
+        let wanted: HashSet<String> = desired.iter().map(|r| state_check_id(&r.id)).collect();
+        synced.sent.retain(|id, _| wanted.contains(id));
+        Ok(())
     }
 
     /// Logs each refusal once while it lasts: in the worker log and in the instance's log.
@@ -189,6 +261,11 @@ impl Registrator {
         let mut synced = Synced::default();
         let mut since = now_secs();
         let mut changed = self.stack_count.clone();
+        let mut verdicts = self.verdicts.clone();
+        // The first resync waits (briefly) for the watcher's first pass, so a container that
+        // does not run is not deregistered only to come back with its verdict.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), verdicts.wait_for(Option::is_some)).await;
         'outer: loop {
             self.fenced_resync(&mut synced, true).await;
             let filters = HashMap::from([
@@ -214,7 +291,9 @@ impl Registrator {
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'outer,
                     Ok(()) = changed.changed() => {}
+                    Ok(()) = verdicts.changed() => {}
                     _ = tick.tick() => fence = true,
+                    () = excluded(self.fence.as_deref()) => fence = true,
                     event = events.next() => match event {
                         Some(Ok(ev)) => {
                             if let Some(t) = ev.time {
@@ -248,6 +327,14 @@ impl Registrator {
         {
             tracing::warn!(cause = %e, "cannot deregister the worker");
         }
+    }
+}
+
+/// Resolves when the fence saw a record exclude a stack held here (never without a fence).
+async fn excluded(fence: Option<&Fence>) {
+    match fence {
+        Some(f) => f.excluded().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -285,5 +372,23 @@ mod tests {
             serde_json::to_value(berth_consul::types::AgentServiceRegistration::from(reg)).unwrap();
         assert_eq!(json["ID"], "n:shop-web-1:80");
         assert_eq!(json["Check"]["TCP"], "h:1");
+        assert!(json.get("Checks").is_none(), "{json}");
+        // With its state check: both checks carry their ids, the state check its status.
+        let mut reg = reg.clone();
+        reg.state = Some(StateCheck {
+            status: "critical".into(),
+            output: "exited".into(),
+        });
+        let json = serde_json::to_value(berth_consul::types::AgentServiceRegistration::from(&reg))
+            .unwrap();
+        assert_eq!(json["Check"]["CheckID"], "service:n:shop-web-1:80");
+        let state = &json["Checks"][0];
+        assert_eq!(state["CheckID"], "service:n:shop-web-1:80:berth");
+        assert_eq!(state["Name"], crate::registry::STATE_CHECK_NAME);
+        assert_eq!(
+            state["Status"], "warning",
+            "not its real status, see the From impl"
+        );
+        assert_eq!(state["TTL"], crate::registry::STATE_CHECK_TTL);
     }
 }

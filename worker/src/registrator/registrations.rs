@@ -1,15 +1,16 @@
 //! The pure part of the registrator: the registrations one container should have, following
-//! registrator's `SERVICE_*` conventions and berth's rules ([`crate::compose::service_env`]), and
-//! the diff a resync applies to the agent.
+//! registrator's `SERVICE_*` conventions and berth's rules ([`crate::compose::service_env`]),
+//! the state check that follows the watcher's verdict on its service, and the diff a resync
+//! applies to the agent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use berth_worker_api::ValidName;
+use berth_worker_api::{ServiceHealth, ServiceState, ValidName};
 use reqwest::Url;
 
 use super::view::ContainerView;
 use crate::compose::service_env::{Refusal, check_path, refusal, split_key};
-use crate::registry::{AgentService, Check, Registration};
+use crate::registry::{AgentService, Check, Registration, StateCheck};
 
 /// Meta keys berth adds to every container registration.
 pub const META_BERTH_NODE: &str = "berth_node";
@@ -25,9 +26,65 @@ pub fn service_id(node: &str, container: &str, port: u16, proto: &str) -> String
     }
 }
 
-/// The agent check id of a service's embedded check.
-pub fn check_id(service_id: &str) -> String {
-    format!("service:{service_id}")
+/// Service id of a container that publishes no port: `<node>:<container>`.
+pub fn portless_service_id(node: &str, container: &str) -> String {
+    format!("{node}:{container}")
+}
+
+/// How many log lines a critical state check quotes.
+const CHECK_LOG_LINES: usize = 5;
+
+/// The state check of a container of a service the watcher judged `verdict` (`None`: not
+/// judged yet, or its stack is not watched). `None` when the container is not to be registered:
+/// one that does not run is registered only while the watcher says its service should
+/// (restarting, exited, unhealthy), so its check can say why it does not.
+pub fn state_check(running: bool, verdict: Option<&ServiceHealth>) -> Option<StateCheck> {
+    let check = |status: &str, output: String| {
+        Some(StateCheck {
+            status: status.to_owned(),
+            output,
+        })
+    };
+    let Some(v) = verdict else {
+        return running.then(|| StateCheck {
+            status: "passing".to_owned(),
+            output: "running".to_owned(),
+        });
+    };
+    match v.state {
+        ServiceState::Running | ServiceState::Completed | ServiceState::Missing if running => {
+            check("passing", "running".to_owned())
+        }
+        ServiceState::Starting if running => check(
+            "warning",
+            "starting: its healthcheck has not passed yet".to_owned(),
+        ),
+        ServiceState::Restarting | ServiceState::Exited | ServiceState::Unhealthy => {
+            let mut why = Vec::new();
+            if v.restarts > 0 {
+                why.push(format!("{} restarts", v.restarts));
+            }
+            if let Some(code) = v.exit_code {
+                why.push(format!("exit code {code}"));
+            }
+            let mut output = v.state.as_str().to_owned();
+            if !why.is_empty() {
+                output.push_str(&format!(" ({})", why.join(", ")));
+            }
+            if let Some(probe) = &v.probe_output {
+                output.push_str(&format!("\nprobe: {probe}"));
+            }
+            let from = v.last_log_lines.len().saturating_sub(CHECK_LOG_LINES);
+            if from < v.last_log_lines.len() {
+                output.push_str("\nlast log lines:");
+                for line in &v.last_log_lines[from..] {
+                    output.push_str(&format!("\n{line}"));
+                }
+            }
+            check("critical", output)
+        }
+        _ => None,
+    }
 }
 
 /// The HTTP check URL for `path` on the container's published port, built with the URL parser
@@ -78,21 +135,31 @@ pub fn registrations(
         return (Vec::new(), refused);
     }
     let env = service_settings(&c.env, &c.service_labels);
-    let mut ports = c.ports.clone();
+    let mut ports: Vec<Option<(u16, String, u16)>> = c.ports.iter().cloned().map(Some).collect();
     ports.sort();
     ports.dedup();
     let many = ports.len() > 1;
+    // A container that publishes no port is registered too, without a port: its checks follow
+    // its state (berth's state check, a relayed healthcheck, or its own `SERVICE_CHECK_TTL`).
+    if ports.is_empty() {
+        ports.push(None);
+    }
     let mut out = Vec::new();
-    'ports: for (port, proto, host_port) in &ports {
+    'ports: for entry in &ports {
+        let (port, proto, host_port) = match entry {
+            Some((port, proto, host_port)) => (Some(*port), proto.as_str(), *host_port),
+            None => (None, "", 0),
+        };
+        let port_label = port.map_or_else(|| "the container".to_owned(), |p| format!("port {p}"));
         // KEY -> (variable, value) for this port: `SERVICE_<port>_KEY` wins over `SERVICE_KEY`.
-        let port_text = port.to_string();
+        let port_text = port.map(|p| p.to_string()).unwrap_or_default();
         let mut vars: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
         for (var, value) in &env {
             match split_key(var) {
                 Some((None, key)) => {
                     vars.entry(key).or_insert((var, value));
                 }
-                Some((Some(p), key)) if p == port_text => {
+                Some((Some(p), key)) if port.is_some() && p == port_text => {
                     vars.insert(key, (var, value));
                 }
                 _ => {}
@@ -109,7 +176,7 @@ pub fn registrations(
             match refusal(key, value) {
                 Some((Refusal::SkipPort, reason)) => {
                     refused.insert(format!(
-                        "{}: {var} {reason}; port {port} is not registered",
+                        "{}: {var} {reason}; {port_label} is not registered",
                         c.name
                     ));
                     continue 'ports;
@@ -125,13 +192,21 @@ pub fn registrations(
             }
         }
         let name = match vars.get("NAME") {
-            Some((var, n)) if var.starts_with(&format!("SERVICE_{port}_")) => (*n).to_owned(),
+            Some((var, n))
+                if port.is_some() && var.starts_with(&format!("SERVICE_{port_text}_")) =>
+            {
+                (*n).to_owned()
+            }
             named => {
                 let base = named.map_or_else(
                     || format!("{}.{}", c.service, c.instance),
                     |(_, n)| (*n).to_owned(),
                 );
-                if many { format!("{base}-{port}") } else { base }
+                if many {
+                    format!("{base}-{port_text}")
+                } else {
+                    base
+                }
             }
         };
         let tags = get("TAGS")
@@ -149,8 +224,21 @@ pub fn registrations(
         let interval = get("CHECK_INTERVAL").unwrap_or_else(|| "10s".to_owned());
         let timeout = get("CHECK_TIMEOUT");
         let deregister_after = get("CHECK_DEREGISTER_AFTER");
-        let mut check = if let Some((var, path)) = vars.get("CHECK_HTTP") {
-            match check_url(advertise, *host_port, path) {
+        let needs_port = ["CHECK_HTTP", "CHECK_TCP"]
+            .iter()
+            .filter_map(|k| vars.get(k))
+            .map(|(var, _)| *var)
+            .collect::<Vec<_>>();
+        if port.is_none() {
+            for var in needs_port {
+                ignored.push(format!(
+                    "{}: {var} needs a published port to check; ignored",
+                    c.name
+                ));
+            }
+        }
+        let mut check = if let (Some((var, path)), Some(_)) = (vars.get("CHECK_HTTP"), port) {
+            match check_url(advertise, host_port, path) {
                 Ok(url) => Some(Check {
                     http: Some(url),
                     interval: Some(interval),
@@ -159,7 +247,7 @@ pub fn registrations(
                 }),
                 Err(reason) => {
                     refused.insert(format!(
-                        "{}: {var} {reason}; port {port} is not registered",
+                        "{}: {var} {reason}; {port_label} is not registered",
                         c.name
                     ));
                     continue;
@@ -170,7 +258,9 @@ pub fn registrations(
                 ttl: get("CHECK_TTL"),
                 ..Check::default()
             })
-        } else if get("CHECK_TCP").is_some() || (!c.has_healthcheck && proto == "tcp") {
+        } else if port.is_some()
+            && (get("CHECK_TCP").is_some() || (!c.has_healthcheck && proto == "tcp"))
+        {
             Some(Check {
                 tcp: Some(format!("{}:{host_port}", host(advertise))),
                 interval: Some(interval),
@@ -193,13 +283,17 @@ pub fn registrations(
         }
         refused.extend(ignored);
         out.push(Registration {
-            id: service_id(node, &c.name, *port, proto),
+            id: match port {
+                Some(port) => service_id(node, &c.name, port, proto),
+                None => portless_service_id(node, &c.name),
+            },
             name,
             tags,
             address: advertise.to_owned(),
-            port: *host_port,
+            port: host_port,
             meta,
             check,
+            state: None,
         });
     }
     (out, refused)
@@ -258,8 +352,28 @@ mod tests {
         }
         // (id, name, host port, check kind)
         let cases = [
+            // No published port: registered without one, no check to dial (the state check
+            // the registrator adds follows the container).
             Case {
                 env: &[],
+                ports: &[],
+                hc: false,
+                want: &[("n1:shop-web-1", "web.shop", 0, "none")],
+            },
+            Case {
+                env: &[],
+                ports: &[],
+                hc: true,
+                want: &[("n1:shop-web-1", "web.shop", 0, "ttl")],
+            },
+            Case {
+                env: &["SERVICE_NAME=jobs", "SERVICE_CHECK_TTL=30s"],
+                ports: &[],
+                hc: false,
+                want: &[("n1:shop-web-1", "jobs", 0, "ttl")],
+            },
+            Case {
+                env: &["SERVICE_IGNORE=1"],
                 ports: &[],
                 hc: false,
                 want: &[],
@@ -688,6 +802,70 @@ mod tests {
                 .map(|l| format!("shop-web-1: {l}"))
                 .collect();
             assert_eq!(refused.into_iter().collect::<Vec<_>>(), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn a_portless_container_says_why_a_port_check_is_ignored() {
+        let v = view(
+            &["SERVICE_CHECK_HTTP=/h", "SERVICE_CHECK_TCP=1"],
+            &[],
+            false,
+        );
+        let (regs, refused) = registrations(&v, "n1", "10.0.0.5");
+        assert_eq!(regs.len(), 1);
+        assert_eq!((regs[0].port, regs[0].check.is_none()), (0, true));
+        assert_eq!(
+            refused.into_iter().collect::<Vec<_>>(),
+            [
+                "shop-web-1: SERVICE_CHECK_HTTP needs a published port to check; ignored",
+                "shop-web-1: SERVICE_CHECK_TCP needs a published port to check; ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_state_check_follows_the_verdict() {
+        let health = |state: ServiceState| ServiceHealth {
+            name: "web".into(),
+            state,
+            restarts: 4,
+            exit_code: Some(1),
+            probe_output: Some("probe: down".into()),
+            last_log_lines: (1..=7)
+                .map(|n| format!("line {n}"))
+                .chain(["FATAL: no db".into()])
+                .collect(),
+        };
+        let got = |running: bool, state: Option<ServiceState>| {
+            let h = state.map(health);
+            state_check(running, h.as_ref()).map(|c| (c.status, c.output))
+        };
+        let passing = Some(("passing".to_owned(), "running".to_owned()));
+        assert_eq!(got(true, None), passing);
+        assert_eq!(got(true, Some(ServiceState::Running)), passing);
+        assert_eq!(got(false, None), None);
+        assert_eq!(got(false, Some(ServiceState::Running)), None);
+        assert_eq!(got(false, Some(ServiceState::Completed)), None);
+        assert_eq!(
+            got(true, Some(ServiceState::Starting)).map(|c| c.0),
+            Some("warning".to_owned())
+        );
+        for (running, state) in [
+            (false, ServiceState::Restarting),
+            (true, ServiceState::Restarting),
+            (false, ServiceState::Exited),
+            (true, ServiceState::Unhealthy),
+        ] {
+            let (status, output) = got(running, Some(state)).expect("registered");
+            assert_eq!(status, "critical", "{state:?}");
+            assert_eq!(
+                output,
+                format!(
+                    "{} (4 restarts, exit code 1)\nprobe: probe: down\nlast log lines:\nline 4\nline 5\nline 6\nline 7\nFATAL: no db",
+                    state.as_str()
+                )
+            );
         }
     }
 

@@ -1,6 +1,7 @@
-//! The registrator's view of a container: what it needs of each running berth container of
-//! this node, read from Docker (name, service, instance, environment, `SERVICE_*` labels,
-//! published ports, or those a forwarder holds for it, healthcheck and health).
+//! The registrator's view of a container: what it needs of each berth container of this node,
+//! read from Docker (name, service, instance, environment, `SERVICE_*` labels, published ports,
+//! or those a forwarder holds for it, healthcheck and health, whether it runs). berth's port
+//! forwarders (`*-fwd`) are not the app's and are left out.
 
 use std::collections::BTreeMap;
 
@@ -25,9 +26,21 @@ pub struct ContainerView {
     pub has_healthcheck: bool,
     /// Docker's health status (`healthy`, `unhealthy`, `starting`) when there is a healthcheck.
     pub health: Option<String>,
+    /// Whether the container runs (one that does not is registered only while the watcher says
+    /// its service should run, see [`super::registrations::state_check`]).
+    pub running: bool,
+    /// When it was created (Unix seconds): the newest container of a service speaks for it.
+    pub created: i64,
 }
 
-/// The views of this node's running berth containers.
+/// Whether a container of this node is one of berth's port forwarders
+/// (`<project>-<service>-<n>-fwd`, labelled as such), which front a service and are not
+/// registered or judged.
+pub fn is_forwarder(labels: Option<&std::collections::HashMap<String, String>>) -> bool {
+    labels.is_some_and(|l| l.contains_key(crate::stacks::LABEL_FORWARD))
+}
+
+/// The views of this node's berth containers, running or not.
 pub async fn views(
     docker: &Docker,
     node: &str,
@@ -35,7 +48,7 @@ pub async fn views(
     let summaries = docker
         .list_containers(Some(
             ListContainersOptionsBuilder::default()
-                .all(false)
+                .all(true)
                 .filters(&label_filter(&[
                     (plan::LABEL_BERTH_MANAGED, "true"),
                     (plan::LABEL_BERTH_NODE, node),
@@ -46,29 +59,28 @@ pub async fn views(
     let mut out = Vec::new();
     for s in summaries {
         let Some(id) = s.id else { continue };
+        if is_forwarder(s.labels.as_ref()) {
+            continue;
+        }
         let Ok(c) = docker.inspect_container(&id, None).await else {
             continue;
         };
-        if c.state.as_ref().and_then(|st| st.running) != Some(true) {
-            continue;
-        }
+        let running = c.state.as_ref().and_then(|st| st.running) == Some(true);
         let config = c.config.clone().unwrap_or_default();
         let labels = config.labels.clone().unwrap_or_default();
-        // A forwarder is no service; the container it forwards to says which host ports it
-        // holds for it.
-        if labels.contains_key(crate::stacks::LABEL_FORWARD) {
-            continue;
-        }
+        // The forwarder of a service says which host ports it holds for it.
         let mut ports = labels
             .get(crate::stacks::LABEL_HOST_PORTS)
             .map(|l| crate::stacks::parse_host_ports(l))
             .unwrap_or_default();
-        for (key, bindings) in c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.ports.clone())
-            .unwrap_or_default()
-        {
+        // Bound ports while it runs; the bindings asked for (always a host port of the
+        // worker's choice) while it does not.
+        let bound = if running {
+            c.network_settings.as_ref().and_then(|n| n.ports.clone())
+        } else {
+            c.host_config.as_ref().and_then(|h| h.port_bindings.clone())
+        };
+        for (key, bindings) in bound.unwrap_or_default() {
             let Some((port, proto)) = key.split_once('/') else {
                 continue;
             };
@@ -113,6 +125,8 @@ pub async fn views(
                 .and_then(|h| h.test.as_ref())
                 .is_some_and(|t| t.first().map(String::as_str) != Some("NONE")),
             health,
+            running,
+            created: s.created.unwrap_or(0),
         });
     }
     Ok(out)
@@ -133,5 +147,7 @@ pub(super) fn sample(env: &[&str], ports: &[(u16, &str, u16)], hc: bool) -> Cont
             .collect(),
         has_healthcheck: hc,
         health: None,
+        running: true,
+        created: 0,
     }
 }

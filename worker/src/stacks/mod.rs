@@ -60,7 +60,7 @@ pub use faults::AppFault;
 pub use forward::{LABEL_FORWARD, LABEL_HOST_PORTS, parse_host_ports};
 pub use record::Record;
 pub use tidy::RolloutNote;
-pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW};
+pub use watcher::{INTERVAL as WATCH_INTERVAL, RESTART_WINDOW, Verdicts};
 
 /// What the stack manager needs to know about its host.
 #[derive(Debug, Clone)]

@@ -400,6 +400,26 @@ impl Stacks {
         let mut put = None;
         if let Some(old) = current.and_then(|c| c.id.clone()) {
             let name = aside_name(&project.name, &s.name);
+            // A container that does not serve (Docker restarting it in a crash loop, or exited)
+            // is stopped first: left to its restart policy it would come back beside the new one
+            // (on its host port) or lose its network sandbox under the switch.
+            let state = current.and_then(|c| c.state.as_ref());
+            let serving = state.and_then(|st| st.running) == Some(true)
+                && state.and_then(|st| st.restarting) != Some(true);
+            if !serving {
+                log.line(&format!(
+                    "service {}: its container does not run (restarting or exited); stopping it first",
+                    s.name
+                ));
+                idempotent(
+                    self.docker
+                        .stop_container(
+                            &old,
+                            Some(StopContainerOptionsBuilder::default().t(0).build()),
+                        )
+                        .await,
+                )?;
+            }
             // One left by an interrupted rollout is not serving: remove it first.
             idempotent(
                 self.docker
@@ -412,8 +432,8 @@ impl Stacks {
                     RenameContainerOptionsBuilder::new().name(&name).build(),
                 )
                 .await?;
-            let stopped = !start_first(s, held);
-            if stopped {
+            let stopped = !start_first(s, held) || !serving;
+            if stopped && serving {
                 log.line(&format!(
                     "service {}: stop-first ({})",
                     s.name,

@@ -3,7 +3,9 @@
 //! node's containers (`die`, `start`, `restart`, `oom`, `health_status`), judging each service
 //! ([`ServiceState`]); the verdict is kept in memory and reported by `status` (a stack with a
 //! service that is not as it should be is `degraded`), with the last log lines of the services
-//! that are not. Changes of verdict go to the stack's operation log.
+//! that are not. Changes of verdict go to the stack's operation log and to whoever follows
+//! [`Stacks::watch_verdicts`] (the registrator's state checks). berth's port forwarders
+//! (`*-fwd`) are not the app's and are not judged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,14 +32,30 @@ const LOG_LINES: usize = 10;
 /// A container's restart count, when it last grew, and its last exit code.
 type Seen = (i64, Instant, Option<i64>);
 
+/// Every watched stack's verdict by instance id, as published after each pass (`None` before
+/// the first pass).
+pub type Verdicts = Option<Arc<HashMap<String, Vec<ServiceHealth>>>>;
+
 /// The watcher's memory: the verdict per stack and when each container's restart count last
 /// grew.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Watched {
     verdicts: std::sync::Mutex<HashMap<String, Vec<ServiceHealth>>>,
     /// Per container: its restart count, when that last grew, and its last exit code (Docker
     /// resets the code to 0 once the container runs again).
     restarts: std::sync::Mutex<HashMap<String, Seen>>,
+    /// The verdicts, published when they change.
+    published: tokio::sync::watch::Sender<Verdicts>,
+}
+
+impl Default for Watched {
+    fn default() -> Self {
+        Self {
+            verdicts: Default::default(),
+            restarts: Default::default(),
+            published: tokio::sync::watch::Sender::new(None),
+        }
+    }
 }
 
 impl Stacks {
@@ -51,6 +69,11 @@ impl Stacks {
             .get(id.as_str())
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The verdicts of every watched stack, updated when one changes.
+    pub fn watch_verdicts(&self) -> tokio::sync::watch::Receiver<Verdicts> {
+        self.watched.published.subscribe()
     }
 
     /// Runs the watcher until `shutdown`.
@@ -99,7 +122,14 @@ impl Stacks {
                 Err(e) => tracing::warn!(instance = %id, cause = %e, "watcher cannot inspect"),
             }
         }
-        *self.watched.verdicts.lock().expect("verdicts") = verdicts;
+        *self.watched.verdicts.lock().expect("verdicts") = verdicts.clone();
+        self.watched.published.send_if_modified(|p| {
+            if p.as_deref() == Some(&verdicts) {
+                return false;
+            }
+            *p = Some(Arc::new(verdicts));
+            true
+        });
         self.watched
             .restarts
             .lock()
@@ -134,8 +164,10 @@ impl Stacks {
             else {
                 continue;
             };
-            // The newest container of a service speaks for it.
-            if out.iter().any(|s| s.name == service) {
+            // The newest container of a service speaks for it; a forwarder is berth's own.
+            if out.iter().any(|s| s.name == service)
+                || crate::registrator::view::is_forwarder(c.labels.as_ref())
+            {
                 continue;
             }
             let Some(cid) = c.id else { continue };

@@ -63,6 +63,21 @@ impl Client {
         Self::send_ok(builder).await.map(drop)
     }
 
+    /// Sets a TTL check's status (`passing`, `warning`, `critical`) and output
+    /// (`PUT /v1/agent/check/update/<id>`).
+    pub async fn agent_check_update(
+        &self,
+        id: &str,
+        status: &str,
+        output: &str,
+    ) -> Result<(), ClientError> {
+        self.put_json(
+            &format!("/v1/agent/check/update/{}", segment(id)),
+            &serde_json::json!({ "Status": status, "Output": output }),
+        )
+        .await
+    }
+
     /// The agent's configuration and membership.
     pub async fn agent_self(&self) -> Result<AgentSelf, ClientError> {
         Self::json(self.request(Method::GET, "/v1/agent/self")).await

@@ -151,6 +151,9 @@ pub struct Stacks {
     buildkit_off: std::sync::atomic::AtomicBool,
     /// What the watcher last saw of each running stack.
     watched: watcher::Watched,
+    /// Containers (by id) whose healthcheck passed when the worker ran it, before Docker's
+    /// first check (`readiness`): a later wait does not run it again.
+    probed: readiness::Probed,
 }
 
 /// Marks the log of an operation as active for its lifetime.
@@ -172,6 +175,7 @@ impl Stacks {
             count: watch::Sender::new(0),
             buildkit_off: Default::default(),
             watched: Default::default(),
+            probed: Default::default(),
         };
         stacks.count.send_replace(stacks.count());
         stacks

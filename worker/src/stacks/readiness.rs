@@ -226,14 +226,13 @@ impl Stacks {
                         .map_or(Duration::from_secs(30), |ns| {
                             Duration::from_nanos(ns.unsigned_abs())
                         });
-                    if self
-                        .probe(
-                            &name,
-                            test,
-                            timeout.min(deadline.saturating_duration_since(Instant::now())),
-                        )
-                        .await
-                    {
+                    // A slow run must not hide Docker's own result meanwhile.
+                    let timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+                    let passed = tokio::select! {
+                        passed = self.probe(&name, test, timeout) => passed,
+                        () = self.until_docker_checks(&name) => false,
+                    };
+                    if passed {
                         self.probed.passed(&cid);
                         log.line(&format!(
                             "{service} passed its healthcheck (run by the worker; Docker's first check follows one interval after the start)"
@@ -281,6 +280,26 @@ impl Stacks {
                 return Err(self.timeout_error(project, service, what).await);
             }
             pause.sleep().await;
+        }
+    }
+
+    /// Returns once Docker has a health result of its own for container `name` (or it stopped
+    /// running, or is gone): the wait is then Docker's.
+    async fn until_docker_checks(&self, name: &str) {
+        let mut pause = Backoff::default();
+        loop {
+            pause.sleep().await;
+            let Ok(c) = self.docker.inspect_container(name, None).await else {
+                return;
+            };
+            let state = c.state.unwrap_or_default();
+            let health = state.health.unwrap_or_default();
+            if state.running != Some(true)
+                || health.status != Some(HealthStatusEnum::STARTING)
+                || health.log.is_some_and(|l| !l.is_empty())
+            {
+                return;
+            }
         }
     }
 

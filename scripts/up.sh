@@ -11,6 +11,8 @@
 #   BERTH_MASTER      master listen address (the CLI reads it too) [127.0.0.1:8080]
 #   BERTH_WORKER      worker listen address                   [127.0.0.1:8833]
 #   BERTH_ADVERTISE   address apps are published at           [127.0.0.1]
+#   BERTH_NODE        node name of the registry and the worker (Docker objects carry it as
+#                     org.berth.node; give a second cluster on one engine its own)  [hostname]
 #
 # On one machine the worker uses the registry server's own agent (as `consul agent -dev` does);
 # on many machines each worker joins the master's registry (scripts/join-worker.sh).
@@ -101,7 +103,7 @@ wait_for() {
 
 # The worker registers through the registry server's own agent, so both carry one node name: the
 # master takes a worker only as service `berth-worker:<node>` on catalog node <node>.
-node=$(hostname -s | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_.-')
+node=${BERTH_NODE:-$(hostname -s | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_.-')}
 node=${node:-berth}
 
 # Registry ACLs on, default deny: the management token stays in .berth/tokens/, and each role

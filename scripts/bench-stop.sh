@@ -9,56 +9,34 @@
 # It runs under `flock /tmp/berth-docker.lock` (re-running itself under it) and removes what it
 # made: its stacks (through the worker's delete), temp dirs.
 set -euo pipefail
-
-lock=/tmp/berth-docker.lock
-if [ "${BERTH_BENCH_LOCKED:-}" != 1 ]; then
-  BERTH_BENCH_LOCKED=1 exec flock "$lock" "$0" "$@"
-fi
-
-root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${BERTH_WORKER_BIN:-}
-if [ -z "$bin" ]; then
-  (cd "$root" && cargo build -q -p berth-worker)
-  bin=$root/target/debug/berth-worker
-fi
-"$root/scripts/base-image.sh" >/dev/null
+# shellcheck source=scripts/lib/bench.sh
+. "$(dirname "$0")/lib/bench.sh"
+bench_lock "$0" "$@"
+bin=$(bench_worker_bin)
+bench_base_image
 
 work=$(mktemp -d)
 token=bench-token-$$
 node=benchstop$$
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-base=http://127.0.0.1:$port
-worker_pid=
-api() {
-  local method=$1 path=$2 body=${3:-}
-  curl -fsS -X "$method" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    --max-time 900 ${body:+-d "$body"} "$base$path"
-}
+bench_worker_pid=
+api() { worker_api "$token" "$bench_worker_base" "$@"; }
 cleanup() {
   set +e
-  if [ -n "$worker_pid" ]; then
+  if [ -n "$bench_worker_pid" ]; then
     for s in init noinit; do api DELETE "/v1/stacks/$s-$node" >/dev/null 2>&1; done
-    kill "$worker_pid" 2>/dev/null
-    wait "$worker_pid" 2>/dev/null
+    kill "$bench_worker_pid" 2>/dev/null
+    wait "$bench_worker_pid" 2>/dev/null
   fi
-  docker ps -aq --filter "label=org.berth.node=$node" | xargs -r docker rm -f -v >/dev/null
-  docker images -q --filter "label=org.berth.node=$node" | xargs -r docker rmi -f >/dev/null
+  bench_remove_node "$node"
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-"$bin" --listen "127.0.0.1:$port" --advertise 127.0.0.1 --data-dir "$work/worker" \
-  --node-name "$node" --no-registry --cluster-token "$token" >"$work/worker.log" 2>&1 &
-worker_pid=$!
-for _ in $(seq 200); do
-  curl -fsS "$base/healthz" >/dev/null 2>&1 && break
-  sleep 0.05
-done
+bench_worker "$bin" "$work/worker" "$node" "$token"
 
 # A git repo of the sample app; with `noinit`, its `init: true` lines removed.
 repo() {
   local variant=$1 dir=$work/$1
-  cp -r "$root/scripts/sample-app" "$dir"
+  cp -r "$bench_root/scripts/sample-app" "$dir"
   [ "$variant" = noinit ] && sed -i '/^    init: true$/d' "$dir/compose.yaml"
   git -C "$dir" init -q
   git -C "$dir" add -A
@@ -72,7 +50,7 @@ for variant in init noinit; do
   api POST "/v1/stacks/$id/build" \
     "{\"user\":\"bench\",\"project\":\"sample\",\"commit\":\"$commit\",\"repo\":{\"url\":\"file://$work/$variant\"}}" >/dev/null
   api POST "/v1/stacks/$id/start" '{}' >/dev/null
-  t=$(date +%s.%N)
+  t=$(now)
   api POST "/v1/stacks/$id/stop" >/dev/null
-  printf 'sample app stop, %-7s %6.2f s\n' "$variant:" "$(echo "$(date +%s.%N) - $t" | bc)"
+  printf 'sample app stop, %-7s %6.2f s\n' "$variant:" "$(since "$t")"
 done

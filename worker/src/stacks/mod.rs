@@ -162,6 +162,9 @@ pub struct Stacks {
     watched: watcher::Watched,
     /// The forwarder image's tag, once built or found.
     forward_image: tokio::sync::OnceCell<String>,
+    /// Containers (by id) whose healthcheck passed when the worker ran it, before Docker's
+    /// first check (`readiness`): a later wait does not run it again.
+    probed: readiness::Probed,
 }
 
 /// Marks the log of an operation as active for its lifetime.
@@ -184,6 +187,7 @@ impl Stacks {
             buildkit_off: Default::default(),
             watched: Default::default(),
             forward_image: Default::default(),
+            probed: Default::default(),
         };
         stacks.count.send_replace(stacks.count());
         stacks

@@ -1,15 +1,23 @@
-//! Readiness: what a start waits for before it answers, and the errors when that never comes.
-//! `wait_ready` is the wait itself: every service that is not a one-shot dependency runs, is
-//! healthy where it has a healthcheck, and its published TCP ports accept connections
-//! (`wait_ports_accept`); `wait_condition` also serves the `depends_on` waits in between. A
-//! one-shot service that exits 0 (not restarted) is completed, never a failure; a service that
-//! exits otherwise or turns unhealthy fails at once with its exit code and last log lines, and
-//! the deadline ends every wait. Waits look again after a short backoff (10 ms doubling to
-//! 250 ms), and a `service_healthy` dependency's healthcheck is also run by the worker itself
-//! (`wait_dependency`), so its dependents are not held until Docker's first check one
-//! `interval` after its start.
+//! Readiness: what a start (or a rollout) waits for before it answers, and the errors when that
+//! never comes. `wait_ready` is the wait itself: every service that is not a one-shot dependency
+//! runs, is healthy where it has a healthcheck, and its published TCP ports accept connections
+//! (`wait_ports_accept`), the services looked at side by side; `wait_condition` also serves the
+//! `depends_on` waits in between. A one-shot service that exits 0 (not restarted) is completed,
+//! never a failure; a service that exits otherwise or turns unhealthy fails at once with its exit
+//! code and last log lines, and the deadline ends every wait. Waits look again after a short
+//! backoff (10 ms doubling to 250 ms).
+//!
+//! Healthy means the service's healthcheck test passed: Docker's own check, or, until Docker
+//! has run its first one, the same test run by the worker in the container (`docker exec` of
+//! the same command, as the container's user, within the check's timeout), as Docker would run
+//! it. Docker 20.10 runs its first check only one `interval` after the start and has no
+//! `start_interval`, so without that a start (and every dependent) waited a whole interval for
+//! a service ready at once. After such a start Docker's health reads `starting` until its first
+//! check: ready, not yet confirmed by Docker (the watcher counts `starting` as fine, not
+//! `degraded`; the registrator relays it as `warning`). A failing worker run changes nothing;
+//! once Docker has a result of its own, its verdict alone counts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -23,10 +31,6 @@ use super::{StackError, Stacks, failed};
 use crate::compose::plan;
 use crate::compose::{Condition, Project, Restart, Service};
 use crate::logbuf::LogBuf;
-
-/// How often a start runs a starting service's healthcheck itself before it leaves the checks
-/// to Docker.
-const MAX_PROBES: u32 = 5;
 
 /// The pause between two looks at something a start waits for: 10 ms at first, doubling up to
 /// 250 ms, so a container that is quick to come up is seen at once and a slow one costs few
@@ -44,6 +48,33 @@ impl Backoff {
     async fn sleep(&mut self) {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Containers (by id) whose healthcheck test passed when the worker ran it, and when: until
+/// Docker's first check, a later wait on the same container counts that pass instead of running
+/// the test again. A recreated container has another id; entries go once Docker has a result,
+/// or after [`PROBED_FOR`].
+#[derive(Debug, Default)]
+pub(super) struct Probed(std::sync::Mutex<HashMap<String, Instant>>);
+
+/// How long a worker's pass is remembered at most (longer than any sensible `interval`).
+const PROBED_FOR: Duration = Duration::from_secs(600);
+
+impl Probed {
+    fn passed(&self, cid: &str) {
+        let mut map = self.0.lock().expect("probed");
+        map.retain(|_, at| at.elapsed() < PROBED_FOR);
+        map.insert(cid.to_owned(), Instant::now());
+    }
+
+    fn has_passed(&self, cid: &str) -> bool {
+        let map = self.0.lock().expect("probed");
+        map.get(cid).is_some_and(|at| at.elapsed() < PROBED_FOR)
+    }
+
+    fn forget(&self, cid: &str) {
+        self.0.lock().expect("probed").remove(cid);
     }
 }
 
@@ -66,22 +97,24 @@ impl Stacks {
             .filter(|(_, c)| **c == Condition::CompletedSuccessfully)
             .map(|(d, _)| d.as_str())
             .collect();
-        for s in &project.services {
-            if one_shot.contains(&s.name.as_str()) {
-                continue;
-            }
-            self.wait_condition(project, &s.name, Condition::Started, deadline, log)
-                .await?;
-            if self.completed(project, &s.name).await? {
-                log.line(&format!("service {} completed", s.name));
-                continue;
-            }
-            if healthcheck(&s.name) {
-                self.wait_condition(project, &s.name, Condition::Healthy, deadline, log)
+        let waits = project
+            .services
+            .iter()
+            .filter(|s| !one_shot.contains(&s.name.as_str()))
+            .map(|s| async {
+                self.wait_condition(project, &s.name, Condition::Started, deadline, log)
                     .await?;
-            }
-            self.wait_ports_accept(project, s, ports, deadline).await?;
-        }
+                if self.completed(project, &s.name).await? {
+                    log.line(&format!("service {} completed", s.name));
+                    return Ok(());
+                }
+                if healthcheck(&s.name) {
+                    self.wait_condition(project, &s.name, Condition::Healthy, deadline, log)
+                        .await?;
+                }
+                self.wait_ports_accept(project, s, ports, deadline).await
+            });
+        futures::future::try_join_all(waits).await?;
         Ok(())
     }
 
@@ -137,7 +170,10 @@ impl Stacks {
         Ok(())
     }
 
-    /// Waits until `service` meets `cond` as Docker reports it; fails early when it never can.
+    /// Waits until `service` meets `cond`; fails early when it never can. A `service_healthy`
+    /// condition is met by Docker's `healthy`, or, while Docker has not run its first check yet
+    /// (health `starting`, no result), by the worker's own run of the same test (see the
+    /// module's doc).
     pub(super) async fn wait_condition(
         &self,
         project: &Project,
@@ -146,40 +182,8 @@ impl Stacks {
         deadline: Instant,
         log: &LogBuf,
     ) -> Result<(), StackError> {
-        self.wait_for(project, service, cond, deadline, log, false)
-            .await
-    }
-
-    /// Waits until the dependency `service` meets `cond` before a dependent starts: as
-    /// [`Self::wait_condition`], and a `service_healthy` dependency whose Docker health is still
-    /// `starting` also counts once its own healthcheck test passes when the worker runs it.
-    /// Docker runs the first check only one `interval` after the start (Docker 20.10 has no
-    /// `start_interval`), so a dependent would wait that long for a service ready at once. The
-    /// answer of a start still waits for Docker's `healthy` ([`Self::wait_ready`]).
-    pub(super) async fn wait_dependency(
-        &self,
-        project: &Project,
-        service: &str,
-        cond: Condition,
-        deadline: Instant,
-        log: &LogBuf,
-    ) -> Result<(), StackError> {
-        self.wait_for(project, service, cond, deadline, log, true)
-            .await
-    }
-
-    async fn wait_for(
-        &self,
-        project: &Project,
-        service: &str,
-        cond: Condition,
-        deadline: Instant,
-        log: &LogBuf,
-        probe: bool,
-    ) -> Result<(), StackError> {
         let name = plan::container_name(&project.name, service);
         let mut pause = Backoff::default();
-        let mut probes = 0;
         loop {
             let c = self.docker.inspect_container(&name, None).await?;
             let test = c
@@ -194,35 +198,45 @@ impl Stacks {
                     .finished_at
                     .as_deref()
                     .is_some_and(|f| !f.starts_with("0001"));
+            // Docker has a result of its own once its first check ran.
+            let docker_checked = state
+                .health
+                .as_ref()
+                .and_then(|h| h.log.as_ref())
+                .is_some_and(|l| !l.is_empty());
             let health = state.health.and_then(|h| h.status);
+            let cid = c.id.unwrap_or_default();
+            if docker_checked {
+                self.probed.forget(&cid);
+            }
+            let before_docker =
+                running && !docker_checked && health == Some(HealthStatusEnum::STARTING);
             match cond {
                 Condition::Started if running => return Ok(()),
                 Condition::Healthy if health == Some(HealthStatusEnum::HEALTHY) => return Ok(()),
                 // Until Docker's first check, the worker runs the same test itself as soon as
-                // the container runs, a few times (a pass is what Docker's first check would
-                // find; after failures the wait is Docker's).
-                Condition::Healthy
-                    if probe
-                        && running
-                        && probes < MAX_PROBES
-                        && health == Some(HealthStatusEnum::STARTING)
-                        && let Some((test, timeout)) = &test =>
-                {
-                    probes += 1;
+                // the container runs (a pass is what Docker's first check would find); once
+                // Docker has a result, the wait is Docker's.
+                Condition::Healthy if before_docker && self.probed.has_passed(&cid) => {
+                    return Ok(());
+                }
+                Condition::Healthy if before_docker && let Some((test, timeout)) = &test => {
                     let timeout = timeout
                         .filter(|t| *t > 0)
                         .map_or(Duration::from_secs(30), |ns| {
                             Duration::from_nanos(ns.unsigned_abs())
                         });
-                    if self
-                        .probe(
-                            &name,
-                            test,
-                            timeout.min(deadline.saturating_duration_since(Instant::now())),
-                        )
-                        .await
-                    {
-                        log.line(&format!("{service} passed its healthcheck"));
+                    // A slow run must not hide Docker's own result meanwhile.
+                    let timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+                    let passed = tokio::select! {
+                        passed = self.probe(&name, test, timeout) => passed,
+                        () = self.until_docker_checks(&name) => false,
+                    };
+                    if passed {
+                        self.probed.passed(&cid);
+                        log.line(&format!(
+                            "{service} passed its healthcheck (run by the worker; Docker's first check follows one interval after the start)"
+                        ));
                         return Ok(());
                     }
                 }
@@ -266,6 +280,26 @@ impl Stacks {
                 return Err(self.timeout_error(project, service, what).await);
             }
             pause.sleep().await;
+        }
+    }
+
+    /// Returns once Docker has a health result of its own for container `name` (or it stopped
+    /// running, or is gone): the wait is then Docker's.
+    async fn until_docker_checks(&self, name: &str) {
+        let mut pause = Backoff::default();
+        loop {
+            pause.sleep().await;
+            let Ok(c) = self.docker.inspect_container(name, None).await else {
+                return;
+            };
+            let state = c.state.unwrap_or_default();
+            let health = state.health.unwrap_or_default();
+            if state.running != Some(true)
+                || health.status != Some(HealthStatusEnum::STARTING)
+                || health.log.is_some_and(|l| !l.is_empty())
+            {
+                return;
+            }
         }
     }
 

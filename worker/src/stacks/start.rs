@@ -1,19 +1,23 @@
 //! Start orchestration: check everything first (`prepare`: images, healthchecks, names), then
-//! converge Docker to the project service by service in dependency order, waiting for each
-//! dependency's condition, and answer once the stack is ready. A host port taken meanwhile gets
+//! converge Docker to the project, each service as soon as its dependencies meet their
+//! conditions (independent services side by side), and answer once the stack is ready. A host port taken meanwhile gets
 //! one more try with fresh ports; any other failure leaves nothing half-started.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use berth_worker_api::{StackState, StackStatus, StartRequest, ValidName};
+use bollard::models::ContainerInspectResponse;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio_util::sync::CancellationToken;
 
 use super::ports::{choose_ports, port_taken};
 use super::record::{Record, Unfinished};
 use super::spec::public_env;
 use super::{MAX_START_TIMEOUT, StackError, Stacks, failed, force_with_volumes, io};
 use crate::compose::plan;
-use crate::compose::{Condition, Project};
+use crate::compose::{Condition, Project, Service};
 use crate::logbuf::LogBuf;
 use crate::policy;
 
@@ -278,46 +282,141 @@ impl Stacks {
             message: d.reason.clone(),
             details: vec![d],
         })?;
-        for s in order {
-            for (dep, cond) in &s.depends_on {
-                self.wait_dependency(project, dep, *cond, deadline, log)
-                    .await?;
+        // Every service starts as soon as its dependencies have started and meet their
+        // conditions, so independent services (one dependency level, or any that do not wait on
+        // each other) start side by side. After a failure nothing new begins; services waiting
+        // on a dependency give up, and those creating or starting their container finish, so
+        // `created` names every container this start made.
+        let cancel = CancellationToken::new();
+        let mut pending = order;
+        let mut started: HashSet<&str> = HashSet::new();
+        let mut running = FuturesUnordered::new();
+        let mut first_error = None;
+        loop {
+            if first_error.is_none() {
+                let (ready, waiting): (Vec<&Service>, Vec<&Service>) = pending
+                    .into_iter()
+                    .partition(|s| s.depends_on.keys().all(|d| started.contains(d.as_str())));
+                pending = waiting;
+                for s in ready {
+                    running.push(self.start_service(
+                        id,
+                        project,
+                        s,
+                        &prepared[&s.name],
+                        &ports,
+                        &public_env,
+                        commit,
+                        existing.get(&s.name),
+                        deadline,
+                        log,
+                        &cancel,
+                    ));
+                }
             }
-            let Prepared {
-                image, image_id, ..
-            } = &prepared[&s.name];
-            let (body, hash) = self.container_spec(
-                project,
-                s,
-                image,
-                image_id,
-                &ports,
-                &public_env,
-                commit,
-                &owner,
-            );
-            policy::recheck_binds(s, &self.src_dir(id)).map_err(|d| StackError::Rejected {
-                message: format!("rejected by policy: {}: {}", d.field, d.reason),
-                details: vec![d],
-            })?;
-            self.converge_service(
-                project,
-                s,
-                body,
-                &hash,
-                existing.get(&s.name),
-                &owner,
-                log,
-                created,
-                None,
-            )
-            .await?;
-            if !self.forwarded_ports(s).is_empty() {
-                self.ensure_forwarder(project, s, &ports, &owner, log, created)
-                    .await?;
+            let Some((name, made, result)) = running.next().await else {
+                break;
+            };
+            created.extend(made);
+            match result {
+                Ok(()) => {
+                    started.insert(name);
+                }
+                Err(e) if first_error.is_none() => {
+                    cancel.cancel();
+                    first_error = Some(e);
+                }
+                Err(_) => {}
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         self.wait_ready(project, |s| prepared[s].healthcheck, &ports, deadline, log)
             .await
+    }
+
+    /// Starts service `s` once its dependencies meet their conditions (a wait that `cancel`
+    /// ends), then converges its container: the service's name, the containers it created
+    /// (also on failure), and the outcome.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_service<'a>(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        s: &'a Service,
+        prepared: &Prepared,
+        ports: &BTreeMap<String, u16>,
+        public_env: &[String],
+        commit: &str,
+        existing: Option<&ContainerInspectResponse>,
+        deadline: Instant,
+        log: &LogBuf,
+        cancel: &CancellationToken,
+    ) -> (&'a str, Vec<String>, Result<(), StackError>) {
+        let mut made = Vec::new();
+        let waits = async {
+            for (dep, cond) in &s.depends_on {
+                self.wait_condition(project, dep, *cond, deadline, log)
+                    .await?;
+            }
+            Ok(())
+        };
+        let waited = tokio::select! {
+            r = waits => r,
+            () = cancel.cancelled() => Err(failed(
+                &format!("start service {}", s.name),
+                "another service failed first",
+            )),
+        };
+        let result = match waited {
+            Ok(()) => {
+                self.converge_prepared(
+                    id, project, s, prepared, ports, public_env, commit, existing, log, &mut made,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        (s.name.as_str(), made, result)
+    }
+
+    /// Creates (or keeps) and starts the container of service `s`.
+    #[allow(clippy::too_many_arguments)]
+    async fn converge_prepared(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        s: &Service,
+        prepared: &Prepared,
+        ports: &BTreeMap<String, u16>,
+        public_env: &[String],
+        commit: &str,
+        existing: Option<&ContainerInspectResponse>,
+        log: &LogBuf,
+        made: &mut Vec<String>,
+    ) -> Result<(), StackError> {
+        let owner = self.owner(id);
+        let (body, hash) = self.container_spec(
+            project,
+            s,
+            &prepared.image,
+            &prepared.image_id,
+            ports,
+            public_env,
+            commit,
+            &owner,
+        );
+        policy::recheck_binds(s, &self.src_dir(id)).map_err(|d| StackError::Rejected {
+            message: format!("rejected by policy: {}: {}", d.field, d.reason),
+            details: vec![d],
+        })?;
+        self.converge_service(project, s, body, &hash, existing, &owner, log, made, None)
+            .await?;
+        if !self.forwarded_ports(s).is_empty() {
+            self.ensure_forwarder(project, s, ports, &owner, log, made)
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -288,3 +288,23 @@ pub async fn http_get(url: &str) -> String {
     assert!(resp.status().is_success(), "{url}: {}", resp.status());
     resp.text().await.unwrap()
 }
+
+/// Waits (up to 90 s) until Docker reports `service` of stack `id` healthy: a start may answer
+/// on the worker's own run of the healthcheck, before Docker's first check.
+pub async fn healthy_soon(w: &TestWorker, id: &ValidName, service: &str) -> StackStatus {
+    for _ in 0..900 {
+        let st = w.client.status(id).await.unwrap().unwrap();
+        let health = st
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.health.clone());
+        match health.as_deref() {
+            Some("healthy") => return st,
+            Some("starting") => {}
+            other => panic!("{service} is {other:?}, not on its way to healthy: {st:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{service} of {id} never healthy");
+}

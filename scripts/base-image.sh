@@ -11,14 +11,16 @@ set -euo pipefail
 
 image=${BERTH_BASE_IMAGE:-berth-base:latest}
 
-# is_static FILE: FILE is a statically linked executable (by `file`, else by glibc's `ldd`).
+# is_static FILE: FILE is a statically linked executable, by `file` or by glibc's `ldd` (either
+# may be missing; ldd fails on a static one, so only the answers count).
 is_static() {
+  local answer
   [ -x "$1" ] || return 1
-  if command -v file >/dev/null; then
-    file -L "$1" | grep -q 'statically linked'
-  else
-    LC_ALL=C ldd "$1" 2>&1 | grep -q 'not a dynamic executable'
-  fi
+  answer=$({ file -L "$1" || LC_ALL=C ldd "$1"; } 2>&1) || true
+  case $answer in
+  *"statically linked"* | *"not a dynamic executable"*) return 0 ;;
+  *) return 1 ;;
+  esac
 }
 
 # find_busybox: prints the path of a static busybox on this machine.

@@ -1,8 +1,30 @@
 #!/usr/bin/env bash
 # The README's test command: every check and every test, in the order a failure is cheapest.
-# Needs what scripts/install-test-deps.sh installs (CI runs that first).
+# Needs what scripts/install-test-deps.sh installs: run here first when a piece of it is missing
+# and this is root (CI runs it before, as .ci/run shows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# What install-test-deps.sh provides, one probe per part.
+deps_missing() {
+  local tool
+  for tool in cargo-nextest shellcheck chromium chromedriver docker-compose musl-gcc git curl \
+    openssl ss; do
+    command -v "$tool" >/dev/null || return 0
+  done
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || return 0
+  python3 -c 'import pytest, consul, selenium' 2>/dev/null || return 0
+  return 1
+}
+if deps_missing; then
+  if [ "$(id -u)" = 0 ]; then
+    printf '\n== scripts/install-test-deps.sh (what the tests use is missing)\n'
+    scripts/install-test-deps.sh
+  else
+    echo "test.sh: what the tests use is missing: sudo scripts/install-test-deps.sh" >&2
+    exit 1
+  fi
+fi
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 out=${BERTH_TEST_OUTPUT:-$PWD/test-output}

@@ -1,7 +1,7 @@
 //! Forwarders against the real Docker engine: a service publishing a host port gets a
 //! `-fwd` container holding it, and a deploy and a rollback of a two-service app lose no request
-//! on the host port, neither with a new connection per request nor on a kept-alive one, while
-//! the answer switches. Stop stops the forwarder, delete removes it. A stop-first service (the
+//! on the host port, neither with a new connection per request nor on a kept-alive one, nor
+//! through a real nginx proxying to it as the front door does, while the answer switches. Stop stops the forwarder, delete removes it. A stop-first service (the
 //! file asks for it) behind a forwarder makes clients wait through its gap (the forwarder holds
 //! new connections and drains the open ones first) instead of refusing them, and the log says
 //! how long the gap was.
@@ -158,6 +158,75 @@ impl Loop {
     }
 }
 
+/// A real nginx in front of `host_port`, with the front door's proxy settings and app server
+/// block (master/frontdoor renders the same lines for `<id>.<apps domain>`), answering on the
+/// returned port for any host name.
+fn front_door(dir: &Path, host_port: u16) -> (std::process::Child, u16) {
+    let nginx = "/usr/sbin/nginx";
+    assert!(
+        Path::new(nginx).exists(),
+        "{nginx} is missing: run scripts/install-test-deps.sh"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = dir.display();
+    let conf = format!(
+        r#"worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        '' close;
+    }}
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        server_name _;
+        location / {{
+            proxy_pass http://127.0.0.1:{host_port};
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let mut child = std::process::Command::new(nginx)
+        .args(["-p", &d.to_string(), "-c", &path.display().to_string()])
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("nginx does not listen on {port}");
+}
+
 fn assert_forwarder_binary() {
     let bin = forwarder_bin();
     assert!(
@@ -200,9 +269,15 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
         .await
         .unwrap();
 
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let (mut nginx, front_port) = front_door(nginx_dir.path(), endpoint.host_port);
+    let front_url = format!("http://127.0.0.1:{front_port}/");
+    assert_eq!(http_get(&front_url).await, "web v1\n");
+
     let stop = Arc::new(AtomicBool::new(false));
     let fresh = Loop::start(&url, false, stop.clone());
     let kept = Loop::start(&url, true, stop.clone());
+    let front = Loop::start(&front_url, true, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let t = Instant::now();
@@ -228,6 +303,9 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
     stop.store(true, Ordering::SeqCst);
     let (fresh_ok, fresh_failed, fresh_answers) = fresh.finish("new connection per request").await;
     let (kept_ok, kept_failed, kept_answers) = kept.finish("kept-alive connection").await;
+    let (front_ok, front_failed, front_answers) = front.finish("through nginx").await;
+    let _ = nginx.kill();
+    let _ = nginx.wait();
     eprintln!("deploy {deploy_secs:.2} s, rollback to the kept release {rollback_secs:.2} s");
     let log = log_of(&w, &id).await;
     assert!(log.contains("forwarder switched"), "{log}");
@@ -235,6 +313,7 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
     for (what, ok, failed, answers) in [
         ("new connections", fresh_ok, fresh_failed, fresh_answers),
         ("kept-alive", kept_ok, kept_failed, kept_answers),
+        ("through nginx", front_ok, front_failed, front_answers),
     ] {
         assert!(ok > 20, "{what}: only {ok} requests");
         assert_eq!(failed, 0, "{what}: failed requests");

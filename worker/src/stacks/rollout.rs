@@ -312,13 +312,19 @@ impl Stacks {
                 let grace = s.stop_grace_period.unwrap_or(Duration::from_secs(10));
                 self.pause_and_drain(project, &s.name, grace, log).await;
             }
+            // A crash loop, as the watcher judged it: between two crashes the container may
+            // read as running.
+            let looping = self
+                .verdict(id)
+                .iter()
+                .any(|h| h.name == s.name && h.state == berth_worker_api::ServiceState::Restarting);
             let step = self
                 .replace(
                     project,
                     s,
                     body,
                     &hash,
-                    current,
+                    (current, looping),
                     &owner,
                     log,
                     &mut created,
@@ -391,7 +397,7 @@ impl Stacks {
         s: &Service,
         body: bollard::models::ContainerCreateBody,
         hash: &str,
-        current: Option<&bollard::models::ContainerInspectResponse>,
+        (current, looping): (Option<&bollard::models::ContainerInspectResponse>, bool),
         owner: &plan::Owner,
         log: &LogBuf,
         created: &mut Vec<String>,
@@ -400,15 +406,15 @@ impl Stacks {
         let mut put = None;
         if let Some(old) = current.and_then(|c| c.id.clone()) {
             let name = aside_name(&project.name, &s.name);
-            // A container that does not serve (Docker restarting it in a crash loop, or exited)
-            // is stopped first: left to its restart policy it would come back beside the new one
-            // (on its host port) or lose its network sandbox under the switch.
+            // A crash-looping container is stopped first: left to its restart policy it would
+            // come back beside the new one (on its host port) or lose its network sandbox under
+            // the switch. Switching back starts it again (the loop it was in).
             let state = current.and_then(|c| c.state.as_ref());
-            let serving = state.and_then(|st| st.running) == Some(true)
-                && state.and_then(|st| st.restarting) != Some(true);
-            if !serving {
+            let restarting = looping || state.and_then(|st| st.restarting) == Some(true);
+            let serving = !restarting && state.and_then(|st| st.running) == Some(true);
+            if restarting {
                 log.line(&format!(
-                    "service {}: its container does not run (restarting or exited); stopping it first",
+                    "service {}: its container crash-loops; stopping it first",
                     s.name
                 ));
                 idempotent(
@@ -432,7 +438,7 @@ impl Stacks {
                     RenameContainerOptionsBuilder::new().name(&name).build(),
                 )
                 .await?;
-            let stopped = !start_first(s, held) || !serving;
+            let stopped = !start_first(s, held) || restarting;
             if stopped && serving {
                 log.line(&format!(
                     "service {}: stop-first ({})",

@@ -129,7 +129,7 @@ grep -q "127.0.0.1:$plain_port:8000" "$dev/compose.yaml"
 
 # Plain tools' code store: a bare repository served by stock `git daemon` (push enabled).
 mkdir -p "$work/gitd" "$work/worker-side"
-git init -q --bare "$work/gitd/app.git"
+git init -q --bare -b main "$work/gitd/app.git"
 gitd_port=$(free_port)
 git daemon --reuseaddr --base-path="$work/gitd" --export-all --enable=receive-pack \
   --listen=127.0.0.1 --port="$gitd_port" "$work/gitd" >"$work/gitd.log" 2>&1 &

@@ -176,26 +176,6 @@ impl Client {
         )
     }
 
-    /// Names of the query parameters the master's OpenAPI document lists for `GET path`; none
-    /// when the document cannot be read (the nginx front door routes only `/v1/` and `/git/`),
-    /// which is taken as today's API.
-    pub fn query_params(&self, path: &str) -> Result<Vec<String>, Failure> {
-        let doc = match self.get("/openapi.json") {
-            Ok(doc) => doc,
-            Err(f) if f.status.is_some() => return Ok(Vec::new()),
-            Err(f) => return Err(f),
-        };
-        let params = doc["paths"][path]["get"]["parameters"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        Ok(params
-            .iter()
-            .filter(|p| p["in"] == "query")
-            .filter_map(|p| p["name"].as_str().map(str::to_owned))
-            .collect())
-    }
-
     fn unreachable(&self, err: &reqwest::Error) -> Failure {
         let mut cause = err.to_string();
         let mut source = std::error::Error::source(err);

@@ -82,6 +82,19 @@ fi
 target_dir=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 if [ "$profile" = dev ]; then bin=$target_dir/debug; else bin=$target_dir/$profile; fi
 
+# The forwarders that hold published ports across rollouts run FROM scratch: a static build.
+musl=x86_64-unknown-linux-musl
+forwarder=()
+if rustup target list --installed 2>/dev/null | grep -qx "$musl" ||
+  rustup target add "$musl" >/dev/null 2>&1; then
+  say "building the port forwarder (static, $musl)"
+  cargo build --locked --release --target "$musl" -p berth-forward
+  forwarder=(--forwarder-bin "$target_dir/$musl/release/berth-forward")
+else
+  say "no $musl target (rustup target add $musl): without forwarders a rollout of a service" \
+    "that publishes a port refuses connections for a moment (stop-first)"
+fi
+
 say "building the base image the sample app uses (nothing is pulled)"
 scripts/base-image.sh
 
@@ -159,7 +172,7 @@ fi
 start worker "$bin/berth-worker" \
   --listen "$worker" --advertise "$advertise" --data-dir "$home/worker" --node-name "$node" \
   --registry "http://$registry" --registry-token-file "$home/tokens/worker" \
-  --cluster-token-file "$home/cluster-token"
+  --cluster-token-file "$home/cluster-token" "${forwarder[@]}"
 wait_for worker "http://$worker/healthz"
 
 say "waiting for the worker to pass its health check in the registry"

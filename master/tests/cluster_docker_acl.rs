@@ -1,10 +1,10 @@
 //! The many-machine setup as shipped, with real containers: the registry with ACLs on and
 //! default deny (the management token from the environment, as `docker-compose.master.yml`
 //! gives it), the roles made by `scripts/registry-roles.sh` and `scripts/worker-token.sh` (what
-//! `init-master.sh` and its unit run), a master with its own token and a worker host with its
-//! node's token (the environment `docker-compose.worker.yml` and `join-worker.sh` give it). The
-//! sample app deploys and answers, while anonymous KV writes and catalog registrations are
-//! refused.
+//! `init-master.sh` and its unit run), a master and the front door each with its own token, and
+//! a worker host with its node's token (the environment `docker-compose.worker.yml` and
+//! `join-worker.sh` give it). The sample app deploys and answers, directly and through the front
+//! door, while anonymous KV writes and catalog registrations are refused.
 
 mod cluster;
 
@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cluster::{API_TOKEN, build_images, docker, docker_quiet, eventually, image_tag, repo_root};
+use cluster::{
+    API_TOKEN, APPS_DOMAIN, build_images, docker, docker_quiet, eventually, image_tag, repo_root,
+};
 use reqwest::StatusCode;
 
 fn free_port() -> u16 {
@@ -184,6 +186,39 @@ async fn cluster_docker_acl_the_shipped_roles_run_the_sample_app_and_refuse_anon
     args.push(&master_image);
     docker(&args);
 
+    // The front door with its own token: it routes apps from the instance records it reads.
+    let frontdoor_env = format!(
+        "BERTH_REGISTRY_TOKEN={}",
+        get("BERTH_FRONTDOOR_REGISTRY_TOKEN")
+    );
+    let nginx_name = format!("{id}-nginx");
+    let nginx_image = format!("berth-nginx:{tag}");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &nginx_name,
+        "--label",
+        &label,
+        "--network",
+        &id,
+        "-p",
+        "127.0.0.1::80",
+        "-e",
+        &frontdoor_env,
+        &nginx_image,
+        "--registry=http://registry:8500",
+        "--master=master:8080",
+        "--no-ui",
+        "--apps-domain",
+        APPS_DOMAIN,
+    ]);
+    let nginx_port = docker(&["port", &nginx_name, "80/tcp"]);
+    let front_door = format!(
+        "http://127.0.0.1:{}",
+        nginx_port.rsplit(':').next().expect("host port")
+    );
+
     // A worker host, with what docker-compose.worker.yml and join-worker.sh give it.
     let worker_port = free_port();
     let agent_port = free_port();
@@ -279,6 +314,24 @@ async fn cluster_docker_acl_the_shipped_roles_run_the_sample_app_and_refuse_anon
     );
     let page = http.get(&url).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("api says: hello from berth"), "{url}: {page}");
+    let routed = eventually(
+        "the app through the front door",
+        Duration::from_secs(60),
+        || async {
+            let resp = http
+                .get(format!("{front_door}/cgi-bin/index.cgi"))
+                .header("Host", format!("sample.{APPS_DOMAIN}"))
+                .send()
+                .await
+                .ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            resp.text().await.ok()
+        },
+    )
+    .await;
+    assert!(routed.contains("api says: hello from berth"), "{routed}");
 
     // Default deny: nothing anonymous changes the registry.
     let kv = http

@@ -438,7 +438,7 @@ async fn docker_restart_adopts_stacks_and_interrupted_build_retries() {
         .start(&running, &StartRequest::default())
         .await
         .unwrap();
-    assert_eq!(cleanup.leftovers().0.len(), 1);
+    assert_eq!(cleanup.app_containers().len(), 1);
     w2.client.delete(&running, false).await.unwrap();
     w2.client.delete(&broken, false).await.unwrap();
     drop(cleanup);
@@ -483,7 +483,7 @@ async fn docker_concurrent_calls_are_serialised_and_orphans_removed() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.endpoints, b.endpoints);
     assert_eq!(
-        w.cleanup.leftovers().0.len(),
+        w.cleanup.app_containers().len(),
         2,
         "one container per service"
     );
@@ -493,7 +493,7 @@ async fn docker_concurrent_calls_are_serialised_and_orphans_removed() {
     let st = w.build_and_start(&sid, repo2.path(), &commit2).await;
     assert_eq!(st.services.len(), 1, "{st:?}");
     assert_eq!(st.commit.as_deref(), Some(commit2.as_str()));
-    assert_eq!(w.cleanup.leftovers().0.len(), 1);
+    assert_eq!(w.cleanup.app_containers().len(), 1);
     w.client.delete(&sid, false).await.unwrap();
     w.stop().await;
 }

@@ -154,7 +154,11 @@ async fn docker_fence_keeps_only_the_stacks_the_records_place_here() {
     registered(&kv, &node, true).await;
     assert_eq!(objects(&cleanup, moved.as_str()), (0, 1), "volume kept");
     assert_eq!(objects(&cleanup, gone.as_str()), (0, 0), "all gone");
-    assert_eq!(objects(&cleanup, kept.as_str()), (1, 1), "placed here");
+    assert_eq!(
+        objects(&cleanup, kept.as_str()),
+        (2, 1),
+        "placed here: its container and the forwarder of its port"
+    );
     assert!(w.client.status(&moved).await.unwrap().is_none());
     let message = conflict(
         w.client
@@ -185,7 +189,7 @@ async fn docker_fence_keeps_only_the_stacks_the_records_place_here() {
     })
     .await;
     registered(&kv, &node, true).await;
-    assert_eq!(objects(&cleanup, kept.as_str()), (1, 1), "kept");
+    assert_eq!(objects(&cleanup, kept.as_str()), (2, 1), "kept");
 
     // With the worker up, the instance moves away: the fence's watch of the records notices at
     // once (the periodic pass comes only every 30 s, so the 20 s guard below fails without it).

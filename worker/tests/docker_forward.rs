@@ -161,7 +161,7 @@ impl Loop {
 /// A real nginx in front of `host_port`, with the front door's proxy settings and app server
 /// block (master/frontdoor renders the same lines for `<id>.<apps domain>`), answering on the
 /// returned port for any host name.
-fn front_door(dir: &Path, host_port: u16) -> (std::process::Child, u16) {
+fn front_door(dir: &Path, host_port: u16) -> (Nginx, u16) {
     let nginx = "/usr/sbin/nginx";
     assert!(
         Path::new(nginx).exists(),
@@ -212,19 +212,31 @@ http {{
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let mut child = std::process::Command::new(nginx)
+    let child = std::process::Command::new(nginx)
         .args(["-p", &d.to_string(), "-c", &path.display().to_string()])
         .spawn()
         .unwrap();
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (child, port);
+            return (Nginx(child), port);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(Nginx(child));
     panic!("nginx does not listen on {port}");
+}
+
+/// nginx's master, stopped with SIGQUIT when dropped (also on a panic): it then ends its worker,
+/// which a SIGKILL of the master would leave running, orphaned.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-QUIT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
 }
 
 fn assert_forwarder_binary() {
@@ -270,7 +282,7 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
         .unwrap();
 
     let nginx_dir = tempfile::tempdir().unwrap();
-    let (mut nginx, front_port) = front_door(nginx_dir.path(), endpoint.host_port);
+    let (nginx, front_port) = front_door(nginx_dir.path(), endpoint.host_port);
     let front_url = format!("http://127.0.0.1:{front_port}/");
     assert_eq!(http_get(&front_url).await, "web v1\n");
 
@@ -304,8 +316,7 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
     let (fresh_ok, fresh_failed, fresh_answers) = fresh.finish("new connection per request").await;
     let (kept_ok, kept_failed, kept_answers) = kept.finish("kept-alive connection").await;
     let (front_ok, front_failed, front_answers) = front.finish("through nginx").await;
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
     eprintln!("deploy {deploy_secs:.2} s, rollback to the kept release {rollback_secs:.2} s");
     let log = log_of(&w, &id).await;
     assert!(log.contains("forwarder switched"), "{log}");
@@ -319,7 +330,15 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
         assert_eq!(failed, 0, "{what}: failed requests");
         assert_eq!(answers, ["web v1\n", "web v2\n", "web v1\n"], "{what}");
     }
-    assert_eq!(inspect(&format!("{web}-old"), "{{.Id}}"), "");
+    // The deploy answers once the new release serves; the old container retires after it.
+    let retired = Instant::now();
+    while !inspect(&format!("{web}-old"), "{{.Id}}").is_empty() {
+        assert!(
+            retired.elapsed() < Duration::from_secs(60),
+            "the old web container is never retired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Stop stops the forwarder; delete removes it.
     w.client.stop(&id).await.unwrap();

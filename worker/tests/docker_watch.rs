@@ -233,11 +233,11 @@ async fn docker_a_fixed_release_deploys_over_a_crash_loop() {
     let started = w.build_and_start(&sid, repo.path(), &c1).await;
     let port = started.endpoints[0].host_port;
     let (st, _) = until(&w, &sid, "degraded", |st| {
-        st.state == StackState::Degraded && service(st, "web").restarts > 0
+        st.state == StackState::Degraded && service(st, "jobs").restarts > 0
     })
     .await;
     assert_eq!(
-        service(&st, "web").state,
+        service(&st, "jobs").state,
         ServiceState::Restarting,
         "{st:#?}"
     );
@@ -258,7 +258,8 @@ async fn docker_a_fixed_release_deploys_over_a_crash_loop() {
         )
         .await
         .unwrap_or_else(|e| panic!("the deploy of the fixed release failed: {e}"));
-    assert_eq!(deployed.state, StackState::Running, "{deployed:#?}");
+    // The answer comes once the new release serves; the watcher's verdict (and so `state`)
+    // follows once the old containers are retired, which the wait below covers.
     assert_eq!(deployed.endpoints[0].host_port, port);
     let url = format!("http://{}/", deployed.endpoints[0].address());
     assert_eq!(http_get(&url).await, "fixed\n");

@@ -110,6 +110,22 @@ impl Cleanup {
         )
     }
 
+    /// This node's app containers: its containers less berth's port forwarders.
+    pub fn app_containers(&self) -> Vec<String> {
+        let f = format!("label=org.berth.node={}", self.node);
+        let fwd = self.ids(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &f,
+            "--filter",
+            "label=org.berth.forward",
+        ]);
+        let mut all = self.ids(&["ps", "-aq", "--filter", &f]);
+        all.retain(|c| !fwd.contains(c));
+        all
+    }
+
     /// Fails the test if anything carrying this node's label is left.
     pub fn assert_nothing_left(&self) {
         let (c, n, v, i) = self.leftovers();

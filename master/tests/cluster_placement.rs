@@ -36,18 +36,26 @@ fn node_of(record: &Value) -> String {
 }
 
 /// Running containers of instance `id` labelled with `node`.
+/// Running app containers of instance `id` on `node` (berth's port forwarders left out).
 fn running(id: &str, node: &str) -> usize {
-    docker_quiet(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=org.berth.instance={id}"),
-        "--filter",
-        &format!("label=org.berth.node={node}"),
-    ])
-    .lines()
-    .filter(|l| !l.is_empty())
-    .count()
+    let (instance, node) = (
+        format!("label=org.berth.instance={id}"),
+        format!("label=org.berth.node={node}"),
+    );
+    let ids = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["ps", "-q", "--filter", &instance, "--filter", &node];
+        args.extend_from_slice(extra);
+        docker_quiet(&args)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let forwarders = ids(&["--filter", "label=org.berth.forward"]);
+    ids(&[])
+        .into_iter()
+        .filter(|c| !forwarders.contains(c))
+        .count()
 }
 
 /// Every object (container, network, image) of instance `id` labelled with `node`.

@@ -503,6 +503,38 @@ impl Stacks {
         }
         Ok(())
     }
+
+    /// Renames the forwarder `fwd` of `service` aside and stops it (a new one takes its place).
+    pub(super) async fn put_forwarder_aside(
+        &self,
+        project: &Project,
+        service: &str,
+        fwd: &str,
+    ) -> Result<super::rollout::Aside, StackError> {
+        let name = super::forward::forwarder_name(&project.name, service);
+        let aside = format!("{name}-old");
+        idempotent(
+            self.docker
+                .remove_container(&aside, force_with_volumes())
+                .await,
+        )?;
+        self.docker
+            .rename_container(
+                fwd,
+                bollard::query_parameters::RenameContainerOptionsBuilder::new()
+                    .name(&aside)
+                    .build(),
+            )
+            .await?;
+        idempotent(self.docker.stop_container(fwd, None).await)?;
+        Ok(super::rollout::Aside {
+            service: service.to_owned(),
+            name,
+            old: fwd.to_owned(),
+            stopped: true,
+            switched: false,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -40,17 +40,17 @@ pub(super) struct Retiring {
     pub(super) drain: bool,
 }
 
-struct Aside {
-    service: String,
+pub(super) struct Aside {
+    pub(super) service: String,
     /// The name it takes back on undo.
-    name: String,
+    pub(super) name: String,
     /// The old container's id.
-    old: String,
+    pub(super) old: String,
     /// Whether it was stopped (stop-first) and must be started again on undo.
-    stopped: bool,
+    pub(super) stopped: bool,
     /// Whether the service's forwarder was switched away from it (and must be switched back on
     /// undo, drained before it stops).
-    switched: bool,
+    pub(super) switched: bool,
 }
 
 /// Whether `s` can run twice at once: it publishes no host port itself (`held`: a current
@@ -499,36 +499,6 @@ impl Stacks {
         self.wait_ports_accept(project, s, ports, deadline).await
     }
 
-    /// Stops an old container with its grace period, then removes it.
-    pub(super) async fn retire(&self, project: &Project, old: &str, log: &LogBuf) {
-        let grace = self
-            .docker
-            .inspect_container(old, None)
-            .await
-            .ok()
-            .and_then(|c| {
-                let service = c.config?.labels?.get(plan::LABEL_SERVICE)?.clone();
-                project.service(&service)?.stop_grace_period
-            });
-        let opts = grace.map(|d| {
-            StopContainerOptionsBuilder::default()
-                .t(grace_seconds(d))
-                .build()
-        });
-        let _ = idempotent(self.docker.stop_container(old, opts).await);
-        match idempotent(
-            self.docker
-                .remove_container(old, force_with_volumes())
-                .await,
-        ) {
-            Ok(_) => log.line(&format!(
-                "old container {} stopped and removed",
-                &old[..old.len().min(12)]
-            )),
-            Err(e) => log.line(&format!("cannot remove old container {old}: {e}")),
-        }
-    }
-
     /// Switches back: removes the new containers, gives the old ones their names back and starts
     /// those that were stopped.
     async fn undo(
@@ -592,36 +562,6 @@ impl Stacks {
 }
 
 impl Stacks {
-    /// Renames the forwarder `fwd` of `service` aside and stops it (a new one takes its place).
-    async fn put_forwarder_aside(
-        &self,
-        project: &Project,
-        service: &str,
-        fwd: &str,
-    ) -> Result<Aside, StackError> {
-        let name = super::forward::forwarder_name(&project.name, service);
-        let aside = format!("{name}-old");
-        idempotent(
-            self.docker
-                .remove_container(&aside, force_with_volumes())
-                .await,
-        )?;
-        self.docker
-            .rename_container(
-                fwd,
-                RenameContainerOptionsBuilder::new().name(&aside).build(),
-            )
-            .await?;
-        idempotent(self.docker.stop_container(fwd, None).await)?;
-        Ok(Aside {
-            service: service.to_owned(),
-            name,
-            old: fwd.to_owned(),
-            stopped: true,
-            switched: false,
-        })
-    }
-
     /// Logs how long a stop-first service had no container: from the old one's exit until now
     /// (the new one ready).
     async fn log_gap(&self, old: &str, service: &str, log: &LogBuf) {

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use berth_worker_api::ValidName;
 use berth_worker_api::ids::compose_project_name;
 use bollard::models::ContainerSummary;
-use bollard::query_parameters::RenameContainerOptionsBuilder;
+use bollard::query_parameters::{RenameContainerOptionsBuilder, StopContainerOptionsBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::build::keep_release;
 use super::record::Record;
 use super::rollout::aside_name;
+use super::spec::grace_seconds;
 use super::{StackError, Stacks, force_with_volumes};
 use crate::compose::{Project, plan};
 use crate::docker::idempotent;
@@ -309,6 +310,36 @@ impl Stacks {
             log.line("old containers retired");
             this.changed();
         });
+    }
+
+    /// Stops an old container with its grace period, then removes it.
+    pub(super) async fn retire(&self, project: &Project, old: &str, log: &LogBuf) {
+        let grace = self
+            .docker
+            .inspect_container(old, None)
+            .await
+            .ok()
+            .and_then(|c| {
+                let service = c.config?.labels?.get(plan::LABEL_SERVICE)?.clone();
+                project.service(&service)?.stop_grace_period
+            });
+        let opts = grace.map(|d| {
+            StopContainerOptionsBuilder::default()
+                .t(grace_seconds(d))
+                .build()
+        });
+        let _ = idempotent(self.docker.stop_container(old, opts).await);
+        match idempotent(
+            self.docker
+                .remove_container(old, force_with_volumes())
+                .await,
+        ) {
+            Ok(_) => log.line(&format!(
+                "old container {} stopped and removed",
+                &old[..old.len().min(12)]
+            )),
+            Err(e) => log.line(&format!("cannot remove old container {old}: {e}")),
+        }
     }
 
     async fn remove_logged(&self, cid: &str, what: &str, log: &LogBuf) {

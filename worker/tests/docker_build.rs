@@ -8,19 +8,7 @@ mod common;
 use std::process::Command;
 
 use berth_worker::BuilderChoice;
-use berth_worker_api::ValidName;
 use common::*;
-
-/// The stack's whole log (every operation so far).
-async fn log_of(w: &TestWorker, sid: &ValidName) -> String {
-    let logs = w.client.logs(sid, false).await.unwrap();
-    let bytes: Vec<u8> = futures::StreamExt::collect::<Vec<_>>(logs)
-        .await
-        .into_iter()
-        .flat_map(|c| c.unwrap().to_vec())
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
 
 /// The position of the first log line containing `needle` (after `from`).
 fn at(log: &str, needle: &str, from: usize) -> usize {

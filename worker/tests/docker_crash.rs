@@ -143,10 +143,6 @@ fn slow_app(release: &str, ready_after: u32) -> Vec<(String, String)> {
     ]
 }
 
-fn files(v: &[(String, String)]) -> Vec<(&str, &str)> {
-    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
-}
-
 /// `name commit` of each container of stack `sid`, sorted.
 fn containers_of(sid: &ValidName) -> Vec<String> {
     let out = Command::new("docker")

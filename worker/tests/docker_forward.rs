@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_worker_api::{DeployRequest, StackState, ValidName};
+use berth_worker_api::StackState;
 use common::*;
-use futures::StreamExt;
 
 /// `api` (no port, a healthcheck) and `web` (port 8080, behind a forwarder), each answering with
 /// its release; `web` rolls stop-first when `web_order` says so.
@@ -48,30 +47,6 @@ fn app(release: &str, web_extra: &str) -> Vec<(String, String)> {
         ("web/Dockerfile".into(), dockerfile.into()),
         ("web/release".into(), format!("web {release}\n")),
     ]
-}
-
-fn files(v: &[(String, String)]) -> Vec<(&str, &str)> {
-    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
-}
-
-fn deploy_request(repo: &Path, commit: &str) -> DeployRequest {
-    let b = build_request(repo, commit);
-    DeployRequest {
-        user: b.user,
-        project: b.project,
-        commit: b.commit,
-        repo: b.repo,
-        timeout_secs: Some(60),
-    }
-}
-
-async fn log_of(w: &TestWorker, id: &ValidName) -> String {
-    let mut stream = w.client.logs(id, false).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk.unwrap());
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn inspect(name: &str, format: &str) -> String {
@@ -295,7 +270,7 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
     let t = Instant::now();
     let done = w
         .client
-        .deploy(&id, &deploy_request(repo.path(), &c2))
+        .deploy(&id, &deploy_request(repo.path(), &c2, 60))
         .await
         .unwrap();
     let deploy_secs = t.elapsed().as_secs_f64();
@@ -306,7 +281,7 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
 
     let t = Instant::now();
     w.client
-        .deploy(&id, &deploy_request(repo.path(), &c1))
+        .deploy(&id, &deploy_request(repo.path(), &c1, 60))
         .await
         .unwrap();
     let rollback_secs = t.elapsed().as_secs_f64();
@@ -362,7 +337,7 @@ async fn docker_a_stop_first_service_behind_a_forwarder_keeps_clients_waiting() 
     let fresh = Loop::start(&url, false, stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     w.client
-        .deploy(&id, &deploy_request(repo.path(), &c2))
+        .deploy(&id, &deploy_request(repo.path(), &c2, 60))
         .await
         .unwrap();
     assert_eq!(http_get(&url).await, "web v2\n");

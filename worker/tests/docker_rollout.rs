@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use berth_worker_api::{DeployRequest, StackState, ValidName};
+use berth_worker_api::StackState;
 use common::*;
-use futures::StreamExt;
 
 /// A two-service app: `api` (no published port, a healthcheck: rolls start-first) and `web`
 /// (published port: rolls stop-first), each answering with its release.
@@ -44,30 +42,6 @@ fn app(release: &str, api_check: &str) -> Vec<(String, String)> {
 }
 
 const HEALTHY: &str = "wget -q -O- http://127.0.0.1:8080/";
-
-fn files(v: &[(String, String)]) -> Vec<(&str, &str)> {
-    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
-}
-
-fn deploy_request(repo: &Path, commit: &str) -> DeployRequest {
-    let b = build_request(repo, commit);
-    DeployRequest {
-        user: b.user,
-        project: b.project,
-        commit: b.commit,
-        repo: b.repo,
-        timeout_secs: Some(30),
-    }
-}
-
-async fn log_of(w: &TestWorker, id: &ValidName) -> String {
-    let mut stream = w.client.logs(id, false).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk.unwrap());
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 fn container_id(name: &str) -> String {
     let out = std::process::Command::new("docker")
@@ -123,7 +97,7 @@ async fn docker_deploy_rollback_and_a_failed_rollout() {
     // Deploy: the answer switches, the api container is new, no old container is left.
     let done = w
         .client
-        .deploy(&id, &deploy_request(repo.path(), &c2))
+        .deploy(&id, &deploy_request(repo.path(), &c2, 30))
         .await
         .unwrap();
     assert_eq!(done.state, StackState::Running);
@@ -146,7 +120,7 @@ async fn docker_deploy_rollback_and_a_failed_rollout() {
     let c3 = git_commit(repo.path(), &files(&app("v3", "[\"CMD\", \"false\"]")));
     let err = w
         .client
-        .deploy(&id, &deploy_request(repo.path(), &c3))
+        .deploy(&id, &deploy_request(repo.path(), &c3, 30))
         .await
         .unwrap_err();
     let message = err.to_string();
@@ -162,7 +136,7 @@ async fn docker_deploy_rollback_and_a_failed_rollout() {
     // Rollback to the kept first release: nothing is built.
     let back = w
         .client
-        .deploy(&id, &deploy_request(repo.path(), &c1))
+        .deploy(&id, &deploy_request(repo.path(), &c1, 30))
         .await
         .unwrap();
     assert_eq!(http_get(&url).await, "web v1\n");

@@ -217,10 +217,6 @@ fn web(release: &str) -> Vec<(String, String)> {
     ]
 }
 
-fn files(v: &[(String, String)]) -> Vec<(&str, &str)> {
-    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
-}
-
 /// What a user does with an app that crashes at start: deploy a fixed release onto it. The
 /// crash-looping container is replaced, the app serves the fixed release on the same port, and
 /// the stack is `running` again.

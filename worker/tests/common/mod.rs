@@ -8,7 +8,8 @@ use std::process::Command;
 
 use berth_worker::Config;
 use berth_worker_api::{
-    BuildRequest, RepoSource, Secret, StackStatus, StartRequest, ValidName, WorkerClient,
+    BuildRequest, DeployRequest, RepoSource, Secret, StackStatus, StartRequest, ValidName,
+    WorkerClient,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -323,4 +324,32 @@ pub async fn healthy_soon(w: &TestWorker, id: &ValidName, service: &str) -> Stac
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("{service} of {id} never healthy");
+}
+
+/// `(path, content)` pairs as the `&str` pairs [`git_repo`] and [`git_commit`] take.
+pub fn files(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+/// A deploy of `commit` from `repo`, as [`build_request`] names it, within `timeout_secs`.
+pub fn deploy_request(repo: &Path, commit: &str, timeout_secs: u64) -> DeployRequest {
+    let b = build_request(repo, commit);
+    DeployRequest {
+        user: b.user,
+        project: b.project,
+        commit: b.commit,
+        repo: b.repo,
+        timeout_secs: Some(timeout_secs),
+    }
+}
+
+/// The stack's whole log (every operation so far).
+pub async fn log_of(w: &TestWorker, id: &ValidName) -> String {
+    use futures::StreamExt;
+    let mut stream = w.client.logs(id, false).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

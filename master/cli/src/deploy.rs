@@ -235,10 +235,15 @@ fn build(
             ));
         }
         if !out.json {
-            seen = progress.follow(client, id, seen);
+            seen = progress.read(client, id, seen, true);
         }
         std::thread::sleep(Duration::from_millis(300));
         record = Record::parse(&client.get(&format!("/v1/instances/{id}"))?)?;
+    }
+    // A build can end before its log was followed at all (a warm build takes a fraction of a
+    // second): what it wrote since line `seen` still gives its services' lines.
+    if !out.json {
+        progress.read(client, id, seen, false);
     }
     let ok =
         record.state == "built" || (beside(&record) && record.built_commit.as_deref() == commit);
@@ -323,10 +328,10 @@ impl Progress {
         }
     }
 
-    /// Follows the log until the operation ends (or the stream breaks), from line `seen` on;
-    /// returns the lines seen.
-    fn follow(&mut self, client: &Client, id: &str, mut seen: usize) -> usize {
-        let Ok(resp) = client.logs(id, &[("follow", "true".into())]) else {
+    /// Reads the log from line `seen` on, with `follow` until the operation ends (or the stream
+    /// breaks); returns the lines seen.
+    fn read(&mut self, client: &Client, id: &str, mut seen: usize, follow: bool) -> usize {
+        let Ok(resp) = client.logs(id, &[("follow", follow.to_string())]) else {
             return seen;
         };
         for (n, line) in BufReader::new(resp).lines().enumerate() {

@@ -220,7 +220,7 @@ impl From<OpError> for ApiError {
             OpError::NotFound(id) => ApiError::NotFound(format!(
                 "instance {id} not found (never created, or deleted)"
             )),
-            OpError::UnknownCommit(m) => ApiError::NotFound(m),
+            OpError::UnknownCommit(m) | OpError::Missing(m) => ApiError::NotFound(m),
             OpError::Conflict(m) => ApiError::Conflict(m),
             OpError::Policy { message, details } => ApiError::Policy { message, details },
             OpError::App(info) => ApiError::App(info),

@@ -22,7 +22,8 @@ use berth_worker_api::{
     WorkerClientError,
 };
 use bytes::Bytes;
-use futures::Stream;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use reqwest::StatusCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,6 +57,10 @@ pub enum OpError {
     /// A commit that is not a release of the instance (the message names both).
     #[error("{0}")]
     UnknownCommit(String),
+    /// Something of a known instance that does not exist (the message names it), such as a
+    /// service without a container.
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
@@ -516,14 +521,24 @@ impl Master {
         &self,
         id: &ValidName,
         q: &LogQuery,
-    ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, OpError> {
+    ) -> Result<BoxStream<'static, reqwest::Result<Bytes>>, OpError> {
         let rec = self.get_or_404(id).await?;
         let worker = rec.worker.ok_or_else(|| {
             OpError::Conflict(format!("instance {id} is not placed on a worker yet"))
         })?;
-        self.worker_client(&worker.url)
-            .log_stream(id, q)
-            .await
-            .map_err(|e| worker_error(&worker.id, e))
+        match self.worker_client(&worker.url).log_stream(id, q).await {
+            Ok(stream) => Ok(stream.boxed()),
+            // Placed, but the worker has no stack of it yet (its first build has not reached the
+            // worker): there is no output so far, which is not the worker's fault.
+            Err(WorkerClientError::Api { status, .. })
+                if status == StatusCode::NOT_FOUND && q.service.is_none() =>
+            {
+                Ok(futures::stream::empty().boxed())
+            }
+            Err(WorkerClientError::Api { status, body }) if status == StatusCode::NOT_FOUND => {
+                Err(OpError::Missing(body.error.message))
+            }
+            Err(e) => Err(worker_error(&worker.id, e)),
+        }
     }
 }

@@ -347,18 +347,32 @@ mod tests {
         std::os::unix::fs::symlink("sub/Dockerfile.dev", d.join("Inside")).unwrap();
         assert_eq!(read_dockerfile(d, "Dockerfile").unwrap(), "FROM x\n");
         assert_eq!(read_dockerfile(d, "Inside").unwrap(), "FROM y\n");
+        // Both temporary folders share a parent, so this path names the
+        // secret through `..`; a fixed name such as `../x` would depend on
+        // what else the machine's temporary folder holds.
+        let climb = format!(
+            "../{}/secret",
+            outside.path().file_name().unwrap().to_str().unwrap()
+        );
         for (name, want) in [
             (
-                "Leak",
-                "Dockerfile Leak: resolves outside the build context",
+                "Leak".to_owned(),
+                "Dockerfile Leak: resolves outside the build context".to_owned(),
             ),
-            ("sub", "Dockerfile sub: is not a regular file"),
             (
-                "../x",
-                "Dockerfile ../x: No such file or directory (os error 2)",
+                "sub".to_owned(),
+                "Dockerfile sub: is not a regular file".to_owned(),
+            ),
+            (
+                climb.clone(),
+                format!("Dockerfile {climb}: resolves outside the build context"),
+            ),
+            (
+                "missing".to_owned(),
+                "Dockerfile missing: No such file or directory (os error 2)".to_owned(),
             ),
         ] {
-            let err = read_dockerfile(d, name).unwrap_err().to_string();
+            let err = read_dockerfile(d, &name).unwrap_err().to_string();
             assert_eq!(err, want);
             assert!(!err.contains("host secret"));
         }

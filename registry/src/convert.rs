@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{NodeIdentity, Policy, PolicyLink, Role, ServiceIdentity, Token};
+use crate::acl::{NodeIdentity, Policy, PolicyLink, Role, ServiceIdentity, TemplatedPolicy, Token};
 use crate::dto::{
     self, AgentService, CatalogCheckRegistration, CatalogNode, CatalogRegistration,
     CatalogServiceRegistration, HealthCheck, ServiceAddress, ServiceCheckRef, SessionEntry,
@@ -336,9 +336,8 @@ pub(crate) struct TokenDto {
     pub(crate) service_identities: Vec<ServiceIdentityDto>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) node_identities: Vec<NodeIdentityDto>,
-    /// Not implemented: refused when given (never ignored).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) templated_policies: Vec<serde_json::Value>,
+    pub(crate) templated_policies: Vec<TemplatedPolicyDto>,
     #[serde(default)]
     pub(crate) local: bool,
     /// Tokens from auth methods only; refused on create (Consul: only `login` sets it).
@@ -396,15 +395,65 @@ pub(crate) struct RoleDto {
     pub(crate) service_identities: Vec<ServiceIdentityDto>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) node_identities: Vec<NodeIdentityDto>,
-    /// Not implemented: refused when given (never ignored).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) templated_policies: Vec<serde_json::Value>,
+    pub(crate) templated_policies: Vec<TemplatedPolicyDto>,
     #[serde(default)]
     pub(crate) hash: String,
     #[serde(default)]
     pub(crate) create_index: u64,
     #[serde(default)]
     pub(crate) modify_index: u64,
+}
+
+/// A templated policy on the wire: Consul writes the variables with lower-case keys.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct TemplatedPolicyDto {
+    #[serde(default)]
+    pub(crate) template_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) template_variables: Option<TemplateVariablesDto>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) datacenters: Vec<String>,
+}
+
+/// The variables of a templated policy (Consul's `ACLTemplatedPolicyVariables`).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct TemplateVariablesDto {
+    /// Read as `Name` (the decoder spells keys so), written as Consul writes it.
+    #[serde(
+        rename(serialize = "name", deserialize = "Name"),
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub(crate) name: String,
+}
+
+fn templated_policies(list: &[TemplatedPolicy]) -> Vec<TemplatedPolicyDto> {
+    list.iter()
+        .map(|t| TemplatedPolicyDto {
+            template_name: t.template_name.clone(),
+            template_variables: (!t.name.is_empty()).then(|| TemplateVariablesDto {
+                name: t.name.clone(),
+            }),
+            datacenters: t.datacenters.clone(),
+        })
+        .collect()
+}
+
+/// Templated policies of a request body.
+pub(crate) fn templated_policies_of(list: &[TemplatedPolicyDto]) -> Vec<TemplatedPolicy> {
+    list.iter()
+        .map(|t| TemplatedPolicy {
+            template_name: t.template_name.clone(),
+            name: t
+                .template_variables
+                .as_ref()
+                .map(|v| v.name.clone())
+                .unwrap_or_default(),
+            datacenters: t.datacenters.clone(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -496,6 +545,8 @@ pub(crate) fn token_dto(t: &Token) -> TokenDto {
         roles: links(&t.roles),
         service_identities: service_identities(&t.service_identities),
         node_identities: node_identities(&t.node_identities),
+        templated_policies: templated_policies(&t.templated_policies),
+        auth_method: t.auth_method.clone(),
         local: t.local,
         expiration_time: t.expiration_time.clone(),
         create_time: t.create_time.clone(),
@@ -514,6 +565,7 @@ pub(crate) fn role_dto(r: &Role) -> RoleDto {
         policies: links(&r.policies),
         service_identities: service_identities(&r.service_identities),
         node_identities: node_identities(&r.node_identities),
+        templated_policies: templated_policies(&r.templated_policies),
         create_index: r.create_index,
         modify_index: r.modify_index,
         ..RoleDto::default()

@@ -4,13 +4,16 @@
 //! Nothing here knows HTTP. The API layer resolves the request's token to an [`Authorizer`]
 //! through [`AclResolver`] and asks it one question per resource touched.
 
+pub mod auth_method;
 mod authorizer;
 mod rules;
 pub(crate) mod store;
+pub mod templated;
 mod token;
 
 pub use authorizer::{Authorizer, Need};
 pub use rules::{Access, Resource, Rule, Rules, parse_rules};
+pub use templated::TemplatedPolicy;
 pub use token::{
     ANONYMOUS_ACCESSOR_ID, ANONYMOUS_SECRET, AclResolver, MANAGEMENT_POLICY_ID,
     MANAGEMENT_POLICY_NAME, NodeIdentity, Policy, PolicyLink, Role, SecretId, ServiceIdentity,

@@ -31,6 +31,8 @@ pub(crate) struct Persisted {
     pub(crate) tokens: Vec<Token>,
     pub(crate) policies: Vec<Policy>,
     pub(crate) roles: Vec<Role>,
+    pub(crate) auth_methods: Vec<super::auth_method::AuthMethod>,
+    pub(crate) binding_rules: Vec<super::auth_method::BindingRule>,
 }
 
 impl Persisted {

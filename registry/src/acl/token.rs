@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 use super::AclError;
 use super::authorizer::Authorizer;
 use super::rules::{Rules, parse_rules};
+use super::templated::TemplatedPolicy;
 
 /// Accessor id of the built-in anonymous token (Consul's fixed value).
 pub const ANONYMOUS_ACCESSOR_ID: &str = "00000000-0000-0000-0000-000000000002";
@@ -100,6 +101,9 @@ pub struct Role {
     /// Node identities.
     #[serde(default)]
     pub node_identities: Vec<NodeIdentity>,
+    /// Templated policies.
+    #[serde(default)]
+    pub templated_policies: Vec<TemplatedPolicy>,
     /// Store index at creation.
     pub create_index: u64,
     /// Store index of the last change.
@@ -150,6 +154,12 @@ pub struct Token {
     /// Node identities.
     #[serde(default)]
     pub node_identities: Vec<NodeIdentity>,
+    /// Templated policies.
+    #[serde(default)]
+    pub templated_policies: Vec<TemplatedPolicy>,
+    /// The auth method whose `login` made the token (empty: made directly).
+    #[serde(default)]
+    pub auth_method: String,
     /// Datacenter-local token.
     pub local: bool,
     /// RFC 3339 creation time.
@@ -272,11 +282,13 @@ impl AclResolver {
         let mut policy_ids: Vec<&str> = token.policies.iter().map(|l| l.id.as_str()).collect();
         let mut services: Vec<&ServiceIdentity> = token.service_identities.iter().collect();
         let mut nodes: Vec<&NodeIdentity> = token.node_identities.iter().collect();
+        let mut templated: Vec<&TemplatedPolicy> = token.templated_policies.iter().collect();
         for link in &token.roles {
             if let Some(role) = self.roles.get(&link.id) {
                 policy_ids.extend(role.policies.iter().map(|l| l.id.as_str()));
                 services.extend(role.service_identities.iter());
                 nodes.extend(role.node_identities.iter());
+                templated.extend(role.templated_policies.iter());
             }
         }
         policy_ids.sort_unstable();
@@ -299,6 +311,12 @@ impl AclResolver {
                     .into_iter()
                     .filter(|n| self.datacenter.is_empty() || n.datacenter == self.datacenter)
                     .map(NodeIdentity::rules),
+            )
+            .chain(
+                templated
+                    .into_iter()
+                    .filter(|t| self.datacenter.is_empty() || t.applies_in(&self.datacenter))
+                    .map(TemplatedPolicy::rules),
             );
         for text in synthetic {
             let rules = parse_rules(&text).unwrap_or_default();

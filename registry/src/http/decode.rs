@@ -292,7 +292,25 @@ const ACL_FIELDS: &[&str] = &[
     "AuthMethod",
     "ExpirationTime",
     "ExpirationTTL",
+    "TemplateName",
+    "TemplateVariables",
+    "Type",
+    "DisplayName",
+    "Config",
+    "MaxTokenTTL",
+    "TokenLocality",
+    "TokenNameFormat",
+    "Selector",
+    "BindType",
+    "BindName",
+    "BindVars",
+    "BearerToken",
+    "Meta",
 ];
+
+/// ACL fields whose values are maps of the client's own keys (an auth method's
+/// configuration, a binding's variables, a login's metadata).
+const ACL_FREE_FORM: &[&str] = &["Config", "BindVars", "Meta"];
 
 /// How one family of request bodies spells its fields.
 struct Fields {
@@ -313,7 +331,7 @@ const REQUEST: Fields = Fields {
 
 const ACL: Fields = Fields {
     names: ACL_FIELDS,
-    free_form: &[],
+    free_form: ACL_FREE_FORM,
     drop_nulls: true,
 };
 

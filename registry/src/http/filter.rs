@@ -79,3 +79,9 @@ pub(crate) fn retain_values<K: Ord, T: Serialize>(
 
 #[cfg(test)]
 mod tests;
+
+/// Checks a filter expression against the element type `ty` without running it (a binding
+/// rule's selector); the error is go-bexpr's text.
+pub(crate) fn check_expression(text: &str, ty: Ty) -> Result<(), String> {
+    Filter::new(text, ty).map(|_| ()).map_err(|e| e.0)
+}

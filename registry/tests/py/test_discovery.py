@@ -249,11 +249,11 @@ def test_acl_roles_identities_clone_and_expiry_with_py_consul(acl_server):
     clone = root.acl.token.clone(tok["AccessorID"], description="copy")
     assert clone["AccessorID"] != tok["AccessorID"] and clone["Description"] == "copy"
     assert clone["ExpirationTime"] == tok["ExpirationTime"]
-    # Out-of-bounds expiry and templated policies are refused, never silently dropped.
+    # Out-of-bounds expiry and unknown templates are refused, never silently dropped.
     with pytest.raises(consul.ConsulException):
         root.acl.token.create(expiration_ttl="1s")
     with pytest.raises(consul.ConsulException):
-        root.acl.token.create(templated_policies=[{"builtin/dns": {}}])
+        root.acl.token.create(templated_policies=[{"builtin/nope": {}}])
     # A missing token or role is 404 for a privileged reader (py-consul answers None).
     assert root.acl.role.read("00000000-0000-0000-0000-00000000dead") is None
     assert root.acl.token.read("00000000-0000-0000-0000-00000000dead") is None
@@ -328,3 +328,38 @@ def test_agent_token_kinds_need_acls_and_acl_write(cluster, acl_server):
     assert root.agent.token.set_default("")
     with pytest.raises(consul.ACLPermissionDenied):
         anon.kv.get("py-token/a")
+
+
+def test_templated_policies_auth_methods_and_binding_rules_with_py_consul(acl_server):
+    """py-consul's templated-policy, auth-method and binding-rule APIs against the server."""
+    root = consul.Consul(host=acl_server.ip, port=acl_server.port, token="root")
+    listed = root.acl.templated_policy.list()
+    assert {"builtin/service", "builtin/node", "builtin/dns"} <= set(listed)
+    assert root.acl.templated_policy.read("builtin/node")["TemplateName"] == "builtin/node"
+    preview = root.acl.templated_policy.preview("builtin/service", {"Name": "py-tpl"})
+    assert 'service "py-tpl"' in preview["Rules"]
+    tok = root.acl.token.create(templated_policies=[{"builtin/service": {"Name": "py-tpl"}}])
+    assert tok["TemplatedPolicies"][0]["TemplateName"] == "builtin/service"
+    svc = consul.Consul(host=acl_server.ip, port=acl_server.port, token=tok["SecretID"])
+    svc.agent.service.register("py-tpl")
+    with pytest.raises(consul.ACLPermissionDenied):
+        svc.agent.service.register("py-not-tpl")
+    svc.agent.service.deregister("py-tpl")
+
+    config = {"Host": "https://k8s.example:443", "CACert": "pem", "ServiceAccountJWT": "jwt"}
+    method = root.acl.auth_method.create("py-kube", "kubernetes", config=config, max_token_ttl="5m")
+    assert method["Type"] == "kubernetes" and method["MaxTokenTTL"] == "5m0s"
+    assert [m["Name"] for m in root.acl.auth_method.list()] == ["py-kube"]
+    assert root.acl.auth_method.read("py-kube")["Config"]["Host"] == "https://k8s.example:443"
+    with pytest.raises(consul.ConsulException):
+        root.acl.auth_method.create("py-bad", "kubernetes", config={})
+    rule = root.acl.binding_rule.create(
+        "py-kube", "service", "${serviceaccount.name}", selector="serviceaccount.namespace==default"
+    )
+    assert [r["ID"] for r in root.acl.binding_rule.list(auth_method="py-kube")] == [rule["ID"]]
+    with pytest.raises(consul.ConsulException):
+        root.acl.binding_rule.create("py-kube", "service", "${value.nope}")
+    with pytest.raises(consul.ConsulException):
+        root.acl.login("py-kube", "eyJ.not.verifiable")
+    assert root.acl.auth_method.delete("py-kube") is True
+    assert root.acl.binding_rule.list() == []

@@ -1602,7 +1602,7 @@ async fn acl_roles_identities_expiry_and_clone() {
                 "/v1/acl/role",
                 r#"{"Name":"x","TemplatedPolicies":[{"TemplateName":"builtin/service"}]}"#,
                 400,
-                "templated policies are not implemented by berth",
+                "validation error for templated policy: builtin/service: name is required",
             ),
             // Unknown objects read by a privileged token: 404.
             (
@@ -1863,9 +1863,9 @@ async fn acl_roles_identities_expiry_and_clone() {
             (
                 "PUT",
                 "/v1/acl/token",
-                r#"{"TemplatedPolicies":[{"TemplateName":"builtin/dns"}]}"#,
+                r#"{"TemplatedPolicies":[{"TemplateName":"builtin/nope"}]}"#,
                 400,
-                "templated policies are not implemented by berth",
+                "Invalid templated policy Name: builtin/nope",
             ),
         ],
     )
@@ -1892,59 +1892,6 @@ async fn acl_roles_identities_expiry_and_clone() {
             .await
             .is_empty()
     );
-    // Auth methods and binding rules: none exist, creating one is not implemented.
-    h.table(
-        root,
-        &[
-            ("GET", "/v1/acl/auth-methods", "", 200, "[]"),
-            (
-                "GET",
-                "/v1/acl/auth-method/kube",
-                "",
-                404,
-                "ACL auth method not found",
-            ),
-            (
-                "PUT",
-                "/v1/acl/auth-method",
-                r#"{"Name":"kube","Type":"kubernetes"}"#,
-                501,
-                "ACL auth methods are not implemented by berth",
-            ),
-            ("DELETE", "/v1/acl/auth-method/kube", "", 200, "true"),
-            ("GET", "/v1/acl/binding-rules", "", 200, "[]"),
-            (
-                "GET",
-                "/v1/acl/binding-rule/x",
-                "",
-                404,
-                "ACL binding rule not found",
-            ),
-            (
-                "PUT",
-                "/v1/acl/binding-rule",
-                r#"{"AuthMethod":"kube","BindType":"service","BindName":"x"}"#,
-                400,
-                "Invalid Binding Rule: unknown AuthMethod \"kube\"",
-            ),
-            (
-                "POST",
-                "/v1/acl/login",
-                r#"{"AuthMethod":"kube","BearerToken":"jwt"}"#,
-                403,
-                "ACL not found",
-            ),
-            ("POST", "/v1/acl/logout", "", 403, "Permission denied"),
-            (
-                "GET",
-                "/v1/acl/templated-policies",
-                "",
-                501,
-                "ACL templated policies are not implemented by berth",
-            ),
-        ],
-    )
-    .await;
 }
 
 /// `PUT uri` with the root token; the answer's JSON (200 required).
@@ -2053,6 +2000,7 @@ async fn server_node_deregistration_refused_with_acls() {
     .await;
 }
 
+mod acl_auth;
 mod agent_extras;
 mod agent_ops;
 mod go_client;

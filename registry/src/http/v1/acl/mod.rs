@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
@@ -23,16 +23,18 @@ use crate::convert::{
 };
 use crate::http::authz::{Authz, presented_token};
 use crate::http::query::ConsulQuery;
-use crate::http::{ApiError, json, plain};
+use crate::http::{ApiError, json};
 
 mod auth;
 mod policy;
 mod role;
+mod templated;
 mod token;
 
 use auth::*;
 use policy::*;
 use role::*;
+use templated::*;
 use token::*;
 
 /// `/v1/acl/*` routes.
@@ -54,26 +56,32 @@ pub(crate) fn routes(acl: Arc<AclStore>) -> Router {
             get(role_read).put(role_update).delete(role_delete),
         )
         .route("/v1/acl/roles", get(role_list))
-        .route("/v1/acl/auth-methods", get(empty_list))
-        .route("/v1/acl/auth-method", put(auth_method_write))
+        .route("/v1/acl/auth-methods", get(auth_method_list))
+        .route("/v1/acl/auth-method", put(auth_method_create))
         .route(
             "/v1/acl/auth-method/{name}",
-            get(auth_method_read).put(auth_method_write).delete(deleted),
+            get(auth_method_read)
+                .put(auth_method_update)
+                .delete(auth_method_delete),
         )
-        .route("/v1/acl/binding-rules", get(empty_list))
+        .route("/v1/acl/binding-rules", get(binding_rule_list))
         .route("/v1/acl/binding-rule", put(binding_rule_create))
         .route(
             "/v1/acl/binding-rule/{id}",
             get(binding_rule_read)
                 .put(binding_rule_update)
-                .delete(deleted),
+                .delete(binding_rule_delete),
         )
         .route("/v1/acl/login", post(login))
         .route("/v1/acl/logout", post(logout))
-        .route("/v1/acl/templated-policies", get(templated_policies))
+        .route("/v1/acl/templated-policies", get(templated_policy_list))
         .route(
-            "/v1/acl/templated-policy/name/{name}",
-            get(templated_policies),
+            "/v1/acl/templated-policy/name/{*name}",
+            get(templated_policy_read),
+        )
+        .route(
+            "/v1/acl/templated-policy/preview/{*name}",
+            post(templated_policy_preview),
         )
         .route("/v1/acl/policy", put(policy_create))
         .route("/v1/acl/policy/name/{name}", get(policy_by_name))
@@ -205,13 +213,4 @@ async fn bootstrap(State(acl): State<Arc<AclStore>>) -> Result<Response, ApiErro
         "Permission denied: ACL bootstrap no longer allowed (reset index: {})",
         acl.read(|d| d.bootstrap_index)
     )))
-}
-
-async fn decode_value(headers: &HeaderMap, body: Body) -> Result<serde_json::Value, ApiError> {
-    let bytes = crate::http::read_body(headers, body, 1024 * 1024).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Value::Null);
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("Request decode failed: {e}")))
 }

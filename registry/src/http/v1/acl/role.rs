@@ -11,18 +11,19 @@ pub(super) fn valid_role_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// What a role grants: policies, service identities, node identities.
-pub(super) type RoleGrants = (Vec<PolicyLink>, Vec<ServiceIdentity>, Vec<NodeIdentity>);
+/// What a role grants: policies, then service identities, node identities and templated
+/// policies.
+pub(super) type RoleGrants = (Vec<PolicyLink>, Identities);
 
 /// The checked parts of a role body.
 pub(super) fn role_parts(d: &Persisted, req: &RoleDto) -> Result<RoleGrants, ApiError> {
-    let (services, nodes) = identities(
+    let ids = identities(
         &req.service_identities,
         &req.node_identities,
         &req.templated_policies,
         "role",
     )?;
-    Ok((resolve_links(d, &req.policies)?, services, nodes))
+    Ok((resolve_links(d, &req.policies)?, ids))
 }
 
 pub(super) fn check_role_name(d: &Persisted, name: &str, own_id: &str) -> Result<(), ApiError> {
@@ -53,7 +54,8 @@ pub(super) async fn role_create(
     let req: RoleDto = decode(&headers, body).await?;
     let role = modify(&acl, |d| {
         check_role_name(d, &req.name, "")?;
-        let (policies, service_identities, node_identities) = role_parts(d, &req)?;
+        let (policies, (service_identities, node_identities, templated_policies)) =
+            role_parts(d, &req)?;
         d.index += 1;
         let role = Role {
             id: uuid::Uuid::new_v4().to_string(),
@@ -62,6 +64,7 @@ pub(super) async fn role_create(
             policies,
             service_identities,
             node_identities,
+            templated_policies,
             create_index: d.index,
             modify_index: d.index,
         };
@@ -107,7 +110,8 @@ pub(super) async fn role_update(
             return Err(ApiError::BadRequest(format!("Cannot find role {id:?}")));
         }
         check_role_name(d, &req.name, &id)?;
-        let (policies, service_identities, node_identities) = role_parts(d, &req)?;
+        let (policies, (service_identities, node_identities, templated_policies)) =
+            role_parts(d, &req)?;
         d.index += 1;
         let index = d.index;
         let role = d
@@ -120,6 +124,7 @@ pub(super) async fn role_update(
         role.policies = policies;
         role.service_identities = service_identities;
         role.node_identities = node_identities;
+        role.templated_policies = templated_policies;
         role.modify_index = index;
         let role = role.clone();
         for t in &mut d.tokens {

@@ -31,29 +31,18 @@ pub(super) fn resolve_role_links(
         .collect()
 }
 
-/// Whether `name` is a valid service or node identity name (Consul's rule).
-pub(super) fn valid_identity_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_';
-    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !bytes.is_empty()
-        && bytes.len() <= 256
-        && bytes.first().is_some_and(edge)
-        && bytes.last().is_some_and(edge)
-        && bytes.iter().all(inner)
-}
+pub(super) use crate::acl::templated::valid_identity_name;
 
 /// The identities of a token or role body (`of` is "token" or "role"), checked as Consul.
 pub(super) fn identities(
     services: &[crate::convert::ServiceIdentityDto],
     nodes: &[crate::convert::NodeIdentityDto],
-    templated: &[serde_json::Value],
+    templated: &[crate::convert::TemplatedPolicyDto],
     of: &str,
-) -> Result<(Vec<ServiceIdentity>, Vec<NodeIdentity>), ApiError> {
-    if !templated.is_empty() {
-        return Err(ApiError::BadRequest(
-            "templated policies are not implemented by berth".into(),
-        ));
+) -> Result<Identities, ApiError> {
+    let templated = crate::convert::templated_policies_of(templated);
+    for t in &templated {
+        t.check().map_err(ApiError::BadRequest)?;
     }
     for s in services {
         if s.service_name.is_empty() {
@@ -89,8 +78,15 @@ pub(super) fn identities(
     let mut services = service_identities_of(services);
     services.sort_by(|a, b| a.service_name.cmp(&b.service_name));
     services.dedup_by(|a, b| a.service_name == b.service_name);
-    Ok((services, node_identities_of(nodes)))
+    Ok((services, node_identities_of(nodes), templated))
 }
+
+/// What [`identities`] checked: service identities, node identities, templated policies.
+pub(super) type Identities = (
+    Vec<ServiceIdentity>,
+    Vec<NodeIdentity>,
+    Vec<crate::acl::TemplatedPolicy>,
+);
 
 /// Consul's defaults for `acl.token_min_expiration_ttl` and `token_max_expiration_ttl`.
 pub(super) const MIN_EXPIRATION: std::time::Duration = std::time::Duration::from_secs(60);
@@ -246,7 +242,7 @@ pub(super) async fn token_create(
             "AuthMethod field is disallowed outside of Login".into(),
         ));
     }
-    let (service_identities, node_identities) = identities(
+    let (service_identities, node_identities, templated_policies) = identities(
         &req.service_identities,
         &req.node_identities,
         &req.templated_policies,
@@ -289,6 +285,8 @@ pub(super) async fn token_create(
             roles,
             service_identities,
             node_identities,
+            templated_policies,
+            auth_method: String::new(),
             local: req.local,
             create_time: rfc3339(now),
             expiration_time: expiration.map(rfc3339),
@@ -401,7 +399,7 @@ pub(super) async fn token_update(
     if !req.auth_method.is_empty() {
         return Err(ApiError::BadRequest("Cannot change AuthMethod".into()));
     }
-    let (service_identities, node_identities) = identities(
+    let (service_identities, node_identities, templated_policies) = identities(
         &req.service_identities,
         &req.node_identities,
         &req.templated_policies,
@@ -438,6 +436,7 @@ pub(super) async fn token_update(
         t.roles = roles;
         t.service_identities = service_identities;
         t.node_identities = node_identities;
+        t.templated_policies = templated_policies;
         t.local = req.local;
         t.modify_index = index;
         Ok(t.clone())

@@ -1236,6 +1236,45 @@ func aclFlow(c *api.Client, cfg *api.Config) {
 		_, err := c.Agent().UpdateDefaultACLToken("x", &api.WriteOptions{Token: token.SecretID})
 		return expect(err != nil && strings.Contains(err.Error(), "Permission denied"), "without acl write: %v", err)
 	})
+	step("acl: auth method and binding rule create/read/list/update/delete, login refused", func() error {
+		cfgK8s := map[string]interface{}{"Host": "https://k8s.example:443", "CACert": "pem", "ServiceAccountJWT": "jwt"}
+		m, _, err := a.AuthMethodCreate(&api.ACLAuthMethod{Name: "gocl-kube", Type: "kubernetes", MaxTokenTTL: 10 * time.Minute, Config: cfgK8s}, nil)
+		if err != nil {
+			return err
+		}
+		if _, _, err := a.AuthMethodCreate(&api.ACLAuthMethod{Name: "gocl-bad", Type: "kubernetes"}, nil); err == nil {
+			return fmt.Errorf("a kubernetes method without its configuration was accepted")
+		}
+		read, _, err := a.AuthMethodRead("gocl-kube", nil)
+		if err != nil || read == nil {
+			return fmt.Errorf("read %+v %v", read, err)
+		}
+		list, _, err := a.AuthMethodList(nil)
+		if err != nil {
+			return err
+		}
+		m.Description = "updated"
+		if _, _, err := a.AuthMethodUpdate(m, nil); err != nil {
+			return err
+		}
+		rule, _, err := a.BindingRuleCreate(&api.ACLBindingRule{AuthMethod: "gocl-kube", BindType: api.BindingRuleBindTypeService, BindName: "${serviceaccount.name}", Selector: "serviceaccount.namespace==default"}, nil)
+		if err != nil {
+			return err
+		}
+		rules, _, err := a.BindingRuleList("gocl-kube", nil)
+		if err != nil {
+			return err
+		}
+		_, _, loginErr := a.Login(&api.ACLLoginParams{AuthMethod: "gocl-kube", BearerToken: "eyJ.x.y"}, nil)
+		if _, err := a.AuthMethodDelete("gocl-kube", nil); err != nil {
+			return err
+		}
+		gone, _, err := a.BindingRuleRead(rule.ID, nil)
+		return expect(read.MaxTokenTTL == 10*time.Minute && read.Config["Host"] == "https://k8s.example:443" && len(list) == 1 &&
+			len(rules) == 1 && rules[0].ID == rule.ID && loginErr != nil && strings.Contains(loginErr.Error(), "Permission denied") &&
+			err == nil && gone == nil,
+			"read %+v list %d rules %d login %v gone %+v %v", read, len(list), len(rules), loginErr, gone, err)
+	})
 	step("acl: role and policy delete", func() error {
 		if _, err := a.TokenDelete(token.AccessorID, nil); err != nil {
 			return err

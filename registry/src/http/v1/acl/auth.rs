@@ -442,12 +442,9 @@ pub(super) async fn login(
     request: Request,
 ) -> Result<Response, ApiError> {
     ensure_enabled(&acl)?;
+    // A token sent with the request is ignored, as Consul's handler does (the Go client
+    // sends its configured one with every call).
     let (parts, body) = request.into_parts();
-    if presented_token(&parts).is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::BadRequest(
-            "do not provide a token when logging in".into(),
-        ));
-    }
     let req: LoginDto = decode(&parts.headers, body).await?;
     if req.auth_method.is_empty() || req.bearer_token.is_empty() {
         return Err(ApiError::BadRequest(

@@ -438,7 +438,8 @@ fn append(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codestore::{CodeStore, tree_objects};
+    use crate::codestore::CodeStore;
+    use crate::codestore::objects::tree_objects;
     use crate::upload::{TreeEntry, UploadTree};
     use berth_worker_api::ValidName;
 

@@ -1,18 +1,21 @@
 //! `berth-registry agent`: serves the agent API locally, syncs to the server, heartbeats, and
-//! forwards every other request to the server.
+//! forwards every other request to the server. This file holds the config, `run_agent`, the
+//! route table and the agent's own handlers; heartbeats and leave are in `heartbeat.rs`, the
+//! forwarding in `forward.rs`.
+
+mod forward;
+mod heartbeat;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderName, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use futures::TryStreamExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,12 +28,13 @@ use crate::agent::tokens::{AgentTokens, TokenKind};
 use crate::client::Client;
 use crate::dto::{AgentConfig as AgentConfigDto, AgentMember, AgentSelf};
 use crate::http::ApiError;
+use crate::http::authz::Authz;
 use crate::http::authz::RemoteAcl;
-use crate::http::authz::{Authz, presented_token};
 use crate::http::v1::agent_local::{self, AgentApi};
 use crate::http::v1::agent_token::{self, TokenApi};
-use crate::http::v1::internal::Heartbeat;
 use crate::http::v1::monitor;
+use forward::{event_list, forward, members, session_create};
+use heartbeat::{heartbeat, heartbeat_loop, leave};
 
 /// How an agent joins and serves.
 #[derive(Debug, Clone)]
@@ -414,242 +418,4 @@ async fn leave_handler(
     authz.require(Resource::Agent, &s.config.node_name, Need::Write)?;
     s.shutdown.cancel();
     Ok(StatusCode::OK.into_response())
-}
-
-fn beat_body(s: &AgentShared) -> Heartbeat {
-    Heartbeat {
-        node: s.config.node_name.clone(),
-        id: s.node_id.clone(),
-        address: s.advertise.clone(),
-        port: s.port,
-    }
-}
-
-/// Why the server did not take a heartbeat or leave.
-enum Refused {
-    /// 409: another live agent has this node name.
-    Conflict(String),
-    /// Anything else (unreachable, ACLs, ...).
-    Failed(String),
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Conflict(text) | Self::Failed(text) => f.write_str(text),
-        }
-    }
-}
-
-async fn internal(s: &AgentShared, path: &str) -> Result<(), Refused> {
-    let mut req = s
-        .proxy
-        .http
-        .put(format!("{}{path}", s.proxy.server))
-        .timeout(Duration::from_secs(5))
-        .json(&beat_body(s));
-    if let Some(t) = s.proxy.tokens.get(TokenKind::Agent) {
-        req = req.header("X-Consul-Token", t);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| Refused::Failed(crate::client::redact_url(e).to_string()))?;
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let text = format!("{status}: {}", resp.text().await.unwrap_or_default());
-    Err(if status == StatusCode::CONFLICT {
-        Refused::Conflict(text)
-    } else {
-        Refused::Failed(text)
-    })
-}
-
-/// One heartbeat. A name conflict is logged when it starts and when it ends; the agent keeps
-/// heartbeating and is let in once the other agent with its node name leaves or fails.
-async fn heartbeat(s: &AgentShared) {
-    match internal(s, "/v1/internal/berth/heartbeat").await {
-        Ok(()) => {
-            let recovered = s.beat_failing.swap(false, Ordering::Relaxed);
-            if recovered {
-                tracing::info!("server reachable again; re-syncing at once");
-            }
-            s.admitted.send_if_modified(|admitted| {
-                let notify = !*admitted || recovered;
-                *admitted = true;
-                notify
-            });
-            if s.in_conflict.swap(false, Ordering::Relaxed) {
-                tracing::info!(node = %s.config.node_name, "node name conflict over; syncing");
-            }
-        }
-        Err(Refused::Conflict(text)) => {
-            s.admitted.send_replace(false);
-            if !s.in_conflict.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    node = %s.config.node_name,
-                    cause = %text,
-                    "node name conflict: another live agent uses this node name; not syncing \
-                     until it leaves or fails (retrying every heartbeat)"
-                );
-            }
-        }
-        Err(e) => {
-            s.beat_failing.store(true, Ordering::Relaxed);
-            tracing::warn!(cause = %e, "heartbeat failed");
-        }
-    }
-}
-
-async fn heartbeat_loop(s: Arc<AgentShared>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(s.config.heartbeat_interval);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => heartbeat(&s).await,
-        }
-    }
-}
-
-async fn leave(s: &AgentShared) {
-    match internal(s, "/v1/internal/berth/leave").await {
-        Ok(()) => tracing::info!("left the cluster"),
-        Err(e) => tracing::warn!(cause = %e, "graceful leave failed"),
-    }
-}
-
-/// Sessions created through an agent default to the agent's node, as in Consul.
-async fn session_create(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
-        return crate::http::plain(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large".into(),
-        );
-    };
-    let mut value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        serde_json::json!({})
-    } else {
-        match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            // Let the server word the decode error.
-            Err(_) => {
-                return forward(State(s), Request::from_parts(parts, Body::from(bytes))).await;
-            }
-        }
-    };
-    if let Some(obj) = value.as_object_mut() {
-        let has_node = obj.iter().any(|(k, v)| {
-            k.eq_ignore_ascii_case("node") && v.as_str().is_some_and(|n| !n.is_empty())
-        });
-        if !has_node {
-            obj.retain(|k, _| !k.eq_ignore_ascii_case("node"));
-            obj.insert("Node".into(), s.config.node_name.clone().into());
-        }
-    }
-    let body = serde_json::to_vec(&value).unwrap_or_default();
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    forward(State(s), Request::from_parts(parts, Body::from(body))).await
-}
-
-/// `/v1/agent/members` on an agent: the LAN pool is the server's list; `?wan=<non-empty>` is
-/// the WAN pool, which only servers are in, so a client agent answers `null`, as Consul's
-/// `WANMembers` of a client agent.
-async fn members(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
-    let wan = crate::http::Params::parse(request.uri())
-        .get("wan")
-        .is_some_and(|v| !v.is_empty());
-    if wan {
-        return crate::http::json(&serde_json::Value::Null);
-    }
-    forward(State(s), request).await
-}
-
-/// `/v1/event/list` on an agent: the events this agent's node received, which the server
-/// keeps (it answers the caller's token).
-async fn event_list(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let query = parts
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let path = format!("/v1/internal/berth/events/{}{query}", s.config.node_name);
-    match path.parse() {
-        Ok(uri) => parts.uri = uri,
-        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
-    }
-    forward(State(s), Request::from_parts(parts, body)).await
-}
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "host",
-];
-
-/// Forwards a request to the server, streaming both bodies and keeping headers (tokens and
-/// `X-Consul-*` included).
-async fn forward(State(s): State<Arc<AgentShared>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let mut req = s
-        .proxy
-        .http
-        .request(parts.method.clone(), format!("{}{path}", s.proxy.server));
-    // Requests without a token run with the default token, never with the agent's own.
-    let default_token = s
-        .proxy
-        .tokens
-        .get(TokenKind::Default)
-        .filter(|_| presented_token(&parts).is_none());
-    for (name, value) in &parts.headers {
-        if HOP_BY_HOP.contains(&name.as_str())
-            || (default_token.is_some() && name == "x-consul-token")
-        {
-            continue;
-        }
-        req = req.header(name, value);
-    }
-    if let Some(t) = default_token {
-        req = req.header("X-Consul-Token", t);
-    }
-    let stream = body.into_data_stream();
-    req = req.body(reqwest::Body::wrap_stream(stream));
-    match req.send().await {
-        Ok(resp) => {
-            let mut out = Response::builder().status(resp.status().as_u16());
-            for (name, value) in resp.headers() {
-                if HOP_BY_HOP.contains(&name.as_str()) {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(name.as_str().as_bytes()) {
-                    out = out.header(n, value.as_bytes());
-                }
-            }
-            let body = Body::from_stream(resp.bytes_stream().map_err(std::io::Error::other));
-            out.body(body)
-                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
-        }
-        Err(e) => {
-            // The error's text includes the URL, whose query may hold `?token=`.
-            let cause = crate::client::redact_url(e);
-            tracing::warn!(cause = %cause, path = %parts.uri.path(), "forwarding to the server failed");
-            crate::http::plain(
-                StatusCode::BAD_GATEWAY,
-                "registry server unreachable".to_owned(),
-            )
-        }
-    }
 }

@@ -425,7 +425,8 @@ fn strip_stamp(line: &str) -> &str {
         .trim()
 }
 
-/// What the worker's build log says of one service (`worker/src/stacks/build.rs`).
+/// What the worker's build log says of one service (`worker/src/stacks/build.rs` and
+/// `build/image.rs`).
 #[derive(Debug, PartialEq)]
 enum ServiceEvent {
     /// `building service NAME as TAG`

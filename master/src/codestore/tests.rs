@@ -1,6 +1,10 @@
 //! Tests of the code store: commits, packs, wedged repositories.
 
+use git2::Signature;
+
+use super::objects::{Dir, Node};
 use super::*;
+use crate::upload::TreeEntry;
 
 fn name(s: &str) -> ValidName {
     ValidName::parse("id", s).unwrap()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Keeps stacks away from berth: refuses connections from any stack network (bridges named
 # berth<hash>) to the host's own addresses and to published ports (scripts/lib/firewall.sh).
+# IPv4 only: stack containers have no IPv6 (scripts/lib/firewall.sh says why).
 #   sudo scripts/firewall.sh apply|remove|check
 # scripts/init-worker.sh runs it, the berth-worker unit applies it at each start, and
 # scripts/up.sh applies it when run as root. BERTH_IPTABLES picks the iptables command

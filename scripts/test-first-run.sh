@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's first run, as a new user makes it: scripts/up.sh, then `berth deploy` of the
+# The README's first run, as a new user makes it: scripts/up.sh (its registry refusing requests
+# without a token, each role token doing its part only), then `berth deploy` of the
 # sample app, its URL answering with the app's page, `berth logs`, `berth rm`, and
 # scripts/down.sh --purge. It runs beside anything already on this machine: its own state
 # folder, free ports, its own node name and instance id; everything is stopped and removed
@@ -51,6 +52,23 @@ scripts/up.sh >"$out/up" 2>&1 || {
 grep -q "berth is up" "$out/up" || fail "up.sh did not say it is up: $(cat "$out/up")"
 grep -q "deploy scripts/sample-app" "$out/up" || fail "up.sh did not print the deploy hint"
 
+say "the registry refuses what carries no token, and each role's token does its part only"
+code() { curl -sS -o /dev/null -w '%{http_code}' "$@"; }
+reg=http://$BERTH_REGISTRY
+[ "$(code -X PUT --data-binary x "$reg/v1/kv/berth/instances/x")" = 403 ] || fail "an anonymous KV write was not refused"
+# A listing is filtered per key, as Consul does: nothing readable is a 404, never a value.
+case $(code "$reg/v1/kv/berth/instances/?recurse") in
+403 | 404) ;;
+*) fail "an anonymous KV listing was answered" ;;
+esac
+[ "$(code -X PUT --data-binary '{"Node":"fake","Address":"10.0.0.9","Service":{"Service":"berth-worker:fake","Port":1}}' \
+  "$reg/v1/catalog/register")" = 403 ] || fail "an anonymous catalog registration was not refused"
+ui=$(cat "$BERTH_HOME/tokens/ui")
+[ "$(code -H "X-Consul-Token: $ui" "$reg/v1/health/service/berth-worker")" = 200 ] || fail "the UI token cannot read"
+[ "$(code -H "X-Consul-Token: $ui" -X PUT --data-binary x "$reg/v1/kv/berth/instances/x")" = 403 ] || fail "the UI token may write"
+worker=$(cat "$BERTH_HOME/tokens/worker")
+[ "$(code -H "X-Consul-Token: $worker" -X PUT --data-binary x "$reg/v1/kv/berth/instances/x")" = 403 ] || fail "the worker token may write the records"
+
 # The CLI finds the cluster up.sh started through its state folder alone, as on the README.
 cli() { env -u BERTH_MASTER "$berth" "$@"; }
 
@@ -72,6 +90,12 @@ page=$(curl -fsS --max-time 10 --retry 20 --retry-delay 1 --retry-connrefused \
 case $page in
 *"api says: hello from berth"*) ;;
 *) fail "the app's page lacks its greeting: $page" ;;
+esac
+
+# With the instance's record stored, an anonymous listing still gets none of it.
+case $(code "$reg/v1/kv/berth/instances/?recurse") in
+403 | 404) ;;
+*) fail "an anonymous KV listing was answered while a record exists" ;;
 esac
 
 say "berth logs"

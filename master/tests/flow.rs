@@ -902,6 +902,44 @@ async fn deep_path_upload_is_a_clean_400_and_the_master_keeps_answering() {
     m.stop().await;
 }
 
+/// Issue 14, finding 10: a path component over 255 bytes (NAME_MAX) was accepted at upload and
+/// then failed every build at checkout; it is refused at upload, and 255 bytes is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_path_components_are_refused_at_upload() {
+    let reg = registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(config(&reg, dir.path())).await;
+    let with_path = |path: &str| {
+        targz(&[
+            ("compose.yaml", &b"services: {}\n"[..], 0o644),
+            (path, &b"x"[..], 0o644),
+        ])
+    };
+    for path in [
+        format!("d/{}", "n".repeat(256)),
+        format!("{}/f", "n".repeat(300)),
+    ] {
+        let (status, err) = m.upload("long", "mallory", "", with_path(&path)).await;
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["error"]["code"], "invalid_upload", "{err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains("255"),
+            "{err}"
+        );
+        assert!(!m.data.join("git/mallory/long.git").exists());
+    }
+    let (status, rec) = m
+        .upload(
+            "long",
+            "mallory",
+            "&build=false",
+            with_path(&format!("d/{}", "n".repeat(255))),
+        )
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    m.stop().await;
+}
+
 /// The master owns the whole `instance/{id}/` folder (the worker no longer deletes it): delete
 /// leaves nothing under it, and a neighbour whose id merely starts the same is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

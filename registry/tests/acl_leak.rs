@@ -236,3 +236,68 @@ async fn acl_leak_app_read_with_app_private_denied() {
     assert_eq!(denied.status, 403, "{}", denied.body);
     s.no_secret(&denied);
 }
+
+/// Every KV verb of `/v1/txn` on a key the token may not read, alone and behind a readable
+/// `get`: refused (no result of any op), no denied value in the answer, and the key unchanged.
+#[tokio::test]
+async fn acl_leak_every_txn_verb_on_a_denied_key() {
+    let rules = r#"key_prefix "app/" { policy = "read" }
+                   key_prefix "app/private/" { policy = "deny" }
+                   key_prefix "lst/" { policy = "list" }"#;
+    let s = Server::start(&[("app", rules)], &["app/private/s"]).await;
+    let session = s.call("PUT", "/v1/session/create", "{}", "root").await;
+    assert_eq!(session.status, 200, "{}", session.body);
+    let session: Value = serde_json::from_str(&session.body).unwrap();
+    let session = session["ID"].as_str().unwrap();
+    let key = "app/private/s";
+    let verbs = [
+        json!({"Verb": "get", "Key": key}),
+        json!({"Verb": "get-tree", "Key": key}),
+        json!({"Verb": "check-index", "Key": key, "Index": 1}),
+        json!({"Verb": "check-session", "Key": key, "Session": session}),
+        json!({"Verb": "check-not-exists", "Key": key}),
+        json!({"Verb": "set", "Key": key, "Value": BASE64_STANDARD.encode("X")}),
+        json!({"Verb": "cas", "Key": key, "Index": 0, "Value": BASE64_STANDARD.encode("X")}),
+        json!({"Verb": "lock", "Key": key, "Session": session, "Value": BASE64_STANDARD.encode("X")}),
+        json!({"Verb": "unlock", "Key": key, "Session": session}),
+        json!({"Verb": "delete", "Key": key}),
+        json!({"Verb": "delete-cas", "Key": key, "Index": 1}),
+        json!({"Verb": "delete-tree", "Key": "app/private/"}),
+    ];
+    for op in &verbs {
+        for ops in [
+            json!([{"KV": op}]),
+            json!([{"KV": {"Verb": "get", "Key": "app/a"}}, {"KV": op}]),
+        ] {
+            let answer = s.call("PUT", "/v1/txn", &ops.to_string(), "app").await;
+            s.no_secret(&answer);
+            if op["Verb"] == "get-tree" {
+                // A tree is filtered, not refused: the denied key is simply not in it.
+                assert_eq!(answer.status, 200, "{ops}: {}", answer.body);
+                assert!(!answer.body.contains(key), "{ops}: {}", answer.body);
+            } else {
+                assert_eq!(answer.status, 403, "{ops}: {}", answer.body);
+                assert!(
+                    !answer.body.contains("\"Results\":["),
+                    "{ops}: {}",
+                    answer.body
+                );
+            }
+        }
+    }
+    // A list-only prefix grants no verb either, get-tree included (names come from ?keys only).
+    let listed = s.call("PUT", "/v1/kv/lst/k", "L-listed", "root").await;
+    assert_eq!(listed.status, 200);
+    let tree = json!([{"KV": {"Verb": "get-tree", "Key": "lst/"}}]).to_string();
+    let answer = s.call("PUT", "/v1/txn", &tree, "app").await;
+    assert!(
+        !answer.body.contains(&BASE64_STANDARD.encode("L-listed")),
+        "{}",
+        answer.body
+    );
+    let get = json!([{"KV": {"Verb": "get", "Key": "lst/k"}}]).to_string();
+    assert_eq!(s.call("PUT", "/v1/txn", &get, "app").await.status, 403);
+    // Nothing the refused writes asked for happened.
+    let kept = s.call("GET", "/v1/kv/app/private/s?raw", "", "root").await;
+    assert_eq!((kept.status, kept.body.as_str()), (200, "P-private"));
+}

@@ -7,6 +7,9 @@
 #   DOCKER-USER: a connection from a stack that Docker's NAT sends to a published port (the path
 #                without the userland proxy) is refused too.
 # Replies to connections the host opened (the worker's checks of its stacks) still pass.
+# IPv4 only, on purpose: the worker makes stack networks without IPv6, so Docker switches IPv6
+# off inside their containers (disable_ipv6=1 on every interface, no address, /proc/sys read-only)
+# and no IPv6 packet leaves a stack; worker/tests/docker_isolation.rs checks it from inside one.
 # shellcheck shell=bash
 
 BERTH_FIREWALL_CHAIN=BERTH-STACKS

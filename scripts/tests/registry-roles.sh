@@ -78,6 +78,25 @@ expect 403 "$worker" PUT /v1/catalog/register "$(register w2 berth-worker:w2)"
 expect 200 "$worker" GET /v1/kv/berth/instances/a
 expect 403 "$worker" PUT /v1/kv/berth/instances/a x
 expect 403 "$worker" GET /v1/kv/instance/a/ip
+# No client removes the registry's own node, its serfHealth check or another member: the internal
+# endpoints need node:write on the node named (the worker's token has only its own), and the
+# server's own node is refused even then.
+leave() { printf '{"Node":"%s","ID":"00000000-0000-0000-0000-000000000001","Address":"10.0.0.9","Port":8500}' "$1"; }
+expect 403 "" PUT /v1/internal/berth/leave "$(leave registry)"
+expect 403 "" PUT /v1/internal/berth/leave "$(leave w1)"
+expect 403 "" PUT /v1/internal/berth/heartbeat "$(leave w2)"
+expect 403 "" PUT /v1/catalog/deregister '{"Node":"registry"}'
+expect 403 "" PUT /v1/catalog/deregister '{"Node":"registry","CheckID":"serfHealth"}'
+expect 403 "" PUT /v1/agent/leave
+expect 403 "$worker" PUT /v1/internal/berth/leave "$(leave registry)"
+expect 403 "$worker" PUT /v1/internal/berth/leave "$(leave w2)"
+expect 403 "$worker" PUT /v1/catalog/deregister '{"Node":"registry"}'
+expect 403 "$master" PUT /v1/catalog/deregister '{"Node":"registry"}'
+expect 403 "$master" PUT /v1/internal/berth/leave "$(leave registry)"
+expect 400 "$mgmt" PUT /v1/internal/berth/leave "$(leave registry)"
+expect 403 "$mgmt" PUT /v1/catalog/deregister '{"Node":"registry"}'
+expect 403 "$mgmt" PUT /v1/catalog/deregister '{"Node":"registry","CheckID":"serfHealth"}'
+expect 200 "$master" GET /v1/health/node/registry
 # The front door and the UI only read.
 for t in "$frontdoor" "$ui"; do
   expect 200 "$t" GET '/v1/kv/berth/instances/?recurse'

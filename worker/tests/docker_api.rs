@@ -970,9 +970,17 @@ async fn docker_other_instances_images_are_refused_and_delete_goes_on() {
     let peek = format!("services:\n  peek:\n    image: {theirs}\n    command: [cat, /greeting]\n");
     let from = format!("FROM {theirs}\nRUN cat /greeting > /stolen\n");
     let copy = format!("FROM berth-base:latest\nCOPY --from={theirs} /greeting /g\n");
+    // The four tricks that got past the old check (issue 14, finding 4): a continuation inside
+    // `FROM` and inside `COPY`, a UTF-8 BOM, and a backslash escape in an `ARG` value.
+    let tricks = [
+        format!("FR\\\nOM {theirs}\nRUN cat /greeting > /stolen\n"),
+        format!("FROM berth-base:latest\nCO\\\nPY --from={theirs} /greeting /g\n"),
+        format!("\u{feff}FROM {theirs}\nRUN cat /greeting > /stolen\n"),
+        format!("ARG X={owner}\\-web:latest\nFROM $X\nRUN cat /greeting > /stolen\n"),
+    ];
     // (files, service, field)
     type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
-    let cases: [Case<'_>; 3] = [
+    let mut cases: Vec<Case<'_>> = vec![
         (vec![("compose.yaml", &peek)], "peek", "services.peek.image"),
         (
             vec![
@@ -991,6 +999,16 @@ async fn docker_other_instances_images_are_refused_and_delete_goes_on() {
             "services.app.build",
         ),
     ];
+    for trick in &tricks {
+        cases.push((
+            vec![
+                ("compose.yaml", "services:\n  app:\n    build: .\n"),
+                ("Dockerfile", trick),
+            ],
+            "app",
+            "services.app.build",
+        ));
+    }
     for (files, service, field) in &cases {
         let (repo, commit) = git_repo(files);
         let (status, body) = api_error(

@@ -3,7 +3,8 @@
 //! on every address of the host, while a container on a network that is not a stack's reaches
 //! all of them (so the probe itself works). The stack network's bridge is named `berth<hash>`
 //! and scripts/firewall.sh refuses what comes from such bridges; the test applies it (root and
-//! iptables needed, as on a worker host).
+//! iptables needed, as on a worker host). The stack container has no IPv6 at all, which is why
+//! the firewall needs no ip6tables rules.
 
 mod common;
 
@@ -194,6 +195,32 @@ async fn docker_a_stack_container_cannot_reach_the_worker_api_the_registry_or_ot
         "from stack {a}'s network (worker API {api_port}, agent {agent_port}, registry \
          {registry_port}, stack {b}'s port {b_port})"
     );
+
+    // No IPv6 either: a stack container has IPv6 switched off on every interface (Docker does
+    // so on networks made without IPv6, as the worker makes them), holds no IPv6 address, and
+    // cannot switch it back on, so the IPv4 rules above are the whole boundary.
+    let a_container = run(
+        "docker",
+        &[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=org.berth.instance={a}"),
+        ],
+    );
+    let v6 = run(
+        "docker",
+        &[
+            "exec",
+            &a_container,
+            "sh",
+            "-c",
+            "cat /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/eth0/disable_ipv6; \
+             echo addresses: $(cat /proc/net/if_inet6); \
+             if echo 0 > /proc/sys/net/ipv6/conf/all/disable_ipv6; then echo switched on; fi 2>/dev/null",
+        ],
+    );
+    assert_eq!(v6, "1\n1\naddresses:", "IPv6 in stack {a}'s container");
 
     for sid in [&a, &b] {
         client.delete(sid, false).await.unwrap();

@@ -200,6 +200,8 @@ pub struct WorkerState {
     pub cloned: Mutex<Vec<(String, String)>>,
     /// When set, a build waits for a permit of this semaphore (after its `enter` event).
     pub gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
+    /// Every request the stand-in received, as `method path`, its headers and its body.
+    pub received: Mutex<Vec<String>>,
     pub node: String,
 }
 
@@ -469,6 +471,27 @@ async fn health(State(state): State<Arc<WorkerState>>, Query(q): Query<HealthQue
         .into_response()
 }
 
+/// Notes the whole request in `received` (what a peer could learn from it) and passes it on.
+async fn record(
+    State(state): State<Arc<WorkerState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+    let mut seen = format!("{} {}\n", parts.method, parts.uri);
+    for (name, value) in &parts.headers {
+        seen.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    seen.push_str(&String::from_utf8_lossy(&body));
+    state.received.lock().unwrap().push(seen);
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
+}
+
 /// Starts a stand-in worker and registers it in the catalog as node `node` (passing check).
 pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -490,6 +513,7 @@ pub async fn stand_in(registry: &Registry, node: &str) -> StandIn {
             auth::require_signature,
         ))
         .route(routes::HEALTHZ, get(health))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .with_state(state.clone());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -77,7 +77,10 @@ impl Disk {
                 );
             })
             .create(&file)
-            .map_err(storage)?;
+            .map_err(|source| StoreError::Open {
+                path: file.clone(),
+                source: source.into(),
+            })?;
         if !marker.exists() {
             berth_kit::fs::write_atomic(&marker, b"registry.redb is the store of this directory\n")
                 .map_err(|source| StoreError::DataDir {

@@ -52,6 +52,13 @@ pub enum StoreError {
         "{path} is missing or empty but {witness} says a store existed here; restore the file from a backup, or remove the directory's contents to start an empty store"
     )]
     Missing { path: PathBuf, witness: PathBuf },
+    /// The store file cannot be opened: damaged (a failed integrity check) or unreadable.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
     #[error("storage failure: {0}")]
     Storage(#[source] redb::Error),
     #[error("corrupt stored row: {0}")]

@@ -19,6 +19,7 @@
 #   scripts/bench-deploy.sh                  # takes the Docker lock itself
 #   BERTH_PROFILE=release scripts/bench-deploy.sh
 #   BERTH_BENCH_OPS_LOG=/tmp/ops.log scripts/bench-deploy.sh   # keeps berth's operation log
+#                                            # (and the master's log as /tmp/ops.log.master)
 #
 # It runs under `flock /tmp/berth-docker.lock` (re-running itself under it) and removes what it
 # made on exit: the instance (through the master), the cluster (scripts/down.sh --purge), the
@@ -216,6 +217,7 @@ row "rollback (to the previous release served)" "$b" "$p"
 
 if [ -n "${BERTH_BENCH_OPS_LOG:-}" ]; then
   master GET "/v1/instances/$id/logs?source=ops" >"$BERTH_BENCH_OPS_LOG" || true
+  cp "$BERTH_HOME/logs/master.log" "$BERTH_BENCH_OPS_LOG.master" 2>/dev/null || true
 fi
 
 # delete: containers, volumes, images, network, and the checkout (berth: also the repository)

@@ -54,14 +54,16 @@ PY
     ${body:+--data-binary "$body"} "$base$path"
 }
 
-# bench_worker BIN DIR NODE TOKEN: runs a berth-worker without a registry on a free port, its
-# data in DIR, until it answers; sets bench_worker_pid and bench_worker_base.
+# bench_worker BIN DIR NODE TOKEN [ARGS...]: runs a berth-worker without a registry on a free
+# port, its data in DIR (ARGS added to its command line), until it answers; sets
+# bench_worker_pid and bench_worker_base.
 bench_worker() {
   local bin=$1 dir=$2 node=$3 token=$4 port
+  shift 4
   port=$(free_port)
   bench_worker_base=http://127.0.0.1:$port
   "$bin" --listen "127.0.0.1:$port" --advertise 127.0.0.1 --data-dir "$dir" \
-    --node-name "$node" --no-registry --cluster-token "$token" >"$dir.log" 2>&1 &
+    --node-name "$node" --no-registry --cluster-token "$token" "$@" >"$dir.log" 2>&1 &
   # shellcheck disable=SC2034 # read by the sourcing script
   bench_worker_pid=$!
   for _ in $(seq 200); do

@@ -196,3 +196,94 @@ async fn docker_a_failing_healthcheck_still_fails_the_start() {
     w.cleanup.assert_nothing_left();
     w.stop().await;
 }
+
+/// `api` serves 3 s after its container starts and Docker checks it every 10 s; `web` waits for
+/// it and publishes a port (behind a forwarder).
+const RESTARTED: &str = "services:
+  api:
+    image: berth-base:latest
+    init: true
+    command: [sh, -c, 'sleep 3; mkdir -p /w && echo ok > /w/index.html && exec httpd -f -p 8080 -h /w']
+    healthcheck:
+      test: [CMD, wget, -q, -O, /dev/null, 'http://127.0.0.1:8080/']
+      interval: 10s
+      retries: 3
+  web:
+    image: berth-base:latest
+    init: true
+    command: [sh, -c, 'mkdir -p /w && echo web > /w/index.html && exec httpd -f -p 8000 -h /w']
+    depends_on:
+      api:
+        condition: service_healthy
+    ports:
+      - \"8000\"
+";
+
+/// A start after a stop: Docker's health log still holds the earlier run's results (it only
+/// resets the status to `starting`), which must not count for this run, so the worker runs the
+/// test itself instead of waiting an `interval` for Docker; and the stopped forwarder of `web`
+/// starts while `web` waits for `api`, not after `web`, and is switched to `web` once it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_a_start_after_a_stop_probes_at_once_and_starts_the_forwarder_meanwhile() {
+    let w = worker("restart", |_| {}).await;
+    let sid = id(&format!("restart-{}", w.node));
+    let (repo, commit) = git_repo(&[("compose.yaml", RESTARTED)]);
+    w.client
+        .build(&sid, &build_request(repo.path(), &commit))
+        .await
+        .unwrap();
+    let request = StartRequest {
+        commit: None,
+        timeout_secs: Some(60),
+    };
+    w.client.start(&sid, &request).await.unwrap();
+    // Docker's own first check, so its health log has a result of the first run.
+    healthy_soon(&w, &sid, "api").await;
+    w.client.stop(&sid).await.unwrap();
+
+    let t = std::time::Instant::now();
+    let started = w
+        .client
+        .start(&sid, &request)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    eprintln!("start after stop answered after {:?}", t.elapsed());
+    assert_eq!(started.state, StackState::Running, "{started:?}");
+    let api = started.services.iter().find(|s| s.name == "api").unwrap();
+    assert_eq!(api.health.as_deref(), Some("starting"), "{started:?}");
+    let log = ops_log(&w, &sid).await;
+    let second = &log[log.rfind("== start").unwrap()..];
+    assert!(
+        second.contains("api passed its healthcheck (run by the worker"),
+        "{second}"
+    );
+    let project = &started.project_name;
+    let at = |needle: &str| {
+        second
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{second}"))
+    };
+    assert!(
+        at("service web: forwarder started") < at("api passed its healthcheck"),
+        "{second}"
+    );
+    assert!(
+        at("api passed its healthcheck") < at(&format!("started {project}-web-1\n")),
+        "{second}"
+    );
+    assert!(
+        at(&format!("started {project}-web-1\n")) < at("service web: forwarder switched"),
+        "{second}"
+    );
+    let web = started
+        .endpoints
+        .iter()
+        .find(|e| e.service == "web")
+        .unwrap();
+    let body = http_get(&format!("http://127.0.0.1:{}/", web.host_port)).await;
+    assert_eq!(body.trim(), "web");
+
+    w.client.delete(&sid, false).await.unwrap();
+    w.cleanup.assert_nothing_left();
+    w.stop().await;
+}

@@ -25,6 +25,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::ports::port_key;
+use super::readiness::Backoff;
 use super::{StackError, Stacks, failed, force_with_volumes};
 use crate::compose::plan::{self, Owner};
 use crate::compose::{Project, Service};
@@ -342,6 +343,39 @@ impl Stacks {
         Ok(())
     }
 
+    /// Early in a start, beside the waits for the dependencies of `s` (a start after a stop):
+    /// starts the stopped forwarder of `s` if it is still made for what `s` forwards now, so
+    /// the container start (host port bindings and all) is off the path. Whether it did: the
+    /// start then only switches it to the service's container once that runs (a target must
+    /// resolve), else it makes or fixes the forwarder as after any start.
+    pub(super) async fn forwarder_early(
+        &self,
+        project: &Project,
+        s: &Service,
+        ports: &BTreeMap<String, u16>,
+        owner: &Owner,
+        log: &LogBuf,
+    ) -> Result<bool, StackError> {
+        let forwarded = self.forwarded_ports(s);
+        if forwarded.is_empty() {
+            return Ok(false);
+        }
+        let Some(fwd) = self.forwarder(project, &s.name, owner).await? else {
+            return Ok(false);
+        };
+        let (_, hash) = self.forwarder_spec(project, s, &forwarded, ports, "", "", owner);
+        let labels = fwd.config.as_ref().and_then(|c| c.labels.as_ref());
+        if labels.and_then(|l| l.get(LABEL_FORWARD_HASH)) != Some(&hash) {
+            return Ok(false);
+        }
+        if fwd.state.as_ref().and_then(|s| s.running) != Some(true) {
+            let name = forwarder_name(&project.name, &s.name);
+            idempotent(self.docker.start_container(&name, None).await)?;
+            log.line(&format!("service {}: forwarder started", s.name));
+        }
+        Ok(true)
+    }
+
     /// What a forwarder connects to for `service`: its container's short id.
     pub(super) async fn target_of(
         &self,
@@ -367,16 +401,15 @@ impl Stacks {
     ) -> Result<(), StackError> {
         let short = &target[..target.len().min(12)];
         let name = forwarder_name(&project.name, service);
-        // A forwarder started a moment ago may not answer yet.
-        let mut tries = 0;
+        // A forwarder started a moment ago may not answer yet: look again after a short
+        // backoff, for a few seconds at most.
+        let give_up = std::time::Instant::now() + Duration::from_secs(3);
+        let mut pause = Backoff::default();
         let answer = loop {
             match self.exec_forward(&name, &["set", short]).await {
                 Ok(a) => break a,
-                Err(e) if tries >= 20 => return Err(e),
-                Err(_) => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(e) if std::time::Instant::now() > give_up => return Err(e),
+                Err(_) => pause.sleep().await,
             }
         };
         log.line(&format!("service {service}: forwarder switched ({answer})"));

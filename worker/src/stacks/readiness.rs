@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bollard::exec::StartExecOptions;
-use bollard::models::{ExecConfig, HealthStatusEnum};
+use bollard::models::{ContainerState, ExecConfig, HealthStatusEnum};
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures::StreamExt;
 
@@ -36,7 +36,7 @@ use crate::logbuf::LogBuf;
 /// 250 ms, so a container that is quick to come up is seen at once and a slow one costs few
 /// requests.
 #[derive(Debug)]
-struct Backoff(Duration);
+pub(super) struct Backoff(Duration);
 
 impl Default for Backoff {
     fn default() -> Self {
@@ -45,7 +45,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    async fn sleep(&mut self) {
+    pub(super) async fn sleep(&mut self) {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_millis(250));
     }
@@ -198,14 +198,14 @@ impl Stacks {
                     .finished_at
                     .as_deref()
                     .is_some_and(|f| !f.starts_with("0001"));
-            // Docker has a result of its own once its first check ran.
-            let docker_checked = state
-                .health
-                .as_ref()
-                .and_then(|h| h.log.as_ref())
-                .is_some_and(|l| !l.is_empty());
+            let docker_checked = docker_checked(&state);
+            // A pass counts for one run of the container: a restart keeps its id.
+            let cid = format!(
+                "{}@{}",
+                c.id.unwrap_or_default(),
+                state.started_at.as_deref().unwrap_or_default()
+            );
             let health = state.health.and_then(|h| h.status);
-            let cid = c.id.unwrap_or_default();
             if docker_checked {
                 self.probed.forget(&cid);
             }
@@ -293,10 +293,9 @@ impl Stacks {
                 return;
             };
             let state = c.state.unwrap_or_default();
-            let health = state.health.unwrap_or_default();
             if state.running != Some(true)
-                || health.status != Some(HealthStatusEnum::STARTING)
-                || health.log.is_some_and(|l| !l.is_empty())
+                || state.health.as_ref().and_then(|h| h.status) != Some(HealthStatusEnum::STARTING)
+                || docker_checked(&state)
             {
                 return;
             }
@@ -448,6 +447,22 @@ impl Stacks {
     }
 }
 
+/// Whether Docker has a health result of its own for the container's current run: a check that
+/// began once the container (last) started. A stopped container keeps its earlier run's results
+/// in its health log when it starts again (Docker only resets the status to `starting`), and
+/// those say nothing about this run. A time that cannot be read counts as Docker's result.
+fn docker_checked(state: &ContainerState) -> bool {
+    let Some(log) = state.health.as_ref().and_then(|h| h.log.as_ref()) else {
+        return false;
+    };
+    let at = |t: Option<&str>| t.and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+    let started = at(state.started_at.as_deref());
+    log.iter().any(|r| match (started, at(r.start.as_deref())) {
+        (Some(started), Some(checked)) => checked >= started,
+        _ => true,
+    })
+}
+
 /// Whether an exit with `code` ends `service` for good and successfully: code 0 under a restart
 /// policy that does not restart it after success (`no`, `on-failure`), as Compose treats
 /// one-shot services (seeders, migrations).
@@ -461,4 +476,50 @@ pub(super) fn completes(project: &Project, service: &str, code: Option<i64>) -> 
 /// Whether a restart policy leaves a container that exited 0 alone.
 pub(super) fn one_shot_policy(restart: &Restart) -> bool {
     matches!(restart, Restart::No | Restart::OnFailure(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{ContainerState, Health, HealthcheckResult};
+
+    use super::docker_checked;
+
+    fn state(started: &str, checks: &[&str]) -> ContainerState {
+        ContainerState {
+            started_at: Some(started.to_owned()),
+            health: Some(Health {
+                log: Some(
+                    checks
+                        .iter()
+                        .map(|c| HealthcheckResult {
+                            start: Some((*c).to_owned()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_checks_since_the_last_start_are_dockers_result() {
+        let started = "2026-12-04T18:30:11.5Z";
+        assert!(!docker_checked(&state(started, &[])));
+        // The earlier run's results, kept across a stop and a start.
+        assert!(!docker_checked(&state(
+            started,
+            &[
+                "2026-12-04T18:29:50.123456789Z",
+                "2026-12-04T18:30:11.499999Z"
+            ]
+        )));
+        assert!(docker_checked(&state(
+            started,
+            &["2026-12-04T18:29:50Z", "2026-12-04T18:30:12.5001Z"]
+        )));
+        assert!(docker_checked(&state(started, &["not a time"])));
+        assert!(!docker_checked(&ContainerState::default()));
+    }
 }

@@ -362,21 +362,33 @@ impl Stacks {
             }
             Ok(())
         };
-        let waited = tokio::select! {
-            r = waits => r,
-            () = cancel.cancelled() => Err(failed(
-                &format!("start service {}", s.name),
-                "another service failed first",
-            )),
-        };
-        let result = match waited {
-            Ok(()) => {
-                self.converge_prepared(
-                    id, project, s, prepared, ports, public_env, commit, existing, log, &mut made,
-                )
-                .await
+        let waits = async {
+            tokio::select! {
+                r = waits => r,
+                () = cancel.cancelled() => Err(failed(
+                    &format!("start service {}", s.name),
+                    "another service failed first",
+                )),
             }
-            Err(e) => Err(e),
+        };
+        // A start after a stop brings the service's stopped forwarder up meanwhile (it does not
+        // wait for the service's dependencies or its container, only the service does).
+        let owner = self.owner(id);
+        let early = self.forwarder_early(project, s, ports, &owner, log);
+        let converge = async {
+            waits.await?;
+            self.converge_prepared(
+                id, project, s, prepared, ports, public_env, commit, existing, log, &mut made,
+            )
+            .await
+        };
+        let (converged, early) = tokio::join!(converge, early);
+        let result = match (converged, early) {
+            (Ok(()), Ok(early)) => {
+                self.finish_forwarder(id, project, s, ports, early, log, &mut made)
+                    .await
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         (s.name.as_str(), made, result)
     }
@@ -413,10 +425,27 @@ impl Stacks {
         })?;
         self.converge_service(project, s, body, &hash, existing, &owner, log, made, None)
             .await?;
-        if !self.forwarded_ports(s).is_empty() {
-            self.ensure_forwarder(project, s, ports, &owner, log, made)
-                .await?;
-        }
         Ok(())
+    }
+
+    /// Brings the forwarder of service `s` to its running container: a switch when
+    /// [`Self::forwarder_early`] started it (`early`), else whatever it needs.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_forwarder(
+        &self,
+        id: &ValidName,
+        project: &Project,
+        s: &Service,
+        ports: &BTreeMap<String, u16>,
+        early: bool,
+        log: &LogBuf,
+        made: &mut Vec<String>,
+    ) -> Result<(), StackError> {
+        if early {
+            let target = self.target_of(project, &s.name).await?;
+            return self.switch(project, &s.name, &target, log).await;
+        }
+        self.ensure_forwarder(project, s, ports, &self.owner(id), log, made)
+            .await
     }
 }

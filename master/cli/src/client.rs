@@ -38,9 +38,22 @@ pub struct Record {
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
+    pub services: Vec<ServiceState>,
+    #[serde(default)]
     pub error: Option<RecordError>,
     #[serde(default)]
     pub updated_at: String,
+}
+
+/// One service of a running instance, as its worker's watcher last reported it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    pub state: String,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

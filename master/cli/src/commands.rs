@@ -85,8 +85,9 @@ pub fn status(client: &Client, out: &Out, id: &str) -> Result<(), Failure> {
         return Ok(());
     }
     let r = Record::parse(&value)?;
+    // Padded before it is painted: the escape codes have no width on a terminal.
     let field = |name: &str, text: String| {
-        println!("{:<10} {text}", out.paint(Tone::Bold, name));
+        println!("{} {text}", out.paint(Tone::Bold, &format!("{name:<10}")));
     };
     field("id", r.id.clone());
     field("state", out.paint(Tone::of_state(&r.state), &r.state));
@@ -120,6 +121,20 @@ pub fn status(client: &Client, out: &Out, id: &str) -> Result<(), Failure> {
                 url_of(e)
             ),
         );
+    }
+    for s in &r.services {
+        let mut text = format!(
+            "{} {}",
+            s.name,
+            out.paint(Tone::of_state(&s.state), &s.state)
+        );
+        if s.restarts > 0 {
+            text.push_str(&format!(", {} restarts", s.restarts));
+        }
+        if let Some(code) = s.exit_code {
+            text.push_str(&format!(", last exit code {code}"));
+        }
+        field("service", text);
     }
     if let Some(err) = &r.error {
         field(

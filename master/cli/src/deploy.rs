@@ -314,7 +314,7 @@ impl Progress {
             ProgressDrawTarget::hidden()
         };
         let multi = MultiProgress::with_draw_target(target);
-        let main = multi.add(spinner_bar());
+        let main = spinner_bar(&multi, None);
         main.set_message(format!("building {id}"));
         if !visible {
             out.note(&format!("building {id}"));
@@ -367,11 +367,10 @@ impl Progress {
         let (name, done) = match &event {
             ServiceEvent::Building(name) => {
                 let multi = &self.multi;
-                let bar = self.services.entry(name.clone()).or_insert_with(|| {
-                    let bar = multi.add(spinner_bar());
-                    bar.set_prefix(name.clone());
-                    bar
-                });
+                let bar = self
+                    .services
+                    .entry(name.clone())
+                    .or_insert_with(|| spinner_bar(multi, Some(name)));
                 bar.set_message("building");
                 if !self.visible {
                     self.out.note(&format!("building {name}"));
@@ -468,12 +467,21 @@ impl ServiceEvent {
     }
 }
 
-fn spinner_bar() -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
+/// A spinner line in `multi`, for a service (`name`, in bold before its output) or the build.
+/// It joins `multi` before it ticks: a spinner that ticked on its own first drew a line of its
+/// own, which stayed on the terminal, frozen, above the live ones.
+fn spinner_bar(multi: &MultiProgress, name: Option<&str>) -> ProgressBar {
+    let template = match name {
+        Some(_) => "{spinner} {prefix:.bold} {wide_msg} {elapsed}",
+        None => "{spinner} {wide_msg} {elapsed}",
+    };
+    let bar = multi.add(ProgressBar::hidden());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    if let Some(name) = name {
+        bar.set_prefix(name.to_owned());
+    }
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }

@@ -31,11 +31,11 @@ impl Tone {
         }
     }
 
-    /// The colour of an instance state.
+    /// The colour of an instance's state, or of one of its services'.
     pub fn of_state(state: &str) -> Tone {
         match state {
-            "running" => Tone::Good,
-            "failed" | "degraded" => Tone::Bad,
+            "running" | "completed" => Tone::Good,
+            "failed" | "degraded" | "restarting" | "exited" | "unhealthy" | "missing" => Tone::Bad,
             "building" | "starting" | "stopping" | "deleting" => Tone::Busy,
             _ => Tone::Plain,
         }

@@ -2,7 +2,8 @@
 # Start after stop of the sample app (scripts/sample-app) through a berth-worker's API alone (no
 # registry, no master), with forwarders when the static berth-forward binary is built: each
 # round stops the stack, then times `POST /v1/stacks/{id}/start` to its answer and to the first
-# HTTP 200 on the published port. Prints both per round and the worker's operation log of the
+# HTTP 200 on the published port (both clocks include signing the request, a python3 start).
+# Prints both per round and the worker's operation log of the
 # last start (its lines carry the seconds since the start began), the step-by-step profile.
 #
 #   scripts/bench-start.sh             # takes the Docker lock itself; 5 rounds
@@ -37,7 +38,11 @@ cleanup() {
 trap cleanup EXIT
 fwd=$bench_root/target/x86_64-unknown-linux-musl/release/berth-forward
 extra=()
-[ -x "$fwd" ] && extra=(--forwarder-bin "$fwd")
+what="no forwarder"
+if [ -x "$fwd" ]; then
+  extra=(--forwarder-bin "$fwd")
+  what="forwarders on"
+fi
 bench_worker "$bin" "$work/worker" "$node" "$token" "${extra[@]}"
 
 cp -r "$bench_root/scripts/sample-app" "$work/app"
@@ -48,7 +53,7 @@ commit=$(git -C "$work/app" rev-parse HEAD)
 api POST "/v1/stacks/$id/build" \
   "{\"user\":\"bench\",\"project\":\"sample\",\"commit\":\"$commit\",\"repo\":{\"url\":\"file://$work/app\"}}" >/dev/null
 api POST "/v1/stacks/$id/start" '{}' >/dev/null
-echo "sample app, start after stop (${extra:+forwarders on}${extra:-no forwarder}), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "sample app, start after stop ($what), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$rounds"); do
   api POST "/v1/stacks/$id/stop" >/dev/null
   t=$(now)

@@ -15,7 +15,8 @@
 //! a service ready at once. After such a start Docker's health reads `starting` until its first
 //! check: ready, not yet confirmed by Docker (the watcher counts `starting` as fine, not
 //! `degraded`; the registrator relays it as `warning`). A failing worker run changes nothing;
-//! once Docker has a result of its own, its verdict alone counts.
+//! once Docker has a result of its own (a check since the container's last start, see
+//! [`docker_checked`]), its verdict alone counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! Start orchestration: check everything first (`prepare`: images, healthchecks, names), then
 //! converge Docker to the project, each service as soon as its dependencies meet their
-//! conditions (independent services side by side), and answer once the stack is ready. A host port taken meanwhile gets
-//! one more try with fresh ports; any other failure leaves nothing half-started.
+//! conditions (independent services side by side; a stopped forwarder starts beside its
+//! service's dependency waits), and answer once the stack is ready. A host port taken meanwhile
+//! gets one more try with fresh ports; any other failure leaves nothing half-started.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -72,11 +72,25 @@ function workerCell(worker) {
   return h('a', { href: `#/nodes/${encodeURIComponent(node)}`, title: str(worker.id) }, node);
 }
 
+/**
+ * A worker's error message as `{ headline, logs }`: the worker appends the failed service's last
+ * log lines to the message after "last log lines:" (worker/src/stacks/faults.rs), which read
+ * as one long paragraph where a line of text is wanted.
+ */
+function splitMessage(message) {
+  const text = str(message);
+  const at = text.search(/;? ?\n?last log lines:\n/);
+  if (at < 0) return { headline: text, logs: null };
+  const logs = text.slice(at).replace(/^;? ?\n?last log lines:\n/, '');
+  return { headline: text.slice(0, at), logs: logs || null };
+}
+
+/** The error in one line: its step and its message without the log lines it carries. */
 function errorText(error) {
   if (!error) return '';
-  if (typeof error === 'string') return error;
+  if (typeof error === 'string') return splitMessage(error).headline;
   const step = error.step ? `${error.step}: ` : '';
-  return step + str(error.message ?? error.code ?? JSON.stringify(error));
+  return step + splitMessage(error.message ?? error.code ?? JSON.stringify(error)).headline;
 }
 
 /** Log lines kept under any of the usual field names, as one text; null when there are none. */
@@ -433,12 +447,13 @@ function section(title, id, children) {
 
 function errorBlock(error) {
   if (typeof error !== 'object') return h('pre', { class: 'output' }, str(error));
-  const logs = logLines(error);
+  const message = splitMessage(error.message);
+  const logs = logLines(error) ?? message.logs;
   const rest = Object.keys(error).filter((k) => !['step', 'message', ...LOG_FIELDS].includes(k));
   return [
     defList([
       ['Step', str(error.step) || null],
-      ['Message', error.message ? h('pre', { class: 'output error-message' }, str(error.message)) : null],
+      ['Message', message.headline ? h('pre', { class: 'output error-message' }, message.headline) : null],
       ...rest.map((k) => [k, valueNode(error[k])]),
     ]),
     logs ? [h('h3', {}, 'Last log lines'), h('pre', { class: 'output logs' }, logs)] : null,

@@ -69,6 +69,20 @@ pub struct RecordError {
     pub message: String,
 }
 
+impl RecordError {
+    /// `step: message`, without the log lines a worker appends to the message after
+    /// `last log lines:` (`berth logs` shows those, and deploy prints the log's tail itself).
+    pub fn headline(&self) -> String {
+        format!("{}: {}", self.step, self.summary())
+    }
+
+    /// The message without the log lines appended to it.
+    pub fn summary(&self) -> &str {
+        let message = self.message.split("last log lines:").next().unwrap_or("");
+        message.trim_end().trim_end_matches(';').trim_end()
+    }
+}
+
 impl Record {
     pub fn parse(value: &Value) -> Result<Record, Failure> {
         serde_json::from_value(value.clone()).map_err(|e| {
@@ -202,5 +216,24 @@ impl Client {
             format!("the master at {} did not answer: {cause}", self.base),
         )
         .with_hint("is it running? check BERTH_MASTER or the config file (berth --help)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecordError;
+
+    #[test]
+    fn an_error_headline_leaves_the_log_lines_out() {
+        let err = |message: &str| RecordError {
+            step: "build".into(),
+            message: message.into(),
+        };
+        assert_eq!(
+            err("build of service api failed: exit code: 1; last log lines:\n[api] #6 ERROR")
+                .headline(),
+            "build: build of service api failed: exit code: 1"
+        );
+        assert_eq!(err("no such image").headline(), "build: no such image");
     }
 }

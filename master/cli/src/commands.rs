@@ -137,10 +137,13 @@ pub fn status(client: &Client, out: &Out, id: &str) -> Result<(), Failure> {
         field("service", text);
     }
     if let Some(err) = &r.error {
-        field(
-            "error",
-            out.paint(Tone::Bad, &format!("{}: {}", err.step, err.message)),
-        );
+        field("error", out.paint(Tone::Bad, &err.headline()));
+        if err.summary().len() < err.message.len() {
+            field(
+                "log",
+                format!("berth logs {id} --ops has the lines before it"),
+            );
+        }
     }
     field("updated", r.updated_at.clone());
     Ok(())

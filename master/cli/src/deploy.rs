@@ -254,7 +254,7 @@ fn build(
     let message = record
         .error
         .as_ref()
-        .map(|e| format!("{} failed: {}", e.step, e.message))
+        .map(|e| format!("{} failed: {}", e.step, e.summary()))
         .unwrap_or_else(|| format!("the build ended in state {}", record.state));
     Err(with_log_tail(
         client,

@@ -34,21 +34,36 @@ pub fn releases(client: &Client, out: &Out, id: &str) -> Result<(), Failure> {
             vec![
                 (short(r["commit"].as_str()), Tone::Plain),
                 mark,
-                (text(&r["uploaded_at"]), Tone::Plain),
-                (text(&r["built_at"]), Tone::Dim),
-                (
-                    r["message"]
-                        .as_str()
-                        .and_then(|m| m.lines().next())
-                        .unwrap_or("")
-                        .to_owned(),
-                    Tone::Dim,
-                ),
+                (seconds(&text(&r["uploaded_at"])), Tone::Plain),
+                (seconds(&text(&r["built_at"])), Tone::Dim),
+                (message(r["message"].as_str().unwrap_or("")), Tone::Dim),
             ]
         })
         .collect();
     out.table(&["COMMIT", "", "UPLOADED", "BUILT", "MESSAGE"], &rows);
     Ok(())
+}
+
+/// An RFC 3339 time to the second (`built_at` has milliseconds, `uploaded_at` none).
+fn seconds(at: &str) -> String {
+    match at.split_once('.') {
+        Some((whole, rest)) if rest.ends_with('Z') => format!("{whole}Z"),
+        _ => at.to_owned(),
+    }
+}
+
+/// A commit message in the table: its first line, cut to 40 characters, and nothing for the
+/// master's own `upload of USER/PROJECT instance ID`, which says nothing the row does not (it
+/// made the table wrap on an 80- or 100-column terminal).
+fn message(text: &str) -> String {
+    let first = text.lines().next().unwrap_or("");
+    if first.starts_with("upload of ") && first.contains(" instance ") {
+        return String::new();
+    }
+    match first.char_indices().nth(39) {
+        Some((at, _)) => format!("{}…", &first[..at]),
+        None => first.to_owned(),
+    }
 }
 
 pub fn rollback(client: &Client, out: &Out, args: &RollbackArgs) -> Result<(), Failure> {
@@ -79,4 +94,25 @@ pub fn rollback(client: &Client, out: &Out, args: &RollbackArgs) -> Result<(), F
     );
     print_urls(out, &r, None);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_rows_stay_short() {
+        assert_eq!(seconds("2026-12-04T18:36:56.156Z"), "2026-12-04T18:36:56Z");
+        assert_eq!(seconds("2026-12-04T18:36:55Z"), "2026-12-04T18:36:55Z");
+        assert_eq!(seconds("-"), "-");
+        assert_eq!(
+            message("upload of berth/sample-app instance sample-app"),
+            ""
+        );
+        assert_eq!(
+            message("fix the greeting\n\nlonger text"),
+            "fix the greeting"
+        );
+        assert_eq!(message(&"x".repeat(60)), format!("{}…", "x".repeat(39)));
+    }
 }

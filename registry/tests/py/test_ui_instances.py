@@ -76,7 +76,15 @@ def test_instances_page_shows_records_problems_and_live_changes(page, registry):
     put(
         registry,
         "blog-2",
-        record("blog-2", "failed", error={"step": "build", "message": "service web: RUN npm ci exited with 1"}),
+        record(
+            "blog-2",
+            "failed",
+            # As the worker writes it: the failed service's last log lines after the message.
+            error={
+                "step": "build",
+                "message": "service web: RUN npm ci exited with 1; last log lines:\n[web] #6 npm ERR! 404",
+            },
+        ),
     )
     # Fields other helpers are adding (a `degraded` state, per-service status, log lines) and
     # fields nobody knows yet must show, not break the page.
@@ -117,7 +125,8 @@ def test_instances_page_shows_records_problems_and_live_changes(page, registry):
     blog = row(page, "blog-2")
     assert blog.get_attribute("data-problem") == "true"
     assert "⚠ Problem" in blog.text and "failed" in blog.text
-    assert "build: service web: RUN npm ci exited with 1" in blog.find_element(By.CSS_SELECTOR, "td.last-error").text
+    cell = blog.find_element(By.CSS_SELECTOR, "td.last-error").text
+    assert cell == "build: service web: RUN npm ci exited with 1", f"the list shows the error's log lines: {cell!r}"
     api3 = row(page, "api-3")
     assert "degraded" in api3.text and "crash-looping: queue (restarting, 7 restarts)" in api3.text, api3.text
     assert "unreadable" in row(page, "broken-5").text
@@ -182,6 +191,12 @@ def test_instances_page_shows_records_problems_and_live_changes(page, registry):
     # Deleted while shown: the page says so instead of keeping the stale record.
     api.ok("DELETE", f"/v1/kv/{PREFIX}shop-1")
     page.find("#inst-missing")
+
+    # The log lines a worker appends to its message show as log lines, not in the message.
+    page.go("#/instances/blog-2")
+    message = page.find("#inst-error .error-message").text
+    assert message == "service web: RUN npm ci exited with 1", message
+    assert "[web] #6 npm ERR! 404" in page.find("#inst-error pre.logs").text
 
     api.ok("DELETE", f"/v1/kv/{PREFIX}?recurse")
     page.go("#/instances")

@@ -3,7 +3,7 @@
 //! and print its URLs. On an instance that runs, the new release is built beside it and rolled
 //! out (`POST /v1/instances/{id}/deploy`) instead of started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -301,6 +301,9 @@ struct Progress {
     multi: MultiProgress,
     main: ProgressBar,
     services: BTreeMap<String, ProgressBar>,
+    /// Services whose end was shown: a failed build's log line repeats the log's tail (after
+    /// `last log lines:`), whose `service web: built ...` must not print a second time.
+    ended: BTreeSet<String>,
     visible: bool,
     out: Out,
 }
@@ -323,6 +326,7 @@ impl Progress {
             multi,
             main,
             services: BTreeMap::new(),
+            ended: BTreeSet::new(),
             visible,
             out: *out,
         }
@@ -365,6 +369,7 @@ impl Progress {
             return;
         };
         let (name, done) = match &event {
+            ServiceEvent::Building(name) if self.ended.contains(name) => return,
             ServiceEvent::Building(name) => {
                 let multi = &self.multi;
                 let bar = self
@@ -385,6 +390,9 @@ impl Progress {
             }
             ServiceEvent::Failed(name) => (name, format!("build of {name} failed")),
         };
+        if !self.ended.insert(name.clone()) {
+            return;
+        }
         if let Some(bar) = self.services.remove(name) {
             bar.finish_and_clear();
             self.multi.remove(&bar);
@@ -502,6 +510,22 @@ mod tests {
             std::fs::create_dir(&dir).unwrap();
             assert_eq!(default_id(&dir).unwrap(), want);
         }
+    }
+
+    #[test]
+    fn a_service_ends_once_though_a_failed_build_repeats_its_log() {
+        let mut progress = Progress::new(&Out::new(true), "x");
+        for line in [
+            "[   0.01s] building service web as x-web:1",
+            "[   0.40s] service web: built as x-web:1 in 0.39 s (BuildKit)",
+            "[   0.79s] build failed: build of service api failed: exit code: 1; last log lines:",
+            "[   0.01s] building service web as x-web:1",
+            "[   0.40s] service web: built as x-web:1 in 0.39 s (BuildKit)",
+        ] {
+            progress.line(line);
+        }
+        assert!(progress.services.is_empty(), "web's line came back");
+        assert_eq!(progress.ended.len(), 1);
     }
 
     #[test]

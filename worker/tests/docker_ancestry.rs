@@ -8,6 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use berth_worker::BuilderChoice;
 use berth_worker::ancestry::foreign_ancestor;
 use berth_worker::compose::plan::{Holder, Owner};
 use berth_worker_api::{ErrorCode, StackState, WorkerClientError};
@@ -61,7 +62,20 @@ fn nonce() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_image_built_on_another_instances_image_is_refused_after_the_build() {
-    let w = worker("ancestry", |c| c.build_parallelism = 1).await;
+    refused_after_the_build("ancestry", BuilderChoice::BuildKit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_image_built_on_another_instances_image_is_refused_after_a_classic_build() {
+    refused_after_the_build("ancestry-cl", BuilderChoice::Classic).await;
+}
+
+async fn refused_after_the_build(tag: &str, builder: BuilderChoice) {
+    let w = worker(tag, |c| {
+        c.build_parallelism = 1;
+        c.builder = builder;
+    })
+    .await;
     let n = nonce();
     let engine = berth_worker::docker::connect().await.unwrap();
 

@@ -1,6 +1,7 @@
 //! berth-worker: clones, builds and runs compose stacks natively through the Docker Engine API,
 //! registers their containers for discovery and cleans up completely.
 
+pub mod ancestry;
 pub mod api;
 pub mod compose;
 pub mod context;

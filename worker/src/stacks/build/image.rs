@@ -1,6 +1,7 @@
 //! Making one service's image: the last build's image kept when its digest is the same, else a
 //! build with BuildKit or the classic builder under berth's labels, tagged for the commit and
-//! `:latest`, and the intermediate images removed.
+//! `:latest`, the intermediate images removed, and an image built on another instance's image
+//! refused (see [`crate::ancestry`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use super::{Job, LABEL_BUILD_DIGEST};
+use crate::ancestry;
 use crate::compose;
 use crate::compose::plan::{self, Owner};
 use crate::docker as dk;
@@ -22,7 +24,7 @@ use crate::logbuf::LogBuf;
 use crate::stacks::buildkit::{self, BuildKitError, BuilderChoice};
 use crate::stacks::faults::fault;
 use crate::stacks::ownership::image_labels;
-use crate::stacks::{StackError, Stacks, failed};
+use crate::stacks::{StackError, Stacks, failed, rejected};
 
 impl Stacks {
     /// Which builder the next build uses: BuildKit (through the engine's socket) unless the
@@ -103,6 +105,7 @@ impl Stacks {
                 &log.tail(20),
             ));
         }
+        self.check_ancestry(job, owner).await?;
         self.docker
             .tag_image(
                 &job.tag,
@@ -121,6 +124,33 @@ impl Stacks {
             started.elapsed().as_secs_f64()
         ));
         Ok(())
+    }
+
+    /// Refuses the image just built as `job.tag`, and removes it, when it builds on another
+    /// berth instance's image (see [`crate::ancestry`]); an engine error refuses it too.
+    async fn check_ancestry(&self, job: &Job<'_>, owner: &Owner) -> Result<(), StackError> {
+        let s = job.service;
+        let found = match ancestry::foreign_ancestor(&self.docker, owner, &job.tag).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(found)) => Ok(found),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self
+            .docker
+            .remove_image(&job.tag, None::<RemoveImageOptions>, None)
+            .await
+        {
+            tracing::warn!(image = %job.tag, cause = %e, "refused image stays");
+        }
+        let found = found?;
+        Err(rejected(
+            &s.name,
+            format!("services.{}.build", s.name),
+            format!(
+                "{}: the built image builds on image {}, which {}: a build may only use its own images and images that are not berth's (the image was removed)",
+                job.build.dockerfile, found.image, found.holder
+            ),
+        ))
     }
 
     /// Builds one service's image as `job.tag` with BuildKit or the classic builder, noting the

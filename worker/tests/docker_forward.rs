@@ -315,6 +315,35 @@ async fn docker_deploy_and_rollback_lose_no_request_on_the_host_port() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A forwarder killed by hand leaves the app unreachable though its containers run: the
+    // watcher starts it again (Docker leaves a killed container alone) and it forwards to the
+    // target it kept.
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &fwd])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    let since = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status().is_success()
+            && r.text().await.unwrap_or_default() == "web v1\n"
+        {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the killed forwarder is never started again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "killed forwarder serving again after {:.2} s",
+        since.elapsed().as_secs_f64()
+    );
+    let log = log_of(&w, &id).await;
+    assert!(log.contains("was not running"), "{log}");
+
     // Stop stops the forwarder; delete removes it.
     w.client.stop(&id).await.unwrap();
     assert_eq!(inspect(&fwd, "{{.State.Running}}"), "false");

@@ -5,7 +5,7 @@
 //! service that is not as it should be is `degraded`), with the last log lines of the services
 //! that are not. Changes of verdict go to the stack's operation log and to whoever follows
 //! [`Stacks::watch_verdicts`] (the registrator's state checks). berth's port forwarders
-//! (`*-fwd`) are not the app's and are not judged.
+//! (`*-fwd`) are not the app's and are not judged; one found not running is started again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,11 +105,14 @@ impl Stacks {
                 continue;
             }
             // An operation (a rollout, a start) is changing the stack: its verdict stands until
-            // the next pass.
-            if self.lock(&id).try_lock().is_err() {
+            // the next pass. Otherwise the lock is held through the pass, so no operation
+            // starts while a forwarder is started again.
+            let lock = self.lock(&id);
+            let Ok(_held) = lock.try_lock() else {
                 verdicts.insert(id.to_string(), self.verdict(&id));
                 continue;
-            }
+            };
+            self.restart_stopped_forwarders(&id).await;
             match self.inspect_stack(&id, &mut seen).await {
                 Ok(services) => {
                     let before = self.verdict(&id);
@@ -208,6 +211,43 @@ impl Stacks {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// Starts again a forwarder of a running stack that is not running (killed, or exited and
+    /// not restarted by Docker, which leaves a killed container alone): it holds the service's
+    /// published port, so while it is down the app is unreachable though every app container
+    /// runs. It goes on forwarding to the target it kept. Said in the stack's log.
+    async fn restart_stopped_forwarders(&self, id: &ValidName) {
+        let Ok(forwarders) = self.forwarders_of(id).await else {
+            return;
+        };
+        for f in forwarders {
+            if f.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+                continue;
+            }
+            let Some(cid) = f.id.as_deref() else { continue };
+            let name = f
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map_or(cid, |n| n.trim_start_matches('/'));
+            let status = f.status.clone().unwrap_or_default();
+            let log = self.log(id);
+            match self.docker.start_container(cid, None).await {
+                Ok(()) => {
+                    tracing::warn!(instance = %id, forwarder = name, %status, "forwarder was not running: started it again");
+                    log.line(&format!(
+                        "== watcher: forwarder {name} was not running ({status}): started it again"
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %id, forwarder = name, cause = %e, "forwarder is not running and cannot be started");
+                    log.line(&format!(
+                        "== watcher: forwarder {name} is not running ({status}) and cannot be started: {e}"
+                    ));
+                }
+            }
+        }
     }
 
     /// Whether the container's restart count grew within [`RESTART_WINDOW`], and the last exit

@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -31,9 +31,7 @@ async fn stalled_upload(addr: &str, id: &str) -> TcpStream {
 async fn stalled_uploads_give_their_slots_back() {
     let reg = registry().await;
     let dir = tempfile::tempdir().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    drop(listener);
+    let addr = berth_kit::probe::free_addr();
     let log = std::fs::File::create(dir.path().join("master.log")).unwrap();
     let _child = Command::new(env!("CARGO_BIN_EXE_berth-master"))
         .args([
@@ -57,17 +55,8 @@ async fn stalled_uploads_give_their_slots_back() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    berth_kit::probe::wait_until_answering(&addr, "/healthz").await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("http://{addr}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "master not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let mut stalled = vec![
         stalled_upload(&addr, "stall-1").await,

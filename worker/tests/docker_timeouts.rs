@@ -4,11 +4,12 @@
 //! worker's descriptor limit leave a normal client served. Docker: the worker talks to it at start.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use berth_kit::probe::{
+    eventually, free_addr, idle_connections, limited, time_to_answer_or_close, wait_until_answering,
+};
+use tokio::process::Child;
 
 /// Timeouts the child runs with (the defaults are 30 s).
 const TIMEOUT_MS: u64 = 1500;
@@ -23,73 +24,34 @@ struct Running {
 
 async fn start() -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let addr = free_addr();
     let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
-    // `ulimit -n` sets the soft and the hard limit: the worker cannot raise it.
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n {FD_LIMIT} && exec \"$0\" --no-registry --no-fence"
-        ))
-        .arg(env!("CARGO_BIN_EXE_berth-worker"))
-        .env("BERTH_WORKER_LISTEN", &addr)
-        .env("BERTH_WORKER_DATA_DIR", dir.path().join("data"))
-        .env(
-            "BERTH_WORKER_NODE_NAME",
-            format!("t{}-timeouts", std::process::id()),
-        )
-        .env("BERTH_CLUSTER_TOKEN", "cluster-token")
-        .env("BERTH_HTTP_HEADER_TIMEOUT_MS", TIMEOUT_MS.to_string())
-        .env("BERTH_HTTP_BODY_TIMEOUT_MS", TIMEOUT_MS.to_string())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("http://{addr}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "worker not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let child = limited(
+        std::path::Path::new(env!("CARGO_BIN_EXE_berth-worker")),
+        "--no-registry --no-fence",
+        FD_LIMIT,
+    )
+    .env("BERTH_WORKER_LISTEN", &addr)
+    .env("BERTH_WORKER_DATA_DIR", dir.path().join("data"))
+    .env(
+        "BERTH_WORKER_NODE_NAME",
+        format!("t{}-timeouts", std::process::id()),
+    )
+    .env("BERTH_CLUSTER_TOKEN", "cluster-token")
+    .env("BERTH_HTTP_HEADER_TIMEOUT_MS", TIMEOUT_MS.to_string())
+    .env("BERTH_HTTP_BODY_TIMEOUT_MS", TIMEOUT_MS.to_string())
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    wait_until_answering(&addr, "/healthz").await;
     Running {
         _child: child,
         addr,
         _dir: dir,
     }
-}
-
-/// Sends `head` (and nothing more) and returns how long until the worker answered or closed.
-async fn time_to_answer_or_close(addr: &str, head: &str) -> (Duration, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "connection still open after 20 s");
-    (
-        started.elapsed(),
-        String::from_utf8_lossy(&got).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,30 +74,19 @@ async fn docker_worker_idle_connections_beyond_the_fd_limit_leave_a_normal_clien
     // This process opens more connections than its own default limit.
     berth_kit::serve::raise_fd_limit();
     let w = start().await;
-    let mut idle = Vec::new();
-    for _ in 0..(FD_LIMIT * 2) {
-        if let Ok(Ok(tcp)) =
-            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(&w.addr)).await
-        {
-            idle.push(tcp);
-        }
-    }
+    let idle = idle_connections(&w.addr, FD_LIMIT * 2).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let started = Instant::now();
-    let served = loop {
-        match client
+    let served = eventually(Duration::from_secs(20), || async {
+        client
             .get(format!("http://{}/healthz", w.addr))
             .send()
             .await
-        {
-            Ok(resp) if resp.status().is_success() => break true,
-            _ if started.elapsed() > Duration::from_secs(20) => break false,
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
     assert!(
         served,
         "no answer within 20 s while {} idle connections were open",

@@ -112,8 +112,19 @@ impl Stacks {
                 verdicts.insert(id.to_string(), self.verdict(&id));
                 continue;
             };
-            self.restart_stopped_forwarders(&id).await;
-            match self.inspect_stack(&id, &mut seen).await {
+            // One listing of the stack's containers serves both the forwarders and the app.
+            let listed = self.every_container_of(&id).await.map(|all| {
+                all.into_iter()
+                    .partition::<Vec<_>, _>(|c| super::forward::is_forwarder(c.labels.as_ref()))
+            });
+            let result = match listed {
+                Ok((forwarders, containers)) => {
+                    self.restart_stopped_forwarders(&id, forwarders).await;
+                    self.inspect_stack(&id, containers, &mut seen).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(services) => {
                     let before = self.verdict(&id);
                     if summary(&before) != summary(&services) {
@@ -140,12 +151,13 @@ impl Stacks {
             .retain(|cid, _| seen.contains(cid));
     }
 
+    /// Judges each service of stack `id` from its app `containers` (forwarders left out).
     async fn inspect_stack(
         &self,
         id: &ValidName,
+        mut containers: Vec<bollard::models::ContainerSummary>,
         seen: &mut std::collections::HashSet<String>,
     ) -> Result<Vec<ServiceHealth>, super::StackError> {
-        let mut containers = self.containers_of(id).await?;
         containers.sort_by_key(|c| std::cmp::Reverse(c.created));
         // The checkout holds the running release unless a build beside it moved it on (then
         // its service list is not the running one's).
@@ -217,10 +229,11 @@ impl Stacks {
     /// not restarted by Docker, which leaves a killed container alone): it holds the service's
     /// published port, so while it is down the app is unreachable though every app container
     /// runs. It goes on forwarding to the target it kept. Said in the stack's log.
-    async fn restart_stopped_forwarders(&self, id: &ValidName) {
-        let Ok(forwarders) = self.forwarders_of(id).await else {
-            return;
-        };
+    async fn restart_stopped_forwarders(
+        &self,
+        id: &ValidName,
+        forwarders: Vec<bollard::models::ContainerSummary>,
+    ) {
         for f in forwarders {
             if f.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
                 continue;

@@ -94,12 +94,12 @@ pub(crate) fn check_definition(definition: &serde_json::Value) -> serde_json::Va
             .map_or(key.as_str(), |name| *name);
         let value = match key {
             "Interval" | "Timeout" | "DeregisterCriticalServiceAfter" => {
-                match definition_duration(value) {
+                match json_duration(value) {
                     Some(d) if !d.is_zero() => Value::String(dto::go_duration(d)),
                     _ => continue,
                 }
             }
-            "TTL" => match definition_duration(value) {
+            "TTL" => match json_duration(value) {
                 Some(d) if !d.is_zero() => {
                     Value::from(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
                 }
@@ -143,7 +143,8 @@ const DEFINITION_FIELDS: &[&str] = &[
 ];
 
 /// A duration in a stored definition: Go text or nanoseconds.
-fn definition_duration(value: &serde_json::Value) -> Option<std::time::Duration> {
+/// A Go duration in JSON: text (`"10s"`) or a number of nanoseconds.
+pub(crate) fn json_duration(value: &serde_json::Value) -> Option<std::time::Duration> {
     match value {
         serde_json::Value::String(text) => dto::parse_go_duration(text),
         serde_json::Value::Number(n) => n

@@ -86,24 +86,14 @@ fn max_token_ttl(v: &serde_json::Value) -> Result<String, ApiError> {
     let d = match v {
         serde_json::Value::Null => return Ok(String::new()),
         serde_json::Value::String(s) if s.is_empty() => return Ok(String::new()),
-        serde_json::Value::String(s) => crate::dto::parse_go_duration(s).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "AuthMethod decoding failed: time: invalid duration {s:?}"
-            ))
+        _ => crate::convert::json_duration(v).ok_or_else(|| {
+            ApiError::BadRequest(match v {
+                serde_json::Value::String(s) => {
+                    format!("AuthMethod decoding failed: time: invalid duration {s:?}")
+                }
+                _ => "AuthMethod decoding failed: invalid MaxTokenTTL".into(),
+            })
         })?,
-        serde_json::Value::Number(n) => match n.as_u64() {
-            Some(ns) => std::time::Duration::from_nanos(ns),
-            None => {
-                return Err(ApiError::BadRequest(
-                    "AuthMethod decoding failed: invalid MaxTokenTTL".into(),
-                ));
-            }
-        },
-        _ => {
-            return Err(ApiError::BadRequest(
-                "AuthMethod decoding failed: invalid MaxTokenTTL".into(),
-            ));
-        }
     };
     if d.is_zero() {
         return Ok(String::new());
